@@ -1,0 +1,397 @@
+//! X.509 profiles: the trust domain's CA certificate, X509-SVIDs, CSR parsing and
+//! certificate inspection. Signing is pure: key, times and serial are passed in.
+
+use crate::error::Error;
+use crate::id::{SpiffeId, TrustDomain};
+use crate::keys::PrivateKey;
+use ::time::OffsetDateTime;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+};
+use x509_parser::prelude::*;
+
+/// How far NotBefore is backdated, to absorb clock skew between machines.
+pub const BACKDATE_SECS: i64 = 10;
+
+/// Subject of CA certificates (`ca_subject` in the server config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaSubject {
+    pub country: Vec<String>,
+    pub organization: Vec<String>,
+    pub common_name: String,
+}
+
+impl Default for CaSubject {
+    fn default() -> Self {
+        Self {
+            country: vec!["US".into()],
+            organization: vec!["SPIFFE".into()],
+            common_name: String::new(),
+        }
+    }
+}
+
+/// A verified certificate signing request: what the requester proved to hold.
+#[derive(Debug, Clone)]
+pub struct Csr {
+    /// DER SubjectPublicKeyInfo of the requester's key.
+    pub spki_der: Vec<u8>,
+    pub uri_sans: Vec<String>,
+    pub dns_names: Vec<String>,
+}
+
+/// Parses a DER PKCS#10 request and checks its self-signature.
+pub fn parse_csr(der: &[u8]) -> Result<Csr, Error> {
+    let (rest, csr) = X509CertificationRequest::from_der(der)
+        .map_err(|e| Error::MalformedCsr(format!("not a DER PKCS#10 request: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::MalformedCsr(format!(
+            "{} trailing bytes after the request",
+            rest.len()
+        )));
+    }
+    csr.verify_signature()
+        .map_err(|e| Error::MalformedCsr(format!("signature does not verify: {e}")))?;
+    let mut uri_sans = Vec::new();
+    let mut dns_names = Vec::new();
+    if let Some(exts) = csr.requested_extensions() {
+        for ext in exts {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::URI(u) => uri_sans.push((*u).to_string()),
+                        GeneralName::DNSName(d) => dns_names.push((*d).to_string()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(Csr {
+        spki_der: csr.certification_request_info.subject_pki.raw.to_vec(),
+        uri_sans,
+        dns_names,
+    })
+}
+
+/// Returns a random positive 128-bit serial number.
+pub fn random_serial() -> [u8; 16] {
+    let mut s = [0u8; 16];
+    let rng = ring::rand::SystemRandom::new();
+    // Invariant-free fallback: if the OS RNG failed we keep zeros and force bits below,
+    // but ring's fill only fails when the OS has no entropy source at all.
+    let _ = ring::rand::SecureRandom::fill(&rng, &mut s);
+    s[0] &= 0x7f;
+    s[0] |= 0x40;
+    s
+}
+
+fn dt(unix: i64) -> Result<OffsetDateTime, Error> {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .map_err(|e| Error::InvalidCertificate(format!("time out of range: {e}")))
+}
+
+fn ia5(s: &str) -> Result<rcgen::string::Ia5String, Error> {
+    rcgen::string::Ia5String::try_from(s.to_string())
+        .map_err(|e| Error::InvalidCertificate(format!("{s:?} is not IA5: {e}")))
+}
+
+/// Builds and self-signs a CA certificate for `td`.
+pub fn self_signed_ca(
+    key: &PrivateKey,
+    td: &TrustDomain,
+    subject: &CaSubject,
+    serial: [u8; 16],
+    not_before: i64,
+    not_after: i64,
+) -> Result<Vec<u8>, Error> {
+    let params = ca_params(td, subject, serial, not_before, not_after)?;
+    let cert = params
+        .self_signed(key.rcgen())
+        .map_err(|e| Error::Signing(e.to_string()))?;
+    Ok(cert.der().to_vec())
+}
+
+fn ca_params(
+    td: &TrustDomain,
+    subject: &CaSubject,
+    serial: [u8; 16],
+    not_before: i64,
+    not_after: i64,
+) -> Result<CertificateParams, Error> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for c in &subject.country {
+        dn.push(DnType::CountryName, c.as_str());
+    }
+    for o in &subject.organization {
+        dn.push(DnType::OrganizationName, o.as_str());
+    }
+    if !subject.common_name.is_empty() {
+        dn.push(DnType::CommonName, subject.common_name.as_str());
+    }
+    // serialNumber attribute keeps subjects of successive CAs distinct, as SPIRE does.
+    dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), hex::encode(serial));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.subject_alt_names = vec![SanType::URI(ia5(td.id().as_str())?)];
+    p.serial_number = Some(SerialNumber::from_slice(&serial));
+    p.not_before = dt(not_before)?;
+    p.not_after = dt(not_after)?;
+    Ok(p)
+}
+
+/// What the CA needs to issue: its certificate and a ready signer.
+pub struct CaIssuer {
+    cert_der: Vec<u8>,
+    not_after: i64,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CaIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaIssuer")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parameters of one X509-SVID.
+#[derive(Debug, Clone)]
+pub struct SvidRequest<'a> {
+    pub spiffe_id: &'a SpiffeId,
+    pub spki_der: &'a [u8],
+    pub dns_names: &'a [String],
+    pub serial: [u8; 16],
+    /// Issuance time; NotBefore is backdated by [`BACKDATE_SECS`].
+    pub now: i64,
+    pub ttl_secs: i64,
+}
+
+impl CaIssuer {
+    /// Builds a signer from the CA certificate and its private key, checking they match.
+    pub fn new(cert_der: &[u8], key: &PrivateKey) -> Result<Self, Error> {
+        let info = CertInfo::parse(cert_der)?;
+        if info.spki_der != key.spki_der() {
+            return Err(Error::InvalidKey(
+                "CA private key does not match the CA certificate".into(),
+            ));
+        }
+        let pair =
+            KeyPair::from_pkcs8_der_and_sign_algo(&key.pkcs8_der().into(), key.rcgen().algorithm())
+                .map_err(|e| Error::InvalidKey(e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der.to_vec().into(), pair)
+            .map_err(|e| Error::InvalidCertificate(e.to_string()))?;
+        Ok(Self {
+            cert_der: cert_der.to_vec(),
+            not_after: info.not_after,
+            issuer,
+        })
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    /// Issues an X509-SVID per the SPIFFE X509-SVID standard. NotAfter is capped at the CA's.
+    pub fn issue_svid(&self, req: &SvidRequest<'_>) -> Result<Vec<u8>, Error> {
+        if req.ttl_secs <= 0 {
+            return Err(Error::InvalidCertificate(
+                "SVID TTL must be positive".into(),
+            ));
+        }
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "SPIRE");
+        if let Some(first) = req.dns_names.first() {
+            dn.push(DnType::CommonName, first.as_str());
+        }
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let mut sans = vec![SanType::URI(ia5(req.spiffe_id.as_str())?)];
+        for d in req.dns_names {
+            sans.push(SanType::DnsName(ia5(d)?));
+        }
+        p.subject_alt_names = sans;
+        p.serial_number = Some(SerialNumber::from_slice(&req.serial));
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = dt(req.now - BACKDATE_SECS)?;
+        p.not_after = dt((req.now.saturating_add(req.ttl_secs)).min(self.not_after))?;
+        let spki = SubjectPublicKeyInfo::from_der(req.spki_der)
+            .map_err(|e| Error::InvalidKey(format!("public key: {e}")))?;
+        let cert = p
+            .signed_by(&spki, &self.issuer)
+            .map_err(|e| Error::Signing(e.to_string()))?;
+        Ok(cert.der().to_vec())
+    }
+}
+
+/// The facts about a certificate the rest of ironpact needs.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub not_before: i64,
+    pub not_after: i64,
+    pub serial_hex: String,
+    pub uri_sans: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub spki_der: Vec<u8>,
+    pub is_ca: bool,
+    pub subject: String,
+}
+
+impl CertInfo {
+    pub fn parse(der: &[u8]) -> Result<Self, Error> {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| Error::InvalidCertificate(format!("not a DER certificate: {e}")))?;
+        let mut uri_sans = Vec::new();
+        let mut dns_names = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::URI(u) => uri_sans.push((*u).to_string()),
+                    GeneralName::DNSName(d) => dns_names.push((*d).to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(Self {
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            serial_hex: hex::encode(cert.raw_serial()),
+            uri_sans,
+            dns_names,
+            spki_der: cert.public_key().raw.to_vec(),
+            is_ca: cert.is_ca(),
+            subject: cert.subject().to_string(),
+        })
+    }
+}
+
+/// PEM-encodes DER certificates, one block each.
+pub fn certs_to_pem<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+    ders.into_iter()
+        .map(|d| ::pem::encode(&::pem::Pem::new("CERTIFICATE", d.to_vec())))
+        .collect()
+}
+
+/// Decodes every CERTIFICATE block of a PEM text.
+pub fn certs_from_pem(text: &str) -> Result<Vec<Vec<u8>>, Error> {
+    let blocks = ::pem::parse_many(text).map_err(|e| Error::InvalidCertificate(e.to_string()))?;
+    let mut out = Vec::new();
+    for b in blocks {
+        if b.tag() != "CERTIFICATE" {
+            return Err(Error::InvalidCertificate(format!(
+                "unexpected PEM block {:?}",
+                b.tag()
+            )));
+        }
+        CertInfo::parse(b.contents())?;
+        out.push(b.into_contents());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyType;
+
+    #[test]
+    fn ca_and_svid_profiles() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let ca_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let now = 1_700_000_000;
+        let ca_der = self_signed_ca(
+            &ca_key,
+            &td,
+            &CaSubject::default(),
+            random_serial(),
+            now,
+            now + 3600,
+        )
+        .unwrap();
+        let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+        assert!(ca.is_ca());
+        let ku = ca.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign() && ku.crl_sign());
+        let info = CertInfo::parse(&ca_der).unwrap();
+        assert_eq!(info.uri_sans, vec!["spiffe://example.org"]);
+
+        let issuer = CaIssuer::new(&ca_der, &ca_key).unwrap();
+        let leaf_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
+        let dns = vec!["web.example.org".to_string(), "alt.example.org".to_string()];
+        let der = issuer
+            .issue_svid(&SvidRequest {
+                spiffe_id: &id,
+                spki_der: &leaf_key.spki_der(),
+                dns_names: &dns,
+                serial: random_serial(),
+                now,
+                ttl_secs: 7200,
+            })
+            .unwrap();
+        let (_, c) = X509Certificate::from_der(&der).unwrap();
+        assert!(!c.is_ca());
+        let bc = c.basic_constraints().unwrap().unwrap().value;
+        assert!(!bc.ca);
+        let ku = c.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && ku.key_encipherment() && ku.key_agreement());
+        assert!(!ku.key_cert_sign());
+        let eku = c.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let info = CertInfo::parse(&der).unwrap();
+        assert_eq!(info.uri_sans, vec![id.as_str()]);
+        assert_eq!(info.dns_names, dns);
+        assert_eq!(info.not_before, now - BACKDATE_SECS);
+        // capped at the CA's NotAfter
+        assert_eq!(info.not_after, now + 3600);
+        assert!(c.subject().to_string().contains("CN=web.example.org"));
+        assert_eq!(c.raw_serial().len(), 16);
+        c.verify_signature(Some(ca.public_key())).unwrap();
+
+        let other = PrivateKey::generate(KeyType::EcP256).unwrap();
+        assert!(CaIssuer::new(&ca_der, &other).is_err());
+    }
+
+    #[test]
+    fn csr_parsing() {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(ia5("spiffe://example.org/a").unwrap())];
+        let csr = p.serialize_request(&key).unwrap();
+        let parsed = parse_csr(csr.der()).unwrap();
+        assert_eq!(parsed.uri_sans, vec!["spiffe://example.org/a"]);
+        assert_eq!(parsed.spki_der, {
+            use rcgen::PublicKeyData;
+            key.subject_public_key_info()
+        });
+        let mut bad = csr.der().to_vec();
+        let n = bad.len();
+        bad[n - 5] ^= 0xff;
+        assert!(matches!(parse_csr(&bad), Err(Error::MalformedCsr(_))));
+        assert!(parse_csr(&csr.der()[..20]).is_err());
+        assert!(parse_csr(b"").is_err());
+    }
+}
