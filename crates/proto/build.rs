@@ -1,1 +1,21 @@
-fn main() {}
+//! Compiles the .proto files with protox (pure Rust), so no `protoc` is needed to build.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/ironpact/server/v1/types.proto",
+        "proto/ironpact/server/v1/entry.proto",
+        "proto/ironpact/server/v1/agent.proto",
+        "proto/ironpact/server/v1/bundle.proto",
+        "proto/ironpact/server/v1/svid.proto",
+        "proto/grpc/health/v1/health.proto",
+    ];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Schema migrations, applied at start-up inside one transaction. On PostgreSQL an advisory
+//! lock serialises servers of one HA cluster that start at the same time.
+
+use crate::store::Dialect;
+
+/// Each element is one schema version; statements are separated by `;`.
+/// `BLOB` is rewritten to `BYTEA` for PostgreSQL.
+pub(crate) const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE registered_entries (
+    entry_id TEXT PRIMARY KEY,
+    spiffe_id TEXT NOT NULL,
+    parent_id TEXT NOT NULL,
+    x509_svid_ttl BIGINT NOT NULL,
+    jwt_svid_ttl BIGINT NOT NULL,
+    admin BIGINT NOT NULL,
+    downstream BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    store_svid BIGINT NOT NULL,
+    hint TEXT NOT NULL,
+    dns_names TEXT NOT NULL,
+    federates_with TEXT NOT NULL,
+    revision_number BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    similarity_key TEXT NOT NULL UNIQUE
+);
+CREATE INDEX registered_entries_spiffe_id ON registered_entries (spiffe_id);
+CREATE INDEX registered_entries_parent_id ON registered_entries (parent_id);
+CREATE TABLE entry_selectors (
+    entry_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (entry_id, type, value)
+);
+CREATE INDEX entry_selectors_tv ON entry_selectors (type, value);
+CREATE TABLE attested_agents (
+    spiffe_id TEXT PRIMARY KEY,
+    attestation_type TEXT NOT NULL,
+    serial_number TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    banned BIGINT NOT NULL,
+    can_reattest BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE agent_selectors (
+    spiffe_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (spiffe_id, type, value)
+);
+CREATE TABLE join_tokens (
+    token TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+);
+CREATE TABLE bundles (
+    trust_domain TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE ca_journal (
+    id BIGINT PRIMARY KEY,
+    data BLOB NOT NULL,
+    updated_at BIGINT NOT NULL
+)
+"#];
+
+pub(crate) fn statements(dialect: Dialect, migration: &str) -> Vec<String> {
+    migration
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match dialect {
+            Dialect::Sqlite => s.to_string(),
+            Dialect::Postgres => s.replace(" BLOB ", " BYTEA "),
+        })
+        .collect()
+}

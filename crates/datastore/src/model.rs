@@ -1,0 +1,170 @@
+//! Typed records the datastore reads and writes, and the entry filters of the admin API.
+
+use ironpact_spiffe::{Bundle, Selector, SpiffeId, TrustDomain};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+
+/// A registration entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub spiffe_id: SpiffeId,
+    pub parent_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+    /// Seconds; 0 means the server default.
+    pub x509_svid_ttl: i64,
+    pub jwt_svid_ttl: i64,
+    pub federates_with: Vec<TrustDomain>,
+    pub admin: bool,
+    pub downstream: bool,
+    /// Unix seconds; 0 means never.
+    pub expires_at: i64,
+    pub dns_names: Vec<String>,
+    pub revision_number: i64,
+    pub store_svid: bool,
+    pub hint: String,
+    pub created_at: i64,
+}
+
+/// Two entries with the same SPIFFE ID, parent and selector set are the same entry
+/// (SPIRE refuses such duplicates with AlreadyExists too).
+pub fn similarity_key(
+    spiffe_id: &SpiffeId,
+    parent_id: &SpiffeId,
+    selectors: &[Selector],
+) -> String {
+    let set: BTreeSet<String> = selectors.iter().map(ToString::to_string).collect();
+    let mut h = Sha256::new();
+    h.update(spiffe_id.as_str());
+    h.update([0]);
+    h.update(parent_id.as_str());
+    for s in set {
+        h.update([0]);
+        h.update(s);
+    }
+    hex::encode(h.finalize())
+}
+
+/// An attested agent (node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub spiffe_id: SpiffeId,
+    pub attestation_type: String,
+    pub serial_number: String,
+    pub expires_at: i64,
+    pub selectors: Vec<Selector>,
+    pub banned: bool,
+    pub can_reattest: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A bundle and when it was last written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleRecord {
+    pub bundle: Bundle,
+    pub updated_at: i64,
+}
+
+/// How a selector (or trust domain) set in a filter compares with an entry's set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatchBehavior {
+    /// The sets are equal.
+    #[default]
+    Exact,
+    /// The entry's set is a subset of the filter's.
+    Subset,
+    /// The entry's set is a superset of the filter's.
+    Superset,
+    /// The sets share at least one element.
+    Any,
+}
+
+impl MatchBehavior {
+    pub fn matches<T: Ord>(self, filter: &BTreeSet<T>, have: &BTreeSet<T>) -> bool {
+        match self {
+            MatchBehavior::Exact => filter == have,
+            MatchBehavior::Subset => have.is_subset(filter),
+            MatchBehavior::Superset => have.is_superset(filter),
+            MatchBehavior::Any => !filter.is_disjoint(have),
+        }
+    }
+}
+
+/// Filters of ListEntries / CountEntries; `None` means not filtered.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub by_spiffe_id: Option<SpiffeId>,
+    pub by_parent_id: Option<SpiffeId>,
+    pub by_selectors: Option<(Vec<Selector>, MatchBehavior)>,
+    pub by_federates_with: Option<(Vec<TrustDomain>, MatchBehavior)>,
+    pub by_hint: Option<String>,
+    pub by_downstream: Option<bool>,
+}
+
+impl EntryFilter {
+    pub fn matches(&self, e: &Entry) -> bool {
+        if self
+            .by_spiffe_id
+            .as_ref()
+            .is_some_and(|id| *id != e.spiffe_id)
+            || self
+                .by_parent_id
+                .as_ref()
+                .is_some_and(|id| *id != e.parent_id)
+            || self.by_hint.as_ref().is_some_and(|h| *h != e.hint)
+            || self.by_downstream.is_some_and(|d| d != e.downstream)
+        {
+            return false;
+        }
+        if let Some((sel, how)) = &self.by_selectors {
+            let want: BTreeSet<&Selector> = sel.iter().collect();
+            let have: BTreeSet<&Selector> = e.selectors.iter().collect();
+            if !how.matches(&want, &have) {
+                return false;
+            }
+        }
+        if let Some((tds, how)) = &self.by_federates_with {
+            let want: BTreeSet<&TrustDomain> = tds.iter().collect();
+            let have: BTreeSet<&TrustDomain> = e.federates_with.iter().collect();
+            if !how.matches(&want, &have) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_behaviours() {
+        let s = |v: &[i32]| v.iter().copied().collect::<BTreeSet<_>>();
+        assert!(MatchBehavior::Exact.matches(&s(&[1, 2]), &s(&[2, 1])));
+        assert!(!MatchBehavior::Exact.matches(&s(&[1]), &s(&[1, 2])));
+        assert!(MatchBehavior::Subset.matches(&s(&[1, 2, 3]), &s(&[1, 2])));
+        assert!(!MatchBehavior::Subset.matches(&s(&[1]), &s(&[1, 2])));
+        assert!(MatchBehavior::Superset.matches(&s(&[1]), &s(&[1, 2])));
+        assert!(MatchBehavior::Any.matches(&s(&[3, 2]), &s(&[1, 2])));
+        assert!(!MatchBehavior::Any.matches(&s(&[3]), &s(&[1, 2])));
+    }
+
+    #[test]
+    fn similarity_ignores_selector_order() {
+        let id = SpiffeId::parse("spiffe://td/a").unwrap();
+        let p = SpiffeId::parse("spiffe://td/p").unwrap();
+        let a = Selector::parse("unix:uid:1").unwrap();
+        let b = Selector::parse("unix:gid:1").unwrap();
+        assert_eq!(
+            similarity_key(&id, &p, &[a.clone(), b.clone()]),
+            similarity_key(&id, &p, &[b, a.clone()])
+        );
+        assert_ne!(
+            similarity_key(&id, &p, &[a.clone()]),
+            similarity_key(&p, &id, &[a])
+        );
+    }
+}

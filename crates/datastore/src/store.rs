@@ -1,0 +1,821 @@
+//! The datastore proper: connection, migrations and every query.
+
+use crate::error::Error;
+use crate::migrate::{MIGRATIONS, statements};
+use crate::model::{AgentRecord, BundleRecord, Entry, EntryFilter, similarity_key};
+use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use std::path::Path;
+use std::time::Duration;
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Which SQL engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The server's datastore. Cheap to clone (a pool handle).
+#[derive(Clone, Debug)]
+pub struct DataStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+const ENTRY_COLUMNS: &str = "e.entry_id, e.spiffe_id, e.parent_id, e.x509_svid_ttl, \
+    e.jwt_svid_ttl, e.admin, e.downstream, e.expires_at, e.store_svid, e.hint, e.dns_names, \
+    e.federates_with, e.revision_number, e.created_at";
+
+fn new_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn b(v: bool) -> i64 {
+    i64::from(v)
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation()
+                || d.code()
+                    .is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+                || d.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+impl DataStore {
+    /// Opens the datastore named by a `DataStore "sql"` block.
+    pub async fn connect(database_type: &str, connection_string: &str) -> Result<Self> {
+        match database_type {
+            "sqlite3" | "sqlite" => Self::open_sqlite(Path::new(connection_string)).await,
+            "postgres" | "postgresql" => Self::open_postgres(connection_string, None).await,
+            other => Err(Error::UnsupportedDatabase(other.to_string())),
+        }
+    }
+
+    /// Opens (creating if needed) an SQLite database file, in WAL mode.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Db(sqlx::Error::Configuration(
+                    format!("cannot create {}: {e}", dir.display()).into(),
+                ))
+            })?;
+        }
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let ds = Self {
+            pool,
+            dialect: Dialect::Sqlite,
+        };
+        ds.migrate().await?;
+        Ok(ds)
+    }
+
+    /// Connects to PostgreSQL; with `schema`, every connection uses (and creates) it.
+    pub async fn open_postgres(url: &str, schema: Option<&str>) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10));
+        if let Some(schema) = schema {
+            if !schema
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+            {
+                return Err(Error::Db(sqlx::Error::Configuration(
+                    format!("invalid schema name {schema:?}").into(),
+                )));
+            }
+            let setup = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
+                .await?;
+            setup
+                .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema}"
+                ))))
+                .await?;
+            setup.close().await;
+            let set = format!("SET search_path TO {schema}");
+            opts = opts.after_connect(move |conn, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::raw_sql(AssertSqlSafe(set))).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(url).await?;
+        let ds = Self {
+            pool,
+            dialect: Dialect::Postgres,
+        };
+        ds.migrate().await?;
+        Ok(ds)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Several servers of one cluster may start together: one migrates, the others wait.
+            tx.execute("SELECT pg_advisory_xact_lock(7291001)").await?;
+        }
+        tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await?;
+        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<Option<i64>, _>("v")?;
+        let current = current.unwrap_or(0);
+        let target = MIGRATIONS.len() as i64;
+        if current > target {
+            return Err(Error::Corrupt(format!(
+                "database schema version {current} is newer than this server knows ({target}); \
+                 upgrade ironpact-server"
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            for stmt in statements(self.dialect, m) {
+                tx.execute(sqlx::raw_sql(AssertSqlSafe(stmt))).await?;
+            }
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version = i + 1, "applied datastore migration");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- entries
+
+    /// Creates an entry; assigns an ID when `e.id` is empty. Revision starts at 0.
+    pub async fn create_entry(&self, e: &Entry) -> Result<Entry> {
+        let mut e = e.clone();
+        if e.id.is_empty() {
+            e.id = new_id();
+        }
+        e.revision_number = 0;
+        let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
+        let mut tx = self.pool.begin().await?;
+        let dup = sqlx::query(
+            "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 OR entry_id = $2",
+        )
+        .bind(&key)
+        .bind(&e.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = dup {
+            let id: String = row.try_get("entry_id")?;
+            return Err(Error::AlreadyExists {
+                what: "similar entry",
+                id,
+            });
+        }
+        let r = sqlx::query(
+            "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
+             jwt_svid_ttl, admin, downstream, expires_at, store_svid, hint, dns_names, \
+             federates_with, revision_number, created_at, similarity_key) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
+        )
+        .bind(&e.id)
+        .bind(e.spiffe_id.as_str())
+        .bind(e.parent_id.as_str())
+        .bind(e.x509_svid_ttl)
+        .bind(e.jwt_svid_ttl)
+        .bind(b(e.admin))
+        .bind(b(e.downstream))
+        .bind(e.expires_at)
+        .bind(b(e.store_svid))
+        .bind(&e.hint)
+        .bind(json_list(e.dns_names.iter()))
+        .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
+        .bind(e.revision_number)
+        .bind(e.created_at)
+        .bind(&key)
+        .execute(&mut *tx)
+        .await;
+        if let Err(err) = r {
+            return Err(if is_unique_violation(&err) {
+                Error::AlreadyExists {
+                    what: "similar entry",
+                    id: e.id.clone(),
+                }
+            } else {
+                err.into()
+            });
+        }
+        insert_selectors(&mut tx, "entry_selectors", "entry_id", &e.id, &e.selectors).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    pub async fn get_entry(&self, id: &str) -> Result<Entry> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS}, s.type, s.value FROM registered_entries e \
+             LEFT JOIN entry_selectors s ON s.entry_id = e.entry_id WHERE e.entry_id = $1"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        entries_from_rows(&rows)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound {
+                what: "entry",
+                id: id.to_string(),
+            })
+    }
+
+    /// Lists entries ordered by ID. SPIFFE ID and parent ID filters run in SQL (one query
+    /// with its selectors joined); the rest of the filter is applied to the rows.
+    pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>> {
+        let mut sql = format!(
+            "SELECT {ENTRY_COLUMNS}, s.type, s.value FROM registered_entries e \
+             LEFT JOIN entry_selectors s ON s.entry_id = e.entry_id"
+        );
+        let mut binds: Vec<String> = Vec::new();
+        let mut conds = Vec::new();
+        if let Some(id) = &filter.by_spiffe_id {
+            binds.push(id.to_string());
+            conds.push(format!("e.spiffe_id = ${}", binds.len()));
+        }
+        if let Some(id) = &filter.by_parent_id {
+            binds.push(id.to_string());
+            conds.push(format!("e.parent_id = ${}", binds.len()));
+        }
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        sql.push_str(" ORDER BY e.entry_id");
+        let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+        for v in &binds {
+            q = q.bind(v.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok(entries_from_rows(&rows)?
+            .into_iter()
+            .filter(|e| filter.matches(e))
+            .collect())
+    }
+
+    /// Replaces an entry's fields (the ID stays); bumps its revision number.
+    pub async fn update_entry(&self, e: &Entry) -> Result<Entry> {
+        let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
+        let mut tx = self.pool.begin().await?;
+        let cur = sqlx::query("SELECT revision_number FROM registered_entries WHERE entry_id = $1")
+            .bind(&e.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "entry",
+                id: e.id.clone(),
+            })?;
+        let rev: i64 = cur.try_get("revision_number")?;
+        let dup = sqlx::query(
+            "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 AND entry_id <> $2",
+        )
+        .bind(&key)
+        .bind(&e.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = dup {
+            let id: String = row.try_get("entry_id")?;
+            return Err(Error::AlreadyExists {
+                what: "similar entry",
+                id,
+            });
+        }
+        sqlx::query(
+            "UPDATE registered_entries SET spiffe_id=$2, parent_id=$3, x509_svid_ttl=$4, \
+             jwt_svid_ttl=$5, admin=$6, downstream=$7, expires_at=$8, store_svid=$9, hint=$10, \
+             dns_names=$11, federates_with=$12, revision_number=$13, similarity_key=$14 \
+             WHERE entry_id=$1",
+        )
+        .bind(&e.id)
+        .bind(e.spiffe_id.as_str())
+        .bind(e.parent_id.as_str())
+        .bind(e.x509_svid_ttl)
+        .bind(e.jwt_svid_ttl)
+        .bind(b(e.admin))
+        .bind(b(e.downstream))
+        .bind(e.expires_at)
+        .bind(b(e.store_svid))
+        .bind(&e.hint)
+        .bind(json_list(e.dns_names.iter()))
+        .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
+        .bind(rev + 1)
+        .bind(&key)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM entry_selectors WHERE entry_id = $1")
+            .bind(&e.id)
+            .execute(&mut *tx)
+            .await?;
+        insert_selectors(&mut tx, "entry_selectors", "entry_id", &e.id, &e.selectors).await?;
+        tx.commit().await?;
+        let mut out = e.clone();
+        out.revision_number = rev + 1;
+        Ok(out)
+    }
+
+    /// Deletes an entry and returns what it was.
+    pub async fn delete_entry(&self, id: &str) -> Result<Entry> {
+        let e = self.get_entry(id).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM entry_selectors WHERE entry_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM registered_entries WHERE entry_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "entry",
+                id: id.to_string(),
+            });
+        }
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    // ---------------------------------------------------------------- agents
+
+    pub async fn create_agent(&self, a: &AgentRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
+             banned, can_reattest, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        )
+        .bind(a.spiffe_id.as_str())
+        .bind(&a.attestation_type)
+        .bind(&a.serial_number)
+        .bind(a.expires_at)
+        .bind(b(a.banned))
+        .bind(b(a.can_reattest))
+        .bind(a.created_at)
+        .bind(a.updated_at)
+        .execute(&mut *tx)
+        .await;
+        if let Err(err) = r {
+            return Err(if is_unique_violation(&err) {
+                Error::AlreadyExists {
+                    what: "agent",
+                    id: a.spiffe_id.to_string(),
+                }
+            } else {
+                err.into()
+            });
+        }
+        insert_selectors(
+            &mut tx,
+            "agent_selectors",
+            "spiffe_id",
+            a.spiffe_id.as_str(),
+            &a.selectors,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rewrites an agent's record and selectors.
+    pub async fn update_agent(&self, a: &AgentRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE attested_agents SET attestation_type=$2, serial_number=$3, expires_at=$4, \
+             banned=$5, can_reattest=$6, updated_at=$7 WHERE spiffe_id=$1",
+        )
+        .bind(a.spiffe_id.as_str())
+        .bind(&a.attestation_type)
+        .bind(&a.serial_number)
+        .bind(a.expires_at)
+        .bind(b(a.banned))
+        .bind(b(a.can_reattest))
+        .bind(a.updated_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "agent",
+                id: a.spiffe_id.to_string(),
+            });
+        }
+        sqlx::query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
+            .bind(a.spiffe_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_selectors(
+            &mut tx,
+            "agent_selectors",
+            "spiffe_id",
+            a.spiffe_id.as_str(),
+            &a.selectors,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_agent(&self, id: &SpiffeId) -> Result<AgentRecord> {
+        self.query_agents(Some(id))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound {
+                what: "agent",
+                id: id.to_string(),
+            })
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
+        self.query_agents(None).await
+    }
+
+    async fn query_agents(&self, id: Option<&SpiffeId>) -> Result<Vec<AgentRecord>> {
+        let mut sql = String::from(
+            "SELECT a.spiffe_id, a.attestation_type, a.serial_number, a.expires_at, a.banned, \
+             a.can_reattest, a.created_at, a.updated_at, s.type, s.value FROM attested_agents a \
+             LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id",
+        );
+        if id.is_some() {
+            sql.push_str(" WHERE a.spiffe_id = $1");
+        }
+        sql.push_str(" ORDER BY a.spiffe_id");
+        let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+        if let Some(id) = id {
+            q = q.bind(id.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut out: Vec<AgentRecord> = Vec::new();
+        for row in &rows {
+            let sid: String = row.try_get("spiffe_id")?;
+            if out.last().is_none_or(|a| a.spiffe_id.as_str() != sid) {
+                out.push(AgentRecord {
+                    spiffe_id: SpiffeId::parse(&sid)?,
+                    attestation_type: row.try_get("attestation_type")?,
+                    serial_number: row.try_get("serial_number")?,
+                    expires_at: row.try_get("expires_at")?,
+                    selectors: Vec::new(),
+                    banned: row.try_get::<i64, _>("banned")? != 0,
+                    can_reattest: row.try_get::<i64, _>("can_reattest")? != 0,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                });
+            }
+            if let Some(sel) = selector_from_row(row)?
+                && let Some(a) = out.last_mut()
+            {
+                a.selectors.push(sel);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an agent (evict): it may attest again.
+    pub async fn delete_agent(&self, id: &SpiffeId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM attested_agents WHERE spiffe_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "agent",
+                id: id.to_string(),
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- join tokens
+
+    pub async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {
+        let r = sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES ($1, $2)")
+            .bind(token)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
+                what: "join token",
+                id: token.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Consumes a join token (single use) and returns its expiry; the caller checks it.
+    pub async fn take_join_token(&self, token: &str) -> Result<i64> {
+        let row = sqlx::query("DELETE FROM join_tokens WHERE token = $1 RETURNING expires_at")
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "join token",
+                id: String::from("(redacted)"),
+            })?;
+        Ok(row.try_get("expires_at")?)
+    }
+
+    /// Deletes join tokens that expired before `now`; returns how many.
+    pub async fn prune_join_tokens(&self, now: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    // ---------------------------------------------------------------- bundles
+
+    pub async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<BundleRecord>> {
+        let row = sqlx::query("SELECT data, updated_at FROM bundles WHERE trust_domain = $1")
+            .bind(td.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| bundle_from_row(td.clone(), &r)).transpose()
+    }
+
+    /// Inserts or replaces the bundle of its trust domain.
+    pub async fn set_bundle(&self, bundle: &Bundle, now: i64) -> Result<()> {
+        let data = StoredBundle::from(bundle);
+        let bytes = serde_json::to_vec(&data).map_err(|e| Error::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (trust_domain) DO UPDATE SET data = excluded.data, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(bundle.trust_domain.as_str())
+        .bind(bytes)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_bundle(&self, td: &TrustDomain) -> Result<()> {
+        let n = sqlx::query("DELETE FROM bundles WHERE trust_domain = $1")
+            .bind(td.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "bundle",
+                id: td.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn list_bundles(&self) -> Result<Vec<BundleRecord>> {
+        let rows =
+            sqlx::query("SELECT trust_domain, data, updated_at FROM bundles ORDER BY trust_domain")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let td: String = r.try_get("trust_domain")?;
+                bundle_from_row(TrustDomain::new(&td)?, r)
+            })
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- CA journal
+
+    pub async fn get_ca_journal(&self) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT data FROM ca_journal WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<Vec<u8>, _>("data")).transpose()?)
+    }
+
+    pub async fn set_ca_journal(&self, data: &[u8], now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO ca_journal (id, data, updated_at) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(data.to_vec())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+fn json_list<'a>(items: impl Iterator<Item = &'a (impl AsRef<str> + ?Sized + 'a)>) -> String {
+    let v: Vec<&str> = items.map(AsRef::as_ref).collect();
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_list(s: &str) -> Result<Vec<String>> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("list column {s:?}: {e}")))
+}
+
+async fn insert_selectors(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    table: &str,
+    key_col: &str,
+    key: &str,
+    selectors: &[Selector],
+) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    let sql = format!("INSERT INTO {table} ({key_col}, type, value) VALUES ($1, $2, $3)");
+    for s in selectors {
+        if !seen.insert(s) {
+            continue;
+        }
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(key)
+            .bind(&s.kind)
+            .bind(&s.value)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn selector_from_row(row: &AnyRow) -> Result<Option<Selector>> {
+    let t: Option<String> = row.try_get("type")?;
+    let v: Option<String> = row.try_get("value")?;
+    match (t, v) {
+        (Some(t), Some(v)) => Ok(Some(Selector::new(&t, &v)?)),
+        _ => Ok(None),
+    }
+}
+
+fn entries_from_rows(rows: &[AnyRow]) -> Result<Vec<Entry>> {
+    let mut out: Vec<Entry> = Vec::new();
+    for row in rows {
+        let id: String = row.try_get("entry_id")?;
+        if out.last().is_none_or(|e| e.id != id) {
+            let tds = parse_list(&row.try_get::<String, _>("federates_with")?)?;
+            out.push(Entry {
+                id,
+                spiffe_id: SpiffeId::parse(&row.try_get::<String, _>("spiffe_id")?)?,
+                parent_id: SpiffeId::parse(&row.try_get::<String, _>("parent_id")?)?,
+                selectors: Vec::new(),
+                x509_svid_ttl: row.try_get("x509_svid_ttl")?,
+                jwt_svid_ttl: row.try_get("jwt_svid_ttl")?,
+                federates_with: tds
+                    .iter()
+                    .map(|t| TrustDomain::new(t))
+                    .collect::<std::result::Result<_, _>>()?,
+                admin: row.try_get::<i64, _>("admin")? != 0,
+                downstream: row.try_get::<i64, _>("downstream")? != 0,
+                expires_at: row.try_get("expires_at")?,
+                dns_names: parse_list(&row.try_get::<String, _>("dns_names")?)?,
+                revision_number: row.try_get("revision_number")?,
+                store_svid: row.try_get::<i64, _>("store_svid")? != 0,
+                hint: row.try_get("hint")?,
+                created_at: row.try_get("created_at")?,
+            });
+        }
+        if let Some(sel) = selector_from_row(row)?
+            && let Some(e) = out.last_mut()
+        {
+            e.selectors.push(sel);
+        }
+    }
+    for e in &mut out {
+        e.selectors.sort();
+    }
+    Ok(out)
+}
+
+/// How a bundle is stored: DER and SPKI as hex, with the JWT keys' expiry that a SPIFFE
+/// JWKS document cannot carry.
+#[derive(Serialize, Deserialize)]
+struct StoredBundle {
+    x509: Vec<String>,
+    jwt: Vec<StoredJwtKey>,
+    refresh_hint: u64,
+    sequence: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredJwtKey {
+    kid: String,
+    spki: String,
+    expires_at: i64,
+}
+
+impl From<&Bundle> for StoredBundle {
+    fn from(b: &Bundle) -> Self {
+        Self {
+            x509: b.x509_authorities.iter().map(hex::encode).collect(),
+            jwt: b
+                .jwt_authorities
+                .iter()
+                .map(|a| StoredJwtKey {
+                    kid: a.key_id.clone(),
+                    spki: hex::encode(&a.public_key_der),
+                    expires_at: a.expires_at,
+                })
+                .collect(),
+            refresh_hint: b.refresh_hint,
+            sequence: b.sequence,
+        }
+    }
+}
+
+fn bundle_from_row(td: TrustDomain, row: &AnyRow) -> Result<BundleRecord> {
+    let data: Vec<u8> = row.try_get("data")?;
+    let s: StoredBundle =
+        serde_json::from_slice(&data).map_err(|e| Error::Corrupt(format!("bundle {td}: {e}")))?;
+    let unhex = |h: &str| hex::decode(h).map_err(|e| Error::Corrupt(format!("bundle {td}: {e}")));
+    let mut b = Bundle::new(td.clone());
+    for x in &s.x509 {
+        b.x509_authorities.push(unhex(x)?);
+    }
+    for k in &s.jwt {
+        b.jwt_authorities.push(JwtAuthority {
+            key_id: k.kid.clone(),
+            public_key_der: unhex(&k.spki)?,
+            expires_at: k.expires_at,
+        });
+    }
+    b.refresh_hint = s.refresh_hint;
+    b.sequence = s.sequence;
+    Ok(BundleRecord {
+        bundle: b,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl DataStore {
+    /// Drops a schema created for one test run (PostgreSQL only).
+    #[doc(hidden)]
+    pub async fn drop_schema_for_tests(&self, schema: &str) -> Result<()> {
+        if !schema
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        {
+            return Err(Error::Corrupt(format!("invalid schema name {schema:?}")));
+        }
+        self.pool
+            .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            ))))
+            .await?;
+        Ok(())
+    }
+}
