@@ -1,1 +1,8 @@
+//! The ironpact server: the trust domain's CA with rotation, registration entries, the
+//! admin API on a Unix socket, and the configuration that drives them.
+//!
+//! It does not parse command lines (that is `crates/cli`) and keeps SPIFFE rules in
+//! `ironpact-spiffe`; here is what needs a clock, a datastore or a socket.
 
+pub mod config;
+pub mod hcl;

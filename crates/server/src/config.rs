@@ -1,0 +1,510 @@
+//! The server's configuration: SPIRE-shaped HCL (`server { … }` and `plugins { … }`), the
+//! command-line overrides of `run`, and the one builder that `run` and `validate` share.
+
+use crate::hcl::{self, ConfigError, Section};
+use ironpact_spiffe::x509::CaSubject;
+use ironpact_spiffe::{KeyType, TrustDomain};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ironpact-server/private/api.sock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyManagerConfig {
+    /// Keys as files (mode 0600) in `keys_path`; they survive restarts.
+    Disk { keys_path: PathBuf },
+    /// Keys in memory; a restart makes a new CA.
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataStoreConfig {
+    pub database_type: String,
+    pub connection_string: String,
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind_address: IpAddr,
+    pub bind_port: u16,
+    pub socket_path: PathBuf,
+    pub trust_domain: TrustDomain,
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub ca_key_type: KeyType,
+    pub jwt_key_type: KeyType,
+    pub ca_ttl: Duration,
+    pub ca_subject: CaSubject,
+    pub default_x509_svid_ttl: Duration,
+    pub default_jwt_svid_ttl: Duration,
+    pub datastore: DataStoreConfig,
+    pub key_manager: KeyManagerConfig,
+    /// `NodeAttestor "join_token"` is configured.
+    pub join_token_attestor: bool,
+}
+
+/// Values given on the command line; each replaces the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<String>,
+    pub socket_path: Option<String>,
+    pub bind_address: Option<String>,
+    pub server_port: Option<u16>,
+    pub trust_domain: Option<String>,
+    pub log_level: Option<String>,
+}
+
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+
+impl ServerConfig {
+    /// Reads and validates a config file (`expand_env` as SPIRE's `-expandEnv`).
+    pub fn load(path: &Path, expand_env: bool, ov: &Overrides) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            message: format!("cannot read the config file: {e} (pass its path with -config)"),
+        })?;
+        Self::parse(&file, &text, expand_env, ov)
+    }
+
+    pub fn parse(
+        file: &str,
+        text: &str,
+        expand_env: bool,
+        ov: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let text = if expand_env {
+            hcl::expand_env(text)
+        } else {
+            text.to_string()
+        };
+        let root = hcl::parse(file, &text)?;
+        let top = Section::new(file, "", &root);
+        let server = top.section("server")?.ok_or_else(|| ConfigError {
+            file: file.into(),
+            line: 0,
+            message: "missing the server { … } block".into(),
+        })?;
+        let plugins = top.section("plugins")?;
+        top.finish()?;
+
+        let s = &server;
+        let line = s.line();
+        let data_dir = PathBuf::from(
+            ov.data_dir
+                .clone()
+                .or(s.string("data_dir")?.map(|v| v.0))
+                .unwrap_or_else(|| ".".into()),
+        );
+        let td_raw = match (&ov.trust_domain, s.string("trust_domain")?) {
+            (Some(t), _) => (t.clone(), line),
+            (None, Some(t)) => t,
+            (None, None) => {
+                return Err(s.err(
+                    line,
+                    "server.trust_domain is required (e.g. \"example.org\")",
+                ));
+            }
+        };
+        let trust_domain = TrustDomain::new(&td_raw.0)
+            .map_err(|e| s.err(td_raw.1, format!("server.trust_domain: {e}")))?;
+        let bind_address_raw = match (&ov.bind_address, s.string("bind_address")?) {
+            (Some(b), _) => (b.clone(), line),
+            (None, Some(b)) => b,
+            (None, None) => ("0.0.0.0".to_string(), line),
+        };
+        let bind_address: IpAddr = bind_address_raw.0.parse().map_err(|_| {
+            s.err(
+                bind_address_raw.1,
+                format!(
+                    "server.bind_address {:?} is not an IP address",
+                    bind_address_raw.0
+                ),
+            )
+        })?;
+        let file_port = s.u16("bind_port")?.map(|p| p.0);
+        let bind_port = ov.server_port.or(file_port).unwrap_or(8081);
+        let socket_path = PathBuf::from(
+            ov.socket_path
+                .clone()
+                .or(s.string("socket_path")?.map(|v| v.0))
+                .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+        );
+        let log_level = match (&ov.log_level, s.string("log_level")?) {
+            (Some(l), _) => (l.clone(), line),
+            (None, Some(l)) => l,
+            (None, None) => ("info".into(), line),
+        };
+        let log_level_lc = log_level.0.to_ascii_lowercase();
+        if !LOG_LEVELS.contains(&log_level_lc.as_str()) {
+            return Err(s.err(
+                log_level.1,
+                format!(
+                    "server.log_level {:?}: use DEBUG, INFO, WARN or ERROR",
+                    log_level.0
+                ),
+            ));
+        }
+        let log_format = match s.string("log_format")? {
+            None => LogFormat::Text,
+            Some((f, l)) => match f.to_ascii_lowercase().as_str() {
+                "text" | "" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(s.err(
+                        l,
+                        format!("server.log_format {f:?}: use \"text\" or \"json\""),
+                    ));
+                }
+            },
+        };
+        let key_type = |key: &str| -> Result<KeyType, ConfigError> {
+            match s.string(key)? {
+                None => Ok(KeyType::EcP256),
+                Some((v, l)) => v
+                    .parse()
+                    .map_err(|e| s.err(l, format!("server.{key}: {e}"))),
+            }
+        };
+        let ca_key_type = key_type("ca_key_type")?;
+        let jwt_key_type = match s.string("jwt_key_type")? {
+            None => match ca_key_type {
+                // SPIRE signs JWTs with the CA key type unless told otherwise; RSA CAs keep EC JWTs.
+                KeyType::Rsa2048 => KeyType::EcP256,
+                other => other,
+            },
+            Some((v, l)) => v
+                .parse()
+                .map_err(|e| s.err(l, format!("server.jwt_key_type: {e}")))?,
+        };
+        let positive = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
+            let d = s.duration(key)?.unwrap_or(default);
+            if d.as_secs() == 0 {
+                return Err(s.err(line, format!("server.{key} must be at least 1s")));
+            }
+            Ok(d)
+        };
+        let ca_ttl = positive("ca_ttl", Duration::from_secs(24 * 3600))?;
+        let default_x509_svid_ttl = positive("default_x509_svid_ttl", Duration::from_secs(3600))?;
+        let default_jwt_svid_ttl = positive("default_jwt_svid_ttl", Duration::from_secs(300))?;
+        let ca_subject = match s.section("ca_subject")? {
+            None => CaSubject::default(),
+            Some(sub) => {
+                let c = CaSubject {
+                    country: sub.strings("country")?.unwrap_or_default(),
+                    organization: sub.strings("organization")?.unwrap_or_default(),
+                    common_name: sub.string("common_name")?.map(|v| v.0).unwrap_or_default(),
+                };
+                sub.finish()?;
+                c
+            }
+        };
+        server.finish()?;
+
+        let mut datastore = None;
+        let mut key_manager = None;
+        let mut join_token_attestor = false;
+        if let Some(p) = &plugins {
+            for (b, sec) in p.labelled("DataStore") {
+                let data = plugin_data(&b.labels, b.line, &sec, "DataStore", &["sql"])?;
+                let database_type = data
+                    .as_ref()
+                    .map(|d| d.string("database_type"))
+                    .transpose()?
+                    .flatten()
+                    .map(|v| v.0)
+                    .unwrap_or_else(|| "sqlite3".into());
+                if !matches!(database_type.as_str(), "sqlite3" | "postgres") {
+                    return Err(sec.err(
+                        b.line,
+                        format!("database_type {database_type:?} is not supported: use \"sqlite3\" or \"postgres\""),
+                    ));
+                }
+                let conn = data
+                    .as_ref()
+                    .map(|d| d.string("connection_string"))
+                    .transpose()?
+                    .flatten()
+                    .map(|v| v.0);
+                let connection_string = match (database_type.as_str(), conn) {
+                    (_, Some(c)) => c,
+                    ("sqlite3", None) => data_dir.join("datastore.sqlite3").display().to_string(),
+                    _ => {
+                        return Err(sec.err(
+                            b.line,
+                            "DataStore \"sql\": connection_string is required for postgres \
+                             (e.g. \"postgres://user@host:5432/db\")",
+                        ));
+                    }
+                };
+                if let Some(d) = data {
+                    d.finish()?;
+                }
+                if datastore.is_some() {
+                    return Err(sec.err(b.line, "only one DataStore plugin may be configured"));
+                }
+                sec.finish()?;
+                datastore = Some(DataStoreConfig {
+                    database_type,
+                    connection_string,
+                });
+            }
+            for (b, sec) in p.labelled("KeyManager") {
+                let data = plugin_data(&b.labels, b.line, &sec, "KeyManager", &["disk", "memory"])?;
+                let km = if b.labels[0] == "disk" {
+                    let keys_path = data
+                        .as_ref()
+                        .map(|d| d.string("keys_path"))
+                        .transpose()?
+                        .flatten()
+                        .map(|v| PathBuf::from(v.0))
+                        .unwrap_or_else(|| data_dir.join("keys"));
+                    KeyManagerConfig::Disk { keys_path }
+                } else {
+                    KeyManagerConfig::Memory
+                };
+                if let Some(d) = data {
+                    d.finish()?;
+                }
+                if key_manager.is_some() {
+                    return Err(sec.err(b.line, "only one KeyManager plugin may be configured"));
+                }
+                sec.finish()?;
+                key_manager = Some(km);
+            }
+            for (b, sec) in p.labelled("NodeAttestor") {
+                let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &["join_token"])?;
+                if let Some(d) = data {
+                    d.finish()?;
+                }
+                sec.finish()?;
+                join_token_attestor = true;
+            }
+        }
+        if let Some(p) = plugins {
+            p.finish()?;
+        }
+        let datastore = datastore.ok_or_else(|| ConfigError {
+            file: file.into(),
+            line: 0,
+            message: "plugins { DataStore \"sql\" { … } } is required".into(),
+        })?;
+        let key_manager = key_manager.ok_or_else(|| ConfigError {
+            file: file.into(),
+            line: 0,
+            message: "plugins { KeyManager \"disk\" { … } } (or \"memory\") is required".into(),
+        })?;
+        Ok(Self {
+            bind_address,
+            bind_port,
+            socket_path,
+            trust_domain,
+            data_dir,
+            log_level: log_level_lc,
+            log_format,
+            ca_key_type,
+            jwt_key_type,
+            ca_ttl,
+            ca_subject,
+            default_x509_svid_ttl,
+            default_jwt_svid_ttl,
+            datastore,
+            key_manager,
+            join_token_attestor,
+        })
+    }
+
+    /// Warnings worth logging at start-up (the config is still valid).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.default_x509_svid_ttl * 6 > self.ca_ttl {
+            w.push(format!(
+                "default_x509_svid_ttl ({}) is more than a sixth of ca_ttl ({}): SVIDs issued \
+                 near a CA rotation will be cut short; lower the SVID TTL or raise ca_ttl",
+                ironpact_spiffe::duration::format(self.default_x509_svid_ttl),
+                ironpact_spiffe::duration::format(self.ca_ttl)
+            ));
+        }
+        w
+    }
+}
+
+/// Checks a plugin block's label and returns its `plugin_data` section, if any.
+fn plugin_data<'a>(
+    labels: &[String],
+    line: usize,
+    sec: &Section<'a>,
+    kind: &str,
+    known: &[&str],
+) -> Result<Option<Section<'a>>, ConfigError> {
+    if labels.len() != 1 {
+        return Err(sec.err(
+            line,
+            format!(
+                "{kind} takes exactly one name, e.g. {kind} \"{}\"",
+                known[0]
+            ),
+        ));
+    }
+    if !known.contains(&labels[0].as_str()) {
+        return Err(sec.err(
+            line,
+            format!(
+                "unknown {kind} plugin {:?} (available: {})",
+                labels[0],
+                known.join(", ")
+            ),
+        ));
+    }
+    let _ = sec.bool("enabled")?;
+    sec.section("plugin_data")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+server {
+    bind_address = "127.0.0.1"
+    bind_port = "8081"
+    socket_path = "/tmp/x/api.sock"
+    trust_domain = "example.org"
+    data_dir = "./data"
+    log_level = "DEBUG"
+    ca_ttl = "2h"
+    ca_key_type = "ec-p384"
+    default_x509_svid_ttl = "10m"
+    ca_subject {
+        country = ["DE"]
+        organization = ["Acme"]
+        common_name = "acme ca"
+    }
+}
+
+plugins {
+    DataStore "sql" {
+        plugin_data {
+            database_type = "sqlite3"
+            connection_string = "./data/ds.sqlite3"
+        }
+    }
+    KeyManager "disk" {
+        plugin_data {
+            keys_path = "./data/keys"
+        }
+    }
+    NodeAttestor "join_token" {
+        plugin_data {}
+    }
+}
+"#;
+
+    fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::parse("server.conf", text, false, &Overrides::default())
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "example.org");
+        assert_eq!(c.bind_port, 8081);
+        assert_eq!(c.ca_key_type, KeyType::EcP384);
+        assert_eq!(c.ca_ttl, Duration::from_secs(7200));
+        assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(600));
+        assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.ca_subject.organization, vec!["Acme"]);
+        assert_eq!(c.log_level, "debug");
+        assert!(c.join_token_attestor);
+        assert_eq!(
+            c.key_manager,
+            KeyManagerConfig::Disk {
+                keys_path: "./data/keys".into()
+            }
+        );
+    }
+
+    #[test]
+    fn overrides_win() {
+        let ov = Overrides {
+            trust_domain: Some("other.org".into()),
+            server_port: Some(9000),
+            socket_path: Some("/tmp/y.sock".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::parse("f", GOOD, false, &ov).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "other.org");
+        assert_eq!(c.bind_port, 9000);
+        assert_eq!(c.socket_path, PathBuf::from("/tmp/y.sock"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let bad = GOOD.replace("    ca_ttl = \"2h\"", "    ca_tll = \"2h\"");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, 9, "{e}");
+        assert!(e.message.contains("\"ca_tll\""), "{e}");
+        assert!(e.to_string().starts_with("server.conf:9: "), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let bad = GOOD.replace("bind_port = \"8081\"", "bind_port = true");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("bind_port"), "{e}");
+        let bad = GOOD.replace("country = [\"DE\"]", "country = \"DE\"");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, 13, "{e}");
+        assert!(e.message.contains("country"), "{e}");
+        let bad = GOOD.replace("keys_path", "key_path");
+        let e = parse(&bad).unwrap_err();
+        assert!(e.message.contains("\"key_path\""), "{e}");
+        assert_eq!(e.line, 28, "{e}");
+    }
+
+    #[test]
+    fn bad_values() {
+        for (from, to, want) in [
+            ("\"example.org\"", "\"Example.org\"", "trust_domain"),
+            ("\"2h\"", "\"2 days\"", "ca_ttl"),
+            ("\"ec-p384\"", "\"dsa\"", "ca_key_type"),
+            ("\"DEBUG\"", "\"LOUD\"", "log_level"),
+            ("\"127.0.0.1\"", "\"localhost:1\"", "bind_address"),
+            ("DataStore \"sql\"", "DataStore \"mongo\"", "mongo"),
+            ("\"sqlite3\"", "\"oracle\"", "oracle"),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert!(e.to_string().contains(want), "{to}: {e}");
+            assert!(e.line > 0, "{to}: {e}");
+        }
+        let e = parse("server {").unwrap_err();
+        assert!(e.message.contains("syntax"), "{e}");
+        let e = parse("server { trust_domain = \"a\" }").unwrap_err();
+        assert!(e.message.contains("DataStore"), "{e}");
+    }
+
+    #[test]
+    fn expand_env() {
+        // SAFETY of set_var: this test is the only one touching this variable.
+        unsafe { std::env::set_var("IRONPACT_TEST_TD", "env.org") };
+        let t = GOOD.replace("\"example.org\"", "\"${IRONPACT_TEST_TD}\"");
+        let c = ServerConfig::parse("f", &t, true, &Overrides::default()).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "env.org");
+        assert_eq!(
+            hcl::expand_env("a $IRONPACT_TEST_TD b $ c"),
+            "a env.org b $ c"
+        );
+    }
+}
