@@ -1,0 +1,452 @@
+//! The trust domain's certificate authority: X.509 CA and JWT signing keys, their rotation,
+//! and the bundle that publishes them.
+//!
+//! Each key lives in a slot that moves through an explicit state machine:
+//! `Prepared` (published in the bundle at half of the active slot's life) → `Active` (signs;
+//! at five sixths of the previous one's life) → `Old` (still in the bundle, signs nothing)
+//! → removed once it expires. Slots are journaled in the datastore, keys in the KeyManager.
+
+use crate::clock::Clock;
+use crate::keymanager::{KeyError, KeyManager};
+use ironpact_datastore::DataStore;
+use ironpact_spiffe::x509::{CaIssuer, CaSubject, SvidRequest, random_serial, self_signed_ca};
+use ironpact_spiffe::{Bundle, JwtAuthority, KeyType, PrivateKey, SpiffeId, TrustDomain};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    #[error("no active {0} authority")]
+    NoActiveAuthority(&'static str),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Spiffe(#[from] ironpact_spiffe::Error),
+    #[error(transparent)]
+    Datastore(#[from] ironpact_datastore::Error),
+    #[error("CA journal is corrupt: {0}")]
+    Journal(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotState {
+    Prepared,
+    Active,
+    Old,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotKind {
+    X509,
+    Jwt,
+}
+
+impl SlotKind {
+    fn name(self) -> &'static str {
+        match self {
+            SlotKind::X509 => "X.509 CA",
+            SlotKind::Jwt => "JWT signing",
+        }
+    }
+}
+
+/// One key with its publication: a CA certificate (X.509) or a public key and kid (JWT).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub kind: SlotKind,
+    pub state: SlotState,
+    pub key_id: String,
+    pub key_type: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Hex DER: the CA certificate (X.509) or SubjectPublicKeyInfo (JWT).
+    pub public: String,
+    /// JWT key ID; empty for X.509.
+    #[serde(default)]
+    pub kid: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Journal {
+    slots: Vec<Slot>,
+}
+
+/// What signs right now.
+struct Signers {
+    x509: Option<Arc<CaIssuer>>,
+    jwt: Option<Arc<(String, PrivateKey, i64)>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    pub trust_domain: TrustDomain,
+    pub x509_key_type: KeyType,
+    pub jwt_key_type: KeyType,
+    pub ttl: Duration,
+    pub subject: CaSubject,
+}
+
+pub struct CaManager {
+    cfg: CaConfig,
+    ds: DataStore,
+    km: Arc<dyn KeyManager>,
+    clock: Arc<dyn Clock>,
+    journal: tokio::sync::Mutex<Journal>,
+    signers: RwLock<Signers>,
+}
+
+/// An issued X509-SVID.
+#[derive(Debug, Clone)]
+pub struct IssuedX509 {
+    pub cert_der: Vec<u8>,
+    pub expires_at: i64,
+    pub serial_hex: String,
+}
+
+fn random_id(prefix: &str) -> String {
+    let b: [u8; 8] = rand::random();
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+fn random_kid() -> String {
+    use base64::Engine;
+    let b: [u8; 24] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl CaManager {
+    /// Loads the journal, re-arms the keys it still has, and brings rotation up to date.
+    pub async fn load(
+        cfg: CaConfig,
+        ds: DataStore,
+        km: Arc<dyn KeyManager>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, CaError> {
+        let mut journal: Journal = match ds.get_ca_journal().await? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| CaError::Journal(e.to_string()))?
+            }
+            None => Journal::default(),
+        };
+        // Slots whose key is gone (memory KeyManager after a restart) cannot sign; their
+        // certificates stay in the stored bundle until they expire.
+        let mut kept = Vec::new();
+        for s in journal.slots.drain(..) {
+            let kt: KeyType = s.key_type.parse()?;
+            if km.load(&s.key_id, kt)?.is_some() {
+                kept.push(s);
+            } else {
+                warn!(key_id = %s.key_id, kind = s.kind.name(), "CA key missing from the {} key manager; it will be replaced", km.name());
+            }
+        }
+        journal.slots = kept;
+        let ca = Self {
+            cfg,
+            ds,
+            km,
+            clock,
+            journal: tokio::sync::Mutex::new(Journal::default()),
+            signers: RwLock::new(Signers {
+                x509: None,
+                jwt: None,
+            }),
+        };
+        {
+            let mut j = ca.journal.lock().await;
+            *j = journal;
+            ca.rearm(&j)?;
+        }
+        ca.rotate().await?;
+        Ok(ca)
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.cfg.trust_domain
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Rebuilds the signers from the journal's active slots.
+    fn rearm(&self, j: &Journal) -> Result<(), CaError> {
+        let mut x509 = None;
+        let mut jwt = None;
+        for s in j.slots.iter().filter(|s| s.state == SlotState::Active) {
+            let kt: KeyType = s.key_type.parse()?;
+            let Some(key) = self.km.load(&s.key_id, kt)? else {
+                continue;
+            };
+            match s.kind {
+                SlotKind::X509 => {
+                    let der =
+                        hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
+                    x509 = Some(Arc::new(CaIssuer::new(&der, &key)?));
+                }
+                SlotKind::Jwt => jwt = Some(Arc::new((s.kid.clone(), key, s.not_after))),
+            }
+        }
+        if let Ok(mut g) = self.signers.write() {
+            g.x509 = x509;
+            g.jwt = jwt;
+        }
+        Ok(())
+    }
+
+    fn new_slot(&self, kind: SlotKind, state: SlotState, now: i64) -> Result<Slot, CaError> {
+        let kt = match kind {
+            SlotKind::X509 => self.cfg.x509_key_type,
+            SlotKind::Jwt => self.cfg.jwt_key_type,
+        };
+        let key = PrivateKey::generate(kt)?;
+        let not_after = now + self.cfg.ttl.as_secs() as i64;
+        let (key_id, public, kid) = match kind {
+            SlotKind::X509 => {
+                let der = self_signed_ca(
+                    &key,
+                    &self.cfg.trust_domain,
+                    &self.cfg.subject,
+                    random_serial(),
+                    now - ironpact_spiffe::x509::BACKDATE_SECS,
+                    not_after,
+                )?;
+                (random_id("x509-ca"), hex::encode(der), String::new())
+            }
+            SlotKind::Jwt => (
+                random_id("jwt-key"),
+                hex::encode(key.spki_der()),
+                random_kid(),
+            ),
+        };
+        self.km.store(&key_id, &key)?;
+        info!(
+            kind = kind.name(),
+            ?state,
+            key_id,
+            kid,
+            not_after,
+            "created authority"
+        );
+        Ok(Slot {
+            kind,
+            state,
+            key_id,
+            key_type: kt.as_str().to_string(),
+            not_before: now,
+            not_after,
+            public,
+            kid,
+        })
+    }
+
+    /// One step of the rotation state machine for one kind; true when anything changed.
+    fn step(&self, j: &mut Journal, kind: SlotKind, now: i64) -> Result<bool, CaError> {
+        let mut changed = false;
+        let active = j
+            .slots
+            .iter()
+            .position(|s| s.kind == kind && s.state == SlotState::Active);
+        let prepared = j
+            .slots
+            .iter()
+            .position(|s| s.kind == kind && s.state == SlotState::Prepared);
+        match active {
+            Some(a) if j.slots[a].not_after > now => {
+                let (nb, na) = (j.slots[a].not_before, j.slots[a].not_after);
+                let life = na - nb;
+                if prepared.is_none() && now >= nb + life / 2 {
+                    let slot = self.new_slot(kind, SlotState::Prepared, now)?;
+                    info!(kind = kind.name(), key_id = %slot.key_id, "prepared next authority");
+                    j.slots.push(slot);
+                    changed = true;
+                }
+                let prepared = j
+                    .slots
+                    .iter()
+                    .position(|s| s.kind == kind && s.state == SlotState::Prepared);
+                if let Some(p) = prepared
+                    && now >= nb + life * 5 / 6
+                {
+                    j.slots[a].state = SlotState::Old;
+                    j.slots[p].state = SlotState::Active;
+                    info!(kind = kind.name(), key_id = %j.slots[p].key_id, "activated prepared authority");
+                    changed = true;
+                }
+            }
+            _ => {
+                // No usable active authority: the prepared one takes over if it can, else a new one.
+                if let Some(a) = active {
+                    j.slots[a].state = SlotState::Old;
+                }
+                match prepared {
+                    Some(p) if j.slots[p].not_after > now => {
+                        j.slots[p].state = SlotState::Active;
+                    }
+                    _ => {
+                        let slot = self.new_slot(kind, SlotState::Active, now)?;
+                        j.slots.push(slot);
+                    }
+                }
+                changed = true;
+            }
+        }
+        let before = j.slots.len();
+        let mut expired = Vec::new();
+        j.slots.retain(|s| {
+            let keep = !(s.kind == kind && s.state == SlotState::Old && s.not_after <= now);
+            if !keep {
+                expired.push(s.key_id.clone());
+            }
+            keep
+        });
+        for id in expired {
+            info!(kind = kind.name(), key_id = %id, "removed expired authority");
+            self.km.delete(&id)?;
+        }
+        Ok(changed || j.slots.len() != before)
+    }
+
+    /// Brings rotation up to date with the clock; persists journal and bundle on change.
+    pub async fn rotate(&self) -> Result<bool, CaError> {
+        let mut j = self.journal.lock().await;
+        let now = self.clock.now();
+        let mut next = j.clone();
+        let a = self.step(&mut next, SlotKind::X509, now)?;
+        let b = self.step(&mut next, SlotKind::Jwt, now)?;
+        let stored = self.ds.get_bundle(&self.cfg.trust_domain).await?;
+        let needs_bundle = a || b || stored.is_none();
+        if a || b {
+            let bytes = serde_json::to_vec(&next).map_err(|e| CaError::Journal(e.to_string()))?;
+            self.ds.set_ca_journal(&bytes, now).await?;
+            *j = next;
+            self.rearm(&j)?;
+        }
+        if needs_bundle || stored.as_ref().is_some_and(|s| has_expired(&s.bundle, now)) {
+            self.publish_bundle(&j, stored.map(|s| s.bundle), now)
+                .await?;
+        }
+        Ok(a || b)
+    }
+
+    /// The stored bundle, minus what expired, plus every slot of ours.
+    async fn publish_bundle(
+        &self,
+        j: &Journal,
+        stored: Option<Bundle>,
+        now: i64,
+    ) -> Result<(), CaError> {
+        let mut b = stored.unwrap_or_else(|| Bundle::new(self.cfg.trust_domain.clone()));
+        b.x509_authorities.retain(|der| {
+            ironpact_spiffe::x509::CertInfo::parse(der).is_ok_and(|i| i.not_after > now)
+        });
+        b.jwt_authorities
+            .retain(|a| a.expires_at == 0 || a.expires_at > now);
+        for s in &j.slots {
+            let public = hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
+            match s.kind {
+                SlotKind::X509 => {
+                    if !b.x509_authorities.contains(&public) {
+                        b.x509_authorities.push(public);
+                    }
+                }
+                SlotKind::Jwt => {
+                    if !b.jwt_authorities.iter().any(|a| a.key_id == s.kid) {
+                        b.jwt_authorities.push(JwtAuthority {
+                            key_id: s.kid.clone(),
+                            public_key_der: public,
+                            expires_at: s.not_after,
+                        });
+                    }
+                }
+            }
+        }
+        b.sequence += 1;
+        b.refresh_hint = (self.cfg.ttl.as_secs() / 10).clamp(10, 300);
+        self.ds.set_bundle(&b, now).await?;
+        info!(
+            sequence = b.sequence,
+            x509_authorities = b.x509_authorities.len(),
+            jwt_authorities = b.jwt_authorities.len(),
+            "published trust bundle"
+        );
+        Ok(())
+    }
+
+    /// The current slots (for status and tests).
+    pub async fn slots(&self) -> Vec<Slot> {
+        self.journal.lock().await.slots.clone()
+    }
+
+    /// The active X.509 CA's certificate.
+    pub fn x509_ca_cert(&self) -> Result<Vec<u8>, CaError> {
+        Ok(self.x509_issuer()?.cert_der().to_vec())
+    }
+
+    fn x509_issuer(&self) -> Result<Arc<CaIssuer>, CaError> {
+        self.signers
+            .read()
+            .ok()
+            .and_then(|g| g.x509.clone())
+            .ok_or(CaError::NoActiveAuthority("X.509"))
+    }
+
+    /// Issues an X509-SVID for `spki_der`; NotAfter never passes the CA's.
+    pub fn sign_x509_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        spki_der: &[u8],
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedX509, CaError> {
+        let issuer = self.x509_issuer()?;
+        let serial = random_serial();
+        let now = self.clock.now();
+        let der = issuer.issue_svid(&SvidRequest {
+            spiffe_id,
+            spki_der,
+            dns_names,
+            serial,
+            now,
+            ttl_secs: ttl.as_secs() as i64,
+        })?;
+        Ok(IssuedX509 {
+            cert_der: der,
+            expires_at: (now + ttl.as_secs() as i64).min(issuer.not_after()),
+            serial_hex: hex::encode(serial),
+        })
+    }
+
+    /// Signs a JWT-SVID; `exp` never passes the signing key's expiry.
+    pub fn sign_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl: Duration,
+    ) -> Result<(String, i64, i64), CaError> {
+        let signer = self
+            .signers
+            .read()
+            .ok()
+            .and_then(|g| g.jwt.clone())
+            .ok_or(CaError::NoActiveAuthority("JWT"))?;
+        let (kid, key, key_not_after) = (&signer.0, &signer.1, signer.2);
+        let iat = self.clock.now();
+        let exp = (iat + ttl.as_secs() as i64).min(key_not_after);
+        let token = ironpact_spiffe::jwt::mint(key, kid, spiffe_id, audience, iat, exp)?;
+        Ok((token, iat, exp))
+    }
+}
+
+fn has_expired(b: &Bundle, now: i64) -> bool {
+    b.jwt_authorities
+        .iter()
+        .any(|a| a.expires_at != 0 && a.expires_at <= now)
+        || b.x509_authorities.iter().any(|der| {
+            ironpact_spiffe::x509::CertInfo::parse(der).is_ok_and(|i| i.not_after <= now)
+        })
+}
