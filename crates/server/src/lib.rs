@@ -4,8 +4,10 @@
 //! It does not parse command lines (that is `crates/cli`) and keeps SPIFFE rules in
 //! `ironpact-spiffe`; here is what needs a clock, a datastore or a socket.
 
+pub mod api;
 pub mod ca;
 pub mod clock;
 pub mod config;
 pub mod hcl;
 pub mod keymanager;
+pub mod run;

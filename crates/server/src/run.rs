@@ -1,0 +1,159 @@
+//! Starting and running the server: datastore, key manager, CA with its rotation ticker,
+//! and the admin API on its Unix socket, until a shutdown signal.
+
+use crate::api::{AgentApi, BundleApi, Core, EntryApi, HealthApi, MAX_MESSAGE, SvidApi};
+use crate::ca::{CaConfig, CaManager};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{KeyManagerConfig, ServerConfig};
+use crate::keymanager::{DiskKeyManager, KeyManager, MemoryKeyManager};
+use ironpact_datastore::DataStore;
+use ironpact_proto::health::v1::health_server::HealthServer;
+use ironpact_proto::server::v1::agent_service_server::AgentServiceServer;
+use ironpact_proto::server::v1::bundle_service_server::BundleServiceServer;
+use ironpact_proto::server::v1::entry_service_server::EntryServiceServer;
+use ironpact_proto::server::v1::svid_service_server::SvidServiceServer;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error("datastore ({database_type}): {source}")]
+    Datastore {
+        database_type: String,
+        #[source]
+        source: ironpact_datastore::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] crate::keymanager::KeyError),
+    #[error("CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
+    #[error("admin socket {path}: {source} (choose another path with -socketPath)")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin API: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Builds the shared core: opens the datastore and loads (or creates) the CA.
+pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<Core>, RunError> {
+    let ds = DataStore::connect(
+        &cfg.datastore.database_type,
+        &cfg.datastore.connection_string,
+    )
+    .await
+    .map_err(|source| RunError::Datastore {
+        database_type: cfg.datastore.database_type.clone(),
+        source,
+    })?;
+    info!(database_type = %cfg.datastore.database_type, "datastore ready");
+    let km: Arc<dyn KeyManager> = match &cfg.key_manager {
+        KeyManagerConfig::Disk { keys_path } => Arc::new(DiskKeyManager::new(keys_path)?),
+        KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::default()),
+    };
+    let ca = CaManager::load(
+        CaConfig {
+            trust_domain: cfg.trust_domain.clone(),
+            x509_key_type: cfg.ca_key_type,
+            jwt_key_type: cfg.jwt_key_type,
+            ttl: cfg.ca_ttl,
+            subject: cfg.ca_subject.clone(),
+        },
+        ds.clone(),
+        km,
+        clock.clone(),
+    )
+    .await?;
+    info!(trust_domain = %cfg.trust_domain, key_manager = ?cfg.key_manager, "CA ready");
+    Ok(Arc::new(Core { cfg, ds, ca, clock }))
+}
+
+fn bind_socket(path: &Path) -> Result<UnixListener, RunError> {
+    let err = |source| RunError::Socket {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770)).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => warn!(path = %path.display(), "removed a stale admin socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770)).map_err(err)?;
+    Ok(l)
+}
+
+/// How often the CA checks whether a rotation step is due.
+fn rotation_interval(cfg: &ServerConfig) -> Duration {
+    Duration::from_secs((cfg.ca_ttl.as_secs() / 60).clamp(1, 10))
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    for w in cfg.warnings() {
+        warn!("{w}");
+    }
+    let socket_path = cfg.socket_path.clone();
+    let core = build_core(cfg, Arc::new(SystemClock)).await?;
+
+    let ticker = {
+        let core = core.clone();
+        let every = rotation_interval(&core.cfg);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                if let Err(e) = core.ca.rotate().await {
+                    error!(error = %e, "CA rotation step failed; retrying");
+                }
+                match core.ds.prune_join_tokens(core.clock.now()).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(count = n, "pruned expired join tokens"),
+                    Err(e) => warn!(error = %e, "pruning join tokens failed"),
+                }
+            }
+        })
+    };
+
+    let listener = bind_socket(&socket_path)?;
+    info!(path = %socket_path.display(), "admin API listening");
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            EntryServiceServer::new(EntryApi(core.clone())).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            AgentServiceServer::new(AgentApi(core.clone())).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            BundleServiceServer::new(BundleApi(core.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            SvidServiceServer::new(SvidApi(core.clone())).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(HealthServer::new(HealthApi(core.clone())))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    ticker.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    core.ds.close().await;
+    info!("server stopped");
+    Ok(result?)
+}
