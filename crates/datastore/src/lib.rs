@@ -13,4 +13,4 @@ mod store;
 
 pub use error::Error;
 pub use model::{AgentRecord, BundleRecord, Entry, EntryFilter, MatchBehavior, similarity_key};
-pub use store::{DataStore, Dialect};
+pub use store::{DataStore, Dialect, new_uuid};

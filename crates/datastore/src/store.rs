@@ -30,8 +30,11 @@ const ENTRY_COLUMNS: &str = "e.entry_id, e.spiffe_id, e.parent_id, e.x509_svid_t
     e.jwt_svid_ttl, e.admin, e.downstream, e.expires_at, e.store_svid, e.hint, e.dns_names, \
     e.federates_with, e.revision_number, e.created_at";
 
-fn new_id() -> String {
-    let b: [u8; 16] = rand::random();
+/// A random (version 4) UUID, the form SPIRE uses for entry IDs and join tokens.
+pub fn new_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     format!(
         "{}-{}-{}-{}-{}",
@@ -197,7 +200,7 @@ impl DataStore {
     pub async fn create_entry(&self, e: &Entry) -> Result<Entry> {
         let mut e = e.clone();
         if e.id.is_empty() {
-            e.id = new_id();
+            e.id = new_uuid();
         }
         e.revision_number = 0;
         let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);

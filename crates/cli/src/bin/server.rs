@@ -1,1 +1,5 @@
-fn main() {}
+//! The `ironpact-server` binary.
+
+fn main() -> std::process::ExitCode {
+    ironpact_cli::server::main()
+}

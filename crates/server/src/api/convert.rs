@@ -18,7 +18,7 @@ pub fn member_id(field: &str, raw: &str, td: &TrustDomain) -> Result<SpiffeId, S
     let id = SpiffeId::parse(raw).map_err(|e| invalid(field, e))?;
     if !id.is_member_of(td) {
         return Err(Status::invalid_argument(format!(
-            "invalid {field}: {id} is not a member of trust domain {td:?}"
+            "invalid {field}: {id} is not a member of trust domain \"{td}\""
         )));
     }
     Ok(id)

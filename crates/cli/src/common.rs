@@ -1,0 +1,113 @@
+//! Shared CLI plumbing: connecting to an admin socket, gRPC errors as one-line messages,
+//! TTL parsing, logging set-up and output helpers.
+
+use anyhow::{Context, Result, anyhow};
+use hyper_util::rt::TokioIo;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Connects to a gRPC server on a Unix socket.
+pub async fn connect_uds(path: &Path, what: &str, flag_hint: &str) -> Result<Channel> {
+    let p: PathBuf = path.to_path_buf();
+    Endpoint::try_from("http://localhost")?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = p.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        }))
+        .await
+        .map_err(|e| {
+            let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string());
+            anyhow!(
+                "cannot reach the {what} at {}: {cause}; is it running? If it listens elsewhere, pass {flag_hint}",
+                path.display()
+            )
+        })
+}
+
+/// A gRPC status as one line: the server's message and the code.
+pub fn status_err(s: tonic::Status) -> anyhow::Error {
+    let msg = s.message().trim();
+    anyhow!(
+        "{} ({:?})",
+        if msg.is_empty() {
+            "request failed"
+        } else {
+            msg
+        },
+        s.code()
+    )
+}
+
+/// Parses a TTL: whole seconds (`3600`, as SPIRE's flags take) or a Go duration (`1h`).
+pub fn parse_ttl(flag: &str, raw: &str) -> Result<i32> {
+    let secs = if raw.bytes().all(|b| b.is_ascii_digit()) && !raw.is_empty() {
+        raw.parse::<u64>()
+            .map_err(|e| anyhow!("{flag} {raw:?}: {e}"))?
+    } else {
+        ironpact_spiffe::duration::parse(raw)
+            .map_err(|e| anyhow!("{flag}: {e}; give seconds (3600) or a duration (1h)"))?
+            .as_secs()
+    };
+    i32::try_from(secs).map_err(|_| anyhow!("{flag} {raw:?} is too large"))
+}
+
+/// Unix seconds as `2026-11-23 03:00:00 +0000 UTC`, like SPIRE's CLI.
+pub fn fmt_time(unix: i64) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC"
+    );
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Initialises tracing on stderr at `level` (`debug`, `info`, …) as text or JSON.
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},h2=warn,tower=warn,hyper=warn,sqlx=warn"
+        ))
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = b.json().try_init();
+    } else {
+        let _ = b.try_init();
+    }
+}
+
+/// Writes a file with the given mode, replacing it atomically.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs a CLI body and turns its outcome into an exit code, printing errors on one line.
+pub fn finish(r: Result<()>) -> std::process::ExitCode {
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("Error: {msg}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! `bundle show|list|set|delete`.
+
+use super::{Output, SocketArg};
+use crate::common::status_err;
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use ironpact_proto::server::v1 as pb;
+use ironpact_proto::server::v1::bundle_service_client::BundleServiceClient;
+use ironpact_spiffe::{Bundle, JwtAuthority, TrustDomain};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCmd {
+    /// Prints the server's own trust bundle.
+    Show(ShowArgs),
+    /// Lists federated bundles.
+    List(ListArgs),
+    /// Creates or replaces a federated bundle.
+    Set(SetArgs),
+    /// Deletes a federated bundle.
+    Delete(DeleteArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Pem,
+    Spiffe,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// pem (X.509 authorities) or spiffe (the SPIFFE bundle JWKS).
+    #[arg(long = "format", value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only the bundle of this trust domain.
+    #[arg(long = "id")]
+    id: Option<String>,
+    #[arg(long = "format", value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The federated trust domain (e.g. spiffe://other.org or other.org).
+    #[arg(long = "id")]
+    id: Option<String>,
+    /// File with the bundle; standard input when absent.
+    #[arg(long = "path")]
+    path: Option<PathBuf>,
+    #[arg(long = "format", value_enum, default_value_t)]
+    format: Format,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// The federated trust domain to delete.
+    #[arg(long = "id")]
+    id: Option<String>,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+pub fn from_pb(p: &pb::Bundle) -> Result<Bundle> {
+    let mut b = Bundle::new(TrustDomain::new(&p.trust_domain)?);
+    b.x509_authorities = p.x509_authorities.iter().map(|c| c.asn1.clone()).collect();
+    b.jwt_authorities = p
+        .jwt_authorities
+        .iter()
+        .map(|k| JwtAuthority {
+            key_id: k.key_id.clone(),
+            public_key_der: k.public_key.clone(),
+            expires_at: k.expires_at,
+        })
+        .collect();
+    b.refresh_hint = p.refresh_hint.max(0) as u64;
+    b.sequence = p.sequence_number;
+    Ok(b)
+}
+
+fn render(b: &Bundle, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Pem => b.to_pem(),
+        Format::Spiffe => b.to_jwks_string()? + "\n",
+    })
+}
+
+pub async fn exec(cmd: BundleCmd) -> Result<()> {
+    match cmd {
+        BundleCmd::Show(a) => {
+            let mut c = BundleServiceClient::new(a.socket.channel().await?);
+            let b = from_pb(
+                &c.get_bundle(pb::GetBundleRequest {})
+                    .await
+                    .map_err(status_err)?
+                    .into_inner(),
+            )?;
+            match a.output {
+                Output::Json => println!("{}", b.to_jwks_string()?),
+                Output::Pretty => print!("{}", render(&b, a.format)?),
+            }
+        }
+        BundleCmd::List(a) => {
+            let mut c = BundleServiceClient::new(a.socket.channel().await?);
+            let bundles: Vec<pb::Bundle> = match &a.id {
+                Some(id) => {
+                    let td = TrustDomain::new(id)?;
+                    vec![
+                        c.get_federated_bundle(pb::GetFederatedBundleRequest {
+                            trust_domain: td.to_string(),
+                        })
+                        .await
+                        .map_err(status_err)?
+                        .into_inner(),
+                    ]
+                }
+                None => {
+                    c.list_federated_bundles(pb::ListFederatedBundlesRequest {})
+                        .await
+                        .map_err(status_err)?
+                        .into_inner()
+                        .bundles
+                }
+            };
+            let parsed = bundles.iter().map(from_pb).collect::<Result<Vec<_>>>()?;
+            match a.output {
+                Output::Json => {
+                    let docs = parsed
+                        .iter()
+                        .map(|b| Ok(serde_json::json!({"trust_domain": b.trust_domain.to_string(), "bundle": b.to_jwks()?})))
+                        .collect::<Result<Vec<_>>>()?;
+                    println!("{}", serde_json::json!({ "bundles": docs }));
+                }
+                Output::Pretty => {
+                    if parsed.is_empty() {
+                        println!("No federated bundles found");
+                    }
+                    for b in &parsed {
+                        println!("****************************************");
+                        println!("* {}", b.trust_domain);
+                        println!("****************************************");
+                        print!("{}", render(b, a.format)?);
+                        println!();
+                    }
+                }
+            }
+        }
+        BundleCmd::Set(a) => {
+            let id = a.id.clone().ok_or_else(|| {
+                anyhow!("the trust domain is required: pass -id spiffe://<trust domain>")
+            })?;
+            let td = TrustDomain::new(&id)?;
+            let text = match &a.path {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read bundle file {}", p.display()))?,
+                None => std::io::read_to_string(std::io::stdin())
+                    .context("cannot read the bundle from standard input")?,
+            };
+            let b = match a.format {
+                Format::Pem => Bundle::from_pem(td, &text)?,
+                Format::Spiffe => Bundle::from_jwks(td, text.as_bytes())?,
+            };
+            let mut c = BundleServiceClient::new(a.socket.channel().await?);
+            let r = c
+                .batch_set_federated_bundle(pb::BatchSetFederatedBundleRequest {
+                    bundle: vec![super::bundle::to_pb(&b)],
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let s = r
+                .results
+                .first()
+                .and_then(|r| r.status.clone())
+                .unwrap_or_default();
+            if s.code != 0 {
+                bail!("{} ({:?})", s.message, tonic::Code::from_i32(s.code));
+            }
+            match a.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"trust_domain": b.trust_domain.to_string()})
+                ),
+                Output::Pretty => println!("bundle set."),
+            }
+        }
+        BundleCmd::Delete(a) => {
+            let id = a.id.clone().ok_or_else(|| {
+                anyhow!("the trust domain is required: pass -id spiffe://<trust domain>")
+            })?;
+            let td = TrustDomain::new(&id)?;
+            let mut c = BundleServiceClient::new(a.socket.channel().await?);
+            let r = c
+                .batch_delete_federated_bundle(pb::BatchDeleteFederatedBundleRequest {
+                    trust_domains: vec![td.to_string()],
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let s = r
+                .results
+                .first()
+                .and_then(|r| r.status.clone())
+                .unwrap_or_default();
+            if s.code != 0 {
+                bail!("{} ({:?})", s.message, tonic::Code::from_i32(s.code));
+            }
+            match a.output {
+                Output::Json => println!("{}", serde_json::json!({"trust_domain": td.to_string()})),
+                Output::Pretty => println!("bundle deleted."),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn to_pb(b: &Bundle) -> pb::Bundle {
+    pb::Bundle {
+        trust_domain: b.trust_domain.to_string(),
+        x509_authorities: b
+            .x509_authorities
+            .iter()
+            .map(|d| pb::X509Certificate { asn1: d.clone() })
+            .collect(),
+        jwt_authorities: b
+            .jwt_authorities
+            .iter()
+            .map(|k| pb::JwtKey {
+                public_key: k.public_key_der.clone(),
+                key_id: k.key_id.clone(),
+                expires_at: k.expires_at,
+            })
+            .collect(),
+        refresh_hint: b.refresh_hint as i64,
+        sequence_number: b.sequence,
+    }
+}

@@ -1,0 +1,702 @@
+//! `entry create|show|update|delete|count`.
+
+use super::{Output, SocketArg};
+use crate::common::{fmt_time, parse_ttl, status_err};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use ironpact_proto::server::v1 as pb;
+use ironpact_proto::server::v1::entry_service_client::EntryServiceClient;
+use ironpact_spiffe::{Selector, SpiffeId};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum EntryCmd {
+    /// Creates registration entries.
+    Create(CreateArgs),
+    /// Shows registration entries.
+    Show(ShowArgs),
+    /// Updates a registration entry.
+    Update(UpdateArgs),
+    /// Deletes registration entries.
+    Delete(DeleteArgs),
+    /// Counts registration entries.
+    Count(CountArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct Fields {
+    /// The SPIFFE ID of the workload or node.
+    #[arg(long = "spiffeID", visible_alias = "spiffe-id")]
+    spiffe_id: Option<String>,
+    /// The SPIFFE ID of this entry's parent (an agent or a node alias).
+    #[arg(long = "parentID", visible_alias = "parent-id")]
+    parent_id: Option<String>,
+    /// A colon-delimited type:value selector; repeat for several.
+    #[arg(long = "selector")]
+    selectors: Vec<String>,
+    /// TTL of X509-SVIDs issued for this entry (seconds or a duration such as 1h).
+    #[arg(long = "x509SVIDTTL", visible_alias = "x509-svid-ttl")]
+    x509_ttl: Option<String>,
+    /// TTL of JWT-SVIDs issued for this entry (seconds or a duration).
+    #[arg(long = "jwtSVIDTTL", visible_alias = "jwt-svid-ttl")]
+    jwt_ttl: Option<String>,
+    /// A DNS name for the X509-SVID; repeat for several (the first is also the CN).
+    #[arg(long = "dns")]
+    dns: Vec<String>,
+    /// A trust domain whose bundle this workload receives; repeat for several.
+    #[arg(long = "federatesWith", visible_alias = "federates-with")]
+    federates_with: Vec<String>,
+    /// A hint that tells workloads apart when one caller gets several SVIDs.
+    #[arg(long = "hint")]
+    hint: Option<String>,
+    /// The workload may use the admin API.
+    #[arg(long = "admin")]
+    admin: bool,
+    /// The workload is a downstream SPIFFE server.
+    #[arg(long = "downstream")]
+    downstream: bool,
+    /// The entry describes nodes (its parent is the server), not workloads.
+    #[arg(long = "node")]
+    node: bool,
+    /// Store the SVID with a SVIDStore plugin instead of serving it.
+    #[arg(long = "storeSVID", visible_alias = "store-svid")]
+    store_svid: bool,
+    /// Unix time at which the entry expires.
+    #[arg(long = "entryExpiry", visible_alias = "entry-expiry")]
+    entry_expiry: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    fields: Fields,
+    /// A custom entry ID (generated when absent).
+    #[arg(long = "entryID", visible_alias = "entry-id")]
+    entry_id: Option<String>,
+    /// A JSON file of entries ({"entries": [...]}) to create; "-" reads stdin.
+    #[arg(long = "data")]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    #[arg(long = "entryID", visible_alias = "entry-id")]
+    entry_id: Option<String>,
+    #[arg(long = "spiffeID", visible_alias = "spiffe-id")]
+    spiffe_id: Option<String>,
+    #[arg(long = "parentID", visible_alias = "parent-id")]
+    parent_id: Option<String>,
+    #[arg(long = "selector")]
+    selectors: Vec<String>,
+    /// How -selector matches: exact, subset, superset or any.
+    #[arg(
+        long = "matchSelectorsOn",
+        visible_alias = "match-selectors-on",
+        default_value = "superset"
+    )]
+    match_selectors: String,
+    #[arg(long = "federatesWith", visible_alias = "federates-with")]
+    federates_with: Vec<String>,
+    #[arg(
+        long = "matchFederatesWithOn",
+        visible_alias = "match-federates-with-on",
+        default_value = "superset"
+    )]
+    match_federates: String,
+    #[arg(long = "hint")]
+    hint: Option<String>,
+    #[arg(long = "downstream")]
+    downstream: bool,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The ID of the entry to update (required).
+    #[arg(long = "entryID", visible_alias = "entry-id")]
+    entry_id: Option<String>,
+    #[command(flatten)]
+    fields: Fields,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// The ID of the entry to delete; repeat for several.
+    #[arg(long = "entryID", visible_alias = "entry-id")]
+    entry_ids: Vec<String>,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct CountArgs {
+    #[arg(long = "spiffeID", visible_alias = "spiffe-id")]
+    spiffe_id: Option<String>,
+    #[arg(long = "parentID", visible_alias = "parent-id")]
+    parent_id: Option<String>,
+    #[arg(long = "selector")]
+    selectors: Vec<String>,
+    #[arg(
+        long = "matchSelectorsOn",
+        visible_alias = "match-selectors-on",
+        default_value = "superset"
+    )]
+    match_selectors: String,
+    #[command(flatten)]
+    socket: SocketArg,
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+fn selectors_pb(raw: &[String]) -> Result<Vec<pb::Selector>> {
+    raw.iter()
+        .map(|s| {
+            let sel = Selector::parse(s)?;
+            Ok(pb::Selector {
+                r#type: sel.kind,
+                value: sel.value,
+            })
+        })
+        .collect()
+}
+
+fn match_pb(raw: &str) -> Result<i32> {
+    Ok(match raw {
+        "exact" => pb::MatchBehavior::MatchExact,
+        "subset" => pb::MatchBehavior::MatchSubset,
+        "superset" => pb::MatchBehavior::MatchSuperset,
+        "any" => pb::MatchBehavior::MatchAny,
+        other => bail!("match behavior {other:?} is not one of exact, subset, superset, any"),
+    } as i32)
+}
+
+/// The `spiffe://<td>/spire/server` parent of node entries.
+fn server_id_for(spiffe_id: &str) -> Result<String> {
+    let id = SpiffeId::parse(spiffe_id)?;
+    Ok(format!("spiffe://{}/spire/server", id.trust_domain_name()))
+}
+
+/// Builds an entry from flags; `creating` requires the fields a new entry needs.
+fn entry_from_fields(f: &Fields, creating: bool) -> Result<(pb::Entry, pb::EntryMask)> {
+    let mut e = pb::Entry::default();
+    let mut m = pb::EntryMask::default();
+    match &f.spiffe_id {
+        Some(s) => {
+            SpiffeId::parse(s)?;
+            e.spiffe_id = s.clone();
+            m.spiffe_id = true;
+        }
+        None if creating => {
+            bail!("a SPIFFE ID is required: pass -spiffeID spiffe://<trust domain>/<path>")
+        }
+        None => {}
+    }
+    if f.node {
+        if f.parent_id.is_some() {
+            bail!("-node and -parentID exclude each other: a node entry's parent is the server");
+        }
+        let id = f
+            .spiffe_id
+            .as_deref()
+            .ok_or_else(|| anyhow!("-node needs -spiffeID to know the trust domain"))?;
+        e.parent_id = server_id_for(id)?;
+        m.parent_id = true;
+    } else if let Some(p) = &f.parent_id {
+        SpiffeId::parse(p)?;
+        e.parent_id = p.clone();
+        m.parent_id = true;
+    } else if creating {
+        bail!(
+            "a parent ID is required: pass -parentID <agent or node alias SPIFFE ID>, or -node for a node entry"
+        );
+    }
+    if !f.selectors.is_empty() {
+        e.selectors = selectors_pb(&f.selectors)?;
+        m.selectors = true;
+    } else if creating {
+        bail!(
+            "at least one selector is required: pass -selector type:value (e.g. -selector unix:uid:1000)"
+        );
+    }
+    if let Some(t) = &f.x509_ttl {
+        e.x509_svid_ttl = parse_ttl("-x509SVIDTTL", t)?;
+        m.x509_svid_ttl = true;
+    }
+    if let Some(t) = &f.jwt_ttl {
+        e.jwt_svid_ttl = parse_ttl("-jwtSVIDTTL", t)?;
+        m.jwt_svid_ttl = true;
+    }
+    if !f.dns.is_empty() {
+        e.dns_names = f.dns.clone();
+        m.dns_names = true;
+    }
+    if !f.federates_with.is_empty() {
+        e.federates_with = f
+            .federates_with
+            .iter()
+            .map(|t| ironpact_spiffe::TrustDomain::new(t).map(|t| t.to_string()))
+            .collect::<Result<_, _>>()?;
+        m.federates_with = true;
+    }
+    if let Some(h) = &f.hint {
+        e.hint = h.clone();
+        m.hint = true;
+    }
+    if f.admin {
+        e.admin = true;
+        m.admin = true;
+    }
+    if f.downstream {
+        e.downstream = true;
+        m.downstream = true;
+    }
+    if f.store_svid {
+        e.store_svid = true;
+        m.store_svid = true;
+    }
+    if let Some(x) = f.entry_expiry {
+        e.expires_at = x;
+        m.expires_at = true;
+    }
+    Ok((e, m))
+}
+
+/// Reads SPIRE's `-data` format: `{"entries": [{"spiffe_id": …, "selectors": [{"type", "value"}], …}]}`.
+fn entries_from_data(path: &PathBuf) -> Result<Vec<pb::Entry>> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read -data file {}", path.display()))?
+    };
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("-data file {} is not JSON", path.display()))?;
+    let list = v
+        .get("entries")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("-data file must hold {{\"entries\": [ … ]}}"))?;
+    let id = |v: Option<&Value>| -> String {
+        match v {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Object(o)) => format!(
+                "spiffe://{}{}",
+                o.get("trust_domain")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                o.get("path").and_then(Value::as_str).unwrap_or_default()
+            ),
+            _ => String::new(),
+        }
+    };
+    let strs = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let sels = e
+                .get("selectors")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let selectors = sels
+                .iter()
+                .map(|s| {
+                    Ok(pb::Selector {
+                        r#type: s
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                        value: s
+                            .get("value")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let int = |k: &str| e.get(k).and_then(Value::as_i64).unwrap_or(0);
+            let flag = |k: &str| e.get(k).and_then(Value::as_bool).unwrap_or(false);
+            let ttl = |a: &str, b: &str| -> Result<i32> {
+                i32::try_from(int(a).max(int(b)))
+                    .map_err(|_| anyhow!("entry {i}: {a} is too large"))
+            };
+            Ok(pb::Entry {
+                id: e
+                    .get("entry_id")
+                    .or(e.get("id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .into(),
+                spiffe_id: id(e.get("spiffe_id")),
+                parent_id: id(e.get("parent_id")),
+                selectors,
+                x509_svid_ttl: ttl("x509_svid_ttl", "ttl")?,
+                jwt_svid_ttl: ttl("jwt_svid_ttl", "jwt_svid_ttl")?,
+                federates_with: strs(e.get("federates_with")),
+                admin: flag("admin"),
+                downstream: flag("downstream"),
+                expires_at: int("entry_expiry").max(int("expires_at")),
+                dns_names: strs(e.get("dns_names")),
+                store_svid: flag("store_svid"),
+                hint: e
+                    .get("hint")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .into(),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+fn ttl_text(t: i32) -> String {
+    if t == 0 {
+        "default".into()
+    } else {
+        t.to_string()
+    }
+}
+
+pub fn print_entry(e: &pb::Entry) {
+    println!("Entry ID         : {}", e.id);
+    println!("SPIFFE ID        : {}", e.spiffe_id);
+    println!("Parent ID        : {}", e.parent_id);
+    println!("Revision         : {}", e.revision_number);
+    if e.downstream {
+        println!("Downstream       : true");
+    }
+    println!("X509-SVID TTL    : {}", ttl_text(e.x509_svid_ttl));
+    println!("JWT-SVID TTL     : {}", ttl_text(e.jwt_svid_ttl));
+    if e.expires_at != 0 {
+        println!("Expiration time  : {}", fmt_time(e.expires_at));
+    }
+    for s in &e.selectors {
+        println!("Selector         : {}:{}", s.r#type, s.value);
+    }
+    for f in &e.federates_with {
+        println!("FederatesWith    : {f}");
+    }
+    for d in &e.dns_names {
+        println!("DNS name         : {d}");
+    }
+    if e.admin {
+        println!("Admin            : true");
+    }
+    if e.store_svid {
+        println!("StoreSvid        : true");
+    }
+    if !e.hint.is_empty() {
+        println!("Hint             : {}", e.hint);
+    }
+    println!();
+}
+
+pub fn entry_json(e: &pb::Entry) -> Value {
+    json!({
+        "id": e.id,
+        "spiffe_id": e.spiffe_id,
+        "parent_id": e.parent_id,
+        "selectors": e.selectors.iter().map(|s| json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
+        "x509_svid_ttl": e.x509_svid_ttl,
+        "jwt_svid_ttl": e.jwt_svid_ttl,
+        "federates_with": e.federates_with,
+        "admin": e.admin,
+        "downstream": e.downstream,
+        "expires_at": e.expires_at,
+        "dns_names": e.dns_names,
+        "revision_number": e.revision_number,
+        "store_svid": e.store_svid,
+        "hint": e.hint,
+        "created_at": e.created_at,
+    })
+}
+
+fn status_json(s: &Option<pb::Status>) -> Value {
+    let s = s.clone().unwrap_or_default();
+    json!({"code": s.code, "message": s.message})
+}
+
+fn code_name(c: i32) -> String {
+    format!("{:?}", tonic::Code::from_i32(c))
+}
+
+pub async fn exec(cmd: EntryCmd) -> Result<()> {
+    match cmd {
+        EntryCmd::Create(a) => create(a).await,
+        EntryCmd::Show(a) => show(a).await,
+        EntryCmd::Update(a) => update(a).await,
+        EntryCmd::Delete(a) => delete(a).await,
+        EntryCmd::Count(a) => count(a).await,
+    }
+}
+
+async fn create(a: CreateArgs) -> Result<()> {
+    let entries = match &a.data {
+        Some(p) => {
+            if a.fields.spiffe_id.is_some() || !a.fields.selectors.is_empty() {
+                bail!("-data and entry flags exclude each other: put every entry in the file");
+            }
+            entries_from_data(p)?
+        }
+        None => {
+            let (mut e, _) = entry_from_fields(&a.fields, true)?;
+            e.id = a.entry_id.clone().unwrap_or_default();
+            vec![e]
+        }
+    };
+    let mut client = EntryServiceClient::new(a.socket.channel().await?);
+    let resp = client
+        .batch_create_entry(pb::BatchCreateEntryRequest { entries })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let failed = resp
+        .results
+        .iter()
+        .filter(|r| r.status.as_ref().is_some_and(|s| s.code != 0))
+        .count();
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            json!({"results": resp.results.iter().map(|r| json!({
+                "status": status_json(&r.status),
+                "entry": r.entry.as_ref().map(entry_json),
+            })).collect::<Vec<_>>()})
+        ),
+        Output::Pretty => {
+            for r in &resp.results {
+                let s = r.status.clone().unwrap_or_default();
+                if s.code == 0 {
+                    if let Some(e) = &r.entry {
+                        print_entry(e);
+                    }
+                } else {
+                    eprintln!(
+                        "FAILED to create the following entry (code: {}, msg: {:?}):",
+                        code_name(s.code),
+                        s.message
+                    );
+                    if let Some(e) = &r.entry {
+                        print_entry(e);
+                    }
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        let first = resp
+            .results
+            .iter()
+            .find_map(|r| r.status.as_ref().filter(|s| s.code != 0))
+            .map(|s| s.message.clone())
+            .unwrap_or_default();
+        bail!(
+            "{failed} of {} entries were not created: {first}",
+            resp.results.len()
+        );
+    }
+    Ok(())
+}
+
+async fn show(a: ShowArgs) -> Result<()> {
+    let mut client = EntryServiceClient::new(a.socket.channel().await?);
+    let entries = if let Some(id) = &a.entry_id {
+        vec![
+            client
+                .get_entry(pb::GetEntryRequest { id: id.clone() })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ]
+    } else {
+        let filter = pb::EntryFilter {
+            by_spiffe_id: a.spiffe_id.clone().unwrap_or_default(),
+            by_parent_id: a.parent_id.clone().unwrap_or_default(),
+            by_selectors: (!a.selectors.is_empty())
+                .then(|| -> Result<_> {
+                    Ok(pb::SelectorMatch {
+                        selectors: selectors_pb(&a.selectors)?,
+                        r#match: match_pb(&a.match_selectors)?,
+                    })
+                })
+                .transpose()?,
+            by_federates_with: (!a.federates_with.is_empty())
+                .then(|| -> Result<_> {
+                    Ok(pb::FederatesWithMatch {
+                        trust_domains: a.federates_with.clone(),
+                        r#match: match_pb(&a.match_federates)?,
+                    })
+                })
+                .transpose()?,
+            by_hint: a.hint.clone().unwrap_or_default(),
+            by_downstream: a.downstream.then_some(true),
+        };
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let r = client
+                .list_entries(pb::ListEntriesRequest {
+                    filter: Some(filter.clone()),
+                    page_size: 500,
+                    page_token: token,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            out.extend(r.entries);
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        out
+    };
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()})
+        ),
+        Output::Pretty => {
+            match entries.len() {
+                0 => println!("Found 0 entries"),
+                1 => println!("Found 1 entry"),
+                n => println!("Found {n} entries"),
+            }
+            for e in &entries {
+                print_entry(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn update(a: UpdateArgs) -> Result<()> {
+    let id = a.entry_id.clone().ok_or_else(|| {
+        anyhow!("the entry to update is required: pass -entryID <id> (see `entry show`)")
+    })?;
+    let (mut e, mask) = entry_from_fields(&a.fields, false)?;
+    if mask == pb::EntryMask::default() {
+        bail!("nothing to update: pass at least one field flag such as -selector or -x509SVIDTTL");
+    }
+    e.id = id;
+    let mut client = EntryServiceClient::new(a.socket.channel().await?);
+    let resp = client
+        .batch_update_entry(pb::BatchUpdateEntryRequest {
+            entries: vec![e],
+            input_mask: Some(mask),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let r = resp
+        .results
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("server returned no result"))?;
+    let s = r.status.clone().unwrap_or_default();
+    if s.code != 0 {
+        bail!("{} ({})", s.message, code_name(s.code));
+    }
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            json!({"results": [{"status": status_json(&r.status), "entry": r.entry.as_ref().map(entry_json)}]})
+        ),
+        Output::Pretty => {
+            if let Some(e) = &r.entry {
+                print_entry(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete(a: DeleteArgs) -> Result<()> {
+    if a.entry_ids.is_empty() {
+        bail!("the entry to delete is required: pass -entryID <id> (see `entry show`)");
+    }
+    let mut client = EntryServiceClient::new(a.socket.channel().await?);
+    let resp = client
+        .batch_delete_entry(pb::BatchDeleteEntryRequest {
+            ids: a.entry_ids.clone(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    if a.output == Output::Json {
+        println!(
+            "{}",
+            json!({"results": resp.results.iter().map(|r| json!({"status": status_json(&r.status), "id": r.id})).collect::<Vec<_>>()})
+        );
+    }
+    let mut errors = Vec::new();
+    for r in &resp.results {
+        let s = r.status.clone().unwrap_or_default();
+        if s.code == 0 {
+            if a.output == Output::Pretty {
+                println!("Deleted entry with ID: {}", r.id);
+            }
+        } else {
+            errors.push(format!("{} ({})", s.message, code_name(s.code)));
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    Ok(())
+}
+
+async fn count(a: CountArgs) -> Result<()> {
+    let filter = pb::EntryFilter {
+        by_spiffe_id: a.spiffe_id.clone().unwrap_or_default(),
+        by_parent_id: a.parent_id.clone().unwrap_or_default(),
+        by_selectors: (!a.selectors.is_empty())
+            .then(|| -> Result<_> {
+                Ok(pb::SelectorMatch {
+                    selectors: selectors_pb(&a.selectors)?,
+                    r#match: match_pb(&a.match_selectors)?,
+                })
+            })
+            .transpose()?,
+        ..Default::default()
+    };
+    let mut client = EntryServiceClient::new(a.socket.channel().await?);
+    let n = client
+        .count_entries(pb::CountEntriesRequest {
+            filter: Some(filter),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .count;
+    match a.output {
+        Output::Json => println!("{}", json!({"count": n})),
+        Output::Pretty => println!(
+            "{n} registration {}",
+            if n == 1 { "entry" } else { "entries" }
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `ironpact-server`: `run`, `validate`, `healthcheck` and the admin subcommands, with
+//! SPIRE's command and flag names.
+
+mod agent;
+mod bundle;
+mod entry;
+mod mint;
+mod run;
+
+use crate::common::{connect_uds, finish};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use ironpact_server::config::DEFAULT_SOCKET_PATH;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ironpact-server",
+    version,
+    about = "SPIFFE server with hardware-attested nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runs the server.
+    Run(run::RunArgs),
+    /// Validates a configuration file.
+    Validate(run::ValidateArgs),
+    /// Checks that the server is up and healthy.
+    Healthcheck(run::HealthArgs),
+    /// Manages registration entries.
+    #[command(subcommand)]
+    Entry(entry::EntryCmd),
+    /// Manages attested agents.
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
+    /// Manages trust bundles.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCmd),
+    /// Manages join tokens.
+    #[command(subcommand)]
+    Token(mint::TokenCmd),
+    /// Mints X509-SVIDs.
+    #[command(subcommand)]
+    X509(mint::X509Cmd),
+    /// Mints JWT-SVIDs.
+    #[command(subcommand)]
+    Jwt(mint::JwtCmd),
+}
+
+/// Where the admin API listens.
+#[derive(Args, Debug, Clone)]
+pub struct SocketArg {
+    /// Path to the server's admin API socket.
+    #[arg(long = "socketPath", visible_alias = "socket-path", default_value = DEFAULT_SOCKET_PATH)]
+    pub socket_path: PathBuf,
+}
+
+impl SocketArg {
+    pub async fn channel(&self) -> Result<Channel> {
+        connect_uds(&self.socket_path, "server admin API", "-socketPath").await
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// Entry point of the `ironpact-server` binary.
+pub fn main() -> std::process::ExitCode {
+    let argv = crate::spire_argv(std::env::args());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return std::process::ExitCode::SUCCESS;
+            }
+            // clap's own message names the flag; keep it to one line plus the usage hint.
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("Error: {first} (see -h for usage)");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Cmd::Run(a) = cli.cmd {
+        return finish(run::run(a));
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return finish(Err(e.into())),
+    };
+    finish(rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run(_) => Ok(()),
+            Cmd::Validate(a) => run::validate(a),
+            Cmd::Healthcheck(a) => run::healthcheck(a).await,
+            Cmd::Entry(c) => entry::exec(c).await,
+            Cmd::Agent(c) => agent::exec(c).await,
+            Cmd::Bundle(c) => bundle::exec(c).await,
+            Cmd::Token(c) => mint::token(c).await,
+            Cmd::X509(c) => mint::x509(c).await,
+            Cmd::Jwt(c) => mint::jwt(c).await,
+        }
+    }))
+}

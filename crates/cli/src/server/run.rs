@@ -1,0 +1,131 @@
+//! `run`, `validate` and `healthcheck`.
+
+use super::SocketArg;
+use crate::common::init_logging;
+use anyhow::{Result, anyhow};
+use clap::Args;
+use ironpact_proto::health::v1::HealthCheckRequest;
+use ironpact_proto::health::v1::health_check_response::ServingStatus;
+use ironpact_proto::health::v1::health_client::HealthClient;
+use ironpact_server::config::{LogFormat, Overrides, ServerConfig};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Path to the server configuration file.
+    #[arg(long = "config", default_value = "conf/server/server.conf")]
+    config: PathBuf,
+    /// Directory for the server's data (overrides server.data_dir).
+    #[arg(long = "dataDir", visible_alias = "data-dir")]
+    data_dir: Option<String>,
+    /// Path of the admin API socket (overrides server.socket_path).
+    #[arg(long = "socketPath", visible_alias = "socket-path")]
+    socket_path: Option<String>,
+    /// IP address to bind the agent API to (overrides server.bind_address).
+    #[arg(long = "bindAddress", visible_alias = "bind-address")]
+    bind_address: Option<String>,
+    /// Port of the agent API (overrides server.bind_port).
+    #[arg(long = "serverPort", visible_alias = "server-port")]
+    server_port: Option<u16>,
+    /// Trust domain (overrides server.trust_domain).
+    #[arg(long = "trustDomain", visible_alias = "trust-domain")]
+    trust_domain: Option<String>,
+    /// DEBUG, INFO, WARN or ERROR (overrides server.log_level).
+    #[arg(long = "logLevel", visible_alias = "log-level")]
+    log_level: Option<String>,
+    /// Expand $VAR and ${VAR} in the config file from the environment.
+    #[arg(long = "expandEnv", visible_alias = "expand-env")]
+    expand_env: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    #[arg(long = "config", default_value = "conf/server/server.conf")]
+    config: PathBuf,
+    #[arg(long = "expandEnv", visible_alias = "expand-env")]
+    expand_env: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Only check that the server answers, not the datastore and CA.
+    #[arg(long = "shallow")]
+    shallow: bool,
+    /// Print what is checked.
+    #[arg(long = "verbose")]
+    verbose: bool,
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let ov = Overrides {
+        data_dir: a.data_dir,
+        socket_path: a.socket_path,
+        bind_address: a.bind_address,
+        server_port: a.server_port,
+        trust_domain: a.trust_domain,
+        log_level: a.log_level,
+    };
+    let cfg = ServerConfig::load(&a.config, a.expand_env, &ov)?;
+    init_logging(&cfg.log_level, cfg.log_format == LogFormat::Json);
+    tracing::info!(config = %a.config.display(), trust_domain = %cfg.trust_domain, data_dir = %cfg.data_dir.display(), "starting ironpact-server");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot watch SIGTERM");
+                        std::future::pending::<()>().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+                _ = term.recv() => tracing::info!("terminated; shutting down"),
+            }
+        };
+        ironpact_server::run::run(cfg, shutdown).await
+    })?;
+    Ok(())
+}
+
+pub fn validate(a: ValidateArgs) -> Result<()> {
+    let cfg = ServerConfig::load(&a.config, a.expand_env, &Overrides::default())?;
+    for w in cfg.warnings() {
+        eprintln!("Warning: {w}");
+    }
+    println!("Configuration is valid.");
+    Ok(())
+}
+
+pub async fn healthcheck(a: HealthArgs) -> Result<()> {
+    if a.verbose {
+        println!(
+            "Checking server health at {}...",
+            a.socket.socket_path.display()
+        );
+    }
+    let ch = a
+        .socket
+        .channel()
+        .await
+        .map_err(|e| anyhow!("server is unhealthy: {e:#}"))?;
+    if !a.shallow {
+        let r = HealthClient::new(ch)
+            .check(HealthCheckRequest::default())
+            .await
+            .map_err(|s| anyhow!("server is unhealthy: {}", s.message()))?;
+        if r.get_ref().status != ServingStatus::Serving as i32 {
+            return Err(anyhow!(
+                "server is unhealthy: its datastore or CA is not ready (see the server log)"
+            ));
+        }
+    }
+    println!("Server is healthy.");
+    Ok(())
+}

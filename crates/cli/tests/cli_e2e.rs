@@ -1,0 +1,685 @@
+//! The operator's round trip through the real binary, on SQLite and on PostgreSQL:
+//! healthcheck, entries, minting (checked by openssl and PyJWT), tokens, bundles, and
+//! invalid input rejected with exit code 1 and a message naming the problem.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use support::{Backend, TestServer, openssl_verify, python_with_pyjwt};
+
+#[test]
+fn sqlite_round_trip() {
+    round_trip(TestServer::start(Backend::Sqlite));
+}
+
+#[test]
+fn postgres_round_trip() {
+    if let Some(b) = Backend::postgres() {
+        round_trip(TestServer::start(b));
+    }
+}
+
+#[test]
+fn sqlite_invalid_input() {
+    invalid_input(TestServer::start(Backend::Sqlite));
+}
+
+#[test]
+fn postgres_invalid_input() {
+    if let Some(b) = Backend::postgres() {
+        invalid_input(TestServer::start(b));
+    }
+}
+
+fn round_trip(s: TestServer) {
+    assert!(
+        s.cli(&["healthcheck"])
+            .expect_ok()
+            .stdout
+            .contains("Server is healthy.")
+    );
+
+    // create / show / update / delete
+    let created = s
+        .cli(&[
+            "entry",
+            "create",
+            "-spiffeID",
+            "spiffe://example.org/web",
+            "-parentID",
+            "spiffe://example.org/host",
+            "-selector",
+            "unix:uid:1000",
+            "-selector",
+            "unix:gid:1000",
+            "-dns",
+            "web.example.org",
+            "-x509SVIDTTL",
+            "600",
+            "-hint",
+            "web",
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json();
+    let entry = &created["results"][0]["entry"];
+    let id = entry["id"].as_str().unwrap().to_string();
+    assert_eq!(entry["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(entry["x509_svid_ttl"], 600);
+    assert_eq!(created["results"][0]["status"]["code"], 0);
+
+    let shown = s
+        .cli(&["entry", "show", "-entryID", &id])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(shown.contains("Found 1 entry"), "{shown}");
+    assert!(
+        shown.contains("SPIFFE ID        : spiffe://example.org/web"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("Selector         : unix:uid:1000"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("DNS name         : web.example.org"),
+        "{shown}"
+    );
+
+    let updated = s
+        .cli(&[
+            "entry",
+            "update",
+            "-entryID",
+            &id,
+            "-selector",
+            "unix:uid:1001",
+            "-jwtSVIDTTL",
+            "5m",
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json();
+    let e = &updated["results"][0]["entry"];
+    assert_eq!(e["revision_number"], 1);
+    assert_eq!(e["jwt_svid_ttl"], 300);
+    assert_eq!(
+        e["x509_svid_ttl"], 600,
+        "fields not given keep their values"
+    );
+    assert_eq!(
+        e["selectors"],
+        serde_json::json!([{"type": "unix", "value": "uid:1001"}])
+    );
+    let found = s
+        .cli(&[
+            "entry",
+            "show",
+            "-selector",
+            "unix:uid:1001",
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json();
+    assert_eq!(found["entries"].as_array().unwrap().len(), 1);
+    assert!(
+        s.cli(&["entry", "count"])
+            .expect_ok()
+            .stdout
+            .contains("1 registration entry")
+    );
+    assert!(
+        s.cli(&["entry", "delete", "-entryID", &id])
+            .expect_ok()
+            .stdout
+            .contains(&format!("Deleted entry with ID: {id}"))
+    );
+    s.cli(&["entry", "show", "-entryID", &id])
+        .expect_error("not found");
+
+    // entries from a SPIRE-style -data file
+    let data = s.path("entries.json");
+    std::fs::write(
+        &data,
+        r#"{"entries": [
+            {"spiffe_id": "spiffe://example.org/a", "parent_id": "spiffe://example.org/host",
+             "selectors": [{"type": "unix", "value": "uid:1"}], "x509_svid_ttl": 120, "admin": true},
+            {"spiffe_id": {"trust_domain": "example.org", "path": "/b"}, "parent_id": "spiffe://example.org/host",
+             "selectors": [{"type": "unix", "value": "uid:2"}], "dns_names": ["b.example.org"]}
+        ]}"#,
+    )
+    .unwrap();
+    s.cli(&["entry", "create", "-data", data.to_str().unwrap()])
+        .expect_ok();
+    let all = s
+        .cli(&[
+            "entry",
+            "show",
+            "-parentID",
+            "spiffe://example.org/host",
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json();
+    assert_eq!(all["entries"].as_array().unwrap().len(), 2);
+
+    // x509 mint, verified by openssl against `bundle show`
+    let out = s.path("mint");
+    s.cli(&[
+        "x509",
+        "mint",
+        "-spiffeID",
+        "spiffe://example.org/minted",
+        "-dns",
+        "m.example.org",
+        "-ttl",
+        "1h",
+        "-write",
+        out.to_str().unwrap(),
+    ])
+    .expect_ok();
+    let bundle_pem = s.cli(&["bundle", "show"]).expect_ok().stdout.clone();
+    let bundle_file = s.path("bundle-show.pem");
+    std::fs::write(&bundle_file, &bundle_pem).unwrap();
+    let v = openssl_verify(&bundle_file, &out.join("svid.pem"));
+    assert!(
+        v.ok() && v.stdout.contains(": OK"),
+        "openssl verify failed: {v:?}"
+    );
+    let pem_text = std::fs::read_to_string(out.join("svid.pem")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(
+        sans,
+        ["URI(spiffe://example.org/minted)", "DNSName(m.example.org)"]
+    );
+    let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert_eq!(life, 3600 + 10, "1h plus the 10 s backdate");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(out.join("bundle.pem").exists());
+
+    // jwt mint, verified by PyJWT against the SPIFFE bundle's JWKS
+    let token = s
+        .cli(&[
+            "jwt",
+            "mint",
+            "-spiffeID",
+            "spiffe://example.org/minted",
+            "-audience",
+            "db",
+            "-ttl",
+            "120",
+        ])
+        .expect_ok()
+        .stdout
+        .trim()
+        .to_string();
+    let jwks = s
+        .cli(&["bundle", "show", "-format", "spiffe"])
+        .expect_ok()
+        .stdout
+        .clone();
+    let jwks_file = s.path("bundle.jwks");
+    std::fs::write(&jwks_file, &jwks).unwrap();
+    if let Some(py) = python_with_pyjwt() {
+        let script = r#"
+import json, sys, jwt
+jwks = json.load(open(sys.argv[1]))
+keys = {k["kid"]: k for k in jwks["keys"] if k.get("use") == "jwt-svid"}
+header = jwt.get_unverified_header(sys.argv[2])
+assert header["typ"] == "JWT", header
+key = jwt.PyJWK(keys[header["kid"]]).key
+claims = jwt.decode(sys.argv[2], key, algorithms=["ES256"], audience="db")
+assert claims["sub"] == "spiffe://example.org/minted", claims
+assert claims["exp"] - claims["iat"] == 120, claims
+try:
+    jwt.decode(sys.argv[2], key, algorithms=["ES256"], audience="other")
+    raise SystemExit("wrong audience accepted")
+except jwt.InvalidAudienceError:
+    pass
+print("pyjwt ok")
+"#;
+        let o = std::process::Command::new(py)
+            .args(["-c", script])
+            .arg(&jwks_file)
+            .arg(&token)
+            .output()
+            .unwrap();
+        let o = support::Out::from(o);
+        assert!(
+            o.ok() && o.stdout.contains("pyjwt ok"),
+            "PyJWT rejected the JWT-SVID: {o:?}"
+        );
+    }
+
+    // join token with a node alias, as SPIRE registers it
+    let tok = s
+        .cli(&[
+            "token",
+            "generate",
+            "-spiffeID",
+            "spiffe://example.org/node1",
+            "-ttl",
+            "600",
+        ])
+        .expect_ok()
+        .stdout
+        .clone();
+    let token = tok
+        .trim()
+        .strip_prefix("Token: ")
+        .expect("Token: line")
+        .to_string();
+    let alias = s
+        .cli(&[
+            "entry",
+            "show",
+            "-parentID",
+            &format!("spiffe://example.org/spire/agent/join_token/{token}"),
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json();
+    assert_eq!(
+        alias["entries"][0]["spiffe_id"],
+        "spiffe://example.org/node1"
+    );
+
+    // agents: none yet
+    assert!(
+        s.cli(&["agent", "list"])
+            .expect_ok()
+            .stdout
+            .contains("No attested agents found")
+    );
+    assert!(
+        s.cli(&["agent", "count"])
+            .expect_ok()
+            .stdout
+            .contains("0 attested agents")
+    );
+    s.cli(&[
+        "agent",
+        "show",
+        "-spiffeID",
+        "spiffe://example.org/spire/agent/join_token/x",
+    ])
+    .expect_error("not found");
+
+    // federated bundles
+    let fed = s.path("fed.pem");
+    std::fs::write(&fed, other_org_ca_pem()).unwrap();
+    assert!(
+        s.cli(&[
+            "bundle",
+            "set",
+            "-id",
+            "spiffe://other.org",
+            "-path",
+            fed.to_str().unwrap()
+        ])
+        .expect_ok()
+        .stdout
+        .contains("bundle set.")
+    );
+    let list = s.cli(&["bundle", "list"]).expect_ok().stdout.clone();
+    assert!(
+        list.contains("* other.org") && list.contains("BEGIN CERTIFICATE"),
+        "{list}"
+    );
+    let one = s
+        .cli(&["bundle", "list", "-id", "other.org", "-format", "spiffe"])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(one.contains("\"x509-svid\""), "{one}");
+    assert!(
+        s.cli(&["bundle", "delete", "-id", "spiffe://other.org"])
+            .expect_ok()
+            .stdout
+            .contains("bundle deleted.")
+    );
+    s.cli(&["bundle", "delete", "-id", "spiffe://other.org"])
+        .expect_error("not found");
+    // the server's own bundle also round-trips through the SPIFFE format
+    s.cli(&[
+        "bundle",
+        "set",
+        "-id",
+        "third.org",
+        "-format",
+        "spiffe",
+        "-path",
+        jwks_file.to_str().unwrap(),
+    ])
+    .expect_ok();
+    // server still healthy after all of that
+    s.cli(&["healthcheck"]).expect_ok();
+}
+
+fn other_org_ca_pem() -> String {
+    use ironpact_spiffe::x509::{CaSubject, certs_to_pem, random_serial, self_signed_ca};
+    let td = ironpact_spiffe::TrustDomain::new("other.org").unwrap();
+    let key = ironpact_spiffe::PrivateKey::generate(ironpact_spiffe::KeyType::EcP256).unwrap();
+    let der = self_signed_ca(
+        &key,
+        &td,
+        &CaSubject::default(),
+        random_serial(),
+        0,
+        4_000_000_000,
+    )
+    .unwrap();
+    certs_to_pem([der.as_slice()])
+}
+
+fn invalid_input(s: TestServer) {
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/w",
+        "-parentID",
+        "spiffe://example.org/h",
+        "-selector",
+        "unix:uid:1",
+    ])
+    .expect_ok();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "unix:uid:1",
+            ],
+            "already exists",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/w/",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "unix:uid:1",
+            ],
+            "trailing slash",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "http://example.org/w",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "unix:uid:1",
+            ],
+            "scheme",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/a/../b",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "unix:uid:1",
+            ],
+            "'..'",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/a%20b",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "unix:uid:1",
+            ],
+            "path segments",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://other.org/w",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "unix:uid:1",
+            ],
+            "not a member of trust domain",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "unixuid",
+            ],
+            "type:value",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "-parentID",
+                "spiffe://example.org/h",
+            ],
+            "selector is required",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "a:b",
+            ],
+            "-spiffeID",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "-selector",
+                "a:b",
+            ],
+            "-parentID",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "a:b",
+                "-x509SVIDTTL",
+                "ten",
+            ],
+            "x509SVIDTTL",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "a:b",
+                "-dns",
+                "bad name",
+            ],
+            "DNS name",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/w",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-selector",
+                "a:b",
+                "-federatesWith",
+                "example.org",
+            ],
+            "own trust domain",
+        ),
+        (
+            &["entry", "create", "-bogusFlag", "x"],
+            "unexpected argument",
+        ),
+        (&["entry", "update", "-selector", "a:b"], "-entryID"),
+        (
+            &["entry", "update", "-entryID", "nope", "-selector", "a:b"],
+            "not found",
+        ),
+        (&["entry", "delete", "-entryID", "nope"], "not found"),
+        (&["entry", "show", "-entryID", "nope"], "not found"),
+        (
+            &["x509", "mint", "-spiffeID", "spiffe://other.org/x"],
+            "not a member",
+        ),
+        (
+            &[
+                "x509",
+                "mint",
+                "-spiffeID",
+                "spiffe://example.org/x",
+                "-ttl",
+                "-5",
+            ],
+            "unexpected argument",
+        ),
+        (
+            &["jwt", "mint", "-spiffeID", "spiffe://example.org/x"],
+            "audience",
+        ),
+        (&["token", "generate", "-ttl", "0"], "-ttl must be positive"),
+        (
+            &["token", "generate", "-spiffeID", "spiffe://other.org/n"],
+            "not a member",
+        ),
+        (
+            &["bundle", "set", "-id", "example.org", "-path", "/dev/null"],
+            "no CERTIFICATE",
+        ),
+        (
+            &["bundle", "list", "-id", "nowhere.org"],
+            "no federated bundle",
+        ),
+        (
+            &[
+                "agent",
+                "ban",
+                "-spiffeID",
+                "spiffe://example.org/spire/agent/x",
+            ],
+            "not found",
+        ),
+        (&["agent", "evict"], "-spiffeID"),
+        (
+            &["healthcheck", "-socketPath", "/nonexistent/api.sock"],
+            "cannot reach",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = s.cli(args);
+        assert_eq!(o.code, 1, "{args:?} should fail: {o:?}");
+        o.expect_error(want);
+    }
+    // own-trust-domain bundle is refused by the server, with a valid PEM
+    let pem = s.cli(&["bundle", "show"]).expect_ok().stdout.clone();
+    let f = s.path("own.pem");
+    std::fs::write(&f, pem).unwrap();
+    s.cli(&[
+        "bundle",
+        "set",
+        "-id",
+        "example.org",
+        "-path",
+        f.to_str().unwrap(),
+    ])
+    .expect_error("own trust domain");
+    s.cli(&["healthcheck"]).expect_ok();
+}
+
+#[test]
+fn validate_reports_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.conf");
+    std::fs::write(
+        &conf,
+        "server {\n  trust_domain = \"example.org\"\n  bind_prot = 8081\n}\nplugins {\n  DataStore \"sql\" {}\n  KeyManager \"memory\" {}\n}\n",
+    )
+    .unwrap();
+    let o = support::Out::from(
+        std::process::Command::new(support::BIN)
+            .args(["validate", "-config"])
+            .arg(&conf)
+            .output()
+            .unwrap(),
+    );
+    o.expect_error(&format!("{}:3: unknown key \"bind_prot\"", conf.display()));
+    let o = support::Out::from(
+        std::process::Command::new(support::BIN)
+            .args(["validate", "-config", "../../conf/server/server.conf"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        o.ok() && o.stdout.contains("Configuration is valid."),
+        "{o:?}"
+    );
+}

@@ -1,0 +1,301 @@
+//! Test support for suites that start real `ironpact-server` processes: temp dirs, config
+//! files, backends (SQLite file or a fresh PostgreSQL schema), and CLI invocation.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ironpact-server");
+
+pub fn pg_url() -> String {
+    std::env::var("IRONPACT_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// Where the server keeps its data.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres { schema: String },
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite3",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// A fresh PostgreSQL schema, or None (after printing SKIPPED) when PostgreSQL is not
+    /// reachable and CI is not set.
+    pub fn postgres() -> Option<Self> {
+        let schema = format!("e2e_{:016x}", rand_u64());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let r = rt.block_on(async {
+            let ds = ironpact_datastore::DataStore::open_postgres(&pg_url(), Some(&schema)).await?;
+            ds.close().await;
+            Ok::<_, ironpact_datastore::Error>(())
+        });
+        match r {
+            Ok(()) => Some(Backend::Postgres { schema }),
+            Err(e) => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!(
+                        "postgres not reachable at {} (CI=true requires it): {e}",
+                        pg_url()
+                    );
+                }
+                println!("SKIPPED: postgres not reachable ({e})");
+                None
+            }
+        }
+    }
+
+    fn drop_schema(&self) {
+        if let Backend::Postgres { schema } = self {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(ds) = ironpact_datastore::DataStore::open_postgres(&pg_url(), None).await
+                {
+                    let _ = ds.drop_schema_for_tests(schema).await;
+                    ds.close().await;
+                }
+            });
+        }
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A server process with its own directory, config and socket; killed on drop.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub backend: Backend,
+    child: Option<Child>,
+}
+
+impl TestServer {
+    pub fn start(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin/api.sock");
+        let config = dir.path().join("server.conf");
+        let (db_type, conn) = match &backend {
+            Backend::Sqlite => (
+                "sqlite3",
+                dir.path()
+                    .join("data/datastore.sqlite3")
+                    .display()
+                    .to_string(),
+            ),
+            Backend::Postgres { schema } => (
+                "postgres",
+                format!("{}?options=-c%20search_path%3D{schema}", pg_url()),
+            ),
+        };
+        let text = format!(
+            r#"
+server {{
+    bind_address = "127.0.0.1"
+    bind_port = "0"
+    socket_path = "{socket}"
+    trust_domain = "example.org"
+    data_dir = "{data}"
+    log_level = "DEBUG"
+    ca_ttl = "24h"
+    default_x509_svid_ttl = "1h"
+}}
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{
+            database_type = "{db_type}"
+            connection_string = "{conn}"
+        }}
+    }}
+    KeyManager "disk" {{
+        plugin_data {{
+            keys_path = "{keys}"
+        }}
+    }}
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+            socket = socket.display(),
+            data = dir.path().join("data").display(),
+            keys = dir.path().join("data/keys").display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut s = Self {
+            dir,
+            config,
+            socket,
+            backend,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts (or restarts) the process and waits until it is healthy.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "-config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = self.cli(&["healthcheck"]);
+            if o.ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "server did not become healthy: {}\nlog:\n{}",
+                    o.stderr,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, no clean-up: what a crash looks like.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs `ironpact-server <args> -socketPath <socket>`.
+    pub fn cli(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        let sub = args.first().copied().unwrap_or_default();
+        if !matches!(sub, "run" | "validate") && !args.contains(&"-socketPath") {
+            cmd.arg("-socketPath").arg(&self.socket);
+        }
+        Out::from(cmd.stdin(Stdio::null()).output().unwrap())
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+        self.backend.drop_schema();
+    }
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Out {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+
+    #[track_caller]
+    pub fn expect_ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts exit code 1 and a one-line `Error:` message containing `want`.
+    #[track_caller]
+    pub fn expect_error(&self, want: &str) {
+        assert_eq!(self.code, 1, "expected exit code 1: {self:?}");
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("Error: "))
+            .collect();
+        assert_eq!(lines.len(), 1, "expected one Error: line: {self:?}");
+        assert!(
+            lines[0].to_lowercase().contains(&want.to_lowercase()),
+            "error {:?} does not mention {want:?}",
+            lines[0]
+        );
+    }
+}
+
+/// The python interpreter with PyJWT, if any (IRONPACT_PYTHON, else python3).
+pub fn python_with_pyjwt() -> Option<String> {
+    let py = std::env::var("IRONPACT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import jwt, cryptography"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Some(py)
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{py} lacks PyJWT/cryptography (CI=true requires them; .ci/run installs them)");
+    } else {
+        println!("SKIPPED: PyJWT not installed for {py}");
+        None
+    }
+}
+
+pub fn openssl_verify(ca: &Path, cert: &Path) -> Out {
+    Out::from(
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(ca)
+            .arg(cert)
+            .output()
+            .expect("openssl is installed"),
+    )
+}
