@@ -163,7 +163,7 @@ mod tests {
             similarity_key(&id, &p, &[b, a.clone()])
         );
         assert_ne!(
-            similarity_key(&id, &p, &[a.clone()]),
+            similarity_key(&id, &p, std::slice::from_ref(&a)),
             similarity_key(&p, &id, &[a])
         );
     }

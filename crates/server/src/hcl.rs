@@ -125,8 +125,7 @@ pub fn parse(file: &str, text: &str) -> Result<Node, ConfigError> {
 
 fn first_line(s: &str) -> String {
     s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or(s)
         .trim()
         .to_string()

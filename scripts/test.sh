@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every check and test of ironpact: formatting, clippy, unit tests, the datastore suite on
+# SQLite and PostgreSQL, and the end-to-end suites that start real server processes.
+# Installs what it needs (openssl, a Python venv with PyJWT) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+have() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+    if have apt-get; then
+        echo "installing $* with apt-get"
+        apt-get update -qq >/dev/null || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "missing $*: install it and run again" >&2
+        exit 1
+    fi
+}
+
+have cargo || { echo "cargo is required: install Rust (https://rustup.rs)" >&2; exit 1; }
+have openssl || apt_install openssl
+have python3 || apt_install python3 python3-venv
+
+# PyJWT checks our JWT-SVIDs independently.
+venv="${IRONPACT_VENV:-$CARGO_TARGET_DIR/pyvenv}"
+if ! "$venv/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
+    python3 -m venv "$venv" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q --disable-pip-version-check pyjwt cryptography
+fi
+export IRONPACT_PYTHON="$venv/bin/python"
+
+# The PostgreSQL half of the datastore and end-to-end suites needs 127.0.0.1:5432.
+pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+if ! pg_up && [ "${CI:-}" = "true" ] && have pg_ctlcluster && [ -d /etc/postgresql ]; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+pg_up || echo "note: PostgreSQL is not reachable on 127.0.0.1:5432; its tests will print SKIPPED (or fail when CI=true)"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
