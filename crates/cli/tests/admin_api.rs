@@ -16,7 +16,10 @@ fn entry(id: &str, sel: &str) -> pb::Entry {
     pb::Entry {
         spiffe_id: id.into(),
         parent_id: "spiffe://example.org/node".into(),
-        selectors: vec![pb::Selector { r#type: t.into(), value: v.into() }],
+        selectors: vec![pb::Selector {
+            r#type: t.into(),
+            value: v.into(),
+        }],
         ..Default::default()
     }
 }
@@ -35,9 +38,14 @@ fn uri(s: &str) -> rcgen::SanType {
 #[test]
 fn bad_and_edge_input_over_grpc() {
     let s = TestServer::start(Backend::Sqlite);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let ch = ironpact_cli::common::connect_uds(&s.socket, "server", "-socketPath").await.unwrap();
+        let ch = ironpact_cli::common::connect_uds(&s.socket, "server", "-socketPath")
+            .await
+            .unwrap();
         let mut svid = SvidServiceClient::new(ch.clone());
         let mut entries = EntryServiceClient::new(ch.clone());
 
@@ -46,25 +54,47 @@ fn bad_and_edge_input_over_grpc() {
             (b"not a csr".to_vec(), "malformed CSR"),
             (vec![], "csr is required"),
             (csr(vec![]), "exactly one URI SAN"),
-            (csr(vec![uri("spiffe://example.org/a"), uri("spiffe://example.org/b")]), "exactly one URI SAN"),
+            (
+                csr(vec![
+                    uri("spiffe://example.org/a"),
+                    uri("spiffe://example.org/b"),
+                ]),
+                "exactly one URI SAN",
+            ),
             (csr(vec![uri("spiffe://example.org/a/")]), "trailing slash"),
         ] {
-            let e = svid.mint_x509svid(pb::MintX509svidRequest { csr: bytes, ttl: 0 }).await.unwrap_err();
+            let e = svid
+                .mint_x509svid(pb::MintX509svidRequest { csr: bytes, ttl: 0 })
+                .await
+                .unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
             assert!(e.message().contains(want), "{e:?} should mention {want}");
         }
         let mut tampered = csr(vec![uri("spiffe://example.org/a")]);
         let n = tampered.len();
         tampered[n - 3] ^= 0x55;
-        let e = svid.mint_x509svid(pb::MintX509svidRequest { csr: tampered, ttl: 0 }).await.unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
         let e = svid
-            .mint_x509svid(pb::MintX509svidRequest { csr: csr(vec![uri("spiffe://example.org/a")]), ttl: -1 })
+            .mint_x509svid(pb::MintX509svidRequest {
+                csr: tampered,
+                ttl: 0,
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         let e = svid
-            .mint_jwtsvid(pb::MintJwtsvidRequest { id: "spiffe://example.org/a".into(), audience: vec![], ttl: 0 })
+            .mint_x509svid(pb::MintX509svidRequest {
+                csr: csr(vec![uri("spiffe://example.org/a")]),
+                ttl: -1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = svid
+            .mint_jwtsvid(pb::MintJwtsvidRequest {
+                id: "spiffe://example.org/a".into(),
+                audience: vec![],
+                ttl: 0,
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
@@ -76,39 +106,70 @@ fn bad_and_edge_input_over_grpc() {
                     entry("spiffe://example.org/ok", "unix:uid:1"),
                     entry("not-an-id", "unix:uid:1"),
                     entry("spiffe://example.org/ok", "unix:uid:1"),
-                    pb::Entry { selectors: vec![], ..entry("spiffe://example.org/x", "unix:uid:1") },
+                    pb::Entry {
+                        selectors: vec![],
+                        ..entry("spiffe://example.org/x", "unix:uid:1")
+                    },
                 ],
             })
             .await
             .unwrap()
             .into_inner();
-        let codes: Vec<i32> = r.results.iter().map(|x| x.status.as_ref().unwrap().code).collect();
+        let codes: Vec<i32> = r
+            .results
+            .iter()
+            .map(|x| x.status.as_ref().unwrap().code)
+            .collect();
         assert_eq!(
             codes,
-            [Code::Ok as i32, Code::InvalidArgument as i32, Code::AlreadyExists as i32, Code::InvalidArgument as i32]
+            [
+                Code::Ok as i32,
+                Code::InvalidArgument as i32,
+                Code::AlreadyExists as i32,
+                Code::InvalidArgument as i32
+            ]
         );
-        assert_eq!(r.results[2].entry.as_ref().unwrap().id, r.results[0].entry.as_ref().unwrap().id, "AlreadyExists returns the existing entry");
+        assert_eq!(
+            r.results[2].entry.as_ref().unwrap().id,
+            r.results[0].entry.as_ref().unwrap().id,
+            "AlreadyExists returns the existing entry"
+        );
 
         // too many items in one batch, and an oversized message
-        let many = (0..1001).map(|i| entry(&format!("spiffe://example.org/m{i}"), "a:b")).collect();
-        let e = entries.batch_create_entry(pb::BatchCreateEntryRequest { entries: many }).await.unwrap_err();
+        let many = (0..1001)
+            .map(|i| entry(&format!("spiffe://example.org/m{i}"), "a:b"))
+            .collect();
+        let e = entries
+            .batch_create_entry(pb::BatchCreateEntryRequest { entries: many })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("split the request"), "{e:?}");
         let mut huge = entry("spiffe://example.org/huge", "a:b");
         huge.hint = "x".repeat(5 << 20);
-        let e = entries.batch_create_entry(pb::BatchCreateEntryRequest { entries: vec![huge] }).await.unwrap_err();
+        let e = entries
+            .batch_create_entry(pb::BatchCreateEntryRequest {
+                entries: vec![huge],
+            })
+            .await
+            .unwrap_err();
         assert_ne!(e.code(), Code::Ok);
 
         // pagination over sorted IDs
         for i in 0..5 {
             entries
-                .batch_create_entry(pb::BatchCreateEntryRequest { entries: vec![entry(&format!("spiffe://example.org/p{i}"), "page:1")] })
+                .batch_create_entry(pb::BatchCreateEntryRequest {
+                    entries: vec![entry(&format!("spiffe://example.org/p{i}"), "page:1")],
+                })
                 .await
                 .unwrap();
         }
         let filter = pb::EntryFilter {
             by_selectors: Some(pb::SelectorMatch {
-                selectors: vec![pb::Selector { r#type: "page".into(), value: "1".into() }],
+                selectors: vec![pb::Selector {
+                    r#type: "page".into(),
+                    value: "1".into(),
+                }],
                 r#match: pb::MatchBehavior::MatchExact as i32,
             }),
             ..Default::default()
@@ -118,7 +179,11 @@ fn bad_and_edge_input_over_grpc() {
         let mut pages = 0;
         loop {
             let r = entries
-                .list_entries(pb::ListEntriesRequest { filter: Some(filter.clone()), page_size: 2, page_token: token })
+                .list_entries(pb::ListEntriesRequest {
+                    filter: Some(filter.clone()),
+                    page_size: 2,
+                    page_token: token,
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -134,7 +199,11 @@ fn bad_and_edge_input_over_grpc() {
         sorted.sort();
         assert_eq!(seen, sorted);
         let e = entries
-            .list_entries(pb::ListEntriesRequest { filter: None, page_size: -1, page_token: String::new() })
+            .list_entries(pb::ListEntriesRequest {
+                filter: None,
+                page_size: -1,
+                page_token: String::new(),
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
@@ -143,14 +212,24 @@ fn bad_and_edge_input_over_grpc() {
         let id = r.results[0].entry.as_ref().unwrap().id.clone();
         let r = entries
             .batch_update_entry(pb::BatchUpdateEntryRequest {
-                entries: vec![pb::Entry { id: id.clone(), hint: "new hint".into(), ..Default::default() }],
-                input_mask: Some(pb::EntryMask { hint: true, ..Default::default() }),
+                entries: vec![pb::Entry {
+                    id: id.clone(),
+                    hint: "new hint".into(),
+                    ..Default::default()
+                }],
+                input_mask: Some(pb::EntryMask {
+                    hint: true,
+                    ..Default::default()
+                }),
             })
             .await
             .unwrap()
             .into_inner();
         let e = r.results[0].entry.as_ref().unwrap();
-        assert_eq!((e.hint.as_str(), e.spiffe_id.as_str(), e.revision_number), ("new hint", "spiffe://example.org/ok", 1));
+        assert_eq!(
+            (e.hint.as_str(), e.spiffe_id.as_str(), e.revision_number),
+            ("new hint", "spiffe://example.org/ok", 1)
+        );
     });
     s.cli(&["healthcheck"]).expect_ok();
 }

@@ -36,7 +36,14 @@ fn kill9_mid_write(mut s: TestServer) {
                     let id = format!("spiffe://example.org/crash/w{w}/e{i}");
                     let o = Out::from(
                         std::process::Command::new(support::BIN)
-                            .args(["entry", "create", "-spiffeID", &id, "-parentID", "spiffe://example.org/node"])
+                            .args([
+                                "entry",
+                                "create",
+                                "-spiffeID",
+                                &id,
+                                "-parentID",
+                                "spiffe://example.org/node",
+                            ])
                             .args(["-selector", "unix:uid:1", "-output", "json", "-socketPath"])
                             .arg(&socket)
                             .output()
@@ -44,7 +51,10 @@ fn kill9_mid_write(mut s: TestServer) {
                     );
                     if o.ok() {
                         let v = o.json();
-                        acked.lock().unwrap().insert(v["results"][0]["entry"]["id"].as_str().unwrap().to_string());
+                        acked
+                            .lock()
+                            .unwrap()
+                            .insert(v["results"][0]["entry"]["id"].as_str().unwrap().to_string());
                     }
                     i += 1;
                 }
@@ -58,10 +68,24 @@ fn kill9_mid_write(mut s: TestServer) {
         w.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 5, "writers made too little progress: {}", acked.len());
+    assert!(
+        acked.len() >= 5,
+        "writers made too little progress: {}",
+        acked.len()
+    );
 
     s.spawn();
-    let listed = s.cli(&["entry", "show", "-parentID", "spiffe://example.org/node", "-output", "json"]).expect_ok().json();
+    let listed = s
+        .cli(&[
+            "entry",
+            "show",
+            "-parentID",
+            "spiffe://example.org/node",
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json();
     let present: BTreeSet<String> = listed["entries"]
         .as_array()
         .unwrap()
@@ -69,13 +93,25 @@ fn kill9_mid_write(mut s: TestServer) {
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
     let lost: Vec<_> = acked.difference(&present).collect();
-    assert!(lost.is_empty(), "{} acknowledged entries lost after kill -9: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged entries lost after kill -9: {lost:?}",
+        lost.len()
+    );
 
     // the same CA: the bundle is unchanged and new SVIDs verify against the old bundle
     let bundle_after = s.cli(&["bundle", "show"]).expect_ok().stdout.clone();
     assert_eq!(bundle_before, bundle_after, "CA changed across a crash");
     let out = s.path("after");
-    s.cli(&["x509", "mint", "-spiffeID", "spiffe://example.org/after", "-write", out.to_str().unwrap()]).expect_ok();
+    s.cli(&[
+        "x509",
+        "mint",
+        "-spiffeID",
+        "spiffe://example.org/after",
+        "-write",
+        out.to_str().unwrap(),
+    ])
+    .expect_ok();
     let old = s.path("before.pem");
     std::fs::write(&old, bundle_before).unwrap();
     assert!(openssl_verify(&old, &out.join("svid.pem")).ok());
