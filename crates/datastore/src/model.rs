@@ -26,6 +26,30 @@ pub struct Entry {
     pub created_at: i64,
 }
 
+impl Entry {
+    /// An entry with the given identity and selectors and every other field at its default
+    /// (server default TTLs, no expiry, no DNS names, revision 0).
+    pub fn new(spiffe_id: SpiffeId, parent_id: SpiffeId, selectors: Vec<Selector>) -> Self {
+        Self {
+            id: String::new(),
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            expires_at: 0,
+            dns_names: Vec::new(),
+            revision_number: 0,
+            store_svid: false,
+            hint: String::new(),
+            created_at: 0,
+        }
+    }
+}
+
 /// Two entries with the same SPIFFE ID, parent and selector set are the same entry
 /// (SPIRE refuses such duplicates with AlreadyExists too).
 pub fn similarity_key(

@@ -205,38 +205,22 @@ impl DataStore {
         e.revision_number = 0;
         let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
         let mut tx = self.pool.begin().await?;
-        let dup = sqlx::query(
+        refuse_similar(
+            &mut tx,
             "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 OR entry_id = $2",
+            &key,
+            &e.id,
         )
-        .bind(&key)
-        .bind(&e.id)
-        .fetch_optional(&mut *tx)
         .await?;
-        if let Some(row) = dup {
-            let id: String = row.try_get("entry_id")?;
-            return Err(Error::AlreadyExists {
-                what: "similar entry",
-                id,
-            });
-        }
-        let r = sqlx::query(
-            "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
+        let r = bind_entry_columns(
+            sqlx::query(
+                "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
              jwt_svid_ttl, admin, downstream, expires_at, store_svid, hint, dns_names, \
              federates_with, revision_number, created_at, similarity_key) \
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
+            ),
+            &e,
         )
-        .bind(&e.id)
-        .bind(e.spiffe_id.as_str())
-        .bind(e.parent_id.as_str())
-        .bind(e.x509_svid_ttl)
-        .bind(e.jwt_svid_ttl)
-        .bind(b(e.admin))
-        .bind(b(e.downstream))
-        .bind(e.expires_at)
-        .bind(b(e.store_svid))
-        .bind(&e.hint)
-        .bind(json_list(e.dns_names.iter()))
-        .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
         .bind(e.revision_number)
         .bind(e.created_at)
         .bind(&key)
@@ -321,38 +305,22 @@ impl DataStore {
                 id: e.id.clone(),
             })?;
         let rev: i64 = cur.try_get("revision_number")?;
-        let dup = sqlx::query(
+        refuse_similar(
+            &mut tx,
             "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 AND entry_id <> $2",
+            &key,
+            &e.id,
         )
-        .bind(&key)
-        .bind(&e.id)
-        .fetch_optional(&mut *tx)
         .await?;
-        if let Some(row) = dup {
-            let id: String = row.try_get("entry_id")?;
-            return Err(Error::AlreadyExists {
-                what: "similar entry",
-                id,
-            });
-        }
-        sqlx::query(
-            "UPDATE registered_entries SET spiffe_id=$2, parent_id=$3, x509_svid_ttl=$4, \
+        bind_entry_columns(
+            sqlx::query(
+                "UPDATE registered_entries SET spiffe_id=$2, parent_id=$3, x509_svid_ttl=$4, \
              jwt_svid_ttl=$5, admin=$6, downstream=$7, expires_at=$8, store_svid=$9, hint=$10, \
              dns_names=$11, federates_with=$12, revision_number=$13, similarity_key=$14 \
              WHERE entry_id=$1",
+            ),
+            e,
         )
-        .bind(&e.id)
-        .bind(e.spiffe_id.as_str())
-        .bind(e.parent_id.as_str())
-        .bind(e.x509_svid_ttl)
-        .bind(e.jwt_svid_ttl)
-        .bind(b(e.admin))
-        .bind(b(e.downstream))
-        .bind(e.expires_at)
-        .bind(b(e.store_svid))
-        .bind(&e.hint)
-        .bind(json_list(e.dns_names.iter()))
-        .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
         .bind(rev + 1)
         .bind(&key)
         .execute(&mut *tx)
@@ -664,6 +632,24 @@ impl DataStore {
     }
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds $1..$12, the entry columns that INSERT and UPDATE share, in table order.
+fn bind_entry_columns<'q>(q: AnyQuery<'q>, e: &'q Entry) -> AnyQuery<'q> {
+    q.bind(e.id.as_str())
+        .bind(e.spiffe_id.as_str())
+        .bind(e.parent_id.as_str())
+        .bind(e.x509_svid_ttl)
+        .bind(e.jwt_svid_ttl)
+        .bind(b(e.admin))
+        .bind(b(e.downstream))
+        .bind(e.expires_at)
+        .bind(b(e.store_svid))
+        .bind(e.hint.as_str())
+        .bind(json_list(e.dns_names.iter()))
+        .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
+}
+
 fn json_list<'a>(items: impl Iterator<Item = &'a (impl AsRef<str> + ?Sized + 'a)>) -> String {
     let v: Vec<&str> = items.map(AsRef::as_ref).collect();
     serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
@@ -671,6 +657,28 @@ fn json_list<'a>(items: impl Iterator<Item = &'a (impl AsRef<str> + ?Sized + 'a)
 
 fn parse_list(s: &str) -> Result<Vec<String>> {
     serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("list column {s:?}: {e}")))
+}
+
+/// Fails with AlreadyExists naming the entry `sql` (bound to the similarity key and the
+/// entry's own ID) finds.
+async fn refuse_similar(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sql: &'static str,
+    key: &str,
+    id: &str,
+) -> Result<()> {
+    let dup = sqlx::query(sql)
+        .bind(key)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match dup {
+        Some(row) => Err(Error::AlreadyExists {
+            what: "similar entry",
+            id: row.try_get("entry_id")?,
+        }),
+        None => Ok(()),
+    }
 }
 
 async fn insert_selectors(

@@ -76,23 +76,13 @@ fn sel(s: &str) -> Selector {
 }
 
 fn entry(spiffe: &str, parent: &str, sels: &[&str]) -> Entry {
-    Entry {
-        id: String::new(),
-        spiffe_id: id(spiffe),
-        parent_id: id(parent),
-        selectors: sels.iter().map(|s| sel(s)).collect(),
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        expires_at: 0,
-        dns_names: vec![],
-        revision_number: 0,
-        store_svid: false,
-        hint: String::new(),
-        created_at: 1000,
-    }
+    let mut e = Entry::new(
+        id(spiffe),
+        id(parent),
+        sels.iter().map(|s| sel(s)).collect(),
+    );
+    e.created_at = 1000;
+    e
 }
 
 macro_rules! suite {

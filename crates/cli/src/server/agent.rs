@@ -87,33 +87,13 @@ fn print_agent(a: &pb::Agent, with_selectors: bool) {
 }
 
 fn filter(a: &ListArgs) -> Result<pb::AgentFilter> {
-    let sels = a
-        .selectors
-        .iter()
-        .map(|s| {
-            let sel = ironpact_spiffe::Selector::parse(s)?;
-            Ok(pb::Selector {
-                r#type: sel.kind,
-                value: sel.value,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let m = match a.match_selectors.as_str() {
-        "exact" => pb::MatchBehavior::MatchExact,
-        "subset" => pb::MatchBehavior::MatchSubset,
-        "superset" => pb::MatchBehavior::MatchSuperset,
-        "any" => pb::MatchBehavior::MatchAny,
-        other => {
-            return Err(anyhow!(
-                "-matchSelectorsOn {other:?} is not one of exact, subset, superset, any"
-            ));
-        }
-    };
+    let sels = super::selectors_pb(&a.selectors)?;
+    let m = super::match_pb("-matchSelectorsOn", &a.match_selectors)?;
     Ok(pb::AgentFilter {
         by_attestation_type: a.attestation_type.clone().unwrap_or_default(),
         by_selector_match: (!sels.is_empty()).then_some(pb::SelectorMatch {
             selectors: sels,
-            r#match: m as i32,
+            r#match: m,
         }),
         by_banned: a.banned,
         by_can_reattest: None,
@@ -134,25 +114,23 @@ pub async fn exec(cmd: AgentCmd) -> Result<()> {
     match cmd {
         AgentCmd::List(a) => {
             let f = filter(&a)?;
-            let mut c = AgentServiceClient::new(a.socket.channel().await?);
-            let mut agents = Vec::new();
-            let mut token = String::new();
-            loop {
-                let r = c
-                    .list_agents(pb::ListAgentsRequest {
-                        filter: Some(f.clone()),
-                        page_size: 500,
-                        page_token: token,
-                    })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
-                agents.extend(r.agents);
-                if r.next_page_token.is_empty() {
-                    break;
+            let c = AgentServiceClient::new(a.socket.channel().await?);
+            let agents = super::all_pages(|page_token| {
+                let (mut c, filter) = (c.clone(), Some(f.clone()));
+                async move {
+                    let r = c
+                        .list_agents(pb::ListAgentsRequest {
+                            filter,
+                            page_size: 500,
+                            page_token,
+                        })
+                        .await
+                        .map_err(status_err)?
+                        .into_inner();
+                    Ok((r.agents, r.next_page_token))
                 }
-                token = r.next_page_token;
-            }
+            })
+            .await?;
             match a.output {
                 Output::Json => println!(
                     "{}",

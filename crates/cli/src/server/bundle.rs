@@ -2,7 +2,7 @@
 
 use super::{Output, SocketArg};
 use crate::common::status_err;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
 use ironpact_proto::server::v1 as pb;
 use ironpact_proto::server::v1::bundle_service_client::BundleServiceClient;
@@ -181,19 +181,12 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
             let mut c = BundleServiceClient::new(a.socket.channel().await?);
             let r = c
                 .batch_set_federated_bundle(pb::BatchSetFederatedBundleRequest {
-                    bundle: vec![super::bundle::to_pb(&b)],
+                    bundle: vec![ironpact_server::api::convert::bundle_pb(&b)],
                 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            let s = r
-                .results
-                .first()
-                .and_then(|r| r.status.clone())
-                .unwrap_or_default();
-            if s.code != 0 {
-                bail!("{} ({:?})", s.message, tonic::Code::from_i32(s.code));
-            }
+            super::item_ok(r.results.first().and_then(|r| r.status.as_ref()))?;
             match a.output {
                 Output::Json => println!(
                     "{}",
@@ -215,14 +208,7 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            let s = r
-                .results
-                .first()
-                .and_then(|r| r.status.clone())
-                .unwrap_or_default();
-            if s.code != 0 {
-                bail!("{} ({:?})", s.message, tonic::Code::from_i32(s.code));
-            }
+            super::item_ok(r.results.first().and_then(|r| r.status.as_ref()))?;
             match a.output {
                 Output::Json => println!("{}", serde_json::json!({"trust_domain": td.to_string()})),
                 Output::Pretty => println!("bundle deleted."),
@@ -230,26 +216,4 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn to_pb(b: &Bundle) -> pb::Bundle {
-    pb::Bundle {
-        trust_domain: b.trust_domain.to_string(),
-        x509_authorities: b
-            .x509_authorities
-            .iter()
-            .map(|d| pb::X509Certificate { asn1: d.clone() })
-            .collect(),
-        jwt_authorities: b
-            .jwt_authorities
-            .iter()
-            .map(|k| pb::JwtKey {
-                public_key: k.public_key_der.clone(),
-                key_id: k.key_id.clone(),
-                expires_at: k.expires_at,
-            })
-            .collect(),
-        refresh_hint: b.refresh_hint as i64,
-        sequence_number: b.sequence,
-    }
 }

@@ -1,12 +1,12 @@
 //! `entry create|show|update|delete|count`.
 
-use super::{Output, SocketArg};
+use super::{Output, SocketArg, match_pb, selectors_pb};
 use crate::common::{fmt_time, parse_ttl, status_err};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use ironpact_proto::server::v1 as pb;
 use ironpact_proto::server::v1::entry_service_client::EntryServiceClient;
-use ironpact_spiffe::{Selector, SpiffeId};
+use ironpact_spiffe::SpiffeId;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
@@ -83,10 +83,9 @@ pub struct CreateArgs {
     output: Output,
 }
 
+/// The filters shared by `entry show` and `entry count`.
 #[derive(Args, Debug)]
-pub struct ShowArgs {
-    #[arg(long = "entryID", visible_alias = "entry-id")]
-    entry_id: Option<String>,
+pub struct FilterArgs {
     #[arg(long = "spiffeID", visible_alias = "spiffe-id")]
     spiffe_id: Option<String>,
     #[arg(long = "parentID", visible_alias = "parent-id")]
@@ -112,6 +111,41 @@ pub struct ShowArgs {
     hint: Option<String>,
     #[arg(long = "downstream")]
     downstream: bool,
+}
+
+impl FilterArgs {
+    fn to_pb(&self) -> Result<pb::EntryFilter> {
+        Ok(pb::EntryFilter {
+            by_spiffe_id: self.spiffe_id.clone().unwrap_or_default(),
+            by_parent_id: self.parent_id.clone().unwrap_or_default(),
+            by_selectors: (!self.selectors.is_empty())
+                .then(|| -> Result<_> {
+                    Ok(pb::SelectorMatch {
+                        selectors: selectors_pb(&self.selectors)?,
+                        r#match: match_pb("-matchSelectorsOn", &self.match_selectors)?,
+                    })
+                })
+                .transpose()?,
+            by_federates_with: (!self.federates_with.is_empty())
+                .then(|| -> Result<_> {
+                    Ok(pb::FederatesWithMatch {
+                        trust_domains: self.federates_with.clone(),
+                        r#match: match_pb("-matchFederatesWithOn", &self.match_federates)?,
+                    })
+                })
+                .transpose()?,
+            by_hint: self.hint.clone().unwrap_or_default(),
+            by_downstream: self.downstream.then_some(true),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    #[arg(long = "entryID", visible_alias = "entry-id")]
+    entry_id: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
     #[command(flatten)]
     socket: SocketArg,
     #[arg(long = "output", value_enum, default_value_t)]
@@ -144,44 +178,12 @@ pub struct DeleteArgs {
 
 #[derive(Args, Debug)]
 pub struct CountArgs {
-    #[arg(long = "spiffeID", visible_alias = "spiffe-id")]
-    spiffe_id: Option<String>,
-    #[arg(long = "parentID", visible_alias = "parent-id")]
-    parent_id: Option<String>,
-    #[arg(long = "selector")]
-    selectors: Vec<String>,
-    #[arg(
-        long = "matchSelectorsOn",
-        visible_alias = "match-selectors-on",
-        default_value = "superset"
-    )]
-    match_selectors: String,
+    #[command(flatten)]
+    filter: FilterArgs,
     #[command(flatten)]
     socket: SocketArg,
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
-}
-
-fn selectors_pb(raw: &[String]) -> Result<Vec<pb::Selector>> {
-    raw.iter()
-        .map(|s| {
-            let sel = Selector::parse(s)?;
-            Ok(pb::Selector {
-                r#type: sel.kind,
-                value: sel.value,
-            })
-        })
-        .collect()
-}
-
-fn match_pb(raw: &str) -> Result<i32> {
-    Ok(match raw {
-        "exact" => pb::MatchBehavior::MatchExact,
-        "subset" => pb::MatchBehavior::MatchSubset,
-        "superset" => pb::MatchBehavior::MatchSuperset,
-        "any" => pb::MatchBehavior::MatchAny,
-        other => bail!("match behavior {other:?} is not one of exact, subset, superset, any"),
-    } as i32)
 }
 
 /// The `spiffe://<td>/spire/server` parent of node entries.
@@ -531,47 +533,23 @@ async fn show(a: ShowArgs) -> Result<()> {
                 .into_inner(),
         ]
     } else {
-        let filter = pb::EntryFilter {
-            by_spiffe_id: a.spiffe_id.clone().unwrap_or_default(),
-            by_parent_id: a.parent_id.clone().unwrap_or_default(),
-            by_selectors: (!a.selectors.is_empty())
-                .then(|| -> Result<_> {
-                    Ok(pb::SelectorMatch {
-                        selectors: selectors_pb(&a.selectors)?,
-                        r#match: match_pb(&a.match_selectors)?,
+        let filter = a.filter.to_pb()?;
+        super::all_pages(|page_token| {
+            let (mut c, filter) = (client.clone(), Some(filter.clone()));
+            async move {
+                let r = c
+                    .list_entries(pb::ListEntriesRequest {
+                        filter,
+                        page_size: 500,
+                        page_token,
                     })
-                })
-                .transpose()?,
-            by_federates_with: (!a.federates_with.is_empty())
-                .then(|| -> Result<_> {
-                    Ok(pb::FederatesWithMatch {
-                        trust_domains: a.federates_with.clone(),
-                        r#match: match_pb(&a.match_federates)?,
-                    })
-                })
-                .transpose()?,
-            by_hint: a.hint.clone().unwrap_or_default(),
-            by_downstream: a.downstream.then_some(true),
-        };
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let r = client
-                .list_entries(pb::ListEntriesRequest {
-                    filter: Some(filter.clone()),
-                    page_size: 500,
-                    page_token: token,
-                })
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            out.extend(r.entries);
-            if r.next_page_token.is_empty() {
-                break;
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                Ok((r.entries, r.next_page_token))
             }
-            token = r.next_page_token;
-        }
-        out
+        })
+        .await?
     };
     match a.output {
         Output::Json => println!(
@@ -615,10 +593,7 @@ async fn update(a: UpdateArgs) -> Result<()> {
         .into_iter()
         .next()
         .ok_or_else(|| anyhow!("server returned no result"))?;
-    let s = r.status.clone().unwrap_or_default();
-    if s.code != 0 {
-        bail!("{} ({})", s.message, code_name(s.code));
-    }
+    super::item_ok(r.status.as_ref())?;
     match a.output {
         Output::Json => println!(
             "{}",
@@ -669,19 +644,7 @@ async fn delete(a: DeleteArgs) -> Result<()> {
 }
 
 async fn count(a: CountArgs) -> Result<()> {
-    let filter = pb::EntryFilter {
-        by_spiffe_id: a.spiffe_id.clone().unwrap_or_default(),
-        by_parent_id: a.parent_id.clone().unwrap_or_default(),
-        by_selectors: (!a.selectors.is_empty())
-            .then(|| -> Result<_> {
-                Ok(pb::SelectorMatch {
-                    selectors: selectors_pb(&a.selectors)?,
-                    r#match: match_pb(&a.match_selectors)?,
-                })
-            })
-            .transpose()?,
-        ..Default::default()
-    };
+    let filter = a.filter.to_pb()?;
     let mut client = EntryServiceClient::new(a.socket.channel().await?);
     let n = client
         .count_entries(pb::CountEntriesRequest {

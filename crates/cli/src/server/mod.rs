@@ -67,6 +67,61 @@ impl SocketArg {
     }
 }
 
+/// Parses `type:value` flags into API selectors.
+pub(crate) fn selectors_pb(raw: &[String]) -> Result<Vec<ironpact_proto::server::v1::Selector>> {
+    raw.iter()
+        .map(|s| {
+            let sel = ironpact_spiffe::Selector::parse(s)?;
+            Ok(ironpact_proto::server::v1::Selector {
+                r#type: sel.kind,
+                value: sel.value,
+            })
+        })
+        .collect()
+}
+
+/// Parses a `-match…On` flag.
+pub(crate) fn match_pb(flag: &str, raw: &str) -> Result<i32> {
+    use ironpact_proto::server::v1::MatchBehavior as M;
+    Ok(match raw {
+        "exact" => M::MatchExact,
+        "subset" => M::MatchSubset,
+        "superset" => M::MatchSuperset,
+        "any" => M::MatchAny,
+        other => anyhow::bail!("{flag} {other:?} is not one of exact, subset, superset, any"),
+    } as i32)
+}
+
+/// Fetches every page of a paginated list; `fetch` gets the page token and returns
+/// the page's items and the next token ("" at the end).
+pub(crate) async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String)>>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = fetch(token).await?;
+        out.extend(items);
+        if next.is_empty() {
+            return Ok(out);
+        }
+        token = next;
+    }
+}
+
+/// Turns the status of a batch call's single item into a result.
+pub(crate) fn item_ok(status: Option<&ironpact_proto::server::v1::Status>) -> Result<()> {
+    match status {
+        Some(s) if s.code != 0 => {
+            anyhow::bail!("{} ({:?})", s.message, tonic::Code::from_i32(s.code))
+        }
+        Some(_) => Ok(()),
+        None => anyhow::bail!("the server returned no status for the request"),
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Output {
     #[default]

@@ -157,26 +157,10 @@ impl AgentService for AgentApi {
             // As SPIRE does: register the given ID under the token's agent ID, so entries
             // parented by it are authorized on the node that uses this token.
             let agent_id = join_token_agent_id(td, &token)?;
-            let e = Entry {
-                id: String::new(),
-                spiffe_id: alias.clone(),
-                parent_id: agent_id.clone(),
-                selectors: vec![
-                    Selector::new("spiffe_id", agent_id.as_str())
-                        .map_err(|e| Status::internal(e.to_string()))?,
-                ],
-                x509_svid_ttl: 0,
-                jwt_svid_ttl: 0,
-                federates_with: vec![],
-                admin: false,
-                downstream: false,
-                expires_at: 0,
-                dns_names: vec![],
-                revision_number: 0,
-                store_svid: false,
-                hint: String::new(),
-                created_at: self.0.clock.now(),
-            };
+            let selector = Selector::new("spiffe_id", agent_id.as_str())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut e = Entry::new(alias.clone(), agent_id.clone(), vec![selector]);
+            e.created_at = self.0.clock.now();
             self.0.ds.create_entry(&e).await.map_err(ds_status)?;
             info!(alias = %alias, parent_id = %agent_id, "registered join token node alias");
         }
