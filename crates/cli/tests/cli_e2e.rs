@@ -33,6 +33,40 @@ fn postgres_invalid_input() {
 }
 
 fn round_trip(s: TestServer) {
+    // the admin socket is not world-accessible
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&s.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o770, "admin socket mode");
+    // kebab-case spellings work as well as SPIRE's
+    s.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/kebab",
+        "--parent-id",
+        "spiffe://example.org/host",
+        "--selector",
+        "k:v",
+    ])
+    .expect_ok();
+    s.cli(&[
+        "entry",
+        "delete",
+        "--entry-id",
+        &s.cli(&[
+            "entry",
+            "show",
+            "--spiffe-id",
+            "spiffe://example.org/kebab",
+            "-output",
+            "json",
+        ])
+        .json()["entries"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ])
+    .expect_ok();
     assert!(
         s.cli(&["healthcheck"])
             .expect_ok()
@@ -210,7 +244,6 @@ fn round_trip(s: TestServer) {
     );
     let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
     assert_eq!(life, 3600 + 10, "1h plus the 10 s backdate");
-    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(out.join("key.pem"))
         .unwrap()
         .permissions()

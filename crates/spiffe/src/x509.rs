@@ -376,6 +376,39 @@ mod tests {
     }
 
     #[test]
+    fn every_ca_key_type_issues_verifiable_svids() {
+        let td = TrustDomain::new("example.org").unwrap();
+        for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
+            let ca_key = PrivateKey::generate(kt).unwrap();
+            let ca_der = self_signed_ca(
+                &ca_key,
+                &td,
+                &CaSubject::default(),
+                random_serial(),
+                0,
+                4_000_000_000,
+            )
+            .unwrap();
+            let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+            ca.verify_signature(None).unwrap();
+            let issuer = CaIssuer::new(&ca_der, &ca_key).unwrap();
+            let leaf = PrivateKey::generate(KeyType::EcP256).unwrap();
+            let der = issuer
+                .issue_svid(&SvidRequest {
+                    spiffe_id: &SpiffeId::parse("spiffe://example.org/w").unwrap(),
+                    spki_der: &leaf.spki_der(),
+                    dns_names: &[],
+                    serial: random_serial(),
+                    now: 1_000_000,
+                    ttl_secs: 60,
+                })
+                .unwrap();
+            let (_, c) = X509Certificate::from_der(&der).unwrap();
+            c.verify_signature(Some(ca.public_key())).unwrap();
+        }
+    }
+
+    #[test]
     fn csr_parsing() {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
