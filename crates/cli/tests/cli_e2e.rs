@@ -49,11 +49,8 @@ fn round_trip(s: TestServer) {
         "k:v",
     ])
     .expect_ok();
-    s.cli(&[
-        "entry",
-        "delete",
-        "--entry-id",
-        &s.cli(&[
+    let kebab = s
+        .cli(&[
             "entry",
             "show",
             "--spiffe-id",
@@ -61,12 +58,10 @@ fn round_trip(s: TestServer) {
             "-output",
             "json",
         ])
-        .json()["entries"][0]["id"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    ])
-    .expect_ok();
+        .json();
+    let kebab_id = kebab["entries"][0]["id"].as_str().unwrap();
+    s.cli(&["entry", "delete", "--entry-id", kebab_id])
+        .expect_ok();
     assert!(
         s.cli(&["healthcheck"])
             .expect_ok()

@@ -5,6 +5,8 @@
 //! `ironpact-spiffe`; here is what needs a clock, a datastore or a socket.
 
 pub mod api;
+pub mod attest;
+pub mod authorized;
 pub mod ca;
 pub mod clock;
 pub mod config;

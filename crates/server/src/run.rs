@@ -1,23 +1,33 @@
 //! Starting and running the server: datastore, key manager, CA with its rotation ticker,
 //! and the admin API on its Unix socket, until a shutdown signal.
 
-use crate::api::{AgentApi, BundleApi, Core, EntryApi, HealthApi, MAX_MESSAGE, SvidApi};
+use crate::api::{
+    AgentApi, AgentEndpoint, BundleApi, Core, EntryApi, HealthApi, MAX_MESSAGE, SvidApi,
+};
+use crate::attest::{JoinTokenAttestor, NodeAttestor};
 use crate::ca::{CaConfig, CaManager};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{KeyManagerConfig, ServerConfig};
 use crate::keymanager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use ironpact_datastore::DataStore;
+use ironpact_proto::agent::v1::agent_api_server::AgentApiServer;
 use ironpact_proto::health::v1::health_server::HealthServer;
 use ironpact_proto::server::v1::agent_service_server::AgentServiceServer;
 use ironpact_proto::server::v1::bundle_service_server::BundleServiceServer;
 use ironpact_proto::server::v1::entry_service_server::EntryServiceServer;
 use ironpact_proto::server::v1::svid_service_server::SvidServiceServer;
+use ironpact_tls::{SharedRoots, SvidCell};
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::net::UnixListener;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{error, info, warn};
 
@@ -42,6 +52,14 @@ pub enum RunError {
     },
     #[error("admin API: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("agent API on {addr}: {source} (choose another address with -bindAddress/-serverPort)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent API TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Builds the shared core: opens the datastore and loads (or creates) the CA.
@@ -74,7 +92,33 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
     )
     .await?;
     info!(trust_domain = %cfg.trust_domain, key_manager = ?cfg.key_manager, "CA ready");
-    Ok(Arc::new(Core { cfg, ds, ca, clock }))
+    let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
+    if cfg.join_token_attestor {
+        let a = JoinTokenAttestor {
+            ds: ds.clone(),
+            trust_domain: cfg.trust_domain.clone(),
+        };
+        attestors.insert(a.name(), Arc::new(a));
+    }
+    let core = Arc::new(Core {
+        cfg,
+        ds,
+        ca,
+        clock,
+        changes: tokio::sync::watch::channel(0).0,
+        roots: Arc::new(SharedRoots::default()),
+        server_svid: Arc::new(SvidCell::default()),
+        server_svid_expiry: AtomicI64::new(0),
+        attestors,
+    });
+    core.refresh_roots()
+        .await
+        .map_err(|source| RunError::Datastore {
+            database_type: core.cfg.datastore.database_type.clone(),
+            source,
+        })?;
+    core.renew_server_svid_if_due()?;
+    Ok(core)
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener, RunError> {
@@ -120,8 +164,18 @@ pub async fn run(
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 t.tick().await;
-                if let Err(e) = core.ca.rotate().await {
-                    error!(error = %e, "CA rotation step failed; retrying");
+                match core.ca.rotate().await {
+                    Ok(true) => {
+                        if let Err(e) = core.refresh_roots().await {
+                            error!(error = %e, "reloading the trust bundle failed");
+                        }
+                        core.changed();
+                    }
+                    Ok(false) => {}
+                    Err(e) => error!(error = %e, "CA rotation step failed; retrying"),
+                }
+                if let Err(e) = core.renew_server_svid_if_due() {
+                    error!(error = %e, "renewing the server SVID failed; retrying");
                 }
                 match core.ds.prune_join_tokens(core.clock.now()).await {
                     Ok(0) => {}
@@ -134,7 +188,54 @@ pub async fn run(
 
     let listener = bind_socket(&socket_path)?;
     info!(path = %socket_path.display(), "admin API listening");
-    let result = tonic::transport::Server::builder()
+    let agent_addr = SocketAddr::new(core.cfg.bind_address, core.cfg.bind_port);
+    let tcp = TcpListener::bind(agent_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: agent_addr,
+            source,
+        })?;
+    info!(addr = %tcp.local_addr().unwrap_or(agent_addr), "agent API listening (TLS)");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ironpact_tls::server_config(
+        core.server_svid.clone(),
+        core.roots.clone(),
+    )?));
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    let accept = tokio::spawn(async move {
+        loop {
+            let (sock, peer) = match tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accepting an agent connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), conn_tx.clone());
+            tokio::spawn(async move {
+                let _ = sock.set_nodelay(true);
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx
+                            .send(Ok::<_, std::io::Error>(ironpact_tls::TlsConn(tls)))
+                            .await;
+                    }
+                    Ok(Err(e)) => warn!(%peer, error = %e, "agent TLS handshake failed"),
+                    Err(_) => warn!(%peer, "agent TLS handshake timed out"),
+                }
+            });
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let admin = tonic::transport::Server::builder()
         .add_service(
             EntryServiceServer::new(EntryApi(core.clone())).max_decoding_message_size(MAX_MESSAGE),
         )
@@ -149,8 +250,15 @@ pub async fn run(
             SvidServiceServer::new(SvidApi(core.clone())).max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(HealthServer::new(HealthApi(core.clone())))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+    let agents = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(
+            AgentApiServer::new(AgentEndpoint(core.clone())).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stopped(stop_rx));
+    let result = tokio::try_join!(admin, agents).map(|_| ());
+    accept.abort();
     ticker.abort();
     let _ = std::fs::remove_file(&socket_path);
     core.ds.close().await;

@@ -287,6 +287,72 @@ impl CertInfo {
     }
 }
 
+fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, Error> {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c)
+        .map_err(|e| Error::InvalidCertificate(format!("not a DER certificate: {e}")))
+}
+
+/// Verifies an X509-SVID chain (leaf first, then intermediates) against trust anchors at
+/// `now` and returns the leaf's SPIFFE ID. The leaf must not be a CA, must carry exactly
+/// one URI SAN that is a SPIFFE ID, and every certificate must be within its validity.
+pub fn verify_svid_chain(chain: &[&[u8]], roots: &[Vec<u8>], now: i64) -> Result<SpiffeId, Error> {
+    let bad = |m: String| Error::InvalidCertificate(m);
+    let (leaf_der, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| bad("empty certificate chain".into()))?;
+    let leaf = parse_cert(leaf_der)?;
+    if leaf.is_ca() {
+        return Err(bad("the SVID is a CA certificate".into()));
+    }
+    let info = CertInfo::parse(leaf_der)?;
+    if info.uri_sans.len() != 1 {
+        return Err(bad(format!(
+            "an X509-SVID has exactly one URI SAN, this one has {}",
+            info.uri_sans.len()
+        )));
+    }
+    let id = SpiffeId::parse(&info.uri_sans[0])?;
+    let mut current = leaf;
+    let mut rest: Vec<X509Certificate<'_>> = intermediates
+        .iter()
+        .map(|d| parse_cert(d))
+        .collect::<Result<_, _>>()?;
+    let anchors: Vec<X509Certificate<'_>> = roots
+        .iter()
+        .map(|d| parse_cert(d))
+        .collect::<Result<_, _>>()?;
+    for depth in 0..=intermediates.len() {
+        let (nb, na) = (
+            current.validity().not_before.timestamp(),
+            current.validity().not_after.timestamp(),
+        );
+        if now < nb || now > na {
+            return Err(bad(format!(
+                "certificate at depth {depth} is not valid at {now} (valid {nb}..{na})"
+            )));
+        }
+        if anchors.iter().any(|a| {
+            a.subject() == current.issuer()
+                && current.verify_signature(Some(a.public_key())).is_ok()
+        }) {
+            return Ok(id);
+        }
+        let Some(next) = (!rest.is_empty()).then(|| rest.remove(0)) else {
+            break;
+        };
+        if !next.is_ca() || current.verify_signature(Some(next.public_key())).is_err() {
+            return Err(bad(format!(
+                "certificate at depth {depth} is not signed by the next one"
+            )));
+        }
+        current = next;
+    }
+    Err(bad(
+        "the chain does not lead to any trusted authority".into()
+    ))
+}
+
 /// PEM-encodes DER certificates, one block each.
 pub fn certs_to_pem<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
     ders.into_iter()
@@ -406,6 +472,69 @@ mod tests {
             let (_, c) = X509Certificate::from_der(&der).unwrap();
             c.verify_signature(Some(ca.public_key())).unwrap();
         }
+    }
+
+    #[test]
+    fn svid_chain_verification() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let ca_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let ca = self_signed_ca(
+            &ca_key,
+            &td,
+            &CaSubject::default(),
+            random_serial(),
+            0,
+            10_000,
+        )
+        .unwrap();
+        let other_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let other = self_signed_ca(
+            &other_key,
+            &td,
+            &CaSubject::default(),
+            random_serial(),
+            0,
+            10_000,
+        )
+        .unwrap();
+        let leaf_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/a").unwrap();
+        let leaf = CaIssuer::new(&ca, &ca_key)
+            .unwrap()
+            .issue_svid(&SvidRequest {
+                spiffe_id: &id,
+                spki_der: &leaf_key.spki_der(),
+                dns_names: &[],
+                serial: random_serial(),
+                now: 100,
+                ttl_secs: 1000,
+            })
+            .unwrap();
+        assert_eq!(
+            verify_svid_chain(&[&leaf], &[other.clone(), ca.clone()], 500).unwrap(),
+            id
+        );
+        assert!(
+            verify_svid_chain(&[&leaf], std::slice::from_ref(&other), 500).is_err(),
+            "wrong authority"
+        );
+        assert!(
+            verify_svid_chain(&[&leaf], std::slice::from_ref(&ca), 2000).is_err(),
+            "expired"
+        );
+        assert!(
+            verify_svid_chain(&[&leaf], std::slice::from_ref(&ca), 50).is_err(),
+            "not yet valid"
+        );
+        assert!(
+            verify_svid_chain(&[&ca], std::slice::from_ref(&ca), 500).is_err(),
+            "a CA is no SVID"
+        );
+        assert!(verify_svid_chain(&[], std::slice::from_ref(&ca), 500).is_err());
+        let mut tampered = leaf.clone();
+        let n = tampered.len();
+        tampered[n - 2] ^= 1;
+        assert!(verify_svid_chain(&[&tampered], std::slice::from_ref(&ca), 500).is_err());
     }
 
     #[test]

@@ -74,6 +74,15 @@ impl Backend {
     }
 }
 
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -85,6 +94,8 @@ pub fn rand_u64() -> u64 {
 /// A server process with its own directory, config and socket; killed on drop.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
+    /// The agent API port on 127.0.0.1.
+    pub port: u16,
     pub config: PathBuf,
     pub socket: PathBuf,
     pub backend: Backend,
@@ -94,6 +105,7 @@ pub struct TestServer {
 impl TestServer {
     pub fn start(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
         let socket = dir.path().join("admin/api.sock");
         let config = dir.path().join("server.conf");
         let (db_type, conn) = match &backend {
@@ -113,7 +125,7 @@ impl TestServer {
             r#"
 server {{
     bind_address = "127.0.0.1"
-    bind_port = "0"
+    bind_port = "{port}"
     socket_path = "{socket}"
     trust_domain = "example.org"
     data_dir = "{data}"
@@ -139,12 +151,14 @@ plugins {{
 }}
 "#,
             socket = socket.display(),
+            port = port,
             data = dir.path().join("data").display(),
             keys = dir.path().join("data/keys").display(),
         );
         std::fs::write(&config, text).unwrap();
         let mut s = Self {
             dir,
+            port,
             config,
             socket,
             backend,

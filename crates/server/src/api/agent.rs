@@ -104,6 +104,7 @@ impl AgentService for AgentApi {
         let id = parse_agent_id(&req.get_ref().id)?;
         self.0.ds.delete_agent(&id).await.map_err(ds_status)?;
         info!(agent_id = %id, "evicted agent");
+        self.0.changed();
         Ok(Response::new(pb::DeleteAgentResponse {}))
     }
 
@@ -118,6 +119,7 @@ impl AgentService for AgentApi {
         a.updated_at = self.0.clock.now();
         self.0.ds.update_agent(&a).await.map_err(ds_status)?;
         info!(agent_id = %id, "banned agent");
+        self.0.changed();
         Ok(Response::new(pb::BanAgentResponse {}))
     }
 
@@ -163,6 +165,7 @@ impl AgentService for AgentApi {
             e.created_at = self.0.clock.now();
             self.0.ds.create_entry(&e).await.map_err(ds_status)?;
             info!(alias = %alias, parent_id = %agent_id, "registered join token node alias");
+            self.0.changed();
         }
         info!(expires_at, "created join token");
         Ok(Response::new(pb::JoinToken {

@@ -117,6 +117,7 @@ impl EntryApi {
         match self.0.ds.create_entry(&e).await {
             Ok(e) => {
                 info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, parent_id = %e.parent_id, "created entry");
+                self.0.changed();
                 Ok(e)
             }
             Err(ironpact_datastore::Error::AlreadyExists { id, .. }) => {
@@ -149,6 +150,7 @@ impl EntryApi {
         e.created_at = old.created_at;
         let e = self.0.ds.update_entry(&e).await.map_err(ds_status)?;
         info!(entry_id = %e.id, revision = e.revision_number, "updated entry");
+        self.0.changed();
         Ok(e)
     }
 }
@@ -250,6 +252,7 @@ impl EntryService for EntryApi {
                 match self.0.ds.delete_entry(id).await {
                     Ok(_) => {
                         info!(entry_id = %id, "deleted entry");
+                        self.0.changed();
                         ok_status()
                     }
                     Err(e) => item_status(&ds_status(e)),

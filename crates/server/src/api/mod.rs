@@ -2,6 +2,7 @@
 //! Datastore and CA errors become gRPC statuses here and nowhere else.
 
 mod agent;
+pub mod agent_endpoint;
 mod bundle;
 pub mod convert;
 mod entry;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use tonic::{Code, Status};
 
 pub use agent::AgentApi;
+pub use agent_endpoint::AgentEndpoint;
 pub use bundle::BundleApi;
 pub use entry::EntryApi;
 pub use health::HealthApi;
@@ -33,6 +35,62 @@ pub struct Core {
     pub ds: DataStore,
     pub ca: CaManager,
     pub clock: Arc<dyn Clock>,
+    /// Bumped on every change an agent may need to see (entries, agents, bundles).
+    pub changes: tokio::sync::watch::Sender<u64>,
+    /// The trust domain's current X.509 authorities, for verifying agents' SVIDs.
+    pub roots: Arc<ironpact_tls::SharedRoots>,
+    /// The SVID the agent endpoint presents (`spiffe://<td>/spire/server`).
+    pub server_svid: Arc<ironpact_tls::SvidCell>,
+    pub server_svid_expiry: std::sync::atomic::AtomicI64,
+    pub attestors: std::collections::HashMap<&'static str, Arc<dyn crate::attest::NodeAttestor>>,
+}
+
+impl Core {
+    /// Tells open agent sync streams that something changed.
+    pub fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// `spiffe://<td>/spire/server`.
+    pub fn server_id(&self) -> ironpact_spiffe::SpiffeId {
+        self.cfg
+            .trust_domain
+            .id_with_path("/spire/server")
+            .unwrap_or_else(|_| self.cfg.trust_domain.id())
+    }
+
+    /// Reloads the X.509 authorities agents are verified against from the stored bundle.
+    pub async fn refresh_roots(&self) -> Result<(), ironpact_datastore::Error> {
+        if let Some(rec) = self.ds.get_bundle(&self.cfg.trust_domain).await? {
+            self.roots.set(rec.bundle.x509_authorities);
+        }
+        Ok(())
+    }
+
+    /// Mints a fresh SVID for the agent endpoint when none is held or half its life is gone.
+    pub fn renew_server_svid_if_due(&self) -> Result<bool, CaError> {
+        use std::sync::atomic::Ordering;
+        let now = self.clock.now();
+        let expiry = self.server_svid_expiry.load(Ordering::SeqCst);
+        let ttl = self.cfg.default_x509_svid_ttl.as_secs() as i64;
+        if expiry != 0 && now < expiry - ttl / 2 {
+            return Ok(false);
+        }
+        let key = ironpact_spiffe::PrivateKey::generate(ironpact_spiffe::KeyType::EcP256)?;
+        let issued = self.ca.sign_x509_svid(
+            &self.server_id(),
+            &key.spki_der(),
+            &[],
+            self.cfg.default_x509_svid_ttl,
+        )?;
+        self.server_svid
+            .set(vec![issued.cert_der], key.pkcs8_der())
+            .map_err(|e| CaError::Journal(format!("server SVID: {e}")))?;
+        self.server_svid_expiry
+            .store(issued.expires_at, Ordering::SeqCst);
+        tracing::info!(expires_at = issued.expires_at, serial = %issued.serial_hex, "renewed the server SVID");
+        Ok(true)
+    }
 }
 
 pub type SharedCore = Arc<Core>;

@@ -1,0 +1,350 @@
+//! The agent API over TLS against a real server: join-token attestation, pushed entry
+//! sync, SVID signing for authorized entries, renewal, eviction and refusals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use ironpact_proto::agent::v1 as pb;
+use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
+use ironpact_spiffe::SpiffeId;
+use ironpact_tls::{SharedRoots, SvidCell};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{Backend, TestServer};
+use tonic::Code;
+
+fn csr_and_key() -> (Vec<u8>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    (csr.der().to_vec(), key.serialize_der())
+}
+
+fn params(kind: &str, payload: &[u8], csr: Vec<u8>) -> pb::AttestAgentRequest {
+    pb::AttestAgentRequest {
+        step: Some(pb::attest_agent_request::Step::Params(
+            pb::attest_agent_request::Params {
+                data: Some(pb::AttestationData {
+                    r#type: kind.into(),
+                    payload: payload.to_vec(),
+                }),
+                csr,
+            },
+        )),
+    }
+}
+
+async fn attest(
+    client: &mut AgentApiClient<tonic::transport::Channel>,
+    req: pb::AttestAgentRequest,
+    renew: bool,
+) -> Result<pb::X509svid, tonic::Status> {
+    let stream = tokio_stream::iter(vec![req]);
+    let mut resp = if renew {
+        client.renew_agent(stream).await?.into_inner()
+    } else {
+        client.attest_agent(stream).await?.into_inner()
+    };
+    match resp.message().await?.and_then(|m| m.step) {
+        Some(pb::attest_agent_response::Step::Result(r)) => Ok(r.svid.unwrap()),
+        other => panic!("unexpected attestation step {other:?}"),
+    }
+}
+
+async fn next_snapshot(
+    s: &mut tonic::Streaming<pb::SyncAuthorizedResponse>,
+) -> pb::SyncAuthorizedResponse {
+    tokio::time::timeout(Duration::from_secs(15), s.message())
+        .await
+        .expect("a snapshot arrives")
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn join_token_attestation_sync_and_signing() {
+    let s = TestServer::start(Backend::Sqlite);
+    let token = s
+        .cli(&[
+            "token",
+            "generate",
+            "-spiffeID",
+            "spiffe://example.org/node1",
+        ])
+        .expect_ok()
+        .stdout
+        .clone();
+    let token = token.trim().strip_prefix("Token: ").unwrap().to_string();
+    let roots =
+        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
+            .unwrap();
+    let trust = Arc::new(SharedRoots::new(roots.clone()));
+    let server_id = SpiffeId::parse("spiffe://example.org/spire/server").unwrap();
+    let addr = format!("127.0.0.1:{}", s.port);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let anon = ironpact_tls::channel(
+            &addr,
+            ironpact_tls::client_config(trust.clone(), server_id.clone(), None).unwrap(),
+        )
+        .unwrap();
+        let mut anon = AgentApiClient::new(anon);
+
+        // refusals before anything is issued
+        let (csr, key) = csr_and_key();
+        let e = attest(&mut anon, params("tpm", b"x", csr.clone()), false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("not configured"), "{e:?}");
+        let e = attest(
+            &mut anon,
+            params("join_token", b"no-such-token", csr.clone()),
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        let e = attest(
+            &mut anon,
+            params("join_token", token.as_bytes(), b"junk".to_vec()),
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let e = anon
+            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+        // attestation
+        let svid = attest(
+            &mut anon,
+            params("join_token", token.as_bytes(), csr.clone()),
+            false,
+        )
+        .await
+        .unwrap();
+        let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+        assert_eq!(svid.id, agent_id);
+        let chain: Vec<&[u8]> = svid.cert_chain.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            ironpact_spiffe::x509::verify_svid_chain(&chain, &roots, svid.expires_at - 60)
+                .unwrap()
+                .as_str(),
+            agent_id
+        );
+        let e = attest(
+            &mut anon,
+            params("join_token", token.as_bytes(), csr.clone()),
+            false,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::PermissionDenied,
+            "a join token works once: {e:?}"
+        );
+
+        let cell = Arc::new(SvidCell::default());
+        cell.set(svid.cert_chain.clone(), &key).unwrap();
+        let ch = ironpact_tls::channel(
+            &addr,
+            ironpact_tls::client_config(trust.clone(), server_id.clone(), Some(cell.clone()))
+                .unwrap(),
+        )
+        .unwrap();
+        let mut client = AgentApiClient::new(ch);
+
+        // the pushed snapshot: the token's node alias, the bundle
+        let mut sync = client
+            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let snap = next_snapshot(&mut sync).await;
+        assert_eq!(snap.entries.len(), 1);
+        assert_eq!(snap.entries[0].spiffe_id, "spiffe://example.org/node1");
+        assert_eq!(snap.bundle.as_ref().unwrap().x509_authorities, roots);
+
+        // an entry created by the operator is pushed
+        let created = s
+            .cli(&[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/web",
+                "-parentID",
+                "spiffe://example.org/node1",
+                "-selector",
+                "unix:uid:1000",
+                "-dns",
+                "web.example.org",
+                "-output",
+                "json",
+            ])
+            .expect_ok()
+            .json();
+        let web_id = created["results"][0]["entry"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let snap = next_snapshot(&mut sync).await;
+        assert!(
+            snap.entries.iter().any(|e| e.id == web_id),
+            "pushed without polling: {snap:?}"
+        );
+        // an entry for somebody else is not
+        s.cli(&[
+            "entry",
+            "create",
+            "-spiffeID",
+            "spiffe://example.org/other",
+            "-parentID",
+            "spiffe://example.org/elsewhere",
+            "-selector",
+            "unix:uid:1",
+        ])
+        .expect_ok();
+
+        // SVIDs for authorized entries only
+        let (wcsr, _) = csr_and_key();
+        let r = client
+            .batch_new_x509svid(pb::BatchNewX509svidRequest {
+                params: vec![
+                    pb::NewX509svidParams {
+                        entry_id: web_id.clone(),
+                        csr: wcsr.clone(),
+                    },
+                    pb::NewX509svidParams {
+                        entry_id: "not-mine".into(),
+                        csr: wcsr.clone(),
+                    },
+                    pb::NewX509svidParams {
+                        entry_id: web_id.clone(),
+                        csr: b"junk".to_vec(),
+                    },
+                ],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let codes: Vec<i32> = r.results.iter().map(|x| x.code).collect();
+        assert_eq!(
+            codes,
+            [
+                0,
+                Code::PermissionDenied as i32,
+                Code::InvalidArgument as i32
+            ]
+        );
+        let w = r.results[0].svid.as_ref().unwrap();
+        let chain: Vec<&[u8]> = w.cert_chain.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            ironpact_spiffe::x509::verify_svid_chain(&chain, &roots, w.expires_at - 60)
+                .unwrap()
+                .as_str(),
+            "spiffe://example.org/web"
+        );
+        let info = ironpact_spiffe::x509::CertInfo::parse(&w.cert_chain[0]).unwrap();
+        assert_eq!(info.dns_names, ["web.example.org"]);
+
+        let jwt = client
+            .new_jwtsvid(pb::NewJwtsvidRequest {
+                entry_id: web_id.clone(),
+                audience: vec!["db".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let jwks: Vec<ironpact_spiffe::JwtAuthority> = snap
+            .bundle
+            .as_ref()
+            .unwrap()
+            .jwt_authorities
+            .iter()
+            .map(|k| ironpact_spiffe::JwtAuthority {
+                key_id: k.key_id.clone(),
+                public_key_der: k.public_key.clone(),
+                expires_at: k.expires_at,
+            })
+            .collect();
+        let v = ironpact_spiffe::jwt::validate(&jwt.token, &jwks, "db", jwt.issued_at).unwrap();
+        assert_eq!(v.spiffe_id.as_str(), "spiffe://example.org/web");
+
+        // the operator sees the agent
+        let shown = s
+            .cli(&["agent", "show", "-spiffeID", &agent_id])
+            .expect_ok()
+            .stdout
+            .clone();
+        assert!(shown.contains("Attestation type  : join_token"), "{shown}");
+        assert!(
+            s.cli(&["agent", "list"])
+                .expect_ok()
+                .stdout
+                .contains(&agent_id)
+        );
+
+        // renewal: a new key and serial; the old SVID stops working
+        let (csr2, key2) = csr_and_key();
+        let svid2 = attest(&mut client, params("join_token", b"", csr2), true)
+            .await
+            .unwrap();
+        assert_eq!(svid2.id, agent_id);
+        let e = client
+            .new_jwtsvid(pb::NewJwtsvidRequest {
+                entry_id: web_id.clone(),
+                audience: vec!["db".into()],
+            })
+            .await;
+        // the channel still presents the old SVID
+        assert_eq!(e.unwrap_err().code(), Code::PermissionDenied);
+        cell.set(svid2.cert_chain.clone(), &key2).unwrap();
+        let ch2 = ironpact_tls::channel(
+            &addr,
+            ironpact_tls::client_config(trust.clone(), server_id.clone(), Some(cell.clone()))
+                .unwrap(),
+        )
+        .unwrap();
+        let mut client2 = AgentApiClient::new(ch2);
+        client2
+            .new_jwtsvid(pb::NewJwtsvidRequest {
+                entry_id: web_id.clone(),
+                audience: vec!["db".into()],
+            })
+            .await
+            .unwrap();
+
+        // eviction ends the agent's sync stream and its access
+        let mut sync2 = client2
+            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        next_snapshot(&mut sync2).await;
+        s.cli(&["agent", "evict", "-spiffeID", &agent_id])
+            .expect_ok();
+        let end = tokio::time::timeout(Duration::from_secs(15), sync2.message())
+            .await
+            .unwrap();
+        assert_eq!(end.unwrap_err().code(), Code::PermissionDenied);
+        let e = client2
+            .new_jwtsvid(pb::NewJwtsvidRequest {
+                entry_id: web_id,
+                audience: vec!["db".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+    });
+}

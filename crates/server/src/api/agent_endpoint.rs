@@ -1,0 +1,530 @@
+//! The agent API, served over TLS: node attestation (one stream, with challenges), SVID
+//! renewal, a pushed stream of authorized entries and bundles, and SVID signing for entries.
+//!
+//! Every call but AttestAgent identifies the caller by its client SVID (already chained to
+//! the trust domain by the TLS layer) and checks it against the attested-agent record: the
+//! agent must exist, not be banned, and present its current SVID.
+
+use super::{SharedCore, ca_status, ds_status};
+use crate::attest::{AttestError, Attested, Challenger, Evidence};
+use crate::authorized::authorized_entries;
+use ironpact_datastore::{AgentRecord, Entry};
+use ironpact_proto::agent::v1 as pb;
+use ironpact_proto::agent::v1::agent_api_server::AgentApi;
+use ironpact_spiffe::{Bundle, SpiffeId};
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+/// How long an agent has to answer a challenge or send its first message.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sync streams re-check the datastore this often, for changes made by other servers
+/// sharing the database; a snapshot is only sent when it differs.
+const RESYNC: Duration = Duration::from_secs(5);
+
+pub struct AgentEndpoint(pub SharedCore);
+
+type AttestStream = Pin<Box<dyn Stream<Item = Result<pb::AttestAgentResponse, Status>> + Send>>;
+type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncAuthorizedResponse, Status>> + Send>>;
+
+fn attest_status(e: AttestError) -> Status {
+    if e.is_client_error() {
+        Status::invalid_argument(e.to_string())
+    } else if let AttestError::Datastore(d) = e {
+        ds_status(d)
+    } else {
+        Status::permission_denied(e.to_string())
+    }
+}
+
+/// Challenges travel on the attestation stream itself.
+struct StreamChallenger<'a> {
+    tx: &'a mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
+    inbound: &'a mut Streaming<pb::AttestAgentRequest>,
+}
+
+#[tonic::async_trait]
+impl Challenger for StreamChallenger<'_> {
+    async fn challenge(&mut self, data: Vec<u8>) -> Result<Vec<u8>, AttestError> {
+        self.tx
+            .send(Ok(pb::AttestAgentResponse {
+                step: Some(pb::attest_agent_response::Step::Challenge(data)),
+            }))
+            .await
+            .map_err(|_| AttestError::Challenge("agent went away".into()))?;
+        let msg = tokio::time::timeout(STEP_TIMEOUT, self.inbound.message())
+            .await
+            .map_err(|_| AttestError::Challenge("no answer within 60 s".into()))?
+            .map_err(|e| AttestError::Challenge(e.message().to_string()))?
+            .ok_or_else(|| AttestError::Challenge("agent closed the stream".into()))?;
+        match msg.step {
+            Some(pb::attest_agent_request::Step::ChallengeResponse(r)) => Ok(r),
+            _ => Err(AttestError::Malformed(
+                "expected a challenge response".into(),
+            )),
+        }
+    }
+}
+
+impl AgentEndpoint {
+    /// The attested agent behind this request's client certificate.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
+        let certs = req
+            .extensions()
+            .get::<ironpact_tls::PeerCerts>()
+            .and_then(|p| p.0.clone())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "this call needs the agent's SVID as TLS client certificate",
+                )
+            })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let info = ironpact_spiffe::x509::CertInfo::parse(leaf)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let id = info
+            .uri_sans
+            .first()
+            .and_then(|u| SpiffeId::parse(u).ok())
+            .ok_or_else(|| Status::unauthenticated("client certificate carries no SPIFFE ID"))?;
+        let rec = match self.0.ds.get_agent(&id).await {
+            Ok(r) => r,
+            Err(ironpact_datastore::Error::NotFound { .. }) => {
+                return Err(Status::permission_denied(format!(
+                    "{id} is not an attested agent (evicted?); attest again"
+                )));
+            }
+            Err(e) => return Err(ds_status(e)),
+        };
+        if rec.banned {
+            return Err(Status::permission_denied(format!("agent {id} is banned")));
+        }
+        if rec.serial_number != info.serial_hex {
+            return Err(Status::permission_denied(format!(
+                "{id} presented an SVID that is not its current one; attest again"
+            )));
+        }
+        Ok(rec)
+    }
+
+    async fn authorized_for(&self, agent: &AgentRecord) -> Result<Vec<Entry>, Status> {
+        let all = self
+            .0
+            .ds
+            .list_entries(&Default::default())
+            .await
+            .map_err(ds_status)?;
+        Ok(authorized_entries(
+            &all,
+            &agent.spiffe_id,
+            &agent.selectors,
+            &self.0.server_id(),
+            self.0.clock.now(),
+        ))
+    }
+}
+
+/// Runs one attestation (or renewal, when `renewing` holds the caller's record).
+async fn attest_flow(
+    core: &SharedCore,
+    inbound: &mut Streaming<pb::AttestAgentRequest>,
+    tx: &mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
+    renewing: Option<AgentRecord>,
+) -> Result<pb::attest_agent_response::Result, Status> {
+    let first = tokio::time::timeout(STEP_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no attestation parameters within 60 s"))??
+        .ok_or_else(|| {
+            Status::invalid_argument("stream closed before the attestation parameters")
+        })?;
+    let Some(pb::attest_agent_request::Step::Params(params)) = first.step else {
+        return Err(Status::invalid_argument(
+            "the first message must carry the attestation parameters",
+        ));
+    };
+    let data = params
+        .data
+        .ok_or_else(|| Status::invalid_argument("attestation data is required"))?;
+    let csr = ironpact_spiffe::x509::parse_csr(&params.csr)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let attestor = core
+        .attestors
+        .get(data.r#type.as_str())
+        .cloned()
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "node attestor {:?} is not configured on this server (configured: {})",
+                data.r#type,
+                core.attestors
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let now = core.clock.now();
+    let ev = Evidence {
+        payload: &data.payload,
+        csr_spki: &csr.spki_der,
+        now,
+    };
+    let attested = match &renewing {
+        Some(rec) if rec.attestation_type != data.r#type => {
+            return Err(Status::invalid_argument(format!(
+                "agent attested with {:?} cannot renew with {:?}",
+                rec.attestation_type, data.r#type
+            )));
+        }
+        Some(rec) if !attestor.reattest_on_renewal() => Attested {
+            agent_id: rec.spiffe_id.clone(),
+            selectors: rec.selectors.clone(),
+            can_reattest: rec.can_reattest,
+        },
+        _ => {
+            let mut ch = StreamChallenger { tx, inbound };
+            let a = attestor.attest(ev, &mut ch).await.map_err(|e| {
+                warn!(attestor = attestor.name(), error = %e, "node attestation failed");
+                attest_status(e)
+            })?;
+            if let Some(rec) = &renewing
+                && rec.spiffe_id != a.agent_id
+            {
+                return Err(Status::permission_denied(format!(
+                    "renewal evidence is for {}, not {}",
+                    a.agent_id, rec.spiffe_id
+                )));
+            }
+            a
+        }
+    };
+    let existing = match core.ds.get_agent(&attested.agent_id).await {
+        Ok(r) => Some(r),
+        Err(ironpact_datastore::Error::NotFound { .. }) => None,
+        Err(e) => return Err(ds_status(e)),
+    };
+    if existing.as_ref().is_some_and(|r| r.banned) {
+        warn!(agent_id = %attested.agent_id, "banned agent tried to attest");
+        return Err(Status::permission_denied(format!(
+            "agent {} is banned",
+            attested.agent_id
+        )));
+    }
+    let issued = core
+        .ca
+        .sign_x509_svid(
+            &attested.agent_id,
+            &csr.spki_der,
+            &[],
+            core.cfg.default_x509_svid_ttl,
+        )
+        .map_err(ca_status)?;
+    let rec = AgentRecord {
+        spiffe_id: attested.agent_id.clone(),
+        attestation_type: attestor.name().to_string(),
+        serial_number: issued.serial_hex.clone(),
+        expires_at: issued.expires_at,
+        selectors: attested.selectors.clone(),
+        banned: false,
+        can_reattest: attested.can_reattest,
+        created_at: existing.as_ref().map_or(now, |r| r.created_at),
+        updated_at: now,
+    };
+    if existing.is_some() {
+        core.ds.update_agent(&rec).await.map_err(ds_status)?;
+    } else {
+        core.ds.create_agent(&rec).await.map_err(ds_status)?;
+    }
+    core.changed();
+    info!(
+        agent_id = %rec.spiffe_id,
+        attestor = attestor.name(),
+        serial = %rec.serial_number,
+        renewal = renewing.is_some(),
+        "agent attested"
+    );
+    Ok(pb::attest_agent_response::Result {
+        svid: Some(pb::X509svid {
+            id: rec.spiffe_id.to_string(),
+            cert_chain: vec![issued.cert_der],
+            expires_at: issued.expires_at,
+        }),
+        reattestable: rec.can_reattest,
+    })
+}
+
+fn attest_stream(
+    core: SharedCore,
+    mut inbound: Streaming<pb::AttestAgentRequest>,
+    renewing: Option<AgentRecord>,
+) -> AttestStream {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let r = attest_flow(&core, &mut inbound, &tx, renewing).await;
+        let msg = r.map(|res| pb::AttestAgentResponse {
+            step: Some(pb::attest_agent_response::Step::Result(res)),
+        });
+        let _ = tx.send(msg).await;
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+fn bundle_pb(b: &Bundle) -> pb::Bundle {
+    pb::Bundle {
+        trust_domain: b.trust_domain.to_string(),
+        x509_authorities: b.x509_authorities.clone(),
+        jwt_authorities: b
+            .jwt_authorities
+            .iter()
+            .map(|k| pb::JwtKey {
+                public_key: k.public_key_der.clone(),
+                key_id: k.key_id.clone(),
+                expires_at: k.expires_at,
+            })
+            .collect(),
+        refresh_hint: b.refresh_hint as i64,
+        sequence_number: b.sequence,
+    }
+}
+
+fn entry_pb(e: &Entry) -> pb::Entry {
+    pb::Entry {
+        id: e.id.clone(),
+        spiffe_id: e.spiffe_id.to_string(),
+        parent_id: e.parent_id.to_string(),
+        selectors: e
+            .selectors
+            .iter()
+            .map(|s| pb::Selector {
+                r#type: s.kind.clone(),
+                value: s.value.clone(),
+            })
+            .collect(),
+        x509_svid_ttl: e.x509_svid_ttl.clamp(0, i64::from(i32::MAX)) as i32,
+        jwt_svid_ttl: e.jwt_svid_ttl.clamp(0, i64::from(i32::MAX)) as i32,
+        federates_with: e.federates_with.iter().map(ToString::to_string).collect(),
+        dns_names: e.dns_names.clone(),
+        hint: e.hint.clone(),
+        revision_number: e.revision_number,
+        admin: e.admin,
+        downstream: e.downstream,
+    }
+}
+
+/// One snapshot of what `agent_id` may see.
+async fn snapshot(
+    core: &SharedCore,
+    agent_id: &SpiffeId,
+    revision: u64,
+) -> Result<pb::SyncAuthorizedResponse, Status> {
+    let agent = match core.ds.get_agent(agent_id).await {
+        Ok(a) if a.banned => {
+            return Err(Status::permission_denied(format!(
+                "agent {agent_id} is banned"
+            )));
+        }
+        Ok(a) => a,
+        Err(ironpact_datastore::Error::NotFound { .. }) => {
+            return Err(Status::permission_denied(format!(
+                "agent {agent_id} was evicted; attest again"
+            )));
+        }
+        Err(e) => return Err(ds_status(e)),
+    };
+    let all = core
+        .ds
+        .list_entries(&Default::default())
+        .await
+        .map_err(ds_status)?;
+    let entries = authorized_entries(
+        &all,
+        &agent.spiffe_id,
+        &agent.selectors,
+        &core.server_id(),
+        core.clock.now(),
+    );
+    let wanted: BTreeSet<String> = entries
+        .iter()
+        .flat_map(|e| e.federates_with.iter().map(ToString::to_string))
+        .collect();
+    let mut bundle = None;
+    let mut federated = Vec::new();
+    for rec in core.ds.list_bundles().await.map_err(ds_status)? {
+        if rec.bundle.trust_domain == core.cfg.trust_domain {
+            bundle = Some(bundle_pb(&rec.bundle));
+        } else if wanted.contains(rec.bundle.trust_domain.as_str()) {
+            federated.push(bundle_pb(&rec.bundle));
+        }
+    }
+    Ok(pb::SyncAuthorizedResponse {
+        entries: entries.iter().map(entry_pb).collect(),
+        bundle,
+        federated_bundles: federated,
+        revision,
+    })
+}
+
+#[tonic::async_trait]
+impl AgentApi for AgentEndpoint {
+    type AttestAgentStream = AttestStream;
+    type RenewAgentStream = AttestStream;
+    type SyncAuthorizedStream = SyncStream;
+
+    async fn attest_agent(
+        &self,
+        req: Request<Streaming<pb::AttestAgentRequest>>,
+    ) -> Result<Response<Self::AttestAgentStream>, Status> {
+        Ok(Response::new(attest_stream(
+            self.0.clone(),
+            req.into_inner(),
+            None,
+        )))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<Streaming<pb::AttestAgentRequest>>,
+    ) -> Result<Response<Self::RenewAgentStream>, Status> {
+        let rec = self.caller(&req).await?;
+        Ok(Response::new(attest_stream(
+            self.0.clone(),
+            req.into_inner(),
+            Some(rec),
+        )))
+    }
+
+    async fn sync_authorized(
+        &self,
+        req: Request<pb::SyncAuthorizedRequest>,
+    ) -> Result<Response<Self::SyncAuthorizedStream>, Status> {
+        let agent = self.caller(&req).await?;
+        let core = self.0.clone();
+        let mut changes = core.changes.subscribe();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let id = agent.spiffe_id;
+            let mut last: Option<Vec<u8>> = None;
+            loop {
+                let rev = *changes.borrow_and_update();
+                match snapshot(&core, &id, rev).await {
+                    Ok(snap) => {
+                        // Only send what differs from what the agent already has.
+                        let body = prost::Message::encode_to_vec(&pb::SyncAuthorizedResponse {
+                            revision: 0,
+                            ..snap.clone()
+                        });
+                        if last.as_ref() != Some(&body) {
+                            last = Some(body);
+                            if tx.send(Ok(snap)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(s) => {
+                        info!(agent_id = %id, reason = %s.message(), "closing agent sync stream");
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { break },
+                    _ = tx.closed() => break,
+                    _ = tokio::time::sleep(RESYNC) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn batch_new_x509svid(
+        &self,
+        req: Request<pb::BatchNewX509svidRequest>,
+    ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
+        let agent = self.caller(&req).await?;
+        let params = &req.get_ref().params;
+        super::check_batch(params.len())?;
+        let entries = self.authorized_for(&agent).await?;
+        let mut results = Vec::with_capacity(params.len());
+        for p in params {
+            let r = (|| {
+                let e = entries.iter().find(|e| e.id == p.entry_id).ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "entry {:?} is not authorized for this agent",
+                        p.entry_id
+                    ))
+                })?;
+                let csr = ironpact_spiffe::x509::parse_csr(&p.csr)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let ttl = match e.x509_svid_ttl {
+                    0 => self.0.cfg.default_x509_svid_ttl,
+                    n => Duration::from_secs(n as u64),
+                };
+                let issued = self
+                    .0
+                    .ca
+                    .sign_x509_svid(&e.spiffe_id, &csr.spki_der, &e.dns_names, ttl)
+                    .map_err(ca_status)?;
+                Ok::<_, Status>(pb::X509svid {
+                    id: e.spiffe_id.to_string(),
+                    cert_chain: vec![issued.cert_der],
+                    expires_at: issued.expires_at,
+                })
+            })();
+            results.push(match r {
+                Ok(svid) => pb::batch_new_x509svid_response::Result {
+                    code: 0,
+                    message: String::new(),
+                    svid: Some(svid),
+                    entry_id: p.entry_id.clone(),
+                },
+                Err(s) => pb::batch_new_x509svid_response::Result {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                    svid: None,
+                    entry_id: p.entry_id.clone(),
+                },
+            });
+        }
+        Ok(Response::new(pb::BatchNewX509svidResponse { results }))
+    }
+
+    async fn new_jwtsvid(
+        &self,
+        req: Request<pb::NewJwtsvidRequest>,
+    ) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
+        let agent = self.caller(&req).await?;
+        let r = req.get_ref();
+        if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "at least one non-empty audience is required",
+            ));
+        }
+        let entries = self.authorized_for(&agent).await?;
+        let e = entries.iter().find(|e| e.id == r.entry_id).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "entry {:?} is not authorized for this agent",
+                r.entry_id
+            ))
+        })?;
+        let ttl = match e.jwt_svid_ttl {
+            0 => self.0.cfg.default_jwt_svid_ttl,
+            n => Duration::from_secs(n as u64),
+        };
+        let (token, iat, exp) = self
+            .0
+            .ca
+            .sign_jwt_svid(&e.spiffe_id, &r.audience, ttl)
+            .map_err(ca_status)?;
+        Ok(Response::new(pb::NewJwtsvidResponse {
+            token,
+            spiffe_id: e.spiffe_id.to_string(),
+            expires_at: exp,
+            issued_at: iat,
+        }))
+    }
+}
