@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ironpact/server/v1/svid.proto",
         "proto/ironpact/agent/v1/agent.proto",
         "proto/grpc/health/v1/health.proto",
+        "proto/workload.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

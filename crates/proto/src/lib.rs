@@ -16,6 +16,11 @@ pub mod agent {
     }
 }
 
+/// The SPIFFE Workload API (no proto package).
+pub mod workload {
+    tonic::include_proto!("_");
+}
+
 pub mod health {
     pub mod v1 {
         tonic::include_proto!("grpc.health.v1");

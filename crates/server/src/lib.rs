@@ -10,6 +10,7 @@ pub mod authorized;
 pub mod ca;
 pub mod clock;
 pub mod config;
-pub mod hcl;
+/// The HCL reader lives in `ironpact-config`; re-exported for existing users.
+pub use ironpact_config::hcl;
 pub mod keymanager;
 pub mod run;
