@@ -1,0 +1,404 @@
+//! Lets grpcio-based clients (py-spiffe, grpc-java, grpc C++) use the Workload API.
+//!
+//! Those clients send the Unix socket path as the HTTP/2 `:authority`, percent-encoded
+//! (e.g. `tmp%2Fagent.sock`). The `http` crate rejects a `%` in a host, so `h2` answers such
+//! requests with a stream reset and the client sees INTERNAL. Neither crate can be told to
+//! accept it, so this wrapper sits between the socket and the HTTP/2 server: it decodes
+//! every header block the client sends (HPACK, keeping the client's dynamic table), replaces
+//! an authority that does not parse with `localhost`, and re-encodes the block as literals
+//! without indexing, so the server's decoder never depends on entries it did not see.
+//! All other frames, and everything the server sends, pass through unchanged.
+
+use bytes::{Buf, BytesMut};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const PREFACE_LEN: usize = 24;
+const FRAME_HEADER: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// Frames we emit never exceed the HTTP/2 default maximum frame size.
+const OUT_FRAME_MAX: usize = 16_384;
+/// Refuse frames larger than this (the HTTP/2 ceiling is 2^24-1).
+const IN_FRAME_MAX: usize = 1 << 24;
+/// Bound on the client's HPACK dynamic table we mirror.
+const MAX_TABLE: usize = 65_536;
+/// Bound on one header block (HEADERS plus CONTINUATIONs).
+const MAX_BLOCK: usize = 1 << 20;
+
+pub struct AuthorityFix<S> {
+    inner: S,
+    raw: BytesMut,
+    out: BytesMut,
+    preface_left: usize,
+    decoder: loona_hpack::Decoder<'static>,
+    /// A header block waiting for CONTINUATION frames: stream, flags of the HEADERS frame, block.
+    pending: Option<(u32, u8, Vec<u8>)>,
+    eof: bool,
+}
+
+impl<S> AuthorityFix<S> {
+    pub fn new(inner: S) -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(MAX_TABLE);
+        Self {
+            inner,
+            raw: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(16 * 1024),
+            preface_left: PREFACE_LEN,
+            decoder,
+            pending: None,
+            eof: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
+fn put_int(out: &mut Vec<u8>, first: u8, n: u8, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// Literal header field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
+fn put_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    put_int(out, 0x00, 7, name.len());
+    out.extend_from_slice(name);
+    put_int(out, 0x00, 7, value.len());
+    out.extend_from_slice(value);
+}
+
+fn authority_ok(v: &[u8]) -> bool {
+    http::uri::Authority::try_from(v).is_ok()
+}
+
+impl<S> AuthorityFix<S> {
+    fn emit_headers(&mut self, stream: u32, flags: u8, block: &[u8]) -> io::Result<()> {
+        let headers = self
+            .decoder
+            .decode(block)
+            .map_err(|e| bad(format!("HPACK: {e:?}")))?;
+        let mut enc = Vec::with_capacity(block.len() + 64);
+        for (name, value) in &headers {
+            if name.as_slice() == b":authority" && !authority_ok(value) {
+                tracing::debug!(authority = %String::from_utf8_lossy(value), "replacing an :authority h2 would reject");
+                put_literal(&mut enc, name, b"localhost");
+            } else {
+                put_literal(&mut enc, name, value);
+            }
+        }
+        let chunks: Vec<&[u8]> = if enc.is_empty() {
+            vec![&[][..]]
+        } else {
+            enc.chunks(OUT_FRAME_MAX).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let (kind, mut f) = if i == 0 {
+                (HEADERS, flags & END_STREAM)
+            } else {
+                (CONTINUATION, 0)
+            };
+            if i == last {
+                f |= END_HEADERS;
+            }
+            let len = chunk.len() as u32;
+            self.out.extend_from_slice(&len.to_be_bytes()[1..]);
+            self.out.extend_from_slice(&[kind, f]);
+            self.out.extend_from_slice(&stream.to_be_bytes());
+            self.out.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// Moves every complete unit of `raw` to `out`, rewriting header blocks.
+    fn process(&mut self) -> io::Result<()> {
+        if self.preface_left > 0 {
+            let n = self.preface_left.min(self.raw.len());
+            self.out.extend_from_slice(&self.raw[..n]);
+            self.raw.advance(n);
+            self.preface_left -= n;
+            if self.preface_left > 0 {
+                return Ok(());
+            }
+        }
+        while self.raw.len() >= FRAME_HEADER {
+            let len = u32::from_be_bytes([0, self.raw[0], self.raw[1], self.raw[2]]) as usize;
+            if len > IN_FRAME_MAX {
+                return Err(bad("HTTP/2 frame too large"));
+            }
+            if self.raw.len() < FRAME_HEADER + len {
+                break;
+            }
+            let frame = self.raw.split_to(FRAME_HEADER + len);
+            let (kind, flags) = (frame[3], frame[4]);
+            let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+            let payload = &frame[FRAME_HEADER..];
+            if let Some((pstream, pflags, mut block)) = self.pending.take() {
+                if kind != CONTINUATION || stream != pstream {
+                    return Err(bad("header block interrupted before END_HEADERS"));
+                }
+                block.extend_from_slice(payload);
+                if block.len() > MAX_BLOCK {
+                    return Err(bad("header block too large"));
+                }
+                if flags & END_HEADERS != 0 {
+                    self.emit_headers(stream, pflags, &block)?;
+                } else {
+                    self.pending = Some((pstream, pflags, block));
+                }
+            } else if kind == HEADERS {
+                let mut start = 0;
+                let mut end = payload.len();
+                if flags & PADDED != 0 {
+                    let pad = *payload
+                        .first()
+                        .ok_or_else(|| bad("padded HEADERS without pad length"))?
+                        as usize;
+                    start = 1;
+                    end = end
+                        .checked_sub(pad)
+                        .filter(|e| *e >= start)
+                        .ok_or_else(|| bad("HEADERS padding too long"))?;
+                }
+                if flags & PRIORITY != 0 {
+                    start += 5;
+                }
+                if start > end {
+                    return Err(bad("HEADERS frame too short"));
+                }
+                let block = payload[start..end].to_vec();
+                if flags & END_HEADERS != 0 {
+                    self.emit_headers(stream, flags, &block)?;
+                } else {
+                    self.pending = Some((stream, flags, block));
+                }
+            } else {
+                self.out.extend_from_slice(&frame);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out[..n]);
+                this.out.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut tmp = [0u8; 16 * 1024];
+            let mut rb = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                this.eof = true;
+                // Whatever is left is an incomplete frame; let the server see and reject it.
+                let rest = this.raw.split();
+                this.out.extend_from_slice(&rest);
+                continue;
+            }
+            this.raw.extend_from_slice(rb.filled());
+            this.process()?;
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A literal with incremental indexing, as grpcio's encoder sends a new :authority.
+    fn indexed_literal(name: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x40];
+        put_int(&mut v, 0, 7, name.len());
+        v.extend_from_slice(name);
+        put_int(&mut v, 0, 7, value.len());
+        v.extend_from_slice(value);
+        v
+    }
+
+    async fn through(input: Vec<u8>) -> io::Result<Vec<u8>> {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        a.write_all(&input).await?;
+        drop(a);
+        let mut fixed = AuthorityFix::new(b);
+        let mut out = Vec::new();
+        fixed.read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    fn headers_of(out: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut d = loona_hpack::Decoder::new();
+        let mut rest = &out[PREFACE_LEN..];
+        let mut blocks = Vec::new();
+        let mut block = Vec::new();
+        while rest.len() >= FRAME_HEADER {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            let (kind, flags) = (rest[3], rest[4]);
+            let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
+            if kind == HEADERS || kind == CONTINUATION {
+                block.extend_from_slice(payload);
+                if flags & END_HEADERS != 0 {
+                    blocks.push(d.decode(&block).unwrap());
+                    block.clear();
+                }
+            }
+            rest = &rest[FRAME_HEADER + len..];
+        }
+        blocks
+    }
+
+    #[tokio::test]
+    async fn rewrites_percent_authority_and_keeps_dynamic_table_consistent() {
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+        block.extend(indexed_literal(b":authority", b"tmp%2Fagent.sock"));
+        block.extend(indexed_literal(
+            b":path",
+            b"/SpiffeWorkloadAPI/FetchX509SVID",
+        ));
+        block.extend(indexed_literal(b"workload.spiffe.io", b"true"));
+        // split across HEADERS (padded, with priority) and a CONTINUATION
+        let (a, b) = block.split_at(5);
+        let mut p = vec![2u8];
+        p.extend_from_slice(&[0, 0, 0, 0, 16]);
+        p.extend_from_slice(a);
+        p.extend_from_slice(&[0, 0]);
+        input.extend(frame(HEADERS, PADDED | PRIORITY, 1, &p));
+        input.extend(frame(CONTINUATION, END_HEADERS, 1, b));
+        input.extend(frame(0x0, END_STREAM, 1, b"\0\0\0\0\0"));
+        // the second request refers to the dynamic table entries of the first (62..64)
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            3,
+            &[0x83, 0x86, 0xbe, 0xbf, 0xc0],
+        ));
+        let out = through(input).await.unwrap();
+        assert_eq!(&out[..PREFACE_LEN], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let blocks = headers_of(&out);
+        assert_eq!(blocks.len(), 2);
+        for hs in &blocks {
+            let get = |n: &[u8]| hs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            assert_eq!(
+                get(b":authority").as_deref(),
+                Some(&b"localhost"[..]),
+                "{hs:?}"
+            );
+            assert_eq!(
+                get(b":path").as_deref(),
+                Some(&b"/SpiffeWorkloadAPI/FetchX509SVID"[..])
+            );
+            assert_eq!(get(b"workload.spiffe.io").as_deref(), Some(&b"true"[..]));
+            assert_eq!(get(b":method").as_deref(), Some(&b"POST"[..]));
+        }
+        // the DATA frame passed through untouched
+        assert!(out.windows(5).any(|w| w == b"\0\0\0\0\0"));
+    }
+
+    #[tokio::test]
+    async fn valid_authority_is_kept_and_garbage_is_refused() {
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut block = vec![0x83];
+        block.extend(indexed_literal(b":authority", b"localhost:1234"));
+        input.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        let out = through(input).await.unwrap();
+        let hs = &headers_of(&out)[0];
+        assert!(
+            hs.iter()
+                .any(|(k, v)| k == b":authority" && v == b"localhost:1234")
+        );
+
+        for bad_block in [vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff], vec![0x40, 0x7f]] {
+            let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            input.extend(frame(HEADERS, END_HEADERS, 1, &bad_block));
+            assert!(through(input).await.is_err());
+        }
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend(frame(HEADERS, PADDED | END_HEADERS, 1, &[200, 1, 2]));
+        assert!(
+            through(input).await.is_err(),
+            "padding longer than the frame"
+        );
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend(frame(HEADERS, 0, 1, &[0x83]));
+        input.extend(frame(0x0, 0, 1, b"x"));
+        assert!(through(input).await.is_err(), "interrupted header block");
+        // truncated input is passed on for the server to reject, never a panic
+        let out = through(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x05\x01".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(out.len(), PREFACE_LEN + 4);
+    }
+}

@@ -1,0 +1,343 @@
+//! The agent's configuration: SPIRE-shaped HCL (`agent { … }` and `plugins { … }`) plus the
+//! command-line overrides of `run`.
+
+use ironpact_config::hcl::{self, ConfigError, Section};
+use ironpact_spiffe::TrustDomain;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ironpact-agent/public/api.sock";
+pub const DEFAULT_ADMIN_SOCKET_PATH: &str = "/tmp/ironpact-agent/private/admin.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentKeyManager {
+    /// The agent's key and SVID persist in data_dir: a restart needs no new attestation.
+    Disk { directory: PathBuf },
+    /// Nothing persists: a restart attests again.
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct UnixAttestorConfig {
+    pub discover_workload_path: bool,
+    /// Bytes; 0 means no limit, negative means never hash.
+    pub workload_size_limit: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    pub log_json: bool,
+    pub server_address: String,
+    pub server_port: u16,
+    pub socket_path: PathBuf,
+    pub admin_socket_path: Option<PathBuf>,
+    pub trust_domain: TrustDomain,
+    pub trust_bundle_path: Option<PathBuf>,
+    pub insecure_bootstrap: bool,
+    pub join_token: Option<String>,
+    pub key_manager: AgentKeyManager,
+    pub unix: UnixAttestorConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<String>,
+    pub join_token: Option<String>,
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    pub socket_path: Option<String>,
+    pub trust_bundle: Option<String>,
+    pub trust_domain: Option<String>,
+    pub log_level: Option<String>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path, expand_env: bool, ov: &Overrides) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            message: format!("cannot read the config file: {e} (pass its path with -config)"),
+        })?;
+        Self::parse(&file, &text, expand_env, ov)
+    }
+
+    pub fn parse(
+        file: &str,
+        text: &str,
+        expand_env: bool,
+        ov: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let text = if expand_env {
+            hcl::expand_env(text)
+        } else {
+            text.to_string()
+        };
+        let root = hcl::parse(file, &text)?;
+        let top = Section::new(file, "", &root);
+        let agent = top.section("agent")?.ok_or_else(|| ConfigError {
+            file: file.into(),
+            line: 0,
+            message: "missing the agent { … } block".into(),
+        })?;
+        let plugins = top.section("plugins")?;
+        top.finish()?;
+        let a = &agent;
+        let line = a.line();
+        let data_dir = PathBuf::from(
+            ov.data_dir
+                .clone()
+                .or(a.string("data_dir")?.map(|v| v.0))
+                .unwrap_or_else(|| ".".into()),
+        );
+        let td_raw = match (&ov.trust_domain, a.string("trust_domain")?) {
+            (Some(t), _) => (t.clone(), line),
+            (None, Some(t)) => t,
+            (None, None) => {
+                return Err(a.err(
+                    line,
+                    "agent.trust_domain is required (e.g. \"example.org\")",
+                ));
+            }
+        };
+        let trust_domain = TrustDomain::new(&td_raw.0)
+            .map_err(|e| a.err(td_raw.1, format!("agent.trust_domain: {e}")))?;
+        let server_address = ov
+            .server_address
+            .clone()
+            .or(a.string("server_address")?.map(|v| v.0))
+            .ok_or_else(|| {
+                a.err(
+                    line,
+                    "agent.server_address is required (the server's host or IP)",
+                )
+            })?;
+        let file_port = a.u16("server_port")?.map(|p| p.0);
+        let server_port = ov.server_port.or(file_port).unwrap_or(8081);
+        let socket_path = PathBuf::from(
+            ov.socket_path
+                .clone()
+                .or(a.string("socket_path")?.map(|v| v.0))
+                .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+        );
+        let admin_socket_path = a.string("admin_socket_path")?.map(|v| PathBuf::from(v.0));
+        let log_level = ov
+            .log_level
+            .clone()
+            .or(a.string("log_level")?.map(|v| v.0))
+            .unwrap_or_else(|| "info".into())
+            .to_ascii_lowercase();
+        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+            return Err(a.err(
+                line,
+                format!("agent.log_level {log_level:?}: use DEBUG, INFO, WARN or ERROR"),
+            ));
+        }
+        let log_json = matches!(
+            a.string("log_format")?
+                .map(|v| v.0.to_ascii_lowercase())
+                .as_deref(),
+            Some("json")
+        );
+        let trust_bundle_path = ov
+            .trust_bundle
+            .clone()
+            .or(a.string("trust_bundle_path")?.map(|v| v.0))
+            .map(PathBuf::from);
+        let insecure_bootstrap = a.bool("insecure_bootstrap")?.unwrap_or(false);
+        let join_token = ov
+            .join_token
+            .clone()
+            .or(a.string("join_token")?.map(|v| v.0));
+        agent.finish()?;
+
+        let mut key_manager = None;
+        let mut unix = None;
+        let mut join_token_plugin = false;
+        if let Some(p) = &plugins {
+            for (b, sec) in p.labelled("NodeAttestor") {
+                let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &["join_token"])?;
+                if let Some(d) = data {
+                    d.finish()?;
+                }
+                sec.finish()?;
+                join_token_plugin = true;
+            }
+            for (b, sec) in p.labelled("KeyManager") {
+                let data = plugin_data(&b.labels, b.line, &sec, "KeyManager", &["disk", "memory"])?;
+                let km = if b.labels[0] == "disk" {
+                    let dir = data
+                        .as_ref()
+                        .map(|d| d.string("directory"))
+                        .transpose()?
+                        .flatten()
+                        .map(|v| PathBuf::from(v.0))
+                        .unwrap_or_else(|| data_dir.clone());
+                    AgentKeyManager::Disk { directory: dir }
+                } else {
+                    AgentKeyManager::Memory
+                };
+                if let Some(d) = data {
+                    d.finish()?;
+                }
+                sec.finish()?;
+                key_manager = Some(km);
+            }
+            for (b, sec) in p.labelled("WorkloadAttestor") {
+                let data = plugin_data(&b.labels, b.line, &sec, "WorkloadAttestor", &["unix"])?;
+                let mut u = UnixAttestorConfig {
+                    discover_workload_path: false,
+                    workload_size_limit: 0,
+                };
+                if let Some(d) = data {
+                    u.discover_workload_path = d.bool("discover_workload_path")?.unwrap_or(false);
+                    if let Some((v, l)) = d.string("workload_size_limit")? {
+                        u.workload_size_limit = v.trim().parse().map_err(|_| {
+                            d.err(l, "workload_size_limit must be a number of bytes")
+                        })?;
+                    }
+                    d.finish()?;
+                }
+                sec.finish()?;
+                unix = Some(u);
+            }
+        }
+        if let Some(p) = plugins {
+            p.finish()?;
+        }
+        if !join_token_plugin {
+            return Err(ConfigError {
+                file: file.into(),
+                line: 0,
+                message: "plugins { NodeAttestor \"join_token\" { … } } is required".into(),
+            });
+        }
+        if trust_bundle_path.is_none() && !insecure_bootstrap {
+            return Err(ConfigError {
+                file: file.into(),
+                line,
+                message:
+                    "agent.trust_bundle_path (or -trustBundle) is required to check the server; \
+                          insecure_bootstrap = true skips that check for the first connection only"
+                        .into(),
+            });
+        }
+        Ok(Self {
+            data_dir,
+            log_level,
+            log_json,
+            server_address,
+            server_port,
+            socket_path,
+            admin_socket_path,
+            trust_domain,
+            trust_bundle_path,
+            insecure_bootstrap,
+            join_token,
+            key_manager: key_manager.unwrap_or(AgentKeyManager::Memory),
+            unix: unix.unwrap_or(UnixAttestorConfig {
+                discover_workload_path: false,
+                workload_size_limit: 0,
+            }),
+        })
+    }
+}
+
+fn plugin_data<'a>(
+    labels: &[String],
+    line: usize,
+    sec: &Section<'a>,
+    kind: &str,
+    known: &[&str],
+) -> Result<Option<Section<'a>>, ConfigError> {
+    if labels.len() != 1 {
+        return Err(sec.err(
+            line,
+            format!(
+                "{kind} takes exactly one name, e.g. {kind} \"{}\"",
+                known[0]
+            ),
+        ));
+    }
+    if !known.contains(&labels[0].as_str()) {
+        return Err(sec.err(
+            line,
+            format!(
+                "unknown {kind} plugin {:?} (available: {})",
+                labels[0],
+                known.join(", ")
+            ),
+        ));
+    }
+    let _ = sec.bool("enabled")?;
+    sec.section("plugin_data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+agent {
+    data_dir = "./data"
+    log_level = "DEBUG"
+    server_address = "127.0.0.1"
+    server_port = "8081"
+    socket_path = "/tmp/a/api.sock"
+    trust_domain = "example.org"
+    trust_bundle_path = "./bundle.pem"
+}
+plugins {
+    NodeAttestor "join_token" {
+        plugin_data {}
+    }
+    KeyManager "disk" {
+        plugin_data {
+            directory = "./data"
+        }
+    }
+    WorkloadAttestor "unix" {
+        plugin_data {
+            discover_workload_path = true
+        }
+    }
+}
+"#;
+
+    #[test]
+    fn parses_and_rejects() {
+        let c = AgentConfig::parse("agent.conf", GOOD, false, &Overrides::default()).unwrap();
+        assert_eq!(c.server_port, 8081);
+        assert!(c.unix.discover_workload_path);
+        assert_eq!(
+            c.key_manager,
+            AgentKeyManager::Disk {
+                directory: "./data".into()
+            }
+        );
+        let e = AgentConfig::parse(
+            "agent.conf",
+            &GOOD.replace("server_port", "server_prot"),
+            false,
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        let e = AgentConfig::parse(
+            "agent.conf",
+            &GOOD.replace("    trust_bundle_path = \"./bundle.pem\"\n", ""),
+            false,
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("trust_bundle_path"), "{e}");
+        let ov = Overrides {
+            join_token: Some("t".into()),
+            server_port: Some(1),
+            ..Default::default()
+        };
+        let c = AgentConfig::parse("agent.conf", GOOD, false, &ov).unwrap();
+        assert_eq!((c.join_token.as_deref(), c.server_port), (Some("t"), 1));
+    }
+}

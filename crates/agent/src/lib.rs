@@ -1,0 +1,9 @@
+//! The ironpact agent: attests its node to the server, keeps its SVID renewed, syncs the
+//! entries it may serve, and serves the SPIFFE Workload API to local workloads.
+//!
+//! It keeps no registration state of its own: everything comes from the server's pushed
+//! snapshots, and it serves what it has while the server is away.
+
+pub mod authority;
+pub mod config;
+pub mod unix;
