@@ -6,4 +6,8 @@
 
 pub mod authority;
 pub mod config;
+pub mod manager;
+pub mod run;
+pub mod state;
 pub mod unix;
+pub mod workload;

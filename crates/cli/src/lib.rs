@@ -1,6 +1,7 @@
 //! The ironpact command lines. Only this crate uses anyhow-style errors: every error ends as
 //! one line on stderr, exit code 1, saying what to do about it.
 
+pub mod agent;
 pub mod common;
 pub mod server;
 

@@ -414,3 +414,85 @@ impl tokio::io::AsyncWrite for TlsConn {
         self.0.is_write_vectored()
     }
 }
+
+/// A trust source that trusts nothing yet: with [`client_config_insecure`] the first
+/// connection checks only the server's SPIFFE ID (SPIRE's `insecure_bootstrap`).
+#[derive(Debug)]
+struct InsecureServerVerifier {
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for InsecureServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let info = ironpact_spiffe::x509::CertInfo::parse(end_entity.as_ref())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        if info.uri_sans.first().map(String::as_str) != Some(self.expected.as_str()) {
+            return Err(rustls::Error::General(format!(
+                "server is not {}",
+                self.expected
+            )));
+        }
+        tracing::warn!(
+            "insecure bootstrap: trusting the server's certificate without checking its chain"
+        );
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client config for the agent's first attestation without a trust bundle: the server's
+/// chain is not checked, only its SPIFFE ID. Dangerous by design; used only when the
+/// operator set `insecure_bootstrap = true`.
+pub fn client_config_insecure(expected: SpiffeId) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(InsecureServerVerifier {
+            expected,
+            provider: provider(),
+        }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}

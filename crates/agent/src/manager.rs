@@ -1,0 +1,642 @@
+//! The agent's life with the server: attest (or reuse the stored SVID), hold one pushed sync
+//! stream, sign SVIDs for entries in batches, renew its own SVID at half-life, and retry with
+//! backoff while the server is away, serving what it already has.
+
+use crate::config::{AgentConfig, AgentKeyManager};
+use crate::state::{AgentEntry, CachedSvid, State};
+use ironpact_proto::agent::v1 as pb;
+use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
+use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
+use ironpact_tls::{SharedRoots, SvidCell, TrustSource};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+use tracing::{debug, error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(
+        "no stored agent SVID and no join token: pass -joinToken (from `ironpact-server token generate`)"
+    )]
+    NoJoinToken,
+    #[error(
+        "trust bundle {path}: {reason} (point -trustBundle at the output of `ironpact-server bundle show`)"
+    )]
+    Bundle { path: String, reason: String },
+    #[error("server refused attestation: {0}")]
+    Refused(String),
+    #[error("server unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Local(String),
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The agent's own SVID.
+#[derive(Clone)]
+struct AgentSvid {
+    id: SpiffeId,
+    chain: Vec<Vec<u8>>,
+    key: Vec<u8>,
+    not_before: i64,
+    expires_at: i64,
+}
+
+/// (entry ID, sorted audience).
+type JwtKey = (String, Vec<String>);
+/// (token, issued at, expires at).
+type CachedJwt = (String, i64, i64);
+
+enum SessionEnd {
+    /// The agent SVID was renewed: reconnect presenting the new one.
+    Renewed,
+    /// Banned or evicted: the stored SVID is useless.
+    Evicted(String),
+    Unavailable(String),
+}
+
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub state: Arc<State>,
+    roots: Arc<SharedRoots>,
+    cell: Arc<SvidCell>,
+    svid: RwLock<Option<AgentSvid>>,
+    client: RwLock<Option<AgentApiClient<Channel>>>,
+    jwt_cache: Mutex<HashMap<JwtKey, CachedJwt>>,
+    server_id: SpiffeId,
+}
+
+fn pem_certs(chain: &[Vec<u8>]) -> String {
+    ironpact_spiffe::x509::certs_to_pem(chain.iter().map(Vec::as_slice))
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
+        let server_id = cfg
+            .trust_domain
+            .id_with_path("/spire/server")
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+        let cached = cfg.data_dir.join("bundle.pem");
+        let roots = if cached.exists() {
+            Self::read_bundle(&cached)?
+        } else if let Some(p) = &cfg.trust_bundle_path {
+            Self::read_bundle(p)?
+        } else {
+            Vec::new()
+        };
+        let agent = Arc::new(Self {
+            cfg,
+            state: Arc::new(State::default()),
+            roots: Arc::new(SharedRoots::new(roots)),
+            cell: Arc::new(SvidCell::default()),
+            svid: RwLock::new(None),
+            client: RwLock::new(None),
+            jwt_cache: Mutex::new(HashMap::new()),
+            server_id,
+        });
+        agent.load_stored_svid();
+        Ok(agent)
+    }
+
+    fn read_bundle(path: &std::path::Path) -> Result<Vec<Vec<u8>>, AgentError> {
+        let err = |reason: String| AgentError::Bundle {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let certs = ironpact_spiffe::x509::certs_from_pem(&text).map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no certificates in it".into()));
+        }
+        Ok(certs)
+    }
+
+    fn key_dir(&self) -> Option<PathBuf> {
+        match &self.cfg.key_manager {
+            AgentKeyManager::Disk { directory } => Some(directory.clone()),
+            AgentKeyManager::Memory => None,
+        }
+    }
+
+    fn write_private(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Reuses the SVID from a previous run while it is valid and chains to the bundle.
+    fn load_stored_svid(&self) {
+        let Some(dir) = self.key_dir() else { return };
+        let (cert, key) = (dir.join("agent_svid.pem"), dir.join("agent_key.pem"));
+        let (Ok(c), Ok(k)) = (
+            std::fs::read_to_string(&cert),
+            std::fs::read_to_string(&key),
+        ) else {
+            return;
+        };
+        let Ok(chain) = ironpact_spiffe::x509::certs_from_pem(&c) else {
+            return;
+        };
+        let Ok(key) = pem::parse(k.as_bytes()).map(pem::Pem::into_contents) else {
+            return;
+        };
+        let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+        match ironpact_spiffe::x509::verify_svid_chain(&refs, &self.roots.x509_roots(), now() + 30)
+        {
+            Ok(id) => {
+                let info = chain
+                    .first()
+                    .and_then(|c| ironpact_spiffe::x509::CertInfo::parse(c).ok());
+                if let Some(info) = info {
+                    info!(agent_id = %id, expires_at = info.not_after, "reusing the stored agent SVID");
+                    self.install_svid(
+                        AgentSvid {
+                            id,
+                            chain,
+                            key,
+                            not_before: info.not_before,
+                            expires_at: info.not_after,
+                        },
+                        false,
+                    );
+                }
+            }
+            Err(e) => info!(reason = %e, "stored agent SVID is not usable; attesting again"),
+        }
+    }
+
+    fn install_svid(&self, s: AgentSvid, persist: bool) {
+        if let Err(e) = self.cell.set(s.chain.clone(), &s.key) {
+            error!(error = %e, "cannot use the agent SVID for TLS");
+            return;
+        }
+        if persist && let Some(dir) = self.key_dir() {
+            let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", s.key.clone()));
+            let r = Self::write_private(&dir.join("agent_key.pem"), key_pem.as_bytes(), 0o600)
+                .and_then(|()| {
+                    Self::write_private(
+                        &dir.join("agent_svid.pem"),
+                        pem_certs(&s.chain).as_bytes(),
+                        0o644,
+                    )
+                });
+            if let Err(e) = r {
+                warn!(error = %e, dir = %dir.display(), "cannot store the agent SVID; a restart will need a new attestation");
+            }
+        }
+        if let Ok(mut g) = self.svid.write() {
+            *g = Some(s);
+        }
+        if let Ok(mut c) = self.client.write() {
+            *c = None;
+        }
+    }
+
+    fn forget_svid(&self) {
+        self.cell.clear();
+        if let Ok(mut g) = self.svid.write() {
+            *g = None;
+        }
+        if let Some(dir) = self.key_dir() {
+            let _ = std::fs::remove_file(dir.join("agent_svid.pem"));
+            let _ = std::fs::remove_file(dir.join("agent_key.pem"));
+        }
+    }
+
+    pub fn agent_id(&self) -> Option<SpiffeId> {
+        self.svid
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.id.clone()))
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.cfg.server_address, self.cfg.server_port)
+    }
+
+    fn client(&self) -> Result<AgentApiClient<Channel>, AgentError> {
+        if let Some(c) = self.client.read().ok().and_then(|g| g.clone()) {
+            return Ok(c);
+        }
+        let cfg = ironpact_tls::client_config(
+            self.roots.clone(),
+            self.server_id.clone(),
+            Some(self.cell.clone()),
+        )
+        .map_err(|e| AgentError::Local(e.to_string()))?;
+        let ch = ironpact_tls::channel(&self.addr(), cfg)
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+        let c = AgentApiClient::new(ch);
+        if let Ok(mut g) = self.client.write() {
+            *g = Some(c.clone());
+        }
+        Ok(c)
+    }
+
+    fn csr() -> Result<(Vec<u8>, Vec<u8>), AgentError> {
+        let key = rcgen::KeyPair::generate().map_err(|e| AgentError::Local(e.to_string()))?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+        Ok((csr.der().to_vec(), key.serialize_der()))
+    }
+
+    /// One attestation (or renewal) exchange on `client`.
+    async fn attestation(
+        client: &mut AgentApiClient<Channel>,
+        payload: Vec<u8>,
+        csr: Vec<u8>,
+        renew: bool,
+    ) -> Result<pb::X509svid, AgentError> {
+        let first = pb::AttestAgentRequest {
+            step: Some(pb::attest_agent_request::Step::Params(
+                pb::attest_agent_request::Params {
+                    data: Some(pb::AttestationData {
+                        r#type: "join_token".into(),
+                        payload,
+                    }),
+                    csr,
+                },
+            )),
+        };
+        let status = |s: tonic::Status| match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => {
+                AgentError::Unavailable(s.message().to_string())
+            }
+            _ => AgentError::Refused(format!("{} ({:?})", s.message(), s.code())),
+        };
+        let req = tokio_stream::iter(vec![first]);
+        let mut resp = if renew {
+            client.renew_agent(req).await.map_err(status)?.into_inner()
+        } else {
+            client.attest_agent(req).await.map_err(status)?.into_inner()
+        };
+        match resp.message().await.map_err(status)?.and_then(|m| m.step) {
+            Some(pb::attest_agent_response::Step::Result(r)) => r
+                .svid
+                .ok_or_else(|| AgentError::Refused("server returned no SVID".into())),
+            Some(pb::attest_agent_response::Step::Challenge(_)) => Err(AgentError::Refused(
+                "the server sent a challenge the join_token attestor cannot answer".into(),
+            )),
+            None => Err(AgentError::Unavailable(
+                "attestation stream ended early".into(),
+            )),
+        }
+    }
+
+    fn svid_from(pb_svid: pb::X509svid, key: Vec<u8>) -> Result<AgentSvid, AgentError> {
+        let id = SpiffeId::parse(&pb_svid.id).map_err(|e| AgentError::Refused(e.to_string()))?;
+        let info = pb_svid
+            .cert_chain
+            .first()
+            .and_then(|c| ironpact_spiffe::x509::CertInfo::parse(c).ok())
+            .ok_or_else(|| AgentError::Refused("server returned an unreadable SVID".into()))?;
+        Ok(AgentSvid {
+            id,
+            chain: pb_svid.cert_chain,
+            key,
+            not_before: info.not_before,
+            expires_at: info.not_after,
+        })
+    }
+
+    async fn attest(&self) -> Result<(), AgentError> {
+        let token = self.cfg.join_token.clone().ok_or(AgentError::NoJoinToken)?;
+        let cfg = if self.roots.x509_roots().is_empty() && self.cfg.insecure_bootstrap {
+            ironpact_tls::client_config_insecure(self.server_id.clone())
+        } else {
+            ironpact_tls::client_config(self.roots.clone(), self.server_id.clone(), None)
+        }
+        .map_err(|e| AgentError::Local(e.to_string()))?;
+        let ch = ironpact_tls::channel(&self.addr(), cfg)
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+        let mut client = AgentApiClient::new(ch);
+        let (csr, key) = Self::csr()?;
+        info!(server = %self.addr(), "attesting this node with a join token");
+        let svid = Self::svid_from(
+            Self::attestation(&mut client, token.into_bytes(), csr, false).await?,
+            key,
+        )?;
+        info!(agent_id = %svid.id, expires_at = svid.expires_at, "node attested");
+        self.install_svid(svid, true);
+        Ok(())
+    }
+
+    async fn renew(&self) -> Result<(), AgentError> {
+        let mut client = self.client()?;
+        let (csr, key) = Self::csr()?;
+        let svid = Self::svid_from(
+            Self::attestation(&mut client, Vec::new(), csr, true).await?,
+            key,
+        )?;
+        info!(agent_id = %svid.id, expires_at = svid.expires_at, "renewed the agent SVID");
+        self.install_svid(svid, true);
+        Ok(())
+    }
+
+    fn apply(&self, snap: pb::SyncAuthorizedResponse) {
+        let to_bundle = |b: &pb::Bundle| -> Option<Bundle> {
+            let mut out = Bundle::new(TrustDomain::new(&b.trust_domain).ok()?);
+            out.x509_authorities = b.x509_authorities.clone();
+            out.jwt_authorities = b
+                .jwt_authorities
+                .iter()
+                .map(|k| JwtAuthority {
+                    key_id: k.key_id.clone(),
+                    public_key_der: k.public_key.clone(),
+                    expires_at: k.expires_at,
+                })
+                .collect();
+            out.refresh_hint = b.refresh_hint.max(0) as u64;
+            out.sequence = b.sequence_number;
+            Some(out)
+        };
+        let bundle = snap.bundle.as_ref().and_then(to_bundle);
+        if let Some(b) = &bundle {
+            self.roots.set(b.x509_authorities.clone());
+            let path = self.cfg.data_dir.join("bundle.pem");
+            if let Err(e) = Self::write_private(&path, b.to_pem().as_bytes(), 0o644) {
+                warn!(error = %e, path = %path.display(), "cannot store the trust bundle");
+            }
+        }
+        let server = self.server_id.as_str();
+        let entries: Vec<AgentEntry> = snap
+            .entries
+            .iter()
+            .filter(|e| e.parent_id != server)
+            .filter_map(|e| {
+                Some(AgentEntry {
+                    id: e.id.clone(),
+                    spiffe_id: SpiffeId::parse(&e.spiffe_id).ok()?,
+                    selectors: e
+                        .selectors
+                        .iter()
+                        .filter_map(|s| Selector::new(&s.r#type, &s.value).ok())
+                        .collect(),
+                    federates_with: e
+                        .federates_with
+                        .iter()
+                        .filter_map(|t| TrustDomain::new(t).ok())
+                        .collect(),
+                    hint: e.hint.clone(),
+                    revision: e.revision_number,
+                    dns_names: e.dns_names.clone(),
+                })
+            })
+            .collect();
+        debug!(
+            entries = entries.len(),
+            revision = snap.revision,
+            "applied a sync snapshot"
+        );
+        let federated = snap
+            .federated_bundles
+            .iter()
+            .filter_map(to_bundle)
+            .map(|b| (b.trust_domain.to_string(), b))
+            .collect();
+        self.state.update(|v| {
+            if bundle.is_some() {
+                v.bundle = bundle;
+            }
+            v.federated = federated;
+            v.svids.retain(|id, s| {
+                entries
+                    .iter()
+                    .any(|e| &e.id == id && e.revision == s.revision)
+            });
+            v.entries = entries;
+        });
+    }
+
+    /// Signs SVIDs for entries that have none, whose entry changed, or past half-life.
+    async fn sign_due(&self) -> Result<usize, AgentError> {
+        let view = self.state.read();
+        let t = now();
+        let due: Vec<&AgentEntry> = view
+            .entries
+            .iter()
+            .filter(|e| {
+                view.svids
+                    .get(&e.id)
+                    .is_none_or(|s| s.revision != e.revision || s.due(t))
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut client = self.client()?;
+        let mut signed = 0;
+        for batch in due.chunks(500) {
+            let mut keys = HashMap::new();
+            let mut params = Vec::new();
+            for e in batch {
+                let (csr, key) = Self::csr()?;
+                keys.insert(e.id.clone(), (key, e.revision));
+                params.push(pb::NewX509svidParams {
+                    entry_id: e.id.clone(),
+                    csr,
+                });
+            }
+            let resp = client
+                .batch_new_x509svid(pb::BatchNewX509svidRequest { params })
+                .await
+                .map_err(|s| AgentError::Unavailable(s.message().to_string()))?
+                .into_inner();
+            let mut fresh = Vec::new();
+            for r in resp.results {
+                match (r.code, r.svid, keys.remove(&r.entry_id)) {
+                    (0, Some(svid), Some((key, revision))) => {
+                        let Some(info) = svid
+                            .cert_chain
+                            .first()
+                            .and_then(|c| ironpact_spiffe::x509::CertInfo::parse(c).ok())
+                        else {
+                            continue;
+                        };
+                        let Ok(id) = SpiffeId::parse(&svid.id) else {
+                            continue;
+                        };
+                        fresh.push((
+                            r.entry_id,
+                            CachedSvid {
+                                spiffe_id: id,
+                                chain: svid.cert_chain,
+                                key_pkcs8: key,
+                                not_before: info.not_before,
+                                expires_at: info.not_after,
+                                revision,
+                            },
+                        ));
+                    }
+                    (code, _, _) => {
+                        warn!(entry_id = %r.entry_id, code, message = %r.message, "server did not sign an SVID")
+                    }
+                }
+            }
+            signed += fresh.len();
+            self.state.update(|v| {
+                for (id, s) in fresh {
+                    v.svids.insert(id, s);
+                }
+            });
+        }
+        if signed > 0 {
+            info!(count = signed, "received workload SVIDs");
+        }
+        Ok(signed)
+    }
+
+    /// A JWT-SVID for `entry_id`, cached until half of its life is gone.
+    pub async fn jwt_svid(
+        &self,
+        entry_id: &str,
+        audience: &[String],
+    ) -> Result<(String, String), tonic::Status> {
+        let mut aud = audience.to_vec();
+        aud.sort();
+        let key = (entry_id.to_string(), aud);
+        let t = now();
+        if let Some((tok, iat, exp)) = self
+            .jwt_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+            && t < iat + (exp - iat) / 2
+        {
+            return Ok((tok, String::new()));
+        }
+        let mut client = self
+            .client()
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let r = client
+            .new_jwtsvid(pb::NewJwtsvidRequest {
+                entry_id: entry_id.to_string(),
+                audience: audience.to_vec(),
+            })
+            .await?
+            .into_inner();
+        if let Ok(mut c) = self.jwt_cache.lock() {
+            c.retain(|_, v| v.2 > t);
+            c.insert(key, (r.token.clone(), r.issued_at, r.expires_at));
+        }
+        Ok((r.token, r.spiffe_id))
+    }
+
+    fn renewal_due(&self) -> bool {
+        self.svid
+            .read()
+            .ok()
+            .and_then(|g| {
+                g.as_ref()
+                    .map(|s| now() >= s.not_before + (s.expires_at - s.not_before) / 2)
+            })
+            .unwrap_or(false)
+    }
+
+    async fn session(&self) -> SessionEnd {
+        let mut client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Unavailable(e.to_string()),
+        };
+        let classify = |s: tonic::Status| {
+            if s.code() == Code::PermissionDenied {
+                SessionEnd::Evicted(s.message().to_string())
+            } else {
+                SessionEnd::Unavailable(format!("{} ({:?})", s.message(), s.code()))
+            }
+        };
+        let mut sync = match client.sync_authorized(pb::SyncAuthorizedRequest {}).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return classify(s),
+        };
+        info!(server = %self.addr(), "connected; syncing entries");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                msg = sync.message() => match msg {
+                    Ok(Some(snap)) => {
+                        self.apply(snap);
+                        if let Err(e) = self.sign_due().await {
+                            warn!(error = %e, "signing workload SVIDs failed; will retry");
+                        }
+                    }
+                    Ok(None) => return SessionEnd::Unavailable("sync stream closed".into()),
+                    Err(s) => return classify(s),
+                },
+                _ = tick.tick() => {
+                    if self.renewal_due() {
+                        return match self.renew().await {
+                            Ok(()) => SessionEnd::Renewed,
+                            Err(AgentError::Refused(m)) => SessionEnd::Evicted(m),
+                            Err(e) => SessionEnd::Unavailable(e.to_string()),
+                        };
+                    }
+                    if let Err(e) = self.sign_due().await {
+                        warn!(error = %e, "signing workload SVIDs failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until the process ends: attestation, sync, renewal, with backoff on failures.
+    pub async fn run(self: Arc<Self>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if self.agent_id().is_none() {
+                match self.attest().await {
+                    Ok(()) => backoff = Duration::from_secs(1),
+                    Err(e) => {
+                        error!(error = %e, retry_in = ?backoff, "attestation failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+            match self.session().await {
+                SessionEnd::Renewed => {
+                    backoff = Duration::from_secs(1);
+                }
+                SessionEnd::Evicted(reason) => {
+                    warn!(%reason, "the server no longer accepts this agent; attesting again");
+                    self.forget_svid();
+                    if let Ok(mut c) = self.client.write() {
+                        *c = None;
+                    }
+                }
+                SessionEnd::Unavailable(reason) => {
+                    warn!(%reason, retry_in = ?backoff, "lost the server; serving cached SVIDs meanwhile");
+                    if let Ok(mut c) = self.client.write() {
+                        *c = None;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}

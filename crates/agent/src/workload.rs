@@ -1,0 +1,406 @@
+//! The SPIFFE Workload API on a Unix socket: X509-SVIDs and bundles as server streams that
+//! push on every change, JWT-SVIDs and their validation. Callers are identified by the
+//! kernel (SO_PEERCRED) and the unix workload attestor; requests must carry the
+//! `workload.spiffe.io: true` metadata.
+
+use crate::authority::AuthorityFix;
+use crate::manager::Agent;
+use crate::state::{AgentEntry, View};
+use crate::unix::{PeerCred, UnixAttestor};
+use ironpact_proto::workload as pb;
+use ironpact_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use ironpact_spiffe::{Bundle, Selector};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+
+/// A Workload API connection: the peer's credentials, taken when it connected.
+pub struct WorkloadConn(pub AuthorityFix<UnixStream>);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Caller(pub Option<PeerCred>);
+
+impl tonic::transport::server::Connected for WorkloadConn {
+    type ConnectInfo = Caller;
+    fn connect_info(&self) -> Caller {
+        Caller(self.0.get_ref().peer_cred().ok().map(|c| PeerCred {
+            pid: c.pid(),
+            uid: c.uid(),
+            gid: c.gid(),
+        }))
+    }
+}
+
+impl tokio::io::AsyncRead for WorkloadConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WorkloadConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+pub struct WorkloadApi {
+    pub agent: Arc<Agent>,
+    pub attestor: UnixAttestor,
+}
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req
+        .metadata()
+        .get("workload.spiffe.io")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("true") => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+fn concat(ders: &[Vec<u8>]) -> Vec<u8> {
+    ders.concat()
+}
+
+fn td_key(b: &Bundle) -> String {
+    b.trust_domain.id().to_string()
+}
+
+const NO_IDENTITY: &str = "no identity issued";
+
+impl WorkloadApi {
+    async fn selectors<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
+        check_header(req)?;
+        let caller = req
+            .extensions()
+            .get::<Caller>()
+            .and_then(|c| c.0)
+            .ok_or_else(|| Status::internal("the caller's credentials are unknown"))?;
+        let attestor = self.attestor.clone();
+        let sels = tokio::task::spawn_blocking(move || attestor.attest(caller))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))?;
+        debug!(pid = ?caller.pid, selectors = ?sels.iter().map(ToString::to_string).collect::<Vec<_>>(), "attested workload");
+        Ok(sels)
+    }
+
+    /// Runs `build` now and after every change, sending what differs, until the client leaves.
+    fn watch<T, F>(&self, sels: Vec<Selector>, build: F) -> Stream_<T>
+    where
+        T: prost::Message + Clone + Send + 'static,
+        F: Fn(&View, &[Selector]) -> Result<Option<T>, Status> + Send + 'static,
+    {
+        let state = self.agent.state.clone();
+        let mut changes = state.subscribe();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<u8>> = None;
+            loop {
+                changes.borrow_and_update();
+                match build(&state.read(), &sels) {
+                    Ok(Some(msg)) => {
+                        let bytes = msg.encode_to_vec();
+                        if last.as_ref() != Some(&bytes) {
+                            last = Some(bytes);
+                            if tx.send(Ok(msg)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // Entries match but their SVIDs are still being signed: wait.
+                    Ok(None) => {}
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+fn matched<'a>(v: &'a View, sels: &[Selector]) -> Result<Vec<&'a AgentEntry>, Status> {
+    let m = v.matching(sels);
+    if m.is_empty() {
+        return Err(Status::permission_denied(NO_IDENTITY));
+    }
+    Ok(m)
+}
+
+fn x509_response(v: &View, sels: &[Selector]) -> Result<Option<pb::X509svidResponse>, Status> {
+    let entries = matched(v, sels)?;
+    let Some(bundle) = &v.bundle else {
+        return Ok(None);
+    };
+    let own = concat(&bundle.x509_authorities);
+    let svids: Vec<pb::X509svid> = entries
+        .iter()
+        .filter_map(|e| v.svids.get(&e.id).map(|s| (e, s)))
+        .map(|(e, s)| pb::X509svid {
+            spiffe_id: s.spiffe_id.to_string(),
+            x509_svid: concat(&s.chain),
+            x509_svid_key: s.key_pkcs8.clone(),
+            bundle: own.clone(),
+            hint: e.hint.clone(),
+        })
+        .collect();
+    if svids.is_empty() {
+        return Ok(None);
+    }
+    let federated_bundles = v
+        .federated_for(&entries)
+        .into_iter()
+        .map(|b| (td_key(b), concat(&b.x509_authorities)))
+        .collect();
+    Ok(Some(pb::X509svidResponse {
+        svids,
+        crl: vec![],
+        federated_bundles,
+    }))
+}
+
+fn bundles_for<'a>(v: &'a View, sels: &[Selector]) -> Result<Option<Vec<&'a Bundle>>, Status> {
+    let entries = matched(v, sels)?;
+    let Some(own) = &v.bundle else {
+        return Ok(None);
+    };
+    let mut out = vec![own];
+    out.extend(v.federated_for(&entries));
+    Ok(Some(out))
+}
+
+fn json_to_prost(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_prost).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_prost(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = Stream_<pb::X509svidResponse>;
+    type FetchX509BundlesStream = Stream_<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = Stream_<pb::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let sels = self.selectors(&req).await?;
+        Ok(Response::new(self.watch(sels, x509_response)))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let sels = self.selectors(&req).await?;
+        Ok(Response::new(self.watch(sels, |v, s| {
+            Ok(bundles_for(v, s)?.map(|bs| pb::X509BundlesResponse {
+                crl: vec![],
+                bundles: bs
+                    .into_iter()
+                    .map(|b| (td_key(b), concat(&b.x509_authorities)))
+                    .collect(),
+            }))
+        })))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let sels = self.selectors(&req).await?;
+        Ok(Response::new(self.watch(sels, |v, s| {
+            let Some(bs) = bundles_for(v, s)? else {
+                return Ok(None);
+            };
+            let mut bundles = std::collections::HashMap::new();
+            for b in bs {
+                // The JWT bundle is the JWKS of the JWT authorities only.
+                let mut jwt_only = b.clone();
+                jwt_only.x509_authorities.clear();
+                let doc = jwt_only
+                    .to_jwks()
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                bundles.insert(
+                    td_key(b),
+                    serde_json::to_vec(&doc).map_err(|e| Status::internal(e.to_string()))?,
+                );
+            }
+            Ok(Some(pb::JwtBundlesResponse { bundles }))
+        })))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        let sels = self.selectors(&req).await?;
+        let r = req.get_ref();
+        if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let view = self.agent.state.read();
+        let mut entries = matched(&view, &sels)?;
+        if !r.spiffe_id.is_empty() {
+            entries.retain(|e| e.spiffe_id.as_str() == r.spiffe_id);
+            if entries.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "no identity issued for {}",
+                    r.spiffe_id
+                )));
+            }
+        }
+        let mut svids = Vec::new();
+        for e in entries {
+            let (token, _) = self.agent.jwt_svid(&e.id, &r.audience).await?;
+            svids.push(pb::Jwtsvid {
+                spiffe_id: e.spiffe_id.to_string(),
+                svid: token,
+                hint: e.hint.clone(),
+            });
+        }
+        Ok(Response::new(pb::JwtsvidResponse { svids }))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let r = req.get_ref();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let view = self.agent.state.read();
+        let header = jsonwebtoken::decode_header(&r.svid)
+            .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
+        let kid = header.kid.unwrap_or_default();
+        let owner = view
+            .bundle
+            .iter()
+            .chain(view.federated.values())
+            .find(|b| b.jwt_authorities.iter().any(|a| a.key_id == kid))
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "invalid JWT-SVID: no known authority with key ID {kid:?}"
+                ))
+            })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let v = ironpact_spiffe::jwt::validate(&r.svid, &owner.jwt_authorities, &r.audience, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !v.spiffe_id.is_member_of(&owner.trust_domain) {
+            return Err(Status::invalid_argument(
+                "invalid JWT-SVID: signed by another trust domain's key",
+            ));
+        }
+        let claims = prost_types::Struct {
+            fields: v
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_prost(v)))
+                .collect(),
+        };
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: v.spiffe_id.to_string(),
+            claims: Some(claims),
+        }))
+    }
+}
+
+/// Binds the Workload API socket (world-connectable: any local process may ask who it is).
+pub fn bind(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => info!(path = %path.display(), "removed a stale Workload API socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    Ok(l)
+}
+
+/// Accepted connections, each wrapped in the :authority shim.
+pub fn incoming(l: tokio::net::UnixListener) -> ReceiverStream<std::io::Result<WorkloadConn>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            match l.accept().await {
+                Ok((s, _)) => {
+                    if tx
+                        .send(Ok(WorkloadConn(AuthorityFix::new(s))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a Workload API connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
