@@ -485,7 +485,7 @@ impl Agent {
                                 spiffe_id: id,
                                 chain: svid.cert_chain,
                                 key_pkcs8: key,
-                                not_before: info.not_before,
+                                received_at: t,
                                 expires_at: info.not_after,
                                 revision,
                             },

@@ -23,7 +23,8 @@ pub struct CachedSvid {
     /// DER certificates, leaf first.
     pub chain: Vec<Vec<u8>>,
     pub key_pkcs8: Vec<u8>,
-    pub not_before: i64,
+    /// When the agent received it (NotBefore is backdated, so it would skew rotation).
+    pub received_at: i64,
     pub expires_at: i64,
     /// The entry revision it was issued for.
     pub revision: i64,
@@ -32,7 +33,7 @@ pub struct CachedSvid {
 impl CachedSvid {
     /// Renew at half-life, like the agent's own SVID.
     pub fn due(&self, now: i64) -> bool {
-        now >= self.not_before + (self.expires_at - self.not_before) / 2
+        now >= self.received_at + (self.expires_at - self.received_at) / 2
     }
 }
 

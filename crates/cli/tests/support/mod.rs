@@ -313,3 +313,181 @@ pub fn openssl_verify(ca: &Path, cert: &Path) -> Out {
             .expect("openssl is installed"),
     )
 }
+
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_ironpact-agent");
+
+/// An agent process joined to a [`TestServer`], with its own socket and data dir.
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestAgent {
+    pub fn start(server: &TestServer, token: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // other users (the `nobody` test) must reach the socket
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("public/api.sock");
+        let bundle = dir.path().join("bootstrap.pem");
+        std::fs::write(
+            &bundle,
+            server
+                .cli(&["bundle", "show"])
+                .expect_ok()
+                .stdout
+                .as_bytes(),
+        )
+        .unwrap();
+        let config = dir.path().join("agent.conf");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+agent {{
+    data_dir = "{data}"
+    log_level = "DEBUG"
+    server_address = "127.0.0.1"
+    server_port = "{port}"
+    socket_path = "{socket}"
+    trust_domain = "example.org"
+    trust_bundle_path = "{bundle}"
+}}
+plugins {{
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "disk" {{
+        plugin_data {{
+            directory = "{data}"
+        }}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{
+            discover_workload_path = true
+        }}
+    }}
+}}
+"#,
+                data = data.display(),
+                port = server.port,
+                socket = socket.display(),
+                bundle = bundle.display(),
+            ),
+        )
+        .unwrap();
+        let mut a = Self {
+            dir,
+            socket,
+            config,
+            child: None,
+        };
+        a.spawn(Some(token));
+        a
+    }
+
+    /// Starts (or restarts) the agent and waits until it is healthy.
+    pub fn spawn(&mut self, token: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(AGENT_BIN);
+        cmd.args(["run", "-config"]).arg(&self.config);
+        if let Some(t) = token {
+            cmd.args(["-joinToken", t]);
+        }
+        self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = self.cli(&["healthcheck"]);
+            if o.ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "agent did not become healthy: {}\nlog:\n{}",
+                    o.stderr,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs `ironpact-agent <args> -socketPath <socket>`.
+    pub fn cli(&self, args: &[&str]) -> Out {
+        Out::from(
+            Command::new(AGENT_BIN)
+                .args(args)
+                .arg("-socketPath")
+                .arg(&self.socket)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+        )
+    }
+
+    /// Retries `api fetch x509` until it succeeds (entries take a moment to arrive).
+    pub fn fetch_until_ok(&self, extra: &[&str]) -> Out {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut args = vec!["api", "fetch", "x509", "-timeout", "5"];
+            args.extend_from_slice(extra);
+            let o = self.cli(&args);
+            if o.ok() || Instant::now() > deadline {
+                return o;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Generates a join token that also registers `alias` as the node's alias.
+pub fn join_token(s: &TestServer, alias: &str) -> String {
+    let out = s
+        .cli(&["token", "generate", "-spiffeID", alias])
+        .expect_ok()
+        .stdout
+        .clone();
+    out.trim()
+        .strip_prefix("Token: ")
+        .expect("Token: line")
+        .to_string()
+}
+
+pub fn my_uid() -> u32 {
+    nix_uid()
+}
+
+fn nix_uid() -> u32 {
+    // SAFETY-free: geteuid cannot fail.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(0)
+}

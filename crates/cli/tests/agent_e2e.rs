@@ -1,0 +1,251 @@
+//! Server and agent as real processes: a workload gets its SVID through the agent, another
+//! user gets none, and the agent survives its own restart and a server outage. The Rust
+//! `spiffe` crate, unmodified, is the client in the conformance test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::{AGENT_BIN, Backend, Out, TestAgent, TestServer, join_token, my_uid, openssl_verify};
+
+#[test]
+fn workloads_get_identities_through_restarts_and_outages() {
+    let mut s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host1");
+    let mut a = TestAgent::start(&s, &token);
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    assert!(
+        s.cli(&["agent", "list"])
+            .expect_ok()
+            .stdout
+            .contains(&agent_id)
+    );
+
+    let uid = my_uid().to_string();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/me",
+        "-parentID",
+        "spiffe://example.org/host1",
+        "-selector",
+        &format!("unix:uid:{uid}"),
+        "-hint",
+        "mine",
+    ])
+    .expect_ok();
+    let out = a.dir.path().join("svids");
+    let o = a.fetch_until_ok(&["-write", out.to_str().unwrap()]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/me"),
+        "{o:?}\n{}",
+        a.log()
+    );
+    let v = openssl_verify(&out.join("bundle.0.pem"), &out.join("svid.0.pem"));
+    assert!(v.ok(), "openssl rejected the agent's SVID: {v:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(out.join("svid.0.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // another user is not registered: PermissionDenied
+    let nobody = Out::from(
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                AGENT_BIN,
+                "api",
+                "fetch",
+                "x509",
+                "-socketPath",
+            ])
+            .arg(&a.socket)
+            .output()
+            .unwrap(),
+    );
+    nobody.expect_error("no identity issued");
+
+    // JWT-SVIDs and their validation through the agent
+    let jwt = a
+        .cli(&["api", "fetch", "jwt", "-audience", "db"])
+        .expect_ok()
+        .stdout
+        .clone();
+    let token_line = jwt.lines().nth(1).unwrap().trim().to_string();
+    let ok = a
+        .cli(&[
+            "api",
+            "validate",
+            "jwt",
+            "-audience",
+            "db",
+            "-svid",
+            &token_line,
+        ])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(
+        ok.contains("SVID is valid.") && ok.contains("spiffe://example.org/me"),
+        "{ok}"
+    );
+    a.cli(&[
+        "api",
+        "validate",
+        "jwt",
+        "-audience",
+        "other",
+        "-svid",
+        &token_line,
+    ])
+    .expect_error("audience");
+    a.cli(&["api", "fetch", "jwt"]).expect_error("audience");
+
+    // the agent restarts without a token and keeps its identity
+    a.kill9();
+    a.spawn(None);
+    let listed = s.cli(&["agent", "count"]).expect_ok().stdout.clone();
+    assert!(listed.contains("1 attested agent"), "{listed}");
+    assert!(
+        a.log().contains("reusing the stored agent SVID"),
+        "{}",
+        a.log()
+    );
+    assert!(a.fetch_until_ok(&[]).ok());
+
+    // the server goes away: cached SVIDs are still served; it comes back: changes flow again
+    s.kill9();
+    let o = a.cli(&["api", "fetch", "x509"]);
+    assert!(
+        o.ok(),
+        "agent stopped serving while the server was down: {o:?}"
+    );
+    s.spawn();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/me-too",
+        "-parentID",
+        "spiffe://example.org/host1",
+        "-selector",
+        &format!("unix:uid:{uid}"),
+    ])
+    .expect_ok();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let o = a.cli(&["api", "fetch", "x509"]);
+        if o.stdout.contains("spiffe://example.org/me-too") {
+            assert!(o.stdout.contains("Received 2 svid"), "{o:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not recover after the server restart:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn rust_spiffe_crate_is_a_working_client() {
+    let s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host2");
+    let a = TestAgent::start(&s, &token);
+    let uid = my_uid().to_string();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/rust",
+        "-parentID",
+        "spiffe://example.org/host2",
+        "-selector",
+        &format!("unix:uid:{uid}"),
+        "-x509SVIDTTL",
+        "20",
+    ])
+    .expect_ok();
+    assert!(a.fetch_until_ok(&[]).ok());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let endpoint = a.endpoint();
+        let td = spiffe::TrustDomain::new("example.org").unwrap();
+
+        let source = spiffe::X509Source::builder()
+            .endpoint(&endpoint)
+            .build()
+            .await
+            .unwrap();
+        let svid = source.svid().unwrap();
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/rust");
+        assert!(source.bundle_set().unwrap().get(&td).is_some());
+
+        // a short TTL: the open stream delivers a new SVID before the old one expires
+        let old_leaf = svid.leaf().as_bytes().to_vec();
+        let old_expiry = ironpact_spiffe::x509::CertInfo::parse(&old_leaf)
+            .unwrap()
+            .not_after;
+        let mut updates = source.updated();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::time::timeout(Duration::from_secs(30), updates.changed())
+                .await
+                .unwrap()
+                .unwrap();
+            let now_svid = source.svid().unwrap();
+            if now_svid.leaf().as_bytes() != old_leaf.as_slice() {
+                let now_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                assert!(now_unix < old_expiry, "rotated only after expiry");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no rotation");
+        }
+
+        let client = spiffe::WorkloadApiClient::connect_to(&endpoint)
+            .await
+            .unwrap();
+        let jwt = client.fetch_jwt_svid(["db"], None).await.unwrap();
+        assert_eq!(jwt.spiffe_id().to_string(), "spiffe://example.org/rust");
+        assert!(!jwt.key_id().is_empty(), "kid is set");
+        let validated = client.validate_jwt_token("db", jwt.token()).await.unwrap();
+        assert_eq!(
+            validated.spiffe_id().to_string(),
+            "spiffe://example.org/rust"
+        );
+        assert!(
+            client
+                .validate_jwt_token("other", jwt.token())
+                .await
+                .is_err()
+        );
+
+        let jwt_source = spiffe::JwtSource::builder()
+            .endpoint(&endpoint)
+            .build()
+            .await
+            .unwrap();
+        let j = jwt_source.fetch_jwt_svid(["db", "cache"]).await.unwrap();
+        let mut aud = j.audience().to_vec();
+        aud.sort();
+        assert_eq!(aud, ["cache", "db"]);
+        assert!(jwt_source.bundle_set().unwrap().get(&td).is_some());
+    });
+}
