@@ -20,13 +20,14 @@ apt_install() {
 
 have cargo || { echo "cargo is required: install Rust (https://rustup.rs)" >&2; exit 1; }
 have openssl || apt_install openssl
+have setpriv || apt_install util-linux
 have python3 || apt_install python3 python3-venv
 
-# PyJWT checks our JWT-SVIDs independently.
+# PyJWT checks our JWT-SVIDs independently; py-spiffe (a grpcio client) uses the Workload API.
 venv="${IRONPACT_VENV:-$CARGO_TARGET_DIR/pyvenv}"
-if ! "$venv/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import jwt, cryptography, spiffe' >/dev/null 2>&1; then
     python3 -m venv "$venv" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$venv"; }
-    "$venv/bin/pip" install -q --disable-pip-version-check pyjwt cryptography
+    "$venv/bin/pip" install -q --disable-pip-version-check pyjwt cryptography spiffe
 fi
 export IRONPACT_PYTHON="$venv/bin/python"
 
