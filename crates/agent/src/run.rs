@@ -68,6 +68,20 @@ impl Health for AgentHealth {
     }
 }
 
+/// The admin socket: its directory 0700 and the socket 0600, so only the agent's user connects.
+fn bind_admin(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // A stale socket from a crashed run; absence is fine.
+    let _ = std::fs::remove_file(path);
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
 pub async fn run(
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -88,6 +102,20 @@ pub async fn run(
         source,
     })?;
     info!(path = %socket.display(), "Workload API listening");
+    let admin = match &agent.cfg.admin_socket_path {
+        Some(p) => {
+            let l = bind_admin(p).map_err(|source| RunError::Socket {
+                path: p.display().to_string(),
+                source,
+            })?;
+            info!(path = %p.display(), "admin socket listening (owner only)");
+            let server = tonic::transport::Server::builder()
+                .add_service(HealthServer::new(AgentHealth(agent.clone())))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l));
+            Some((p.clone(), tokio::spawn(server)))
+        }
+        None => None,
+    };
     let r = tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApi {
             agent: agent.clone(),
@@ -98,6 +126,10 @@ pub async fn run(
         .await;
     manager.abort();
     let _ = std::fs::remove_file(&socket);
+    if let Some((p, task)) = admin {
+        task.abort();
+        let _ = std::fs::remove_file(p);
+    }
     info!("agent stopped");
     Ok(r?)
 }

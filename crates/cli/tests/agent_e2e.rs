@@ -55,6 +55,29 @@ fn workloads_get_identities_through_restarts_and_outages() {
         0o600
     );
 
+    // the admin socket is the agent user's only
+    let admin = a.dir.path().join("private/admin.sock");
+    assert_eq!(
+        std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(admin.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    let o = Out::from(
+        std::process::Command::new(AGENT_BIN)
+            .args(["healthcheck", "-socketPath"])
+            .arg(&admin)
+            .output()
+            .unwrap(),
+    );
+    assert!(o.ok() && o.stdout.contains("Agent is healthy"), "{o:?}");
+
     // another user is not registered: PermissionDenied
     let nobody = Out::from(
         std::process::Command::new("setpriv")

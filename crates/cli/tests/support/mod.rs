@@ -355,6 +355,7 @@ agent {{
     socket_path = "{socket}"
     trust_domain = "example.org"
     trust_bundle_path = "{bundle}"
+    admin_socket_path = "{admin}"
 }}
 plugins {{
     NodeAttestor "join_token" {{
@@ -376,6 +377,7 @@ plugins {{
                 port = server.port,
                 socket = socket.display(),
                 bundle = bundle.display(),
+                admin = dir.path().join("private/admin.sock").display(),
             ),
         )
         .unwrap();
