@@ -325,6 +325,60 @@ fn join_token_attestation_sync_and_signing() {
             .await
             .unwrap();
 
+        // an expired join token is refused (and spent)
+        let short = s
+            .cli(&["token", "generate", "-ttl", "1"])
+            .expect_ok()
+            .stdout
+            .clone();
+        let short = short.trim().strip_prefix("Token: ").unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let (c3, _) = csr_and_key();
+        let e = attest(&mut anon, params("join_token", short.as_bytes(), c3), false)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("expired"), "{e:?}");
+
+        // a banned agent is refused at once
+        let other = s.cli(&["token", "generate"]).expect_ok().stdout.clone();
+        let other = other.trim().strip_prefix("Token: ").unwrap().to_string();
+        let (c4, k4) = csr_and_key();
+        let osvid = attest(&mut anon, params("join_token", other.as_bytes(), c4), false)
+            .await
+            .unwrap();
+        let ocell = Arc::new(SvidCell::default());
+        ocell.set(osvid.cert_chain.clone(), &k4).unwrap();
+        let och = ironpact_tls::channel(
+            &addr,
+            ironpact_tls::client_config(trust.clone(), server_id.clone(), Some(ocell)).unwrap(),
+        )
+        .unwrap();
+        let mut oclient = AgentApiClient::new(och);
+        let mut osync = oclient
+            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        next_snapshot(&mut osync).await;
+        s.cli(&["agent", "ban", "-spiffeID", &osvid.id]).expect_ok();
+        let end = tokio::time::timeout(Duration::from_secs(15), osync.message())
+            .await
+            .unwrap();
+        assert_eq!(end.unwrap_err().code(), Code::PermissionDenied);
+        let e = oclient
+            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(e.message().contains("banned"), "{e:?}");
+        assert!(
+            s.cli(&["agent", "show", "-spiffeID", &osvid.id])
+                .expect_ok()
+                .stdout
+                .contains("Banned            : true")
+        );
+
         // eviction ends the agent's sync stream and its access
         let mut sync2 = client2
             .sync_authorized(pb::SyncAuthorizedRequest {})

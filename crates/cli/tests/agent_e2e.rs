@@ -181,6 +181,104 @@ fn workloads_get_identities_through_restarts_and_outages() {
 }
 
 #[test]
+fn shipped_configs_serve_a_workload() {
+    let s = TestServer::shipped();
+    let token = join_token(&s, "spiffe://example.org/shipped-node");
+    let a = TestAgent::shipped(&s, &token);
+    let agents = s.cli(&["agent", "list"]).expect_ok().stdout.clone();
+    assert!(agents.contains(&format!("join_token/{token}")), "{agents}");
+    let uid = my_uid().to_string();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/shipped",
+        "-parentID",
+        "spiffe://example.org/shipped-node",
+        "-selector",
+        &format!("unix:uid:{uid}"),
+        "-federatesWith",
+        "spiffe://partner.org",
+    ])
+    .expect_ok();
+    // a federated trust domain the entry names reaches the workload too
+    let partner = a.dir.path().join("partner.pem");
+    std::fs::write(&partner, partner_ca_pem()).unwrap();
+    s.cli(&[
+        "bundle",
+        "set",
+        "-id",
+        "spiffe://partner.org",
+        "-path",
+        partner.to_str().unwrap(),
+    ])
+    .expect_ok();
+    let out = a.dir.path().join("svids");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !out.join("federated_bundle.0.0.pem").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no federated bundle reached the workload:\n{}",
+            a.log()
+        );
+        a.fetch_until_ok(&["-write", out.to_str().unwrap()]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("federated_bundle.0.0.pem")).unwrap(),
+        partner_ca_pem()
+    );
+    let v = openssl_verify(&out.join("bundle.0.pem"), &out.join("svid.0.pem"));
+    assert!(v.ok(), "{v:?}");
+    // the server's own bundle, as an operator would pass it to openssl
+    let server_bundle = a.dir.path().join("server-bundle.pem");
+    std::fs::write(
+        &server_bundle,
+        s.cli(&["bundle", "show"]).expect_ok().stdout.as_bytes(),
+    )
+    .unwrap();
+    assert!(openssl_verify(&server_bundle, &out.join("svid.0.pem")).ok());
+    let nobody = Out::from(
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                AGENT_BIN,
+                "api",
+                "fetch",
+                "x509",
+                "-socketPath",
+            ])
+            .arg(&a.socket)
+            .output()
+            .unwrap(),
+    );
+    nobody.expect_error("no identity issued");
+}
+
+fn partner_ca_pem() -> String {
+    use ironpact_spiffe::x509::{CaSubject, certs_to_pem, random_serial, self_signed_ca};
+    use std::sync::OnceLock;
+    static PEM: OnceLock<String> = OnceLock::new();
+    PEM.get_or_init(|| {
+        let td = ironpact_spiffe::TrustDomain::new("partner.org").unwrap();
+        let key = ironpact_spiffe::PrivateKey::generate(ironpact_spiffe::KeyType::EcP256).unwrap();
+        let der = self_signed_ca(
+            &key,
+            &td,
+            &CaSubject::default(),
+            random_serial(),
+            0,
+            4_000_000_000,
+        )
+        .unwrap();
+        certs_to_pem([der.as_slice()])
+    })
+    .clone()
+}
+
+#[test]
 fn rust_spiffe_crate_is_a_working_client() {
     let s = TestServer::start(Backend::Sqlite);
     let token = join_token(&s, "spiffe://example.org/host2");

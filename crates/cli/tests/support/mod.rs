@@ -99,10 +99,44 @@ pub struct TestServer {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub backend: Backend,
+    /// Extra `run` flags (used with the shipped config).
+    run_args: Vec<String>,
     child: Option<Child>,
 }
 
+/// The repository root (the shipped configs use paths relative to it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 impl TestServer {
+    /// The shipped conf/server/server.conf, relocated with SPIRE's flags only.
+    pub fn shipped() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let socket = dir.path().join("admin/api.sock");
+        let config = repo_root().join("conf/server/server.conf");
+        let run_args = vec![
+            "-dataDir".to_string(),
+            dir.path().join("data").display().to_string(),
+            "-socketPath".to_string(),
+            socket.display().to_string(),
+            "-serverPort".to_string(),
+            port.to_string(),
+        ];
+        let mut s = Self {
+            dir,
+            port,
+            config,
+            socket,
+            backend: Backend::Sqlite,
+            run_args,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
     pub fn start(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -162,6 +196,7 @@ plugins {{
             config,
             socket,
             backend,
+            run_args: Vec::new(),
             child: None,
         };
         s.spawn();
@@ -176,8 +211,10 @@ plugins {{
             .open(self.dir.path().join("server.log"))
             .unwrap();
         let child = Command::new(BIN)
+            .current_dir(repo_root())
             .args(["run", "-config"])
             .arg(&self.config)
+            .args(&self.run_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -321,10 +358,49 @@ pub struct TestAgent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub config: PathBuf,
+    run_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl TestAgent {
+    /// The shipped conf/agent/agent.conf, relocated with SPIRE's flags only.
+    pub fn shipped(server: &TestServer, token: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("public/api.sock");
+        let bundle = dir.path().join("bootstrap.pem");
+        std::fs::write(
+            &bundle,
+            server
+                .cli(&["bundle", "show"])
+                .expect_ok()
+                .stdout
+                .as_bytes(),
+        )
+        .unwrap();
+        let run_args = vec![
+            "-dataDir".to_string(),
+            dir.path().join("data").display().to_string(),
+            "-socketPath".to_string(),
+            socket.display().to_string(),
+            "-serverPort".to_string(),
+            server.port.to_string(),
+            "-trustBundle".to_string(),
+            bundle.display().to_string(),
+        ];
+        let config = repo_root().join("conf/agent/agent.conf");
+        let mut a = Self {
+            dir,
+            socket,
+            config,
+            run_args,
+            child: None,
+        };
+        a.spawn(Some(token));
+        a
+    }
+
     pub fn start(server: &TestServer, token: &str) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -385,6 +461,7 @@ plugins {{
             dir,
             socket,
             config,
+            run_args: Vec::new(),
             child: None,
         };
         a.spawn(Some(token));
@@ -399,7 +476,10 @@ plugins {{
             .open(self.dir.path().join("agent.log"))
             .unwrap();
         let mut cmd = Command::new(AGENT_BIN);
-        cmd.args(["run", "-config"]).arg(&self.config);
+        cmd.current_dir(repo_root())
+            .args(["run", "-config"])
+            .arg(&self.config)
+            .args(&self.run_args);
         if let Some(t) = token {
             cmd.args(["-joinToken", t]);
         }
