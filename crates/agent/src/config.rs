@@ -1,7 +1,7 @@
 //! The agent's configuration: SPIRE-shaped HCL (`agent { … }` and `plugins { … }`) plus the
 //! command-line overrides of `run`.
 
-use ironpact_config::hcl::{self, ConfigError, Section};
+use ironpact_config::hcl::{self, ConfigError, Section, plugin_data};
 use ironpact_spiffe::TrustDomain;
 use std::path::{Path, PathBuf};
 
@@ -242,36 +242,6 @@ impl AgentConfig {
             }),
         })
     }
-}
-
-fn plugin_data<'a>(
-    labels: &[String],
-    line: usize,
-    sec: &Section<'a>,
-    kind: &str,
-    known: &[&str],
-) -> Result<Option<Section<'a>>, ConfigError> {
-    if labels.len() != 1 {
-        return Err(sec.err(
-            line,
-            format!(
-                "{kind} takes exactly one name, e.g. {kind} \"{}\"",
-                known[0]
-            ),
-        ));
-    }
-    if !known.contains(&labels[0].as_str()) {
-        return Err(sec.err(
-            line,
-            format!(
-                "unknown {kind} plugin {:?} (available: {})",
-                labels[0],
-                known.join(", ")
-            ),
-        ));
-    }
-    let _ = sec.bool("enabled")?;
-    sec.section("plugin_data")
 }
 
 #[cfg(test)]

@@ -111,3 +111,43 @@ pub fn finish(r: Result<()>) -> std::process::ExitCode {
         }
     }
 }
+
+/// Parses argv (after SPIRE's single-dash rewrite); help and version exit 0, errors print one
+/// line and exit 1.
+pub fn parse_args<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
+    match T::try_parse_from(crate::spire_argv(std::env::args())) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return Err(std::process::ExitCode::SUCCESS);
+            }
+            // clap's own message names the flag; keep it to one line plus the usage hint.
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("Error: {first} (see -h for usage)");
+            Err(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, logging which.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = term.recv() => tracing::info!("terminated; shutting down"),
+    }
+}

@@ -79,22 +79,7 @@ fn workloads_get_identities_through_restarts_and_outages() {
     assert!(o.ok() && o.stdout.contains("Agent is healthy"), "{o:?}");
 
     // another user is not registered: PermissionDenied
-    let nobody = Out::from(
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                AGENT_BIN,
-                "api",
-                "fetch",
-                "x509",
-                "-socketPath",
-            ])
-            .arg(&a.socket)
-            .output()
-            .unwrap(),
-    );
+    let nobody = support::fetch_as_nobody(&a);
     nobody.expect_error("no identity issued");
 
     // JWT-SVIDs and their validation through the agent
@@ -238,22 +223,7 @@ fn shipped_configs_serve_a_workload() {
     )
     .unwrap();
     assert!(openssl_verify(&server_bundle, &out.join("svid.0.pem")).ok());
-    let nobody = Out::from(
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                AGENT_BIN,
-                "api",
-                "fetch",
-                "x509",
-                "-socketPath",
-            ])
-            .arg(&a.socket)
-            .output()
-            .unwrap(),
-    );
+    let nobody = support::fetch_as_nobody(&a);
     nobody.expect_error("no identity issued");
 }
 

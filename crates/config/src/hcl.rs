@@ -439,3 +439,33 @@ impl<'a> Section<'a> {
         }
     }
 }
+
+/// Checks a SPIRE plugin block (`Kind "name" { plugin_data { … } }`): exactly one label, one
+/// of `known`; returns its `plugin_data` section, if any.
+pub fn plugin_data<'a>(
+    labels: &[String],
+    line: usize,
+    sec: &Section<'a>,
+    kind: &str,
+    known: &[&str],
+) -> Result<Option<Section<'a>>, ConfigError> {
+    let example = known.first().copied().unwrap_or("name");
+    if labels.len() != 1 {
+        return Err(sec.err(
+            line,
+            format!("{kind} takes exactly one name, e.g. {kind} \"{example}\""),
+        ));
+    }
+    if !known.contains(&labels[0].as_str()) {
+        return Err(sec.err(
+            line,
+            format!(
+                "unknown {kind} plugin {:?} (available: {})",
+                labels[0],
+                known.join(", ")
+            ),
+        ));
+    }
+    let _ = sec.bool("enabled")?;
+    sec.section("plugin_data")
+}

@@ -1,7 +1,7 @@
 //! The server's configuration: SPIRE-shaped HCL (`server { … }` and `plugins { … }`), the
 //! command-line overrides of `run`, and the one builder that `run` and `validate` share.
 
-use crate::hcl::{self, ConfigError, Section};
+use crate::hcl::{self, ConfigError, Section, plugin_data};
 use ironpact_spiffe::x509::CaSubject;
 use ironpact_spiffe::{KeyType, TrustDomain};
 use std::net::IpAddr;
@@ -337,37 +337,6 @@ impl ServerConfig {
         }
         w
     }
-}
-
-/// Checks a plugin block's label and returns its `plugin_data` section, if any.
-fn plugin_data<'a>(
-    labels: &[String],
-    line: usize,
-    sec: &Section<'a>,
-    kind: &str,
-    known: &[&str],
-) -> Result<Option<Section<'a>>, ConfigError> {
-    if labels.len() != 1 {
-        return Err(sec.err(
-            line,
-            format!(
-                "{kind} takes exactly one name, e.g. {kind} \"{}\"",
-                known[0]
-            ),
-        ));
-    }
-    if !known.contains(&labels[0].as_str()) {
-        return Err(sec.err(
-            line,
-            format!(
-                "unknown {kind} plugin {:?} (available: {})",
-                labels[0],
-                known.join(", ")
-            ),
-        ));
-    }
-    let _ = sec.bool("enabled")?;
-    sec.section("plugin_data")
 }
 
 #[cfg(test)]

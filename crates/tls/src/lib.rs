@@ -60,9 +60,7 @@ fn verify(
     ironpact_spiffe::x509::verify_svid_chain(&chain, &roots.x509_roots(), now_secs(now)).map_err(
         |e| {
             tracing::debug!(error = %e, "peer SVID rejected");
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(PeerRejected(e.to_string())),
-            )))
+            rejected(e.to_string())
         },
     )
 }
@@ -81,7 +79,8 @@ impl std::error::Error for PeerRejected {}
 /// Client side: accepts a server whose SVID chains to the trust source and carries the
 /// expected SPIFFE ID (the DNS name in the URL is not used).
 pub struct SpiffeServerVerifier {
-    roots: Arc<dyn TrustSource>,
+    /// None only for `insecure_bootstrap`: the chain is not checked, the SPIFFE ID is.
+    roots: Option<Arc<dyn TrustSource>>,
     expected: SpiffeId,
     provider: Arc<CryptoProvider>,
 }
@@ -97,11 +96,35 @@ impl fmt::Debug for SpiffeServerVerifier {
 impl SpiffeServerVerifier {
     pub fn new(roots: Arc<dyn TrustSource>, expected: SpiffeId) -> Self {
         Self {
-            roots,
+            roots: Some(roots),
             expected,
             provider: provider(),
         }
     }
+}
+
+fn rejected(msg: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(PeerRejected(msg)),
+    )))
+}
+
+fn tls12(
+    p: &CryptoProvider,
+    m: &[u8],
+    c: &CertificateDer<'_>,
+    d: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(m, c, d, &p.signature_verification_algorithms)
+}
+
+fn tls13(
+    p: &CryptoProvider,
+    m: &[u8],
+    c: &CertificateDer<'_>,
+    d: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(m, c, d, &p.signature_verification_algorithms)
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -113,13 +136,25 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = verify(end_entity, intermediates, self.roots.as_ref(), now)?;
+        let id = match &self.roots {
+            Some(roots) => verify(end_entity, intermediates, roots.as_ref(), now)?,
+            None => {
+                tracing::warn!(
+                    "insecure bootstrap: trusting the server's certificate without checking its chain"
+                );
+                let info = ironpact_spiffe::x509::CertInfo::parse(end_entity.as_ref())
+                    .map_err(|e| rejected(e.to_string()))?;
+                info.uri_sans
+                    .first()
+                    .and_then(|u| SpiffeId::parse(u).ok())
+                    .ok_or_else(|| rejected("server certificate has no SPIFFE ID".into()))?
+            }
+        };
         if id != self.expected {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PeerRejected(
-                    format!("server presented {id}, expected {}", self.expected),
-                )))),
-            ));
+            return Err(rejected(format!(
+                "server presented {id}, expected {}",
+                self.expected
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -130,12 +165,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls12(&self.provider, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -144,12 +174,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -211,12 +236,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls12(&self.provider, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -225,12 +245,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -415,72 +430,6 @@ impl tokio::io::AsyncWrite for TlsConn {
     }
 }
 
-/// A trust source that trusts nothing yet: with [`client_config_insecure`] the first
-/// connection checks only the server's SPIFFE ID (SPIRE's `insecure_bootstrap`).
-#[derive(Debug)]
-struct InsecureServerVerifier {
-    expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for InsecureServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let info = ironpact_spiffe::x509::CertInfo::parse(end_entity.as_ref())
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        if info.uri_sans.first().map(String::as_str) != Some(self.expected.as_str()) {
-            return Err(rustls::Error::General(format!(
-                "server is not {}",
-                self.expected
-            )));
-        }
-        tracing::warn!(
-            "insecure bootstrap: trusting the server's certificate without checking its chain"
-        );
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// A client config for the agent's first attestation without a trust bundle: the server's
 /// chain is not checked, only its SPIFFE ID. Dangerous by design; used only when the
 /// operator set `insecure_bootstrap = true`.
@@ -488,7 +437,8 @@ pub fn client_config_insecure(expected: SpiffeId) -> Result<rustls::ClientConfig
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(InsecureServerVerifier {
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
+            roots: None,
             expected,
             provider: provider(),
         }))

@@ -126,24 +126,9 @@ struct ValidateArgs {
 }
 
 pub fn main() -> std::process::ExitCode {
-    let argv = crate::spire_argv(std::env::args());
-    let cli = match Cli::try_parse_from(argv) {
+    let cli: Cli = match crate::common::parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return std::process::ExitCode::SUCCESS;
-            }
-            let text = e.render().to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("Error: {first} (see -h for usage)");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Cmd::Run(a) = cli.cmd {
         return finish(run(a));
@@ -184,20 +169,10 @@ fn run(a: RunArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending::<()>().await,
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-                _ = term.recv() => tracing::info!("terminated; shutting down"),
-            }
-        };
-        ironpact_agent::run::run(cfg, shutdown).await
-    })?;
+    rt.block_on(ironpact_agent::run::run(
+        cfg,
+        crate::common::shutdown_signal(),
+    ))?;
     Ok(())
 }
 

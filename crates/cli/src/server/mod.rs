@@ -131,25 +131,9 @@ pub enum Output {
 
 /// Entry point of the `ironpact-server` binary.
 pub fn main() -> std::process::ExitCode {
-    let argv = crate::spire_argv(std::env::args());
-    let cli = match Cli::try_parse_from(argv) {
+    let cli: Cli = match crate::common::parse_args() {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return std::process::ExitCode::SUCCESS;
-            }
-            // clap's own message names the flag; keep it to one line plus the usage hint.
-            let text = e.render().to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("Error: {first} (see -h for usage)");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Cmd::Run(a) = cli.cmd {
         return finish(run::run(a));

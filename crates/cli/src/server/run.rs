@@ -73,24 +73,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot watch SIGTERM");
-                        std::future::pending::<()>().await;
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-                _ = term.recv() => tracing::info!("terminated; shutting down"),
-            }
-        };
-        ironpact_server::run::run(cfg, shutdown).await
-    })?;
+    rt.block_on(ironpact_server::run::run(
+        cfg,
+        crate::common::shutdown_signal(),
+    ))?;
     Ok(())
 }
 

@@ -573,3 +573,23 @@ fn nix_uid() -> u32 {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap_or(0)
 }
+
+/// `ironpact-agent api fetch x509` run as `nobody` (uid/gid 65534, no groups).
+pub fn fetch_as_nobody(a: &TestAgent) -> Out {
+    Out::from(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                AGENT_BIN,
+                "api",
+                "fetch",
+                "x509",
+                "-socketPath",
+            ])
+            .arg(&a.socket)
+            .output()
+            .expect("setpriv is installed"),
+    )
+}
