@@ -2,6 +2,8 @@
 //! evaluated at the date the corpus was judged (and, where a case records one, at a time
 //! inside its certificate's validity).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use ironpact_snp::{AmdRoots, verify::verify_endorsement};
 use serde_json::Value;
 use std::path::PathBuf;
