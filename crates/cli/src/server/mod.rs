@@ -6,6 +6,7 @@ mod bundle;
 mod entry;
 mod mint;
 mod run;
+mod verify;
 
 use crate::common::{connect_uds, finish};
 use anyhow::Result;
@@ -51,6 +52,9 @@ enum Cmd {
     /// Mints JWT-SVIDs.
     #[command(subcommand)]
     Jwt(mint::JwtCmd),
+    /// Verifies attestation evidence offline and prints the verdict as JSON.
+    #[command(subcommand)]
+    Verify(verify::VerifyCmd),
 }
 
 /// Where the admin API listens.
@@ -156,6 +160,7 @@ pub fn main() -> std::process::ExitCode {
             Cmd::Token(c) => mint::token(c).await,
             Cmd::X509(c) => mint::x509(c).await,
             Cmd::Jwt(c) => mint::jwt(c).await,
+            Cmd::Verify(c) => verify::exec(c),
         }
     }))
 }

@@ -1,0 +1,164 @@
+//! `verify snp`: checks a SEV-SNP report (and its VCEK/VLEK) against AMD's pinned roots and
+//! prints a JSON verdict: `{"ok": true, …}` with exit 0, or `{"ok": false, "error": {"kind",
+//! "message"}}` with exit 1.
+
+use anyhow::{Result, anyhow};
+use clap::{Args, Subcommand};
+use ironpact_snp::{AmdRoots, Product, SnpError, Verified};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum VerifyCmd {
+    /// An AMD SEV-SNP attestation report.
+    Snp(SnpArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SnpArgs {
+    /// The raw 0x4A0-byte report; without it only the certificate is checked.
+    #[arg(long = "report")]
+    report: Option<PathBuf>,
+    /// The VCEK or VLEK (DER or PEM).
+    #[arg(long = "cert")]
+    cert: Option<PathBuf>,
+    /// A directory holding vcek.der/vcek.pem or vlek.der/vlek.pem.
+    #[arg(long = "certs-dir", visible_alias = "certsDir")]
+    certs_dir: Option<PathBuf>,
+    /// Evaluate at this time (RFC 3339) instead of now.
+    #[arg(long = "now")]
+    now: Option<String>,
+    /// The product (milan, genoa, turin) when neither report nor certificate says.
+    #[arg(long = "product")]
+    product: Option<String>,
+}
+
+fn failure(kind: &str, message: impl Into<String>) -> Value {
+    json!({"ok": false, "error": {"kind": kind, "message": message.into()}})
+}
+
+fn from_error(e: &SnpError) -> Value {
+    failure(e.kind.as_str(), e.message.clone())
+}
+
+fn find_cert(a: &SnpArgs) -> Result<Option<Vec<u8>>, Value> {
+    if let Some(p) = &a.cert {
+        return std::fs::read(p)
+            .map(Some)
+            .map_err(|e| failure("unparseable", format!("cannot read {}: {e}", p.display())));
+    }
+    if let Some(d) = &a.certs_dir {
+        for name in ["vcek.der", "vcek.pem", "vlek.der", "vlek.pem"] {
+            if let Ok(b) = std::fs::read(d.join(name)) {
+                return Ok(Some(b));
+            }
+        }
+        return Err(failure(
+            "untrusted_chain",
+            format!("no vcek or vlek (.der/.pem) in {}", d.display()),
+        ));
+    }
+    Ok(None)
+}
+
+fn success(v: &Verified) -> Value {
+    let r = &v.report;
+    let t = v.reported_tcb;
+    let mut tcb =
+        json!({"bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode});
+    if let Some(f) = t.fmc {
+        tcb["fmc"] = json!(f);
+    }
+    json!({
+        "ok": true,
+        "product": v.product.name(),
+        "signing_key": v.signing_key.as_str(),
+        "report_version": r.version,
+        "measurement": hex::encode(r.measurement),
+        "chip_id": hex::encode(r.chip_id),
+        "report_data": hex::encode(r.report_data),
+        "host_data": hex::encode(r.host_data),
+        "policy": format!("{:#x}", r.policy),
+        "vmpl": r.vmpl,
+        "reported_tcb": tcb,
+        "selectors": v.selectors().iter().map(|(k, val)| format!("sev_snp:{k}:{val}")).collect::<Vec<_>>(),
+    })
+}
+
+fn verdict(a: &SnpArgs) -> Value {
+    let now = match &a.now {
+        Some(t) => {
+            match time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
+                Ok(t) => t.unix_timestamp(),
+                Err(e) => {
+                    return failure("unparseable", format!("--now {t:?} is not RFC 3339: {e}"));
+                }
+            }
+        }
+        None => time::OffsetDateTime::now_utc().unix_timestamp(),
+    };
+    let hint = match a.product.as_deref().map(|p| (p, Product::from_name(p))) {
+        Some((p, None)) => {
+            return failure(
+                "wrong_product",
+                format!("unknown product {p:?}: use milan, genoa or turin"),
+            );
+        }
+        Some((_, p)) => p,
+        None => None,
+    };
+    let roots = match AmdRoots::genuine() {
+        Ok(r) => r,
+        Err(e) => return from_error(&e),
+    };
+    let cert = match find_cert(a) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return failure(
+                "untrusted_chain",
+                "no certificate: pass --cert or --certs-dir",
+            );
+        }
+        Err(v) => return v,
+    };
+    let Some(report_path) = &a.report else {
+        return match ironpact_snp::verify::verify_endorsement(&cert, &roots, now, hint) {
+            Ok((end, product)) => json!({
+                "ok": true,
+                "product": product.name(),
+                "signing_key": end.kind.as_str(),
+                "certificate_only": true,
+                "tcb": {"fmc": end.tcb.fmc, "bootloader": end.tcb.bootloader, "tee": end.tcb.tee, "snp": end.tcb.snp, "microcode": end.tcb.microcode},
+                "hwid": end.hwid.map(hex::encode),
+            }),
+            Err(e) => from_error(&e),
+        };
+    };
+    let report = match std::fs::read(report_path) {
+        Ok(r) => r,
+        Err(e) => {
+            return failure(
+                "unparseable",
+                format!("cannot read {}: {e}", report_path.display()),
+            );
+        }
+    };
+    match ironpact_snp::verify(&report, &cert, &roots, now, hint) {
+        Ok(v) => success(&v),
+        Err(e) => from_error(&e),
+    }
+}
+
+pub fn exec(cmd: VerifyCmd) -> Result<()> {
+    let VerifyCmd::Snp(a) = cmd;
+    let v = verdict(&a);
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    if v["ok"] == json!(true) {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "verification failed: {}",
+            v["error"]["kind"].as_str().unwrap_or("unknown")
+        ))
+    }
+}
