@@ -83,3 +83,63 @@ fn every_snp_case_through_the_cli() {
     assert!(n >= 10);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+#[test]
+fn policy_file_judges_a_valid_report() {
+    let case = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/vectors/snp/oak-milan-oc-release");
+    if !case.is_dir() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "vectors missing"
+        );
+        return;
+    }
+    let c: Value =
+        serde_json::from_str(&std::fs::read_to_string(case.join("case.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |policy: &str| -> Value {
+        let p = dir.path().join("policy.hcl");
+        std::fs::write(&p, policy).unwrap();
+        let out = Command::new(BIN)
+            .args(["verify", "snp", "--certs-dir"])
+            .arg(&case)
+            .arg("--report")
+            .arg(case.join("report.bin"))
+            .args(["--now", "2026-11-23T00:00:00Z", "--policy"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let m = c["measurement"].as_str().unwrap();
+    assert_eq!(run(&format!("measurements = [\"{m}\"]\n"))["ok"], true);
+    let other = "00".repeat(48);
+    assert_eq!(
+        run(&format!("measurements = [\"{other}\"]\n"))["error"]["kind"],
+        "measurement_not_allowed"
+    );
+    assert_eq!(
+        run(&format!(
+            "sev_snp {{\n  measurements = [\"{m}\"]\n  min_tcb {{\n    microcode = 250\n  }}\n}}\n"
+        ))["error"]["kind"],
+        "tcb_too_low"
+    );
+    assert_eq!(
+        run(&format!("measurements = [\"{m}\"]\nvmpls = [1]\n"))["error"]["kind"],
+        "vmpl_not_allowed"
+    );
+    // a policy without an allow-list is refused up front, with the fix named
+    let p = dir.path().join("bad.hcl");
+    std::fs::write(&p, "allow_debug = false\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["verify", "snp", "--certs-dir"])
+        .arg(&case)
+        .arg("--policy")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_any_measurement"));
+}

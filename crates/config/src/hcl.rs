@@ -370,6 +370,24 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A list of small non-negative integers (`vmpls = [0, 1]`).
+    pub fn numbers(&self, key: &str) -> Result<Option<Vec<u16>>, ConfigError> {
+        match self.attr(key)? {
+            None | Some((Value::Null, _)) => Ok(None),
+            Some((Value::List(items), _)) => items
+                .iter()
+                .map(|(v, l)| match v {
+                    Value::Number(n) if n.fract() == 0.0 && (0.0..=65535.0).contains(n) => {
+                        Ok(*n as u16)
+                    }
+                    other => Err(self.type_err(key, *l, "a list of small whole numbers", other)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some((v, l)) => Err(self.type_err(key, l, "a list of numbers", v)),
+        }
+    }
+
     /// A nested block `key { … }` or an object attribute `key = { … }`.
     pub fn section(&self, key: &str) -> Result<Option<Section<'a>>, ConfigError> {
         self.used.borrow_mut().insert(key.to_string());

@@ -14,3 +14,4 @@ pub mod config;
 pub use ironpact_config::hcl;
 pub mod keymanager;
 pub mod run;
+pub mod snp_policy;

@@ -12,11 +12,13 @@
 
 pub mod certs;
 pub mod error;
+pub mod policy;
 pub mod report;
 pub mod roots;
 pub mod verify;
 
 pub use error::{ErrorKind, SnpError};
+pub use policy::Policy;
 pub use report::{Product, Report, SigningKey, Tcb};
 pub use roots::AmdRoots;
-pub use verify::{Verified, verify, verify_endorsement};
+pub use verify::{Verified, verify, verify_authentic, verify_endorsement};

@@ -99,8 +99,27 @@ pub fn verify_endorsement(
     Ok((end, product))
 }
 
-/// Verifies `report` with its VCEK or VLEK (`cert`, DER or PEM) at Unix time `now`.
+/// Verifies `report` with its VCEK or VLEK (`cert`, DER or PEM) at Unix time `now`, and refuses
+/// a guest whose policy allows debugging.
 pub fn verify(
+    report: &[u8],
+    cert: &[u8],
+    roots: &AmdRoots,
+    now: i64,
+    hint: Option<Product>,
+) -> Result<Verified, SnpError> {
+    let v = verify_authentic(report, cert, roots, now, hint)?;
+    if v.report.debug() {
+        return Err(err(
+            ErrorKind::DebugPolicy,
+            "the guest policy allows debugging (bit 19): its memory is not confidential",
+        ));
+    }
+    Ok(v)
+}
+
+/// Everything [`verify`] checks except the debug bit, which a [`crate::policy::Policy`] judges.
+pub fn verify_authentic(
     report: &[u8],
     cert: &[u8],
     roots: &AmdRoots,
@@ -196,12 +215,6 @@ pub fn verify(
             "the report's signature does not verify with the certificate's key",
         )
     })?;
-    if report.debug() {
-        return Err(err(
-            ErrorKind::DebugPolicy,
-            "the guest policy allows debugging (bit 19): its memory is not confidential",
-        ));
-    }
     Ok(Verified {
         product,
         signing_key: key,

@@ -127,3 +127,118 @@ fn truncated_and_garbage_inputs_are_errors_not_panics() {
     .unwrap_err();
     assert_eq!(e.kind.as_str(), "wrong_product");
 }
+
+#[test]
+fn policy_judges_verified_reports() {
+    use ironpact_snp::{ErrorKind, Policy, Tcb};
+    let Some(dir) = vectors() else { return };
+    let roots = AmdRoots::genuine().unwrap();
+    let case = dir.join("oak-milan-oc-release");
+    let report = std::fs::read(case.join("report.bin")).unwrap();
+    let cert = std::fs::read(case.join("vcek.der")).unwrap();
+    let v = ironpact_snp::verify_authentic(&report, &cert, &roots, unix(JUDGED), None).unwrap();
+    let m = v.report.measurement.to_vec();
+    let ok = Policy {
+        measurements: vec![m.clone()],
+        ..Policy::default()
+    };
+    ok.validate().unwrap();
+    ok.check(&v).unwrap();
+    assert!(
+        Policy::default().validate().is_err(),
+        "an empty allow-list needs an explicit opt-out"
+    );
+    let kind = |p: Policy| p.check(&v).unwrap_err().kind;
+    assert_eq!(
+        kind(Policy {
+            measurements: vec![vec![0; 48]],
+            ..Policy::default()
+        }),
+        ErrorKind::MeasurementNotAllowed
+    );
+    let high = Tcb {
+        fmc: None,
+        bootloader: 99,
+        tee: 0,
+        snp: 0,
+        microcode: 0,
+    };
+    assert_eq!(
+        kind(Policy {
+            min_reported_tcb: Some(high),
+            ..ok.clone()
+        }),
+        ErrorKind::TcbTooLow
+    );
+    assert_eq!(
+        kind(Policy {
+            min_committed_tcb: Some(high),
+            ..ok.clone()
+        }),
+        ErrorKind::TcbTooLow
+    );
+    assert_eq!(
+        kind(Policy {
+            vmpls: vec![1, 2],
+            ..ok.clone()
+        }),
+        ErrorKind::VmplNotAllowed
+    );
+    assert_eq!(
+        kind(Policy {
+            report_data: Some([1; 64]),
+            ..ok.clone()
+        }),
+        ErrorKind::ReportDataMismatch
+    );
+    assert_eq!(
+        kind(Policy {
+            allow_smt: false,
+            ..ok.clone()
+        }),
+        ErrorKind::PolicyViolation
+    );
+    assert_eq!(
+        kind(Policy {
+            host_data: vec![vec![9; 32]],
+            ..ok.clone()
+        }),
+        ErrorKind::PolicyViolation
+    );
+    assert_eq!(
+        kind(Policy {
+            min_guest_svn: 1,
+            ..ok.clone()
+        }),
+        ErrorKind::PolicyViolation
+    );
+    assert_eq!(
+        kind(Policy {
+            accept_vcek: false,
+            ..ok.clone()
+        }),
+        ErrorKind::PolicyViolation
+    );
+    // the debug report verifies as authentic; the policy refuses it unless told otherwise
+    let dbg = dir.join("go-sev-guest-milan-debug");
+    let dv = ironpact_snp::verify_authentic(
+        &std::fs::read(dbg.join("report.bin")).unwrap(),
+        &std::fs::read(dbg.join("vcek.der")).unwrap(),
+        &roots,
+        unix(JUDGED),
+        None,
+    )
+    .unwrap();
+    let any = Policy {
+        allow_any_measurement: true,
+        allow_provisional_firmware: true,
+        ..Policy::default()
+    };
+    assert_eq!(any.check(&dv).unwrap_err().kind, ErrorKind::DebugPolicy);
+    Policy {
+        allow_debug: true,
+        ..any
+    }
+    .check(&dv)
+    .unwrap();
+}

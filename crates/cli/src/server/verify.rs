@@ -31,6 +31,10 @@ pub struct SnpArgs {
     /// The product (milan, genoa, turin) when neither report nor certificate says.
     #[arg(long = "product")]
     product: Option<String>,
+    /// An HCL policy (measurement allow-list, minimum TCB, …); without it only authenticity,
+    /// internal consistency and the debug bit are judged.
+    #[arg(long = "policy")]
+    policy: Option<PathBuf>,
 }
 
 fn failure(kind: &str, message: impl Into<String>) -> Value {
@@ -85,7 +89,7 @@ fn success(v: &Verified) -> Value {
     })
 }
 
-fn verdict(a: &SnpArgs) -> Value {
+fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
     let now = match &a.now {
         Some(t) => {
             match time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
@@ -143,7 +147,12 @@ fn verdict(a: &SnpArgs) -> Value {
             );
         }
     };
-    match ironpact_snp::verify(&report, &cert, &roots, now, hint) {
+    let checked = match policy {
+        Some(p) => ironpact_snp::verify_authentic(&report, &cert, &roots, now, hint)
+            .and_then(|v| p.check(&v).map(|()| v)),
+        None => ironpact_snp::verify(&report, &cert, &roots, now, hint),
+    };
+    match checked {
         Ok(v) => success(&v),
         Err(e) => from_error(&e),
     }
@@ -151,7 +160,18 @@ fn verdict(a: &SnpArgs) -> Value {
 
 pub fn exec(cmd: VerifyCmd) -> Result<()> {
     let VerifyCmd::Snp(a) = cmd;
-    let v = verdict(&a);
+    let policy = match &a.policy {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow!("cannot read --policy {}: {e}", p.display()))?;
+            Some(ironpact_server::snp_policy::parse_file(
+                &p.display().to_string(),
+                &text,
+            )?)
+        }
+        None => None,
+    };
+    let v = verdict(&a, policy.as_ref());
     println!("{}", serde_json::to_string_pretty(&v)?);
     if v["ok"] == json!(true) {
         Ok(())
