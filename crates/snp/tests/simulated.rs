@@ -1,0 +1,97 @@
+//! The simulated device goes through exactly the production verifier: accepted with its
+//! test ARK pinned, refused with AMD's genuine roots, and judged by the same policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
+use ironpact_snp::{AmdRoots, ErrorKind, Policy, Product};
+
+fn rsa_pkcs8() -> Vec<u8> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let k = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+    k.to_pkcs8_der().unwrap().as_bytes().to_vec()
+}
+
+fn device(now: i64) -> SimulatedSnp {
+    let rng = ring::rand::SystemRandom::new();
+    let vcek = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &rng,
+    )
+    .unwrap();
+    let platform = SimPlatform {
+        product: Product::Milan,
+        chip_id: [0x5a; 64],
+        tcb: (4, 0, 24, 219),
+    };
+    SimulatedSnp::new(
+        platform,
+        &rsa_pkcs8(),
+        &rsa_pkcs8(),
+        vcek.as_ref(),
+        now - 3600,
+        now + 86400,
+    )
+    .unwrap()
+}
+
+#[test]
+fn simulated_reports_verify_only_under_their_pinned_test_root() {
+    let now = 1_800_000_000;
+    let sim = device(now);
+    let guest = SimGuest::default();
+    let rd = [7u8; 64];
+    let report = sim.report(&guest, &rd).unwrap();
+    let roots = sim.roots().unwrap();
+    let v = ironpact_snp::verify(&report, &sim.vcek_der, &roots, now, None).unwrap();
+    assert_eq!(v.report.measurement, guest.measurement);
+    assert_eq!(v.report.report_data, rd);
+    assert_eq!(v.product, Product::Milan);
+    let e = ironpact_snp::verify(
+        &report,
+        &sim.vcek_der,
+        &AmdRoots::genuine().unwrap(),
+        now,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UntrustedChain, "{e}");
+    let e =
+        ironpact_snp::verify(&report, &sim.vcek_der, &roots, now + 2 * 86400, None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ExpiredCert);
+
+    // the policy sees what a real report would show
+    let allow = Policy {
+        measurements: vec![guest.measurement.to_vec()],
+        report_data: Some(rd),
+        ..Policy::default()
+    };
+    allow.check(&v).unwrap();
+    let wrong_nonce = Policy {
+        report_data: Some([8; 64]),
+        ..allow.clone()
+    };
+    assert_eq!(
+        wrong_nonce.check(&v).unwrap_err().kind,
+        ErrorKind::ReportDataMismatch
+    );
+    let other = Policy {
+        measurements: vec![vec![0x99; 48]],
+        ..allow.clone()
+    };
+    assert_eq!(
+        other.check(&v).unwrap_err().kind,
+        ErrorKind::MeasurementNotAllowed
+    );
+    let debug_guest = SimGuest {
+        policy: 0x30000 | (1 << 19),
+        ..SimGuest::default()
+    };
+    let dr = sim.report(&debug_guest, &rd).unwrap();
+    let e = ironpact_snp::verify(&dr, &sim.vcek_der, &roots, now, None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::DebugPolicy);
+    // another device's VCEK cannot vouch for this report
+    let other_dev = device(now);
+    let e = ironpact_snp::verify(&report, &other_dev.vcek_der, &roots, now, None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UntrustedChain);
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# A short fuzz run of every target (seconds each, default 20), seeded from the SNP vectors.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-20}"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+rustup toolchain list | grep -q nightly || { echo "cargo fuzz needs a nightly toolchain (rustup toolchain install nightly)"; exit 1; }
+for t in snp_report snp_cert_table snp_endorsement; do
+    corpus="fuzz/corpus/$t"
+    mkdir -p "$corpus"
+    vectors="../shared/vectors/snp"
+    if [ -d "$vectors" ]; then
+        case "$t" in
+            snp_report) cp "$vectors"/*/report.bin "$corpus"/ 2>/dev/null || true ;;
+            *) for f in "$vectors"/*/v?ek.der; do cp "$f" "$corpus/$(basename "$(dirname "$f")").der"; done ;;
+        esac
+    fi
+    echo "== fuzzing $t for ${secs}s"
+    cargo +nightly fuzz run "$t" "$corpus" -- -max_total_time="$secs" -rss_limit_mb=2048
+done
