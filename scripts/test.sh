@@ -43,6 +43,17 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== fuzz (short run of every target)"
+if rustup toolchain list 2>/dev/null | grep -q nightly; then
+    scripts/fuzz-short.sh "${IRONPACT_FUZZ_SECONDS:-10}" 2>&1 | grep -E "^== |Done [0-9]+ runs|ERROR|panicked|SUMMARY" || true
+    # a crash leaves an artifact behind: fail on it
+    if ls fuzz/artifacts/*/crash-* >/dev/null 2>&1; then
+        echo "fuzzing found a crash: see fuzz/artifacts" >&2
+        exit 1
+    fi
+else
+    echo "SKIPPED: fuzz (no nightly toolchain: rustup toolchain install nightly)"
+fi
 echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
