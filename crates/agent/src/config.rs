@@ -16,6 +16,19 @@ pub enum AgentKeyManager {
     Memory,
 }
 
+/// How this node attests.
+#[derive(Debug, Clone)]
+pub enum NodeAttestorConfig {
+    JoinToken,
+    SevSnp(SevSnpSource),
+}
+
+#[derive(Debug, Clone)]
+pub enum SevSnpSource {
+    ConfigfsTsm(PathBuf),
+    Simulated(crate::evidence::SimulatedConfig),
+}
+
 #[derive(Debug, Clone)]
 pub struct UnixAttestorConfig {
     pub discover_workload_path: bool,
@@ -38,6 +51,7 @@ pub struct AgentConfig {
     pub join_token: Option<String>,
     pub key_manager: AgentKeyManager,
     pub unix: UnixAttestorConfig,
+    pub node_attestor: NodeAttestorConfig,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -155,9 +169,24 @@ impl AgentConfig {
         let mut key_manager = None;
         let mut unix = None;
         let mut join_token_plugin = false;
+        let mut sev_snp = None;
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("NodeAttestor") {
-                let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &["join_token"])?;
+                let data = plugin_data(
+                    &b.labels,
+                    b.line,
+                    &sec,
+                    "NodeAttestor",
+                    &["join_token", "sev_snp"],
+                )?;
+                if b.labels[0] == "sev_snp" {
+                    sev_snp = Some(sev_snp_source(data.as_ref(), &sec, b.line)?);
+                    if let Some(d) = data {
+                        d.finish()?;
+                    }
+                    sec.finish()?;
+                    continue;
+                }
                 if let Some(d) = data {
                     d.finish()?;
                 }
@@ -206,13 +235,17 @@ impl AgentConfig {
         if let Some(p) = plugins {
             p.finish()?;
         }
-        if !join_token_plugin {
-            return Err(ConfigError {
-                file: file.into(),
-                line: 0,
-                message: "plugins { NodeAttestor \"join_token\" { … } } is required".into(),
-            });
-        }
+        let node_attestor = match (sev_snp, join_token_plugin) {
+            (Some(s), _) => NodeAttestorConfig::SevSnp(s),
+            (None, true) => NodeAttestorConfig::JoinToken,
+            (None, false) => {
+                return Err(ConfigError {
+                    file: file.into(),
+                    line: 0,
+                    message: "a node attestor is required: plugins { NodeAttestor \"join_token\" { … } } or \"sev_snp\"".into(),
+                });
+            }
+        };
         if trust_bundle_path.is_none() && !insecure_bootstrap {
             return Err(ConfigError {
                 file: file.into(),
@@ -236,11 +269,86 @@ impl AgentConfig {
             insecure_bootstrap,
             join_token,
             key_manager: key_manager.unwrap_or(AgentKeyManager::Memory),
+            node_attestor,
             unix: unix.unwrap_or(UnixAttestorConfig {
                 discover_workload_path: false,
                 workload_size_limit: 0,
             }),
         })
+    }
+}
+
+fn hex_array<const N: usize>(
+    s: &Section<'_>,
+    key: &str,
+    default: [u8; N],
+) -> Result<[u8; N], ConfigError> {
+    match s.string(key)? {
+        None => Ok(default),
+        Some((v, l)) => {
+            let b = hex::decode(v.trim()).map_err(|_| s.err(l, format!("{key} must be hex")))?;
+            b.try_into()
+                .map_err(|_| s.err(l, format!("{key} must be {N} bytes of hex")))
+        }
+    }
+}
+
+/// `NodeAttestor "sev_snp" { plugin_data { evidence_source = "configfs-tsm" | "simulated" … } }`.
+fn sev_snp_source(
+    data: Option<&Section<'_>>,
+    sec: &Section<'_>,
+    line: usize,
+) -> Result<SevSnpSource, ConfigError> {
+    let Some(d) = data else {
+        return Ok(SevSnpSource::ConfigfsTsm(PathBuf::from(
+            "/sys/kernel/config/tsm/report",
+        )));
+    };
+    let source = d
+        .string("evidence_source")?
+        .map(|v| v.0)
+        .unwrap_or_else(|| "configfs-tsm".into());
+    let configfs = d.string("configfs_path")?.map(|v| PathBuf::from(v.0));
+    match source.as_str() {
+        "configfs-tsm" => Ok(SevSnpSource::ConfigfsTsm(
+            configfs.unwrap_or_else(|| "/sys/kernel/config/tsm/report".into()),
+        )),
+        "simulated" => {
+            let s = d.section("simulated")?.ok_or_else(|| {
+                sec.err(
+                    line,
+                    "evidence_source = \"simulated\" needs a simulated { keys_dir = … } block",
+                )
+            })?;
+            let keys_dir = s
+                .string("keys_dir")?
+                .map(|v| PathBuf::from(v.0))
+                .ok_or_else(|| {
+                    s.err(
+                        s.line(),
+                        "simulated.keys_dir is required (ark.pk8, ask.pk8, vcek.pk8)",
+                    )
+                })?;
+            let product = match s.string("product")? {
+                None => ironpact_snp::Product::Milan,
+                Some((p, l)) => ironpact_snp::Product::from_name(&p)
+                    .ok_or_else(|| s.err(l, "product: use milan, genoa or turin"))?,
+            };
+            let c = crate::evidence::SimulatedConfig {
+                keys_dir,
+                product,
+                measurement: hex_array(&s, "measurement", [0x11; 48])?,
+                chip_id: hex_array(&s, "chip_id", [0x5a; 64])?,
+                report_id: hex_array(&s, "report_id", [0x22; 32])?,
+                debug: s.bool("debug")?.unwrap_or(false),
+            };
+            s.finish()?;
+            Ok(SevSnpSource::Simulated(c))
+        }
+        other => Err(d.err(
+            line,
+            format!("evidence_source {other:?}: use \"configfs-tsm\" or \"simulated\""),
+        )),
     }
 }
 

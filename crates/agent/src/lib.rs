@@ -6,6 +6,7 @@
 
 pub mod authority;
 pub mod config;
+pub mod evidence;
 pub mod manager;
 pub mod run;
 pub mod state;

@@ -54,6 +54,13 @@ struct AgentSvid {
     expires_at: i64,
 }
 
+/// A fresh key with its CSR and DER SubjectPublicKeyInfo (what evidence binds to).
+struct NewKey {
+    csr: Vec<u8>,
+    key: Vec<u8>,
+    spki: Vec<u8>,
+}
+
 /// (entry ID, sorted audience).
 type JwtKey = (String, Vec<String>);
 /// (token, issued at, expires at).
@@ -76,6 +83,8 @@ pub struct Agent {
     client: RwLock<Option<AgentApiClient<Channel>>>,
     jwt_cache: Mutex<HashMap<JwtKey, CachedJwt>>,
     server_id: SpiffeId,
+    /// SEV-SNP evidence, when this node attests with `sev_snp`.
+    evidence: Option<Arc<dyn crate::evidence::EvidenceSource>>,
 }
 
 fn pem_certs(chain: &[Vec<u8>]) -> String {
@@ -96,7 +105,22 @@ impl Agent {
         } else {
             Vec::new()
         };
+        let evidence: Option<Arc<dyn crate::evidence::EvidenceSource>> = match &cfg.node_attestor {
+            crate::config::NodeAttestorConfig::JoinToken => None,
+            crate::config::NodeAttestorConfig::SevSnp(
+                crate::config::SevSnpSource::ConfigfsTsm(p),
+            ) => Some(Arc::new(crate::evidence::ConfigfsTsm::new(p.clone()))),
+            crate::config::NodeAttestorConfig::SevSnp(crate::config::SevSnpSource::Simulated(
+                c,
+            )) => {
+                warn!("SEV-SNP evidence comes from a SIMULATED device: for tests and demos only");
+                Some(Arc::new(
+                    crate::evidence::Simulated::load(c).map_err(AgentError::Local)?,
+                ))
+            }
+        };
         let agent = Arc::new(Self {
+            evidence,
             cfg,
             state: Arc::new(State::default()),
             roots: Arc::new(SharedRoots::new(roots)),
@@ -256,25 +280,47 @@ impl Agent {
     }
 
     fn csr() -> Result<(Vec<u8>, Vec<u8>), AgentError> {
+        let c = Self::csr_with_spki()?;
+        Ok((c.csr, c.key))
+    }
+
+    /// A CSR, its PKCS#8 key and the DER SubjectPublicKeyInfo (what evidence binds to).
+    fn csr_with_spki() -> Result<NewKey, AgentError> {
+        use rcgen::PublicKeyData;
         let key = rcgen::KeyPair::generate().map_err(|e| AgentError::Local(e.to_string()))?;
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)
             .map_err(|e| AgentError::Local(e.to_string()))?;
-        Ok((csr.der().to_vec(), key.serialize_der()))
+        Ok(NewKey {
+            csr: csr.der().to_vec(),
+            key: key.serialize_der(),
+            spki: key.subject_public_key_info(),
+        })
     }
 
-    /// One attestation (or renewal) exchange on `client`.
+    fn attestor_kind(&self) -> &'static str {
+        if self.evidence.is_some() {
+            "sev_snp"
+        } else {
+            "join_token"
+        }
+    }
+
+    /// One attestation (or renewal) exchange on `client`, answering challenges with evidence
+    /// bound to the nonce and to `spki`, the key the SVID will certify.
     async fn attestation(
+        &self,
         client: &mut AgentApiClient<Channel>,
         payload: Vec<u8>,
         csr: Vec<u8>,
+        spki: Vec<u8>,
         renew: bool,
     ) -> Result<pb::X509svid, AgentError> {
         let first = pb::AttestAgentRequest {
             step: Some(pb::attest_agent_request::Step::Params(
                 pb::attest_agent_request::Params {
                     data: Some(pb::AttestationData {
-                        r#type: "join_token".into(),
+                        r#type: self.attestor_kind().into(),
                         payload,
                     }),
                     csr,
@@ -287,22 +333,52 @@ impl Agent {
             }
             _ => AgentError::Refused(format!("{} ({:?})", s.message(), s.code())),
         };
-        let req = tokio_stream::iter(vec![first]);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(first)
+            .await
+            .map_err(|_| AgentError::Local("attestation stream closed".into()))?;
+        let req = tokio_stream::wrappers::ReceiverStream::new(rx);
         let mut resp = if renew {
             client.renew_agent(req).await.map_err(status)?.into_inner()
         } else {
             client.attest_agent(req).await.map_err(status)?.into_inner()
         };
-        match resp.message().await.map_err(status)?.and_then(|m| m.step) {
-            Some(pb::attest_agent_response::Step::Result(r)) => r
-                .svid
-                .ok_or_else(|| AgentError::Refused("server returned no SVID".into())),
-            Some(pb::attest_agent_response::Step::Challenge(_)) => Err(AgentError::Refused(
-                "the server sent a challenge the join_token attestor cannot answer".into(),
-            )),
-            None => Err(AgentError::Unavailable(
-                "attestation stream ended early".into(),
-            )),
+        loop {
+            match resp.message().await.map_err(status)?.and_then(|m| m.step) {
+                Some(pb::attest_agent_response::Step::Result(r)) => {
+                    return r
+                        .svid
+                        .ok_or_else(|| AgentError::Refused("server returned no SVID".into()));
+                }
+                Some(pb::attest_agent_response::Step::Challenge(nonce)) => {
+                    let src = self.evidence.clone().ok_or_else(|| {
+                        AgentError::Refused(
+                            "the server sent a challenge the join_token attestor cannot answer"
+                                .into(),
+                        )
+                    })?;
+                    let rd = ironpact_snp::binding::report_data(&nonce, &spki);
+                    let evidence = tokio::task::spawn_blocking(move || src.evidence(&rd))
+                        .await
+                        .map_err(|e| AgentError::Local(e.to_string()))?
+                        .map_err(|e| AgentError::Local(format!("SEV-SNP evidence: {e}")))?;
+                    debug!(
+                        bytes = evidence.len(),
+                        "answering the server's challenge with SEV-SNP evidence"
+                    );
+                    let msg = pb::AttestAgentRequest {
+                        step: Some(pb::attest_agent_request::Step::ChallengeResponse(evidence)),
+                    };
+                    tx.send(msg)
+                        .await
+                        .map_err(|_| AgentError::Unavailable("attestation stream closed".into()))?;
+                }
+                None => {
+                    return Err(AgentError::Unavailable(
+                        "attestation stream ended early".into(),
+                    ));
+                }
+            }
         }
     }
 
@@ -323,7 +399,15 @@ impl Agent {
     }
 
     async fn attest(&self) -> Result<(), AgentError> {
-        let token = self.cfg.join_token.clone().ok_or(AgentError::NoJoinToken)?;
+        let payload = match self.evidence {
+            Some(_) => Vec::new(),
+            None => self
+                .cfg
+                .join_token
+                .clone()
+                .ok_or(AgentError::NoJoinToken)?
+                .into_bytes(),
+        };
         let cfg = if self.roots.x509_roots().is_empty() && self.cfg.insecure_bootstrap {
             ironpact_tls::client_config_insecure(self.server_id.clone())
         } else {
@@ -333,10 +417,11 @@ impl Agent {
         let ch = ironpact_tls::channel(&self.addr(), cfg)
             .map_err(|e| AgentError::Local(e.to_string()))?;
         let mut client = AgentApiClient::new(ch);
-        let (csr, key) = Self::csr()?;
-        info!(server = %self.addr(), "attesting this node with a join token");
+        let NewKey { csr, key, spki } = Self::csr_with_spki()?;
+        info!(server = %self.addr(), attestor = self.attestor_kind(), "attesting this node");
         let svid = Self::svid_from(
-            Self::attestation(&mut client, token.into_bytes(), csr, false).await?,
+            self.attestation(&mut client, payload, csr, spki, false)
+                .await?,
             key,
         )?;
         info!(agent_id = %svid.id, expires_at = svid.expires_at, "node attested");
@@ -346,9 +431,10 @@ impl Agent {
 
     async fn renew(&self) -> Result<(), AgentError> {
         let mut client = self.client()?;
-        let (csr, key) = Self::csr()?;
+        let NewKey { csr, key, spki } = Self::csr_with_spki()?;
         let svid = Self::svid_from(
-            Self::attestation(&mut client, Vec::new(), csr, true).await?,
+            self.attestation(&mut client, Vec::new(), csr, spki, true)
+                .await?,
             key,
         )?;
         info!(agent_id = %svid.id, expires_at = svid.expires_at, "renewed the agent SVID");

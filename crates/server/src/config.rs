@@ -50,6 +50,17 @@ pub struct ServerConfig {
     pub key_manager: KeyManagerConfig,
     /// `NodeAttestor "join_token"` is configured.
     pub join_token_attestor: bool,
+    /// `NodeAttestor "sev_snp"`, when configured.
+    pub sev_snp: Option<SevSnpConfig>,
+}
+
+/// The `sev_snp` attestor: its policy, and test roots when a simulated chain is to be trusted.
+#[derive(Debug, Clone)]
+pub struct SevSnpConfig {
+    pub policy: ironpact_snp::Policy,
+    /// (product, ARK PEM path, ASK PEM path): trusted instead of AMD's genuine roots. Only
+    /// for simulated evidence in tests and demos.
+    pub test_roots: Option<(ironpact_snp::Product, PathBuf, PathBuf)>,
 }
 
 /// Values given on the command line; each replaces the file's.
@@ -214,6 +225,7 @@ impl ServerConfig {
         let mut datastore = None;
         let mut key_manager = None;
         let mut join_token_attestor = false;
+        let mut sev_snp = None;
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("DataStore") {
                 let data = plugin_data(&b.labels, b.line, &sec, "DataStore", &["sql"])?;
@@ -283,7 +295,40 @@ impl ServerConfig {
                 key_manager = Some(km);
             }
             for (b, sec) in p.labelled("NodeAttestor") {
-                let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &["join_token"])?;
+                let data = plugin_data(
+                    &b.labels,
+                    b.line,
+                    &sec,
+                    "NodeAttestor",
+                    &["join_token", "sev_snp"],
+                )?;
+                if b.labels[0] == "sev_snp" {
+                    let d = data.ok_or_else(|| {
+                        sec.err(b.line, "NodeAttestor \"sev_snp\" needs plugin_data with a measurements allow-list")
+                    })?;
+                    let test_roots = match d.section("test_roots")? {
+                        Some(t) => {
+                            let need = |k: &str| -> Result<(String, usize), ConfigError> {
+                                t.string(k)?.ok_or_else(|| {
+                                    t.err(t.line(), format!("test_roots.{k} is required"))
+                                })
+                            };
+                            let (product, pl) = need("product")?;
+                            let product = ironpact_snp::Product::from_name(&product)
+                                .ok_or_else(|| t.err(pl, format!("test_roots.product {product:?}: use milan, genoa or turin")))?;
+                            let ark = PathBuf::from(need("ark")?.0);
+                            let ask = PathBuf::from(need("ask")?.0);
+                            t.finish()?;
+                            Some((product, ark, ask))
+                        }
+                        None => None,
+                    };
+                    let policy = crate::snp_policy::from_section(&d)?;
+                    d.finish()?;
+                    sec.finish()?;
+                    sev_snp = Some(SevSnpConfig { policy, test_roots });
+                    continue;
+                }
                 if let Some(d) = data {
                     d.finish()?;
                 }
@@ -321,6 +366,7 @@ impl ServerConfig {
             datastore,
             key_manager,
             join_token_attestor,
+            sev_snp,
         })
     }
 

@@ -60,6 +60,8 @@ pub enum RunError {
     },
     #[error("agent API TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("NodeAttestor \"sev_snp\": {0}")]
+    SevSnp(String),
 }
 
 /// Builds the shared core: opens the datastore and loads (or creates) the CA.
@@ -93,12 +95,46 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
     .await?;
     info!(trust_domain = %cfg.trust_domain, key_manager = ?cfg.key_manager, "CA ready");
     let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
+    let mut sev_snp_attestor = None;
     if cfg.join_token_attestor {
         let a = JoinTokenAttestor {
             ds: ds.clone(),
             trust_domain: cfg.trust_domain.clone(),
         };
         attestors.insert(a.name(), Arc::new(a));
+    }
+    if let Some(snp) = &cfg.sev_snp {
+        let roots = match &snp.test_roots {
+            Some((product, ark, ask)) => {
+                let read = |p: &std::path::Path| -> Result<Vec<u8>, RunError> {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| RunError::SevSnp(format!("{}: {e}", p.display())))?;
+                    ironpact_snp::certs::to_der(text.as_bytes())
+                        .map_err(|e| RunError::SevSnp(format!("{}: {e}", p.display())))
+                };
+                warn!(%product, ark = %ark.display(), "sev_snp trusts TEST roots: simulated evidence only, never production");
+                let pr =
+                    ironpact_snp::roots::ProductRoots::new(*product, read(ark)?, read(ask)?, None)
+                        .map_err(|e| RunError::SevSnp(format!("test roots: {e}")))?;
+                ironpact_snp::AmdRoots::custom(vec![pr])
+            }
+            None => {
+                ironpact_snp::AmdRoots::genuine().map_err(|e| RunError::SevSnp(e.to_string()))?
+            }
+        };
+        let a = crate::attest::SevSnpAttestor {
+            trust_domain: cfg.trust_domain.clone(),
+            roots,
+            policy: std::sync::RwLock::new(snp.policy.clone()),
+        };
+        info!(
+            measurements = snp.policy.measurements.len(),
+            any = snp.policy.allow_any_measurement,
+            "sev_snp attestor ready"
+        );
+        let a: Arc<crate::attest::SevSnpAttestor> = Arc::new(a);
+        attestors.insert("sev_snp", a.clone());
+        sev_snp_attestor = Some(a);
     }
     let core = Arc::new(Core {
         cfg,
@@ -110,6 +146,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         server_svid: Arc::new(SvidCell::default()),
         server_svid_expiry: AtomicI64::new(0),
         attestors,
+        sev_snp: sev_snp_attestor,
     });
     core.refresh_roots()
         .await
@@ -145,10 +182,39 @@ fn rotation_interval(cfg: &ServerConfig) -> Duration {
     Duration::from_secs((cfg.ca_ttl.as_secs() / 60).clamp(1, 10))
 }
 
+/// Re-reads the configuration (on SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<ServerConfig, crate::hcl::ConfigError> + Send + Sync>;
+
 /// Runs the server until `shutdown` resolves.
 pub async fn run(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    run_with_reload(cfg, shutdown, None).await
+}
+
+/// Applies what can change at runtime from a re-read configuration: the sev_snp policy.
+fn apply_reload(core: &Core, reload: &Reload) {
+    match reload() {
+        Ok(new) => match (&core.sev_snp, new.sev_snp) {
+            (Some(a), Some(snp)) => {
+                info!(
+                    measurements = snp.policy.measurements.len(),
+                    "reloaded the sev_snp policy; it applies to the next attestation or renewal"
+                );
+                a.set_policy(snp.policy);
+            }
+            _ => info!("configuration reloaded; nothing it changes applies at runtime"),
+        },
+        Err(e) => error!(error = %e, "configuration reload failed; keeping the running policy"),
+    }
+}
+
+/// [`run`], re-reading the configuration on SIGHUP.
+pub async fn run_with_reload(
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<Reload>,
 ) -> Result<(), RunError> {
     for w in cfg.warnings() {
         warn!("{w}");
@@ -186,6 +252,21 @@ pub async fn run(
         })
     };
 
+    if let Some(reload) = reload {
+        let core = core.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                warn!("cannot watch SIGHUP; policy reloads need a restart");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading the configuration");
+                apply_reload(&core, &reload);
+            }
+        });
+    }
     let listener = bind_socket(&socket_path)?;
     info!(path = %socket_path.display(), "admin API listening");
     let agent_addr = SocketAddr::new(core.cfg.bind_address, core.cfg.bind_port);

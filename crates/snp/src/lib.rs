@@ -10,6 +10,7 @@
 //! masked chip ID and has no time, TCB-extension or policy checks (it is still the reference
 //! the benchmark compares against).
 
+pub mod binding;
 pub mod cert_table;
 pub mod certs;
 pub mod error;

@@ -68,14 +68,19 @@ pub fn run(a: RunArgs) -> Result<()> {
         log_level: a.log_level,
     };
     let cfg = ServerConfig::load(&a.config, a.expand_env, &ov)?;
+    let ov = ov.clone();
     init_logging(&cfg.log_level, cfg.log_format == LogFormat::Json);
     tracing::info!(config = %a.config.display(), trust_domain = %cfg.trust_domain, data_dir = %cfg.data_dir.display(), "starting ironpact-server");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(ironpact_server::run::run(
+    let (path, expand) = (a.config.clone(), a.expand_env);
+    let reload: ironpact_server::run::Reload =
+        Box::new(move || ServerConfig::load(&path, expand, &ov));
+    rt.block_on(ironpact_server::run::run_with_reload(
         cfg,
         crate::common::shutdown_signal(),
+        Some(reload),
     ))?;
     Ok(())
 }

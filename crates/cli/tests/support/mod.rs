@@ -138,6 +138,11 @@ impl TestServer {
     }
 
     pub fn start(backend: Backend) -> Self {
+        Self::start_with(backend, "", "")
+    }
+
+    /// A server whose config adds `server_extra` to `server { }` and `plugins_extra` to `plugins { }`.
+    pub fn start_with(backend: Backend, server_extra: &str, plugins_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let socket = dir.path().join("admin/api.sock");
@@ -165,9 +170,10 @@ server {{
     data_dir = "{data}"
     log_level = "DEBUG"
     ca_ttl = "24h"
-    default_x509_svid_ttl = "1h"
+    {server_extra}
 }}
 plugins {{
+    {plugins_extra}
     DataStore "sql" {{
         plugin_data {{
             database_type = "{db_type}"
@@ -235,6 +241,14 @@ plugins {{
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The server process's PID (for signals such as SIGHUP).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("server is running")
     }
 
     /// SIGKILL, no clean-up: what a crash looks like.
@@ -402,6 +416,21 @@ impl TestAgent {
     }
 
     pub fn start(server: &TestServer, token: &str) -> Self {
+        Self::start_custom(
+            server,
+            Some(token),
+            "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }",
+            true,
+        )
+    }
+
+    /// An agent with `attestor` as its NodeAttestor block; `wait` for it to become healthy.
+    pub fn start_custom(
+        server: &TestServer,
+        token: Option<&str>,
+        attestor: &str,
+        wait: bool,
+    ) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         // other users (the `nobody` test) must reach the socket
@@ -434,9 +463,7 @@ agent {{
     admin_socket_path = "{admin}"
 }}
 plugins {{
-    NodeAttestor "join_token" {{
-        plugin_data {{}}
-    }}
+    {attestor}
     KeyManager "disk" {{
         plugin_data {{
             directory = "{data}"
@@ -454,6 +481,7 @@ plugins {{
                 socket = socket.display(),
                 bundle = bundle.display(),
                 admin = dir.path().join("private/admin.sock").display(),
+                attestor = attestor,
             ),
         )
         .unwrap();
@@ -464,8 +492,30 @@ plugins {{
             run_args: Vec::new(),
             child: None,
         };
-        a.spawn(Some(token));
+        if wait {
+            a.spawn(token);
+        } else {
+            a.spawn_nowait(token);
+        }
         a
+    }
+
+    /// Starts the agent without waiting for it.
+    pub fn spawn_nowait(&mut self, token: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(AGENT_BIN);
+        cmd.current_dir(repo_root())
+            .args(["run", "-config"])
+            .arg(&self.config)
+            .args(&self.run_args);
+        if let Some(t) = token {
+            cmd.args(["-joinToken", t]);
+        }
+        self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
     }
 
     /// Starts (or restarts) the agent and waits until it is healthy.

@@ -43,6 +43,8 @@ pub struct Core {
     pub server_svid: Arc<ironpact_tls::SvidCell>,
     pub server_svid_expiry: std::sync::atomic::AtomicI64,
     pub attestors: std::collections::HashMap<&'static str, Arc<dyn crate::attest::NodeAttestor>>,
+    /// The sev_snp attestor, kept typed so its policy can be replaced at runtime.
+    pub sev_snp: Option<Arc<crate::attest::SevSnpAttestor>>,
 }
 
 impl Core {

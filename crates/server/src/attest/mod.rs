@@ -3,8 +3,10 @@
 //! sees the public key of the agent's CSR, so hardware evidence can be bound to that key.
 
 mod join_token;
+mod sev_snp;
 
 pub use join_token::JoinTokenAttestor;
+pub use sev_snp::SevSnpAttestor;
 
 use ironpact_spiffe::{Selector, SpiffeId};
 

@@ -1,0 +1,151 @@
+//! Where the agent's SEV-SNP evidence comes from: configfs-tsm on a real SNP guest, or a
+//! simulated device (test chain) for tests and demos. Each answers a challenge with a report
+//! carrying the given REPORT_DATA, followed by a certificate table with the VCEK/VLEK.
+
+use ironpact_snp::Product;
+use ironpact_snp::binding::encode_evidence;
+use ironpact_snp::cert_table::{CertTable, GUID_VCEK};
+use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub trait EvidenceSource: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String>;
+}
+
+/// configfs-tsm (`/sys/kernel/config/tsm/report`): write `inblob`, read `outblob` (the report)
+/// and `auxblob` (the certificate table), and check `generation` did not move meanwhile.
+pub struct ConfigfsTsm {
+    pub base: PathBuf,
+    counter: AtomicU64,
+}
+
+impl ConfigfsTsm {
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        Self {
+            base: base.into(),
+            counter: AtomicU64::new(0),
+        }
+    }
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+impl EvidenceSource for ConfigfsTsm {
+    fn name(&self) -> &'static str {
+        "configfs-tsm"
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let dir = self
+            .base
+            .join(format!("ironpact-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| {
+            format!(
+                "{}: {e} (is this an SEV-SNP guest with configfs-tsm?)",
+                dir.display()
+            )
+        })?;
+        let result = (|| {
+            let provider = String::from_utf8_lossy(&read(&dir.join("provider"))?)
+                .trim()
+                .to_string();
+            if provider != "sev_guest" {
+                return Err(format!(
+                    "configfs-tsm provider is {provider:?}, not sev_guest"
+                ));
+            }
+            std::fs::write(dir.join("inblob"), report_data).map_err(|e| format!("inblob: {e}"))?;
+            let before = read(&dir.join("generation"))?;
+            let report = read(&dir.join("outblob"))?;
+            let aux = read(&dir.join("auxblob")).unwrap_or_default();
+            if read(&dir.join("generation"))? != before {
+                return Err(
+                    "configfs-tsm generation changed while reading: another writer raced; retry"
+                        .into(),
+                );
+            }
+            Ok(encode_evidence(&report, &aux))
+        })();
+        let _ = std::fs::remove_dir(&dir);
+        result
+    }
+}
+
+/// A simulated SNP guest whose chain is built from test keys in a directory:
+/// `ark.pk8`, `ask.pk8` (RSA), `vcek.pk8` (P-384), PKCS#8 DER or PEM.
+pub struct Simulated {
+    device: SimulatedSnp,
+    guest: SimGuest,
+}
+
+/// Settings of the simulated guest.
+#[derive(Debug, Clone)]
+pub struct SimulatedConfig {
+    pub keys_dir: PathBuf,
+    pub product: Product,
+    pub measurement: [u8; 48],
+    pub chip_id: [u8; 64],
+    pub debug: bool,
+    pub report_id: [u8; 32],
+}
+
+fn pkcs8(path: &Path) -> Result<Vec<u8>, String> {
+    let b = read(path)?;
+    if b.starts_with(b"-----BEGIN") {
+        return pem::parse(&b)
+            .map(pem::Pem::into_contents)
+            .map_err(|e| format!("{}: {e}", path.display()));
+    }
+    Ok(b)
+}
+
+impl Simulated {
+    pub fn load(c: &SimulatedConfig) -> Result<Self, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let platform = SimPlatform {
+            product: c.product,
+            chip_id: c.chip_id,
+            tcb: (4, 0, 24, 219),
+        };
+        let device = SimulatedSnp::new(
+            platform,
+            &pkcs8(&c.keys_dir.join("ark.pk8"))?,
+            &pkcs8(&c.keys_dir.join("ask.pk8"))?,
+            &pkcs8(&c.keys_dir.join("vcek.pk8"))?,
+            now - 3600,
+            now + 365 * 86400,
+        )
+        .map_err(|e| e.to_string())?;
+        let policy = 0x30000 | if c.debug { 1 << 19 } else { 0 };
+        let guest = SimGuest {
+            measurement: c.measurement,
+            policy,
+            report_id: c.report_id,
+            ..SimGuest::default()
+        };
+        Ok(Self { device, guest })
+    }
+}
+
+impl EvidenceSource for Simulated {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+        let report = self
+            .device
+            .report(&self.guest, report_data)
+            .map_err(|e| e.to_string())?;
+        let table = CertTable::build(&[(GUID_VCEK, &self.device.vcek_der)]);
+        Ok(encode_evidence(&report, &table))
+    }
+}

@@ -1,0 +1,375 @@
+//! SEV-SNP node attestation end to end, through the production verifier with a simulated
+//! device whose test ARK the server pins explicitly: the agent attests, a workload behind a
+//! measurement-bound node alias gets its SVID; a wrong measurement, a debug guest, a replayed
+//! nonce and another key's REPORT_DATA are refused; tightening the allow-list at runtime
+//! (SIGHUP) stops the next renewal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use ironpact_proto::agent::v1 as pb;
+use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
+use ironpact_snp::cert_table::{CertTable, GUID_VCEK};
+use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{Backend, TestAgent, TestServer, my_uid};
+
+const GOOD: [u8; 48] = [0x11; 48];
+
+/// Turns the server's nonce and the CSR's SPKI into evidence.
+type Answer<'a> = dyn Fn(&[u8], &[u8]) -> Vec<u8> + 'a;
+
+struct Keys {
+    dir: tempfile::TempDir,
+    ark: Vec<u8>,
+    ask: Vec<u8>,
+    vcek: Vec<u8>,
+}
+
+fn keys() -> Keys {
+    use rsa::pkcs8::EncodePrivateKey;
+    let rsa = || {
+        rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+            .unwrap()
+            .to_pkcs8_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let vcek = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &rng,
+    )
+    .unwrap()
+    .as_ref()
+    .to_vec();
+    let k = Keys {
+        dir: tempfile::tempdir().unwrap(),
+        ark: rsa(),
+        ask: rsa(),
+        vcek,
+    };
+    std::fs::write(k.dir.path().join("ark.pk8"), &k.ark).unwrap();
+    std::fs::write(k.dir.path().join("ask.pk8"), &k.ask).unwrap();
+    std::fs::write(k.dir.path().join("vcek.pk8"), &k.vcek).unwrap();
+    k
+}
+
+fn device(k: &Keys) -> SimulatedSnp {
+    let platform = SimPlatform {
+        product: ironpact_snp::Product::Milan,
+        chip_id: [0x5a; 64],
+        tcb: (4, 0, 24, 219),
+    };
+    SimulatedSnp::new(platform, &k.ark, &k.ask, &k.vcek, 0, 4_000_000_000).unwrap()
+}
+
+fn server_plugins(k: &Keys, measurement: &[u8; 48]) -> String {
+    let dev = device(k);
+    let pem = |d: &[u8]| ironpact_spiffe::x509::certs_to_pem([d]);
+    std::fs::write(k.dir.path().join("ark.pem"), pem(&dev.ark_der)).unwrap();
+    std::fs::write(k.dir.path().join("ask.pem"), pem(&dev.ask_der)).unwrap();
+    format!(
+        r#"NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    NodeAttestor "sev_snp" {{
+        plugin_data {{
+            measurements = ["{m}"]
+            test_roots {{
+                product = "milan"
+                ark = "{ark}"
+                ask = "{ask}"
+            }}
+        }}
+    }}"#,
+        m = hex::encode(measurement),
+        ark = k.dir.path().join("ark.pem").display(),
+        ask = k.dir.path().join("ask.pem").display(),
+    )
+}
+
+fn agent_block(keys_dir: &Path, measurement: &[u8; 48], debug: bool) -> String {
+    format!(
+        r#"NodeAttestor "sev_snp" {{
+        plugin_data {{
+            evidence_source = "simulated"
+            simulated {{
+                keys_dir = "{}"
+                measurement = "{}"
+                debug = {debug}
+            }}
+        }}
+    }}"#,
+        keys_dir.display(),
+        hex::encode(measurement)
+    )
+}
+
+/// One attestation by hand: `answer` turns the server's nonce and our SPKI into evidence.
+async fn attest_by_hand(
+    addr: &str,
+    roots: &[Vec<u8>],
+    answer: impl Fn(&[u8], &[u8]) -> Vec<u8>,
+) -> Result<pb::X509svid, tonic::Status> {
+    use rcgen::PublicKeyData;
+    let trust = Arc::new(ironpact_tls::SharedRoots::new(roots.to_vec()));
+    let server_id = ironpact_spiffe::SpiffeId::parse("spiffe://example.org/spire/server").unwrap();
+    let ch = ironpact_tls::channel(
+        addr,
+        ironpact_tls::client_config(trust, server_id, None).unwrap(),
+    )
+    .unwrap();
+    let mut client = AgentApiClient::new(ch);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let spki = key.subject_public_key_info();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AttestAgentRequest {
+        step: Some(pb::attest_agent_request::Step::Params(
+            pb::attest_agent_request::Params {
+                data: Some(pb::AttestationData {
+                    r#type: "sev_snp".into(),
+                    payload: vec![],
+                }),
+                csr,
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut resp = client
+        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    loop {
+        match resp.message().await?.and_then(|m| m.step) {
+            Some(pb::attest_agent_response::Step::Challenge(nonce)) => {
+                let ev = answer(&nonce, &spki);
+                tx.send(pb::AttestAgentRequest {
+                    step: Some(pb::attest_agent_request::Step::ChallengeResponse(ev)),
+                })
+                .await
+                .unwrap();
+            }
+            Some(pb::attest_agent_response::Step::Result(r)) => return Ok(r.svid.unwrap()),
+            None => panic!("stream ended"),
+        }
+    }
+}
+
+fn evidence(dev: &SimulatedSnp, guest: &SimGuest, rd: [u8; 64]) -> Vec<u8> {
+    let report = dev.report(guest, &rd).unwrap();
+    ironpact_snp::binding::encode_evidence(
+        &report,
+        &CertTable::build(&[(GUID_VCEK, &dev.vcek_der)]),
+    )
+}
+
+#[test]
+fn sev_snp_attestation_end_to_end() {
+    let k = keys();
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        "default_x509_svid_ttl = \"20s\"",
+        &server_plugins(&k, &GOOD),
+    );
+    let a = TestAgent::start_custom(&s, None, &agent_block(k.dir.path(), &GOOD, false), true);
+
+    // the agent is attested with its measurement as a selector
+    let agent_id = format!(
+        "spiffe://example.org/spire/agent/sev_snp/{}",
+        hex::encode([0x22u8; 32])
+    );
+    let shown = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id])
+        .expect_ok()
+        .stdout
+        .clone();
+    let m = hex::encode(GOOD);
+    assert!(shown.contains("Attestation type  : sev_snp"), "{shown}");
+    assert!(
+        shown.contains(&format!("sev_snp:measurement:{m}")),
+        "{shown}"
+    );
+    assert!(shown.contains("sev_snp:policy:debug:false"), "{shown}");
+
+    // a workload behind a node alias bound to the measurement gets its SVID
+    s.cli(&[
+        "entry",
+        "create",
+        "-node",
+        "-spiffeID",
+        "spiffe://example.org/confidential",
+        "-selector",
+        &format!("sev_snp:measurement:{m}"),
+    ])
+    .expect_ok();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/secret-app",
+        "-parentID",
+        "spiffe://example.org/confidential",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    let o = a.fetch_until_ok(&[]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/secret-app"),
+        "{o:?}\n{}",
+        a.log()
+    );
+
+    // refusals, each with its precise reason
+    let roots =
+        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
+            .unwrap();
+    let addr = format!("127.0.0.1:{}", s.port);
+    let dev = device(&k);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // another VM launch (its own report_id): the running agent's identity is not touched
+        let good = SimGuest {
+            measurement: GOOD,
+            report_id: [0x66; 32],
+            ..SimGuest::default()
+        };
+        let bad_m = SimGuest {
+            measurement: [0x33; 48],
+            report_id: [0x44; 32],
+            ..SimGuest::default()
+        };
+        let dbg = SimGuest {
+            policy: 0x30000 | (1 << 19),
+            report_id: [0x55; 32],
+            ..good.clone()
+        };
+        let cases: Vec<(&str, Box<Answer<'_>>)> = vec![
+            (
+                "measurement_not_allowed",
+                Box::new(|n, k| evidence(&dev, &bad_m, ironpact_snp::binding::report_data(n, k))),
+            ),
+            (
+                "debug_policy",
+                Box::new(|n, k| evidence(&dev, &dbg, ironpact_snp::binding::report_data(n, k))),
+            ),
+            // a report made for another (earlier) nonce
+            (
+                "report_data_mismatch",
+                Box::new(|_, k| {
+                    evidence(&dev, &good, ironpact_snp::binding::report_data(&[9; 32], k))
+                }),
+            ),
+            // a report bound to the right nonce but somebody else's key
+            (
+                "report_data_mismatch",
+                Box::new(|n, _| {
+                    evidence(
+                        &dev,
+                        &good,
+                        ironpact_snp::binding::report_data(n, b"another key"),
+                    )
+                }),
+            ),
+            ("unparseable", Box::new(|_, _| vec![1, 2, 3])),
+        ];
+        for (want, answer) in cases {
+            let e = attest_by_hand(&addr, &roots, answer).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{want}: {e:?}");
+            assert!(e.message().contains(want), "{want}: {e:?}");
+        }
+        // and the honest answer passes
+        attest_by_hand(&addr, &roots, |n, k| {
+            evidence(&dev, &good, ironpact_snp::binding::report_data(n, k))
+        })
+        .await
+        .unwrap();
+    });
+
+    // tighten the allow-list at runtime: the agent's next renewal (20 s SVIDs: every ~10 s) is refused
+    let cfg = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(&m, &hex::encode([0x77u8; 48]));
+    std::fs::write(&s.config, cfg).unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &s.pid().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !a.log().contains("measurement_not_allowed") {
+        assert!(
+            Instant::now() < deadline,
+            "renewal was not refused after the policy change:\n{}\nserver:\n{}",
+            a.log(),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        s.log().contains("reloaded the sev_snp policy"),
+        "{}",
+        s.log()
+    );
+    // a machine that does not pass gets no agent SVID, so it stops being healthy
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.cli(&["healthcheck"]).ok() {
+        assert!(
+            Instant::now() < deadline,
+            "agent still healthy after losing its identity:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = a.log();
+    assert!(
+        !log.contains("presented an SVID that is not its current one"),
+        "the agent was displaced, not refused:\n{log}"
+    );
+    assert!(log.contains("no longer accepts this agent"), "{log}");
+    if std::env::var("SHOW_LOGS").is_ok() {
+        std::fs::write("/tmp/agent_snp.log", a.log()).unwrap();
+        std::fs::write("/tmp/server_snp.log", s.log()).unwrap();
+    }
+}
+
+#[test]
+fn an_agent_with_a_disallowed_measurement_gets_nothing() {
+    let k = keys();
+    let s = TestServer::start_with(Backend::Sqlite, "", &server_plugins(&k, &GOOD));
+    let a = TestAgent::start_custom(
+        &s,
+        None,
+        &agent_block(k.dir.path(), &[0x99; 48], false),
+        false,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.log().contains("measurement_not_allowed") {
+        assert!(Instant::now() < deadline, "no refusal logged:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!a.cli(&["healthcheck"]).ok());
+    assert!(
+        s.cli(&["agent", "list"])
+            .expect_ok()
+            .stdout
+            .contains("No attested agents found")
+    );
+}
