@@ -143,3 +143,43 @@ fn policy_file_judges_a_valid_report() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_any_measurement"));
 }
+
+#[test]
+fn certificates_from_the_evidence_table() {
+    let case = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/vectors/snp/trustee-milan-vcek");
+    if !case.is_dir() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "vectors missing"
+        );
+        return;
+    }
+    let report = std::fs::read(case.join("report.bin")).unwrap();
+    let vcek = std::fs::read(case.join("vcek.der")).unwrap();
+    let pem = ironpact_spiffe::x509::certs_to_pem([vcek.as_slice()]);
+    let table = ironpact_snp::cert_table::CertTable::build(&[(
+        ironpact_snp::cert_table::GUID_VCEK,
+        pem.as_bytes(),
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let ev = dir.path().join("evidence.bin");
+    std::fs::write(&ev, ironpact_snp::binding::encode_evidence(&report, &table)).unwrap();
+    let out = Command::new(BIN)
+        .args(["verify", "snp", "--report"])
+        .arg(&ev)
+        .args(["--now", "2026-11-23T00:00:00Z"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    // the bare report alone has no certificate to go on
+    let out = Command::new(BIN)
+        .args(["verify", "snp", "--report"])
+        .arg(case.join("report.bin"))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "untrusted_chain");
+}
