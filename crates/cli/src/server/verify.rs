@@ -115,17 +115,36 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
         Ok(r) => r,
         Err(e) => return from_error(&e),
     };
-    let cert = match find_cert(a) {
-        Ok(Some(c)) => c,
-        Ok(None) => {
+    // Evidence as the attestor exchanges it: the report followed by a certificate table.
+    let (report_bytes, table_cert) = match &a.report {
+        Some(p) => match std::fs::read(p) {
+            Ok(b)
+                if b.len() > ironpact_snp::report::REPORT_LEN
+                    && a.cert.is_none()
+                    && a.certs_dir.is_none() =>
+            {
+                match ironpact_snp::binding::decode_evidence(&b) {
+                    Ok((r, c)) => (Some(r.to_vec()), c),
+                    Err(e) => return from_error(&e),
+                }
+            }
+            Ok(b) => (Some(b), None),
+            Err(e) => return failure("unparseable", format!("cannot read {}: {e}", p.display())),
+        },
+        None => (None, None),
+    };
+    let cert = match (find_cert(a), table_cert) {
+        (Ok(Some(c)), _) => c,
+        (Ok(None), Some(c)) => c,
+        (Ok(None), None) => {
             return failure(
                 "untrusted_chain",
-                "no certificate: pass --cert or --certs-dir",
+                "no certificate: pass --cert or --certs-dir, or a report followed by its certificate table",
             );
         }
-        Err(v) => return v,
+        (Err(v), _) => return v,
     };
-    let Some(report_path) = &a.report else {
+    let Some(report) = report_bytes else {
         return match ironpact_snp::verify::verify_endorsement(&cert, &roots, now, hint) {
             Ok((end, product)) => json!({
                 "ok": true,
@@ -137,15 +156,6 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
             }),
             Err(e) => from_error(&e),
         };
-    };
-    let report = match std::fs::read(report_path) {
-        Ok(r) => r,
-        Err(e) => {
-            return failure(
-                "unparseable",
-                format!("cannot read {}: {e}", report_path.display()),
-            );
-        }
     };
     let checked = match policy {
         Some(p) => ironpact_snp::verify_authentic(&report, &cert, &roots, now, hint)
