@@ -338,6 +338,16 @@ fn sev_snp_attestation_end_to_end() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // the operator sees why, and the machine gets nothing more
+    let shown = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(
+        shown.contains("Attestation error : attestation rejected: measurement_not_allowed"),
+        "{shown}"
+    );
     let log = a.log();
     assert!(
         !log.contains("presented an SVID that is not its current one"),

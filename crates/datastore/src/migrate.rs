@@ -5,7 +5,8 @@ use crate::store::Dialect;
 
 /// Each element is one schema version; statements are separated by `;`.
 /// `BLOB` is rewritten to `BYTEA` for PostgreSQL.
-pub(crate) const MIGRATIONS: &[&str] = &[r#"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE registered_entries (
     entry_id TEXT PRIMARY KEY,
     spiffe_id TEXT NOT NULL,
@@ -62,7 +63,11 @@ CREATE TABLE ca_journal (
     data BLOB NOT NULL,
     updated_at BIGINT NOT NULL
 )
-"#];
+"#,
+    r#"
+ALTER TABLE attested_agents ADD COLUMN attestation_error TEXT NOT NULL DEFAULT ''
+"#,
+];
 
 pub(crate) fn statements(dialect: Dialect, migration: &str) -> Vec<String> {
     migration

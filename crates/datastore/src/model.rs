@@ -81,6 +81,8 @@ pub struct AgentRecord {
     pub can_reattest: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Why the last (re-)attestation failed; empty when it passed.
+    pub attestation_error: String,
 }
 
 /// A bundle and when it was last written.

@@ -365,7 +365,8 @@ impl DataStore {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
-             banned, can_reattest, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+             banned, can_reattest, created_at, updated_at, attestation_error) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.attestation_type)
@@ -375,6 +376,7 @@ impl DataStore {
         .bind(b(a.can_reattest))
         .bind(a.created_at)
         .bind(a.updated_at)
+        .bind(&a.attestation_error)
         .execute(&mut *tx)
         .await;
         if let Err(err) = r {
@@ -404,7 +406,7 @@ impl DataStore {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
             "UPDATE attested_agents SET attestation_type=$2, serial_number=$3, expires_at=$4, \
-             banned=$5, can_reattest=$6, updated_at=$7 WHERE spiffe_id=$1",
+             banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8 WHERE spiffe_id=$1",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.attestation_type)
@@ -413,6 +415,7 @@ impl DataStore {
         .bind(b(a.banned))
         .bind(b(a.can_reattest))
         .bind(a.updated_at)
+        .bind(&a.attestation_error)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -456,7 +459,8 @@ impl DataStore {
     async fn query_agents(&self, id: Option<&SpiffeId>) -> Result<Vec<AgentRecord>> {
         let mut sql = String::from(
             "SELECT a.spiffe_id, a.attestation_type, a.serial_number, a.expires_at, a.banned, \
-             a.can_reattest, a.created_at, a.updated_at, s.type, s.value FROM attested_agents a \
+             a.can_reattest, a.created_at, a.updated_at, a.attestation_error, s.type, s.value \
+             FROM attested_agents a \
              LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id",
         );
         if id.is_some() {
@@ -482,6 +486,7 @@ impl DataStore {
                     can_reattest: row.try_get::<i64, _>("can_reattest")? != 0,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
+                    attestation_error: row.try_get("attestation_error")?,
                 });
             }
             if let Some(sel) = selector_from_row(row)?

@@ -305,6 +305,7 @@ async fn agents(ds: &DataStore) {
         can_reattest: false,
         created_at: 1,
         updated_at: 1,
+        attestation_error: String::new(),
     };
     ds.create_agent(&a).await.unwrap();
     assert!(matches!(
@@ -316,10 +317,12 @@ async fn agents(ds: &DataStore) {
     banned.banned = true;
     banned.serial_number = String::new();
     banned.selectors.push(sel("x:y"));
+    banned.attestation_error = "measurement_not_allowed: no".into();
     ds.update_agent(&banned).await.unwrap();
     let got = ds.get_agent(&a.spiffe_id).await.unwrap();
     assert!(got.banned);
     assert_eq!(got.selectors.len(), 2);
+    assert_eq!(got.attestation_error, "measurement_not_allowed: no");
     assert_eq!(ds.list_agents().await.unwrap().len(), 1);
     ds.delete_agent(&a.spiffe_id).await.unwrap();
     assert!(matches!(

@@ -66,6 +66,7 @@ fn agent_json(a: &pb::Agent) -> Value {
         "selectors": a.selectors.iter().map(|s| json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
         "banned": a.banned,
         "can_reattest": a.can_reattest,
+        "attestation_error": a.attestation_error,
     })
 }
 
@@ -77,6 +78,9 @@ fn print_agent(a: &pb::Agent, with_selectors: bool) {
     println!("Can re-attest     : {}", a.can_reattest);
     if a.banned {
         println!("Banned            : true");
+    }
+    if !a.attestation_error.is_empty() {
+        println!("Attestation error : {}", a.attestation_error);
     }
     if with_selectors {
         for s in &a.selectors {

@@ -188,10 +188,25 @@ async fn attest_flow(
         },
         _ => {
             let mut ch = StreamChallenger { tx, inbound };
-            let a = attestor.attest(ev, &mut ch).await.map_err(|e| {
-                warn!(attestor = attestor.name(), error = %e, "node attestation failed");
-                attest_status(e)
-            })?;
+            let a = match attestor.attest(ev, &mut ch).await {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(attestor = attestor.name(), error = %e, renewal = renewing.is_some(), "node attestation failed");
+                    if let Some(rec) = &renewing {
+                        // Continuous attestation: a machine that no longer passes loses its
+                        // current SVID at once, and the operator sees why.
+                        let mut failed = rec.clone();
+                        failed.serial_number.clear();
+                        failed.attestation_error = e.to_string();
+                        failed.updated_at = now;
+                        if let Err(d) = core.ds.update_agent(&failed).await {
+                            warn!(error = %d, "could not record the failed re-attestation");
+                        }
+                        core.changed();
+                    }
+                    return Err(attest_status(e));
+                }
+            };
             if let Some(rec) = &renewing
                 && rec.spiffe_id != a.agent_id
             {
@@ -234,6 +249,7 @@ async fn attest_flow(
         can_reattest: attested.can_reattest,
         created_at: existing.as_ref().map_or(now, |r| r.created_at),
         updated_at: now,
+        attestation_error: String::new(),
     };
     if existing.is_some() {
         core.ds.update_agent(&rec).await.map_err(ds_status)?;
@@ -326,6 +342,12 @@ async fn snapshot(
         Ok(a) if a.banned => {
             return Err(Status::permission_denied(format!(
                 "agent {agent_id} is banned"
+            )));
+        }
+        Ok(a) if a.serial_number.is_empty() => {
+            return Err(Status::permission_denied(format!(
+                "agent {agent_id} failed re-attestation: {}",
+                a.attestation_error
             )));
         }
         Ok(a) => a,

@@ -178,6 +178,7 @@ pub fn agent_pb(a: &AgentRecord) -> pb::Agent {
         selectors: a.selectors.iter().map(selector_pb).collect(),
         banned: a.banned,
         can_reattest: a.can_reattest,
+        attestation_error: a.attestation_error.clone(),
     }
 }
 
