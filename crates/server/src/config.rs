@@ -61,6 +61,10 @@ pub struct SevSnpConfig {
     /// (product, ARK PEM path, ASK PEM path): trusted instead of AMD's genuine roots. Only
     /// for simulated evidence in tests and demos.
     pub test_roots: Option<(ironpact_snp::Product, PathBuf, PathBuf)>,
+    /// Fetch a missing VCEK from the AMD KDS at this base URL (None: never fetch).
+    pub kds_base_url: Option<String>,
+    /// The product of v2 reports, which do not say.
+    pub product: Option<ironpact_snp::Product>,
 }
 
 /// Values given on the command line; each replaces the file's.
@@ -323,10 +327,27 @@ impl ServerConfig {
                         }
                         None => None,
                     };
+                    let fetch = d.bool("fetch_vcek")?.unwrap_or(true);
+                    let base = d.string("kds_base_url")?.map(|v| v.0);
+                    let kds_base_url = fetch
+                        .then(|| base.unwrap_or_else(|| crate::kds::DEFAULT_BASE_URL.to_string()));
+                    let product = match d.string("product")? {
+                        None => None,
+                        Some((p, l)) => {
+                            Some(ironpact_snp::Product::from_name(&p).ok_or_else(|| {
+                                d.err(l, format!("product {p:?}: use milan, genoa or turin"))
+                            })?)
+                        }
+                    };
                     let policy = crate::snp_policy::from_section(&d)?;
                     d.finish()?;
                     sec.finish()?;
-                    sev_snp = Some(SevSnpConfig { policy, test_roots });
+                    sev_snp = Some(SevSnpConfig {
+                        policy,
+                        test_roots,
+                        kds_base_url,
+                        product,
+                    });
                     continue;
                 }
                 if let Some(d) = data {

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 /// The HCL reader lives in `ironpact-config`; re-exported for existing users.
 pub use ironpact_config::hcl;
+pub mod kds;
 pub mod keymanager;
 pub mod run;
 pub mod snp_policy;

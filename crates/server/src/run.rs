@@ -122,10 +122,19 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
                 ironpact_snp::AmdRoots::genuine().map_err(|e| RunError::SevSnp(e.to_string()))?
             }
         };
+        let kds = match &snp.kds_base_url {
+            Some(url) => Some(
+                crate::kds::KdsFetcher::new(url, cfg.data_dir.join("kds"))
+                    .map_err(|e| RunError::SevSnp(e.to_string()))?,
+            ),
+            None => None,
+        };
         let a = crate::attest::SevSnpAttestor {
             trust_domain: cfg.trust_domain.clone(),
             roots,
             policy: std::sync::RwLock::new(snp.policy.clone()),
+            kds,
+            product: snp.product,
         };
         info!(
             measurements = snp.policy.measurements.len(),

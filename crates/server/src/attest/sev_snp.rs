@@ -14,6 +14,10 @@ pub struct SevSnpAttestor {
     pub roots: AmdRoots,
     /// Replaceable at runtime; read at every attestation and renewal.
     pub policy: RwLock<Policy>,
+    /// Fetches the VCEK when the evidence carries none.
+    pub kds: Option<crate::kds::KdsFetcher>,
+    /// The product of reports that do not say (v2).
+    pub product: Option<ironpact_snp::Product>,
 }
 
 impl SevSnpAttestor {
@@ -48,8 +52,9 @@ impl NodeAttestor for SevSnpAttestor {
                 "untrusted_chain: the evidence carries no VCEK/VLEK certificate".into(),
             )
         })?;
-        let verified = ironpact_snp::verify_authentic(report, &cert, &self.roots, ev.now, None)
-            .map_err(|e| AttestError::Rejected(e.to_string()))?;
+        let verified =
+            ironpact_snp::verify_authentic(report, &cert, &self.roots, ev.now, self.product)
+                .map_err(|e| AttestError::Rejected(e.to_string()))?;
         let mut policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
         policy

@@ -1,0 +1,103 @@
+//! The KDS fetcher against a local HTTP server serving the vectors' VCEKs: the URL it asks
+//! for (checked against the case's own chip ID and TCB), the answer verifying under AMD's
+//! genuine roots, the disk cache, and errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use ironpact_server::kds::KdsFetcher;
+use ironpact_snp::{Product, Report};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// A one-route HTTP/1.1 server: `path` → `body`, anything else 404. Returns the base URL and
+/// the request log; serves `max` requests, then stops.
+fn serve(path: String, body: Vec<u8>, max: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(max) {
+            let mut s = s.unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            let req = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            log2.lock().unwrap().push(req.clone());
+            let (status, b) = if req == path {
+                ("200 OK", body.clone())
+            } else {
+                ("404 Not Found", b"no".to_vec())
+            };
+            write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                b.len()
+            )
+            .unwrap();
+            s.write_all(&b).unwrap();
+        }
+    });
+    (base, log)
+}
+
+#[tokio::test]
+async fn fetches_verifies_and_caches_a_vcek() {
+    let case = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/vectors/snp/trustee-milan-vcek");
+    if !case.is_dir() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "vectors missing"
+        );
+        return;
+    }
+    let c: Value =
+        serde_json::from_str(&std::fs::read_to_string(case.join("case.json")).unwrap()).unwrap();
+    let t = &c["reported_tcb"];
+    // the URL, composed independently from the case's decoded fields
+    let want = format!(
+        "/vcek/v1/Milan/{}?blSPL={}&teeSPL={}&snpSPL={}&ucodeSPL={}",
+        c["chip_id"].as_str().unwrap(),
+        t["bootloader"],
+        t["tee"],
+        t["snp"],
+        t["microcode"]
+    );
+    let vcek = std::fs::read(case.join("vcek.der")).unwrap();
+    let report_bytes = std::fs::read(case.join("report.bin")).unwrap();
+    let report = Report::parse(&report_bytes).unwrap();
+    let (base, log) = serve(want.clone(), vcek.clone(), 1);
+    let cache = tempfile::tempdir().unwrap();
+    let kds = KdsFetcher::new(&base, cache.path().to_path_buf()).unwrap();
+    // v2 reports do not name their product: it must be configured
+    assert!(kds.vcek(&report, None).await.is_err());
+    let got = kds.vcek(&report, Some(Product::Milan)).await.unwrap();
+    assert_eq!(got, vcek);
+    assert_eq!(log.lock().unwrap().as_slice(), [want]);
+    let roots = ironpact_snp::AmdRoots::genuine().unwrap();
+    ironpact_snp::verify(
+        &report_bytes,
+        &got,
+        &roots,
+        1_795_392_000,
+        Some(Product::Milan),
+    )
+    .unwrap();
+    // the server served its one request and stopped: the second answer comes from the cache
+    let again = kds.vcek(&report, Some(Product::Milan)).await.unwrap();
+    assert_eq!(again, vcek);
+    assert_eq!(log.lock().unwrap().len(), 1);
+    // an unknown chip is a clear error, and nothing is cached for it
+    let (base, _) = serve("/nothing".into(), vec![], 1);
+    let other = KdsFetcher::new(&base, tempfile::tempdir().unwrap().path().to_path_buf()).unwrap();
+    let e = other.vcek(&report, Some(Product::Milan)).await.unwrap_err();
+    assert!(e.to_string().contains("404"), "{e}");
+}
