@@ -69,6 +69,10 @@ fn device(k: &Keys) -> SimulatedSnp {
 }
 
 fn server_plugins(k: &Keys, measurement: &[u8; 48]) -> String {
+    server_plugins_with(k, measurement, "fetch_vcek = false")
+}
+
+fn server_plugins_with(k: &Keys, measurement: &[u8; 48], extra: &str) -> String {
     let dev = device(k);
     let pem = |d: &[u8]| ironpact_spiffe::x509::certs_to_pem([d]);
     std::fs::write(k.dir.path().join("ark.pem"), pem(&dev.ark_der)).unwrap();
@@ -80,6 +84,7 @@ fn server_plugins(k: &Keys, measurement: &[u8; 48]) -> String {
     NodeAttestor "sev_snp" {{
         plugin_data {{
             measurements = ["{m}"]
+            {extra}
             test_roots {{
                 product = "milan"
                 ark = "{ark}"
@@ -354,10 +359,6 @@ fn sev_snp_attestation_end_to_end() {
         "the agent was displaced, not refused:\n{log}"
     );
     assert!(log.contains("no longer accepts this agent"), "{log}");
-    if std::env::var("SHOW_LOGS").is_ok() {
-        std::fs::write("/tmp/agent_snp.log", a.log()).unwrap();
-        std::fs::write("/tmp/server_snp.log", s.log()).unwrap();
-    }
 }
 
 #[test]
@@ -381,5 +382,78 @@ fn an_agent_with_a_disallowed_measurement_gets_nothing() {
             .expect_ok()
             .stdout
             .contains("No attested agents found")
+    );
+}
+
+/// A stand-in for AMD's KDS: serves `body` at `path`, 404 elsewhere.
+fn local_kds(path: String, body: Vec<u8>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut line = String::new();
+            let _ = BufReader::new(&s).read_line(&mut line);
+            let req = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let (status, b) = if req == path {
+                ("200 OK", body.clone())
+            } else {
+                ("404 Not Found", vec![])
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                b.len()
+            );
+            let _ = s.write_all(&b);
+        }
+    });
+    base
+}
+
+#[test]
+fn the_server_fetches_a_missing_vcek_from_the_kds() {
+    let k = keys();
+    let dev = device(&k);
+    let guest = SimGuest {
+        measurement: GOOD,
+        report_id: [0x77; 32],
+        ..SimGuest::default()
+    };
+    let sample = ironpact_snp::Report::parse(&dev.report(&guest, &[0; 64]).unwrap()).unwrap();
+    let path = ironpact_server::kds::KdsFetcher::vcek_path(ironpact_snp::Product::Milan, &sample);
+    let base = local_kds(path, dev.vcek_der.clone());
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        "",
+        &server_plugins_with(&k, &GOOD, &format!("kds_base_url = \"{base}\"")),
+    );
+    let roots =
+        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
+            .unwrap();
+    let addr = format!("127.0.0.1:{}", s.port);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // evidence with no certificate table: the server must fetch the VCEK itself
+        let bare = |n: &[u8], key: &[u8]| {
+            dev.report(&guest, &ironpact_snp::binding::report_data(n, key))
+                .unwrap()
+        };
+        let svid = attest_by_hand(&addr, &roots, bare).await.unwrap();
+        assert!(svid.id.ends_with(&hex::encode([0x77u8; 32])), "{}", svid.id);
+    });
+    assert!(
+        s.log().contains("fetching the VCEK from the AMD KDS"),
+        "{}",
+        s.log()
     );
 }

@@ -47,11 +47,27 @@ impl NodeAttestor for SevSnpAttestor {
         let answer = challenger.challenge(nonce.to_vec()).await?;
         let (report, cert) =
             decode_evidence(&answer).map_err(|e| AttestError::Rejected(e.to_string()))?;
-        let cert = cert.ok_or_else(|| {
-            AttestError::Rejected(
-                "untrusted_chain: the evidence carries no VCEK/VLEK certificate".into(),
-            )
-        })?;
+        let cert = match (cert, &self.kds) {
+            (Some(c), _) => c,
+            (None, Some(kds)) => {
+                let parsed = ironpact_snp::Report::parse(report)
+                    .map_err(|e| AttestError::Rejected(e.to_string()))?;
+                if parsed.signing_key() != ironpact_snp::SigningKey::Vcek {
+                    return Err(AttestError::Rejected(
+                        "untrusted_chain: a VLEK-signed report must carry its VLEK (it cannot be fetched)".into(),
+                    ));
+                }
+                kds.vcek(&parsed, self.product)
+                    .await
+                    .map_err(|e| AttestError::Rejected(format!("untrusted_chain: {e}")))?
+            }
+            (None, None) => {
+                return Err(AttestError::Rejected(
+                    "untrusted_chain: the evidence carries no VCEK/VLEK and KDS fetching is off"
+                        .into(),
+                ));
+            }
+        };
         let verified =
             ironpact_snp::verify_authentic(report, &cert, &self.roots, ev.now, self.product)
                 .map_err(|e| AttestError::Rejected(e.to_string()))?;
