@@ -52,6 +52,15 @@ fn product_of(
     Ok(first)
 }
 
+fn roots_for(roots: &AmdRoots, product: Product) -> Result<&ProductRoots, SnpError> {
+    roots.for_product(product).ok_or_else(|| {
+        err(
+            ErrorKind::UntrustedChain,
+            format!("no AMD roots configured for {product}"),
+        )
+    })
+}
+
 /// Chain and validity of an endorsement key under the product's roots.
 fn check_chain(end: &Endorsement, roots: &ProductRoots, now: i64) -> Result<(), SnpError> {
     let parent = match end.kind {
@@ -89,12 +98,7 @@ pub fn verify_endorsement(
 ) -> Result<(Endorsement, Product), SnpError> {
     let end = Endorsement::parse(cert)?;
     let product = product_of(None, &end, hint)?;
-    let pr = roots.for_product(product).ok_or_else(|| {
-        err(
-            ErrorKind::UntrustedChain,
-            format!("no AMD roots configured for {product}"),
-        )
-    })?;
+    let pr = roots_for(roots, product)?;
     check_chain(&end, pr, now)?;
     Ok((end, product))
 }
@@ -149,12 +153,7 @@ pub fn verify_authentic(
         ));
     }
     let product = product_of(Some(&report), &end, hint)?;
-    let pr = roots.for_product(product).ok_or_else(|| {
-        err(
-            ErrorKind::UntrustedChain,
-            format!("no AMD roots configured for {product}"),
-        )
-    })?;
+    let pr = roots_for(roots, product)?;
     check_chain(&end, pr, now)?;
     if key == SigningKey::Vcek && !report.chip_id_masked() {
         let hw = end

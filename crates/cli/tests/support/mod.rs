@@ -520,20 +520,7 @@ plugins {{
 
     /// Starts (or restarts) the agent and waits until it is healthy.
     pub fn spawn(&mut self, token: Option<&str>) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .unwrap();
-        let mut cmd = Command::new(AGENT_BIN);
-        cmd.current_dir(repo_root())
-            .args(["run", "-config"])
-            .arg(&self.config)
-            .args(&self.run_args);
-        if let Some(t) = token {
-            cmd.args(["-joinToken", t]);
-        }
-        self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
+        self.spawn_nowait(token);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let o = self.cli(&["healthcheck"]);
