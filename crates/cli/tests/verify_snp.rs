@@ -174,6 +174,18 @@ fn certificates_from_the_evidence_table() {
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true, "{v}");
+    // a CRL that is not AMD's is refused, with the report otherwise valid
+    let junk = dir.path().join("junk.crl");
+    std::fs::write(&junk, b"not a crl").unwrap();
+    let out = Command::new(BIN)
+        .args(["verify", "snp", "--report"])
+        .arg(&ev)
+        .args(["--now", "2026-11-23T00:00:00Z", "--crl"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "untrusted_chain", "{v}");
     // the bare report alone has no certificate to go on
     let out = Command::new(BIN)
         .args(["verify", "snp", "--report"])

@@ -13,6 +13,7 @@
 pub mod binding;
 pub mod cert_table;
 pub mod certs;
+pub mod crl;
 pub mod error;
 pub mod policy;
 pub mod report;

@@ -207,6 +207,7 @@ pub struct SimulatedSnp {
     pub ask_der: Vec<u8>,
     pub vcek_der: Vec<u8>,
     vcek: EcdsaKeyPair,
+    ark: RsaSigner,
 }
 
 impl SimulatedSnp {
@@ -275,7 +276,32 @@ impl SimulatedSnp {
             ask_der,
             vcek_der,
             vcek,
+            ark,
         })
+    }
+
+    /// A CRL from the test ARK revoking `serials`, valid from `this_update` to `next_update`.
+    pub fn crl(
+        &self,
+        serials: &[u64],
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<Vec<u8>, SimError> {
+        let issuer = format!("ARK-{}", self.platform.product.name());
+        let mut parts = vec![
+            int(1),
+            pss_alg(),
+            name(&issuer),
+            time(this_update),
+            time(next_update),
+        ];
+        if !serials.is_empty() {
+            parts.push(seq(&serials
+                .iter()
+                .map(|s| seq(&[int(*s), time(this_update)]))
+                .collect::<Vec<_>>()));
+        }
+        self.ark.certificate(seq(&parts))
     }
 
     /// Roots that trust this device's test ARK (and nothing else).

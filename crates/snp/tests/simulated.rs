@@ -95,3 +95,50 @@ fn simulated_reports_verify_only_under_their_pinned_test_root() {
     let e = ironpact_snp::verify(&report, &other_dev.vcek_der, &roots, now, None).unwrap_err();
     assert_eq!(e.kind, ErrorKind::UntrustedChain);
 }
+
+#[test]
+fn revocation_lists() {
+    use ironpact_snp::crl::check_revocation;
+    let now = 1_800_000_000;
+    let sim = device(now);
+    let roots = sim.roots().unwrap();
+    let pr = roots.for_product(Product::Milan).unwrap();
+    let certs: [&[u8]; 2] = [&sim.ask_der, &sim.vcek_der];
+    // nothing revoked
+    check_revocation(
+        &sim.crl(&[], now - 10, now + 1000).unwrap(),
+        pr,
+        &certs,
+        now,
+    )
+    .unwrap();
+    // the VCEK (serial 0) revoked
+    let e = check_revocation(
+        &sim.crl(&[7, 0], now - 10, now + 1000).unwrap(),
+        pr,
+        &certs,
+        now,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RevokedCert, "{e}");
+    // the ASK (serial 2) revoked
+    let e = check_revocation(
+        &sim.crl(&[2], now - 10, now + 1000).unwrap(),
+        pr,
+        &certs,
+        now,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RevokedCert);
+    // stale, future, forged and garbage CRLs
+    let e =
+        check_revocation(&sim.crl(&[], now - 100, now - 10).unwrap(), pr, &certs, now).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ExpiredCert);
+    let e =
+        check_revocation(&sim.crl(&[], now + 10, now + 100).unwrap(), pr, &certs, now).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UntrustedChain);
+    let forged = device(now).crl(&[], now - 10, now + 1000).unwrap();
+    let e = check_revocation(&forged, pr, &certs, now).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UntrustedChain);
+    assert!(check_revocation(b"junk", pr, &certs, now).is_err());
+}

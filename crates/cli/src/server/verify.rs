@@ -31,6 +31,10 @@ pub struct SnpArgs {
     /// The product (milan, genoa, turin) when neither report nor certificate says.
     #[arg(long = "product")]
     product: Option<String>,
+    /// AMD's CRL for the product (DER, from the KDS `/vcek/v1/{product}/crl`): revoked ASKs
+    /// and VCEKs are refused.
+    #[arg(long = "crl")]
+    crl: Option<PathBuf>,
     /// An HCL policy (measurement allow-list, minimum TCB, …); without it only authenticity,
     /// internal consistency and the debug bit are judged.
     #[arg(long = "policy")]
@@ -162,6 +166,29 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
             .and_then(|v| p.check(&v).map(|()| v)),
         None => ironpact_snp::verify(&report, &cert, &roots, now, hint),
     };
+    let checked = checked.and_then(|v| match &a.crl {
+        None => Ok(v),
+        Some(path) => {
+            let crl = std::fs::read(path).map_err(|e| {
+                ironpact_snp::SnpError::new(
+                    ironpact_snp::ErrorKind::UntrustedChain,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let pr = roots.for_product(v.product).ok_or_else(|| {
+                ironpact_snp::SnpError::new(
+                    ironpact_snp::ErrorKind::UntrustedChain,
+                    "no roots for the product",
+                )
+            })?;
+            let parent = match v.signing_key {
+                ironpact_snp::SigningKey::Vlek => pr.asvk.clone().unwrap_or_default(),
+                _ => pr.ask.clone(),
+            };
+            ironpact_snp::crl::check_revocation(&crl, pr, &[&parent, &v.endorsement.der], now)
+                .map(|()| v)
+        }
+    });
     match checked {
         Ok(v) => success(&v),
         Err(e) => from_error(&e),
