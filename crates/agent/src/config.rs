@@ -26,6 +26,10 @@ pub enum NodeAttestorConfig {
 #[derive(Debug, Clone)]
 pub enum SevSnpSource {
     ConfigfsTsm(PathBuf),
+    /// `/dev/sev-guest` with SNP_GET_EXT_REPORT at this VMPL.
+    SevGuest {
+        vmpl: u32,
+    },
     Simulated(crate::evidence::SimulatedConfig),
 }
 
@@ -313,6 +317,14 @@ fn sev_snp_source(
         "configfs-tsm" => Ok(SevSnpSource::ConfigfsTsm(
             configfs.unwrap_or_else(|| "/sys/kernel/config/tsm/report".into()),
         )),
+        "sev-guest" => {
+            let vmpl = match d.u16("vmpl")? {
+                None => 0,
+                Some((v, _)) if v < 4 => u32::from(v),
+                Some((_, l)) => return Err(d.err(l, "vmpl must be 0, 1, 2 or 3")),
+            };
+            Ok(SevSnpSource::SevGuest { vmpl })
+        }
         "simulated" => {
             let s = d.section("simulated")?.ok_or_else(|| {
                 sec.err(
@@ -347,7 +359,9 @@ fn sev_snp_source(
         }
         other => Err(d.err(
             line,
-            format!("evidence_source {other:?}: use \"configfs-tsm\" or \"simulated\""),
+            format!(
+                "evidence_source {other:?}: use \"configfs-tsm\", \"sev-guest\" or \"simulated\""
+            ),
         )),
     }
 }

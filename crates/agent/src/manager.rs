@@ -110,6 +110,9 @@ impl Agent {
             crate::config::NodeAttestorConfig::SevSnp(
                 crate::config::SevSnpSource::ConfigfsTsm(p),
             ) => Some(Arc::new(crate::evidence::ConfigfsTsm::new(p.clone()))),
+            crate::config::NodeAttestorConfig::SevSnp(crate::config::SevSnpSource::SevGuest {
+                vmpl,
+            }) => Some(Arc::new(crate::evidence::SevGuestDevice { vmpl: *vmpl })),
             crate::config::NodeAttestorConfig::SevSnp(crate::config::SevSnpSource::Simulated(
                 c,
             )) => {

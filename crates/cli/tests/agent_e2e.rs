@@ -419,3 +419,83 @@ fn py_spiffe_is_a_working_client() {
     // grpcio really sent an authority h2 rejects, and the shim replaced it
     assert!(a.log().contains("replacing an :authority"), "{}", a.log());
 }
+
+/// A Workload API request with the security header.
+fn with<T>(m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    r
+}
+
+#[test]
+fn workload_api_refuses_bad_requests_and_keeps_serving() {
+    use ironpact_proto::workload as wpb;
+    use ironpact_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    let s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host4");
+    let a = TestAgent::start(&s, &token);
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/w4",
+        "-parentID",
+        "spiffe://example.org/host4",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    assert!(a.fetch_until_ok(&[]).ok());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = ironpact_cli::common::connect_uds(&a.socket, "agent", "-socketPath")
+            .await
+            .unwrap();
+        let mut c = SpiffeWorkloadApiClient::new(ch);
+        // no `workload.spiffe.io: true` metadata
+        let e = c.fetch_x509svid(wpb::X509svidRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("security header"), "{e:?}");
+        let e = c
+            .fetch_jwtsvid(wpb::JwtsvidRequest {
+                audience: vec!["a".into()],
+                spiffe_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // an oversized request is an error, not a crash
+        let huge = wpb::JwtsvidRequest {
+            audience: vec!["x".repeat(6 << 20)],
+            spiffe_id: String::new(),
+        };
+        assert!(c.fetch_jwtsvid(with(huge)).await.is_err());
+        // garbage tokens are refused precisely
+        let e = c
+            .validate_jwtsvid(with(wpb::ValidateJwtsvidRequest {
+                audience: "a".into(),
+                svid: "not.a.jwt".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // a client that opens a stream and vanishes costs nothing
+        for _ in 0..20 {
+            let mut stream = c
+                .fetch_x509svid(with(wpb::X509svidRequest {}))
+                .await
+                .unwrap()
+                .into_inner();
+            stream.message().await.unwrap();
+            drop(stream);
+        }
+    });
+    assert!(a.cli(&["healthcheck"]).ok());
+    assert!(a.cli(&["api", "fetch", "x509"]).ok());
+}

@@ -385,8 +385,8 @@ fn an_agent_with_a_disallowed_measurement_gets_nothing() {
     );
 }
 
-/// A stand-in for AMD's KDS: serves `body` at `path`, 404 elsewhere.
-fn local_kds(path: String, body: Vec<u8>) -> String {
+/// A stand-in for AMD's KDS: serves each body at its path, 404 elsewhere.
+fn local_kds(files: Vec<(String, Vec<u8>)>) -> String {
     use std::io::{BufRead, BufReader, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
@@ -400,10 +400,9 @@ fn local_kds(path: String, body: Vec<u8>) -> String {
                 .nth(1)
                 .unwrap_or_default()
                 .to_string();
-            let (status, b) = if req == path {
-                ("200 OK", body.clone())
-            } else {
-                ("404 Not Found", vec![])
+            let (status, b) = match files.iter().find(|(p, _)| *p == req) {
+                Some((_, body)) => ("200 OK", body.clone()),
+                None => ("404 Not Found", vec![]),
             };
             let _ = write!(
                 s,
@@ -427,7 +426,7 @@ fn the_server_fetches_a_missing_vcek_from_the_kds() {
     };
     let sample = ironpact_snp::Report::parse(&dev.report(&guest, &[0; 64]).unwrap()).unwrap();
     let path = ironpact_server::kds::KdsFetcher::vcek_path(ironpact_snp::Product::Milan, &sample);
-    let base = local_kds(path, dev.vcek_der.clone());
+    let base = local_kds(vec![(path, dev.vcek_der.clone())]);
     let s = TestServer::start_with(
         Backend::Sqlite,
         "",
@@ -456,4 +455,130 @@ fn the_server_fetches_a_missing_vcek_from_the_kds() {
         "{}",
         s.log()
     );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
+    let k = keys();
+    let dev = device(&k);
+    let guest = SimGuest {
+        measurement: GOOD,
+        report_id: [0x78; 32],
+        ..SimGuest::default()
+    };
+    let bare = |n: &[u8], key: &[u8]| {
+        dev.report(&guest, &ironpact_snp::binding::report_data(n, key))
+            .unwrap()
+    };
+    // 1. No certificate in the evidence, no KDS: the VCEK comes from certs_dir (any file name,
+    //    beside unrelated files).
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("README"), "not a certificate").unwrap();
+    std::fs::write(
+        certs.path().join("chip-5a.pem"),
+        ironpact_spiffe::x509::certs_to_pem([dev.vcek_der.as_slice()]),
+    )
+    .unwrap();
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        "",
+        &server_plugins_with(
+            &k,
+            &GOOD,
+            &format!(
+                "fetch_vcek = false\n certs_dir = \"{}\"",
+                certs.path().display()
+            ),
+        ),
+    );
+    let roots =
+        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
+            .unwrap();
+    let addr = format!("127.0.0.1:{}", s.port);
+    let rt = runtime();
+    rt.block_on(async {
+        attest_by_hand(&addr, &roots, bare).await.unwrap();
+        // another chip's report finds no certificate there
+        let other = SimulatedSnp::new(
+            SimPlatform {
+                chip_id: [0x6b; 64],
+                ..dev.platform.clone()
+            },
+            &k.ark,
+            &k.ask,
+            &k.vcek,
+            0,
+            4_000_000_000,
+        )
+        .unwrap();
+        let e = attest_by_hand(&addr, &roots, |n, key| {
+            other
+                .report(&guest, &ironpact_snp::binding::report_data(n, key))
+                .unwrap()
+        })
+        .await
+        .unwrap_err();
+        assert!(e.message().contains("untrusted_chain"), "{e:?}");
+        assert!(e.message().contains("certs_dir"), "{e:?}");
+    });
+    drop(s);
+
+    // 2. check_crl: AMD's CRL from the KDS (cached until nextUpdate); a revoked VCEK is refused.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let crl_path = "/vcek/v1/Milan/crl".to_string();
+    let sample = ironpact_snp::Report::parse(&dev.report(&guest, &[0; 64]).unwrap()).unwrap();
+    let vcek_path =
+        ironpact_server::kds::KdsFetcher::vcek_path(ironpact_snp::Product::Milan, &sample);
+    for (revoked, want) in [(vec![7u64], None), (vec![0u64], Some("revoked_cert"))] {
+        let crl = dev.crl(&revoked, now - 60, now + 3600).unwrap();
+        let base = local_kds(vec![
+            (crl_path.clone(), crl),
+            (vcek_path.clone(), dev.vcek_der.clone()),
+        ]);
+        let s = TestServer::start_with(
+            Backend::Sqlite,
+            "",
+            &server_plugins_with(
+                &k,
+                &GOOD,
+                &format!("kds_base_url = \"{base}\"\n check_crl = true"),
+            ),
+        );
+        let roots =
+            ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
+                .unwrap();
+        let addr = format!("127.0.0.1:{}", s.port);
+        rt.block_on(async {
+            let r = attest_by_hand(&addr, &roots, |n, key| {
+                evidence(&dev, &guest, ironpact_snp::binding::report_data(n, key))
+            })
+            .await;
+            match want {
+                None => {
+                    r.unwrap();
+                }
+                Some(kind) => {
+                    let e = r.unwrap_err();
+                    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+                    assert!(e.message().contains(kind), "{e:?}");
+                }
+            }
+        });
+        assert!(
+            s.log().contains("fetching AMD's CRL from the KDS"),
+            "{}",
+            s.log()
+        );
+    }
 }

@@ -58,13 +58,84 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct SevSnpConfig {
     pub policy: ironpact_snp::Policy,
-    /// (product, ARK PEM path, ASK PEM path): trusted instead of AMD's genuine roots. Only
-    /// for simulated evidence in tests and demos.
-    pub test_roots: Option<(ironpact_snp::Product, PathBuf, PathBuf)>,
-    /// Fetch a missing VCEK from the AMD KDS at this base URL (None: never fetch).
+    /// Trusted instead of AMD's genuine roots. Only for simulated evidence in tests and demos.
+    pub test_roots: Option<TestRoots>,
+    /// Fetch a missing VCEK (and CRLs) from the AMD KDS at this base URL (None: never fetch).
     pub kds_base_url: Option<String>,
     /// The product of v2 reports, which do not say.
     pub product: Option<ironpact_snp::Product>,
+    /// VCEK/VLEK certificates (DER or PEM, any file name) for evidence that carries none.
+    pub certs_dir: Option<PathBuf>,
+    /// Check AMD's CRL (from the KDS, cached until its nextUpdate) for every attestation.
+    pub check_crl: bool,
+}
+
+/// `test_roots { product = "milan"  ark = "ark.pem"  ask = "ask.pem"  asvk = "asvk.pem" }`.
+#[derive(Debug, Clone)]
+pub struct TestRoots {
+    pub product: ironpact_snp::Product,
+    pub ark: PathBuf,
+    pub ask: PathBuf,
+    pub asvk: Option<PathBuf>,
+}
+
+/// The `sev_snp` attestor's settings and policy, from its plugin_data (or from a `sev_snp`
+/// block nested in a base attestor's plugin_data).
+pub fn sev_snp_config(d: &Section<'_>) -> Result<SevSnpConfig, ConfigError> {
+    let test_roots = match d.section("test_roots")? {
+        Some(t) => {
+            let need = |k: &str| -> Result<(String, usize), ConfigError> {
+                t.string(k)?
+                    .ok_or_else(|| t.err(t.line(), format!("test_roots.{k} is required")))
+            };
+            let (product, pl) = need("product")?;
+            let product = ironpact_snp::Product::from_name(&product).ok_or_else(|| {
+                t.err(
+                    pl,
+                    format!("test_roots.product {product:?}: use milan, genoa or turin"),
+                )
+            })?;
+            let ark = PathBuf::from(need("ark")?.0);
+            let ask = PathBuf::from(need("ask")?.0);
+            let asvk = t.string("asvk")?.map(|v| PathBuf::from(v.0));
+            t.finish()?;
+            Some(TestRoots {
+                product,
+                ark,
+                ask,
+                asvk,
+            })
+        }
+        None => None,
+    };
+    let fetch = d.bool("fetch_vcek")?.unwrap_or(true);
+    let check_crl = d.bool("check_crl")?.unwrap_or(false);
+    let base = d.string("kds_base_url")?.map(|v| v.0);
+    if check_crl && !fetch {
+        return Err(d.err(
+            d.line(),
+            "check_crl = true fetches AMD's CRL from the KDS: it needs fetch_vcek = true (and kds_base_url for a mirror)",
+        ));
+    }
+    let kds_base_url =
+        fetch.then(|| base.unwrap_or_else(|| crate::kds::DEFAULT_BASE_URL.to_string()));
+    let product = match d.string("product")? {
+        None => None,
+        Some((p, l)) => Some(
+            ironpact_snp::Product::from_name(&p)
+                .ok_or_else(|| d.err(l, format!("product {p:?}: use milan, genoa or turin")))?,
+        ),
+    };
+    let certs_dir = d.string("certs_dir")?.map(|v| PathBuf::from(v.0));
+    let policy = crate::snp_policy::from_section(d)?;
+    Ok(SevSnpConfig {
+        policy,
+        test_roots,
+        kds_base_url,
+        product,
+        certs_dir,
+        check_crl,
+    })
 }
 
 /// Values given on the command line; each replaces the file's.
@@ -310,44 +381,9 @@ impl ServerConfig {
                     let d = data.ok_or_else(|| {
                         sec.err(b.line, "NodeAttestor \"sev_snp\" needs plugin_data with a measurements allow-list")
                     })?;
-                    let test_roots = match d.section("test_roots")? {
-                        Some(t) => {
-                            let need = |k: &str| -> Result<(String, usize), ConfigError> {
-                                t.string(k)?.ok_or_else(|| {
-                                    t.err(t.line(), format!("test_roots.{k} is required"))
-                                })
-                            };
-                            let (product, pl) = need("product")?;
-                            let product = ironpact_snp::Product::from_name(&product)
-                                .ok_or_else(|| t.err(pl, format!("test_roots.product {product:?}: use milan, genoa or turin")))?;
-                            let ark = PathBuf::from(need("ark")?.0);
-                            let ask = PathBuf::from(need("ask")?.0);
-                            t.finish()?;
-                            Some((product, ark, ask))
-                        }
-                        None => None,
-                    };
-                    let fetch = d.bool("fetch_vcek")?.unwrap_or(true);
-                    let base = d.string("kds_base_url")?.map(|v| v.0);
-                    let kds_base_url = fetch
-                        .then(|| base.unwrap_or_else(|| crate::kds::DEFAULT_BASE_URL.to_string()));
-                    let product = match d.string("product")? {
-                        None => None,
-                        Some((p, l)) => {
-                            Some(ironpact_snp::Product::from_name(&p).ok_or_else(|| {
-                                d.err(l, format!("product {p:?}: use milan, genoa or turin"))
-                            })?)
-                        }
-                    };
-                    let policy = crate::snp_policy::from_section(&d)?;
+                    sev_snp = Some(sev_snp_config(&d)?);
                     d.finish()?;
                     sec.finish()?;
-                    sev_snp = Some(SevSnpConfig {
-                        policy,
-                        test_roots,
-                        kds_base_url,
-                        product,
-                    });
                     continue;
                 }
                 if let Some(d) = data {

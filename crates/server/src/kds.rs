@@ -66,6 +66,77 @@ impl KdsFetcher {
         format!("/vcek/v1/{}/{hwid}?{q}", product.name())
     }
 
+    /// AMD's CRL for `product` and key kind (DER), from the cache while its nextUpdate is
+    /// ahead of `now`, otherwise from the KDS (`/vcek/v1/{product}/crl`, `/vlek/v1/{product}/crl`).
+    /// Its signature is checked by the verifier, not here.
+    pub async fn crl(
+        &self,
+        product: Product,
+        kind: ironpact_snp::SigningKey,
+        now: i64,
+    ) -> Result<Vec<u8>, KdsError> {
+        let which = match kind {
+            ironpact_snp::SigningKey::Vlek => "vlek",
+            _ => "vcek",
+        };
+        let file = self.cache_dir.join(format!(
+            "crl-{which}-{}.der",
+            product.name().to_ascii_lowercase()
+        ));
+        let next_update = |der: &[u8]| {
+            use x509_parser::prelude::FromDer;
+            x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+                .ok()
+                .and_then(|(_, c)| c.next_update().map(|t| t.timestamp()))
+        };
+        if let Ok(der) = std::fs::read(&file)
+            && next_update(&der).is_some_and(|n| n > now)
+        {
+            tracing::debug!(path = %file.display(), "CRL from the cache");
+            return Ok(der);
+        }
+        let url = format!("{}/{which}/v1/{}/crl", self.base_url, product.name());
+        tracing::info!(%url, "fetching AMD's CRL from the KDS");
+        let der = self.get(&url).await?;
+        if next_update(&der).is_some() {
+            self.store(&file, &der)?;
+        }
+        Ok(der)
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, KdsError> {
+        let fail = |reason: String| KdsError::Fetch {
+            url: url.to_string(),
+            reason,
+        };
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("HTTP {}", resp.status())));
+        }
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_vec())
+    }
+
+    fn store(&self, file: &std::path::Path, der: &[u8]) -> Result<(), KdsError> {
+        let cache_err = |source| KdsError::Cache {
+            path: file.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&self.cache_dir).map_err(cache_err)?;
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, der)
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .map_err(cache_err)
+    }
+
     /// The VCEK for `report` (DER), from the cache or from the KDS.
     pub async fn vcek(
         &self,
@@ -87,36 +158,11 @@ impl KdsFetcher {
             return Ok(der);
         }
         let url = format!("{}{path}", self.base_url);
-        let fail = |reason: String| KdsError::Fetch {
-            url: url.clone(),
-            reason,
-        };
         tracing::info!(%url, "fetching the VCEK from the AMD KDS");
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(fail(format!("HTTP {}", resp.status())));
-        }
-        let der = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_vec();
-        let cache_err = |source| KdsError::Cache {
-            path: file.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(&self.cache_dir).map_err(cache_err)?;
+        let der = self.get(&url).await?;
         // Only well-formed answers are cached; the verifier judges the chain anyway.
         if ironpact_snp::certs::Endorsement::parse(&der).is_ok() {
-            let tmp = file.with_extension("tmp");
-            std::fs::write(&tmp, &der)
-                .and_then(|()| std::fs::rename(&tmp, &file))
-                .map_err(cache_err)?;
+            self.store(&file, &der)?;
         }
         Ok(der)
     }

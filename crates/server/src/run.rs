@@ -104,44 +104,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         attestors.insert(a.name(), Arc::new(a));
     }
     if let Some(snp) = &cfg.sev_snp {
-        let roots = match &snp.test_roots {
-            Some((product, ark, ask)) => {
-                let read = |p: &std::path::Path| -> Result<Vec<u8>, RunError> {
-                    let text = std::fs::read_to_string(p)
-                        .map_err(|e| RunError::SevSnp(format!("{}: {e}", p.display())))?;
-                    ironpact_snp::certs::to_der(text.as_bytes())
-                        .map_err(|e| RunError::SevSnp(format!("{}: {e}", p.display())))
-                };
-                warn!(%product, ark = %ark.display(), "sev_snp trusts TEST roots: simulated evidence only, never production");
-                let pr =
-                    ironpact_snp::roots::ProductRoots::new(*product, read(ark)?, read(ask)?, None)
-                        .map_err(|e| RunError::SevSnp(format!("test roots: {e}")))?;
-                ironpact_snp::AmdRoots::custom(vec![pr])
-            }
-            None => {
-                ironpact_snp::AmdRoots::genuine().map_err(|e| RunError::SevSnp(e.to_string()))?
-            }
-        };
-        let kds = match &snp.kds_base_url {
-            Some(url) => Some(
-                crate::kds::KdsFetcher::new(url, cfg.data_dir.join("kds"))
-                    .map_err(|e| RunError::SevSnp(e.to_string()))?,
-            ),
-            None => None,
-        };
-        let a = crate::attest::SevSnpAttestor {
-            trust_domain: cfg.trust_domain.clone(),
-            roots,
-            policy: std::sync::RwLock::new(snp.policy.clone()),
-            kds,
-            product: snp.product,
-        };
-        info!(
-            measurements = snp.policy.measurements.len(),
-            any = snp.policy.allow_any_measurement,
-            "sev_snp attestor ready"
-        );
-        let a: Arc<crate::attest::SevSnpAttestor> = Arc::new(a);
+        let a = build_sev_snp(&cfg, snp)?;
         attestors.insert("sev_snp", a.clone());
         sev_snp_attestor = Some(a);
     }
@@ -165,6 +128,57 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         })?;
     core.renew_server_svid_if_due()?;
     Ok(core)
+}
+
+/// Builds a `sev_snp` attestor (standalone, or the TEE half of a composed one).
+fn build_sev_snp(
+    cfg: &ServerConfig,
+    snp: &crate::config::SevSnpConfig,
+) -> Result<Arc<crate::attest::SevSnpAttestor>, RunError> {
+    let roots = match &snp.test_roots {
+        Some(t) => {
+            let read = |p: &std::path::Path| -> Result<Vec<u8>, RunError> {
+                let text = std::fs::read(p)
+                    .map_err(|e| RunError::SevSnp(format!("{}: {e}", p.display())))?;
+                ironpact_snp::certs::to_der(&text)
+                    .map_err(|e| RunError::SevSnp(format!("{}: {e}", p.display())))
+            };
+            warn!(product = %t.product, ark = %t.ark.display(), "sev_snp trusts TEST roots: simulated evidence only, never production");
+            let asvk = t.asvk.as_deref().map(read).transpose()?;
+            let pr = ironpact_snp::roots::ProductRoots::new(
+                t.product,
+                read(&t.ark)?,
+                read(&t.ask)?,
+                asvk,
+            )
+            .map_err(|e| RunError::SevSnp(format!("test roots: {e}")))?;
+            ironpact_snp::AmdRoots::custom(vec![pr])
+        }
+        None => ironpact_snp::AmdRoots::genuine().map_err(|e| RunError::SevSnp(e.to_string()))?,
+    };
+    let kds = match &snp.kds_base_url {
+        Some(url) => Some(
+            crate::kds::KdsFetcher::new(url, cfg.data_dir.join("kds"))
+                .map_err(|e| RunError::SevSnp(e.to_string()))?,
+        ),
+        None => None,
+    };
+    info!(
+        measurements = snp.policy.measurements.len(),
+        any = snp.policy.allow_any_measurement,
+        check_crl = snp.check_crl,
+        certs_dir = ?snp.certs_dir,
+        "sev_snp attestor ready"
+    );
+    Ok(Arc::new(crate::attest::SevSnpAttestor {
+        trust_domain: cfg.trust_domain.clone(),
+        roots,
+        policy: std::sync::RwLock::new(snp.policy.clone()),
+        kds,
+        product: snp.product,
+        certs_dir: snp.certs_dir.clone(),
+        check_crl: snp.check_crl,
+    }))
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener, RunError> {

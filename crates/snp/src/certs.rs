@@ -164,6 +164,34 @@ pub fn verify_rsa_pss(subject_der: &[u8], issuer_der: &[u8]) -> Result<(), SnpEr
     })
 }
 
+/// Picks, among `candidates` (DER or PEM; unparseable ones are skipped), the VCEK or VLEK
+/// that can vouch for `report`: the signing-key kind the report names, for a VCEK the report's
+/// chip, and the report's TCB. Nothing is trusted here: the verifier still checks the chain.
+pub fn select_endorsement<'a>(
+    candidates: impl IntoIterator<Item = &'a [u8]>,
+    report: &crate::report::Report,
+    hint: Option<Product>,
+) -> Option<Vec<u8>> {
+    let kind = report.signing_key();
+    candidates.into_iter().find_map(|c| {
+        let e = Endorsement::parse(c).ok()?;
+        let product = report.cpuid_product().or(hint).or(e.product)?;
+        let tcb = Tcb::decode(report.reported_tcb, product);
+        let same_tcb = (e.tcb.bootloader, e.tcb.tee, e.tcb.snp, e.tcb.microcode)
+            == (tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode)
+            && (product != Product::Turin || e.tcb.fmc == tcb.fmc);
+        let same_chip = match (kind, &e.hwid) {
+            (SigningKey::Vcek, Some(hw)) => {
+                let n = hw.len().min(64);
+                report.chip_id_masked() || (!hw.is_empty() && report.chip_id[..n] == hw[..n])
+            }
+            (SigningKey::Vcek, None) => false,
+            _ => true,
+        };
+        (e.kind == kind && same_tcb && same_chip).then_some(e.der)
+    })
+}
+
 /// Validity window of a certificate (Unix seconds).
 pub fn validity(der: &[u8]) -> Result<(i64, i64), SnpError> {
     let c = parse(der)?;

@@ -6,7 +6,7 @@
 //! The certificates are written by hand (a few DER helpers below) because no X.509 crate we
 //! use can sign with RSASSA-PSS SHA-384, which AMD's chain uses and the verifier requires.
 
-use crate::report::{Product, REPORT_LEN, SIGNED_LEN};
+use crate::report::{Product, REPORT_LEN, SIGNED_LEN, SigningKey};
 use crate::roots::{AmdRoots, ProductRoots};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
@@ -200,12 +200,15 @@ impl Default for SimGuest {
     }
 }
 
-/// The test chain and the VCEK key.
+/// The test chain and the VCEK (or VLEK) key.
 pub struct SimulatedSnp {
     pub platform: SimPlatform,
     pub ark_der: Vec<u8>,
+    /// The ASK, or the ASVK when the device signs with a VLEK.
     pub ask_der: Vec<u8>,
+    /// The VCEK, or the VLEK when the device signs with one.
     pub vcek_der: Vec<u8>,
+    pub signing_key: SigningKey,
     vcek: EcdsaKeyPair,
     ark: RsaSigner,
 }
@@ -221,7 +224,40 @@ impl SimulatedSnp {
         not_before: i64,
         not_after: i64,
     ) -> Result<Self, SimError> {
+        Self::build(
+            platform,
+            [ark_pkcs8, ask_pkcs8, vcek_pkcs8],
+            (not_before, not_after),
+            SigningKey::Vcek,
+        )
+    }
+
+    /// Like [`SimulatedSnp::new`], but signing as a cloud provider's VLEK under an ASVK
+    /// (`asvk_pkcs8`), as AWS's SEV-SNP instances do. The VLEK has no hwID extension.
+    pub fn new_vlek(
+        platform: SimPlatform,
+        ark_pkcs8: &[u8],
+        asvk_pkcs8: &[u8],
+        vlek_pkcs8: &[u8],
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<Self, SimError> {
+        Self::build(
+            platform,
+            [ark_pkcs8, asvk_pkcs8, vlek_pkcs8],
+            (not_before, not_after),
+            SigningKey::Vlek,
+        )
+    }
+
+    fn build(
+        platform: SimPlatform,
+        [ark_pkcs8, ask_pkcs8, vcek_pkcs8]: [&[u8]; 3],
+        (not_before, not_after): (i64, i64),
+        signing_key: SigningKey,
+    ) -> Result<Self, SimError> {
         let p = platform.product.name();
+        let vlek = signing_key == SigningKey::Vlek;
         let ark = RsaSigner::new(ark_pkcs8)?;
         let ask = RsaSigner::new(ask_pkcs8)?;
         let rng = SystemRandom::new();
@@ -233,7 +269,11 @@ impl SimulatedSnp {
         .map_err(e)?;
         let ca = || ext("2.5.29.19", seq(&[tlv(0x01, &[0xff])]));
         let ark_cn = format!("ARK-{p}");
-        let ask_cn = format!("SEV-{p}");
+        let ask_cn = if vlek {
+            format!("SEV-VLEK-{p}")
+        } else {
+            format!("SEV-{p}")
+        };
         let ark_der = ark.certificate(tbs(
             1,
             &ark_cn,
@@ -258,23 +298,31 @@ impl SimulatedSnp {
             seq(&[oid("1.2.840.10045.2.1"), oid("1.3.132.0.34")]),
             tlv(0x03, &[&[0u8][..], &point].concat()),
         ]);
-        let exts = vec![
+        let mut exts = vec![
             ext("1.3.6.1.4.1.3704.1.1", int(1)),
             ext("1.3.6.1.4.1.3704.1.2", tlv(0x16, p.as_bytes())),
             ext("1.3.6.1.4.1.3704.1.3.1", int(u64::from(bl))),
             ext("1.3.6.1.4.1.3704.1.3.2", int(u64::from(tee))),
             ext("1.3.6.1.4.1.3704.1.3.3", int(u64::from(snp))),
             ext("1.3.6.1.4.1.3704.1.3.8", int(u64::from(ucode))),
-            ext("1.3.6.1.4.1.3704.1.4", platform.chip_id.to_vec()),
         ];
+        let leaf_cn = if vlek {
+            // The VLEK names its cloud provider (csp_id) instead of a chip.
+            exts.push(ext("1.3.6.1.4.1.3704.1.5", tlv(0x0c, b"ironpact-test-csp")));
+            "SEV-VLEK"
+        } else {
+            exts.push(ext("1.3.6.1.4.1.3704.1.4", platform.chip_id.to_vec()));
+            "SEV-VCEK"
+        };
         let vcek_der = ask.certificate(tbs(
-            0, &ask_cn, "SEV-VCEK", not_before, not_after, &vcek_spki, exts,
+            0, &ask_cn, leaf_cn, not_before, not_after, &vcek_spki, exts,
         ))?;
         Ok(Self {
             platform,
             ark_der,
             ask_der,
             vcek_der,
+            signing_key,
             vcek,
             ark,
         })
@@ -306,11 +354,12 @@ impl SimulatedSnp {
 
     /// Roots that trust this device's test ARK (and nothing else).
     pub fn roots(&self) -> Result<AmdRoots, SimError> {
+        let asvk = (self.signing_key == SigningKey::Vlek).then(|| self.ask_der.clone());
         let pr = ProductRoots::new(
             self.platform.product,
             self.ark_der.clone(),
             self.ask_der.clone(),
-            None,
+            asvk,
         )
         .map_err(e)?;
         Ok(AmdRoots::custom(vec![pr]))
@@ -326,6 +375,13 @@ impl SimulatedSnp {
         put(&mut r, 0x08, &guest.policy.to_le_bytes());
         put(&mut r, 0x30, &guest.vmpl.to_le_bytes());
         put(&mut r, 0x34, &1u32.to_le_bytes());
+        // KEY_INFO: the signing key in bits 4:2 (0 VCEK, 1 VLEK).
+        let key_info: u32 = if self.signing_key == SigningKey::Vlek {
+            1 << 2
+        } else {
+            0
+        };
+        put(&mut r, 0x48, &key_info.to_le_bytes());
         put(&mut r, 0x38, &tcb);
         put(&mut r, 0x50, report_data);
         put(&mut r, 0x90, &guest.measurement);

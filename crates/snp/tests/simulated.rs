@@ -142,3 +142,60 @@ fn revocation_lists() {
     assert_eq!(e.kind, ErrorKind::UntrustedChain);
     assert!(check_revocation(b"junk", pr, &certs, now).is_err());
 }
+
+#[test]
+fn a_vlek_signed_report_verifies_under_its_asvk_and_nowhere_else() {
+    let now = 1_800_000_000;
+    let p384 = || {
+        ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap()
+        .as_ref()
+        .to_vec()
+    };
+    let platform = SimPlatform {
+        product: Product::Genoa,
+        chip_id: [0x33; 64],
+        tcb: (9, 0, 21, 84),
+    };
+    let (ark, asvk) = (rsa_pkcs8(), rsa_pkcs8());
+    let sim = SimulatedSnp::new_vlek(
+        platform.clone(),
+        &ark,
+        &asvk,
+        &p384(),
+        now - 60,
+        now + 86400,
+    )
+    .unwrap();
+    assert_eq!(sim.signing_key, ironpact_snp::SigningKey::Vlek);
+    let report = sim.report(&SimGuest::default(), &[1; 64]).unwrap();
+    let roots = sim.roots().unwrap();
+    let v = ironpact_snp::verify(&report, &sim.vcek_der, &roots, now, None).unwrap();
+    assert_eq!(
+        (v.signing_key, v.product),
+        (ironpact_snp::SigningKey::Vlek, Product::Genoa)
+    );
+    assert!(
+        v.selectors().iter().all(|(k, _)| k != "chip_id"),
+        "a VLEK names no chip"
+    );
+    // a VLEK from another ASVK (another provider's chain under the same ARK) is refused
+    let other =
+        SimulatedSnp::new_vlek(platform, &ark, &rsa_pkcs8(), &p384(), now - 60, now + 86400)
+            .unwrap();
+    let e = ironpact_snp::verify(&report, &other.vcek_der, &roots, now, None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UntrustedChain, "{e}");
+    // a policy that accepts only VCEKs refuses it
+    let vcek_only = Policy {
+        allow_any_measurement: true,
+        accept_vlek: false,
+        ..Policy::default()
+    };
+    assert_eq!(
+        vcek_only.check(&v).unwrap_err().kind,
+        ErrorKind::PolicyViolation
+    );
+}

@@ -49,13 +49,28 @@ fn from_error(e: &SnpError) -> Value {
     failure(e.kind.as_str(), e.message.clone())
 }
 
-fn find_cert(a: &SnpArgs) -> Result<Option<Vec<u8>>, Value> {
+fn find_cert(a: &SnpArgs, report: Option<&[u8]>) -> Result<Option<Vec<u8>>, Value> {
     if let Some(p) = &a.cert {
         return std::fs::read(p)
             .map(Some)
             .map_err(|e| failure("unparseable", format!("cannot read {}: {e}", p.display())));
     }
     if let Some(d) = &a.certs_dir {
+        // The certificate for this report's key, chip and TCB, whatever its file name ...
+        let parsed = report.and_then(|r| ironpact_snp::Report::parse(r).ok());
+        if let (Some(r), Ok(rd)) = (parsed, std::fs::read_dir(d)) {
+            let files: Vec<Vec<u8>> = rd
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect();
+            let hint = a.product.as_deref().and_then(Product::from_name);
+            if let Some(c) =
+                ironpact_snp::certs::select_endorsement(files.iter().map(Vec::as_slice), &r, hint)
+            {
+                return Ok(Some(c));
+            }
+        }
+        // ... or the one named as the KDS and the vectors name it.
         for name in ["vcek.der", "vcek.pem", "vlek.der", "vlek.pem"] {
             if let Ok(b) = std::fs::read(d.join(name)) {
                 return Ok(Some(b));
@@ -137,7 +152,7 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
         },
         None => (None, None),
     };
-    let cert = match (find_cert(a), table_cert) {
+    let cert = match (find_cert(a, report_bytes.as_deref()), table_cert) {
         (Ok(Some(c)), _) => c,
         (Ok(None), Some(c)) => c,
         (Ok(None), None) => {

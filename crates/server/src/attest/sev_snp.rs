@@ -18,9 +18,90 @@ pub struct SevSnpAttestor {
     pub kds: Option<crate::kds::KdsFetcher>,
     /// The product of reports that do not say (v2).
     pub product: Option<ironpact_snp::Product>,
+    /// VCEK/VLEK certificates for evidence that carries none (read at each attestation, so
+    /// certificates dropped in apply at once).
+    pub certs_dir: Option<std::path::PathBuf>,
+    /// Check AMD's CRL (via `kds`) for the ASK/ASVK and the VCEK/VLEK.
+    pub check_crl: bool,
+}
+
+fn rejected(e: impl std::fmt::Display) -> AttestError {
+    AttestError::Rejected(e.to_string())
+}
+
+/// Every readable file in `dir`, for [`ironpact_snp::certs::select_endorsement`].
+fn read_dir_files(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "sev_snp certs_dir cannot be read");
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .collect()
 }
 
 impl SevSnpAttestor {
+    /// The VCEK/VLEK for evidence that carries none: from `certs_dir`, else from the KDS
+    /// (VCEKs only: a VLEK cannot be fetched).
+    async fn find_endorsement(&self, report: &[u8]) -> Result<Vec<u8>, AttestError> {
+        let parsed = ironpact_snp::Report::parse(report).map_err(rejected)?;
+        if let Some(dir) = &self.certs_dir {
+            let files = read_dir_files(dir);
+            if let Some(c) = ironpact_snp::certs::select_endorsement(
+                files.iter().map(Vec::as_slice),
+                &parsed,
+                self.product,
+            ) {
+                tracing::debug!(dir = %dir.display(), "VCEK/VLEK from certs_dir");
+                return Ok(c);
+            }
+        }
+        let where_ = match &self.certs_dir {
+            Some(d) => format!(
+                "nor does certs_dir {} hold one for this chip and TCB",
+                d.display()
+            ),
+            None => "and no certs_dir is configured".into(),
+        };
+        match (&self.kds, parsed.signing_key()) {
+            (Some(kds), ironpact_snp::SigningKey::Vcek) => kds
+                .vcek(&parsed, self.product)
+                .await
+                .map_err(|e| AttestError::Rejected(format!("untrusted_chain: {e}"))),
+            (_, ironpact_snp::SigningKey::Vlek) => Err(AttestError::Rejected(format!(
+                "untrusted_chain: the VLEK-signed evidence carries no VLEK, {where_} (a VLEK cannot be fetched from the KDS)"
+            ))),
+            _ => Err(AttestError::Rejected(format!(
+                "untrusted_chain: the evidence carries no VCEK/VLEK, {where_}, and KDS fetching is off"
+            ))),
+        }
+    }
+
+    /// AMD's CRL: neither the ASK/ASVK nor the VCEK/VLEK may be revoked.
+    async fn check_revocation(
+        &self,
+        v: &ironpact_snp::Verified,
+        now: i64,
+    ) -> Result<(), AttestError> {
+        let kds = self.kds.as_ref().ok_or_else(|| {
+            AttestError::Rejected("untrusted_chain: check_crl needs the KDS (fetch_vcek)".into())
+        })?;
+        let crl = kds
+            .crl(v.product, v.signing_key, now)
+            .await
+            .map_err(|e| AttestError::Rejected(format!("untrusted_chain: no CRL: {e}")))?;
+        let pr = self.roots.for_product(v.product).ok_or_else(|| {
+            AttestError::Rejected(format!("untrusted_chain: no roots for {}", v.product))
+        })?;
+        let parent = match v.signing_key {
+            ironpact_snp::SigningKey::Vlek => pr.asvk.clone().unwrap_or_default(),
+            _ => pr.ask.clone(),
+        };
+        ironpact_snp::crl::check_revocation(&crl, pr, &[&parent, &v.endorsement.der], now)
+            .map_err(rejected)
+    }
+
     pub fn set_policy(&self, p: Policy) {
         if let Ok(mut g) = self.policy.write() {
             *g = p;
@@ -47,30 +128,16 @@ impl NodeAttestor for SevSnpAttestor {
         let answer = challenger.challenge(nonce.to_vec()).await?;
         let (report, cert) =
             decode_evidence(&answer).map_err(|e| AttestError::Rejected(e.to_string()))?;
-        let cert = match (cert, &self.kds) {
-            (Some(c), _) => c,
-            (None, Some(kds)) => {
-                let parsed = ironpact_snp::Report::parse(report)
-                    .map_err(|e| AttestError::Rejected(e.to_string()))?;
-                if parsed.signing_key() != ironpact_snp::SigningKey::Vcek {
-                    return Err(AttestError::Rejected(
-                        "untrusted_chain: a VLEK-signed report must carry its VLEK (it cannot be fetched)".into(),
-                    ));
-                }
-                kds.vcek(&parsed, self.product)
-                    .await
-                    .map_err(|e| AttestError::Rejected(format!("untrusted_chain: {e}")))?
-            }
-            (None, None) => {
-                return Err(AttestError::Rejected(
-                    "untrusted_chain: the evidence carries no VCEK/VLEK and KDS fetching is off"
-                        .into(),
-                ));
-            }
+        let cert = match cert {
+            Some(c) => c,
+            None => self.find_endorsement(report).await?,
         };
         let verified =
             ironpact_snp::verify_authentic(report, &cert, &self.roots, ev.now, self.product)
                 .map_err(|e| AttestError::Rejected(e.to_string()))?;
+        if self.check_crl {
+            self.check_revocation(&verified, ev.now).await?;
+        }
         let mut policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
         policy
