@@ -16,11 +16,37 @@ pub enum AgentKeyManager {
     Memory,
 }
 
-/// How this node attests.
+/// How this node attests: a base attestor, optionally completed by SEV-SNP evidence
+/// (`sev_snp { … }` in its plugin_data), or SEV-SNP alone.
 #[derive(Debug, Clone)]
 pub enum NodeAttestorConfig {
-    JoinToken,
+    JoinToken {
+        tee: Option<SevSnpSource>,
+    },
+    AwsIid {
+        imds: crate::imds::ImdsConfig,
+        tee: Option<SevSnpSource>,
+    },
     SevSnp(SevSnpSource),
+}
+
+impl NodeAttestorConfig {
+    /// The attestor's name, as the server knows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::JoinToken { .. } => "join_token",
+            Self::AwsIid { .. } => "aws_iid",
+            Self::SevSnp(_) => "sev_snp",
+        }
+    }
+
+    /// Where SEV-SNP evidence comes from, when this node presents any.
+    pub fn tee(&self) -> Option<&SevSnpSource> {
+        match self {
+            Self::JoinToken { tee } | Self::AwsIid { tee, .. } => tee.as_ref(),
+            Self::SevSnp(s) => Some(s),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -172,8 +198,7 @@ impl AgentConfig {
 
         let mut key_manager = None;
         let mut unix = None;
-        let mut join_token_plugin = false;
-        let mut sev_snp = None;
+        let mut node_attestor = None;
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("NodeAttestor") {
                 let data = plugin_data(
@@ -181,21 +206,52 @@ impl AgentConfig {
                     b.line,
                     &sec,
                     "NodeAttestor",
-                    &["join_token", "sev_snp"],
+                    &["join_token", "sev_snp", "aws_iid"],
                 )?;
-                if b.labels[0] == "sev_snp" {
-                    sev_snp = Some(sev_snp_source(data.as_ref(), &sec, b.line)?);
-                    if let Some(d) = data {
-                        d.finish()?;
-                    }
-                    sec.finish()?;
-                    continue;
+                if node_attestor.is_some() {
+                    return Err(sec.err(b.line, "only one NodeAttestor may be configured (a base attestor requires SEV-SNP with a sev_snp { … } block in its plugin_data)"));
                 }
+                // `sev_snp { … }` inside a base attestor's plugin_data: SEV-SNP evidence too.
+                let nested =
+                    |d: Option<&Section<'_>>| -> Result<Option<SevSnpSource>, ConfigError> {
+                        let Some(d) = d else { return Ok(None) };
+                        match d.section("sev_snp")? {
+                            Some(t) => {
+                                let src = sev_snp_source(Some(&t), &t, t.line())?;
+                                t.finish()?;
+                                Ok(Some(src))
+                            }
+                            None => Ok(None),
+                        }
+                    };
+                let a = match b.labels[0].as_str() {
+                    "sev_snp" => {
+                        NodeAttestorConfig::SevSnp(sev_snp_source(data.as_ref(), &sec, b.line)?)
+                    }
+                    "aws_iid" => {
+                        let mut imds = crate::imds::ImdsConfig::default();
+                        if let Some(d) = &data {
+                            if let Some((v, _)) = d.string("ec2_metadata_endpoint")? {
+                                imds.endpoint = v;
+                            }
+                            if let Some(t) = d.duration("timeout")? {
+                                imds.timeout = t;
+                            }
+                        }
+                        NodeAttestorConfig::AwsIid {
+                            imds,
+                            tee: nested(data.as_ref())?,
+                        }
+                    }
+                    _ => NodeAttestorConfig::JoinToken {
+                        tee: nested(data.as_ref())?,
+                    },
+                };
                 if let Some(d) = data {
                     d.finish()?;
                 }
                 sec.finish()?;
-                join_token_plugin = true;
+                node_attestor = Some(a);
             }
             for (b, sec) in p.labelled("KeyManager") {
                 let data = plugin_data(&b.labels, b.line, &sec, "KeyManager", &["disk", "memory"])?;
@@ -239,17 +295,11 @@ impl AgentConfig {
         if let Some(p) = plugins {
             p.finish()?;
         }
-        let node_attestor = match (sev_snp, join_token_plugin) {
-            (Some(s), _) => NodeAttestorConfig::SevSnp(s),
-            (None, true) => NodeAttestorConfig::JoinToken,
-            (None, false) => {
-                return Err(ConfigError {
-                    file: file.into(),
-                    line: 0,
-                    message: "a node attestor is required: plugins { NodeAttestor \"join_token\" { … } } or \"sev_snp\"".into(),
-                });
-            }
-        };
+        let node_attestor = node_attestor.ok_or_else(|| ConfigError {
+            file: file.into(),
+            line: 0,
+            message: "a node attestor is required: plugins { NodeAttestor \"join_token\" { … } }, \"aws_iid\" or \"sev_snp\"".into(),
+        })?;
         if trust_bundle_path.is_none() && !insecure_bootstrap {
             return Err(ConfigError {
                 file: file.into(),
@@ -338,7 +388,7 @@ fn sev_snp_source(
                 .ok_or_else(|| {
                     s.err(
                         s.line(),
-                        "simulated.keys_dir is required (ark.pk8, ask.pk8, vcek.pk8)",
+                        "simulated.keys_dir is required (ark.pk8, ask.pk8, vcek.pk8; or asvk.pk8, vlek.pk8 with signing_key = \"vlek\")",
                     )
                 })?;
             let product = match s.string("product")? {
@@ -353,6 +403,12 @@ fn sev_snp_source(
                 chip_id: hex_array(&s, "chip_id", [0x5a; 64])?,
                 report_id: hex_array(&s, "report_id", [0x22; 32])?,
                 debug: s.bool("debug")?.unwrap_or(false),
+                vlek: match s.string("signing_key")? {
+                    None => false,
+                    Some((k, _)) if k == "vcek" => false,
+                    Some((k, _)) if k == "vlek" => true,
+                    Some((_, l)) => return Err(s.err(l, "signing_key: use \"vcek\" or \"vlek\"")),
+                },
             };
             s.finish()?;
             Ok(SevSnpSource::Simulated(c))

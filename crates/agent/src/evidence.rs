@@ -4,7 +4,7 @@
 
 use ironpact_snp::Product;
 use ironpact_snp::binding::encode_evidence;
-use ironpact_snp::cert_table::{CertTable, GUID_VCEK};
+use ironpact_snp::cert_table::{CertTable, GUID_VCEK, GUID_VLEK};
 use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,6 +126,8 @@ pub struct SimulatedConfig {
     pub chip_id: [u8; 64],
     pub debug: bool,
     pub report_id: [u8; 32],
+    /// Sign with a VLEK under an ASVK (`ark.pk8`, `asvk.pk8`, `vlek.pk8`), as AWS does.
+    pub vlek: bool,
 }
 
 fn pkcs8(path: &Path) -> Result<Vec<u8>, String> {
@@ -149,14 +151,27 @@ impl Simulated {
             chip_id: c.chip_id,
             tcb: (4, 0, 24, 219),
         };
-        let device = SimulatedSnp::new(
-            platform,
-            &pkcs8(&c.keys_dir.join("ark.pk8"))?,
-            &pkcs8(&c.keys_dir.join("ask.pk8"))?,
-            &pkcs8(&c.keys_dir.join("vcek.pk8"))?,
-            now - 3600,
-            now + 365 * 86400,
-        )
+        let ark = pkcs8(&c.keys_dir.join("ark.pk8"))?;
+        let (nb, na) = (now - 3600, now + 365 * 86400);
+        let device = if c.vlek {
+            SimulatedSnp::new_vlek(
+                platform,
+                &ark,
+                &pkcs8(&c.keys_dir.join("asvk.pk8"))?,
+                &pkcs8(&c.keys_dir.join("vlek.pk8"))?,
+                nb,
+                na,
+            )
+        } else {
+            SimulatedSnp::new(
+                platform,
+                &ark,
+                &pkcs8(&c.keys_dir.join("ask.pk8"))?,
+                &pkcs8(&c.keys_dir.join("vcek.pk8"))?,
+                nb,
+                na,
+            )
+        }
         .map_err(|e| e.to_string())?;
         let policy = 0x30000 | if c.debug { 1 << 19 } else { 0 };
         let guest = SimGuest {
@@ -179,7 +194,11 @@ impl EvidenceSource for Simulated {
             .device
             .report(&self.guest, report_data)
             .map_err(|e| e.to_string())?;
-        let table = CertTable::build(&[(GUID_VCEK, &self.device.vcek_der)]);
+        let guid = match self.device.signing_key {
+            ironpact_snp::SigningKey::Vlek => GUID_VLEK,
+            _ => GUID_VCEK,
+        };
+        let table = CertTable::build(&[(guid, &self.device.vcek_der)]);
         Ok(encode_evidence(&report, &table))
     }
 }
@@ -194,7 +213,10 @@ mod tests {
             return; // a real SNP guest: nothing to check here
         }
         let e = SevGuestDevice { vmpl: 0 }.evidence(&[0; 64]).unwrap_err();
-        assert!(e.contains("/dev/sev-guest") && e.contains("SEV-SNP guest"), "{e}");
+        assert!(
+            e.contains("/dev/sev-guest") && e.contains("SEV-SNP guest"),
+            "{e}"
+        );
     }
 
     #[test]

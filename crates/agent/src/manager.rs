@@ -85,6 +85,8 @@ pub struct Agent {
     server_id: SpiffeId,
     /// SEV-SNP evidence, when this node attests with `sev_snp`.
     evidence: Option<Arc<dyn crate::evidence::EvidenceSource>>,
+    /// The instance metadata service, when this node attests with `aws_iid`.
+    imds: Option<crate::imds::Imds>,
 }
 
 fn pem_certs(chain: &[Vec<u8>]) -> String {
@@ -105,25 +107,33 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let evidence: Option<Arc<dyn crate::evidence::EvidenceSource>> = match &cfg.node_attestor {
-            crate::config::NodeAttestorConfig::JoinToken => None,
-            crate::config::NodeAttestorConfig::SevSnp(
-                crate::config::SevSnpSource::ConfigfsTsm(p),
-            ) => Some(Arc::new(crate::evidence::ConfigfsTsm::new(p.clone()))),
-            crate::config::NodeAttestorConfig::SevSnp(crate::config::SevSnpSource::SevGuest {
-                vmpl,
-            }) => Some(Arc::new(crate::evidence::SevGuestDevice { vmpl: *vmpl })),
-            crate::config::NodeAttestorConfig::SevSnp(crate::config::SevSnpSource::Simulated(
-                c,
-            )) => {
+        let evidence: Option<Arc<dyn crate::evidence::EvidenceSource>> = match cfg
+            .node_attestor
+            .tee()
+        {
+            None => None,
+            Some(crate::config::SevSnpSource::ConfigfsTsm(p)) => {
+                Some(Arc::new(crate::evidence::ConfigfsTsm::new(p.clone())))
+            }
+            Some(crate::config::SevSnpSource::SevGuest { vmpl }) => {
+                Some(Arc::new(crate::evidence::SevGuestDevice { vmpl: *vmpl }))
+            }
+            Some(crate::config::SevSnpSource::Simulated(c)) => {
                 warn!("SEV-SNP evidence comes from a SIMULATED device: for tests and demos only");
                 Some(Arc::new(
                     crate::evidence::Simulated::load(c).map_err(AgentError::Local)?,
                 ))
             }
         };
+        let imds = match &cfg.node_attestor {
+            crate::config::NodeAttestorConfig::AwsIid { imds, .. } => {
+                Some(crate::imds::Imds::new(imds.clone()).map_err(AgentError::Local)?)
+            }
+            _ => None,
+        };
         let agent = Arc::new(Self {
             evidence,
+            imds,
             cfg,
             state: Arc::new(State::default()),
             roots: Arc::new(SharedRoots::new(roots)),
@@ -302,10 +312,25 @@ impl Agent {
     }
 
     fn attestor_kind(&self) -> &'static str {
-        if self.evidence.is_some() {
-            "sev_snp"
-        } else {
-            "join_token"
+        self.cfg.node_attestor.name()
+    }
+
+    /// What the base attestor presents: the join token (first attestation only), the
+    /// instance identity document, or nothing (SEV-SNP alone answers challenges).
+    async fn payload(&self, renew: bool) -> Result<Vec<u8>, AgentError> {
+        use crate::config::NodeAttestorConfig as N;
+        match (&self.cfg.node_attestor, &self.imds) {
+            (N::JoinToken { .. }, _) if !renew => Ok(self
+                .cfg
+                .join_token
+                .clone()
+                .ok_or(AgentError::NoJoinToken)?
+                .into_bytes()),
+            (N::AwsIid { .. }, Some(imds)) => imds
+                .identity()
+                .await
+                .map_err(|e| AgentError::Unavailable(format!("aws_iid: {e}"))),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -356,7 +381,7 @@ impl Agent {
                 Some(pb::attest_agent_response::Step::Challenge(nonce)) => {
                     let src = self.evidence.clone().ok_or_else(|| {
                         AgentError::Refused(
-                            "the server sent a challenge the join_token attestor cannot answer"
+                            "the server asks for SEV-SNP evidence, but this agent has no evidence source: add sev_snp { evidence_source = … } to its NodeAttestor plugin_data"
                                 .into(),
                         )
                     })?;
@@ -402,15 +427,7 @@ impl Agent {
     }
 
     async fn attest(&self) -> Result<(), AgentError> {
-        let payload = match self.evidence {
-            Some(_) => Vec::new(),
-            None => self
-                .cfg
-                .join_token
-                .clone()
-                .ok_or(AgentError::NoJoinToken)?
-                .into_bytes(),
-        };
+        let payload = self.payload(false).await?;
         let cfg = if self.roots.x509_roots().is_empty() && self.cfg.insecure_bootstrap {
             ironpact_tls::client_config_insecure(self.server_id.clone())
         } else {
@@ -436,7 +453,7 @@ impl Agent {
         let mut client = self.client()?;
         let NewKey { csr, key, spki } = Self::csr_with_spki()?;
         let svid = Self::svid_from(
-            self.attestation(&mut client, Vec::new(), csr, spki, true)
+            self.attestation(&mut client, self.payload(true).await?, csr, spki, true)
                 .await?,
             key,
         )?;

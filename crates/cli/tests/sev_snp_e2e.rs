@@ -9,11 +9,9 @@
 mod support;
 
 use ironpact_proto::agent::v1 as pb;
-use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
 use ironpact_snp::cert_table::{CertTable, GUID_VCEK};
 use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Backend, TestAgent, TestServer, my_uid};
 
@@ -115,60 +113,13 @@ fn agent_block(keys_dir: &Path, measurement: &[u8; 48], debug: bool) -> String {
     )
 }
 
-/// One attestation by hand: `answer` turns the server's nonce and our SPKI into evidence.
+/// One `sev_snp` attestation by hand: `answer` turns the server's nonce and our SPKI into evidence.
 async fn attest_by_hand(
     addr: &str,
     roots: &[Vec<u8>],
     answer: impl Fn(&[u8], &[u8]) -> Vec<u8>,
 ) -> Result<pb::X509svid, tonic::Status> {
-    use rcgen::PublicKeyData;
-    let trust = Arc::new(ironpact_tls::SharedRoots::new(roots.to_vec()));
-    let server_id = ironpact_spiffe::SpiffeId::parse("spiffe://example.org/spire/server").unwrap();
-    let ch = ironpact_tls::channel(
-        addr,
-        ironpact_tls::client_config(trust, server_id, None).unwrap(),
-    )
-    .unwrap();
-    let mut client = AgentApiClient::new(ch);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .der()
-        .to_vec();
-    let spki = key.subject_public_key_info();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::AttestAgentRequest {
-        step: Some(pb::attest_agent_request::Step::Params(
-            pb::attest_agent_request::Params {
-                data: Some(pb::AttestationData {
-                    r#type: "sev_snp".into(),
-                    payload: vec![],
-                }),
-                csr,
-            },
-        )),
-    })
-    .await
-    .unwrap();
-    let mut resp = client
-        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    loop {
-        match resp.message().await?.and_then(|m| m.step) {
-            Some(pb::attest_agent_response::Step::Challenge(nonce)) => {
-                let ev = answer(&nonce, &spki);
-                tx.send(pb::AttestAgentRequest {
-                    step: Some(pb::attest_agent_request::Step::ChallengeResponse(ev)),
-                })
-                .await
-                .unwrap();
-            }
-            Some(pb::attest_agent_response::Step::Result(r)) => return Ok(r.svid.unwrap()),
-            None => panic!("stream ended"),
-        }
-    }
+    support::attest_by_hand(addr, roots, "sev_snp", vec![], answer).await
 }
 
 fn evidence(dev: &SimulatedSnp, guest: &SimGuest, rd: [u8; 64]) -> Vec<u8> {

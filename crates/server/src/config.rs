@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub key_manager: KeyManagerConfig,
     /// `NodeAttestor "join_token"` is configured.
     pub join_token_attestor: bool,
+    /// A TEE the join_token attestor requires (`sev_snp { … }` in its plugin_data).
+    pub join_token_tee: Option<SevSnpConfig>,
+    /// `NodeAttestor "aws_iid"`, when configured.
+    pub aws_iid: Option<AwsIidConfig>,
     /// `NodeAttestor "sev_snp"`, when configured.
     pub sev_snp: Option<SevSnpConfig>,
 }
@@ -68,6 +72,17 @@ pub struct SevSnpConfig {
     pub certs_dir: Option<PathBuf>,
     /// Check AMD's CRL (from the KDS, cached until its nextUpdate) for every attestation.
     pub check_crl: bool,
+}
+
+/// `NodeAttestor "aws_iid"`: AWS instance identity documents, optionally with SEV-SNP.
+#[derive(Debug, Clone)]
+pub struct AwsIidConfig {
+    /// PEM file of the AWS certificates (RSA-2048, per region) that sign documents.
+    pub certificates_path: PathBuf,
+    /// Accounts allowed to attest; empty: any.
+    pub account_allowlist: Vec<String>,
+    /// Fresh SEV-SNP evidence required in addition (`sev_snp { … }`).
+    pub sev_snp: Option<SevSnpConfig>,
 }
 
 /// `test_roots { product = "milan"  ark = "ark.pem"  ask = "ask.pem"  asvk = "asvk.pem" }`.
@@ -96,8 +111,13 @@ pub fn sev_snp_config(d: &Section<'_>) -> Result<SevSnpConfig, ConfigError> {
                 )
             })?;
             let ark = PathBuf::from(need("ark")?.0);
-            let ask = PathBuf::from(need("ask")?.0);
             let asvk = t.string("asvk")?.map(|v| PathBuf::from(v.0));
+            // a VLEK-only test chain needs no ASK: the ASVK stands in for it
+            let ask = match (t.string("ask")?, &asvk) {
+                (Some((v, _)), _) => PathBuf::from(v),
+                (None, Some(a)) => a.clone(),
+                (None, None) => need("ask").map(|v| PathBuf::from(v.0))?,
+            };
             t.finish()?;
             Some(TestRoots {
                 product,
@@ -300,6 +320,8 @@ impl ServerConfig {
         let mut datastore = None;
         let mut key_manager = None;
         let mut join_token_attestor = false;
+        let mut join_token_tee = None;
+        let mut aws_iid = None;
         let mut sev_snp = None;
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("DataStore") {
@@ -375,8 +397,38 @@ impl ServerConfig {
                     b.line,
                     &sec,
                     "NodeAttestor",
-                    &["join_token", "sev_snp"],
+                    &["join_token", "sev_snp", "aws_iid"],
                 )?;
+                // A base attestor may require a TEE: `sev_snp { … }` inside its plugin_data.
+                let nested_tee = |d: &Section<'_>| -> Result<Option<SevSnpConfig>, ConfigError> {
+                    match d.section("sev_snp")? {
+                        Some(t) => {
+                            let c = sev_snp_config(&t)?;
+                            t.finish()?;
+                            Ok(Some(c))
+                        }
+                        None => Ok(None),
+                    }
+                };
+                if b.labels[0] == "aws_iid" {
+                    let d = data.ok_or_else(|| {
+                        sec.err(b.line, "NodeAttestor \"aws_iid\" needs plugin_data with certificates_path (the AWS certificates that sign instance identity documents)")
+                    })?;
+                    let certificates_path = d
+                        .string("certificates_path")?
+                        .map(|v| PathBuf::from(v.0))
+                        .ok_or_else(|| d.err(d.line(), "aws_iid.certificates_path is required: a PEM file of the AWS RSA-2048 certificates of your regions"))?;
+                    let account_allowlist = d.strings("account_allowlist")?.unwrap_or_default();
+                    let tee = nested_tee(&d)?;
+                    d.finish()?;
+                    sec.finish()?;
+                    aws_iid = Some(AwsIidConfig {
+                        certificates_path,
+                        account_allowlist,
+                        sev_snp: tee,
+                    });
+                    continue;
+                }
                 if b.labels[0] == "sev_snp" {
                     let d = data.ok_or_else(|| {
                         sec.err(b.line, "NodeAttestor \"sev_snp\" needs plugin_data with a measurements allow-list")
@@ -387,6 +439,7 @@ impl ServerConfig {
                     continue;
                 }
                 if let Some(d) = data {
+                    join_token_tee = nested_tee(&d)?;
                     d.finish()?;
                 }
                 sec.finish()?;
@@ -423,6 +476,8 @@ impl ServerConfig {
             datastore,
             key_manager,
             join_token_attestor,
+            join_token_tee,
+            aws_iid,
             sev_snp,
         })
     }

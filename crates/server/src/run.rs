@@ -62,6 +62,8 @@ pub enum RunError {
     Tls(#[from] rustls::Error),
     #[error("NodeAttestor \"sev_snp\": {0}")]
     SevSnp(String),
+    #[error("NodeAttestor \"aws_iid\": {0}")]
+    AwsIid(String),
 }
 
 /// Builds the shared core: opens the datastore and loads (or creates) the CA.
@@ -95,18 +97,58 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
     .await?;
     info!(trust_domain = %cfg.trust_domain, key_manager = ?cfg.key_manager, "CA ready");
     let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
-    let mut sev_snp_attestor = None;
+    let mut snp_attestors = Vec::new();
+    // A base attestor, completed by the TEE its config requires.
+    let mut add = |base: Arc<dyn NodeAttestor>,
+                   tee: Option<&crate::config::SevSnpConfig>|
+     -> Result<(), RunError> {
+        let name = base.name();
+        let a: Arc<dyn NodeAttestor> = match tee {
+            Some(t) => {
+                let snp = build_sev_snp(&cfg, t)?;
+                snp_attestors.push((name, snp.clone()));
+                info!(
+                    attestor = name,
+                    tee = "sev_snp",
+                    "node attestor requires fresh SEV-SNP evidence"
+                );
+                Arc::new(crate::attest::WithTee { base, tee: snp })
+            }
+            None => base,
+        };
+        attestors.insert(name, a);
+        Ok(())
+    };
     if cfg.join_token_attestor {
         let a = JoinTokenAttestor {
             ds: ds.clone(),
             trust_domain: cfg.trust_domain.clone(),
         };
-        attestors.insert(a.name(), Arc::new(a));
+        add(Arc::new(a), cfg.join_token_tee.as_ref())?;
+    }
+    if let Some(aws) = &cfg.aws_iid {
+        let pem = std::fs::read(&aws.certificates_path)
+            .map_err(|e| RunError::AwsIid(format!("{}: {e}", aws.certificates_path.display())))?;
+        let certificates = ironpact_spiffe::x509::certs_from_pem(&String::from_utf8_lossy(&pem))
+            .map_err(|e| RunError::AwsIid(format!("{}: {e}", aws.certificates_path.display())))?;
+        if certificates.is_empty() {
+            return Err(RunError::AwsIid(format!(
+                "{} holds no PEM certificate",
+                aws.certificates_path.display()
+            )));
+        }
+        info!(certificates = certificates.len(), accounts = ?aws.account_allowlist, "aws_iid attestor ready");
+        let a = crate::attest::AwsIidAttestor {
+            trust_domain: cfg.trust_domain.clone(),
+            certificates,
+            account_allowlist: aws.account_allowlist.clone(),
+        };
+        add(Arc::new(a), aws.sev_snp.as_ref())?;
     }
     if let Some(snp) = &cfg.sev_snp {
         let a = build_sev_snp(&cfg, snp)?;
         attestors.insert("sev_snp", a.clone());
-        sev_snp_attestor = Some(a);
+        snp_attestors.push(("sev_snp", a));
     }
     let core = Arc::new(Core {
         cfg,
@@ -118,7 +160,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         server_svid: Arc::new(SvidCell::default()),
         server_svid_expiry: AtomicI64::new(0),
         attestors,
-        sev_snp: sev_snp_attestor,
+        sev_snp: snp_attestors,
     });
     core.refresh_roots()
         .await
@@ -216,20 +258,46 @@ pub async fn run(
     run_with_reload(cfg, shutdown, None).await
 }
 
-/// Applies what can change at runtime from a re-read configuration: the sev_snp policy.
-fn apply_reload(core: &Core, reload: &Reload) {
-    match reload() {
-        Ok(new) => match (&core.sev_snp, new.sev_snp) {
-            (Some(a), Some(snp)) => {
+/// The sev_snp settings of the NodeAttestor block `owner` in `cfg`.
+fn snp_config_of<'a>(
+    cfg: &'a ServerConfig,
+    owner: &str,
+) -> Option<&'a crate::config::SevSnpConfig> {
+    match owner {
+        "sev_snp" => cfg.sev_snp.as_ref(),
+        "join_token" => cfg.join_token_tee.as_ref(),
+        "aws_iid" => cfg.aws_iid.as_ref().and_then(|a| a.sev_snp.as_ref()),
+        _ => None,
+    }
+}
+
+/// Applies what can change at runtime from a re-read configuration: the sev_snp policies.
+pub fn apply_reload(core: &Core, reload: &Reload) {
+    let new = match reload() {
+        Ok(n) => n,
+        Err(e) => {
+            error!(error = %e, "configuration reload failed; keeping the running policy");
+            return;
+        }
+    };
+    if core.sev_snp.is_empty() {
+        info!("configuration reloaded; nothing it changes applies at runtime");
+    }
+    for (owner, a) in &core.sev_snp {
+        match snp_config_of(&new, owner) {
+            Some(snp) => {
                 info!(
+                    attestor = owner,
                     measurements = snp.policy.measurements.len(),
                     "reloaded the sev_snp policy; it applies to the next attestation or renewal"
                 );
-                a.set_policy(snp.policy);
+                a.set_policy(snp.policy.clone());
             }
-            _ => info!("configuration reloaded; nothing it changes applies at runtime"),
-        },
-        Err(e) => error!(error = %e, "configuration reload failed; keeping the running policy"),
+            None => warn!(
+                attestor = owner,
+                "the reloaded configuration has no sev_snp block here; removing a TEE requirement needs a restart, the running policy stays"
+            ),
+        }
     }
 }
 

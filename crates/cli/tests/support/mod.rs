@@ -3,8 +3,13 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod imds;
+
+use ironpact_proto::agent::v1 as pb;
+use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ironpact-server");
@@ -629,4 +634,63 @@ pub fn fetch_as_nobody(a: &TestAgent) -> Out {
             .output()
             .expect("setpriv is installed"),
     )
+}
+
+/// One attestation by hand with attestor `kind` and `payload`: `answer` turns each challenge
+/// (the server's nonce) and our SPKI into evidence.
+pub async fn attest_by_hand(
+    addr: &str,
+    roots: &[Vec<u8>],
+    kind: &str,
+    payload: Vec<u8>,
+    answer: impl Fn(&[u8], &[u8]) -> Vec<u8>,
+) -> Result<pb::X509svid, tonic::Status> {
+    use rcgen::PublicKeyData;
+    let trust = Arc::new(ironpact_tls::SharedRoots::new(roots.to_vec()));
+    let server_id = ironpact_spiffe::SpiffeId::parse("spiffe://example.org/spire/server").unwrap();
+    let ch = ironpact_tls::channel(
+        addr,
+        ironpact_tls::client_config(trust, server_id, None).unwrap(),
+    )
+    .unwrap();
+    let mut client = AgentApiClient::new(ch);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let spki = key.subject_public_key_info();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AttestAgentRequest {
+        step: Some(pb::attest_agent_request::Step::Params(
+            pb::attest_agent_request::Params {
+                data: Some(pb::AttestationData {
+                    r#type: kind.into(),
+                    payload,
+                }),
+                csr,
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut resp = client
+        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    loop {
+        match resp.message().await?.and_then(|m| m.step) {
+            Some(pb::attest_agent_response::Step::Challenge(nonce)) => {
+                let ev = answer(&nonce, &spki);
+                tx.send(pb::AttestAgentRequest {
+                    step: Some(pb::attest_agent_request::Step::ChallengeResponse(ev)),
+                })
+                .await
+                .unwrap();
+            }
+            Some(pb::attest_agent_response::Step::Result(r)) => return Ok(r.svid.unwrap()),
+            None => panic!("stream ended"),
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! agent must exist, not be banned, and present its current SVID.
 
 use super::{SharedCore, ca_status, ds_status};
-use crate::attest::{AttestError, Attested, Challenger, Evidence};
+use crate::attest::{AttestError, Challenger, Evidence};
 use crate::authorized::authorized_entries;
 use ironpact_datastore::{AgentRecord, Entry};
 use ironpact_proto::agent::v1 as pb;
@@ -181,14 +181,13 @@ async fn attest_flow(
                 rec.attestation_type, data.r#type
             )));
         }
-        Some(rec) if !attestor.reattest_on_renewal() => Attested {
-            agent_id: rec.spiffe_id.clone(),
-            selectors: rec.selectors.clone(),
-            can_reattest: rec.can_reattest,
-        },
         _ => {
             let mut ch = StreamChallenger { tx, inbound };
-            let a = match attestor.attest(ev, &mut ch).await {
+            let result = match &renewing {
+                Some(rec) => attestor.renew(rec, ev, &mut ch).await,
+                None => attestor.attest(ev, &mut ch).await,
+            };
+            let a = match result {
                 Ok(a) => a,
                 Err(e) => {
                     warn!(attestor = attestor.name(), error = %e, renewal = renewing.is_some(), "node attestation failed");
@@ -227,6 +226,17 @@ async fn attest_flow(
         warn!(agent_id = %attested.agent_id, "banned agent tried to attest");
         return Err(Status::permission_denied(format!(
             "agent {} is banned",
+            attested.agent_id
+        )));
+    }
+    // Trust on first use: evidence that never changes (an instance identity document) attests
+    // once; the node must be evicted before it can attest again.
+    if renewing.is_none() && existing.as_ref().is_some_and(|r| !r.can_reattest) {
+        warn!(agent_id = %attested.agent_id, attestor = attestor.name(), "attestation data already used");
+        return Err(Status::permission_denied(format!(
+            "{} has already attested with this {} evidence and cannot attest again: evict it first (ironpact-server agent evict -spiffeID {})",
+            attested.agent_id,
+            attestor.name(),
             attested.agent_id
         )));
     }

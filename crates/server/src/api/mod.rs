@@ -43,8 +43,9 @@ pub struct Core {
     pub server_svid: Arc<ironpact_tls::SvidCell>,
     pub server_svid_expiry: std::sync::atomic::AtomicI64,
     pub attestors: std::collections::HashMap<&'static str, Arc<dyn crate::attest::NodeAttestor>>,
-    /// The sev_snp attestor, kept typed so its policy can be replaced at runtime.
-    pub sev_snp: Option<Arc<crate::attest::SevSnpAttestor>>,
+    /// Every sev_snp attestor (standalone, or required by a base attestor), by the name of the
+    /// NodeAttestor block that configures it, kept typed so its policy can be replaced at runtime.
+    pub sev_snp: Vec<(&'static str, Arc<crate::attest::SevSnpAttestor>)>,
 }
 
 impl Core {

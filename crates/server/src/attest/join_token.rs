@@ -16,6 +16,10 @@ impl NodeAttestor for JoinTokenAttestor {
         "join_token"
     }
 
+    fn single_use(&self) -> bool {
+        true
+    }
+
     async fn attest(
         &self,
         ev: Evidence<'_>,

@@ -2,11 +2,17 @@
 //! an attestation yields. An attestor may challenge the agent (nonces for TEE evidence) and
 //! sees the public key of the agent's CSR, so hardware evidence can be bound to that key.
 
+pub mod aws_iid;
+mod compose;
 mod join_token;
 mod sev_snp;
 
+pub use aws_iid::AwsIidAttestor;
+pub use compose::WithTee;
 pub use join_token::JoinTokenAttestor;
 pub use sev_snp::SevSnpAttestor;
+
+use ironpact_datastore::AgentRecord;
 
 use ironpact_spiffe::{Selector, SpiffeId};
 
@@ -58,6 +64,30 @@ pub trait Challenger: Send {
     async fn challenge(&mut self, data: Vec<u8>) -> Result<Vec<u8>, AttestError>;
 }
 
+/// What a TEE attestor established from fresh hardware evidence bound to the agent's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeeOutcome {
+    /// Stable for one VM launch, unique across VMs (SEV-SNP: the report ID), hex.
+    pub instance: String,
+    /// The launch measurement, hex.
+    pub measurement: String,
+    /// `sev_snp:*` (or later `tdx:*`) selectors.
+    pub selectors: Vec<Selector>,
+}
+
+/// A TEE attestor: challenges the agent for fresh evidence and judges it with its policy.
+/// It can stand alone (its own agent IDs) or complete a base attestor (see [`WithTee`]).
+#[tonic::async_trait]
+pub trait TeeAttestor: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    async fn appraise(
+        &self,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<TeeOutcome, AttestError>;
+}
+
 #[tonic::async_trait]
 pub trait NodeAttestor: Send + Sync + 'static {
     /// The name agents use in AttestationData.type and the config block label.
@@ -72,5 +102,34 @@ pub trait NodeAttestor: Send + Sync + 'static {
     /// Whether renewing an agent SVID re-runs attestation (continuous attestation).
     fn reattest_on_renewal(&self) -> bool {
         false
+    }
+
+    /// Whether the evidence works once only (join tokens): a composed attestor then keeps the
+    /// base's identity from the agent's record on renewal instead of checking it again.
+    fn single_use(&self) -> bool {
+        false
+    }
+
+    /// Selectors this base attestor adds when a TEE completed it (`aws_iid:measurements:…`).
+    fn tee_selectors(&self, _tee: &TeeOutcome) -> Vec<Selector> {
+        Vec::new()
+    }
+
+    /// Renews `rec`'s SVID: attests again when this attestor re-checks on renewal, otherwise
+    /// keeps what the record holds.
+    async fn renew(
+        &self,
+        rec: &AgentRecord,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        if self.reattest_on_renewal() {
+            return self.attest(ev, challenger).await;
+        }
+        Ok(Attested {
+            agent_id: rec.spiffe_id.clone(),
+            selectors: rec.selectors.clone(),
+            can_reattest: rec.can_reattest,
+        })
     }
 }

@@ -3,7 +3,7 @@
 //! verifies the report to the configured AMD roots and judges it with its policy. Renewals
 //! attest again (continuous attestation), so a policy change stops machines that no longer pass.
 
-use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor};
+use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeAttestor, TeeOutcome};
 use ironpact_snp::binding::{NONCE_LEN, decode_evidence, report_data};
 use ironpact_snp::{AmdRoots, Policy};
 use ironpact_spiffe::{Selector, TrustDomain};
@@ -124,6 +124,30 @@ impl NodeAttestor for SevSnpAttestor {
         ev: Evidence<'_>,
         challenger: &mut dyn Challenger,
     ) -> Result<Attested, AttestError> {
+        let t = self.appraise(ev, challenger).await?;
+        let agent_id = self
+            .trust_domain
+            .id_with_path(&format!("/spire/agent/sev_snp/{}", t.instance))
+            .map_err(|e| AttestError::Malformed(e.to_string()))?;
+        Ok(Attested {
+            agent_id,
+            selectors: t.selectors,
+            can_reattest: true,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl TeeAttestor for SevSnpAttestor {
+    fn name(&self) -> &'static str {
+        "sev_snp"
+    }
+
+    async fn appraise(
+        &self,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<TeeOutcome, AttestError> {
         let nonce: [u8; NONCE_LEN] = rand::random();
         let answer = challenger.challenge(nonce.to_vec()).await?;
         let (report, cert) =
@@ -143,22 +167,15 @@ impl NodeAttestor for SevSnpAttestor {
         policy
             .check(&verified)
             .map_err(|e| AttestError::Rejected(e.to_string()))?;
-        let agent_id = self
-            .trust_domain
-            .id_with_path(&format!(
-                "/spire/agent/sev_snp/{}",
-                hex::encode(verified.report.report_id)
-            ))
-            .map_err(|e| AttestError::Malformed(e.to_string()))?;
         let selectors = verified
             .selectors()
             .into_iter()
             .filter_map(|(k, v)| Selector::new("sev_snp", &format!("{k}:{v}")).ok())
             .collect();
-        Ok(Attested {
-            agent_id,
+        Ok(TeeOutcome {
+            instance: hex::encode(verified.report.report_id),
+            measurement: hex::encode(verified.report.measurement),
             selectors,
-            can_reattest: true,
         })
     }
 }

@@ -1,0 +1,88 @@
+//! Attestor composition: a base attestor (join_token, aws_iid, …) that also requires a TEE
+//! attestor (sev_snp now, tdx later). The base names the agent; the TEE's fresh evidence,
+//! bound to the agent's key, must pass its policy too; the selectors are the union. Because
+//! the TEE evidence is fresh, the composed attestor re-checks it on every renewal and lets the
+//! node attest again after eviction.
+
+use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeAttestor};
+use ironpact_datastore::AgentRecord;
+use std::sync::Arc;
+
+pub struct WithTee {
+    pub base: Arc<dyn NodeAttestor>,
+    pub tee: Arc<dyn TeeAttestor>,
+}
+
+impl WithTee {
+    async fn complete(
+        &self,
+        mut a: Attested,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        let t = self
+            .tee
+            .appraise(ev, challenger)
+            .await
+            .map_err(|e| match e {
+                AttestError::Rejected(m) => AttestError::Rejected(format!(
+                    "{} required by {}: {m}",
+                    self.tee.name(),
+                    self.base.name()
+                )),
+                other => other,
+            })?;
+        a.selectors.extend(self.base.tee_selectors(&t));
+        a.selectors.extend(t.selectors);
+        a.selectors
+            .sort_by(|x, y| (&x.kind, &x.value).cmp(&(&y.kind, &y.value)));
+        a.selectors.dedup();
+        a.can_reattest = true;
+        Ok(a)
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAttestor for WithTee {
+    fn name(&self) -> &'static str {
+        self.base.name()
+    }
+
+    fn reattest_on_renewal(&self) -> bool {
+        true
+    }
+
+    async fn attest(
+        &self,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        let a = self.base.attest(ev, challenger).await?;
+        self.complete(a, ev, challenger).await
+    }
+
+    async fn renew(
+        &self,
+        rec: &AgentRecord,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        let base = if self.base.single_use() {
+            // a join token cannot be shown twice: the record keeps what it established
+            let own = self.base.name();
+            Attested {
+                agent_id: rec.spiffe_id.clone(),
+                selectors: rec
+                    .selectors
+                    .iter()
+                    .filter(|s| s.kind == own && !s.value.starts_with("measurements:"))
+                    .cloned()
+                    .collect(),
+                can_reattest: true,
+            }
+        } else {
+            self.base.attest(ev, challenger).await?
+        };
+        self.complete(base, ev, challenger).await
+    }
+}
