@@ -67,7 +67,9 @@ server entry create -node -spiffeID spiffe://example.org/attested-nodes \
     -selector "sev_snp:measurement:$MEASUREMENT" >/dev/null
 server entry create -spiffeID spiffe://example.org/confidential-app \
     -parentID spiffe://example.org/attested-nodes -selector "unix:uid:$(id -u)" >/dev/null
-"$bin/ironpact-agent" api fetch x509 -socketPath "$WORK/agent/public/api.sock" -timeout 15 \
-    -write "$WORK/svid" | grep "SPIFFE ID" || fail "the workload got no SVID"
+# the entries reach the agent by push within moments; until then the workload has no identity
+fetch() { "$bin/ironpact-agent" api fetch x509 -socketPath "$WORK/agent/public/api.sock" -timeout 5 -write "$WORK/svid"; }
+wait_for 30 fetch || fail "the workload got no SVID"
+fetch | grep "SPIFFE ID"
 openssl verify -CAfile "$WORK/svid/bundle.0.pem" "$WORK/svid/svid.0.pem"
 echo "OK: the confidential node attested and its workload holds spiffe://example.org/confidential-app"
