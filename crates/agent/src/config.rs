@@ -6,6 +6,8 @@ use ironpact_spiffe::TrustDomain;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ironpact-agent/public/api.sock";
+/// Where configfs-tsm creates report directories.
+pub const CONFIGFS_TSM_REPORT: &str = "/sys/kernel/config/tsm/report";
 pub const DEFAULT_ADMIN_SOCKET_PATH: &str = "/tmp/ironpact-agent/private/admin.sock";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,7 +357,7 @@ fn sev_snp_source(
 ) -> Result<SevSnpSource, ConfigError> {
     let Some(d) = data else {
         return Ok(SevSnpSource::ConfigfsTsm(PathBuf::from(
-            "/sys/kernel/config/tsm/report",
+            CONFIGFS_TSM_REPORT,
         )));
     };
     let source = d
@@ -365,7 +367,7 @@ fn sev_snp_source(
     let configfs = d.string("configfs_path")?.map(|v| PathBuf::from(v.0));
     match source.as_str() {
         "configfs-tsm" => Ok(SevSnpSource::ConfigfsTsm(
-            configfs.unwrap_or_else(|| "/sys/kernel/config/tsm/report".into()),
+            configfs.unwrap_or_else(|| CONFIGFS_TSM_REPORT.into()),
         )),
         "sev-guest" => {
             let vmpl = match d.u16("vmpl")? {

@@ -18,7 +18,7 @@ pub enum KdsError {
     UnknownProduct,
     #[error("fetching {url}: {reason}")]
     Fetch { url: String, reason: String },
-    #[error("VCEK cache {path}: {source}")]
+    #[error("KDS cache {path}: {source}")]
     Cache {
         path: String,
         #[source]

@@ -176,15 +176,11 @@ pub fn select_endorsement<'a>(
     candidates.into_iter().find_map(|c| {
         let e = Endorsement::parse(c).ok()?;
         let product = report.cpuid_product().or(hint).or(e.product)?;
-        let tcb = Tcb::decode(report.reported_tcb, product);
-        let same_tcb = (e.tcb.bootloader, e.tcb.tee, e.tcb.snp, e.tcb.microcode)
-            == (tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode)
-            && (product != Product::Turin || e.tcb.fmc == tcb.fmc);
+        let same_tcb = Tcb::decode(report.reported_tcb, product)
+            .differences(&e.tcb, product)
+            .is_empty();
         let same_chip = match (kind, &e.hwid) {
-            (SigningKey::Vcek, Some(hw)) => {
-                let n = hw.len().min(64);
-                report.chip_id_masked() || (!hw.is_empty() && report.chip_id[..n] == hw[..n])
-            }
+            (SigningKey::Vcek, Some(hw)) => report.chip_id_masked() || report.chip_is(hw),
             (SigningKey::Vcek, None) => false,
             _ => true,
         };

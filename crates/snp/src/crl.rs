@@ -68,3 +68,29 @@ pub fn check_revocation(
     }
     Ok(())
 }
+
+/// [`check_revocation`] for a verified report: neither its VCEK/VLEK nor the ASK/ASVK above it
+/// may be on the product's CRL.
+pub fn check_verified(
+    crl_der: &[u8],
+    roots: &crate::roots::AmdRoots,
+    v: &crate::verify::Verified,
+    now: i64,
+) -> Result<(), SnpError> {
+    let pr = roots.for_product(v.product).ok_or_else(|| {
+        SnpError::new(
+            ErrorKind::UntrustedChain,
+            format!("no AMD roots configured for {}", v.product),
+        )
+    })?;
+    let parent = match v.signing_key {
+        crate::report::SigningKey::Vlek => pr.asvk.as_deref().ok_or_else(|| {
+            SnpError::new(
+                ErrorKind::UntrustedChain,
+                format!("no ASVK configured for {}", v.product),
+            )
+        })?,
+        _ => pr.ask.as_slice(),
+    };
+    check_revocation(crl_der, pr, &[parent, &v.endorsement.der], now)
+}

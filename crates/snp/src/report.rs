@@ -81,6 +81,24 @@ pub struct Tcb {
 }
 
 impl Tcb {
+    /// The components whose SPLs differ between `self` (a report's TCB) and `cert` (a
+    /// certificate's), as (name, self, cert); fmc counts on Turin only.
+    pub fn differences(&self, cert: &Tcb, product: Product) -> Vec<(&'static str, u8, u8)> {
+        [
+            ("bootloader", self.bootloader, cert.bootloader),
+            ("tee", self.tee, cert.tee),
+            ("snp", self.snp, cert.snp),
+            ("microcode", self.microcode, cert.microcode),
+        ]
+        .into_iter()
+        .chain(
+            (product == Product::Turin)
+                .then(|| ("fmc", self.fmc.unwrap_or(0), cert.fmc.unwrap_or(0))),
+        )
+        .filter(|(_, r, c)| r != c)
+        .collect()
+    }
+
     /// Decodes a TCB_VERSION for `product`: Milan/Genoa bytes bl=0, tee=1, snp=6, ucode=7;
     /// Turin fmc=0, bl=1, tee=2, snp=3, ucode=7.
     pub fn decode(raw: u64, product: Product) -> Self {
@@ -252,6 +270,15 @@ impl Report {
             1 => SigningKey::Vlek,
             _ => SigningKey::None,
         }
+    }
+
+    /// Whether a VCEK's hwID (64 bytes, or 8 on Turin) names this report's chip: its bytes
+    /// begin the chip ID and the rest of the chip ID is zero.
+    pub fn chip_is(&self, hwid: &[u8]) -> bool {
+        let n = hwid.len().min(64);
+        !hwid.is_empty()
+            && self.chip_id[..n] == hwid[..n]
+            && self.chip_id[n..].iter().all(|b| *b == 0)
     }
 
     /// key_info bit 1: the chip ID is masked (all zeros).

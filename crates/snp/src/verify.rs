@@ -160,11 +160,7 @@ pub fn verify_authentic(
             .hwid
             .as_deref()
             .ok_or_else(|| err(ErrorKind::WrongChipVcek, "the VCEK has no hwID extension"))?;
-        let n = hw.len().min(64);
-        if hw.is_empty()
-            || report.chip_id[..n] != hw[..n]
-            || report.chip_id[n..].iter().any(|b| *b != 0)
-        {
+        if !report.chip_is(hw) {
             return Err(err(
                 ErrorKind::WrongChipVcek,
                 format!(
@@ -177,20 +173,11 @@ pub fn verify_authentic(
     }
     let reported = Tcb::decode(report.reported_tcb, product);
     let cert = end.tcb;
-    let mismatch: Vec<String> = [
-        ("bootloader", reported.bootloader, cert.bootloader),
-        ("tee", reported.tee, cert.tee),
-        ("snp", reported.snp, cert.snp),
-        ("microcode", reported.microcode, cert.microcode),
-    ]
-    .into_iter()
-    .chain(
-        (product == Product::Turin)
-            .then(|| ("fmc", reported.fmc.unwrap_or(0), cert.fmc.unwrap_or(0))),
-    )
-    .filter(|(_, r, c)| r != c)
-    .map(|(n, r, c)| format!("{n} {r} (report) vs {c} (certificate)"))
-    .collect();
+    let mismatch: Vec<String> = reported
+        .differences(&cert, product)
+        .into_iter()
+        .map(|(n, r, c)| format!("{n} {r} (report) vs {c} (certificate)"))
+        .collect();
     if !mismatch.is_empty() {
         return Err(err(
             ErrorKind::TcbMismatch,

@@ -58,17 +58,11 @@ fn find_cert(a: &SnpArgs, report: Option<&[u8]>) -> Result<Option<Vec<u8>>, Valu
     if let Some(d) = &a.certs_dir {
         // The certificate for this report's key, chip and TCB, whatever its file name ...
         let parsed = report.and_then(|r| ironpact_snp::Report::parse(r).ok());
-        if let (Some(r), Ok(rd)) = (parsed, std::fs::read_dir(d)) {
-            let files: Vec<Vec<u8>> = rd
-                .filter_map(Result::ok)
-                .filter_map(|e| std::fs::read(e.path()).ok())
-                .collect();
-            let hint = a.product.as_deref().and_then(Product::from_name);
-            if let Some(c) =
-                ironpact_snp::certs::select_endorsement(files.iter().map(Vec::as_slice), &r, hint)
-            {
-                return Ok(Some(c));
-            }
+        let hint = a.product.as_deref().and_then(Product::from_name);
+        if let Some(c) =
+            parsed.and_then(|r| ironpact_server::attest::sev_snp::endorsement_in_dir(d, &r, hint))
+        {
+            return Ok(Some(c));
         }
         // ... or the one named as the KDS and the vectors name it.
         for name in ["vcek.der", "vcek.pem", "vlek.der", "vlek.pem"] {
@@ -190,18 +184,7 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            let pr = roots.for_product(v.product).ok_or_else(|| {
-                ironpact_snp::SnpError::new(
-                    ironpact_snp::ErrorKind::UntrustedChain,
-                    "no roots for the product",
-                )
-            })?;
-            let parent = match v.signing_key {
-                ironpact_snp::SigningKey::Vlek => pr.asvk.clone().unwrap_or_default(),
-                _ => pr.ask.clone(),
-            };
-            ironpact_snp::crl::check_revocation(&crl, pr, &[&parent, &v.endorsement.der], now)
-                .map(|()| v)
+            ironpact_snp::crl::check_verified(&crl, &roots, &v, now).map(|()| v)
         }
     });
     match checked {

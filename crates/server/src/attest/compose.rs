@@ -34,8 +34,7 @@ impl WithTee {
             })?;
         a.selectors.extend(self.base.tee_selectors(&t));
         a.selectors.extend(t.selectors);
-        a.selectors
-            .sort_by(|x, y| (&x.kind, &x.value).cmp(&(&y.kind, &y.value)));
+        a.selectors.sort();
         a.selectors.dedup();
         a.can_reattest = true;
         Ok(a)

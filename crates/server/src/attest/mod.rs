@@ -5,7 +5,7 @@
 pub mod aws_iid;
 mod compose;
 mod join_token;
-mod sev_snp;
+pub mod sev_snp;
 
 pub use aws_iid::AwsIidAttestor;
 pub use compose::WithTee;

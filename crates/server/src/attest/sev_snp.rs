@@ -29,16 +29,24 @@ fn rejected(e: impl std::fmt::Display) -> AttestError {
     AttestError::Rejected(e.to_string())
 }
 
-/// Every readable file in `dir`, for [`ironpact_snp::certs::select_endorsement`].
-fn read_dir_files(dir: &std::path::Path) -> Vec<Vec<u8>> {
+/// The VCEK or VLEK for `report` among the files of `dir` (any names, DER or PEM), as
+/// [`ironpact_snp::certs::select_endorsement`] picks it. Read at each call, so certificates
+/// dropped in apply at once.
+pub fn endorsement_in_dir(
+    dir: &std::path::Path,
+    report: &ironpact_snp::Report,
+    product: Option<ironpact_snp::Product>,
+) -> Option<Vec<u8>> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         tracing::warn!(dir = %dir.display(), "sev_snp certs_dir cannot be read");
-        return Vec::new();
+        return None;
     };
-    rd.filter_map(Result::ok)
+    let files: Vec<Vec<u8>> = rd
+        .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| std::fs::read(e.path()).ok())
-        .collect()
+        .collect();
+    ironpact_snp::certs::select_endorsement(files.iter().map(Vec::as_slice), report, product)
 }
 
 impl SevSnpAttestor {
@@ -46,16 +54,11 @@ impl SevSnpAttestor {
     /// (VCEKs only: a VLEK cannot be fetched).
     async fn find_endorsement(&self, report: &[u8]) -> Result<Vec<u8>, AttestError> {
         let parsed = ironpact_snp::Report::parse(report).map_err(rejected)?;
-        if let Some(dir) = &self.certs_dir {
-            let files = read_dir_files(dir);
-            if let Some(c) = ironpact_snp::certs::select_endorsement(
-                files.iter().map(Vec::as_slice),
-                &parsed,
-                self.product,
-            ) {
-                tracing::debug!(dir = %dir.display(), "VCEK/VLEK from certs_dir");
-                return Ok(c);
-            }
+        if let Some(dir) = &self.certs_dir
+            && let Some(c) = endorsement_in_dir(dir, &parsed, self.product)
+        {
+            tracing::debug!(dir = %dir.display(), "VCEK/VLEK from certs_dir");
+            return Ok(c);
         }
         let where_ = match &self.certs_dir {
             Some(d) => format!(
@@ -91,15 +94,7 @@ impl SevSnpAttestor {
             .crl(v.product, v.signing_key, now)
             .await
             .map_err(|e| AttestError::Rejected(format!("untrusted_chain: no CRL: {e}")))?;
-        let pr = self.roots.for_product(v.product).ok_or_else(|| {
-            AttestError::Rejected(format!("untrusted_chain: no roots for {}", v.product))
-        })?;
-        let parent = match v.signing_key {
-            ironpact_snp::SigningKey::Vlek => pr.asvk.clone().unwrap_or_default(),
-            _ => pr.ask.clone(),
-        };
-        ironpact_snp::crl::check_revocation(&crl, pr, &[&parent, &v.endorsement.der], now)
-            .map_err(rejected)
+        ironpact_snp::crl::check_verified(&crl, &self.roots, v, now).map_err(rejected)
     }
 
     pub fn set_policy(&self, p: Policy) {
