@@ -10,6 +10,8 @@
 
 #[path = "../tests/support/imds.rs"]
 mod imds;
+#[path = "../tests/support/keys.rs"]
+mod keys;
 
 use ironpact_snp::simulate::{SimPlatform, SimulatedSnp};
 use std::path::PathBuf;
@@ -28,23 +30,7 @@ fn main() {
     );
     let snp = dir.join("snp");
     std::fs::create_dir_all(&snp).unwrap();
-    use rsa::pkcs8::EncodePrivateKey;
-    let rsa = || {
-        rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
-            .unwrap()
-            .to_pkcs8_der()
-            .unwrap()
-            .as_bytes()
-            .to_vec()
-    };
-    let (ark, asvk) = (rsa(), rsa());
-    let vlek = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .unwrap()
-    .as_ref()
-    .to_vec();
+    let (ark, asvk, vlek) = (keys::rsa_pkcs8(), keys::rsa_pkcs8(), keys::p384_pkcs8());
     let platform = SimPlatform {
         product: ironpact_snp::Product::Milan,
         chip_id: [0x5a; 64],

@@ -11,7 +11,7 @@ use ironpact_spiffe::SpiffeId;
 use ironpact_tls::{SharedRoots, SvidCell};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{Backend, TestServer};
+use support::{Backend, TestServer, runtime};
 use tonic::Code;
 
 fn csr_and_key() -> (Vec<u8>, Vec<u8>) {
@@ -77,17 +77,11 @@ fn join_token_attestation_sync_and_signing() {
         .stdout
         .clone();
     let token = token.trim().strip_prefix("Token: ").unwrap().to_string();
-    let roots =
-        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
-            .unwrap();
+    let roots = s.bundle_roots();
     let trust = Arc::new(SharedRoots::new(roots.clone()));
     let server_id = SpiffeId::parse("spiffe://example.org/spire/server").unwrap();
-    let addr = format!("127.0.0.1:{}", s.port);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let addr = s.agent_addr();
+    let rt = runtime();
     rt.block_on(async {
         let anon = ironpact_tls::channel(
             &addr,

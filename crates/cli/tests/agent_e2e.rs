@@ -7,7 +7,9 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{AGENT_BIN, Backend, Out, TestAgent, TestServer, join_token, my_uid, openssl_verify};
+use support::{
+    AGENT_BIN, Backend, Out, TestAgent, TestServer, join_token, my_uid, openssl_verify, runtime,
+};
 
 #[test]
 fn workloads_get_identities_through_restarts_and_outages() {
@@ -268,11 +270,7 @@ fn rust_spiffe_crate_is_a_working_client() {
     ])
     .expect_ok();
     assert!(a.fetch_until_ok(&[]).ok());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let endpoint = a.endpoint();
         let td = spiffe::TrustDomain::new("example.org").unwrap();

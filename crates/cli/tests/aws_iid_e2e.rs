@@ -14,28 +14,13 @@ use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::imds::{AwsTestCa, ImdsEmulator, Served, document};
-use support::{Backend, TestAgent, TestServer, attest_by_hand, my_uid};
+use support::keys::{p384_pkcs8, rsa_pkcs8};
+use support::{Backend, TestAgent, TestServer, attest_by_hand, my_uid, runtime};
 
 const MEASUREMENT: [u8; 48] = [0x4d; 48];
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "eu-west-1";
 const INSTANCE: &str = "i-0abc1234def567890";
-
-fn rsa_pkcs8() -> Vec<u8> {
-    use rsa::pkcs8::EncodePrivateKey;
-    let k = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
-    k.to_pkcs8_der().unwrap().as_bytes().to_vec()
-}
-
-fn p384_pkcs8() -> Vec<u8> {
-    ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .unwrap()
-    .as_ref()
-    .to_vec()
-}
 
 /// Keys of a simulated VLEK chain in `dir` (ark.pk8, asvk.pk8, vlek.pk8) and the device.
 fn vlek_device(dir: &Path) -> SimulatedSnp {
@@ -234,10 +219,8 @@ fn aws_iid_with_sev_snp_end_to_end() {
     );
 
     // refusals, each precise, nothing issued
-    let roots =
-        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
-            .unwrap();
-    let addr = format!("127.0.0.1:{}", s.port);
+    let roots = s.bundle_roots();
+    let addr = s.agent_addr();
     let other_ca = AwsTestCa::create(dir.path(), "not-aws");
     let guest = |m: [u8; 48], id: u8| SimGuest {
         measurement: m,
@@ -248,11 +231,7 @@ fn aws_iid_with_sev_snp_end_to_end() {
     std::fs::create_dir(&other_keys).unwrap();
     let other_chain = vlek_device(&other_keys);
     let fresh_doc = |i: &str| document(ACCOUNT, REGION, i, "ami-0123456789abcdef0");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let d1 = fresh_doc("i-00000000000000001");
         let good_sig = aws.sign(&d1);
@@ -360,13 +339,11 @@ fn aws_iid_alone_is_trust_on_first_use_and_unreachable_imds_is_explained() {
             aws.cert_pem.display()
         ),
     );
-    let roots =
-        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
-            .unwrap();
-    let addr = format!("127.0.0.1:{}", s.port);
+    let roots = s.bundle_roots();
+    let addr = s.agent_addr();
     let doc = document(ACCOUNT, REGION, "i-0tofu", "ami-1");
     let p = payload(&doc, &aws.sign(&doc));
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let no_challenge = |_: &[u8], _: &[u8]| panic!("aws_iid alone sends no challenge");
         let svid = attest_by_hand(&addr, &roots, "aws_iid", p.clone(), no_challenge)

@@ -13,7 +13,8 @@ use ironpact_snp::cert_table::{CertTable, GUID_VCEK};
 use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Backend, TestAgent, TestServer, my_uid};
+use support::keys::{p384_pkcs8, rsa_pkcs8};
+use support::{Backend, TestAgent, TestServer, my_uid, runtime};
 
 const GOOD: [u8; 48] = [0x11; 48];
 
@@ -28,28 +29,11 @@ struct Keys {
 }
 
 fn keys() -> Keys {
-    use rsa::pkcs8::EncodePrivateKey;
-    let rsa = || {
-        rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
-            .unwrap()
-            .to_pkcs8_der()
-            .unwrap()
-            .as_bytes()
-            .to_vec()
-    };
-    let rng = ring::rand::SystemRandom::new();
-    let vcek = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-        &rng,
-    )
-    .unwrap()
-    .as_ref()
-    .to_vec();
     let k = Keys {
         dir: tempfile::tempdir().unwrap(),
-        ark: rsa(),
-        ask: rsa(),
-        vcek,
+        ark: rsa_pkcs8(),
+        ask: rsa_pkcs8(),
+        vcek: p384_pkcs8(),
     };
     std::fs::write(k.dir.path().join("ark.pk8"), &k.ark).unwrap();
     std::fs::write(k.dir.path().join("ask.pk8"), &k.ask).unwrap();
@@ -188,16 +172,10 @@ fn sev_snp_attestation_end_to_end() {
     );
 
     // refusals, each with its precise reason
-    let roots =
-        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
-            .unwrap();
-    let addr = format!("127.0.0.1:{}", s.port);
+    let roots = s.bundle_roots();
+    let addr = s.agent_addr();
     let dev = device(&k);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         // another VM launch (its own report_id): the running agent's identity is not touched
         let good = SimGuest {
@@ -383,15 +361,9 @@ fn the_server_fetches_a_missing_vcek_from_the_kds() {
         "",
         &server_plugins_with(&k, &GOOD, &format!("kds_base_url = \"{base}\"")),
     );
-    let roots =
-        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
-            .unwrap();
-    let addr = format!("127.0.0.1:{}", s.port);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let roots = s.bundle_roots();
+    let addr = s.agent_addr();
+    let rt = runtime();
     rt.block_on(async {
         // evidence with no certificate table: the server must fetch the VCEK itself
         let bare = |n: &[u8], key: &[u8]| {
@@ -406,14 +378,6 @@ fn the_server_fetches_a_missing_vcek_from_the_kds() {
         "{}",
         s.log()
     );
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]
@@ -450,10 +414,8 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
             ),
         ),
     );
-    let roots =
-        ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
-            .unwrap();
-    let addr = format!("127.0.0.1:{}", s.port);
+    let roots = s.bundle_roots();
+    let addr = s.agent_addr();
     let rt = runtime();
     rt.block_on(async {
         attest_by_hand(&addr, &roots, bare).await.unwrap();
@@ -506,10 +468,8 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
                 &format!("kds_base_url = \"{base}\"\n check_crl = true"),
             ),
         );
-        let roots =
-            ironpact_spiffe::x509::certs_from_pem(&s.cli(&["bundle", "show"]).expect_ok().stdout)
-                .unwrap();
-        let addr = format!("127.0.0.1:{}", s.port);
+        let roots = s.bundle_roots();
+        let addr = s.agent_addr();
         rt.block_on(async {
             let r = attest_by_hand(&addr, &roots, |n, key| {
                 evidence(&dev, &guest, ironpact_snp::binding::report_data(n, key))

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod imds;
+pub mod keys;
 
 use ironpact_proto::agent::v1 as pb;
 use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
@@ -115,6 +116,17 @@ pub fn repo_root() -> PathBuf {
 }
 
 impl TestServer {
+    /// The trust bundle's X.509 authorities, from `bundle show`.
+    pub fn bundle_roots(&self) -> Vec<Vec<u8>> {
+        ironpact_spiffe::x509::certs_from_pem(&self.cli(&["bundle", "show"]).expect_ok().stdout)
+            .unwrap()
+    }
+
+    /// The agent API's address.
+    pub fn agent_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// The shipped conf/server/server.conf, relocated with SPIRE's flags only.
     pub fn shipped() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -693,4 +705,13 @@ pub async fn attest_by_hand(
             None => panic!("stream ended"),
         }
     }
+}
+
+/// A two-thread tokio runtime for tests that talk gRPC by hand.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
