@@ -202,11 +202,15 @@ plugins {{
             keys_path = "{keys}"
         }}
     }}
-    NodeAttestor "join_token" {{
-        plugin_data {{}}
-    }}
+    {join_token}
 }}
 "#,
+            // a suite that configures join_token itself (e.g. requiring a TEE) replaces ours
+            join_token = if plugins_extra.contains("NodeAttestor \"join_token\"") {
+                ""
+            } else {
+                "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }"
+            },
             socket = socket.display(),
             port = port,
             data = dir.path().join("data").display(),
