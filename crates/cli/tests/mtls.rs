@@ -2,7 +2,9 @@
 //! also requires SEV-SNP (simulated device): the server workload's entry hangs under a node alias
 //! bound to the measurement. Server and client authorize each other by SPIFFE ID; a client with
 //! another ID is refused; SVIDs rotate (8 s TTL) under an open connection pool with zero failed
-//! requests; a non-Rust client (`openssl s_client` with files from `api fetch x509 -write`) works.
+//! requests; a non-Rust client (`openssl s_client` with files from `api fetch x509 -write`) works,
+//! and a non-Rust server (`openssl s_server`) is restarted on its rotated files by
+//! `examples/mtls/openssl-peer.sh`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -262,4 +264,157 @@ fn workloads_talk_mutual_tls_by_spiffe_id_through_rotation() {
     assert!(slog.contains("refused"), "{slog}");
     let _ = server.kill();
     let _ = server.wait();
+
+    openssl_server_reloaded_on_rotation(&s, &a, dir.path());
+}
+
+/// The non-Rust server: `openssl s_server` run by `examples/mtls/openssl-peer.sh`, which keeps
+/// its files current with `api fetch x509 -write` and restarts it on every rotation. An
+/// `openssl s_client` with its own SVID files checks each handshake against the bundle, for
+/// longer than the first server SVID lives.
+fn openssl_server_reloaded_on_rotation(s: &TestServer, a: &TestAgent, dir: &Path) {
+    // the helper fetches through its own copy of the agent binary: its own workload entry
+    let fetcher = dir.join("openssl-peer-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_ironpact-agent"), &fetcher).unwrap();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/openssl-server",
+        "-parentID",
+        "spiffe://example.org/attested",
+        "-selector",
+        &format!("unix:path:{}", fetcher.display()),
+        "-x509SVIDTTL",
+        "8",
+    ])
+    .expect_ok();
+    let files = dir.join("openssl-server");
+    let port = support::free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mtls/openssl-peer.sh");
+    let peer_log = dir.join("openssl-peer.log");
+    let f = |n: &str| files.join(n).display().to_string();
+    let mut peer = Command::new("bash")
+        .arg(&script)
+        .arg(&files)
+        .arg("--")
+        .args(["openssl", "s_server", "-quiet", "-www", "-Verify", "1"])
+        .args(["-verify_return_error", "-accept", &port.to_string()])
+        .args(["-cert", &f("svid.0.pem"), "-key", &f("svid.0.key")])
+        .args(["-CAfile", &f("bundle.0.pem")])
+        .env("IRONPACT_AGENT", &fetcher)
+        .env("AGENT_SOCKET", &a.socket)
+        .env("POLL_SECONDS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&peer_log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let client_files = dir.join("openssl-client-2");
+    let addr = format!("127.0.0.1:{port}");
+    // One verified handshake and request: the served leaf certificate (PEM), or what went wrong.
+    let request = || -> Result<String, String> {
+        if !a
+            .cli(&["api", "fetch", "x509", "-write", client_files.to_str().unwrap()])
+            .ok()
+        {
+            return Err("no client SVID".into());
+        }
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-no_ign_eof", "-verify_return_error"])
+            .args(["-connect", &addr])
+            .arg("-cert")
+            .arg(client_files.join("svid.0.pem"))
+            .arg("-key")
+            .arg(client_files.join("svid.0.key"))
+            .arg("-CAfile")
+            .arg(client_files.join("bundle.0.pem"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // stdin stays open: s_server (-www) answers and closes, which ends s_client
+        let mut stdin = child.stdin.take().unwrap();
+        {
+            use std::io::Write;
+            let _ = stdin.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        }
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() || !text.contains("HTTP/1.0 200 ok") {
+            return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let begin = text.find("-----BEGIN CERTIFICATE-----").ok_or("no certificate")?;
+        let end = text[begin..].find("-----END CERTIFICATE-----").unwrap() + begin + 25;
+        Ok(text[begin..end].to_string() + "\n")
+    };
+    let cert_info = |pem: &str, args: &[&str]| -> (bool, String) {
+        let path = dir.join("served.pem");
+        std::fs::write(&path, pem).unwrap();
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-in"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+
+    // first contact: the entry reaches the agent, the helper fetches and starts s_server
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        match request() {
+            Ok(pem) => break pem,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "{e}\n{}",
+                std::fs::read_to_string(&peer_log).unwrap_or_default()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (_, san) = cert_info(&first, &["-ext", "subjectAltName"]);
+    assert!(san.contains("URI:spiffe://example.org/openssl-server"), "{san}");
+
+    // ~20 s of requests, past the first SVID's 8 s: each one succeeds, allowing a retry for the
+    // moment s_server restarts
+    let mut serials = std::collections::BTreeSet::new();
+    let mut last = first.clone();
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let mut attempt = 0;
+        last = loop {
+            attempt += 1;
+            match request() {
+                Ok(pem) => break pem,
+                Err(e) if attempt < 6 => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Err(e) => panic!(
+                    "request failed: {e}\n{}",
+                    std::fs::read_to_string(&peer_log).unwrap_or_default()
+                ),
+            }
+        };
+        serials.insert(cert_info(&last, &["-serial"]).1);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let _ = Command::new("kill")
+        .arg(peer.id().to_string())
+        .status();
+    let _ = peer.wait();
+    let peer_text = std::fs::read_to_string(&peer_log).unwrap();
+    println!("{peer_text}");
+    assert!(serials.len() >= 2, "s_server was not reloaded: {peer_text}");
+    assert!(peer_text.contains("rotated to SVID serial"), "{peer_text}");
+    // the first certificate has expired, the last one served is current
+    assert!(!cert_info(&first, &["-checkend", "0"]).0, "first SVID still valid");
+    assert!(cert_info(&last, &["-checkend", "0"]).0, "last SVID expired");
 }
