@@ -316,7 +316,13 @@ fn openssl_server_reloaded_on_rotation(s: &TestServer, a: &TestAgent, dir: &Path
     // One verified handshake and request: the served leaf certificate (PEM), or what went wrong.
     let request = || -> Result<String, String> {
         if !a
-            .cli(&["api", "fetch", "x509", "-write", client_files.to_str().unwrap()])
+            .cli(&[
+                "api",
+                "fetch",
+                "x509",
+                "-write",
+                client_files.to_str().unwrap(),
+            ])
             .ok()
         {
             return Err("no client SVID".into());
@@ -347,7 +353,9 @@ fn openssl_server_reloaded_on_rotation(s: &TestServer, a: &TestAgent, dir: &Path
         if !out.status.success() || !text.contains("HTTP/1.0 200 ok") {
             return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
         }
-        let begin = text.find("-----BEGIN CERTIFICATE-----").ok_or("no certificate")?;
+        let begin = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .ok_or("no certificate")?;
         let end = text[begin..].find("-----END CERTIFICATE-----").unwrap() + begin + 25;
         Ok(text[begin..end].to_string() + "\n")
     };
@@ -380,7 +388,10 @@ fn openssl_server_reloaded_on_rotation(s: &TestServer, a: &TestAgent, dir: &Path
         std::thread::sleep(Duration::from_millis(500));
     };
     let (_, san) = cert_info(&first, &["-ext", "subjectAltName"]);
-    assert!(san.contains("URI:spiffe://example.org/openssl-server"), "{san}");
+    assert!(
+        san.contains("URI:spiffe://example.org/openssl-server"),
+        "{san}"
+    );
 
     // ~20 s of requests, past the first SVID's 8 s: each one succeeds, allowing a retry for the
     // moment s_server restarts
@@ -406,15 +417,16 @@ fn openssl_server_reloaded_on_rotation(s: &TestServer, a: &TestAgent, dir: &Path
         serials.insert(cert_info(&last, &["-serial"]).1);
         std::thread::sleep(Duration::from_millis(700));
     }
-    let _ = Command::new("kill")
-        .arg(peer.id().to_string())
-        .status();
+    let _ = Command::new("kill").arg(peer.id().to_string()).status();
     let _ = peer.wait();
     let peer_text = std::fs::read_to_string(&peer_log).unwrap();
     println!("{peer_text}");
     assert!(serials.len() >= 2, "s_server was not reloaded: {peer_text}");
     assert!(peer_text.contains("rotated to SVID serial"), "{peer_text}");
     // the first certificate has expired, the last one served is current
-    assert!(!cert_info(&first, &["-checkend", "0"]).0, "first SVID still valid");
+    assert!(
+        !cert_info(&first, &["-checkend", "0"]).0,
+        "first SVID still valid"
+    );
     assert!(cert_info(&last, &["-checkend", "0"]).0, "last SVID expired");
 }

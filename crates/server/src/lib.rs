@@ -16,3 +16,4 @@ pub mod kds;
 pub mod keymanager;
 pub mod run;
 pub mod snp_policy;
+pub mod tdx_policy;

@@ -19,7 +19,11 @@
 use ironpact_config::hcl::{self, ConfigError, Section};
 use ironpact_snp::{Policy, Tcb};
 
-fn hex_list(s: &Section<'_>, key: &str, len: usize) -> Result<Vec<Vec<u8>>, ConfigError> {
+pub(crate) fn hex_list(
+    s: &Section<'_>,
+    key: &str,
+    len: usize,
+) -> Result<Vec<Vec<u8>>, ConfigError> {
     let line = s.line();
     s.strings(key)?
         .unwrap_or_default()

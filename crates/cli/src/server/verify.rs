@@ -1,5 +1,5 @@
-//! `verify snp`: checks a SEV-SNP report (and its VCEK/VLEK) against AMD's pinned roots and
-//! prints a JSON verdict: `{"ok": true, …}` with exit 0, or `{"ok": false, "error": {"kind",
+//! `verify snp` / `verify tdx`: checks a SEV-SNP report (and its VCEK/VLEK) against AMD's
+//! pinned roots, or a TDX quote (and its collateral) against Intel's, and prints a JSON verdict: `{"ok": true, …}` with exit 0, or `{"ok": false, "error": {"kind",
 //! "message"}}` with exit 1.
 
 use anyhow::{Result, anyhow};
@@ -12,6 +12,30 @@ use std::path::PathBuf;
 pub enum VerifyCmd {
     /// An AMD SEV-SNP attestation report.
     Snp(SnpArgs),
+    /// An Intel TDX quote (v4, v5; an SGX v3 quote is verified the same way, for diagnostics).
+    Tdx(TdxArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TdxArgs {
+    /// The raw quote (binary, as configfs-tsm or the quote generation library returns it).
+    #[arg(long = "quote")]
+    quote: PathBuf,
+    /// Collateral JSON (TCB info, QE identity, CRLs, issuer chains; the shape of the server's
+    /// collateral cache); without it the quote, QE report and PCK chain are checked and the
+    /// TCB status is null.
+    #[arg(long = "collateral")]
+    collateral: Option<PathBuf>,
+    /// Evaluate at this time (RFC 3339) instead of now: collateral lives about 30 days.
+    #[arg(long = "now")]
+    now: Option<String>,
+    /// An HCL policy (the `tdx` attestor's keys); without it the TCB status is reported, not
+    /// judged.
+    #[arg(long = "policy")]
+    policy: Option<PathBuf>,
+    /// A root certificate (PEM or DER) to use instead of the Intel SGX Root CA (test chains).
+    #[arg(long = "root")]
+    root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -47,6 +71,16 @@ fn failure(kind: &str, message: impl Into<String>) -> Value {
 
 fn from_error(e: &SnpError) -> Value {
     failure(e.kind.as_str(), e.message.clone())
+}
+
+/// `--now` (RFC 3339), or the clock.
+fn evaluation_time(now: Option<&str>) -> Result<i64, Value> {
+    match now {
+        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map(|t| t.unix_timestamp())
+            .map_err(|e| failure("unparseable", format!("--now {t:?} is not RFC 3339: {e}"))),
+        None => Ok(time::OffsetDateTime::now_utc().unix_timestamp()),
+    }
 }
 
 fn find_cert(a: &SnpArgs, report: Option<&[u8]>) -> Result<Option<Vec<u8>>, Value> {
@@ -103,16 +137,9 @@ fn success(v: &Verified) -> Value {
 }
 
 fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
-    let now = match &a.now {
-        Some(t) => {
-            match time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
-                Ok(t) => t.unix_timestamp(),
-                Err(e) => {
-                    return failure("unparseable", format!("--now {t:?} is not RFC 3339: {e}"));
-                }
-            }
-        }
-        None => time::OffsetDateTime::now_utc().unix_timestamp(),
+    let now = match evaluation_time(a.now.as_deref()) {
+        Ok(t) => t,
+        Err(v) => return v,
     };
     let hint = match a.product.as_deref().map(|p| (p, Product::from_name(p))) {
         Some((p, None)) => {
@@ -193,8 +220,123 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
     }
 }
 
+fn tdx_success(v: &ironpact_tdx::Verified) -> Value {
+    let q = &v.quote;
+    let mut out = json!({
+        "ok": true,
+        "tee": match q.tee() { ironpact_tdx::quote::Tee::Tdx => "TDX", ironpact_tdx::quote::Tee::Sgx => "SGX" },
+        "quote_version": q.version(),
+        "body_type": q.body_type().name(),
+        "tcb_status": v.tcb_status,
+        "advisories": v.advisories,
+        "fmspc": hex::encode(v.fmspc),
+        "report_data": hex::encode(q.report_data()),
+        "debug": q.debug(),
+        "collateral_next_update": v.collateral_next_update.and_then(|t| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        }),
+        "selectors": v.selectors().iter().map(|(k, val)| format!("tdx:{k}:{val}")).collect::<Vec<_>>(),
+    });
+    if let Some(td) = q.td() {
+        out["mrtd"] = json!(hex::encode(td.mr_td));
+        out["rtmrs"] = json!(
+            [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3]
+                .iter()
+                .map(hex::encode)
+                .collect::<Vec<_>>()
+        );
+        out["mrseam"] = json!(hex::encode(td.mr_seam));
+        out["td_attributes"] = json!(hex::encode(td.td_attributes));
+        out["xfam"] = json!(hex::encode(td.xfam));
+        out["tee_tcb_svn"] = json!(hex::encode(td.tee_tcb_svn));
+        out["mrconfigid"] = json!(hex::encode(td.mr_config_id));
+        out["mrowner"] = json!(hex::encode(td.mr_owner));
+        out["mrownerconfig"] = json!(hex::encode(td.mr_owner_config));
+    }
+    if let Some(e) = q.enclave() {
+        out["mrenclave"] = json!(hex::encode(e.mr_enclave));
+        out["mrsigner"] = json!(hex::encode(e.mr_signer));
+        out["isv_prod_id"] = json!(e.isv_prod_id);
+        out["isv_svn"] = json!(e.isv_svn);
+    }
+    out
+}
+
+fn tdx_verdict(a: &TdxArgs, policy: Option<&ironpact_tdx::Policy>) -> Value {
+    let now = match evaluation_time(a.now.as_deref()) {
+        Ok(t) => t,
+        Err(v) => return v,
+    };
+    let read = |p: &PathBuf| {
+        std::fs::read(p)
+            .map_err(|e| failure("unparseable", format!("cannot read {}: {e}", p.display())))
+    };
+    let roots = match &a.root {
+        None => ironpact_tdx::Roots::intel(),
+        Some(p) => match read(p).map(|b| ironpact_tdx::Roots::from_bytes(&b)) {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return failure(e.kind.as_str(), e.message),
+            Err(v) => return v,
+        },
+    };
+    let quote = match read(&a.quote) {
+        Ok(b) => b,
+        Err(v) => return v,
+    };
+    let collateral = match a.collateral.as_ref().map(read) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(v)) => return v,
+    };
+    let grace = policy.map_or(0, |p| p.collateral_grace_seconds);
+    let checked = ironpact_tdx::Quote::parse(&quote)
+        .and_then(|q| match &collateral {
+            Some(c) => ironpact_tdx::Collateral::from_json(c)
+                .and_then(|c| ironpact_tdx::verify(&q, &c, &roots, now, grace)),
+            None => ironpact_tdx::verify_quote(&q, &roots, now),
+        })
+        .and_then(|v| match policy {
+            Some(p) => p.check(&v).map(|()| v),
+            None => Ok(v),
+        });
+    match checked {
+        Ok(v) => tdx_success(&v),
+        Err(e) => failure(e.kind.as_str(), e.message),
+    }
+}
+
 pub fn exec(cmd: VerifyCmd) -> Result<()> {
-    let VerifyCmd::Snp(a) = cmd;
+    let v = match cmd {
+        VerifyCmd::Snp(a) => snp(&a)?,
+        VerifyCmd::Tdx(a) => {
+            let policy = match &a.policy {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| anyhow!("cannot read --policy {}: {e}", p.display()))?;
+                    Some(ironpact_server::tdx_policy::parse_file(
+                        &p.display().to_string(),
+                        &text,
+                    )?)
+                }
+                None => None,
+            };
+            tdx_verdict(&a, policy.as_ref())
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    if v["ok"] == json!(true) {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "verification failed: {}",
+            v["error"]["kind"].as_str().unwrap_or("unknown")
+        ))
+    }
+}
+
+fn snp(a: &SnpArgs) -> Result<Value> {
     let policy = match &a.policy {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -206,14 +348,5 @@ pub fn exec(cmd: VerifyCmd) -> Result<()> {
         }
         None => None,
     };
-    let v = verdict(&a, policy.as_ref());
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    if v["ok"] == json!(true) {
-        Ok(())
-    } else {
-        Err(anyhow!(
-            "verification failed: {}",
-            v["error"]["kind"].as_str().unwrap_or("unknown")
-        ))
-    }
+    Ok(verdict(a, policy.as_ref()))
 }
