@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# A short fuzz run of every target (seconds each, default 20), seeded from the SNP vectors.
+# A short fuzz run of every target (seconds each, default 20), seeded from the SNP and TDX vectors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-20}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || { echo "cargo fuzz needs a nightly toolchain (rustup toolchain install nightly)"; exit 1; }
-for t in snp_report snp_cert_table snp_endorsement; do
+for t in snp_report snp_cert_table snp_endorsement tdx_quote; do
     corpus="fuzz/corpus/$t"
     mkdir -p "$corpus"
     vectors="../shared/vectors/snp"
-    if [ -d "$vectors" ]; then
+    if [ "$t" = tdx_quote ]; then
+        for f in ../shared/vectors/tdx/*/quote.bin ../shared/vectors/sgx/*/quote.bin; do
+            [ -f "$f" ] && cp "$f" "$corpus/$(basename "$(dirname "$f")").bin"
+        done
+    elif [ -d "$vectors" ]; then
         case "$t" in
             snp_report) cp "$vectors"/*/report.bin "$corpus"/ 2>/dev/null || true ;;
             *) for f in "$vectors"/*/v?ek.der; do cp "$f" "$corpus/$(basename "$(dirname "$f")").der"; done ;;

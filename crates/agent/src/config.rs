@@ -23,11 +23,11 @@ pub enum AgentKeyManager {
 #[derive(Debug, Clone)]
 pub enum NodeAttestorConfig {
     JoinToken {
-        tee: Option<SevSnpSource>,
+        tee: Option<TeeSource>,
     },
     AwsIid {
         imds: crate::imds::ImdsConfig,
-        tee: Option<SevSnpSource>,
+        tee: Option<TeeSource>,
     },
     SevSnp(SevSnpSource),
 }
@@ -42,13 +42,32 @@ impl NodeAttestorConfig {
         }
     }
 
-    /// Where SEV-SNP evidence comes from, when this node presents any.
-    pub fn tee(&self) -> Option<&SevSnpSource> {
+    /// Where TEE evidence comes from, when this node presents any.
+    pub fn tee(&self) -> Option<TeeSource> {
         match self {
-            Self::JoinToken { tee } | Self::AwsIid { tee, .. } => tee.as_ref(),
-            Self::SevSnp(s) => Some(s),
+            Self::JoinToken { tee } | Self::AwsIid { tee, .. } => tee.clone(),
+            Self::SevSnp(s) => Some(TeeSource::SevSnp(s.clone())),
         }
     }
+}
+
+/// The TEE evidence a base attestor presents: `sev_snp { … }` or `tdx { … }` in its plugin_data.
+#[derive(Debug, Clone)]
+pub enum TeeSource {
+    SevSnp(SevSnpSource),
+    Tdx(TdxSource),
+}
+
+/// Where TDX quotes come from.
+#[derive(Debug, Clone)]
+pub enum TdxSource {
+    /// configfs-tsm with provider `tdx_guest` (Linux 6.7+).
+    ConfigfsTsm(PathBuf),
+    /// The software quoting stack of `ironpact_tdx::simulate`, with the test PKI in `pki_dir`.
+    Simulated {
+        pki_dir: PathBuf,
+        td: Box<ironpact_tdx::simulate::SimTd>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -213,19 +232,28 @@ impl AgentConfig {
                 if node_attestor.is_some() {
                     return Err(sec.err(b.line, "only one NodeAttestor may be configured (a base attestor requires SEV-SNP with a sev_snp { … } block in its plugin_data)"));
                 }
-                // `sev_snp { … }` inside a base attestor's plugin_data: SEV-SNP evidence too.
-                let nested =
-                    |d: Option<&Section<'_>>| -> Result<Option<SevSnpSource>, ConfigError> {
-                        let Some(d) = d else { return Ok(None) };
-                        match d.section("sev_snp")? {
-                            Some(t) => {
+                // `sev_snp { … }` or `tdx { … }` inside a base attestor's plugin_data: TEE
+                // evidence too.
+                let nested = |d: Option<&Section<'_>>| -> Result<Option<TeeSource>, ConfigError> {
+                    let Some(d) = d else { return Ok(None) };
+                    match (d.section("sev_snp")?, d.section("tdx")?) {
+                            (Some(_), Some(t)) => Err(t.err(
+                                t.line(),
+                                "a base attestor requires one TEE: sev_snp { … } or tdx { … }, not both",
+                            )),
+                            (Some(t), None) => {
                                 let src = sev_snp_source(Some(&t), &t, t.line())?;
                                 t.finish()?;
-                                Ok(Some(src))
+                                Ok(Some(TeeSource::SevSnp(src)))
                             }
-                            None => Ok(None),
+                            (None, Some(t)) => {
+                                let src = tdx_source(&t)?;
+                                t.finish()?;
+                                Ok(Some(TeeSource::Tdx(src)))
+                            }
+                            (None, None) => Ok(None),
                         }
-                    };
+                };
                 let a = match b.labels[0].as_str() {
                     "sev_snp" => {
                         NodeAttestorConfig::SevSnp(sev_snp_source(data.as_ref(), &sec, b.line)?)
@@ -420,6 +448,49 @@ fn sev_snp_source(
             format!(
                 "evidence_source {other:?}: use \"configfs-tsm\", \"sev-guest\" or \"simulated\""
             ),
+        )),
+    }
+}
+
+/// `tdx { evidence_source = "configfs-tsm" | "simulated" … }` in a base attestor's plugin_data.
+fn tdx_source(d: &Section<'_>) -> Result<TdxSource, ConfigError> {
+    let source = d
+        .string("evidence_source")?
+        .map(|v| v.0)
+        .unwrap_or_else(|| "configfs-tsm".into());
+    let configfs = d.string("configfs_path")?.map(|v| PathBuf::from(v.0));
+    match source.as_str() {
+        "configfs-tsm" => Ok(TdxSource::ConfigfsTsm(
+            configfs.unwrap_or_else(|| CONFIGFS_TSM_REPORT.into()),
+        )),
+        "simulated" => {
+            let s = d.section("simulated")?.ok_or_else(|| {
+                d.err(
+                    d.line(),
+                    "evidence_source = \"simulated\" needs a simulated { pki_dir = … } block",
+                )
+            })?;
+            let pki_dir = s
+                .string("pki_dir")?
+                .map(|v| PathBuf::from(v.0))
+                .ok_or_else(|| {
+                    s.err(
+                        s.line(),
+                        "simulated.pki_dir is required (the test PKI: pck.pem, pck.pk8, pck-ca.pem, root.pem …)",
+                    )
+                })?;
+            let mut td =
+                ironpact_tdx::simulate::SimTd::with_mrtd(hex_array(&s, "mrtd", [0x11; 48])?);
+            td.debug = s.bool("debug")?.unwrap_or(false);
+            s.finish()?;
+            Ok(TdxSource::Simulated {
+                pki_dir,
+                td: Box::new(td),
+            })
+        }
+        other => Err(d.err(
+            d.line(),
+            format!("evidence_source {other:?}: use \"configfs-tsm\" or \"simulated\""),
         )),
     }
 }

@@ -1,6 +1,7 @@
-//! Where the agent's SEV-SNP evidence comes from: configfs-tsm on a real SNP guest, or a
-//! simulated device (test chain) for tests and demos. Each answers a challenge with a report
-//! carrying the given REPORT_DATA, followed by a certificate table with the VCEK/VLEK.
+//! Where the agent's TEE evidence comes from: configfs-tsm on a real SNP or TDX guest, or a
+//! simulated device (test chain) for tests and demos. An SEV-SNP source answers a challenge
+//! with a report carrying the given REPORT_DATA, followed by a certificate table with the
+//! VCEK/VLEK; a TDX source with a quote (its PCK chain inside).
 
 use ironpact_snp::Product;
 use ironpact_snp::binding::encode_evidence;
@@ -12,21 +13,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub trait EvidenceSource: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String>;
+
+    /// The REPORT_DATA that binds the server's nonce and the agent's key, as this TEE's
+    /// attestor on the server expects it.
+    fn report_data(&self, nonce: &[u8], spki: &[u8]) -> [u8; 64] {
+        ironpact_snp::binding::report_data(nonce, spki)
+    }
 }
 
 /// configfs-tsm (`/sys/kernel/config/tsm/report`): write `inblob`, read `outblob` (the report)
 /// and `auxblob` (the certificate table), and check `generation` did not move meanwhile.
+/// For TDX (provider `tdx_guest`), `outblob` is the quote and there is no `auxblob`.
 pub struct ConfigfsTsm {
     pub base: PathBuf,
+    /// `sev_guest` or `tdx_guest`.
+    provider: &'static str,
     counter: AtomicU64,
 }
 
 impl ConfigfsTsm {
+    /// SEV-SNP reports.
     pub fn new(base: impl Into<PathBuf>) -> Self {
         Self {
             base: base.into(),
+            provider: "sev_guest",
             counter: AtomicU64::new(0),
         }
+    }
+
+    /// TDX quotes.
+    pub fn tdx(base: impl Into<PathBuf>) -> Self {
+        Self {
+            base: base.into(),
+            provider: "tdx_guest",
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn tdx_provider(&self) -> bool {
+        self.provider == "tdx_guest"
     }
 }
 
@@ -39,6 +64,14 @@ impl EvidenceSource for ConfigfsTsm {
         "configfs-tsm"
     }
 
+    fn report_data(&self, nonce: &[u8], spki: &[u8]) -> [u8; 64] {
+        if self.tdx_provider() {
+            ironpact_tdx::binding::report_data(nonce, spki)
+        } else {
+            ironpact_snp::binding::report_data(nonce, spki)
+        }
+    }
+
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         let dir = self
@@ -46,28 +79,41 @@ impl EvidenceSource for ConfigfsTsm {
             .join(format!("ironpact-{}-{n}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| {
             format!(
-                "{}: {e} (is this an SEV-SNP guest with configfs-tsm?)",
-                dir.display()
+                "{}: {e} (is this a{} guest with configfs-tsm?)",
+                dir.display(),
+                if self.tdx_provider() {
+                    " TDX"
+                } else {
+                    "n SEV-SNP"
+                }
             )
         })?;
         let result = (|| {
             let provider = String::from_utf8_lossy(&read(&dir.join("provider"))?)
                 .trim()
                 .to_string();
-            if provider != "sev_guest" {
+            if provider != self.provider {
                 return Err(format!(
-                    "configfs-tsm provider is {provider:?}, not sev_guest"
+                    "configfs-tsm provider is {provider:?}, not {}",
+                    self.provider
                 ));
             }
             std::fs::write(dir.join("inblob"), report_data).map_err(|e| format!("inblob: {e}"))?;
             let before = read(&dir.join("generation"))?;
             let report = read(&dir.join("outblob"))?;
-            let aux = read(&dir.join("auxblob")).unwrap_or_default();
+            let aux = if self.tdx_provider() {
+                Vec::new()
+            } else {
+                read(&dir.join("auxblob")).unwrap_or_default()
+            };
             if read(&dir.join("generation"))? != before {
                 return Err(
                     "configfs-tsm generation changed while reading: another writer raced; retry"
                         .into(),
                 );
+            }
+            if self.tdx_provider() {
+                return Ok(report);
             }
             Ok(encode_evidence(&report, &aux))
         })();
@@ -200,6 +246,41 @@ impl EvidenceSource for Simulated {
         };
         let table = CertTable::build(&[(guid, &self.device.vcek_der)]);
         Ok(encode_evidence(&report, &table))
+    }
+}
+
+/// The simulated TD quoting stack (`ironpact_tdx::simulate`): quotes signed under the test PKI
+/// in `pki_dir`, describing the configured TD.
+pub struct SimulatedTdx {
+    dev: ironpact_tdx::simulate::SimulatedTdx,
+    td: ironpact_tdx::simulate::SimTd,
+}
+
+impl SimulatedTdx {
+    pub fn load(pki_dir: &Path, td: ironpact_tdx::simulate::SimTd) -> Result<Self, String> {
+        let pki = ironpact_tdx::simulate::TestPki::load(pki_dir).map_err(|e| e.to_string())?;
+        let dev = ironpact_tdx::simulate::SimulatedTdx::new(
+            &pki,
+            ironpact_tdx::simulate::SimPlatform::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self { dev, td })
+    }
+}
+
+impl EvidenceSource for SimulatedTdx {
+    fn name(&self) -> &'static str {
+        "simulated-tdx"
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+        self.dev
+            .quote(&self.td, *report_data)
+            .map_err(|e| e.to_string())
+    }
+
+    fn report_data(&self, nonce: &[u8], spki: &[u8]) -> [u8; 64] {
+        ironpact_tdx::binding::report_data(nonce, spki)
     }
 }
 

@@ -3,6 +3,7 @@
 //! backoff while the server is away, serving what it already has.
 
 use crate::config::{AgentConfig, AgentKeyManager};
+use crate::config::{SevSnpSource, TdxSource, TeeSource};
 use crate::state::{AgentEntry, CachedSvid, State};
 use ironpact_proto::agent::v1 as pb;
 use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
@@ -112,16 +113,26 @@ impl Agent {
             .tee()
         {
             None => None,
-            Some(crate::config::SevSnpSource::ConfigfsTsm(p)) => {
-                Some(Arc::new(crate::evidence::ConfigfsTsm::new(p.clone())))
+            Some(TeeSource::SevSnp(SevSnpSource::ConfigfsTsm(p))) => {
+                Some(Arc::new(crate::evidence::ConfigfsTsm::new(p)))
             }
-            Some(crate::config::SevSnpSource::SevGuest { vmpl }) => {
-                Some(Arc::new(crate::evidence::SevGuestDevice { vmpl: *vmpl }))
+            Some(TeeSource::SevSnp(SevSnpSource::SevGuest { vmpl })) => {
+                Some(Arc::new(crate::evidence::SevGuestDevice { vmpl }))
             }
-            Some(crate::config::SevSnpSource::Simulated(c)) => {
+            Some(TeeSource::SevSnp(SevSnpSource::Simulated(c))) => {
                 warn!("SEV-SNP evidence comes from a SIMULATED device: for tests and demos only");
                 Some(Arc::new(
-                    crate::evidence::Simulated::load(c).map_err(AgentError::Local)?,
+                    crate::evidence::Simulated::load(&c).map_err(AgentError::Local)?,
+                ))
+            }
+            Some(TeeSource::Tdx(TdxSource::ConfigfsTsm(p))) => {
+                Some(Arc::new(crate::evidence::ConfigfsTsm::tdx(p)))
+            }
+            Some(TeeSource::Tdx(TdxSource::Simulated { pki_dir, td })) => {
+                warn!("TDX quotes come from a SIMULATED quoting stack: for tests and demos only");
+                Some(Arc::new(
+                    crate::evidence::SimulatedTdx::load(&pki_dir, *td)
+                        .map_err(AgentError::Local)?,
                 ))
             }
         };
@@ -381,18 +392,19 @@ impl Agent {
                 Some(pb::attest_agent_response::Step::Challenge(nonce)) => {
                     let src = self.evidence.clone().ok_or_else(|| {
                         AgentError::Refused(
-                            "the server asks for SEV-SNP evidence, but this agent has no evidence source: add sev_snp { evidence_source = … } to its NodeAttestor plugin_data"
+                            "the server asks for TEE evidence, but this agent has no evidence source: add sev_snp { evidence_source = … } or tdx { evidence_source = … } to its NodeAttestor plugin_data"
                                 .into(),
                         )
                     })?;
-                    let rd = ironpact_snp::binding::report_data(&nonce, &spki);
+                    let rd = src.report_data(&nonce, &spki);
+                    let source = src.name();
                     let evidence = tokio::task::spawn_blocking(move || src.evidence(&rd))
                         .await
                         .map_err(|e| AgentError::Local(e.to_string()))?
-                        .map_err(|e| AgentError::Local(format!("SEV-SNP evidence: {e}")))?;
+                        .map_err(|e| AgentError::Local(format!("{source} evidence: {e}")))?;
                     debug!(
                         bytes = evidence.len(),
-                        "answering the server's challenge with SEV-SNP evidence"
+                        "answering the server's challenge with TEE evidence"
                     );
                     let msg = pb::AttestAgentRequest {
                         step: Some(pb::attest_agent_request::Step::ChallengeResponse(evidence)),

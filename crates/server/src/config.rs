@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub join_token_attestor: bool,
     /// A TEE the join_token attestor requires (`sev_snp { … }` in its plugin_data).
     pub join_token_tee: Option<SevSnpConfig>,
+    /// Or TDX (`tdx { … }` in its plugin_data).
+    pub join_token_tdx: Option<TdxConfig>,
     /// `NodeAttestor "aws_iid"`, when configured.
     pub aws_iid: Option<AwsIidConfig>,
     /// `NodeAttestor "sev_snp"`, when configured.
@@ -83,6 +85,39 @@ pub struct AwsIidConfig {
     pub account_allowlist: Vec<String>,
     /// Fresh SEV-SNP evidence required in addition (`sev_snp { … }`).
     pub sev_snp: Option<SevSnpConfig>,
+    /// Or a fresh TDX quote (`tdx { … }`).
+    pub tdx: Option<TdxConfig>,
+}
+
+/// A `tdx { … }` block: the policy, the root, where collateral comes from.
+#[derive(Debug, Clone)]
+pub struct TdxConfig {
+    pub policy: ironpact_tdx::Policy,
+    /// Trusted instead of the Intel SGX Root CA. Only for simulated quotes in tests and demos.
+    pub test_root: Option<PathBuf>,
+    /// Collateral JSON files (TCB info, QE identity, CRLs, issuer chains), read at each
+    /// attestation: the newest for the quote's FMSPC is used.
+    pub collateral_dir: PathBuf,
+}
+
+/// The `tdx` block's settings and policy.
+pub fn tdx_config(d: &Section<'_>) -> Result<TdxConfig, ConfigError> {
+    let test_root = d.string("test_root")?.map(|v| PathBuf::from(v.0));
+    let collateral_dir = d
+        .string("collateral_dir")?
+        .map(|v| PathBuf::from(v.0))
+        .ok_or_else(|| {
+            d.err(
+                d.line(),
+                "tdx.collateral_dir is required: a directory of collateral JSON files (TCB info, QE identity, CRLs) for your platforms",
+            )
+        })?;
+    let policy = crate::tdx_policy::from_section(d)?;
+    Ok(TdxConfig {
+        policy,
+        test_root,
+        collateral_dir,
+    })
 }
 
 /// `test_roots { product = "milan"  ark = "ark.pem"  ask = "ask.pem"  asvk = "asvk.pem" }`.
@@ -321,6 +356,7 @@ impl ServerConfig {
         let mut key_manager = None;
         let mut join_token_attestor = false;
         let mut join_token_tee = None;
+        let mut join_token_tdx = None;
         let mut aws_iid = None;
         let mut sev_snp = None;
         if let Some(p) = &plugins {
@@ -410,6 +446,23 @@ impl ServerConfig {
                         None => Ok(None),
                     }
                 };
+                // … or `tdx { … }`; one TEE per base attestor.
+                let nested_tdx = |d: &Section<'_>| -> Result<Option<TdxConfig>, ConfigError> {
+                    match d.section("tdx")? {
+                        Some(t) => {
+                            if d.section("sev_snp")?.is_some() {
+                                return Err(t.err(
+                                    t.line(),
+                                    "a base attestor requires one TEE: sev_snp { … } or tdx { … }, not both",
+                                ));
+                            }
+                            let c = tdx_config(&t)?;
+                            t.finish()?;
+                            Ok(Some(c))
+                        }
+                        None => Ok(None),
+                    }
+                };
                 if b.labels[0] == "aws_iid" {
                     let d = data.ok_or_else(|| {
                         sec.err(b.line, "NodeAttestor \"aws_iid\" needs plugin_data with certificates_path (the AWS certificates that sign instance identity documents)")
@@ -419,6 +472,7 @@ impl ServerConfig {
                         .map(|v| PathBuf::from(v.0))
                         .ok_or_else(|| d.err(d.line(), "aws_iid.certificates_path is required: a PEM file of the AWS RSA-2048 certificates of your regions"))?;
                     let account_allowlist = d.strings("account_allowlist")?.unwrap_or_default();
+                    let tdx = nested_tdx(&d)?;
                     let tee = nested_tee(&d)?;
                     d.finish()?;
                     sec.finish()?;
@@ -426,6 +480,7 @@ impl ServerConfig {
                         certificates_path,
                         account_allowlist,
                         sev_snp: tee,
+                        tdx,
                     });
                     continue;
                 }
@@ -439,6 +494,7 @@ impl ServerConfig {
                     continue;
                 }
                 if let Some(d) = data {
+                    join_token_tdx = nested_tdx(&d)?;
                     join_token_tee = nested_tee(&d)?;
                     d.finish()?;
                 }
@@ -477,6 +533,7 @@ impl ServerConfig {
             key_manager,
             join_token_attestor,
             join_token_tee,
+            join_token_tdx,
             aws_iid,
             sev_snp,
         })

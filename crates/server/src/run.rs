@@ -62,6 +62,8 @@ pub enum RunError {
     Tls(#[from] rustls::Error),
     #[error("NodeAttestor \"sev_snp\": {0}")]
     SevSnp(String),
+    #[error("tdx: {0}")]
+    Tdx(String),
     #[error("NodeAttestor \"aws_iid\": {0}")]
     AwsIid(String),
 }
@@ -98,13 +100,25 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
     info!(trust_domain = %cfg.trust_domain, key_manager = ?cfg.key_manager, "CA ready");
     let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
     let mut snp_attestors = Vec::new();
+    let mut tdx_attestors = Vec::new();
     // A base attestor, completed by the TEE its config requires.
     let mut add = |base: Arc<dyn NodeAttestor>,
-                   tee: Option<&crate::config::SevSnpConfig>|
+                   tee: Option<&crate::config::SevSnpConfig>,
+                   tdx: Option<&crate::config::TdxConfig>|
      -> Result<(), RunError> {
         let name = base.name();
-        let a: Arc<dyn NodeAttestor> = match tee {
-            Some(t) => {
+        let a: Arc<dyn NodeAttestor> = match (tee, tdx) {
+            (_, Some(t)) => {
+                let tdx = build_tdx(t)?;
+                tdx_attestors.push((name, tdx.clone()));
+                info!(
+                    attestor = name,
+                    tee = "tdx",
+                    "node attestor requires a fresh TDX quote"
+                );
+                Arc::new(crate::attest::WithTee { base, tee: tdx })
+            }
+            (Some(t), None) => {
                 let snp = build_sev_snp(&cfg, t)?;
                 snp_attestors.push((name, snp.clone()));
                 info!(
@@ -114,7 +128,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
                 );
                 Arc::new(crate::attest::WithTee { base, tee: snp })
             }
-            None => base,
+            (None, None) => base,
         };
         attestors.insert(name, a);
         Ok(())
@@ -124,7 +138,11 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
             ds: ds.clone(),
             trust_domain: cfg.trust_domain.clone(),
         };
-        add(Arc::new(a), cfg.join_token_tee.as_ref())?;
+        add(
+            Arc::new(a),
+            cfg.join_token_tee.as_ref(),
+            cfg.join_token_tdx.as_ref(),
+        )?;
     }
     if let Some(aws) = &cfg.aws_iid {
         let pem = std::fs::read(&aws.certificates_path)
@@ -143,7 +161,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
             certificates,
             account_allowlist: aws.account_allowlist.clone(),
         };
-        add(Arc::new(a), aws.sev_snp.as_ref())?;
+        add(Arc::new(a), aws.sev_snp.as_ref(), aws.tdx.as_ref())?;
     }
     if let Some(snp) = &cfg.sev_snp {
         let a = build_sev_snp(&cfg, snp)?;
@@ -161,6 +179,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         server_svid_expiry: AtomicI64::new(0),
         attestors,
         sev_snp: snp_attestors,
+        tdx: tdx_attestors,
     });
     core.refresh_roots()
         .await
@@ -170,6 +189,37 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         })?;
     core.renew_server_svid_if_due()?;
     Ok(core)
+}
+
+/// Builds the `tdx` TEE attestor of a composed one.
+fn build_tdx(t: &crate::config::TdxConfig) -> Result<Arc<crate::attest::TdxAttestor>, RunError> {
+    let roots = match &t.test_root {
+        Some(p) => {
+            let bytes =
+                std::fs::read(p).map_err(|e| RunError::Tdx(format!("{}: {e}", p.display())))?;
+            warn!(root = %p.display(), "tdx trusts a TEST root: simulated quotes only, never production");
+            ironpact_tdx::Roots::from_bytes(&bytes)
+                .map_err(|e| RunError::Tdx(format!("{}: {e}", p.display())))?
+        }
+        None => ironpact_tdx::Roots::intel(),
+    };
+    if !t.collateral_dir.is_dir() {
+        return Err(RunError::Tdx(format!(
+            "collateral_dir {} is not a directory: create it and put your platforms' collateral JSON there",
+            t.collateral_dir.display()
+        )));
+    }
+    info!(
+        mrtds = t.policy.mrtds.len(),
+        statuses = ?t.policy.allowed_tcb_statuses,
+        collateral_dir = %t.collateral_dir.display(),
+        "tdx attestor ready"
+    );
+    Ok(Arc::new(crate::attest::TdxAttestor {
+        roots,
+        policy: std::sync::RwLock::new(t.policy.clone()),
+        collateral_dir: t.collateral_dir.clone(),
+    }))
 }
 
 /// Builds a `sev_snp` attestor (standalone, or the TEE half of a composed one).
@@ -280,8 +330,29 @@ pub fn apply_reload(core: &Core, reload: &Reload) {
             return;
         }
     };
-    if core.sev_snp.is_empty() {
+    if core.sev_snp.is_empty() && core.tdx.is_empty() {
         info!("configuration reloaded; nothing it changes applies at runtime");
+    }
+    for (owner, a) in &core.tdx {
+        let new_tdx = match *owner {
+            "join_token" => new.join_token_tdx.as_ref(),
+            "aws_iid" => new.aws_iid.as_ref().and_then(|a| a.tdx.as_ref()),
+            _ => None,
+        };
+        match new_tdx {
+            Some(t) => {
+                info!(
+                    attestor = owner,
+                    mrtds = t.policy.mrtds.len(),
+                    "reloaded the tdx policy; it applies to the next attestation or renewal"
+                );
+                a.set_policy(t.policy.clone());
+            }
+            None => warn!(
+                attestor = owner,
+                "the reloaded configuration has no tdx block here; removing a TEE requirement needs a restart, the running policy stays"
+            ),
+        }
     }
     for (owner, a) in &core.sev_snp {
         match snp_config_of(&new, owner) {

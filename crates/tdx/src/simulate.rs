@@ -65,11 +65,14 @@ const QE_ATTRIBUTES: [u8; 16] = [0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 /// `pck.pk8`, `tcb-signer.pem`, `tcb-signer.pk8`.
 #[derive(Debug, Clone)]
 pub struct TestPki {
-    pub root: (Vec<u8>, Vec<u8>),
-    pub pck_ca: (Vec<u8>, Vec<u8>),
-    pub pck: (Vec<u8>, Vec<u8>),
-    pub tcb_signer: (Vec<u8>, Vec<u8>),
+    pub root: CertAndKey,
+    pub pck_ca: CertAndKey,
+    pub pck: CertAndKey,
+    pub tcb_signer: CertAndKey,
 }
+
+/// A certificate (DER) and its PKCS#8 key.
+pub type CertAndKey = (Vec<u8>, Vec<u8>);
 
 fn dn(cn: &str) -> DistinguishedName {
     let mut d = DistinguishedName::new();
@@ -209,7 +212,7 @@ impl TestPki {
         })
     }
 
-    fn files(&self) -> [(&'static str, &(Vec<u8>, Vec<u8>)); 4] {
+    fn files(&self) -> [(&'static str, &CertAndKey); 4] {
         [
             ("root", &self.root),
             ("pck-ca", &self.pck_ca),
@@ -228,7 +231,7 @@ impl TestPki {
     }
 
     pub fn load(dir: &Path) -> Result<Self, TdxError> {
-        let read = |name: &str| -> Result<(Vec<u8>, Vec<u8>), TdxError> {
+        let read = |name: &str| -> Result<CertAndKey, TdxError> {
             let cert = std::fs::read(dir.join(format!("{name}.pem")))
                 .map_err(|e| sim(format!("{}/{name}.pem: {e}", dir.display())))?;
             let cert = pem::parse(&cert)
@@ -453,7 +456,7 @@ pub fn collateral(
     })
     .to_string();
     let tcb_key = signer(&pki.tcb_signer.1)?;
-    let crl = |issuer: &(Vec<u8>, Vec<u8>)| -> Result<Vec<u8>, TdxError> {
+    let crl = |issuer: &CertAndKey| -> Result<Vec<u8>, TdxError> {
         let key = KeyPair::try_from(issuer.1.as_slice()).map_err(sim)?;
         let der = rustls_pki_types::CertificateDer::from(issuer.0.as_slice());
         let iss = Issuer::from_ca_cert_der(&der, key).map_err(sim)?;

@@ -46,6 +46,9 @@ pub struct Core {
     /// Every sev_snp attestor (standalone, or required by a base attestor), by the name of the
     /// NodeAttestor block that configures it, kept typed so its policy can be replaced at runtime.
     pub sev_snp: Vec<(&'static str, Arc<crate::attest::SevSnpAttestor>)>,
+    /// Every tdx attestor (the TEE half of composed ones), by its owning block: SIGHUP
+    /// replaces their policies.
+    pub tdx: Vec<(&'static str, Arc<crate::attest::TdxAttestor>)>,
 }
 
 impl Core {

@@ -6,11 +6,13 @@ pub mod aws_iid;
 mod compose;
 mod join_token;
 pub mod sev_snp;
+pub mod tdx;
 
 pub use aws_iid::AwsIidAttestor;
 pub use compose::WithTee;
 pub use join_token::JoinTokenAttestor;
 pub use sev_snp::SevSnpAttestor;
+pub use tdx::TdxAttestor;
 
 use ironpact_datastore::AgentRecord;
 

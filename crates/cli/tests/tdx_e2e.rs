@@ -1,0 +1,232 @@
+//! Intel TDX end to end, with the simulated TD quoting stack (test PKI, collateral signed by its
+//! TCB signer) through the production verifier: a server whose join_token attestor requires a
+//! `tdx` quote, an agent with the simulated source, a workload SVID behind a node alias bound to
+//! `tdx:mrtd`; wrong MRTD, debug TD, replayed nonce, another key's REPORT_DATA and expired
+//! collateral refused with their kinds; tightening the MRTD allow-list at runtime (SIGHUP) stops
+//! the agent's renewals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::{Backend, TestAgent, TestServer, join_token, my_uid, runtime};
+
+const GOOD: [u8; 48] = [0x7d; 48];
+const DAY: i64 = 86_400;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The test PKI for the agent's device and the server's root, and current collateral.
+fn pki(dir: &Path) -> TestPki {
+    let p = SimPlatform::default();
+    let pki = TestPki::generate(&p, now() - 30 * DAY, now() + 365 * DAY).unwrap();
+    pki.write(&dir.join("pki")).unwrap();
+    std::fs::create_dir_all(dir.join("collateral")).unwrap();
+    let c = collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap();
+    std::fs::write(dir.join("collateral/current.json"), c.to_json()).unwrap();
+    pki
+}
+
+fn server_block(dir: &Path, mrtd: &[u8; 48]) -> String {
+    format!(
+        r#"NodeAttestor "join_token" {{
+        plugin_data {{
+            tdx {{
+                mrtds = ["{m}"]
+                test_root = "{root}"
+                collateral_dir = "{coll}"
+            }}
+        }}
+    }}"#,
+        m = hex::encode(mrtd),
+        root = dir.join("pki/root.pem").display(),
+        coll = dir.join("collateral").display(),
+    )
+}
+
+#[test]
+fn tdx_attestation_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        "default_x509_svid_ttl = \"20s\"",
+        &server_block(dir.path(), &GOOD),
+    );
+    let token = join_token(&s, "spiffe://example.org/td-host");
+    let a = TestAgent::start_custom(
+        &s,
+        Some(&token),
+        &format!(
+            r#"NodeAttestor "join_token" {{
+        plugin_data {{
+            tdx {{
+                evidence_source = "simulated"
+                simulated {{
+                    pki_dir = "{}"
+                    mrtd = "{}"
+                }}
+            }}
+        }}
+    }}"#,
+            dir.path().join("pki").display(),
+            hex::encode(GOOD)
+        ),
+        true,
+    );
+    let m = hex::encode(GOOD);
+    let agents = s.cli(&["agent", "list"]).expect_ok().stdout.clone();
+    let agent_id = agents
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.contains("/spire/agent/join_token/"))
+        })
+        .unwrap_or_else(|| panic!("{agents}"))
+        .to_string();
+    let shown = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id])
+        .expect_ok()
+        .stdout
+        .clone();
+    for want in [
+        format!("tdx:mrtd:{m}"),
+        "tdx:tcb_status:UpToDate".into(),
+        "tdx:attributes:debug:false".into(),
+        format!("tdx:fmspc:{}", hex::encode(SimPlatform::default().fmspc)),
+    ] {
+        assert!(shown.contains(&want), "{want} missing:\n{shown}");
+    }
+
+    // a workload behind a node alias bound to the MRTD gets its SVID
+    s.cli(&[
+        "entry",
+        "create",
+        "-node",
+        "-spiffeID",
+        "spiffe://example.org/trusted-domain",
+        "-selector",
+        &format!("tdx:mrtd:{m}"),
+    ])
+    .expect_ok();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/td-app",
+        "-parentID",
+        "spiffe://example.org/trusted-domain",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    let o = a.fetch_until_ok(&[]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/td-app"),
+        "{o:?}\n{}",
+        a.log()
+    );
+
+    // refusals, each with its kind; every attempt uses a fresh join token
+    let roots = s.bundle_roots();
+    let addr = s.agent_addr();
+    let dev = SimulatedTdx::new(&pki, SimPlatform::default()).unwrap();
+    let good = SimTd::with_mrtd(GOOD);
+    let bad = SimTd::with_mrtd([0x33; 48]);
+    let debug = SimTd {
+        debug: true,
+        ..good.clone()
+    };
+    let rd = ironpact_tdx::binding::report_data;
+    type Answer<'a> = dyn Fn(&[u8], &[u8]) -> Vec<u8> + 'a;
+    let cases: Vec<(&str, Box<Answer<'_>>)> = vec![
+        (
+            "measurement_not_allowed",
+            Box::new(|n, k| dev.quote(&bad, rd(n, k)).unwrap()),
+        ),
+        (
+            "debug_td",
+            Box::new(|n, k| dev.quote(&debug, rd(n, k)).unwrap()),
+        ),
+        // a quote made for an earlier nonce
+        (
+            "report_data_mismatch",
+            Box::new(|_, k| dev.quote(&good, rd(&[9; 32], k)).unwrap()),
+        ),
+        // the right nonce, somebody else's key
+        (
+            "report_data_mismatch",
+            Box::new(|n, _| dev.quote(&good, rd(n, b"another key")).unwrap()),
+        ),
+        ("unparseable", Box::new(|_, _| vec![4, 0, 2, 0])),
+    ];
+    let rt = runtime();
+    rt.block_on(async {
+        for (want, answer) in cases {
+            let t = join_token(&s, "spiffe://example.org/intruder");
+            let e = support::attest_by_hand(&addr, &roots, "join_token", t.into_bytes(), answer)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{want}: {e:?}");
+            assert!(e.message().contains(want), "{want}: {e:?}");
+        }
+        let t = join_token(&s, "spiffe://example.org/honest");
+        support::attest_by_hand(&addr, &roots, "join_token", t.into_bytes(), |n, k| {
+            dev.quote(&good, rd(n, k)).unwrap()
+        })
+        .await
+        .unwrap();
+    });
+
+    // expired collateral: only a stale copy in collateral_dir
+    let p = SimPlatform::default();
+    let stale = collateral(&pki, &p, now() - 40 * DAY, now() - 10 * DAY).unwrap();
+    let current = std::fs::read(dir.path().join("collateral/current.json")).unwrap();
+    std::fs::remove_file(dir.path().join("collateral/current.json")).unwrap();
+    std::fs::write(dir.path().join("collateral/stale.json"), stale.to_json()).unwrap();
+    rt.block_on(async {
+        let t = join_token(&s, "spiffe://example.org/stale");
+        let e = support::attest_by_hand(&addr, &roots, "join_token", t.into_bytes(), |n, k| {
+            dev.quote(&good, rd(n, k)).unwrap()
+        })
+        .await
+        .unwrap_err();
+        assert!(e.message().contains("collateral_expired"), "{e:?}");
+    });
+    std::fs::write(dir.path().join("collateral/current.json"), current).unwrap();
+
+    // tighten the MRTD allow-list at runtime: the next renewal (20 s SVIDs) is refused
+    let cfg = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(&m, &hex::encode([0x77u8; 48]));
+    std::fs::write(&s.config, cfg).unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &s.pid().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !a.log().contains("measurement_not_allowed") {
+        assert!(
+            Instant::now() < deadline,
+            "renewal was not refused after the policy change:\n{}\nserver:\n{}",
+            a.log(),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(s.log().contains("reloaded the tdx policy"), "{}", s.log());
+    let shown = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(shown.contains("measurement_not_allowed"), "{shown}");
+}
