@@ -388,15 +388,9 @@ fn sev_snp_source(
             CONFIGFS_TSM_REPORT,
         )));
     };
-    let source = d
-        .string("evidence_source")?
-        .map(|v| v.0)
-        .unwrap_or_else(|| "configfs-tsm".into());
-    let configfs = d.string("configfs_path")?.map(|v| PathBuf::from(v.0));
+    let (source, configfs) = evidence_source(d)?;
     match source.as_str() {
-        "configfs-tsm" => Ok(SevSnpSource::ConfigfsTsm(
-            configfs.unwrap_or_else(|| CONFIGFS_TSM_REPORT.into()),
-        )),
+        "configfs-tsm" => Ok(SevSnpSource::ConfigfsTsm(configfs)),
         "sev-guest" => {
             let vmpl = match d.u16("vmpl")? {
                 None => 0,
@@ -452,17 +446,25 @@ fn sev_snp_source(
     }
 }
 
-/// `tdx { evidence_source = "configfs-tsm" | "simulated" … }` in a base attestor's plugin_data.
-fn tdx_source(d: &Section<'_>) -> Result<TdxSource, ConfigError> {
+/// `evidence_source` (default `configfs-tsm`) and `configfs_path` (default the kernel's
+/// report directory), as every TEE block reads them.
+fn evidence_source(d: &Section<'_>) -> Result<(String, PathBuf), ConfigError> {
     let source = d
         .string("evidence_source")?
         .map(|v| v.0)
         .unwrap_or_else(|| "configfs-tsm".into());
-    let configfs = d.string("configfs_path")?.map(|v| PathBuf::from(v.0));
+    let configfs = d.string("configfs_path")?.map_or_else(
+        || PathBuf::from(CONFIGFS_TSM_REPORT),
+        |v| PathBuf::from(v.0),
+    );
+    Ok((source, configfs))
+}
+
+/// `tdx { evidence_source = "configfs-tsm" | "simulated" … }` in a base attestor's plugin_data.
+fn tdx_source(d: &Section<'_>) -> Result<TdxSource, ConfigError> {
+    let (source, configfs) = evidence_source(d)?;
     match source.as_str() {
-        "configfs-tsm" => Ok(TdxSource::ConfigfsTsm(
-            configfs.unwrap_or_else(|| CONFIGFS_TSM_REPORT.into()),
-        )),
+        "configfs-tsm" => Ok(TdxSource::ConfigfsTsm(configfs)),
         "simulated" => {
             let s = d.section("simulated")?.ok_or_else(|| {
                 d.err(

@@ -458,6 +458,27 @@ impl<'a> Section<'a> {
     }
 }
 
+/// Reads a file that holds one block's keys, at top level or inside a `block { … }`
+/// (policy files for `verify snp|tdx --policy`), with `read` for the keys.
+pub fn parse_block_file<T>(
+    file: &str,
+    text: &str,
+    block: &str,
+    read: impl Fn(&Section<'_>) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let root = parse(file, text)?;
+    let top = Section::new(file, "", &root);
+    if let Some(inner) = top.section(block)? {
+        let v = read(&inner)?;
+        inner.finish()?;
+        top.finish()?;
+        return Ok(v);
+    }
+    let v = read(&top)?;
+    top.finish()?;
+    Ok(v)
+}
+
 /// Checks a SPIRE plugin block (`Kind "name" { plugin_data { … } }`): exactly one label, one
 /// of `known`; returns its `plugin_data` section, if any.
 pub fn plugin_data<'a>(

@@ -321,7 +321,17 @@ fn snp_config_of<'a>(
     }
 }
 
-/// Applies what can change at runtime from a re-read configuration: the sev_snp policies.
+/// The tdx settings of the NodeAttestor block `owner` in `cfg`.
+fn tdx_config_of<'a>(cfg: &'a ServerConfig, owner: &str) -> Option<&'a crate::config::TdxConfig> {
+    match owner {
+        "join_token" => cfg.join_token_tdx.as_ref(),
+        "aws_iid" => cfg.aws_iid.as_ref().and_then(|a| a.tdx.as_ref()),
+        _ => None,
+    }
+}
+
+/// Applies what can change at runtime from a re-read configuration: the sev_snp and tdx
+/// policies.
 pub fn apply_reload(core: &Core, reload: &Reload) {
     let new = match reload() {
         Ok(n) => n,
@@ -334,12 +344,7 @@ pub fn apply_reload(core: &Core, reload: &Reload) {
         info!("configuration reloaded; nothing it changes applies at runtime");
     }
     for (owner, a) in &core.tdx {
-        let new_tdx = match *owner {
-            "join_token" => new.join_token_tdx.as_ref(),
-            "aws_iid" => new.aws_iid.as_ref().and_then(|a| a.tdx.as_ref()),
-            _ => None,
-        };
-        match new_tdx {
+        match tdx_config_of(&new, owner) {
             Some(t) => {
                 info!(
                     attestor = owner,

@@ -83,17 +83,7 @@ pub fn from_section(s: &Section<'_>) -> Result<Policy, ConfigError> {
 
 /// Reads a policy file: the keys at top level, or inside a `tdx { … }` block.
 pub fn parse_file(file: &str, text: &str) -> Result<Policy, ConfigError> {
-    let root = hcl::parse(file, text)?;
-    let top = Section::new(file, "", &root);
-    if let Some(inner) = top.section("tdx")? {
-        let p = from_section(&inner)?;
-        inner.finish()?;
-        top.finish()?;
-        return Ok(p);
-    }
-    let p = from_section(&top)?;
-    top.finish()?;
-    Ok(p)
+    hcl::parse_block_file(file, text, "tdx", from_section)
 }
 
 #[cfg(test)]

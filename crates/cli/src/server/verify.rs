@@ -311,17 +311,7 @@ pub fn exec(cmd: VerifyCmd) -> Result<()> {
     let v = match cmd {
         VerifyCmd::Snp(a) => snp(&a)?,
         VerifyCmd::Tdx(a) => {
-            let policy = match &a.policy {
-                Some(p) => {
-                    let text = std::fs::read_to_string(p)
-                        .map_err(|e| anyhow!("cannot read --policy {}: {e}", p.display()))?;
-                    Some(ironpact_server::tdx_policy::parse_file(
-                        &p.display().to_string(),
-                        &text,
-                    )?)
-                }
-                None => None,
-            };
+            let policy = read_policy(a.policy.as_ref(), ironpact_server::tdx_policy::parse_file)?;
             tdx_verdict(&a, policy.as_ref())
         }
     };
@@ -337,16 +327,17 @@ pub fn exec(cmd: VerifyCmd) -> Result<()> {
 }
 
 fn snp(a: &SnpArgs) -> Result<Value> {
-    let policy = match &a.policy {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| anyhow!("cannot read --policy {}: {e}", p.display()))?;
-            Some(ironpact_server::snp_policy::parse_file(
-                &p.display().to_string(),
-                &text,
-            )?)
-        }
-        None => None,
-    };
+    let policy = read_policy(a.policy.as_ref(), ironpact_server::snp_policy::parse_file)?;
     Ok(verdict(a, policy.as_ref()))
+}
+
+/// The `--policy` file, parsed by `parse`.
+fn read_policy<P, E: std::error::Error + Send + Sync + 'static>(
+    path: Option<&PathBuf>,
+    parse: impl Fn(&str, &str) -> Result<P, E>,
+) -> Result<Option<P>> {
+    let Some(p) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| anyhow!("cannot read --policy {}: {e}", p.display()))?;
+    Ok(Some(parse(&p.display().to_string(), &text)?))
 }
