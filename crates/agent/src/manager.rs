@@ -668,8 +668,13 @@ impl Agent {
             .read()
             .ok()
             .and_then(|g| {
-                g.as_ref()
-                    .map(|s| now() >= s.not_before + (s.expires_at - s.not_before) / 2)
+                g.as_ref().map(|s| {
+                    // half-life from issuance: NotBefore is backdated for clock skew, and
+                    // counting from it would renew short-lived SVIDs without pause
+                    let issued =
+                        (s.not_before + ironpact_spiffe::x509::BACKDATE_SECS).min(s.expires_at);
+                    now() >= issued + (s.expires_at - issued) / 2
+                })
             })
             .unwrap_or(false)
     }

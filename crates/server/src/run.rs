@@ -293,8 +293,11 @@ fn bind_socket(path: &Path) -> Result<UnixListener, RunError> {
 }
 
 /// How often the CA checks whether a rotation step is due.
+/// How often the CA rotation and server SVID renewal steps run: often enough for both the CA and
+/// the server's own SVID (which lives `default_x509_svid_ttl`) to be renewed before they expire.
 fn rotation_interval(cfg: &ServerConfig) -> Duration {
-    Duration::from_secs((cfg.ca_ttl.as_secs() / 60).clamp(1, 10))
+    let secs = (cfg.ca_ttl.as_secs() / 60).min(cfg.default_x509_svid_ttl.as_secs() / 4);
+    Duration::from_secs(secs.clamp(1, 10))
 }
 
 /// Re-reads the configuration (on SIGHUP).
