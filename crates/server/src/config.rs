@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub aws_iid: Option<AwsIidConfig>,
     /// `NodeAttestor "sev_snp"`, when configured.
     pub sev_snp: Option<SevSnpConfig>,
+    /// `NodeAttestor "tdx"`, when configured.
+    pub tdx: Option<TdxConfig>,
 }
 
 /// The `sev_snp` attestor: its policy, and test roots when a simulated chain is to be trusted.
@@ -95,28 +97,59 @@ pub struct TdxConfig {
     pub policy: ironpact_tdx::Policy,
     /// Trusted instead of the Intel SGX Root CA. Only for simulated quotes in tests and demos.
     pub test_root: Option<PathBuf>,
-    /// Collateral JSON files (TCB info, QE identity, CRLs, issuer chains), read at each
-    /// attestation: the newest for the quote's FMSPC is used.
-    pub collateral_dir: PathBuf,
+    /// Collateral JSON files (TCB info, QE identity, CRLs, issuer chains) put there by the
+    /// operator; a file is parsed again when it changes.
+    pub collateral_dir: Option<PathBuf>,
+    /// Intel's PCS or a PCCS to fetch collateral from (`pcs_url`).
+    pub pcs_url: Option<String>,
+    /// Where fetched collateral is cached (`collateral_cache_dir`; default
+    /// `<data_dir>/tdx-collateral`).
+    pub cache_dir: PathBuf,
+    /// Fetch again once cached collateral is this old or this near its nextUpdate
+    /// (`collateral_refresh`, default 24h).
+    pub refresh: Duration,
 }
 
-/// The `tdx` block's settings and policy.
-pub fn tdx_config(d: &Section<'_>) -> Result<TdxConfig, ConfigError> {
+/// The `tdx` block's settings and policy (`data_dir`: where the collateral cache goes by default).
+pub fn tdx_config(d: &Section<'_>, data_dir: &std::path::Path) -> Result<TdxConfig, ConfigError> {
     let test_root = d.string("test_root")?.map(|v| PathBuf::from(v.0));
-    let collateral_dir = d
-        .string("collateral_dir")?
+    let collateral_dir = d.string("collateral_dir")?.map(|v| PathBuf::from(v.0));
+    let pcs_url = match d.string("pcs_url")? {
+        Some((u, line)) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+            return Err(d.err(
+                line,
+                format!("tdx.pcs_url {u:?} must be an http(s) URL, e.g. \"https://api.trustedservices.intel.com\" or your PCCS"),
+            ));
+        }
+        other => other.map(|v| v.0),
+    };
+    if collateral_dir.is_none() && pcs_url.is_none() {
+        return Err(d.err(
+            d.line(),
+            "tdx needs collateral: set pcs_url (Intel's PCS, \"https://api.trustedservices.intel.com\", or your PCCS) and/or collateral_dir (a directory of collateral JSON files)",
+        ));
+    }
+    let cache_dir = d
+        .string("collateral_cache_dir")?
         .map(|v| PathBuf::from(v.0))
-        .ok_or_else(|| {
-            d.err(
-                d.line(),
-                "tdx.collateral_dir is required: a directory of collateral JSON files (TCB info, QE identity, CRLs) for your platforms",
-            )
-        })?;
+        .unwrap_or_else(|| data_dir.join("tdx-collateral"));
+    let refresh = d
+        .duration("collateral_refresh")?
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    if refresh.is_zero() {
+        return Err(d.err(
+            d.line(),
+            "tdx.collateral_refresh must be more than 0s (e.g. \"24h\")",
+        ));
+    }
     let policy = crate::tdx_policy::from_section(d)?;
     Ok(TdxConfig {
         policy,
         test_root,
         collateral_dir,
+        pcs_url,
+        cache_dir,
+        refresh,
     })
 }
 
@@ -359,6 +392,7 @@ impl ServerConfig {
         let mut join_token_tdx = None;
         let mut aws_iid = None;
         let mut sev_snp = None;
+        let mut tdx = None;
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("DataStore") {
                 let data = plugin_data(&b.labels, b.line, &sec, "DataStore", &["sql"])?;
@@ -433,7 +467,7 @@ impl ServerConfig {
                     b.line,
                     &sec,
                     "NodeAttestor",
-                    &["join_token", "sev_snp", "aws_iid"],
+                    &["join_token", "sev_snp", "aws_iid", "tdx"],
                 )?;
                 // A base attestor may require a TEE: `sev_snp { … }` inside its plugin_data.
                 let nested_tee = |d: &Section<'_>| -> Result<Option<SevSnpConfig>, ConfigError> {
@@ -456,7 +490,7 @@ impl ServerConfig {
                                     "a base attestor requires one TEE: sev_snp { … } or tdx { … }, not both",
                                 ));
                             }
-                            let c = tdx_config(&t)?;
+                            let c = tdx_config(&t, &data_dir)?;
                             t.finish()?;
                             Ok(Some(c))
                         }
@@ -482,6 +516,15 @@ impl ServerConfig {
                         sev_snp: tee,
                         tdx,
                     });
+                    continue;
+                }
+                if b.labels[0] == "tdx" {
+                    let d = data.ok_or_else(|| {
+                        sec.err(b.line, "NodeAttestor \"tdx\" needs plugin_data with an mrtds allow-list and pcs_url and/or collateral_dir")
+                    })?;
+                    tdx = Some(tdx_config(&d, &data_dir)?);
+                    d.finish()?;
+                    sec.finish()?;
                     continue;
                 }
                 if b.labels[0] == "sev_snp" {
@@ -536,6 +579,7 @@ impl ServerConfig {
             join_token_tdx,
             aws_iid,
             sev_snp,
+            tdx,
         })
     }
 
@@ -677,6 +721,68 @@ plugins {
         assert!(e.message.contains("syntax"), "{e}");
         let e = parse("server { trust_domain = \"a\" }").unwrap_err();
         assert!(e.message.contains("DataStore"), "{e}");
+    }
+
+    #[test]
+    fn tdx_collateral_sources() {
+        let m = "ab".repeat(48);
+        let with = |attestor: &str, body: &str| {
+            GOOD.replace(
+                "    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }",
+                &format!("    NodeAttestor \"{attestor}\" {{\n        plugin_data {{\n{body}\n        }}\n    }}"),
+            )
+        };
+        // standalone, collateral from a PCCS, defaults for the cache and the refresh
+        let c = parse(&with(
+            "tdx",
+            &format!(
+                "mrtds = [\"{m}\"]\npcs_url = \"https://pccs.example:8081/sgx/certification/v4/\""
+            ),
+        ))
+        .unwrap();
+        let t = c.tdx.unwrap();
+        assert_eq!(
+            t.pcs_url.as_deref(),
+            Some("https://pccs.example:8081/sgx/certification/v4/")
+        );
+        assert_eq!(t.collateral_dir, None);
+        assert_eq!(t.cache_dir, PathBuf::from("./data/tdx-collateral"));
+        assert_eq!(t.refresh, Duration::from_secs(86_400));
+        // nested in join_token: both sources, cache and refresh set
+        let c = parse(&with(
+            "join_token",
+            &format!("tdx {{\nmrtds = [\"{m}\"]\ncollateral_dir = \"/c\"\npcs_url = \"http://127.0.0.1:1\"\ncollateral_cache_dir = \"/cache\"\ncollateral_refresh = \"6h\"\n}}"),
+        ))
+        .unwrap();
+        let t = c.join_token_tdx.unwrap();
+        assert_eq!(t.collateral_dir, Some(PathBuf::from("/c")));
+        assert_eq!(t.cache_dir, PathBuf::from("/cache"));
+        assert_eq!(t.refresh, Duration::from_secs(6 * 3600));
+        // each mistake names the key and the fix
+        for (body, want) in [
+            (format!("mrtds = [\"{m}\"]"), "pcs_url"),
+            (
+                format!("mrtds = [\"{m}\"]\npcs_url = \"pccs.example\""),
+                "http(s) URL",
+            ),
+            (
+                format!("mrtds = [\"{m}\"]\npcs_url = \"https://x\"\ncollateral_refresh = \"0s\""),
+                "collateral_refresh",
+            ),
+            (
+                format!("mrtds = [\"{m}\"]\ncollateral_dir = \"/c\"\npcs_urll = \"https://x\""),
+                "pcs_urll",
+            ),
+        ] {
+            let e = parse(&with("tdx", &body)).unwrap_err();
+            assert!(e.to_string().contains(want), "{body}: {e}");
+        }
+        let e = parse(&GOOD.replace(
+            "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }",
+            "NodeAttestor \"tdx\" {}",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("mrtds"), "{e}");
     }
 
     #[test]

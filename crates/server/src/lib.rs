@@ -14,6 +14,7 @@ pub mod config;
 pub use ironpact_config::hcl;
 pub mod kds;
 pub mod keymanager;
+pub mod pcs;
 pub mod run;
 pub mod snp_policy;
 pub mod tdx_policy;

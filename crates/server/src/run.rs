@@ -168,6 +168,15 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         attestors.insert("sev_snp", a.clone());
         snp_attestors.push(("sev_snp", a));
     }
+    if let Some(t) = &cfg.tdx {
+        let tee = build_tdx(t)?;
+        tdx_attestors.push(("tdx", tee.clone()));
+        let a = crate::attest::TdxNodeAttestor {
+            trust_domain: cfg.trust_domain.clone(),
+            tee,
+        };
+        attestors.insert("tdx", Arc::new(a));
+    }
     let core = Arc::new(Core {
         cfg,
         ds,
@@ -203,22 +212,50 @@ fn build_tdx(t: &crate::config::TdxConfig) -> Result<Arc<crate::attest::TdxAttes
         }
         None => ironpact_tdx::Roots::intel(),
     };
-    if !t.collateral_dir.is_dir() {
+    if let Some(d) = &t.collateral_dir
+        && !d.is_dir()
+    {
         return Err(RunError::Tdx(format!(
             "collateral_dir {} is not a directory: create it and put your platforms' collateral JSON there",
-            t.collateral_dir.display()
+            d.display()
         )));
     }
+    let pcs = match &t.pcs_url {
+        Some(url) => {
+            let client =
+                crate::pcs::PcsClient::new(url).map_err(|e| RunError::Tdx(e.to_string()))?;
+            std::fs::create_dir_all(&t.cache_dir).map_err(|e| {
+                RunError::Tdx(format!(
+                    "collateral_cache_dir {}: {e}: make it writable or set another",
+                    t.cache_dir.display()
+                ))
+            })?;
+            Some((
+                client,
+                t.cache_dir.clone(),
+                crate::pcs::Refresh::new(t.refresh),
+            ))
+        }
+        None => None,
+    };
+    let collateral = Arc::new(crate::pcs::CollateralStore::new(
+        roots.clone(),
+        t.collateral_dir.clone(),
+        pcs,
+    ));
     info!(
         mrtds = t.policy.mrtds.len(),
         statuses = ?t.policy.allowed_tcb_statuses,
-        collateral_dir = %t.collateral_dir.display(),
+        collateral_dir = ?t.collateral_dir,
+        pcs_url = ?t.pcs_url,
+        cache_dir = %t.cache_dir.display(),
+        refresh = %ironpact_spiffe::duration::format(t.refresh),
         "tdx attestor ready"
     );
     Ok(Arc::new(crate::attest::TdxAttestor {
         roots,
         policy: std::sync::RwLock::new(t.policy.clone()),
-        collateral_dir: t.collateral_dir.clone(),
+        collateral,
     }))
 }
 
@@ -327,6 +364,7 @@ fn snp_config_of<'a>(
 /// The tdx settings of the NodeAttestor block `owner` in `cfg`.
 fn tdx_config_of<'a>(cfg: &'a ServerConfig, owner: &str) -> Option<&'a crate::config::TdxConfig> {
     match owner {
+        "tdx" => cfg.tdx.as_ref(),
         "join_token" => cfg.join_token_tdx.as_ref(),
         "aws_iid" => cfg.aws_iid.as_ref().and_then(|a| a.tdx.as_ref()),
         _ => None,
@@ -421,6 +459,28 @@ pub async fn run_with_reload(
             }
         })
     };
+
+    // TDX collateral from a PCS/PCCS is fetched again before it goes stale, even when no
+    // agent attests (each store knows its own schedule; this only wakes it).
+    let stores: Vec<_> = core
+        .tdx
+        .iter()
+        .filter(|(_, a)| a.collateral.pcs_url().is_some())
+        .map(|(_, a)| a.collateral.clone())
+        .collect();
+    if !stores.is_empty() {
+        let clock = core.clock.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                t.tick().await;
+                for s in &stores {
+                    s.refresh_due(clock.now()).await;
+                }
+            }
+        });
+    }
 
     if let Some(reload) = reload {
         let core = core.clone();

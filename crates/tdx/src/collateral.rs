@@ -52,9 +52,24 @@ fn crl_window(what: &str, der: &[u8]) -> Result<(i64, Option<i64>), TdxError> {
 impl Collateral {
     /// Reads collateral JSON (hex for the CRLs and signatures, PEM chains, the signed TCB info and
     /// QE identity as text).
+    ///
+    /// The server's PCS cache files (`{"fetched_at": …, "collateral": {…}}`) are read too, so a
+    /// cache file copied into an offline `collateral_dir` works as it is.
     pub fn from_json(bytes: &[u8]) -> Result<Self, TdxError> {
-        let inner: QuoteCollateralV3 = serde_json::from_slice(bytes)
-            .map_err(|e| err(ErrorKind::Unparseable, format!("collateral JSON: {e}")))?;
+        #[derive(Deserialize)]
+        struct Cached {
+            collateral: QuoteCollateralV3,
+        }
+        let parsed = serde_json::from_slice::<QuoteCollateralV3>(bytes);
+        let inner = match parsed {
+            Ok(c) => c,
+            Err(e) => match serde_json::from_slice::<Cached>(bytes) {
+                Ok(c) => c.collateral,
+                Err(_) => {
+                    return Err(err(ErrorKind::Unparseable, format!("collateral JSON: {e}")));
+                }
+            },
+        };
         Self::new(inner)
     }
 

@@ -19,7 +19,7 @@ pub mod verify;
 pub use collateral::Collateral;
 pub use error::{ErrorKind, TdxError};
 pub use policy::Policy;
-pub use quote::Quote;
+pub use quote::{Platform, Quote, Tee};
 pub use verify::{Roots, Verified, verify, verify_quote};
 
 /// Entry points for the fuzz targets in `fuzz/`: every parser must return, never panic.

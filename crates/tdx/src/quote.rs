@@ -11,10 +11,29 @@ pub const INTEL_QE_VENDOR_ID: [u8; 16] = dcap_qvl::INTEL_QE_VENDOR_ID;
 pub const CERT_DATA_PCK_CHAIN: u16 = 5;
 
 /// Which TEE produced the quote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tee {
     Tdx,
     Sgx,
+}
+
+impl Tee {
+    /// As TCB info names it (`id`): "TDX" or "SGX".
+    pub fn name(self) -> &'static str {
+        match self {
+            Tee::Tdx => "TDX",
+            Tee::Sgx => "SGX",
+        }
+    }
+}
+
+/// The platform model a quote comes from: what collateral is fetched and cached for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Platform {
+    pub tee: Tee,
+    pub fmspc: [u8; 6],
+    /// The PCK CA: "platform" or "processor" (as the PCS `ca` parameter spells it).
+    pub ca: &'static str,
 }
 
 /// The body's layout.
@@ -173,6 +192,20 @@ impl Quote {
     /// The PEM PCK chain of certification data type 5.
     pub fn pck_chain_pem(&self) -> Option<&[u8]> {
         self.parsed.raw_cert_chain().ok()
+    }
+
+    /// What collateral is looked up by: the TEE, the FMSPC and the PCK CA that issued the PCK
+    /// certificate (read from the certificate, not checked: verification does that).
+    pub fn platform(&self) -> Result<Platform, TdxError> {
+        let fmspc = dcap_qvl::intel::quote_fmspc(&self.parsed)
+            .map_err(|e| err(ErrorKind::UntrustedChain, format!("PCK certificate: {e:#}")))?;
+        let ca = dcap_qvl::intel::quote_ca(&self.parsed)
+            .map_err(|e| err(ErrorKind::UntrustedChain, format!("PCK certificate: {e:#}")))?;
+        Ok(Platform {
+            tee: self.tee(),
+            fmspc,
+            ca: ca.as_id_str(),
+        })
     }
 
     /// dcap-qvl's own view, for what the verifier hands to it.

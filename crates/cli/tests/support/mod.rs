@@ -5,6 +5,7 @@
 
 pub mod imds;
 pub mod keys;
+pub mod pcs;
 
 use ironpact_proto::agent::v1 as pb;
 use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;

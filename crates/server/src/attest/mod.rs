@@ -12,7 +12,7 @@ pub use aws_iid::AwsIidAttestor;
 pub use compose::WithTee;
 pub use join_token::JoinTokenAttestor;
 pub use sev_snp::SevSnpAttestor;
-pub use tdx::TdxAttestor;
+pub use tdx::{TdxAttestor, TdxNodeAttestor};
 
 use ironpact_datastore::AgentRecord;
 

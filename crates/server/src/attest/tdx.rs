@@ -1,14 +1,17 @@
 //! The `tdx` TEE attestor: the server sends a fresh nonce; the agent answers with a TDX quote
 //! whose REPORT_DATA is SHA-512("ironpact-tdx-v1" ‖ nonce ‖ its CSR key); the server verifies it
 //! to the pinned root with current collateral and judges it with its policy. It completes a base
-//! attestor (join_token, aws_iid): the base names the agent, and every renewal re-attests.
+//! attestor (join_token, aws_iid: the base names the agent), or stands alone as
+//! `NodeAttestor "tdx"` ([`TdxNodeAttestor`]). Every renewal re-attests.
 
-use super::{AttestError, Challenger, Evidence, TeeAttestor, TeeOutcome};
+use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeAttestor, TeeOutcome};
+use crate::pcs::CollateralStore;
+use ironpact_datastore::AgentRecord;
 use ironpact_spiffe::Selector;
-use ironpact_tdx::{Collateral, Policy, Quote, Roots};
+use ironpact_spiffe::TrustDomain;
+use ironpact_tdx::{Policy, Quote, Roots};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 pub const NONCE_LEN: usize = 32;
 
@@ -16,32 +19,12 @@ pub struct TdxAttestor {
     pub roots: Roots,
     /// Replaceable at runtime; read at every attestation and renewal.
     pub policy: RwLock<Policy>,
-    /// Collateral files (`collateral.json` shape, any name), read at each attestation so that
-    /// fresh collateral dropped in applies at once.
-    pub collateral_dir: PathBuf,
+    /// Collateral from the offline directory and/or the PCS/PCCS cache.
+    pub collateral: Arc<CollateralStore>,
 }
 
 fn rejected(e: impl std::fmt::Display) -> AttestError {
     AttestError::Rejected(e.to_string())
-}
-
-/// The newest collateral in `dir` for this platform model and TEE.
-pub fn collateral_in_dir(dir: &Path, fmspc: [u8; 6], tee: &str) -> Option<Collateral> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        tracing::warn!(dir = %dir.display(), "tdx collateral_dir cannot be read");
-        return None;
-    };
-    rd.filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| {
-            let c = Collateral::from_json(&std::fs::read(e.path()).ok()?);
-            if let Err(err) = &c {
-                tracing::warn!(file = %e.path().display(), error = %err, "unreadable TDX collateral");
-            }
-            c.ok()
-        })
-        .filter(|c| c.fmspc == fmspc && c.tee == tee)
-        .max_by_key(|c| c.next_update)
 }
 
 impl TdxAttestor {
@@ -66,14 +49,22 @@ impl TeeAttestor for TdxAttestor {
         let nonce: [u8; NONCE_LEN] = rand::random();
         let answer = challenger.challenge(nonce.to_vec()).await?;
         let quote = Quote::parse(&answer).map_err(rejected)?;
-        let fmspc = dcap_qvl_fmspc(&quote)?;
-        let collateral = collateral_in_dir(&self.collateral_dir, fmspc, "TDX").ok_or_else(|| {
-            AttestError::Rejected(format!(
-                "collateral_expired: no TDX collateral for FMSPC {} in collateral_dir {}: put the platform's collateral.json there",
-                hex::encode(fmspc),
-                self.collateral_dir.display()
-            ))
-        })?;
+        if quote.td().is_none() {
+            return Err(AttestError::Rejected(
+                "unparseable: an SGX quote, not a TD quote".into(),
+            ));
+        }
+        let platform = quote.platform().map_err(rejected)?;
+        let collateral = self
+            .collateral
+            .get(&platform, ev.now)
+            .await
+            .map_err(|(kind, why)| {
+                AttestError::Rejected(format!(
+                    "{kind}: no usable TDX collateral for FMSPC {}: {why}",
+                    hex::encode_upper(platform.fmspc),
+                ))
+            })?;
         let mut policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
         let verified = ironpact_tdx::verify(
             &quote,
@@ -104,8 +95,184 @@ impl TeeAttestor for TdxAttestor {
     }
 }
 
-/// The FMSPC the quote's PCK certificate names (collateral is per platform model).
-fn dcap_qvl_fmspc(q: &Quote) -> Result<[u8; 6], AttestError> {
-    dcap_qvl::intel::quote_fmspc(q.inner())
-        .map_err(|e| AttestError::Rejected(format!("untrusted_chain: PCK certificate: {e:#}")))
+/// `NodeAttestor "tdx"` on its own, for TDX hosts with no other identity to lean on.
+///
+/// A TD 1.0 quote names no launch (SEV-SNP has its report ID): nothing in the hardware tells two
+/// launches of the same image on the same host apart. So the agent ID is minted from the first
+/// attestation (`/spire/agent/tdx/<128 bits of the quote's hash>`), like a join token's, and
+/// kept across renewals, each of which needs a fresh quote that passes the current policy from
+/// a TD with the same MRTD; an agent that loses its SVID attests again under a new ID.
+/// Workloads are registered under node aliases bound to `tdx:*` selectors, not to agent IDs.
+pub struct TdxNodeAttestor {
+    pub trust_domain: TrustDomain,
+    pub tee: Arc<TdxAttestor>,
+}
+
+#[tonic::async_trait]
+impl NodeAttestor for TdxNodeAttestor {
+    fn name(&self) -> &'static str {
+        "tdx"
+    }
+
+    fn reattest_on_renewal(&self) -> bool {
+        true
+    }
+
+    async fn attest(
+        &self,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        let t = self.tee.appraise(ev, challenger).await?;
+        let agent_id = self
+            .trust_domain
+            .id_with_path(&format!("/spire/agent/tdx/{}", t.instance))
+            .map_err(|e| AttestError::Malformed(e.to_string()))?;
+        Ok(Attested {
+            agent_id,
+            selectors: t.selectors,
+            can_reattest: true,
+        })
+    }
+
+    async fn renew(
+        &self,
+        rec: &AgentRecord,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        let t = self.tee.appraise(ev, challenger).await?;
+        let was = rec
+            .selectors
+            .iter()
+            .find(|s| s.kind == "tdx" && s.value.starts_with("mrtd:"))
+            .map(|s| s.value.trim_start_matches("mrtd:").to_string());
+        if was.as_deref() != Some(t.measurement.as_str()) {
+            return Err(AttestError::Rejected(format!(
+                "measurement_not_allowed: the renewal quote comes from a TD with MRTD {}, but {} attested with MRTD {}: the agent's key is in another TD",
+                t.measurement,
+                rec.spiffe_id,
+                was.unwrap_or_else(|| "(none recorded)".into())
+            )));
+        }
+        Ok(Attested {
+            agent_id: rec.spiffe_id.clone(),
+            selectors: t.selectors,
+            can_reattest: true,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
+
+    const NOW: i64 = 1_790_000_000;
+    const DAY: i64 = 86_400;
+
+    /// Answers the nonce with a quote from `td`, bound to the CSR key.
+    struct Td<'a> {
+        dev: &'a SimulatedTdx,
+        td: SimTd,
+        spki: &'a [u8],
+    }
+
+    #[tonic::async_trait]
+    impl Challenger for Td<'_> {
+        async fn challenge(&mut self, nonce: Vec<u8>) -> Result<Vec<u8>, AttestError> {
+            let rd = ironpact_tdx::binding::report_data(&nonce, self.spki);
+            Ok(self.dev.quote(&self.td, rd).unwrap())
+        }
+    }
+
+    fn setup(dir: &std::path::Path) -> (TdxNodeAttestor, SimulatedTdx) {
+        let p = SimPlatform::default();
+        let pki = TestPki::generate(&p, NOW - 100 * DAY, NOW + 100 * DAY).unwrap();
+        let c = collateral(&pki, &p, NOW - DAY, NOW + 29 * DAY).unwrap();
+        std::fs::write(dir.join("c.json"), c.to_json()).unwrap();
+        let roots = Roots::from_bytes(&pki.root.0).unwrap();
+        let policy = Policy {
+            mrtds: vec![[1; 48], [2; 48]],
+            ..Policy::default()
+        };
+        let tee = Arc::new(TdxAttestor {
+            collateral: Arc::new(CollateralStore::new(
+                roots.clone(),
+                Some(dir.to_path_buf()),
+                None,
+            )),
+            roots,
+            policy: RwLock::new(policy),
+        });
+        let a = TdxNodeAttestor {
+            trust_domain: TrustDomain::new("example.org").unwrap(),
+            tee,
+        };
+        (a, SimulatedTdx::new(&pki, p).unwrap())
+    }
+
+    #[tokio::test]
+    async fn standalone_agents_keep_their_id_only_in_the_same_td() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, dev) = setup(dir.path());
+        let spki = b"the agent's key".to_vec();
+        let ev = Evidence {
+            payload: &[],
+            csr_spki: &spki,
+            now: NOW,
+        };
+        let td = |m: u8| Td {
+            dev: &dev,
+            td: SimTd::with_mrtd([m; 48]),
+            spki: &spki,
+        };
+        let first = a.attest(ev, &mut td(1)).await.unwrap();
+        assert!(
+            first
+                .agent_id
+                .to_string()
+                .starts_with("spiffe://example.org/spire/agent/tdx/")
+        );
+        assert!(first.can_reattest && a.reattest_on_renewal());
+        let second = a.attest(ev, &mut td(1)).await.unwrap();
+        assert_ne!(
+            first.agent_id, second.agent_id,
+            "each attestation is a new agent"
+        );
+
+        let rec = AgentRecord {
+            spiffe_id: first.agent_id.clone(),
+            attestation_type: "tdx".into(),
+            serial_number: "01".into(),
+            expires_at: NOW + 60,
+            selectors: first.selectors.clone(),
+            banned: false,
+            can_reattest: true,
+            created_at: NOW,
+            updated_at: NOW,
+            attestation_error: String::new(),
+        };
+        let renewed = a.renew(&rec, ev, &mut td(1)).await.unwrap();
+        assert_eq!(renewed.agent_id, first.agent_id);
+        // another allowed TD holding this agent's key: refused
+        let e = a.renew(&rec, ev, &mut td(2)).await.unwrap_err();
+        assert!(
+            e.to_string().contains("measurement_not_allowed")
+                && e.to_string().contains("another TD"),
+            "{e}"
+        );
+        // a TD the policy does not allow: refused by the policy
+        let e = a.renew(&rec, ev, &mut td(3)).await.unwrap_err();
+        assert!(e.to_string().contains("measurement_not_allowed"), "{e}");
+        // no collateral: refused with the kind and where it looked
+        std::fs::remove_file(dir.path().join("c.json")).unwrap();
+        let e = a.attest(ev, &mut td(1)).await.unwrap_err();
+        assert!(
+            e.to_string().contains("collateral_expired")
+                && e.to_string().contains("none in collateral_dir"),
+            "{e}"
+        );
+    }
 }
