@@ -18,8 +18,8 @@ pub enum AgentKeyManager {
     Memory,
 }
 
-/// How this node attests: a base attestor, optionally completed by SEV-SNP evidence
-/// (`sev_snp { … }` in its plugin_data), or SEV-SNP alone.
+/// How this node attests: a base attestor, optionally completed by TEE evidence (`sev_snp { … }`
+/// or `tdx { … }` in its plugin_data), or a TEE alone (`sev_snp`, `tdx`).
 #[derive(Debug, Clone)]
 pub enum NodeAttestorConfig {
     JoinToken {
@@ -30,6 +30,7 @@ pub enum NodeAttestorConfig {
         tee: Option<TeeSource>,
     },
     SevSnp(SevSnpSource),
+    Tdx(TdxSource),
 }
 
 impl NodeAttestorConfig {
@@ -39,6 +40,7 @@ impl NodeAttestorConfig {
             Self::JoinToken { .. } => "join_token",
             Self::AwsIid { .. } => "aws_iid",
             Self::SevSnp(_) => "sev_snp",
+            Self::Tdx(_) => "tdx",
         }
     }
 
@@ -47,6 +49,7 @@ impl NodeAttestorConfig {
         match self {
             Self::JoinToken { tee } | Self::AwsIid { tee, .. } => tee.clone(),
             Self::SevSnp(s) => Some(TeeSource::SevSnp(s.clone())),
+            Self::Tdx(s) => Some(TeeSource::Tdx(s.clone())),
         }
     }
 }
@@ -227,7 +230,7 @@ impl AgentConfig {
                     b.line,
                     &sec,
                     "NodeAttestor",
-                    &["join_token", "sev_snp", "aws_iid"],
+                    &["join_token", "sev_snp", "aws_iid", "tdx"],
                 )?;
                 if node_attestor.is_some() {
                     return Err(sec.err(b.line, "only one NodeAttestor may be configured (a base attestor requires SEV-SNP with a sev_snp { … } block in its plugin_data)"));
@@ -258,6 +261,10 @@ impl AgentConfig {
                     "sev_snp" => {
                         NodeAttestorConfig::SevSnp(sev_snp_source(data.as_ref(), &sec, b.line)?)
                     }
+                    "tdx" => NodeAttestorConfig::Tdx(match &data {
+                        Some(d) => tdx_source(d)?,
+                        None => TdxSource::ConfigfsTsm(PathBuf::from(CONFIGFS_TSM_REPORT)),
+                    }),
                     "aws_iid" => {
                         let mut imds = crate::imds::ImdsConfig::default();
                         if let Some(d) = &data {
@@ -328,7 +335,7 @@ impl AgentConfig {
         let node_attestor = node_attestor.ok_or_else(|| ConfigError {
             file: file.into(),
             line: 0,
-            message: "a node attestor is required: plugins { NodeAttestor \"join_token\" { … } }, \"aws_iid\" or \"sev_snp\"".into(),
+            message: "a node attestor is required: plugins { NodeAttestor \"join_token\" { … } }, \"aws_iid\", \"sev_snp\" or \"tdx\"".into(),
         })?;
         if trust_bundle_path.is_none() && !insecure_bootstrap {
             return Err(ConfigError {
@@ -460,7 +467,8 @@ fn evidence_source(d: &Section<'_>) -> Result<(String, PathBuf), ConfigError> {
     Ok((source, configfs))
 }
 
-/// `tdx { evidence_source = "configfs-tsm" | "simulated" … }` in a base attestor's plugin_data.
+/// `tdx { evidence_source = "configfs-tsm" | "simulated" … }` in a base attestor's plugin_data,
+/// or the plugin_data of `NodeAttestor "tdx"`.
 fn tdx_source(d: &Section<'_>) -> Result<TdxSource, ConfigError> {
     let (source, configfs) = evidence_source(d)?;
     match source.as_str() {
@@ -562,5 +570,37 @@ plugins {
         };
         let c = AgentConfig::parse("agent.conf", GOOD, false, &ov).unwrap();
         assert_eq!((c.join_token.as_deref(), c.server_port), (Some("t"), 1));
+    }
+
+    #[test]
+    fn tdx_alone() {
+        let parse = |block: &str| {
+            AgentConfig::parse(
+                "agent.conf",
+                &GOOD.replace(
+                    "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }",
+                    block,
+                ),
+                false,
+                &Overrides::default(),
+            )
+        };
+        let c = parse("NodeAttestor \"tdx\" {}").unwrap();
+        assert_eq!(c.node_attestor.name(), "tdx");
+        assert!(matches!(
+            c.node_attestor.tee(),
+            Some(TeeSource::Tdx(TdxSource::ConfigfsTsm(p))) if p == Path::new(CONFIGFS_TSM_REPORT)
+        ));
+        let c = parse(
+            "NodeAttestor \"tdx\" {\n plugin_data {\n evidence_source = \"simulated\"\n simulated {\n pki_dir = \"/p\"\n }\n }\n }",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.node_attestor,
+            NodeAttestorConfig::Tdx(TdxSource::Simulated { .. })
+        ));
+        let e = parse("NodeAttestor \"tdx\" {\n plugin_data {\n evidence_source = \"tpm\"\n }\n }")
+            .unwrap_err();
+        assert!(e.message.contains("configfs-tsm"), "{e}");
     }
 }

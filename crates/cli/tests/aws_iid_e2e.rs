@@ -3,7 +3,9 @@
 //! agent for a fresh SEV-SNP report signed by a simulated VLEK (as on AWS), verifies that with
 //! the production verifier, and names the agent by its instance with the union of the
 //! `aws_iid:*`, `aws_iid:measurements:*` and `sev_snp:*` selectors. A workload behind a
-//! measurement-bound node alias gets its SVID. Each way to cheat is refused precisely.
+//! measurement-bound node alias gets its SVID. Each way to cheat is refused precisely. The same
+//! with Intel TDX instead of SEV-SNP: a fresh quote from the simulated TD quoting stack, with
+//! collateral fetched from a loopback PCS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,6 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::imds::{AwsTestCa, ImdsEmulator, Served, document};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
+use support::pcs::{PcsEmulator, PcsServed};
 use support::{Backend, TestAgent, TestServer, attest_by_hand, my_uid, runtime};
 
 const MEASUREMENT: [u8; 48] = [0x4d; 48];
@@ -391,4 +394,172 @@ fn aws_iid_alone_is_trust_on_first_use_and_unreachable_imds_is_explained() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(a.log().contains("ec2_metadata_endpoint"), "{}", a.log());
+}
+
+#[test]
+fn aws_iid_with_tdx_end_to_end() {
+    use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
+    const MRTD: [u8; 48] = [0x6b; 48];
+    let dir = tempfile::tempdir().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let p = SimPlatform::default();
+    let pki = TestPki::generate(&p, now - 30 * 86_400, now + 365 * 86_400).unwrap();
+    pki.write(&dir.path().join("pki")).unwrap();
+    let pcs = PcsEmulator::start(PcsServed {
+        collateral: Some(collateral(&pki, &p, now - 86_400, now + 29 * 86_400).unwrap()),
+        ..Default::default()
+    });
+    let aws = AwsTestCa::create(dir.path(), "aws-test-region");
+    let doc = document(ACCOUNT, REGION, INSTANCE, "ami-0123456789abcdef0");
+    let imds = ImdsEmulator::start(
+        "127.0.0.1:0",
+        Served {
+            document: doc.clone(),
+            signature: aws.sign(&doc),
+        },
+    );
+    let m = hex::encode(MRTD);
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        "default_x509_svid_ttl = \"8s\"",
+        &format!(
+            r#"NodeAttestor "aws_iid" {{
+        plugin_data {{
+            certificates_path = "{certs}"
+            account_allowlist = ["{ACCOUNT}"]
+            tdx {{
+                mrtds = ["{m}"]
+                test_root = "{root}"
+                pcs_url = "{url}"
+            }}
+        }}
+    }}"#,
+            certs = aws.cert_pem.display(),
+            root = dir.path().join("pki/root.pem").display(),
+            url = pcs.url,
+        ),
+    );
+    let a = TestAgent::start_custom(
+        &s,
+        None,
+        &format!(
+            r#"NodeAttestor "aws_iid" {{
+        plugin_data {{
+            ec2_metadata_endpoint = "{imds}"
+            tdx {{
+                evidence_source = "simulated"
+                simulated {{
+                    pki_dir = "{pki}"
+                    mrtd = "{m}"
+                }}
+            }}
+        }}
+    }}"#,
+            imds = imds.url,
+            pki = dir.path().join("pki").display(),
+        ),
+        true,
+    );
+    let agent_id =
+        format!("spiffe://example.org/spire/agent/aws_iid/{ACCOUNT}/{REGION}/{INSTANCE}");
+    let shown = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id])
+        .expect_ok()
+        .stdout
+        .clone();
+    for sel in [
+        format!("aws_iid:account:{ACCOUNT}"),
+        format!("aws_iid:instance:id:{INSTANCE}"),
+        format!("aws_iid:measurements:{m}"),
+        format!("tdx:mrtd:{m}"),
+        "tdx:tcb_status:UpToDate".to_string(),
+        format!("tdx:fmspc:{}", hex::encode(p.fmspc)),
+    ] {
+        assert!(shown.contains(&sel), "{sel} missing from:\n{shown}");
+    }
+    assert!(shown.contains("Attestation type  : aws_iid"), "{shown}");
+
+    s.cli(&[
+        "entry",
+        "create",
+        "-node",
+        "-spiffeID",
+        "spiffe://example.org/tdx-instances",
+        "-selector",
+        &format!("aws_iid:measurements:{m}"),
+    ])
+    .expect_ok();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/tdx-cloud-app",
+        "-parentID",
+        "spiffe://example.org/tdx-instances",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    let o = a.fetch_until_ok(&[]);
+    assert!(
+        o.stdout.contains("spiffe://example.org/tdx-cloud-app"),
+        "{o:?}"
+    );
+
+    // renewal presents the document and a fresh quote again (8 s SVIDs)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.log().contains("renewed the agent SVID") {
+        assert!(Instant::now() < deadline, "no renewal:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // refusals: an honest document with a TD the policy does not allow, or without a quote;
+    // a tampered document with an honest quote
+    let dev = SimulatedTdx::new(&pki, p.clone()).unwrap();
+    let rd = ironpact_tdx::binding::report_data;
+    let d1 = document(ACCOUNT, REGION, "i-00000000000000009", "ami-1");
+    let sig = aws.sign(&d1);
+    let tampered = d1.replace("i-00000000000000009", "i-00000000000000008");
+    let rt = runtime();
+    rt.block_on(async {
+        type Case<'a> = (&'a str, Vec<u8>, Box<dyn Fn(&[u8], &[u8]) -> Vec<u8> + 'a>);
+        let honest = |n: &[u8], k: &[u8]| dev.quote(&SimTd::with_mrtd(MRTD), rd(n, k)).unwrap();
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "measurement_not_allowed",
+                payload(&d1, &sig),
+                Box::new(|n, k| dev.quote(&SimTd::with_mrtd([0x11; 48]), rd(n, k)).unwrap()),
+            ),
+            (
+                "unparseable",
+                payload(&d1, &sig),
+                Box::new(|_, _| Vec::new()),
+            ),
+            (
+                "tampered document",
+                payload(&tampered, &sig),
+                Box::new(honest),
+            ),
+        ];
+        for (want, body, answer) in cases {
+            let e = attest_by_hand(&s.agent_addr(), &s.bundle_roots(), "aws_iid", body, answer)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{want}: {e:?}");
+            assert!(e.message().contains(want), "{want}: {e:?}");
+        }
+        let svid = attest_by_hand(
+            &s.agent_addr(),
+            &s.bundle_roots(),
+            "aws_iid",
+            payload(&d1, &sig),
+            honest,
+        )
+        .await
+        .unwrap();
+        assert!(svid.id.ends_with("/i-00000000000000009"), "{}", svid.id);
+    });
+    // fetched once for every attestation and renewal above
+    assert_eq!(pcs.requests().len(), 4, "{:?}", pcs.requests());
+    drop(a);
 }

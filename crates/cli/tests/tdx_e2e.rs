@@ -3,7 +3,8 @@
 //! `tdx` quote, an agent with the simulated source, a workload SVID behind a node alias bound to
 //! `tdx:mrtd`; wrong MRTD, debug TD, replayed nonce, another key's REPORT_DATA and expired
 //! collateral refused with their kinds; tightening the MRTD allow-list at runtime (SIGHUP) stops
-//! the agent's renewals.
+//! the agent's renewals. And `NodeAttestor "tdx"` alone, with collateral fetched from a PCS
+//! (loopback emulator), cached on disk and used after a restart while the PCS is down.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,6 +13,7 @@ mod support;
 use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::pcs::{PcsEmulator, PcsServed};
 use support::{Backend, TestAgent, TestServer, join_token, my_uid, runtime};
 
 const GOOD: [u8; 48] = [0x7d; 48];
@@ -229,4 +231,153 @@ fn tdx_attestation_end_to_end() {
         .stdout
         .clone();
     assert!(shown.contains("measurement_not_allowed"), "{shown}");
+}
+
+fn agent_ids(s: &TestServer, kind: &str) -> Vec<String> {
+    let list = s.cli(&["agent", "list"]).expect_ok().stdout.clone();
+    list.split_whitespace()
+        .filter(|w| w.contains(&format!("/spire/agent/{kind}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn standalone_tdx_attestor_with_collateral_from_a_pcs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = SimPlatform::default();
+    let pki = TestPki::generate(&p, now() - 30 * DAY, now() + 365 * DAY).unwrap();
+    pki.write(&dir.path().join("pki")).unwrap();
+    let pcs = PcsEmulator::start(PcsServed {
+        collateral: Some(collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap()),
+        ..Default::default()
+    });
+    let mut s = TestServer::start_with(
+        Backend::Sqlite,
+        "default_x509_svid_ttl = \"6s\"",
+        &format!(
+            r#"NodeAttestor "tdx" {{
+        plugin_data {{
+            mrtds = ["{m}"]
+            test_root = "{root}"
+            pcs_url = "{url}"
+        }}
+    }}"#,
+            m = hex::encode(GOOD),
+            root = dir.path().join("pki/root.pem").display(),
+            url = pcs.url,
+        ),
+    );
+    assert!(
+        s.log().contains("tdx attestor ready") && s.log().contains(&pcs.url),
+        "{}",
+        s.log()
+    );
+    let a = TestAgent::start_custom(
+        &s,
+        None,
+        &format!(
+            r#"NodeAttestor "tdx" {{
+        plugin_data {{
+            evidence_source = "simulated"
+            simulated {{
+                pki_dir = "{}"
+                mrtd = "{}"
+            }}
+        }}
+    }}"#,
+            dir.path().join("pki").display(),
+            hex::encode(GOOD)
+        ),
+        true,
+    );
+    let ids = agent_ids(&s, "tdx");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let agent_id = ids[0].clone();
+    let m = hex::encode(GOOD);
+    let shown = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(shown.contains(&format!("tdx:mrtd:{m}")), "{shown}");
+    assert!(shown.contains("Attestation type  : tdx"), "{shown}");
+    assert_eq!(pcs.requests().len(), 4, "{:?}", pcs.requests());
+
+    s.cli(&[
+        "entry",
+        "create",
+        "-node",
+        "-spiffeID",
+        "spiffe://example.org/tdx-nodes",
+        "-selector",
+        &format!("tdx:mrtd:{m}"),
+    ])
+    .expect_ok();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/tdx-app",
+        "-parentID",
+        "spiffe://example.org/tdx-nodes",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    let o = a.fetch_until_ok(&[]);
+    assert!(o.stdout.contains("spiffe://example.org/tdx-app"), "{o:?}");
+
+    // renewals (6 s SVIDs) present fresh quotes and keep the agent's ID; collateral is cached
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.log().contains("renewed the agent SVID") {
+        assert!(Instant::now() < deadline, "no renewal:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(agent_ids(&s, "tdx"), vec![agent_id.clone()]);
+    assert_eq!(pcs.requests().len(), 4, "{:?}", pcs.requests());
+    // at half-life, not in a loop (6 s SVIDs are shorter than the NotBefore backdating)
+    std::thread::sleep(Duration::from_secs(4));
+    let renewals = a.log().matches("renewed the agent SVID").count();
+    assert!(
+        (1..=4).contains(&renewals),
+        "{renewals} renewals:\n{}",
+        a.log()
+    );
+
+    // refusals by hand
+    let dev = SimulatedTdx::new(&pki, p.clone()).unwrap();
+    let rd = ironpact_tdx::binding::report_data;
+    let rt = runtime();
+    rt.block_on(async {
+        let e = support::attest_by_hand(
+            &s.agent_addr(),
+            &s.bundle_roots(),
+            "tdx",
+            Vec::new(),
+            |n, k| dev.quote(&SimTd::with_mrtd([0x33; 48]), rd(n, k)).unwrap(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.message().contains("measurement_not_allowed"), "{e:?}");
+    });
+
+    // restart with the PCS down: the disk cache carries on
+    pcs.set(|st| st.down = true);
+    s.kill9();
+    s.spawn();
+    rt.block_on(async {
+        let svid = support::attest_by_hand(
+            &s.agent_addr(),
+            &s.bundle_roots(),
+            "tdx",
+            Vec::new(),
+            |n, k| dev.quote(&SimTd::with_mrtd(GOOD), rd(n, k)).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(svid.id.contains("/spire/agent/tdx/"), "{}", svid.id);
+        assert_ne!(svid.id, agent_id, "each attestation of a TD is a new agent");
+    });
+    assert_eq!(pcs.requests().len(), 4, "{:?}", pcs.requests());
+    drop(a);
 }
