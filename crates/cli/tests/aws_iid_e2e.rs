@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::imds::{AwsTestCa, ImdsEmulator, Served, document};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
-use support::pcs::{PcsEmulator, PcsServed};
+use support::pcs::PcsEmulator;
 use support::{Backend, TestAgent, TestServer, attest_by_hand, my_uid, runtime};
 
 const MEASUREMENT: [u8; 48] = [0x4d; 48];
@@ -405,10 +405,7 @@ fn aws_iid_with_tdx_end_to_end() {
     let p = SimPlatform::default();
     let pki = TestPki::generate(&p, now - 30 * 86_400, now + 365 * 86_400).unwrap();
     pki.write(&dir.path().join("pki")).unwrap();
-    let pcs = PcsEmulator::start(PcsServed {
-        collateral: Some(collateral(&pki, &p, now - 86_400, now + 29 * 86_400).unwrap()),
-        ..Default::default()
-    });
+    let pcs = PcsEmulator::serving(collateral(&pki, &p, now - 86_400, now + 29 * 86_400).unwrap());
     let aws = AwsTestCa::create(dir.path(), "aws-test-region");
     let doc = document(ACCOUNT, REGION, INSTANCE, "ami-0123456789abcdef0");
     let imds = ImdsEmulator::start(

@@ -79,10 +79,7 @@ fn the_quote_names_its_platform() {
 #[test]
 fn fetched_once_checked_cached_and_found_after_a_restart() {
     let f = fixture();
-    let pcs = PcsEmulator::start(PcsServed {
-        collateral: Some(f.coll(T0 - DAY, 30)),
-        ..Default::default()
-    });
+    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30));
     let cache = tempfile::tempdir().unwrap();
     let store = f.store(&pcs, cache.path(), None);
     let c = block_on(store.get(&f.key(), T0)).unwrap();
@@ -122,10 +119,7 @@ fn fetched_once_checked_cached_and_found_after_a_restart() {
 fn refreshed_before_it_goes_stale() {
     let f = fixture();
     let first = f.coll(T0 - DAY, 30);
-    let pcs = PcsEmulator::start(PcsServed {
-        collateral: Some(first.clone()),
-        ..Default::default()
-    });
+    let pcs = PcsEmulator::serving(first.clone());
     let cache = tempfile::tempdir().unwrap();
     let store = f.store(&pcs, cache.path(), None);
     block_on(store.get(&f.key(), T0)).unwrap();
@@ -162,10 +156,7 @@ fn refreshed_before_it_goes_stale() {
 #[test]
 fn pcs_down_keeps_the_cached_copy_and_says_why_without_one() {
     let f = fixture();
-    let pcs = PcsEmulator::start(PcsServed {
-        collateral: Some(f.coll(T0 - DAY, 30)),
-        ..Default::default()
-    });
+    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30));
     let cache = tempfile::tempdir().unwrap();
     let store = f.store(&pcs, cache.path(), None);
     let first = block_on(store.get(&f.key(), T0)).unwrap();
@@ -234,10 +225,7 @@ fn tampered_or_foreign_collateral_is_refused_and_not_cached() {
 #[test]
 fn the_newest_of_the_offline_dir_and_the_pcs_wins() {
     let f = fixture();
-    let pcs = PcsEmulator::start(PcsServed {
-        collateral: Some(f.coll(T0 - DAY, 30)),
-        ..Default::default()
-    });
+    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30));
     let cache = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let older = f.coll(T0 - 5 * DAY, 30);

@@ -13,7 +13,7 @@ mod support;
 use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::pcs::{PcsEmulator, PcsServed};
+use support::pcs::PcsEmulator;
 use support::{Backend, TestAgent, TestServer, join_token, my_uid, runtime};
 
 const GOOD: [u8; 48] = [0x7d; 48];
@@ -247,10 +247,7 @@ fn standalone_tdx_attestor_with_collateral_from_a_pcs() {
     let p = SimPlatform::default();
     let pki = TestPki::generate(&p, now() - 30 * DAY, now() + 365 * DAY).unwrap();
     pki.write(&dir.path().join("pki")).unwrap();
-    let pcs = PcsEmulator::start(PcsServed {
-        collateral: Some(collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap()),
-        ..Default::default()
-    });
+    let pcs = PcsEmulator::serving(collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap());
     let mut s = TestServer::start_with(
         Backend::Sqlite,
         "default_x509_svid_ttl = \"6s\"",

@@ -34,12 +34,10 @@ pub struct KdsFetcher {
 
 impl KdsFetcher {
     pub fn new(base_url: &str, cache_dir: PathBuf) -> Result<Self, KdsError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .map_err(|e| KdsError::Fetch {
+        let client =
+            crate::fetch::client(Duration::from_secs(20)).map_err(|reason| KdsError::Fetch {
                 url: base_url.into(),
-                reason: e.to_string(),
+                reason,
             })?;
         Ok(Self {
             base_url: base_url.trim_end_matches('/').to_string(),
@@ -105,24 +103,13 @@ impl KdsFetcher {
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, KdsError> {
-        let fail = |reason: String| KdsError::Fetch {
-            url: url.to_string(),
-            reason,
-        };
-        let resp = self
-            .client
-            .get(url)
-            .send()
+        crate::fetch::get(&self.client, url)
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(fail(format!("HTTP {}", resp.status())));
-        }
-        Ok(resp
-            .bytes()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_vec())
+            .map(|r| r.body)
+            .map_err(|reason| KdsError::Fetch {
+                url: url.to_string(),
+                reason,
+            })
     }
 
     fn store(&self, file: &std::path::Path, der: &[u8]) -> Result<(), KdsError> {

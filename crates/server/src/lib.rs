@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 /// The HCL reader lives in `ironpact-config`; re-exported for existing users.
 pub use ironpact_config::hcl;
+mod fetch;
 pub mod kds;
 pub mod keymanager;
 pub mod pcs;

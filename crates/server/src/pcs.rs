@@ -18,6 +18,7 @@
 //! signed `tcbInfo` object, where we keep its bytes exactly as served (`RawValue`), so the
 //! signature holds whatever whitespace a PCCS uses. dcap-qvl still verifies what we fetch.
 
+use crate::fetch::Response;
 use ironpact_tdx::collateral::QuoteCollateralV3;
 use ironpact_tdx::{Collateral, Platform, Roots};
 use serde::{Deserialize, Serialize};
@@ -69,11 +70,6 @@ pub struct PcsClient {
     client: reqwest::Client,
 }
 
-struct Response {
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
 impl PcsClient {
     pub fn new(base_url: &str) -> Result<Self, PcsError> {
         let base = base_url
@@ -81,12 +77,10 @@ impl PcsClient {
             .trim_end_matches("/sgx/certification/v4")
             .trim_end_matches("/tdx/certification/v4")
             .to_string();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| PcsError::Fetch {
+        let client =
+            crate::fetch::client(Duration::from_secs(30)).map_err(|reason| PcsError::Fetch {
                 url: base.clone(),
-                reason: e.to_string(),
+                reason,
             })?;
         Ok(Self { base, client })
     }
@@ -100,26 +94,12 @@ impl PcsClient {
     }
 
     async fn get(&self, url: &str) -> Result<Response, PcsError> {
-        let fail = |reason: String| PcsError::Fetch {
-            url: url.to_string(),
-            reason,
-        };
-        let resp = self
-            .client
-            .get(url)
-            .send()
+        crate::fetch::get(&self.client, url)
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(fail(format!("HTTP {}", resp.status())));
-        }
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_vec();
-        Ok(Response { headers, body })
+            .map_err(|reason| PcsError::Fetch {
+                url: url.to_string(),
+                reason,
+            })
     }
 
     /// Collateral for `platform`, not yet checked (see [`CollateralStore`]).

@@ -98,6 +98,14 @@ fn answer(served: &PcsServed, path: &str) -> (&'static str, Vec<(String, String)
 }
 
 impl PcsEmulator {
+    /// Serving `collateral`, up and untampered.
+    pub fn serving(collateral: Collateral) -> Self {
+        Self::start(PcsServed {
+            collateral: Some(collateral),
+            ..Default::default()
+        })
+    }
+
     pub fn start(served: PcsServed) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("PCS emulator: {e}"));
         let url = format!(

@@ -16,7 +16,7 @@ pub use tdx::{TdxAttestor, TdxNodeAttestor};
 
 use ironpact_datastore::AgentRecord;
 
-use ironpact_spiffe::{Selector, SpiffeId};
+use ironpact_spiffe::{Selector, SpiffeId, TrustDomain};
 
 /// What an agent presented.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +88,25 @@ pub trait TeeAttestor: Send + Sync + 'static {
         ev: Evidence<'_>,
         challenger: &mut dyn Challenger,
     ) -> Result<TeeOutcome, AttestError>;
+}
+
+impl TeeOutcome {
+    /// What a TEE attestor standing alone yields: the agent is
+    /// `spiffe://<td>/spire/agent/<tee>/<instance>`, and may attest again (fresh evidence).
+    pub fn standalone(
+        self,
+        trust_domain: &TrustDomain,
+        tee: &str,
+    ) -> Result<Attested, AttestError> {
+        let agent_id = trust_domain
+            .id_with_path(&format!("/spire/agent/{tee}/{}", self.instance))
+            .map_err(|e| AttestError::Malformed(e.to_string()))?;
+        Ok(Attested {
+            agent_id,
+            selectors: self.selectors,
+            can_reattest: true,
+        })
+    }
 }
 
 #[tonic::async_trait]

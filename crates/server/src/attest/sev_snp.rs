@@ -119,16 +119,9 @@ impl NodeAttestor for SevSnpAttestor {
         ev: Evidence<'_>,
         challenger: &mut dyn Challenger,
     ) -> Result<Attested, AttestError> {
-        let t = self.appraise(ev, challenger).await?;
-        let agent_id = self
-            .trust_domain
-            .id_with_path(&format!("/spire/agent/sev_snp/{}", t.instance))
-            .map_err(|e| AttestError::Malformed(e.to_string()))?;
-        Ok(Attested {
-            agent_id,
-            selectors: t.selectors,
-            can_reattest: true,
-        })
+        self.appraise(ev, challenger)
+            .await?
+            .standalone(&self.trust_domain, "sev_snp")
     }
 }
 

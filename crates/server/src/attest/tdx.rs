@@ -123,16 +123,10 @@ impl NodeAttestor for TdxNodeAttestor {
         ev: Evidence<'_>,
         challenger: &mut dyn Challenger,
     ) -> Result<Attested, AttestError> {
-        let t = self.tee.appraise(ev, challenger).await?;
-        let agent_id = self
-            .trust_domain
-            .id_with_path(&format!("/spire/agent/tdx/{}", t.instance))
-            .map_err(|e| AttestError::Malformed(e.to_string()))?;
-        Ok(Attested {
-            agent_id,
-            selectors: t.selectors,
-            can_reattest: true,
-        })
+        self.tee
+            .appraise(ev, challenger)
+            .await?
+            .standalone(&self.trust_domain, "tdx")
     }
 
     async fn renew(
