@@ -34,6 +34,15 @@ fn pki(dir: &Path) -> TestPki {
     pki
 }
 
+/// The agent's TDX evidence keys: the simulated quoting stack with the test PKI, MRTD `GOOD`.
+fn simulated_source(dir: &Path) -> String {
+    format!(
+        "evidence_source = \"simulated\"\nsimulated {{\n pki_dir = \"{}\"\n mrtd = \"{}\"\n }}",
+        dir.join("pki").display(),
+        hex::encode(GOOD)
+    )
+}
+
 fn server_block(dir: &Path, mrtd: &[u8; 48]) -> String {
     format!(
         r#"NodeAttestor "join_token" {{
@@ -65,19 +74,8 @@ fn tdx_attestation_end_to_end() {
         &s,
         Some(&token),
         &format!(
-            r#"NodeAttestor "join_token" {{
-        plugin_data {{
-            tdx {{
-                evidence_source = "simulated"
-                simulated {{
-                    pki_dir = "{}"
-                    mrtd = "{}"
-                }}
-            }}
-        }}
-    }}"#,
-            dir.path().join("pki").display(),
-            hex::encode(GOOD)
+            "NodeAttestor \"join_token\" {{\n plugin_data {{\n tdx {{\n{}\n }}\n }}\n }}",
+            simulated_source(dir.path())
         ),
         true,
     );
@@ -273,17 +271,8 @@ fn standalone_tdx_attestor_with_collateral_from_a_pcs() {
         &s,
         None,
         &format!(
-            r#"NodeAttestor "tdx" {{
-        plugin_data {{
-            evidence_source = "simulated"
-            simulated {{
-                pki_dir = "{}"
-                mrtd = "{}"
-            }}
-        }}
-    }}"#,
-            dir.path().join("pki").display(),
-            hex::encode(GOOD)
+            "NodeAttestor \"tdx\" {{\n plugin_data {{\n{}\n }}\n }}",
+            simulated_source(dir.path())
         ),
         true,
     );
