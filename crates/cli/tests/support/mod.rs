@@ -265,6 +265,32 @@ plugins {{
         }
     }
 
+    /// Replaces `from` with `to` in the config file and sends SIGHUP, then waits (up to 40 s)
+    /// until `agent`'s log shows `refusal`: a tightened policy stopping its next renewal.
+    pub fn tighten_until_refused(&self, from: &str, to: &str, agent: &TestAgent, refusal: &str) {
+        let cfg = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace(from, to);
+        std::fs::write(&self.config, cfg).unwrap();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &self.pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !agent.log().contains(refusal) {
+            assert!(
+                Instant::now() < deadline,
+                "renewal was not refused after the policy change:\n{}\nserver:\n{}",
+                agent.log(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// The server process's PID (for signals such as SIGHUP).
     pub fn pid(&self) -> u32 {
         self.child
@@ -651,6 +677,23 @@ pub fn fetch_as_nobody(a: &TestAgent) -> Out {
             .output()
             .expect("setpriv is installed"),
     )
+}
+
+/// One attestation by hand that the server must refuse with PermissionDenied, the message
+/// naming `want` (an error kind or the refusal's words).
+pub async fn attest_refused(
+    addr: &str,
+    roots: &[Vec<u8>],
+    kind: &str,
+    payload: Vec<u8>,
+    answer: impl Fn(&[u8], &[u8]) -> Vec<u8>,
+    want: &str,
+) {
+    let e = attest_by_hand(addr, roots, kind, payload, answer)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{want}: {e:?}");
+    assert!(e.message().contains(want), "{want}: {e:?}");
 }
 
 /// One attestation by hand with attestor `kind` and `payload`: `answer` turns each challenge
