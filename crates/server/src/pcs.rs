@@ -311,10 +311,7 @@ pub struct CollateralStore {
 }
 
 fn rfc3339(t: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    ironpact_tdx::collateral::format_time(t).unwrap_or_default()
 }
 
 impl CollateralStore {
@@ -337,6 +334,11 @@ impl CollateralStore {
                 fetching: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// The root quotes and fetched collateral must lead to.
+    pub fn roots(&self) -> &Roots {
+        &self.roots
     }
 
     pub fn pcs_url(&self) -> Option<&str> {

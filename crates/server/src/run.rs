@@ -239,7 +239,7 @@ fn build_tdx(t: &crate::config::TdxConfig) -> Result<Arc<crate::attest::TdxAttes
         None => None,
     };
     let collateral = Arc::new(crate::pcs::CollateralStore::new(
-        roots.clone(),
+        roots,
         t.collateral_dir.clone(),
         pcs,
     ));
@@ -253,7 +253,6 @@ fn build_tdx(t: &crate::config::TdxConfig) -> Result<Arc<crate::attest::TdxAttes
         "tdx attestor ready"
     );
     Ok(Arc::new(crate::attest::TdxAttestor {
-        roots,
         policy: std::sync::RwLock::new(t.policy.clone()),
         collateral,
     }))

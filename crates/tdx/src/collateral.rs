@@ -40,6 +40,13 @@ fn rfc3339(what: &str, s: &str) -> Result<i64, TdxError> {
         .map_err(|e| err(ErrorKind::Unparseable, format!("{what} {s:?}: {e}")))
 }
 
+/// Unix seconds as RFC 3339 (as collateral dates are written); `None` out of range.
+pub fn format_time(t: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+}
+
 fn crl_window(what: &str, der: &[u8]) -> Result<(i64, Option<i64>), TdxError> {
     let (_, crl) = x509_parser::parse_x509_crl(der)
         .map_err(|e| err(ErrorKind::Unparseable, format!("{what}: {e}")))?;

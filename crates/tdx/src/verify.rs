@@ -97,13 +97,7 @@ fn unix(now: i64) -> UnixTime {
 }
 
 fn when(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
+    crate::collateral::format_time(t).unwrap_or_else(|| t.to_string())
 }
 
 /// DER certificates from PEM text.

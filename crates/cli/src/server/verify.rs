@@ -232,11 +232,7 @@ fn tdx_success(v: &ironpact_tdx::Verified) -> Value {
         "fmspc": hex::encode(v.fmspc),
         "report_data": hex::encode(q.report_data()),
         "debug": q.debug(),
-        "collateral_next_update": v.collateral_next_update.and_then(|t| {
-            time::OffsetDateTime::from_unix_timestamp(t)
-                .ok()
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        }),
+        "collateral_next_update": v.collateral_next_update.and_then(ironpact_tdx::collateral::format_time),
         "selectors": v.selectors().iter().map(|(k, val)| format!("tdx:{k}:{val}")).collect::<Vec<_>>(),
     });
     if let Some(td) = q.td() {

@@ -9,17 +9,17 @@ use crate::pcs::CollateralStore;
 use ironpact_datastore::AgentRecord;
 use ironpact_spiffe::Selector;
 use ironpact_spiffe::TrustDomain;
-use ironpact_tdx::{Policy, Quote, Roots};
+use ironpact_tdx::{Policy, Quote};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, RwLock};
 
 pub const NONCE_LEN: usize = 32;
 
 pub struct TdxAttestor {
-    pub roots: Roots,
     /// Replaceable at runtime; read at every attestation and renewal.
     pub policy: RwLock<Policy>,
-    /// Collateral from the offline directory and/or the PCS/PCCS cache.
+    /// Collateral from the offline directory and/or the PCS/PCCS cache; it also holds the
+    /// root quotes and collateral are verified to.
     pub collateral: Arc<CollateralStore>,
 }
 
@@ -69,7 +69,7 @@ impl TeeAttestor for TdxAttestor {
         let verified = ironpact_tdx::verify(
             &quote,
             &collateral,
-            &self.roots,
+            self.collateral.roots(),
             ev.now,
             policy.collateral_grace_seconds,
         )
@@ -186,18 +186,13 @@ mod tests {
         let pki = TestPki::generate(&p, NOW - 100 * DAY, NOW + 100 * DAY).unwrap();
         let c = collateral(&pki, &p, NOW - DAY, NOW + 29 * DAY).unwrap();
         std::fs::write(dir.join("c.json"), c.to_json()).unwrap();
-        let roots = Roots::from_bytes(&pki.root.0).unwrap();
+        let roots = ironpact_tdx::Roots::from_bytes(&pki.root.0).unwrap();
         let policy = Policy {
             mrtds: vec![[1; 48], [2; 48]],
             ..Policy::default()
         };
         let tee = Arc::new(TdxAttestor {
-            collateral: Arc::new(CollateralStore::new(
-                roots.clone(),
-                Some(dir.to_path_buf()),
-                None,
-            )),
-            roots,
+            collateral: Arc::new(CollateralStore::new(roots, Some(dir.to_path_buf()), None)),
             policy: RwLock::new(policy),
         });
         let a = TdxNodeAttestor {
