@@ -25,12 +25,15 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// Frames we emit never exceed the HTTP/2 default maximum frame size.
 const OUT_FRAME_MAX: usize = 16_384;
-/// Refuse frames larger than this (the HTTP/2 ceiling is 2^24-1).
-const IN_FRAME_MAX: usize = 1 << 24;
+/// Refuse frames larger than this: the protocol's default SETTINGS_MAX_FRAME_SIZE, which the
+/// Workload API server never raises, so a conforming client never sends more; a larger length
+/// would only make us buffer up to 16 MiB per connection on a world-writable socket.
+const IN_FRAME_MAX: usize = 16_384;
 /// Bound on the client's HPACK dynamic table we mirror.
 const MAX_TABLE: usize = 65_536;
-/// Bound on one header block (HEADERS plus CONTINUATIONs).
-const MAX_BLOCK: usize = 1 << 20;
+/// Bound on one header block (HEADERS plus CONTINUATIONs): a Workload API request carries a
+/// handful of short headers.
+const MAX_BLOCK: usize = 64 * 1024;
 
 pub struct AuthorityFix<S> {
     inner: S,
@@ -41,6 +44,19 @@ pub struct AuthorityFix<S> {
     /// A header block waiting for CONTINUATION frames: stream, flags of the HEADERS frame, block.
     pending: Option<(u32, u8, Vec<u8>)>,
     eof: bool,
+}
+
+/// Runs the frame rewriter over `data` as if a client had sent it (fuzzing entry point).
+#[doc(hidden)]
+pub fn fuzz_rewrite(data: &[u8]) {
+    let mut f = AuthorityFix::new(());
+    for chunk in data.chunks(4096) {
+        f.raw.extend_from_slice(chunk);
+        if f.process().is_err() {
+            return;
+        }
+        f.out.clear();
+    }
 }
 
 impl<S> AuthorityFix<S> {
@@ -285,6 +301,27 @@ mod tests {
         put_int(&mut v, 0, 7, value.len());
         v.extend_from_slice(value);
         v
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_default_maximum_and_huge_header_blocks_are_refused() {
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend(frame(0x0, 0, 1, &vec![0u8; 16_385]));
+        let e = through(input).await.unwrap_err();
+        assert!(e.to_string().contains("frame too large"), "{e}");
+        // a DATA frame of exactly 16 KiB passes through untouched
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let data = frame(0x0, 0, 1, &vec![7u8; 16_384]);
+        input.extend(&data);
+        assert!(through(input).await.unwrap().ends_with(&data));
+        // a header block grown past 64 KiB through CONTINUATION frames
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend(frame(HEADERS, 0, 1, &vec![0x80u8; 16_000]));
+        for _ in 0..5 {
+            input.extend(frame(CONTINUATION, 0, 1, &vec![0x80u8; 16_000]));
+        }
+        let e = through(input).await.unwrap_err();
+        assert!(e.to_string().contains("header block too large"), "{e}");
     }
 
     async fn through(input: Vec<u8>) -> io::Result<Vec<u8>> {

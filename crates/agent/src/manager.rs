@@ -32,6 +32,12 @@ pub enum AgentError {
     Bundle { path: String, reason: String },
     #[error("server refused attestation: {0}")]
     Refused(String),
+    #[error("the server evicted this agent: {0}")]
+    Evicted(String),
+    #[error(
+        "this agent is banned: {0}; it stops (lift the ban with `ironpact-server agent evict -spiffeID <agent ID>`, then start it again)"
+    )]
+    Banned(String),
     #[error("server unavailable: {0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -70,9 +76,37 @@ type CachedJwt = (String, i64, i64);
 enum SessionEnd {
     /// The agent SVID was renewed: reconnect presenting the new one.
     Renewed,
-    /// Banned or evicted: the stored SVID is useless.
+    /// Evicted (an explicit answer): the stored SVID and key are useless; attest again.
     Evicted(String),
+    /// Banned (an explicit answer): stop.
+    Banned(String),
+    /// Any other refusal (a re-attestation that did not pass): keep the key and the cached
+    /// SVIDs, and try to renew again after a backoff.
+    Refused(String),
     Unavailable(String),
+}
+
+/// What a status from the server means for this agent: only an explicit eviction or ban
+/// answer (the agent-state metadata) costs it its key.
+fn classify(s: &tonic::Status) -> AgentError {
+    use ironpact_proto::agent_state;
+    match (agent_state::of(s), s.code()) {
+        (Some(agent_state::BANNED), _) => AgentError::Banned(s.message().to_string()),
+        (Some(_), _) => AgentError::Evicted(s.message().to_string()),
+        (None, Code::PermissionDenied | Code::InvalidArgument) => {
+            AgentError::Refused(format!("{} ({:?})", s.message(), s.code()))
+        }
+        (None, _) => AgentError::Unavailable(format!("{} ({:?})", s.message(), s.code())),
+    }
+}
+
+/// Doubles `d` (up to 30 s) and returns the wait with ±25% jitter, so a fleet that lost its
+/// server does not come back in lockstep.
+fn next_backoff(d: &mut Duration) -> Duration {
+    let wait = *d;
+    *d = (*d * 2).min(Duration::from_secs(30));
+    let jitter: f64 = rand::random::<f64>() * 0.5 + 0.75;
+    wait.mul_f64(jitter)
 }
 
 pub struct Agent {
@@ -366,12 +400,7 @@ impl Agent {
                 },
             )),
         };
-        let status = |s: tonic::Status| match s.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => {
-                AgentError::Unavailable(s.message().to_string())
-            }
-            _ => AgentError::Refused(format!("{} ({:?})", s.message(), s.code())),
-        };
+        let status = |s: tonic::Status| classify(&s);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(first)
             .await
@@ -684,13 +713,7 @@ impl Agent {
             Ok(c) => c,
             Err(e) => return SessionEnd::Unavailable(e.to_string()),
         };
-        let classify = |s: tonic::Status| {
-            if s.code() == Code::PermissionDenied {
-                SessionEnd::Evicted(s.message().to_string())
-            } else {
-                SessionEnd::Unavailable(format!("{} ({:?})", s.message(), s.code()))
-            }
-        };
+        let classify = |s: tonic::Status| Self::end_of(classify(&s));
         let mut sync = match client.sync_authorized(pb::SyncAuthorizedRequest {}).await {
             Ok(s) => s.into_inner(),
             Err(s) => return classify(s),
@@ -713,8 +736,7 @@ impl Agent {
                     if self.renewal_due() {
                         return match self.renew().await {
                             Ok(()) => SessionEnd::Renewed,
-                            Err(AgentError::Refused(m)) => SessionEnd::Evicted(m),
-                            Err(e) => SessionEnd::Unavailable(e.to_string()),
+                            Err(e) => Self::end_of(e),
                         };
                     }
                     if let Err(e) = self.sign_due().await {
@@ -725,17 +747,50 @@ impl Agent {
         }
     }
 
-    /// Runs until the process ends: attestation, sync, renewal, with backoff on failures.
-    pub async fn run(self: Arc<Self>) {
+    fn end_of(e: AgentError) -> SessionEnd {
+        match e {
+            AgentError::Evicted(m) => SessionEnd::Evicted(m),
+            AgentError::Banned(m) => SessionEnd::Banned(m),
+            AgentError::Refused(m) => SessionEnd::Refused(m),
+            other => SessionEnd::Unavailable(other.to_string()),
+        }
+    }
+
+    /// Whether the agent's own SVID has expired (it can no longer authenticate to renew).
+    fn svid_expired(&self) -> bool {
+        self.svid
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| now() >= s.expires_at))
+            .unwrap_or(false)
+    }
+
+    fn drop_client(&self) {
+        if let Ok(mut c) = self.client.write() {
+            *c = None;
+        }
+    }
+
+    /// Runs until the process ends, or until the server bans this agent (`Err(Banned)`):
+    /// attestation, sync, renewal, with jittered backoff on failures. The key is deleted only
+    /// on an explicit eviction or ban answer; outages and refusals keep it and the cached
+    /// SVIDs, which are served meanwhile.
+    pub async fn run(self: Arc<Self>) -> Result<(), AgentError> {
         let mut backoff = Duration::from_secs(1);
         loop {
+            if self.agent_id().is_some() && self.svid_expired() {
+                warn!("the agent SVID expired before it could be renewed; attesting again");
+                self.forget_svid();
+                self.drop_client();
+            }
             if self.agent_id().is_none() {
                 match self.attest().await {
                     Ok(()) => backoff = Duration::from_secs(1),
+                    Err(AgentError::Banned(m)) => return Err(self.banned(m)),
                     Err(e) => {
-                        error!(error = %e, retry_in = ?backoff, "attestation failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        let wait = next_backoff(&mut backoff);
+                        error!(error = %e, retry_in = ?wait, "attestation failed");
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 }
@@ -745,21 +800,45 @@ impl Agent {
                     backoff = Duration::from_secs(1);
                 }
                 SessionEnd::Evicted(reason) => {
-                    warn!(%reason, "the server no longer accepts this agent; attesting again");
+                    warn!(%reason, "the server evicted this agent; deleting its key and attesting again");
                     self.forget_svid();
-                    if let Ok(mut c) = self.client.write() {
-                        *c = None;
+                    self.drop_client();
+                }
+                SessionEnd::Banned(reason) => return Err(self.banned(reason)),
+                SessionEnd::Refused(reason) => {
+                    let wait = next_backoff(&mut backoff);
+                    warn!(%reason, retry_in = ?wait, "the server refused this agent; keeping its key and cached SVIDs, renewing again after a pause");
+                    self.drop_client();
+                    tokio::time::sleep(wait).await;
+                    match self.renew().await {
+                        Ok(()) => {
+                            info!("renewal passed again; the agent is back in service");
+                            backoff = Duration::from_secs(1);
+                        }
+                        Err(AgentError::Banned(m)) => return Err(self.banned(m)),
+                        Err(AgentError::Evicted(m)) => {
+                            warn!(reason = %m, "the server evicted this agent; deleting its key and attesting again");
+                            self.forget_svid();
+                            self.drop_client();
+                        }
+                        Err(e) => warn!(error = %e, "renewal still not possible"),
                     }
                 }
                 SessionEnd::Unavailable(reason) => {
-                    warn!(%reason, retry_in = ?backoff, "lost the server; serving cached SVIDs meanwhile");
-                    if let Ok(mut c) = self.client.write() {
-                        *c = None;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let wait = next_backoff(&mut backoff);
+                    warn!(%reason, retry_in = ?wait, "lost the server; serving cached SVIDs meanwhile");
+                    self.drop_client();
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
+    }
+
+    fn banned(&self, reason: String) -> AgentError {
+        let e = AgentError::Banned(reason);
+        error!(error = %e, "banned by the server: stopping");
+        self.forget_svid();
+        self.drop_client();
+        e
     }
 }

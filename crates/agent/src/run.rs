@@ -4,7 +4,7 @@
 use crate::config::AgentConfig;
 use crate::manager::{Agent, AgentError};
 use crate::unix::UnixAttestor;
-use crate::workload::{WorkloadApi, bind, incoming};
+use crate::workload::{WorkloadApi, incoming};
 use ironpact_proto::health::v1 as hpb;
 use ironpact_proto::health::v1::health_server::{Health, HealthServer};
 use ironpact_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -19,12 +19,8 @@ use tracing::info;
 pub enum RunError {
     #[error(transparent)]
     Agent(#[from] AgentError),
-    #[error("Workload API socket {path}: {source} (choose another path with -socketPath)")]
-    Socket {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("socket: {0}")]
+    Socket(#[from] ironpact_tls::uds::SocketError),
     #[error("data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -68,25 +64,11 @@ impl Health for AgentHealth {
     }
 }
 
-/// The admin socket: its directory 0700 and the socket 0600, so only the agent's user connects.
-fn bind_admin(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    // A stale socket from a crashed run; absence is fine.
-    let _ = std::fs::remove_file(path);
-    let l = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
-}
-
 pub async fn run(
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| RunError::DataDir {
+    create_private_dir(&cfg.data_dir).map_err(|source| RunError::DataDir {
         path: cfg.data_dir.display().to_string(),
         source,
     })?;
@@ -96,40 +78,100 @@ pub async fn run(
         workload_size_limit: cfg.unix.workload_size_limit,
     };
     let agent = Agent::new(cfg)?;
-    let manager = tokio::spawn(agent.clone().run());
-    let listener = bind(&socket).map_err(|source| RunError::Socket {
-        path: socket.display().to_string(),
-        source,
-    })?;
+    // The Workload API socket: any local process may connect (the attestor decides what it
+    // gets), so its directory is 0755 and the socket 0777; the admin socket is the owner's.
+    let listener = ironpact_tls::uds::bind(&socket, 0o755, 0o777)?;
     info!(path = %socket.display(), "Workload API listening");
-    let admin = match &agent.cfg.admin_socket_path {
-        Some(p) => {
-            let l = bind_admin(p).map_err(|source| RunError::Socket {
-                path: p.display().to_string(),
-                source,
-            })?;
-            info!(path = %p.display(), "admin socket listening (owner only)");
-            let server = tonic::transport::Server::builder()
-                .add_service(HealthServer::new(AgentHealth(agent.clone())))
-                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l));
-            Some((p.clone(), tokio::spawn(server)))
-        }
+    let admin_listener = match &agent.cfg.admin_socket_path {
+        Some(p) => Some((p.clone(), ironpact_tls::uds::bind(p, 0o700, 0o600)?)),
         None => None,
     };
-    let r = tonic::transport::Server::builder()
+    // Set on SIGTERM/SIGINT, or when the server bans this agent: streams end with Unavailable.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let manager = {
+        let (agent, stop_tx) = (agent.clone(), stop_tx.clone());
+        tokio::spawn(async move {
+            let r = agent.run().await;
+            stop_tx.send_replace(true);
+            r
+        })
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let admin = admin_listener.map(|(p, l)| {
+        info!(path = %p.display(), "admin socket listening (owner only)");
+        let server = tonic::transport::Server::builder()
+            .add_service(HealthServer::new(AgentHealth(agent.clone())))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(l),
+                stopped(stop_rx.clone()),
+            );
+        (p, tokio::spawn(server))
+    });
+    let serving = tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApi {
             agent: agent.clone(),
             attestor,
+            stopping: stop_rx.clone(),
         }))
         .add_service(HealthServer::new(AgentHealth(agent)))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
-    manager.abort();
+        .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()));
+    tokio::pin!(serving);
+    // Streams end as soon as the stop is set; a client that keeps its connection open anyway
+    // does not hold the process past the grace period.
+    const GRACE: std::time::Duration = std::time::Duration::from_millis(1200);
+    let mut stop_wait = stop_rx;
+    let r = tokio::select! {
+        r = &mut serving => r,
+        () = async {
+            let _ = stop_wait.wait_for(|v| *v).await;
+            tokio::time::sleep(GRACE).await;
+        } => {
+            tracing::warn!(grace = ?GRACE, "Workload API connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
+    let banned = if manager.is_finished() {
+        manager.await.ok().and_then(Result::err)
+    } else {
+        manager.abort();
+        None
+    };
     let _ = std::fs::remove_file(&socket);
     if let Some((p, task)) = admin {
         task.abort();
         let _ = std::fs::remove_file(p);
     }
     info!("agent stopped");
+    if let Some(e) = banned {
+        return Err(e.into());
+    }
     Ok(r?)
+}
+
+/// Creates the agent's data directory 0700 (it holds the agent key), or makes an existing one
+/// of ours private.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "it is a file, not a directory: remove it or set data_dir elsewhere",
+        )),
+        Ok(m) => {
+            if m.permissions().mode() & 0o077 != 0 && m.uid() == nix::unistd::geteuid().as_raw() {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            Ok(())
+        }
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+    }
 }

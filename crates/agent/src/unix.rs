@@ -1,5 +1,13 @@
 //! The `unix` workload attestor: who is calling, from the kernel's word (SO_PEERCRED) and
 //! /proc. Guards against PID reuse by reading the process start time before and after.
+//!
+//! The caller is pinned when it connects ([`ProcessPin`]): a pidfd for the connecting process
+//! (SO_PEERPIDFD, Linux 6.5+), its start time and the executable it ran (device and inode).
+//! Every request re-checks that the same process is alive and still runs that executable, so
+//! a process that connects and then execs an allowed binary (leaving a child holding the
+//! connection) gets nothing bound to that binary. What remains: a process that execs before
+//! the agent has accepted the connection is seen as the binary it exec'd (a short window); on
+//! kernels without SO_PEERPIDFD the start time alone tells a reused PID apart.
 
 use ironpact_spiffe::Selector;
 use sha2::{Digest, Sha256};
@@ -14,6 +22,102 @@ pub enum WorkloadAttestError {
     PidReused { pid: i32 },
     #[error("the caller's PID is unknown (not a Unix socket peer)")]
     NoPid,
+    #[error(
+        "caller's process {pid} runs another executable than when it connected (exec after connect): reconnect from the process that makes the request"
+    )]
+    ExecAfterConnect { pid: i32 },
+}
+
+/// What the agent took of the caller when it connected.
+#[derive(Debug, Default)]
+pub struct ProcessPin {
+    /// A pidfd for the connecting process (SO_PEERPIDFD), where the kernel has it.
+    pub pidfd: Option<std::os::fd::OwnedFd>,
+    /// The process's start time (clock ticks since boot), from /proc.
+    pub start_time: Option<u64>,
+    /// Device and inode of the executable it ran.
+    pub exe: Option<(u64, u64)>,
+}
+
+/// SO_PEERPIDFD (Linux 6.5); defined here so older libc headers build too.
+const SO_PEERPIDFD: libc::c_int = 77;
+
+fn exe_id(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether the process behind `pidfd` is still alive (signal 0 through the pidfd).
+fn pidfd_alive(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal with signal 0 only checks; the fd is owned and open.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+impl ProcessPin {
+    /// Pins the peer of `sock` (a connected Unix stream) as it is now.
+    pub fn take(sock: &impl std::os::fd::AsRawFd, pid: Option<i32>) -> Self {
+        use std::os::fd::FromRawFd;
+        let mut fd: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `fd`, an int.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERPIDFD,
+                (&raw mut fd).cast(),
+                &raw mut len,
+            )
+        };
+        // SAFETY: on success the kernel returned a new pidfd that we now own.
+        let pidfd = (r == 0 && fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        let pid = pid.filter(|p| *p > 0);
+        Self {
+            pidfd,
+            start_time: pid.and_then(|p| start_time(p).ok()),
+            exe: pid.and_then(exe_id),
+        }
+    }
+
+    /// Whether the process that connected is alive and is `pid` (not a reuse of its PID).
+    fn same_process(&self, pid: i32) -> Result<(), WorkloadAttestError> {
+        if let Some(fd) = &self.pidfd
+            && !pidfd_alive(fd)
+        {
+            return Err(WorkloadAttestError::PidReused { pid });
+        }
+        if let Some(t) = self.start_time
+            && start_time(pid)? != t
+        {
+            return Err(WorkloadAttestError::PidReused { pid });
+        }
+        Ok(())
+    }
+
+    /// Checks, at a request, that the caller is the process that connected and still runs the
+    /// executable it ran then.
+    pub fn check(&self, pid: i32) -> Result<(), WorkloadAttestError> {
+        self.same_process(pid)?;
+        if let Some(then) = self.exe
+            && exe_id(pid) != Some(then)
+        {
+            return Err(WorkloadAttestError::ExecAfterConnect { pid });
+        }
+        // the pid still names the process that connected (it was alive throughout)
+        self.same_process(pid)
+    }
 }
 
 /// Credentials the kernel reported for the socket peer.
@@ -82,12 +186,20 @@ fn group_name(gid: u32) -> Option<String> {
 }
 
 impl UnixAttestor {
-    /// The caller's selectors.
-    pub fn attest(&self, cred: PeerCred) -> Result<Vec<Selector>, WorkloadAttestError> {
+    /// The caller's selectors; with `pin`, only while the caller is the process that
+    /// connected, running the executable it ran then.
+    pub fn attest(
+        &self,
+        cred: PeerCred,
+        pin: Option<&ProcessPin>,
+    ) -> Result<Vec<Selector>, WorkloadAttestError> {
         let pid = cred
             .pid
             .filter(|p| *p > 0)
             .ok_or(WorkloadAttestError::NoPid)?;
+        if let Some(p) = pin {
+            p.check(pid)?;
+        }
         let before = start_time(pid)?;
         let mut out = Vec::new();
         let mut push = |k: &str, v: String| {
@@ -154,6 +266,10 @@ impl UnixAttestor {
         if start_time(pid)? != before {
             return Err(WorkloadAttestError::PidReused { pid });
         }
+        if let Some(p) = pin {
+            // what was read above belongs to the process that connected, unchanged since
+            p.check(pid)?;
+        }
         Ok(out)
     }
 }
@@ -172,11 +288,14 @@ mod tests {
             workload_size_limit: 0,
         };
         let sels: Vec<String> = a
-            .attest(PeerCred {
-                pid: Some(pid),
-                uid,
-                gid,
-            })
+            .attest(
+                PeerCred {
+                    pid: Some(pid),
+                    uid,
+                    gid,
+                },
+                None,
+            )
             .unwrap()
             .iter()
             .map(ToString::to_string)
@@ -196,27 +315,36 @@ mod tests {
         };
         assert!(
             small
-                .attest(PeerCred {
-                    pid: Some(pid),
-                    uid,
-                    gid
-                })
+                .attest(
+                    PeerCred {
+                        pid: Some(pid),
+                        uid,
+                        gid
+                    },
+                    None
+                )
                 .is_err()
         );
         assert!(
-            a.attest(PeerCred {
-                pid: None,
-                uid,
-                gid
-            })
+            a.attest(
+                PeerCred {
+                    pid: None,
+                    uid,
+                    gid
+                },
+                None
+            )
             .is_err()
         );
         assert!(
-            a.attest(PeerCred {
-                pid: Some(i32::MAX - 1),
-                uid,
-                gid
-            })
+            a.attest(
+                PeerCred {
+                    pid: Some(i32::MAX - 1),
+                    uid,
+                    gid
+                },
+                None
+            )
             .is_err()
         );
     }

@@ -6,7 +6,7 @@
 use crate::authority::AuthorityFix;
 use crate::manager::Agent;
 use crate::state::{AgentEntry, View};
-use crate::unix::{PeerCred, UnixAttestor};
+use crate::unix::{PeerCred, ProcessPin, UnixAttestor};
 use ironpact_proto::workload as pb;
 use ironpact_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use ironpact_spiffe::{Bundle, Selector};
@@ -17,60 +17,77 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info};
+use tracing::debug;
 
-/// A Workload API connection: the peer's credentials, taken when it connected.
-pub struct WorkloadConn(pub AuthorityFix<UnixStream>);
+/// A Workload API connection: the peer's credentials and [`ProcessPin`], taken when it connected.
+pub struct WorkloadConn {
+    io: AuthorityFix<UnixStream>,
+    caller: Caller,
+}
 
-#[derive(Clone, Copy, Debug)]
-pub struct Caller(pub Option<PeerCred>);
+impl WorkloadConn {
+    /// Takes the peer's credentials and pins its process (see [`ProcessPin`]) at once.
+    pub fn new(s: UnixStream) -> Self {
+        let cred = s.peer_cred().ok().map(|c| PeerCred {
+            pid: c.pid(),
+            uid: c.uid(),
+            gid: c.gid(),
+        });
+        let pin = ProcessPin::take(&s, cred.and_then(|c| c.pid));
+        Self {
+            io: AuthorityFix::new(s),
+            caller: Caller(cred, Some(Arc::new(pin))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Caller(pub Option<PeerCred>, pub Option<Arc<ProcessPin>>);
 
 impl tonic::transport::server::Connected for WorkloadConn {
     type ConnectInfo = Caller;
     fn connect_info(&self) -> Caller {
-        Caller(self.0.get_ref().peer_cred().ok().map(|c| PeerCred {
-            pid: c.pid(),
-            uid: c.uid(),
-            gid: c.gid(),
-        }))
+        self.caller.clone()
     }
 }
 
 impl tokio::io::AsyncRead for WorkloadConn {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl tokio::io::AsyncWrite for WorkloadConn {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(
-        mut self: Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(
-        mut self: Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
 pub struct WorkloadApi {
     pub agent: Arc<Agent>,
     pub attestor: UnixAttestor,
+    /// Becomes true when the agent stops: open streams end with Unavailable.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -101,13 +118,13 @@ const NO_IDENTITY: &str = "no identity issued";
 impl WorkloadApi {
     async fn selectors<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
         check_header(req)?;
-        let caller = req
+        let (caller, pin) = req
             .extensions()
             .get::<Caller>()
-            .and_then(|c| c.0)
+            .and_then(|c| c.0.map(|cred| (cred, c.1.clone())))
             .ok_or_else(|| Status::internal("the caller's credentials are unknown"))?;
         let attestor = self.attestor.clone();
-        let sels = tokio::task::spawn_blocking(move || attestor.attest(caller))
+        let sels = tokio::task::spawn_blocking(move || attestor.attest(caller, pin.as_deref()))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))?;
@@ -123,6 +140,7 @@ impl WorkloadApi {
     {
         let state = self.agent.state.clone();
         let mut changes = state.subscribe();
+        let mut stopping = self.stopping.clone();
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
             let mut last: Option<Vec<u8>> = None;
@@ -148,11 +166,20 @@ impl WorkloadApi {
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
+                    () = until_stopped(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("the agent is shutting down"))).await;
+                        return;
+                    }
                 }
             }
         });
         Box::pin(ReceiverStream::new(rx))
     }
+}
+
+/// Resolves once `rx` holds true (the agent is stopping).
+async fn until_stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 fn matched<'a>(v: &'a View, sels: &[Selector]) -> Result<Vec<&'a AgentEntry>, Status> {
@@ -365,21 +392,6 @@ impl SpiffeWorkloadApi for WorkloadApi {
 }
 
 /// Binds the Workload API socket (world-connectable: any local process may ask who it is).
-pub fn bind(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => info!(path = %path.display(), "removed a stale Workload API socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
-    Ok(l)
-}
-
 /// Accepted connections, each wrapped in the :authority shim.
 pub fn incoming(l: tokio::net::UnixListener) -> ReceiverStream<std::io::Result<WorkloadConn>> {
     let (tx, rx) = mpsc::channel(64);
@@ -387,11 +399,7 @@ pub fn incoming(l: tokio::net::UnixListener) -> ReceiverStream<std::io::Result<W
         loop {
             match l.accept().await {
                 Ok((s, _)) => {
-                    if tx
-                        .send(Ok(WorkloadConn(AuthorityFix::new(s))))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(Ok(WorkloadConn::new(s))).await.is_err() {
                         return;
                     }
                 }

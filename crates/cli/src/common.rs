@@ -72,8 +72,10 @@ pub fn init_logging(level: &str, json: bool) {
             "{level},h2=warn,tower=warn,hyper=warn,sqlx=warn"
         ))
     });
+    // colour codes only for a person at a terminal, never into a log file or a pipe
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         let _ = b.json().try_init();
@@ -134,6 +136,20 @@ pub fn parse_args<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
             Err(std::process::ExitCode::FAILURE)
         }
     }
+}
+
+/// For the short-lived commands (everything but `run`): a closed stdout (`… | head`) ends the
+/// process quietly, as it does any Unix tool, instead of a panic with exit code 101. Rust
+/// ignores SIGPIPE so that servers see EPIPE as an error; `run` keeps that.
+pub fn quiet_on_closed_pipe() {
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is the
+    // default disposition every process starts with.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
 }
 
 /// Resolves on SIGINT or SIGTERM, logging which.

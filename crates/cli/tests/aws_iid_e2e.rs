@@ -315,7 +315,46 @@ fn aws_iid_with_sev_snp_end_to_end() {
                 .unwrap();
             assert!(svid.id.ends_with("/i-00000000000000001"), "{}", svid.id);
         }
+        // takeover: another VM that passes the same policy, holding a copy of the running
+        // agent's identity document (not a secret), tries to attest under its agent ID
+        let copy = payload(&doc, &aws.sign(&doc));
+        attest_refused(
+            &addr,
+            &roots,
+            "aws_iid",
+            copy,
+            |n: &[u8], k: &[u8]| {
+                vlek_evidence(
+                    &dev,
+                    &guest(MEASUREMENT, 0x66),
+                    ironpact_snp::binding::report_data(n, k),
+                )
+            },
+            "instance_mismatch",
+        )
+        .await;
     });
+    // the original agent is untouched and keeps working
+    let shown = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(!shown.contains("Attestation error"), "{shown}");
+    std::thread::sleep(Duration::from_secs(1));
+    let o = a.cli(&["api", "fetch", "x509", "-timeout", "5"]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/confidential-app"),
+        "{o:?}\n{}",
+        a.log()
+    );
+    assert!(!a.log().contains("evicted"), "{}", a.log());
+    assert!(
+        s.log()
+            .contains("re-attestation from another TEE instance refused"),
+        "{}",
+        s.log()
+    );
     assert!(
         !s.cli(&["agent", "list"])
             .expect_ok()

@@ -270,7 +270,9 @@ fn sev_snp_attestation_end_to_end() {
         !log.contains("presented an SVID that is not its current one"),
         "the agent was displaced, not refused:\n{log}"
     );
-    assert!(log.contains("no longer accepts this agent"), "{log}");
+    // refused, not evicted: the agent keeps its key and tries to renew again
+    assert!(log.contains("the server refused this agent"), "{log}");
+    assert!(!log.contains("deleting its key"), "{log}");
 }
 
 #[test]
@@ -475,4 +477,135 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
             s.log()
         );
     }
+}
+
+/// A KDS stand-in that can be taken down: while `up` is false it drops every connection (an
+/// outage as the server sees one), otherwise it serves `files` (404 elsewhere).
+fn switchable_kds(
+    files: Vec<(String, Vec<u8>)>,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::Ordering;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            if !up.load(Ordering::SeqCst) {
+                drop(s);
+                continue;
+            }
+            let mut line = String::new();
+            let _ = BufReader::new(&s).read_line(&mut line);
+            let req = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let (status, b) = match files.iter().find(|(p, _)| *p == req) {
+                Some((_, body)) => ("200 OK", body.clone()),
+                None => ("404 Not Found", vec![]),
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                b.len()
+            );
+            let _ = s.write_all(&b);
+        }
+    });
+    base
+}
+
+/// Transient is not refused: with the KDS down at renewal (the CRL must be fetched again), the
+/// server answers Unavailable and changes nothing; the agent keeps its key and its workloads'
+/// SVIDs, is not marked failed, and renews once the KDS is back.
+#[test]
+fn kds_down_during_renewal_leaves_the_node_attested() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let k = keys();
+    let dev = device(&k);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let up = std::sync::Arc::new(AtomicBool::new(true));
+    let base = switchable_kds(
+        vec![(
+            "/vcek/v1/Milan/crl".to_string(),
+            dev.crl(&[7], now - 60, now + 3600).unwrap(),
+        )],
+        up.clone(),
+    );
+    let s = TestServer::start_with(
+        Backend::Sqlite,
+        "default_x509_svid_ttl = \"10s\"",
+        &server_plugins_with(
+            &k,
+            &GOOD,
+            &format!("kds_base_url = \"{base}\"\n check_crl = true"),
+        ),
+    );
+    let a = TestAgent::start_custom(&s, None, &agent_block(k.dir.path(), &GOOD, false), true);
+    let agent_id = format!(
+        "spiffe://example.org/spire/agent/sev_snp/{}",
+        hex::encode([0x22u8; 32])
+    );
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/steady",
+        "-parentID",
+        &agent_id,
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    assert!(a.fetch_until_ok(&[]).ok(), "{}", a.log());
+
+    // the KDS goes away and the cached CRL with it: every renewal now needs the KDS
+    up.store(false, Ordering::SeqCst);
+    let cache = s.dir.path().join("data/kds");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.log().contains("renewal could not be judged now") {
+        for f in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(f.path());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal during the outage:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shown = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(!shown.contains("Attestation error"), "{shown}");
+    // the workload is still served; the agent kept its key (no new attestation)
+    let o = a.cli(&["api", "fetch", "x509", "-timeout", "5"]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/steady"),
+        "{o:?}"
+    );
+    assert!(!a.log().contains("deleting its key"), "{}", a.log());
+    assert!(a.dir.path().join("data/agent_key.pem").exists());
+
+    // the KDS comes back: the next renewal passes
+    up.store(true, Ordering::SeqCst);
+    let marks = s.log().matches("renewal=true").count();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while s.log().matches("renewal=true").count() <= marks {
+        assert!(
+            Instant::now() < deadline,
+            "no renewal after the outage:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(a.fetch_until_ok(&[]).ok(), "{}", a.log());
 }

@@ -67,7 +67,16 @@ CREATE TABLE ca_journal (
     r#"
 ALTER TABLE attested_agents ADD COLUMN attestation_error TEXT NOT NULL DEFAULT ''
 "#,
+    // The TEE instance (SEV-SNP report ID) the agent first attested from: re-attestation under
+    // the same agent ID must come from it. Join tokens are kept as SHA-256 digests from here on
+    // (existing plaintext tokens are hashed in place by `DataStore::migrate`).
+    r#"
+ALTER TABLE attested_agents ADD COLUMN tee_instance TEXT NOT NULL DEFAULT ''
+"#,
 ];
+
+/// The migration after which `join_tokens.token` holds digests, not tokens.
+pub(crate) const HASHED_TOKENS: usize = 3;
 
 pub(crate) fn statements(dialect: Dialect, migration: &str) -> Vec<String> {
     migration

@@ -81,8 +81,14 @@ pub struct AgentRecord {
     pub can_reattest: bool,
     pub created_at: i64,
     pub updated_at: i64,
-    /// Why the last (re-)attestation failed; empty when it passed.
+    /// Why the last re-attestation was refused; empty when it passed. While it is set the
+    /// agent gets nothing (no sync, no SVIDs) but may renew, so a node that passes again (a
+    /// policy relaxed, a firmware fixed) comes back without an operator.
     pub attestation_error: String,
+    /// The TEE instance the agent first attested from (SEV-SNP: report ID, or the migration
+    /// agent's); empty where the evidence names none. Re-attestation under this agent ID must
+    /// come from the same instance.
+    pub tee_instance: String,
 }
 
 /// A bundle and when it was last written.

@@ -1,7 +1,7 @@
 //! The datastore proper: connection, migrations and every query.
 
 use crate::error::Error;
-use crate::migrate::{MIGRATIONS, statements};
+use crate::migrate::{HASHED_TOKENS, MIGRATIONS, statements};
 use crate::model::{AgentRecord, BundleRecord, Entry, EntryFilter, similarity_key};
 use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,58 @@ pub fn new_uuid() -> String {
     )
 }
 
+/// What the datastore keeps of a join token: its SHA-256, so a copy of the database (or a
+/// local user who can read it) cannot attest with pending tokens.
+pub fn token_digest(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Creates the database's directory (0700) and file (0600) when missing, and makes an existing
+/// file private; refuses a path whose directory is a file, with words that say so.
+fn prepare_sqlite_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let config = |msg: String| Error::Db(sqlx::Error::Configuration(msg.into()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(config(format!(
+                    "{} is a file, not a directory: the SQLite datastore {} needs a directory there (remove the file or change connection_string)",
+                    dir.display(),
+                    path.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| config(format!("cannot create {}: {e}", dir.display())))?,
+        }
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(config(format!(
+            "{} is a directory, not an SQLite file: point connection_string at a file",
+            path.display()
+        ))),
+        Ok(m) => {
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the datastore was readable by others; making it 0600");
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| config(format!("cannot make {} private: {e}", path.display())))?;
+            }
+            Ok(())
+        }
+        Err(_) => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map(drop)
+            .map_err(|e| config(format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
 fn b(v: bool) -> i64 {
     i64::from(v)
 }
@@ -72,17 +124,26 @@ impl DataStore {
         }
     }
 
-    /// Opens (creating if needed) an SQLite database file, in WAL mode.
+    /// Opens (creating if needed) an SQLite database file, in WAL mode. A directory it creates
+    /// is 0700 and the file 0600 (it holds the CA journal and pending join tokens); a file that
+    /// is not an SQLite database is refused at once, naming the file.
     pub async fn open_sqlite(path: &Path) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Db(sqlx::Error::Configuration(
-                    format!("cannot create {}: {e}", dir.display()).into(),
-                ))
-            })?;
-        }
+        prepare_sqlite_file(path)?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
+        // One connection first: a corrupt or foreign file fails here with SQLite's own words
+        // instead of a pool that retries until its acquire timeout.
+        {
+            use sqlx::Connection;
+            let mut probe = sqlx::AnyConnection::connect(&url).await?;
+            if let Err(e) = probe.execute("PRAGMA journal_mode = WAL").await {
+                return Err(Error::Corrupt(format!(
+                    "{} is not a usable SQLite database ({e}): move it away or point connection_string at another file",
+                    path.display()
+                )));
+            }
+            let _ = probe.close().await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .after_connect(|conn, _| {
@@ -183,6 +244,20 @@ impl DataStore {
         for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             for stmt in statements(self.dialect, m) {
                 tx.execute(sqlx::raw_sql(AssertSqlSafe(stmt))).await?;
+            }
+            if i + 1 == HASHED_TOKENS {
+                // tokens written by older servers were stored as they are: digest them
+                let rows = sqlx::query("SELECT token FROM join_tokens")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in rows {
+                    let t: String = row.try_get("token")?;
+                    sqlx::query("UPDATE join_tokens SET token = $1 WHERE token = $2")
+                        .bind(token_digest(&t))
+                        .bind(&t)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
                 .bind(i as i64 + 1)
@@ -365,8 +440,8 @@ impl DataStore {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
-             banned, can_reattest, created_at, updated_at, attestation_error) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+             banned, can_reattest, created_at, updated_at, attestation_error, tee_instance) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.attestation_type)
@@ -377,6 +452,7 @@ impl DataStore {
         .bind(a.created_at)
         .bind(a.updated_at)
         .bind(&a.attestation_error)
+        .bind(&a.tee_instance)
         .execute(&mut *tx)
         .await;
         if let Err(err) = r {
@@ -406,7 +482,8 @@ impl DataStore {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
             "UPDATE attested_agents SET attestation_type=$2, serial_number=$3, expires_at=$4, \
-             banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8 WHERE spiffe_id=$1",
+             banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8, tee_instance=$9 \
+             WHERE spiffe_id=$1",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.attestation_type)
@@ -416,6 +493,7 @@ impl DataStore {
         .bind(b(a.can_reattest))
         .bind(a.updated_at)
         .bind(&a.attestation_error)
+        .bind(&a.tee_instance)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -459,7 +537,7 @@ impl DataStore {
     async fn query_agents(&self, id: Option<&SpiffeId>) -> Result<Vec<AgentRecord>> {
         let mut sql = String::from(
             "SELECT a.spiffe_id, a.attestation_type, a.serial_number, a.expires_at, a.banned, \
-             a.can_reattest, a.created_at, a.updated_at, a.attestation_error, s.type, s.value \
+             a.can_reattest, a.created_at, a.updated_at, a.attestation_error, a.tee_instance, s.type, s.value \
              FROM attested_agents a \
              LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id",
         );
@@ -487,6 +565,7 @@ impl DataStore {
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
                     attestation_error: row.try_get("attestation_error")?,
+                    tee_instance: row.try_get("tee_instance")?,
                 });
             }
             if let Some(sel) = selector_from_row(row)?
@@ -524,7 +603,7 @@ impl DataStore {
 
     pub async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {
         let r = sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES ($1, $2)")
-            .bind(token)
+            .bind(token_digest(token))
             .bind(expires_at)
             .execute(&self.pool)
             .await;
@@ -532,7 +611,7 @@ impl DataStore {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
                 what: "join token",
-                id: token.to_string(),
+                id: String::from("(redacted)"),
             }),
             Err(e) => Err(e.into()),
         }
@@ -541,7 +620,7 @@ impl DataStore {
     /// Consumes a join token (single use) and returns its expiry; the caller checks it.
     pub async fn take_join_token(&self, token: &str) -> Result<i64> {
         let row = sqlx::query("DELETE FROM join_tokens WHERE token = $1 RETURNING expires_at")
-            .bind(token)
+            .bind(token_digest(token))
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| Error::NotFound {

@@ -305,6 +305,7 @@ async fn agents(ds: &DataStore) {
         can_reattest: false,
         created_at: 1,
         updated_at: 1,
+        tee_instance: String::new(),
         attestation_error: String::new(),
     };
     ds.create_agent(&a).await.unwrap();

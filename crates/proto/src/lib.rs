@@ -26,3 +26,32 @@ pub mod health {
         tonic::include_proto!("grpc.health.v1");
     }
 }
+
+/// How the server tells an agent that it was evicted or banned, beside PermissionDenied: a
+/// response metadata entry, so the agent deletes its key on exactly these answers and on no
+/// other refusal or failure.
+pub mod agent_state {
+    /// The metadata key (ASCII).
+    pub const KEY: &str = "x-ironpact-agent-state";
+    /// The agent's record is gone (`agent evict`): attest again.
+    pub const EVICTED: &str = "evicted";
+    /// The agent is banned: stop.
+    pub const BANNED: &str = "banned";
+
+    /// PermissionDenied carrying `state` (EVICTED or BANNED).
+    pub fn status(state: &'static str, message: impl Into<String>) -> tonic::Status {
+        let mut s = tonic::Status::permission_denied(message);
+        s.metadata_mut()
+            .insert(KEY, tonic::metadata::MetadataValue::from_static(state));
+        s
+    }
+
+    /// The state a status carries, if any.
+    pub fn of(s: &tonic::Status) -> Option<&'static str> {
+        match s.metadata().get(KEY).and_then(|v| v.to_str().ok()) {
+            Some(EVICTED) => Some(EVICTED),
+            Some(BANNED) => Some(BANNED),
+            _ => None,
+        }
+    }
+}

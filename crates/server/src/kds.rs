@@ -18,6 +18,13 @@ pub enum KdsError {
     UnknownProduct,
     #[error("fetching {url}: {reason}")]
     Fetch { url: String, reason: String },
+    /// The KDS knows no certificate for this chip and TCB: a verdict, not an outage.
+    #[error("the KDS answered HTTP 404 for {url} (unknown chip ID or TCB)")]
+    NotFound { url: String },
+    #[error(
+        "chip ID {0}: not a chip the KDS can know (all zeros: MASK_CHIP_ID is set, or the report is forged)"
+    )]
+    BadChipId(String),
     #[error("KDS cache {path}: {source}")]
     Cache {
         path: String,
@@ -26,10 +33,25 @@ pub enum KdsError {
     },
 }
 
+impl KdsError {
+    /// The KDS could not be asked or did not answer: nothing was learned about the chip.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KdsError::Fetch { .. } | KdsError::Cache { .. })
+    }
+}
+
+/// How long a chip and TCB the KDS does not know is not asked for again.
+const NEGATIVE_TTL: i64 = 600;
+/// How many such answers are remembered (oldest dropped first).
+const NEGATIVE_MAX: usize = 4096;
+
 pub struct KdsFetcher {
     base_url: String,
     cache_dir: PathBuf,
     client: reqwest::Client,
+    /// VCEK paths the KDS answered 404 for, with when that was (Unix seconds): an unknown
+    /// (attacker-chosen) chip ID costs one request per NEGATIVE_TTL, not one per attestation.
+    negative: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl KdsFetcher {
@@ -43,6 +65,7 @@ impl KdsFetcher {
             base_url: base_url.trim_end_matches('/').to_string(),
             cache_dir,
             client,
+            negative: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -106,22 +129,41 @@ impl KdsFetcher {
         crate::fetch::get(&self.client, url)
             .await
             .map(|r| r.body)
-            .map_err(|reason| KdsError::Fetch {
-                url: url.to_string(),
-                reason,
+            .map_err(|reason| match reason {
+                crate::fetch::Failure::NotFound => KdsError::NotFound {
+                    url: url.to_string(),
+                },
+                crate::fetch::Failure::Other(reason) => KdsError::Fetch {
+                    url: url.to_string(),
+                    reason,
+                },
             })
     }
 
+    fn known_missing(&self, path: &str, now: i64) -> bool {
+        self.negative
+            .lock()
+            .ok()
+            .and_then(|m| m.get(path).copied())
+            .is_some_and(|at| now - at < NEGATIVE_TTL)
+    }
+
+    fn remember_missing(&self, path: String, now: i64) {
+        if let Ok(mut m) = self.negative.lock() {
+            m.retain(|_, at| now - *at < NEGATIVE_TTL);
+            while m.len() >= NEGATIVE_MAX {
+                let Some(oldest) = m.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                m.remove(&oldest);
+            }
+            m.insert(path, now);
+        }
+    }
+
     fn store(&self, file: &std::path::Path, der: &[u8]) -> Result<(), KdsError> {
-        let cache_err = |source| KdsError::Cache {
-            path: file.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(&self.cache_dir).map_err(cache_err)?;
-        let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, der)
-            .and_then(|()| std::fs::rename(&tmp, file))
-            .map_err(cache_err)
+        store(&self.cache_dir, file, der)
     }
 
     /// The VCEK for `report` (DER), from the cache or from the KDS.
@@ -134,23 +176,69 @@ impl KdsFetcher {
             .cpuid_product()
             .or(configured)
             .ok_or(KdsError::UnknownProduct)?;
+        // Turin hwIDs are 8 bytes; an all-zero ID is a masked (or made-up) chip: never asked for
+        let hwid = match product {
+            Product::Turin => &report.chip_id[..8],
+            _ => &report.chip_id[..],
+        };
+        if hwid.iter().all(|&b| b == 0) {
+            return Err(KdsError::BadChipId(hex::encode(hwid)));
+        }
         let path = Self::vcek_path(product, report);
         let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(path.as_bytes()));
         let file = self.cache_dir.join(format!(
             "vcek-{}-{key}.der",
             product.name().to_ascii_lowercase()
         ));
-        if let Ok(der) = std::fs::read(&file) {
+        let read = file.clone();
+        if let Ok(Ok(der)) = tokio::task::spawn_blocking(move || std::fs::read(read)).await {
             tracing::debug!(path = %file.display(), "VCEK from the cache");
             return Ok(der);
         }
         let url = format!("{}{path}", self.base_url);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if self.known_missing(&path, now) {
+            return Err(KdsError::NotFound { url });
+        }
         tracing::info!(%url, "fetching the VCEK from the AMD KDS");
-        let der = self.get(&url).await?;
+        let der = match self.get(&url).await {
+            Err(e @ KdsError::NotFound { .. }) => {
+                self.remember_missing(path, now);
+                return Err(e);
+            }
+            r => r?,
+        };
         // Only well-formed answers are cached; the verifier judges the chain anyway.
         if ironpact_snp::certs::Endorsement::parse(&der).is_ok() {
-            self.store(&file, &der)?;
+            let (store_file, bytes) = (file.clone(), der.clone());
+            let cache_dir = self.cache_dir.clone();
+            tokio::task::spawn_blocking(move || store(&cache_dir, &store_file, &bytes))
+                .await
+                .map_err(|e| KdsError::Cache {
+                    path: file.display().to_string(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
         }
         Ok(der)
     }
+}
+
+/// Writes `der` to `file` in `cache_dir` (created 0700) by rename, so readers never see half.
+fn store(cache_dir: &std::path::Path, file: &std::path::Path, der: &[u8]) -> Result<(), KdsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let cache_err = |source| KdsError::Cache {
+        path: file.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(cache_dir)
+        .map_err(cache_err)?;
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, der)
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .map_err(cache_err)
 }

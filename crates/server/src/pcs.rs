@@ -98,7 +98,7 @@ impl PcsClient {
             .await
             .map_err(|reason| PcsError::Fetch {
                 url: url.to_string(),
-                reason,
+                reason: reason.to_string(),
             })
     }
 

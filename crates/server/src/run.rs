@@ -20,7 +20,6 @@ use ironpact_tls::{SharedRoots, SvidCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -44,12 +43,8 @@ pub enum RunError {
     Key(#[from] crate::keymanager::KeyError),
     #[error("CA: {0}")]
     Ca(#[from] crate::ca::CaError),
-    #[error("admin socket {path}: {source} (choose another path with -socketPath)")]
-    Socket {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("admin socket: {0}")]
+    Socket(#[from] ironpact_tls::uds::SocketError),
     #[error("admin API: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("agent API on {addr}: {source} (choose another address with -bindAddress/-serverPort)")]
@@ -189,6 +184,8 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         attestors,
         sev_snp: snp_attestors,
         tdx: tdx_attestors,
+        stopping: tokio::sync::watch::channel(false).0,
+        attest_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::ATTEST_CONCURRENCY)),
     });
     core.refresh_roots()
         .await
@@ -309,23 +306,10 @@ fn build_sev_snp(
     }))
 }
 
+/// The admin socket: its directory 0750 and the socket 0770 (owner and group connect), bound
+/// as [`ironpact_tls::uds::bind`] does (no foreign or open directory, no live socket removed).
 fn bind_socket(path: &Path) -> Result<UnixListener, RunError> {
-    let err = |source| RunError::Socket {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770)).map_err(err)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => warn!(path = %path.display(), "removed a stale admin socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let l = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770)).map_err(err)?;
-    Ok(l)
+    Ok(ironpact_tls::uds::bind(path, 0o750, 0o770)?)
 }
 
 /// How often the CA checks whether a rotation step is due.
@@ -335,6 +319,9 @@ fn rotation_interval(cfg: &ServerConfig) -> Duration {
     let secs = (cfg.ca_ttl.as_secs() / 60).min(cfg.default_x509_svid_ttl.as_secs() / 4);
     Duration::from_secs(secs.clamp(1, 10))
 }
+
+/// TLS handshakes the agent endpoint runs at once.
+const MAX_HANDSHAKES: usize = 256;
 
 /// Re-reads the configuration (on SIGHUP).
 pub type Reload = Box<dyn Fn() -> Result<ServerConfig, crate::hcl::ConfigError> + Send + Sync>;
@@ -511,8 +498,14 @@ pub async fn run_with_reload(
         core.roots.clone(),
     )?));
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    // TLS handshakes in progress are bounded: a flood of connections that never finish one
+    // waits here (and each times out after 10 s) instead of growing memory without end.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let accept = tokio::spawn(async move {
         loop {
+            let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                return;
+            };
             let (sock, peer) = match tcp.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -523,6 +516,7 @@ pub async fn run_with_reload(
             };
             let (acceptor, tx) = (acceptor.clone(), conn_tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 let _ = sock.set_nodelay(true);
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
                     Ok(Ok(tls)) => {
@@ -538,10 +532,15 @@ pub async fn run_with_reload(
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    {
+        let core = core.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            // streams first (they end with Unavailable), then the listeners
+            core.stopping.send_replace(true);
+            let _ = stop_tx.send(true);
+        });
+    }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
@@ -566,8 +565,24 @@ pub async fn run_with_reload(
         .add_service(
             AgentApiServer::new(AgentEndpoint(core.clone())).max_decoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stopped(stop_rx));
-    let result = tokio::try_join!(admin, agents).map(|_| ());
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
+    // Graceful shutdown waits for open connections; streams end at once (see Core::stopping),
+    // but an attestation waiting on an agent's answer or a client that never closes must not
+    // hold the process: past GRACE the connections are dropped with the runtime.
+    const GRACE: Duration = Duration::from_millis(1200);
+    let serving = async { tokio::try_join!(admin, agents).map(|_| ()) };
+    tokio::pin!(serving);
+    let mut stop_wait = stop_rx;
+    let result = tokio::select! {
+        r = &mut serving => r,
+        () = async {
+            let _ = stop_wait.wait_for(|v| *v).await;
+            tokio::time::sleep(GRACE).await;
+        } => {
+            warn!(grace = ?GRACE, "connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     accept.abort();
     ticker.abort();
     let _ = std::fs::remove_file(&socket_path);

@@ -146,6 +146,14 @@ impl SpiffeId {
         &self.full
     }
 
+    /// IDs that belong to the infrastructure, never to a workload: the trust domain ID itself
+    /// and everything under `/spire/` (the server, agents), as SPIRE reserves them. A workload
+    /// holding the server's ID could stand in for the server.
+    pub fn is_reserved(&self) -> bool {
+        let p = self.path();
+        p.is_empty() || p == "/spire" || p.starts_with("/spire/")
+    }
+
     pub fn is_member_of(&self, td: &TrustDomain) -> bool {
         self.trust_domain_name() == td.as_str()
     }

@@ -5,6 +5,8 @@
 //! presents and can be swapped while connections are open. Chain checking itself is
 //! `ironpact_spiffe::x509::verify_svid_chain`; here is only what rustls needs around it.
 
+pub mod uds;
+
 use ironpact_spiffe::SpiffeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;

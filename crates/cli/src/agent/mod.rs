@@ -130,6 +130,9 @@ pub fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if !matches!(cli.cmd, Cmd::Run(_)) {
+        crate::common::quiet_on_closed_pipe();
+    }
     if let Cmd::Run(a) = cli.cmd {
         return finish(run(a));
     }

@@ -98,6 +98,27 @@ pub fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// SIGTERM to `child`, then the time until it exited (panics past 30 s).
+fn sigterm_child(child: Option<Child>) -> Duration {
+    let mut c = child.expect("the process is running");
+    let start = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    loop {
+        if c.try_wait().unwrap().is_some() {
+            return start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = c.kill();
+            panic!("the process ignored SIGTERM for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A server process with its own directory, config and socket; killed on drop.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -300,6 +321,11 @@ plugins {{
     }
 
     /// SIGKILL, no clean-up: what a crash looks like.
+    /// Sends SIGTERM and waits (up to 30 s) for the process to exit: how long it took.
+    pub fn sigterm(&mut self) -> Duration {
+        sigterm_child(self.child.take())
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -591,6 +617,11 @@ plugins {{
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the process to exit: how long it took.
+    pub fn sigterm(&mut self) -> Duration {
+        sigterm_child(self.child.take())
     }
 
     pub fn log(&self) -> String {

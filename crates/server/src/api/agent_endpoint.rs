@@ -35,12 +35,17 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncAuthorizedResponse, S
 fn attest_status(e: AttestError) -> Status {
     if e.is_client_error() {
         Status::invalid_argument(e.to_string())
+    } else if e.is_refusal() {
+        Status::permission_denied(e.to_string())
     } else if let AttestError::Datastore(d) = e {
         ds_status(d)
     } else {
-        Status::permission_denied(e.to_string())
+        // challenge timeouts, KDS/PCS outages: nothing was judged, the agent retries
+        Status::unavailable(e.to_string())
     }
 }
+
+use ironpact_proto::agent_state;
 
 /// Challenges travel on the attestation stream itself.
 struct StreamChallenger<'a> {
@@ -72,8 +77,22 @@ impl Challenger for StreamChallenger<'_> {
 }
 
 impl AgentEndpoint {
-    /// The attested agent behind this request's client certificate.
+    /// The attested agent behind this request's client certificate, which must be in good
+    /// standing (see [`Self::caller_may_renew`] for renewals).
     async fn caller<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
+        let rec = self.caller_may_renew(req).await?;
+        if !rec.attestation_error.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "agent {} failed re-attestation: {}; it gets nothing until a renewal passes",
+                rec.spiffe_id, rec.attestation_error
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// The attested agent behind this request's client certificate: not evicted or banned,
+    /// presenting its current SVID; a failed re-attestation does not stop it from trying again.
+    async fn caller_may_renew<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
         let certs = req
             .extensions()
             .get::<ironpact_tls::PeerCerts>()
@@ -96,14 +115,18 @@ impl AgentEndpoint {
         let rec = match self.0.ds.get_agent(&id).await {
             Ok(r) => r,
             Err(ironpact_datastore::Error::NotFound { .. }) => {
-                return Err(Status::permission_denied(format!(
-                    "{id} is not an attested agent (evicted?); attest again"
-                )));
+                return Err(agent_state::status(
+                    agent_state::EVICTED,
+                    format!("{id} is not an attested agent (evicted); attest again"),
+                ));
             }
             Err(e) => return Err(ds_status(e)),
         };
         if rec.banned {
-            return Err(Status::permission_denied(format!("agent {id} is banned")));
+            return Err(agent_state::status(
+                agent_state::BANNED,
+                format!("agent {id} is banned"),
+            ));
         }
         if rec.serial_number != info.serial_hex {
             return Err(Status::permission_denied(format!(
@@ -190,29 +213,28 @@ async fn attest_flow(
             let a = match result {
                 Ok(a) => a,
                 Err(e) => {
-                    warn!(attestor = attestor.name(), error = %e, renewal = renewing.is_some(), "node attestation failed");
                     if let Some(rec) = &renewing {
-                        // Continuous attestation: a machine that no longer passes loses its
-                        // current SVID at once, and the operator sees why.
-                        let mut failed = rec.clone();
-                        failed.serial_number.clear();
-                        failed.attestation_error = e.to_string();
-                        failed.updated_at = now;
-                        if let Err(d) = core.ds.update_agent(&failed).await {
-                            warn!(error = %d, "could not record the failed re-attestation");
-                        }
-                        core.changed();
+                        return Err(renewal_failed(core, rec, e, now).await);
                     }
+                    warn!(attestor = attestor.name(), error = %e, "node attestation failed");
                     return Err(attest_status(e));
                 }
             };
-            if let Some(rec) = &renewing
-                && rec.spiffe_id != a.agent_id
-            {
-                return Err(Status::permission_denied(format!(
-                    "renewal evidence is for {}, not {}",
-                    a.agent_id, rec.spiffe_id
-                )));
+            if let Some(rec) = &renewing {
+                if rec.spiffe_id != a.agent_id {
+                    return Err(Status::permission_denied(format!(
+                        "renewal evidence is for {}, not {}",
+                        a.agent_id, rec.spiffe_id
+                    )));
+                }
+                // A renewal is made with the agent's current key: a new instance here is the
+                // same agent after a reboot (its key kept on disk), recorded below.
+                if let Some(i) = &a.tee_instance
+                    && !rec.tee_instance.is_empty()
+                    && *i != rec.tee_instance
+                {
+                    info!(agent_id = %rec.spiffe_id, was = %rec.tee_instance, now = %i, "the agent renewed from a new TEE instance (relaunched with its key)");
+                }
             }
             a
         }
@@ -224,10 +246,20 @@ async fn attest_flow(
     };
     if existing.as_ref().is_some_and(|r| r.banned) {
         warn!(agent_id = %attested.agent_id, "banned agent tried to attest");
-        return Err(Status::permission_denied(format!(
-            "agent {} is banned",
-            attested.agent_id
-        )));
+        return Err(agent_state::status(
+            agent_state::BANNED,
+            format!("agent {} is banned", attested.agent_id),
+        ));
+    }
+    // Re-attestation under an existing agent ID must come from the TEE instance that first
+    // attested: a copy of the base's evidence (an identity document) in another VM that passes
+    // the same policy must not take the ID over. The existing agent is left as it is.
+    if renewing.is_none()
+        && let Some(r) = &existing
+        && let Err(e) = same_instance(r, &attested)
+    {
+        warn!(agent_id = %attested.agent_id, attestor = attestor.name(), error = %e, "re-attestation from another TEE instance refused");
+        return Err(attest_status(e));
     }
     // Trust on first use: evidence that never changes (an instance identity document) attests
     // once; the node must be evicted before it can attest again.
@@ -260,6 +292,19 @@ async fn attest_flow(
         created_at: existing.as_ref().map_or(now, |r| r.created_at),
         updated_at: now,
         attestation_error: String::new(),
+        // a renewal (made with the agent's key) records the instance it came from; a
+        // re-attestation was checked against the recorded one, which stays
+        tee_instance: if renewing.is_some() {
+            attested.tee_instance.clone()
+        } else {
+            existing
+                .as_ref()
+                .map(|r| r.tee_instance.clone())
+                .filter(|i| !i.is_empty())
+                .or_else(|| attested.tee_instance.clone())
+        }
+        .or_else(|| existing.as_ref().map(|r| r.tee_instance.clone()))
+        .unwrap_or_default(),
     };
     if existing.is_some() {
         core.ds.update_agent(&rec).await.map_err(ds_status)?;
@@ -284,6 +329,53 @@ async fn attest_flow(
     })
 }
 
+/// An entry holding a reserved ID (written before such entries were refused, or straight into
+/// the database) never gets an SVID through an agent: only the server holds `/spire/server`.
+fn refuse_reserved(e: &Entry) -> Result<(), Status> {
+    if e.spiffe_id.is_reserved() {
+        warn!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "refused to sign for an entry with a reserved SPIFFE ID");
+        return Err(Status::permission_denied(format!(
+            "entry {:?} names {}, which is reserved for the server and agents",
+            e.id, e.spiffe_id
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `a` comes from the TEE instance `rec` recorded (any, when none is recorded).
+fn same_instance(rec: &AgentRecord, a: &crate::attest::Attested) -> Result<(), AttestError> {
+    if rec.tee_instance.is_empty() {
+        return Ok(());
+    }
+    match &a.tee_instance {
+        Some(i) if *i == rec.tee_instance => Ok(()),
+        other => Err(AttestError::InstanceMismatch {
+            agent_id: rec.spiffe_id.to_string(),
+            recorded: rec.tee_instance.clone(),
+            presented: other.clone().unwrap_or_else(|| "(none)".into()),
+        }),
+    }
+}
+
+/// A renewal that did not pass. A refusal (evidence or policy) suspends the agent: it gets
+/// nothing until a renewal passes, and `agent show` says why. A transient failure (challenge
+/// timeout, KDS/PCS or datastore outage) changes nothing: the agent keeps its SVID and retries.
+async fn renewal_failed(core: &SharedCore, rec: &AgentRecord, e: AttestError, now: i64) -> Status {
+    if e.is_refusal() {
+        warn!(agent_id = %rec.spiffe_id, error = %e, "re-attestation refused; the agent is suspended until it passes");
+        let mut failed = rec.clone();
+        failed.attestation_error = e.to_string();
+        failed.updated_at = now;
+        if let Err(d) = core.ds.update_agent(&failed).await {
+            warn!(error = %d, "could not record the failed re-attestation");
+        }
+        core.changed();
+    } else {
+        warn!(agent_id = %rec.spiffe_id, error = %e, "renewal could not be judged now; the agent stays as it is");
+    }
+    attest_status(e)
+}
+
 fn attest_stream(
     core: SharedCore,
     mut inbound: Streaming<pb::AttestAgentRequest>,
@@ -291,7 +383,24 @@ fn attest_stream(
 ) -> AttestStream {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        let r = attest_flow(&core, &mut inbound, &tx, renewing).await;
+        let slot = tokio::time::timeout(
+            Duration::from_secs(5),
+            core.attest_slots.clone().acquire_owned(),
+        )
+        .await;
+        let Ok(Ok(_slot)) = slot else {
+            warn!("too many attestations at once; asking the agent to retry");
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the server is busy attesting other nodes; retry shortly",
+                )))
+                .await;
+            return;
+        };
+        let r = tokio::select! {
+            r = attest_flow(&core, &mut inbound, &tx, renewing) => r,
+            () = core.stopped() => Err(Status::unavailable("the server is shutting down; attest again")),
+        };
         let msg = r.map(|res| pb::AttestAgentResponse {
             step: Some(pb::attest_agent_response::Step::Result(res)),
         });
@@ -350,11 +459,12 @@ async fn snapshot(
 ) -> Result<pb::SyncAuthorizedResponse, Status> {
     let agent = match core.ds.get_agent(agent_id).await {
         Ok(a) if a.banned => {
-            return Err(Status::permission_denied(format!(
-                "agent {agent_id} is banned"
-            )));
+            return Err(agent_state::status(
+                agent_state::BANNED,
+                format!("agent {agent_id} is banned"),
+            ));
         }
-        Ok(a) if a.serial_number.is_empty() => {
+        Ok(a) if a.serial_number.is_empty() || !a.attestation_error.is_empty() => {
             return Err(Status::permission_denied(format!(
                 "agent {agent_id} failed re-attestation: {}",
                 a.attestation_error
@@ -362,9 +472,10 @@ async fn snapshot(
         }
         Ok(a) => a,
         Err(ironpact_datastore::Error::NotFound { .. }) => {
-            return Err(Status::permission_denied(format!(
-                "agent {agent_id} was evicted; attest again"
-            )));
+            return Err(agent_state::status(
+                agent_state::EVICTED,
+                format!("agent {agent_id} was evicted; attest again"),
+            ));
         }
         Err(e) => return Err(ds_status(e)),
     };
@@ -422,7 +533,7 @@ impl AgentApi for AgentEndpoint {
         &self,
         req: Request<Streaming<pb::AttestAgentRequest>>,
     ) -> Result<Response<Self::RenewAgentStream>, Status> {
-        let rec = self.caller(&req).await?;
+        let rec = self.caller_may_renew(&req).await?;
         Ok(Response::new(attest_stream(
             self.0.clone(),
             req.into_inner(),
@@ -466,6 +577,10 @@ impl AgentApi for AgentEndpoint {
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { break },
                     _ = tx.closed() => break,
+                    () = core.stopped() => {
+                        let _ = tx.send(Err(Status::unavailable("the server is shutting down; reconnect"))).await;
+                        break;
+                    }
                     _ = tokio::time::sleep(RESYNC) => {}
                 }
             }
@@ -490,6 +605,7 @@ impl AgentApi for AgentEndpoint {
                         p.entry_id
                     ))
                 })?;
+                refuse_reserved(e)?;
                 let csr = ironpact_spiffe::x509::parse_csr(&p.csr)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 let ttl = match e.x509_svid_ttl {
@@ -543,6 +659,7 @@ impl AgentApi for AgentEndpoint {
                 r.entry_id
             ))
         })?;
+        refuse_reserved(e)?;
         let ttl = match e.jwt_svid_ttl {
             0 => self.0.cfg.default_jwt_svid_ttl,
             n => Duration::from_secs(n as u64),

@@ -24,12 +24,44 @@ pub fn member_id(field: &str, raw: &str, td: &TrustDomain) -> Result<SpiffeId, S
     Ok(id)
 }
 
+/// The longest selector type and value accepted, and the most selectors on one entry:
+/// generous for real selectors (a digest, a path, a label), small enough that no entry can
+/// swell an agent's sync.
+pub const MAX_SELECTOR_TYPE: usize = 128;
+pub const MAX_SELECTOR_VALUE: usize = 2048;
+pub const MAX_SELECTORS: usize = 256;
+pub const MAX_DNS_NAMES: usize = 256;
+
 pub fn selector(s: &pb::Selector) -> Result<Selector, Status> {
+    if s.r#type.len() > MAX_SELECTOR_TYPE || s.value.len() > MAX_SELECTOR_VALUE {
+        return Err(Status::invalid_argument(format!(
+            "invalid selector: type and value may be at most {MAX_SELECTOR_TYPE} and {MAX_SELECTOR_VALUE} bytes (got {} and {})",
+            s.r#type.len(),
+            s.value.len()
+        )));
+    }
     Selector::new(&s.r#type, &s.value).map_err(|e| invalid("selector", e))
 }
 
 pub fn selectors(v: &[pb::Selector]) -> Result<Vec<Selector>, Status> {
+    if v.len() > MAX_SELECTORS {
+        return Err(Status::invalid_argument(format!(
+            "invalid selectors: at most {MAX_SELECTORS} per entry (got {})",
+            v.len()
+        )));
+    }
     v.iter().map(selector).collect()
+}
+
+/// A workload's SPIFFE ID: a member of `td`, and not one the infrastructure reserves.
+pub fn workload_id(field: &str, raw: &str, td: &TrustDomain) -> Result<SpiffeId, Status> {
+    let id = member_id(field, raw, td)?;
+    if id.is_reserved() {
+        return Err(Status::invalid_argument(format!(
+            "invalid {field}: {id} is reserved for the server and agents (the trust domain ID and /spire/… paths); give the workload another path"
+        )));
+    }
+    Ok(id)
 }
 
 pub fn selector_pb(s: &Selector) -> pb::Selector {
@@ -68,7 +100,7 @@ pub fn dns_name(name: &str) -> Result<(), Status> {
 
 /// Validates a proto entry for creation or update in trust domain `td`.
 pub fn entry(p: &pb::Entry, td: &TrustDomain) -> Result<Entry, Status> {
-    let spiffe_id = member_id("spiffe_id", &p.spiffe_id, td)?;
+    let spiffe_id = workload_id("spiffe_id", &p.spiffe_id, td)?;
     let parent_id = member_id("parent_id", &p.parent_id, td)?;
     if p.selectors.is_empty() {
         return Err(Status::invalid_argument(
@@ -92,6 +124,12 @@ pub fn entry(p: &pb::Entry, td: &TrustDomain) -> Result<Entry, Status> {
         return Err(Status::invalid_argument(
             "invalid expires_at: cannot be negative",
         ));
+    }
+    if p.dns_names.len() > MAX_DNS_NAMES {
+        return Err(Status::invalid_argument(format!(
+            "invalid dns_names: at most {MAX_DNS_NAMES} per entry (got {})",
+            p.dns_names.len()
+        )));
     }
     for d in &p.dns_names {
         dns_name(d)?;

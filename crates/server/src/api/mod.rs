@@ -49,9 +49,25 @@ pub struct Core {
     /// Every tdx attestor (the TEE half of composed ones), by its owning block: SIGHUP
     /// replaces their policies.
     pub tdx: Vec<(&'static str, Arc<crate::attest::TdxAttestor>)>,
+    /// Set once the server is shutting down: open streams end with Unavailable, so agents
+    /// reconnect (to another server of the cluster, or to this one once restarted).
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Attestations (and renewals) verified at once: evidence checks and KDS/PCS fetches for
+    /// unauthenticated callers are bounded; the rest wait briefly, then get Unavailable.
+    pub attest_slots: Arc<tokio::sync::Semaphore>,
 }
 
+/// How many attestations run at once (each is a few milliseconds of CPU and may wait on a
+/// KDS/PCS fetch); a fleet re-attesting together queues behind them.
+pub const ATTEST_CONCURRENCY: usize = 64;
+
 impl Core {
+    /// Resolves once the server is shutting down.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
     /// Tells open agent sync streams that something changed.
     pub fn changed(&self) {
         self.changes.send_modify(|v| *v += 1);
@@ -106,6 +122,11 @@ pub(crate) fn ds_status(e: ironpact_datastore::Error) -> Status {
     match e {
         E::NotFound { .. } => Status::not_found(e.to_string()),
         E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        // an unreachable or busy database is an outage, not a verdict: callers retry
+        E::Db(_) => {
+            tracing::error!(error = %e, "datastore failure");
+            Status::unavailable(format!("datastore failure: {e}"))
+        }
         other => {
             tracing::error!(error = %other, "datastore failure");
             Status::internal(format!("datastore failure: {other}"))

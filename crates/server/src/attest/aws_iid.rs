@@ -218,6 +218,7 @@ impl NodeAttestor for AwsIidAttestor {
             agent_id,
             selectors,
             can_reattest: false,
+            tee_instance: None,
         })
     }
 

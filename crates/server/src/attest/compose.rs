@@ -1,8 +1,14 @@
 //! Attestor composition: a base attestor (join_token, aws_iid, …) that also requires a TEE
 //! attestor (sev_snp now, tdx later). The base names the agent; the TEE's fresh evidence,
 //! bound to the agent's key, must pass its policy too; the selectors are the union. Because
-//! the TEE evidence is fresh, the composed attestor re-checks it on every renewal and lets the
-//! node attest again after eviction.
+//! the TEE evidence is fresh, the composed attestor re-checks it on every renewal.
+//!
+//! What it proves: the key the agent SVID certifies lives in a TEE that passes the policy *and*
+//! the node holds the base's evidence. The base's evidence may be a copy (an instance identity
+//! document is not a secret): so where the TEE names its instance (SEV-SNP's report ID) the
+//! agent ID is bound to that instance at first attestation, and another VM presenting the same
+//! document is refused (`instance_mismatch`) while the original agent keeps working. Where it
+//! names none (TDX 1.0), the node attests once and needs eviction, as the base alone does.
 
 use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeAttestor};
 use ironpact_datastore::AgentRecord;
@@ -36,7 +42,11 @@ impl WithTee {
         a.selectors.extend(t.selectors);
         a.selectors.sort();
         a.selectors.dedup();
-        a.can_reattest = true;
+        // Fresh evidence from a named instance may attest again, from that instance only
+        // (the endpoint compares it with the record). Evidence that names no instance (TDX
+        // 1.0) cannot tell a copy of the base's document apart: attest once, as the base.
+        a.can_reattest = t.instance.is_some();
+        a.tee_instance = t.instance;
         Ok(a)
     }
 }
@@ -77,7 +87,8 @@ impl NodeAttestor for WithTee {
                     .filter(|s| s.kind == own && !s.value.starts_with("measurements:"))
                     .cloned()
                     .collect(),
-                can_reattest: true,
+                can_reattest: rec.can_reattest,
+                tee_instance: None,
             }
         } else {
             self.base.attest(ev, challenger).await?

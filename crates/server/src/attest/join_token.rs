@@ -59,6 +59,7 @@ impl NodeAttestor for JoinTokenAttestor {
             agent_id,
             selectors: Vec::new(),
             can_reattest: false,
+            tee_instance: None,
         })
     }
 }

@@ -32,11 +32,16 @@ pub struct Evidence<'a> {
 pub struct Attested {
     pub agent_id: SpiffeId,
     pub selectors: Vec<Selector>,
-    /// May attest again after eviction (fresh evidence each time).
+    /// May attest again under the same ID (fresh evidence each time, from the same TEE
+    /// instance when one is recorded).
     pub can_reattest: bool,
+    /// The TEE instance the evidence came from, where it names one (SEV-SNP).
+    pub tee_instance: Option<String>,
 }
 
-/// Why attestation failed; every variant becomes PermissionDenied or InvalidArgument.
+/// Why attestation failed. Refusals (the node or its evidence is not acceptable) become
+/// PermissionDenied, and on renewal invalidate the agent; transient failures (a challenge
+/// that timed out, a KDS/PCS or datastore outage) become Unavailable and change nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AttestError {
@@ -48,8 +53,20 @@ pub enum AttestError {
     ExpiredToken { expired_at: i64 },
     #[error("attestation rejected: {0}")]
     Rejected(String),
+    #[error(
+        "instance_mismatch: {agent_id} attested from TEE instance {recorded}; this evidence comes from instance {presented} (another VM holding a copy of its identity document?); the existing agent is kept: evict it first if this node replaces it"
+    )]
+    InstanceMismatch {
+        agent_id: String,
+        recorded: String,
+        presented: String,
+    },
     #[error("challenge failed: {0}")]
     Challenge(String),
+    /// A service the verdict depends on could not answer (AMD KDS, Intel PCS): nothing was
+    /// judged, try again later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("datastore: {0}")]
     Datastore(#[from] ironpact_datastore::Error),
 }
@@ -57,6 +74,18 @@ pub enum AttestError {
 impl AttestError {
     pub fn is_client_error(&self) -> bool {
         matches!(self, AttestError::Malformed(_))
+    }
+
+    /// The node or its evidence was judged and found wanting: only these invalidate an agent
+    /// on renewal. Timeouts, outages and datastore errors are not verdicts.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            AttestError::Rejected(_)
+                | AttestError::UnknownToken
+                | AttestError::ExpiredToken { .. }
+                | AttestError::InstanceMismatch { .. }
+        )
     }
 }
 
@@ -69,8 +98,12 @@ pub trait Challenger: Send {
 /// What a TEE attestor established from fresh hardware evidence bound to the agent's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TeeOutcome {
-    /// Stable for one VM launch, unique across VMs (SEV-SNP: the report ID), hex.
-    pub instance: String,
+    /// Stable for one VM launch, unique across VMs (SEV-SNP: the report ID, or the migration
+    /// agent's), hex; `None` where the evidence names no launch (TDX 1.0 quotes).
+    pub instance: Option<String>,
+    /// Unique to this appraisal's evidence: the agent ID of a standalone attestor whose
+    /// evidence names no instance.
+    pub appraisal: String,
     /// The launch measurement, hex.
     pub measurement: String,
     /// `sev_snp:*` (or later `tdx:*`) selectors.
@@ -98,13 +131,15 @@ impl TeeOutcome {
         trust_domain: &TrustDomain,
         tee: &str,
     ) -> Result<Attested, AttestError> {
+        let name = self.instance.as_deref().unwrap_or(&self.appraisal);
         let agent_id = trust_domain
-            .id_with_path(&format!("/spire/agent/{tee}/{}", self.instance))
+            .id_with_path(&format!("/spire/agent/{tee}/{name}"))
             .map_err(|e| AttestError::Malformed(e.to_string()))?;
         Ok(Attested {
             agent_id,
             selectors: self.selectors,
             can_reattest: true,
+            tee_instance: self.instance,
         })
     }
 }
@@ -151,6 +186,7 @@ pub trait NodeAttestor: Send + Sync + 'static {
             agent_id: rec.spiffe_id.clone(),
             selectors: rec.selectors.clone(),
             can_reattest: rec.can_reattest,
+            tee_instance: Some(rec.tee_instance.clone()).filter(|i| !i.is_empty()),
         })
     }
 }

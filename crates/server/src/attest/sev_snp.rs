@@ -54,11 +54,16 @@ impl SevSnpAttestor {
     /// (VCEKs only: a VLEK cannot be fetched).
     async fn find_endorsement(&self, report: &[u8]) -> Result<Vec<u8>, AttestError> {
         let parsed = ironpact_snp::Report::parse(report).map_err(rejected)?;
-        if let Some(dir) = &self.certs_dir
-            && let Some(c) = endorsement_in_dir(dir, &parsed, self.product)
-        {
-            tracing::debug!(dir = %dir.display(), "VCEK/VLEK from certs_dir");
-            return Ok(c);
+        if let Some(dir) = &self.certs_dir {
+            let (d, r, product) = (dir.clone(), parsed.clone(), self.product);
+            let found = tokio::task::spawn_blocking(move || endorsement_in_dir(&d, &r, product))
+                .await
+                .ok()
+                .flatten();
+            if let Some(c) = found {
+                tracing::debug!(dir = %dir.display(), "VCEK/VLEK from certs_dir");
+                return Ok(c);
+            }
         }
         let where_ = match &self.certs_dir {
             Some(d) => format!(
@@ -68,10 +73,15 @@ impl SevSnpAttestor {
             None => "and no certs_dir is configured".into(),
         };
         match (&self.kds, parsed.signing_key()) {
-            (Some(kds), ironpact_snp::SigningKey::Vcek) => kds
-                .vcek(&parsed, self.product)
-                .await
-                .map_err(|e| AttestError::Rejected(format!("untrusted_chain: {e}"))),
+            (Some(kds), ironpact_snp::SigningKey::Vcek) => {
+                kds.vcek(&parsed, self.product).await.map_err(|e| {
+                    if e.is_transient() {
+                        AttestError::Unavailable(format!("AMD KDS: {e}"))
+                    } else {
+                        AttestError::Rejected(format!("untrusted_chain: {e}"))
+                    }
+                })
+            }
             (_, ironpact_snp::SigningKey::Vlek) => Err(AttestError::Rejected(format!(
                 "untrusted_chain: the VLEK-signed evidence carries no VLEK, {where_} (a VLEK cannot be fetched from the KDS)"
             ))),
@@ -90,10 +100,13 @@ impl SevSnpAttestor {
         let kds = self.kds.as_ref().ok_or_else(|| {
             AttestError::Rejected("untrusted_chain: check_crl needs the KDS (fetch_vcek)".into())
         })?;
-        let crl = kds
-            .crl(v.product, v.signing_key, now)
-            .await
-            .map_err(|e| AttestError::Rejected(format!("untrusted_chain: no CRL: {e}")))?;
+        let crl = kds.crl(v.product, v.signing_key, now).await.map_err(|e| {
+            if e.is_transient() {
+                AttestError::Unavailable(format!("AMD KDS CRL: {e}"))
+            } else {
+                AttestError::Rejected(format!("untrusted_chain: no CRL: {e}"))
+            }
+        })?;
         ironpact_snp::crl::check_verified(&crl, &self.roots, v, now).map_err(rejected)
     }
 
@@ -150,7 +163,13 @@ impl TeeAttestor for SevSnpAttestor {
         if self.check_crl {
             self.check_revocation(&verified, ev.now).await?;
         }
-        let mut policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
+        // a poisoned lock (a panic while replacing the policy) refuses: never a default policy
+        let mut policy = self.policy.read().map(|p| p.clone()).map_err(|_| {
+            AttestError::Rejected(
+                "policy_unavailable: the sev_snp policy lock is poisoned; restart the server"
+                    .into(),
+            )
+        })?;
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
         policy
             .check(&verified)
@@ -160,8 +179,17 @@ impl TeeAttestor for SevSnpAttestor {
             .into_iter()
             .filter_map(|(k, v)| Selector::new("sev_snp", &format!("{k}:{v}")).ok())
             .collect();
+        // A VM moved by a migration agent keeps the MA's report ID; others are named by their
+        // own (REPORT_ID_MA is all ones, or zero, when there is no migration agent).
+        let ma = verified.report.report_id_ma;
+        let instance = if ma.iter().all(|&b| b == 0xff) || ma.iter().all(|&b| b == 0) {
+            hex::encode(verified.report.report_id)
+        } else {
+            format!("ma-{}", hex::encode(ma))
+        };
         Ok(TeeOutcome {
-            instance: hex::encode(verified.report.report_id),
+            appraisal: instance.clone(),
+            instance: Some(instance),
             measurement: hex::encode(verified.report.measurement),
             selectors,
         })

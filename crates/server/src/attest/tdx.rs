@@ -54,18 +54,27 @@ impl TeeAttestor for TdxAttestor {
                 "unparseable: an SGX quote, not a TD quote".into(),
             ));
         }
+        // Nothing is fetched or cached for a quote that does not chain to the pinned root:
+        // the platform (FMSPC) it names is only believed once its PCK chain and signatures
+        // check out, so an unauthenticated caller cannot make the server fetch for it.
+        ironpact_tdx::verify_quote(&quote, self.collateral.roots(), ev.now).map_err(rejected)?;
         let platform = quote.platform().map_err(rejected)?;
         let collateral = self
             .collateral
             .get(&platform, ev.now)
             .await
             .map_err(|(kind, why)| {
-                AttestError::Rejected(format!(
+                AttestError::Unavailable(format!(
                     "{kind}: no usable TDX collateral for FMSPC {}: {why}",
                     hex::encode_upper(platform.fmspc),
                 ))
             })?;
-        let mut policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
+        // a poisoned lock (a panic while replacing the policy) refuses: never a default policy
+        let mut policy = self.policy.read().map(|p| p.clone()).map_err(|_| {
+            AttestError::Rejected(
+                "policy_unavailable: the tdx policy lock is poisoned; restart the server".into(),
+            )
+        })?;
         let verified = ironpact_tdx::verify(
             &quote,
             &collateral,
@@ -86,9 +95,10 @@ impl TeeAttestor for TdxAttestor {
             .filter_map(|(k, v)| Selector::new("tdx", &format!("{k}:{v}")).ok())
             .collect();
         // a TD 1.0 quote names no launch; the quote's signed part identifies this appraisal
-        let instance = hex::encode(&Sha256::digest(verified.quote.signed_bytes())[..16]);
+        let appraisal = hex::encode(&Sha256::digest(verified.quote.signed_bytes())[..16]);
         Ok(TeeOutcome {
-            instance,
+            instance: None,
+            appraisal,
             measurement: hex::encode(td.mr_td),
             selectors,
         })
@@ -153,6 +163,7 @@ impl NodeAttestor for TdxNodeAttestor {
             agent_id: rec.spiffe_id.clone(),
             selectors: t.selectors,
             can_reattest: true,
+            tee_instance: None,
         })
     }
 }
@@ -242,6 +253,7 @@ mod tests {
             created_at: NOW,
             updated_at: NOW,
             attestation_error: String::new(),
+            tee_instance: String::new(),
         };
         let renewed = a.renew(&rec, ev, &mut td(1)).await.unwrap();
         assert_eq!(renewed.agent_id, first.agent_id);
