@@ -301,32 +301,10 @@ fn an_agent_with_a_disallowed_measurement_gets_nothing() {
 
 /// A stand-in for AMD's KDS: serves each body at its path, 404 elsewhere.
 fn local_kds(files: Vec<(String, Vec<u8>)>) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut line = String::new();
-            let _ = BufReader::new(&s).read_line(&mut line);
-            let req = line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            let (status, b) = match files.iter().find(|(p, _)| *p == req) {
-                Some((_, body)) => ("200 OK", body.clone()),
-                None => ("404 Not Found", vec![]),
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                b.len()
-            );
-            let _ = s.write_all(&b);
-        }
-    });
-    base
+    switchable_kds(
+        files,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    )
 }
 
 #[test]
