@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-20}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || { echo "cargo fuzz needs a nightly toolchain (rustup toolchain install nightly)"; exit 1; }
-for t in snp_report snp_cert_table snp_endorsement tdx_quote; do
+for t in snp_report snp_cert_table snp_endorsement tdx_quote csr jwt hcl; do
     corpus="fuzz/corpus/$t"
     mkdir -p "$corpus"
     vectors="../shared/vectors/snp"
@@ -13,6 +13,10 @@ for t in snp_report snp_cert_table snp_endorsement tdx_quote; do
         for f in ../shared/vectors/tdx/*/quote.bin ../shared/vectors/sgx/*/quote.bin; do
             [ -f "$f" ] && cp "$f" "$corpus/$(basename "$(dirname "$f")").bin"
         done
+    elif [ "$t" = hcl ]; then
+        cp conf/server/server.conf conf/agent/agent.conf "$corpus"/ 2>/dev/null || true
+    elif [ "$t" = csr ] || [ "$t" = jwt ]; then
+        : # grown from scratch
     elif [ -d "$vectors" ]; then
         case "$t" in
             snp_report) cp "$vectors"/*/report.bin "$corpus"/ 2>/dev/null || true ;;
