@@ -285,6 +285,9 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The client connection preface every HTTP/2 connection starts with.
+    const PREFACE: &[u8; PREFACE_LEN] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
         f.extend_from_slice(&[kind, flags]);
@@ -305,17 +308,17 @@ mod tests {
 
     #[tokio::test]
     async fn frames_over_the_default_maximum_and_huge_header_blocks_are_refused() {
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         input.extend(frame(0x0, 0, 1, &vec![0u8; 16_385]));
         let e = through(input).await.unwrap_err();
         assert!(e.to_string().contains("frame too large"), "{e}");
         // a DATA frame of exactly 16 KiB passes through untouched
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         let data = frame(0x0, 0, 1, &vec![7u8; 16_384]);
         input.extend(&data);
         assert!(through(input).await.unwrap().ends_with(&data));
         // a header block grown past 64 KiB through CONTINUATION frames
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, 0, 1, &vec![0x80u8; 16_000]));
         for _ in 0..5 {
             input.extend(frame(CONTINUATION, 0, 1, &vec![0x80u8; 16_000]));
@@ -357,7 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn rewrites_percent_authority_and_keeps_dynamic_table_consistent() {
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
         let mut block = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
         block.extend(indexed_literal(b":authority", b"tmp%2Fagent.sock"));
@@ -383,7 +386,7 @@ mod tests {
             &[0x83, 0x86, 0xbe, 0xbf, 0xc0],
         ));
         let out = through(input).await.unwrap();
-        assert_eq!(&out[..PREFACE_LEN], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!(&out[..PREFACE_LEN], PREFACE);
         let blocks = headers_of(&out);
         assert_eq!(blocks.len(), 2);
         for hs in &blocks {
@@ -406,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn valid_authority_is_kept_and_garbage_is_refused() {
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         let mut block = vec![0x83];
         block.extend(indexed_literal(b":authority", b"localhost:1234"));
         input.extend(frame(HEADERS, END_HEADERS, 1, &block));
@@ -418,17 +421,17 @@ mod tests {
         );
 
         for bad_block in [vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff], vec![0x40, 0x7f]] {
-            let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            let mut input = PREFACE.to_vec();
             input.extend(frame(HEADERS, END_HEADERS, 1, &bad_block));
             assert!(through(input).await.is_err());
         }
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, PADDED | END_HEADERS, 1, &[200, 1, 2]));
         assert!(
             through(input).await.is_err(),
             "padding longer than the frame"
         );
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, 0, 1, &[0x83]));
         input.extend(frame(0x0, 0, 1, b"x"));
         assert!(through(input).await.is_err(), "interrupted header block");

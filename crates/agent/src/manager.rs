@@ -795,41 +795,43 @@ impl Agent {
                     }
                 }
             }
-            match self.session().await {
-                SessionEnd::Renewed => {
-                    backoff = Duration::from_secs(1);
-                }
-                SessionEnd::Evicted(reason) => {
-                    warn!(%reason, "the server evicted this agent; deleting its key and attesting again");
-                    self.forget_svid();
-                    self.drop_client();
-                }
-                SessionEnd::Banned(reason) => return Err(self.banned(reason)),
-                SessionEnd::Refused(reason) => {
-                    let wait = next_backoff(&mut backoff);
-                    warn!(%reason, retry_in = ?wait, "the server refused this agent; keeping its key and cached SVIDs, renewing again after a pause");
-                    self.drop_client();
-                    tokio::time::sleep(wait).await;
-                    match self.renew().await {
-                        Ok(()) => {
-                            info!("renewal passed again; the agent is back in service");
-                            backoff = Duration::from_secs(1);
+            // a refused agent renews after a pause; what that renewal ends in is handled here too
+            let mut end = self.session().await;
+            loop {
+                match end {
+                    SessionEnd::Renewed => backoff = Duration::from_secs(1),
+                    SessionEnd::Evicted(reason) => {
+                        warn!(%reason, "the server evicted this agent; deleting its key and attesting again");
+                        self.forget_svid();
+                        self.drop_client();
+                    }
+                    SessionEnd::Banned(reason) => return Err(self.banned(reason)),
+                    SessionEnd::Refused(reason) => {
+                        let wait = next_backoff(&mut backoff);
+                        warn!(%reason, retry_in = ?wait, "the server refused this agent; keeping its key and cached SVIDs, renewing again after a pause");
+                        self.drop_client();
+                        tokio::time::sleep(wait).await;
+                        if self.svid_expired() {
+                            // nothing left to renew with: attest again (below)
+                            break;
                         }
-                        Err(AgentError::Banned(m)) => return Err(self.banned(m)),
-                        Err(AgentError::Evicted(m)) => {
-                            warn!(reason = %m, "the server evicted this agent; deleting its key and attesting again");
-                            self.forget_svid();
-                            self.drop_client();
-                        }
-                        Err(e) => warn!(error = %e, "renewal still not possible"),
+                        end = match self.renew().await {
+                            Ok(()) => {
+                                info!("renewal passed again; the agent is back in service");
+                                SessionEnd::Renewed
+                            }
+                            Err(e) => Self::end_of(e),
+                        };
+                        continue;
+                    }
+                    SessionEnd::Unavailable(reason) => {
+                        let wait = next_backoff(&mut backoff);
+                        warn!(%reason, retry_in = ?wait, "lost the server; serving cached SVIDs meanwhile");
+                        self.drop_client();
+                        tokio::time::sleep(wait).await;
                     }
                 }
-                SessionEnd::Unavailable(reason) => {
-                    let wait = next_backoff(&mut backoff);
-                    warn!(%reason, retry_in = ?wait, "lost the server; serving cached SVIDs meanwhile");
-                    self.drop_client();
-                    tokio::time::sleep(wait).await;
-                }
+                break;
             }
         }
     }

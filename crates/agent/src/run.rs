@@ -121,21 +121,8 @@ pub async fn run(
         }))
         .add_service(HealthServer::new(AgentHealth(agent)))
         .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()));
-    tokio::pin!(serving);
-    // Streams end as soon as the stop is set; a client that keeps its connection open anyway
-    // does not hold the process past the grace period.
-    const GRACE: std::time::Duration = std::time::Duration::from_millis(1200);
-    let mut stop_wait = stop_rx;
-    let r = tokio::select! {
-        r = &mut serving => r,
-        () = async {
-            let _ = stop_wait.wait_for(|v| *v).await;
-            tokio::time::sleep(GRACE).await;
-        } => {
-            tracing::warn!(grace = ?GRACE, "Workload API connections still open after the grace period; closing them");
-            Ok(())
-        }
-    };
+    // streams end as soon as the stop is set; what stays open is dropped after the grace
+    let r = ironpact_tls::shutdown::serve_until_stopped(serving, stop_rx, "Workload API").await;
     let banned = if manager.is_finished() {
         manager.await.ok().and_then(Result::err)
     } else {

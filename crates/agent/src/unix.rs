@@ -1,5 +1,6 @@
 //! The `unix` workload attestor: who is calling, from the kernel's word (SO_PEERCRED) and
-//! /proc. Guards against PID reuse by reading the process start time before and after.
+//! /proc. Guards against PID reuse by comparing the process start time (and, with a pidfd,
+//! its liveness) before and after reading.
 //!
 //! The caller is pinned when it connects ([`ProcessPin`]): a pidfd for the connecting process
 //! (SO_PEERPIDFD, Linux 6.5+), its start time and the executable it ran (device and inode).
@@ -89,6 +90,15 @@ impl ProcessPin {
             start_time: pid.and_then(|p| start_time(p).ok()),
             exe: pid.and_then(exe_id),
         }
+    }
+
+    /// Pins `pid` as it is now, for a caller not pinned when it connected (no pidfd).
+    fn now(pid: i32) -> Result<Self, WorkloadAttestError> {
+        Ok(Self {
+            pidfd: None,
+            start_time: Some(start_time(pid)?),
+            exe: exe_id(pid),
+        })
     }
 
     /// Whether the process that connected is alive and is `pid` (not a reuse of its PID).
@@ -197,10 +207,18 @@ impl UnixAttestor {
             .pid
             .filter(|p| *p > 0)
             .ok_or(WorkloadAttestError::NoPid)?;
-        if let Some(p) = pin {
-            p.check(pid)?;
-        }
-        let before = start_time(pid)?;
+        let taken;
+        let pin = match pin {
+            Some(p) => {
+                // fail fast, before reading (and hashing) anything of another process
+                p.check(pid)?;
+                p
+            }
+            None => {
+                taken = ProcessPin::now(pid)?;
+                &taken
+            }
+        };
         let mut out = Vec::new();
         let mut push = |k: &str, v: String| {
             if let Ok(s) = Selector::new("unix", &format!("{k}:{v}")) {
@@ -263,13 +281,9 @@ impl UnixAttestor {
                 push("sha256", hex::encode(h.finalize()));
             }
         }
-        if start_time(pid)? != before {
-            return Err(WorkloadAttestError::PidReused { pid });
-        }
-        if let Some(p) = pin {
-            // what was read above belongs to the process that connected, unchanged since
-            p.check(pid)?;
-        }
+        // what was read above belongs to the pinned process (not a reuse of its PID), running
+        // the executable it ran when pinned
+        pin.check(pid)?;
         Ok(out)
     }
 }

@@ -276,11 +276,7 @@ fn join_token_attestation_sync_and_signing() {
         assert_eq!(v.spiffe_id.as_str(), "spiffe://example.org/web");
 
         // the operator sees the agent
-        let shown = s
-            .cli(&["agent", "show", "-spiffeID", &agent_id])
-            .expect_ok()
-            .stdout
-            .clone();
+        let shown = s.agent_show(&agent_id);
         assert!(shown.contains("Attestation type  : join_token"), "{shown}");
         assert!(
             s.cli(&["agent", "list"])

@@ -171,11 +171,7 @@ fn aws_iid_with_sev_snp_end_to_end() {
     let agent_id =
         format!("spiffe://example.org/spire/agent/aws_iid/{ACCOUNT}/{REGION}/{INSTANCE}");
     let a = TestAgent::start_custom(&s, None, &agent_attestor(&imds.url, &keys), true);
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     let m = hex::encode(MEASUREMENT);
     for sel in [
         format!("aws_iid:account:{ACCOUNT}"),
@@ -335,11 +331,7 @@ fn aws_iid_with_sev_snp_end_to_end() {
         .await;
     });
     // the original agent is untouched and keeps working
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     assert!(!shown.contains("Attestation error"), "{shown}");
     std::thread::sleep(Duration::from_secs(1));
     let o = a.cli(&["api", "fetch", "x509", "-timeout", "5"]);
@@ -494,11 +486,7 @@ fn aws_iid_with_tdx_end_to_end() {
     );
     let agent_id =
         format!("spiffe://example.org/spire/agent/aws_iid/{ACCOUNT}/{REGION}/{INSTANCE}");
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     for sel in [
         format!("aws_iid:account:{ACCOUNT}"),
         format!("aws_iid:instance:id:{INSTANCE}"),

@@ -129,11 +129,7 @@ fn sev_snp_attestation_end_to_end() {
         "spiffe://example.org/spire/agent/sev_snp/{}",
         hex::encode([0x22u8; 32])
     );
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     let m = hex::encode(GOOD);
     assert!(shown.contains("Attestation type  : sev_snp"), "{shown}");
     assert!(
@@ -256,11 +252,7 @@ fn sev_snp_attestation_end_to_end() {
         std::thread::sleep(Duration::from_millis(300));
     }
     // the operator sees why, and the machine gets nothing more
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     assert!(
         shown.contains("Attestation error : attestation rejected: measurement_not_allowed"),
         "{shown}"
@@ -558,11 +550,7 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     assert!(!shown.contains("Attestation error"), "{shown}");
     // the workload is still served; the agent kept its key (no new attestation)
     let o = a.cli(&["api", "fetch", "x509", "-timeout", "5"]);

@@ -89,11 +89,7 @@ fn tdx_attestation_end_to_end() {
         })
         .unwrap_or_else(|| panic!("{agents}"))
         .to_string();
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     for want in [
         format!("tdx:mrtd:{m}"),
         "tdx:tcb_status:UpToDate".into(),
@@ -205,11 +201,7 @@ fn tdx_attestation_end_to_end() {
         "measurement_not_allowed",
     );
     assert!(s.log().contains("reloaded the tdx policy"), "{}", s.log());
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     assert!(shown.contains("measurement_not_allowed"), "{shown}");
 }
 
@@ -262,11 +254,7 @@ fn standalone_tdx_attestor_with_collateral_from_a_pcs() {
     assert_eq!(ids.len(), 1, "{ids:?}");
     let agent_id = ids[0].clone();
     let m = hex::encode(GOOD);
-    let shown = s
-        .cli(&["agent", "show", "-spiffeID", &agent_id])
-        .expect_ok()
-        .stdout
-        .clone();
+    let shown = s.agent_show(&agent_id);
     assert!(shown.contains(&format!("tdx:mrtd:{m}")), "{shown}");
     assert!(shown.contains("Attestation type  : tdx"), "{shown}");
     assert_eq!(pcs.requests().len(), 4, "{:?}", pcs.requests());

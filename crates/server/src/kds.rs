@@ -69,14 +69,19 @@ impl KdsFetcher {
         })
     }
 
+    /// The chip's hardware ID as the KDS knows it: Turin hwIDs are 8 bytes (the rest of the
+    /// report's chip_id is zero), the others all 64.
+    fn hwid(product: Product, report: &Report) -> &[u8] {
+        match product {
+            Product::Turin => &report.chip_id[..8],
+            _ => &report.chip_id[..],
+        }
+    }
+
     /// The path and query that identify a chip's VCEK at a TCB.
     pub fn vcek_path(product: Product, report: &Report) -> String {
         let tcb = Tcb::decode(report.reported_tcb, product);
-        // Turin hwIDs are 8 bytes; the rest of the report's chip_id is zero.
-        let hwid = match product {
-            Product::Turin => hex::encode(&report.chip_id[..8]),
-            _ => hex::encode(report.chip_id),
-        };
+        let hwid = hex::encode(Self::hwid(product, report));
         let mut q = format!(
             "blSPL={}&teeSPL={}&snpSPL={}&ucodeSPL={}",
             tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode
@@ -120,7 +125,7 @@ impl KdsFetcher {
         tracing::info!(%url, "fetching AMD's CRL from the KDS");
         let der = self.get(&url).await?;
         if next_update(&der).is_some() {
-            self.store(&file, &der)?;
+            store(&self.cache_dir, &file, &der)?;
         }
         Ok(der)
     }
@@ -162,25 +167,20 @@ impl KdsFetcher {
         }
     }
 
-    fn store(&self, file: &std::path::Path, der: &[u8]) -> Result<(), KdsError> {
-        store(&self.cache_dir, file, der)
-    }
-
-    /// The VCEK for `report` (DER), from the cache or from the KDS.
+    /// The VCEK for `report` (DER), from the cache or from the KDS; `now` (Unix seconds) ages
+    /// the KDS's "no such chip" answers.
     pub async fn vcek(
         &self,
         report: &Report,
         configured: Option<Product>,
+        now: i64,
     ) -> Result<Vec<u8>, KdsError> {
         let product = report
             .cpuid_product()
             .or(configured)
             .ok_or(KdsError::UnknownProduct)?;
-        // Turin hwIDs are 8 bytes; an all-zero ID is a masked (or made-up) chip: never asked for
-        let hwid = match product {
-            Product::Turin => &report.chip_id[..8],
-            _ => &report.chip_id[..],
-        };
+        // an all-zero ID is a masked (or made-up) chip: never asked for
+        let hwid = Self::hwid(product, report);
         if hwid.iter().all(|&b| b == 0) {
             return Err(KdsError::BadChipId(hex::encode(hwid)));
         }
@@ -196,9 +196,6 @@ impl KdsFetcher {
             return Ok(der);
         }
         let url = format!("{}{path}", self.base_url);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
         if self.known_missing(&path, now) {
             return Err(KdsError::NotFound { url });
         }

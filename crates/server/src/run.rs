@@ -185,7 +185,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         sev_snp: snp_attestors,
         tdx: tdx_attestors,
         stopping: tokio::sync::watch::channel(false).0,
-        attest_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::ATTEST_CONCURRENCY)),
+        attest_slots: tokio::sync::Semaphore::new(crate::api::ATTEST_CONCURRENCY),
     });
     core.refresh_roots()
         .await
@@ -566,23 +566,13 @@ pub async fn run_with_reload(
             AgentApiServer::new(AgentEndpoint(core.clone())).max_decoding_message_size(MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
-    // Graceful shutdown waits for open connections; streams end at once (see Core::stopping),
-    // but an attestation waiting on an agent's answer or a client that never closes must not
-    // hold the process: past GRACE the connections are dropped with the runtime.
-    const GRACE: Duration = Duration::from_millis(1200);
-    let serving = async { tokio::try_join!(admin, agents).map(|_| ()) };
-    tokio::pin!(serving);
-    let mut stop_wait = stop_rx;
-    let result = tokio::select! {
-        r = &mut serving => r,
-        () = async {
-            let _ = stop_wait.wait_for(|v| *v).await;
-            tokio::time::sleep(GRACE).await;
-        } => {
-            warn!(grace = ?GRACE, "connections still open after the grace period; closing them");
-            Ok(())
-        }
-    };
+    // streams end at once (see Core::stopping); what stays open is dropped after the grace
+    let result = ironpact_tls::shutdown::serve_until_stopped(
+        async { tokio::try_join!(admin, agents).map(|_| ()) },
+        stop_rx,
+        "server",
+    )
+    .await;
     accept.abort();
     ticker.abort();
     let _ = std::fs::remove_file(&socket_path);

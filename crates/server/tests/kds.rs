@@ -12,6 +12,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+/// When the vectors' VCEKs are valid (Unix seconds).
+const NOW: i64 = 1_795_392_000;
+
 /// A one-route HTTP/1.1 server: `path` → `body`, anything else 404. Returns the base URL and
 /// the request log; serves `max` requests, then stops.
 fn serve(path: String, body: Vec<u8>, max: usize) -> (String, Arc<Mutex<Vec<String>>>) {
@@ -78,26 +81,22 @@ async fn fetches_verifies_and_caches_a_vcek() {
     let cache = tempfile::tempdir().unwrap();
     let kds = KdsFetcher::new(&base, cache.path().to_path_buf()).unwrap();
     // v2 reports do not name their product: it must be configured
-    assert!(kds.vcek(&report, None).await.is_err());
-    let got = kds.vcek(&report, Some(Product::Milan)).await.unwrap();
+    assert!(kds.vcek(&report, None, NOW).await.is_err());
+    let got = kds.vcek(&report, Some(Product::Milan), NOW).await.unwrap();
     assert_eq!(got, vcek);
     assert_eq!(log.lock().unwrap().as_slice(), [want]);
     let roots = ironpact_snp::AmdRoots::genuine().unwrap();
-    ironpact_snp::verify(
-        &report_bytes,
-        &got,
-        &roots,
-        1_795_392_000,
-        Some(Product::Milan),
-    )
-    .unwrap();
+    ironpact_snp::verify(&report_bytes, &got, &roots, NOW, Some(Product::Milan)).unwrap();
     // the server served its one request and stopped: the second answer comes from the cache
-    let again = kds.vcek(&report, Some(Product::Milan)).await.unwrap();
+    let again = kds.vcek(&report, Some(Product::Milan), NOW).await.unwrap();
     assert_eq!(again, vcek);
     assert_eq!(log.lock().unwrap().len(), 1);
     // an unknown chip is a clear error, and nothing is cached for it
     let (base, _) = serve("/nothing".into(), vec![], 1);
     let other = KdsFetcher::new(&base, tempfile::tempdir().unwrap().path().to_path_buf()).unwrap();
-    let e = other.vcek(&report, Some(Product::Milan)).await.unwrap_err();
+    let e = other
+        .vcek(&report, Some(Product::Milan), NOW)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("404"), "{e}");
 }

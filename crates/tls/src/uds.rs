@@ -49,32 +49,18 @@ fn euid() -> u32 {
 fn check_directories(dir: &Path) -> Result<(), SocketError> {
     let me = euid();
     let canonical = std::fs::canonicalize(dir).map_err(io(dir))?;
-    let m = std::fs::metadata(&canonical).map_err(io(dir))?;
-    if m.uid() != me {
-        return Err(SocketError::ForeignDirectory {
-            dir: canonical.display().to_string(),
-            owner: m.uid(),
-            me,
-        });
-    }
-    let mode = m.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(SocketError::OpenDirectory {
-            dir: canonical.display().to_string(),
-            mode,
-        });
-    }
-    for a in canonical.ancestors().skip(1) {
+    for (i, a) in canonical.ancestors().enumerate() {
+        let own = i == 0;
         let m = std::fs::metadata(a).map_err(io(a))?;
         let mode = m.permissions().mode() & 0o7777;
-        if m.uid() != me && m.uid() != 0 {
+        if m.uid() != me && (own || m.uid() != 0) {
             return Err(SocketError::ForeignDirectory {
                 dir: a.display().to_string(),
                 owner: m.uid(),
                 me,
             });
         }
-        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        if mode & 0o022 != 0 && (own || mode & 0o1000 == 0) {
             return Err(SocketError::OpenDirectory {
                 dir: a.display().to_string(),
                 mode,

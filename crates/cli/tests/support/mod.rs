@@ -348,6 +348,14 @@ plugins {{
         Out::from(cmd.stdin(Stdio::null()).output().unwrap())
     }
 
+    /// `agent show -spiffeID <id>`'s output (the command must succeed).
+    pub fn agent_show(&self, id: &str) -> String {
+        self.cli(&["agent", "show", "-spiffeID", id])
+            .expect_ok()
+            .stdout
+            .clone()
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }

@@ -11,6 +11,7 @@ use crate::authorized::authorized_entries;
 use ironpact_datastore::{AgentRecord, Entry};
 use ironpact_proto::agent::v1 as pb;
 use ironpact_proto::agent::v1::agent_api_server::AgentApi;
+use ironpact_proto::agent_state;
 use ironpact_spiffe::{Bundle, SpiffeId};
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -45,8 +46,6 @@ fn attest_status(e: AttestError) -> Status {
     }
 }
 
-use ironpact_proto::agent_state;
-
 /// Challenges travel on the attestation stream itself.
 struct StreamChallenger<'a> {
     tx: &'a mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
@@ -78,21 +77,8 @@ impl Challenger for StreamChallenger<'_> {
 
 impl AgentEndpoint {
     /// The attested agent behind this request's client certificate, which must be in good
-    /// standing (see [`Self::caller_may_renew`] for renewals).
-    async fn caller<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
-        let rec = self.caller_may_renew(req).await?;
-        if !rec.attestation_error.is_empty() {
-            return Err(Status::permission_denied(format!(
-                "agent {} failed re-attestation: {}; it gets nothing until a renewal passes",
-                rec.spiffe_id, rec.attestation_error
-            )));
-        }
-        Ok(rec)
-    }
-
-    /// The attested agent behind this request's client certificate: not evicted or banned,
-    /// presenting its current SVID; a failed re-attestation does not stop it from trying again.
-    async fn caller_may_renew<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
+    /// standing (see [`standing`]); `renewing` lets a suspended agent in to try again.
+    async fn caller<T>(&self, req: &Request<T>, renewing: bool) -> Result<AgentRecord, Status> {
         let certs = req
             .extensions()
             .get::<ironpact_tls::PeerCerts>()
@@ -112,22 +98,7 @@ impl AgentEndpoint {
             .first()
             .and_then(|u| SpiffeId::parse(u).ok())
             .ok_or_else(|| Status::unauthenticated("client certificate carries no SPIFFE ID"))?;
-        let rec = match self.0.ds.get_agent(&id).await {
-            Ok(r) => r,
-            Err(ironpact_datastore::Error::NotFound { .. }) => {
-                return Err(agent_state::status(
-                    agent_state::EVICTED,
-                    format!("{id} is not an attested agent (evicted); attest again"),
-                ));
-            }
-            Err(e) => return Err(ds_status(e)),
-        };
-        if rec.banned {
-            return Err(agent_state::status(
-                agent_state::BANNED,
-                format!("agent {id} is banned"),
-            ));
-        }
+        let rec = standing(&id, self.0.ds.get_agent(&id).await, renewing)?;
         if rec.serial_number != info.serial_hex {
             return Err(Status::permission_denied(format!(
                 "{id} presented an SVID that is not its current one; attest again"
@@ -292,19 +263,7 @@ async fn attest_flow(
         created_at: existing.as_ref().map_or(now, |r| r.created_at),
         updated_at: now,
         attestation_error: String::new(),
-        // a renewal (made with the agent's key) records the instance it came from; a
-        // re-attestation was checked against the recorded one, which stays
-        tee_instance: if renewing.is_some() {
-            attested.tee_instance.clone()
-        } else {
-            existing
-                .as_ref()
-                .map(|r| r.tee_instance.clone())
-                .filter(|i| !i.is_empty())
-                .or_else(|| attested.tee_instance.clone())
-        }
-        .or_else(|| existing.as_ref().map(|r| r.tee_instance.clone()))
-        .unwrap_or_default(),
+        tee_instance: recorded_instance(existing.as_ref(), &attested, renewing.is_some()),
     };
     if existing.is_some() {
         core.ds.update_agent(&rec).await.map_err(ds_status)?;
@@ -329,6 +288,40 @@ async fn attest_flow(
     })
 }
 
+/// An agent's standing, from the lookup of its record: evicted (no record) and banned answers
+/// carry the agent-state marker (the only ones on which an agent deletes its key); a suspended
+/// agent (its re-attestation was refused) gets nothing but, when `renewing`, may try again.
+fn standing(
+    id: &SpiffeId,
+    found: Result<AgentRecord, ironpact_datastore::Error>,
+    renewing: bool,
+) -> Result<AgentRecord, Status> {
+    let rec = match found {
+        Ok(r) => r,
+        Err(ironpact_datastore::Error::NotFound { .. }) => {
+            return Err(agent_state::status(
+                agent_state::EVICTED,
+                format!("{id} is not an attested agent (evicted); attest again"),
+            ));
+        }
+        Err(e) => return Err(ds_status(e)),
+    };
+    if rec.banned {
+        return Err(agent_state::status(
+            agent_state::BANNED,
+            format!("agent {id} is banned"),
+        ));
+    }
+    let suspended = rec.serial_number.is_empty() || !rec.attestation_error.is_empty();
+    if suspended && !renewing {
+        return Err(Status::permission_denied(format!(
+            "agent {id} failed re-attestation: {}; it gets nothing until a renewal passes",
+            rec.attestation_error
+        )));
+    }
+    Ok(rec)
+}
+
 /// An entry holding a reserved ID (written before such entries were refused, or straight into
 /// the database) never gets an SVID through an agent: only the server holds `/spire/server`.
 fn refuse_reserved(e: &Entry) -> Result<(), Status> {
@@ -340,6 +333,24 @@ fn refuse_reserved(e: &Entry) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// The TEE instance to record: a renewal (made with the agent's key) records where it came
+/// from; otherwise the instance already recorded stays (a re-attestation was checked against
+/// it), or this attestation's becomes the first.
+fn recorded_instance(
+    existing: Option<&AgentRecord>,
+    a: &crate::attest::Attested,
+    renewal: bool,
+) -> String {
+    let recorded = existing
+        .map(|r| r.tee_instance.as_str())
+        .filter(|i| !i.is_empty());
+    match (renewal, recorded, &a.tee_instance) {
+        (true, _, Some(new)) => new.clone(),
+        (_, Some(old), _) => old.to_string(),
+        (_, None, new) => new.clone().unwrap_or_default(),
+    }
 }
 
 /// Whether `a` comes from the TEE instance `rec` recorded (any, when none is recorded).
@@ -383,11 +394,7 @@ fn attest_stream(
 ) -> AttestStream {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        let slot = tokio::time::timeout(
-            Duration::from_secs(5),
-            core.attest_slots.clone().acquire_owned(),
-        )
-        .await;
+        let slot = tokio::time::timeout(Duration::from_secs(5), core.attest_slots.acquire()).await;
         let Ok(Ok(_slot)) = slot else {
             warn!("too many attestations at once; asking the agent to retry");
             let _ = tx
@@ -457,28 +464,7 @@ async fn snapshot(
     agent_id: &SpiffeId,
     revision: u64,
 ) -> Result<pb::SyncAuthorizedResponse, Status> {
-    let agent = match core.ds.get_agent(agent_id).await {
-        Ok(a) if a.banned => {
-            return Err(agent_state::status(
-                agent_state::BANNED,
-                format!("agent {agent_id} is banned"),
-            ));
-        }
-        Ok(a) if a.serial_number.is_empty() || !a.attestation_error.is_empty() => {
-            return Err(Status::permission_denied(format!(
-                "agent {agent_id} failed re-attestation: {}",
-                a.attestation_error
-            )));
-        }
-        Ok(a) => a,
-        Err(ironpact_datastore::Error::NotFound { .. }) => {
-            return Err(agent_state::status(
-                agent_state::EVICTED,
-                format!("agent {agent_id} was evicted; attest again"),
-            ));
-        }
-        Err(e) => return Err(ds_status(e)),
-    };
+    let agent = standing(agent_id, core.ds.get_agent(agent_id).await, false)?;
     let all = core
         .ds
         .list_entries(&Default::default())
@@ -533,7 +519,7 @@ impl AgentApi for AgentEndpoint {
         &self,
         req: Request<Streaming<pb::AttestAgentRequest>>,
     ) -> Result<Response<Self::RenewAgentStream>, Status> {
-        let rec = self.caller_may_renew(&req).await?;
+        let rec = self.caller(&req, true).await?;
         Ok(Response::new(attest_stream(
             self.0.clone(),
             req.into_inner(),
@@ -545,7 +531,7 @@ impl AgentApi for AgentEndpoint {
         &self,
         req: Request<pb::SyncAuthorizedRequest>,
     ) -> Result<Response<Self::SyncAuthorizedStream>, Status> {
-        let agent = self.caller(&req).await?;
+        let agent = self.caller(&req, false).await?;
         let core = self.0.clone();
         let mut changes = core.changes.subscribe();
         let (tx, rx) = mpsc::channel(2);
@@ -592,7 +578,7 @@ impl AgentApi for AgentEndpoint {
         &self,
         req: Request<pb::BatchNewX509svidRequest>,
     ) -> Result<Response<pb::BatchNewX509svidResponse>, Status> {
-        let agent = self.caller(&req).await?;
+        let agent = self.caller(&req, false).await?;
         let params = &req.get_ref().params;
         super::check_batch(params.len())?;
         let entries = self.authorized_for(&agent).await?;
@@ -645,7 +631,7 @@ impl AgentApi for AgentEndpoint {
         &self,
         req: Request<pb::NewJwtsvidRequest>,
     ) -> Result<Response<pb::NewJwtsvidResponse>, Status> {
-        let agent = self.caller(&req).await?;
+        let agent = self.caller(&req, false).await?;
         let r = req.get_ref();
         if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument(

@@ -54,7 +54,7 @@ pub struct Core {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Attestations (and renewals) verified at once: evidence checks and KDS/PCS fetches for
     /// unauthenticated callers are bounded; the rest wait briefly, then get Unavailable.
-    pub attest_slots: Arc<tokio::sync::Semaphore>,
+    pub attest_slots: tokio::sync::Semaphore,
 }
 
 /// How many attestations run at once (each is a few milliseconds of CPU and may wait on a
@@ -122,14 +122,15 @@ pub(crate) fn ds_status(e: ironpact_datastore::Error) -> Status {
     match e {
         E::NotFound { .. } => Status::not_found(e.to_string()),
         E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
-        // an unreachable or busy database is an outage, not a verdict: callers retry
-        E::Db(_) => {
-            tracing::error!(error = %e, "datastore failure");
-            Status::unavailable(format!("datastore failure: {e}"))
-        }
         other => {
             tracing::error!(error = %other, "datastore failure");
-            Status::internal(format!("datastore failure: {other}"))
+            let msg = format!("datastore failure: {other}");
+            // an unreachable or busy database is an outage, not a verdict: callers retry
+            if matches!(other, E::Db(_)) {
+                Status::unavailable(msg)
+            } else {
+                Status::internal(msg)
+            }
         }
     }
 }

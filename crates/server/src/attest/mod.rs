@@ -76,6 +76,14 @@ impl AttestError {
         matches!(self, AttestError::Malformed(_))
     }
 
+    /// A policy lock poisoned by a panic while it was replaced: refuse, never fall back to a
+    /// default policy.
+    pub fn poisoned_policy(tee: &str) -> Self {
+        AttestError::Rejected(format!(
+            "policy_unavailable: the {tee} policy lock is poisoned; restart the server"
+        ))
+    }
+
     /// The node or its evidence was judged and found wanting: only these invalidate an agent
     /// on renewal. Timeouts, outages and datastore errors are not verdicts.
     pub fn is_refusal(&self) -> bool {

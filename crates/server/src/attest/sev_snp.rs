@@ -29,6 +29,15 @@ fn rejected(e: impl std::fmt::Display) -> AttestError {
     AttestError::Rejected(e.to_string())
 }
 
+/// A KDS failure: an outage is transient (nothing judged), anything else refuses the chain.
+fn kds_failure(what: &str, e: crate::kds::KdsError) -> AttestError {
+    if e.is_transient() {
+        AttestError::Unavailable(format!("AMD KDS: {e}"))
+    } else {
+        AttestError::Rejected(format!("untrusted_chain: {what}{e}"))
+    }
+}
+
 /// The VCEK or VLEK for `report` among the files of `dir` (any names, DER or PEM), as
 /// [`ironpact_snp::certs::select_endorsement`] picks it. Read at each call, so certificates
 /// dropped in apply at once.
@@ -52,7 +61,7 @@ pub fn endorsement_in_dir(
 impl SevSnpAttestor {
     /// The VCEK/VLEK for evidence that carries none: from `certs_dir`, else from the KDS
     /// (VCEKs only: a VLEK cannot be fetched).
-    async fn find_endorsement(&self, report: &[u8]) -> Result<Vec<u8>, AttestError> {
+    async fn find_endorsement(&self, report: &[u8], now: i64) -> Result<Vec<u8>, AttestError> {
         let parsed = ironpact_snp::Report::parse(report).map_err(rejected)?;
         if let Some(dir) = &self.certs_dir {
             let (d, r, product) = (dir.clone(), parsed.clone(), self.product);
@@ -73,15 +82,10 @@ impl SevSnpAttestor {
             None => "and no certs_dir is configured".into(),
         };
         match (&self.kds, parsed.signing_key()) {
-            (Some(kds), ironpact_snp::SigningKey::Vcek) => {
-                kds.vcek(&parsed, self.product).await.map_err(|e| {
-                    if e.is_transient() {
-                        AttestError::Unavailable(format!("AMD KDS: {e}"))
-                    } else {
-                        AttestError::Rejected(format!("untrusted_chain: {e}"))
-                    }
-                })
-            }
+            (Some(kds), ironpact_snp::SigningKey::Vcek) => kds
+                .vcek(&parsed, self.product, now)
+                .await
+                .map_err(|e| kds_failure("", e)),
             (_, ironpact_snp::SigningKey::Vlek) => Err(AttestError::Rejected(format!(
                 "untrusted_chain: the VLEK-signed evidence carries no VLEK, {where_} (a VLEK cannot be fetched from the KDS)"
             ))),
@@ -100,13 +104,10 @@ impl SevSnpAttestor {
         let kds = self.kds.as_ref().ok_or_else(|| {
             AttestError::Rejected("untrusted_chain: check_crl needs the KDS (fetch_vcek)".into())
         })?;
-        let crl = kds.crl(v.product, v.signing_key, now).await.map_err(|e| {
-            if e.is_transient() {
-                AttestError::Unavailable(format!("AMD KDS CRL: {e}"))
-            } else {
-                AttestError::Rejected(format!("untrusted_chain: no CRL: {e}"))
-            }
-        })?;
+        let crl = kds
+            .crl(v.product, v.signing_key, now)
+            .await
+            .map_err(|e| kds_failure("no CRL: ", e))?;
         ironpact_snp::crl::check_verified(&crl, &self.roots, v, now).map_err(rejected)
     }
 
@@ -155,7 +156,7 @@ impl TeeAttestor for SevSnpAttestor {
             decode_evidence(&answer).map_err(|e| AttestError::Rejected(e.to_string()))?;
         let cert = match cert {
             Some(c) => c,
-            None => self.find_endorsement(report).await?,
+            None => self.find_endorsement(report, ev.now).await?,
         };
         let verified =
             ironpact_snp::verify_authentic(report, &cert, &self.roots, ev.now, self.product)
@@ -164,12 +165,11 @@ impl TeeAttestor for SevSnpAttestor {
             self.check_revocation(&verified, ev.now).await?;
         }
         // a poisoned lock (a panic while replacing the policy) refuses: never a default policy
-        let mut policy = self.policy.read().map(|p| p.clone()).map_err(|_| {
-            AttestError::Rejected(
-                "policy_unavailable: the sev_snp policy lock is poisoned; restart the server"
-                    .into(),
-            )
-        })?;
+        let mut policy = self
+            .policy
+            .read()
+            .map(|p| p.clone())
+            .map_err(|_| AttestError::poisoned_policy("sev_snp"))?;
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
         policy
             .check(&verified)

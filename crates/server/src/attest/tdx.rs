@@ -70,11 +70,11 @@ impl TeeAttestor for TdxAttestor {
                 ))
             })?;
         // a poisoned lock (a panic while replacing the policy) refuses: never a default policy
-        let mut policy = self.policy.read().map(|p| p.clone()).map_err(|_| {
-            AttestError::Rejected(
-                "policy_unavailable: the tdx policy lock is poisoned; restart the server".into(),
-            )
-        })?;
+        let mut policy = self
+            .policy
+            .read()
+            .map(|p| p.clone())
+            .map_err(|_| AttestError::poisoned_policy("tdx"))?;
         let verified = ironpact_tdx::verify(
             &quote,
             &collateral,
