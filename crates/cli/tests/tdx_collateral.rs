@@ -95,7 +95,7 @@ fn fetched_once_checked_cached_and_found_after_a_restart() {
     );
     // what was fetched verifies the quote through the production verifier
     let v = ironpact_tdx::verify(&f.quote, &c, &f.roots, T0, 0).unwrap();
-    assert_eq!(v.tcb_status.as_deref(), Some("UpToDate"));
+    assert_eq!(v.tcb_status(), Some("UpToDate"));
     // served from memory now
     block_on(store.get(&f.key(), T0 + 3600)).unwrap();
     assert_eq!(pcs.requests().len(), 4);

@@ -77,20 +77,20 @@ pub fn check_verified(
     v: &crate::verify::Verified,
     now: i64,
 ) -> Result<(), SnpError> {
-    let pr = roots.for_product(v.product).ok_or_else(|| {
+    let pr = roots.for_product(v.product()).ok_or_else(|| {
         SnpError::new(
             ErrorKind::UntrustedChain,
-            format!("no AMD roots configured for {}", v.product),
+            format!("no AMD roots configured for {}", v.product()),
         )
     })?;
-    let parent = match v.signing_key {
+    let parent = match v.signing_key() {
         crate::report::SigningKey::Vlek => pr.asvk.as_deref().ok_or_else(|| {
             SnpError::new(
                 ErrorKind::UntrustedChain,
-                format!("no ASVK configured for {}", v.product),
+                format!("no ASVK configured for {}", v.product()),
             )
         })?,
         _ => pr.ask.as_slice(),
     };
-    check_revocation(crl_der, pr, &[parent, &v.endorsement.der], now)
+    check_revocation(crl_der, pr, &[parent, &v.endorsement().der], now)
 }

@@ -101,7 +101,7 @@ impl Policy {
 
     /// Judges a verified report.
     pub fn check(&self, v: &Verified) -> Result<(), SnpError> {
-        let r = &v.report;
+        let r = v.report();
         let fail = |kind, m: String| Err(SnpError::new(kind, m));
         if let Some(want) = &self.report_data
             && r.report_data != *want
@@ -133,7 +133,7 @@ impl Policy {
             );
         }
         if let Some(min) = self.min_reported_tcb {
-            let low = tcb_below(v.reported_tcb, min);
+            let low = tcb_below(v.reported_tcb(), min);
             if !low.is_empty() {
                 return fail(
                     ErrorKind::TcbTooLow,
@@ -142,7 +142,7 @@ impl Policy {
             }
         }
         if let Some(min) = self.min_committed_tcb {
-            let committed = Tcb::decode(r.committed_tcb, v.product);
+            let committed = Tcb::decode(r.committed_tcb, v.product());
             let low = tcb_below(committed, min);
             if !low.is_empty() {
                 return fail(
@@ -198,7 +198,7 @@ impl Policy {
         {
             return violation("the platform runs provisional (uncommitted) firmware");
         }
-        match v.signing_key {
+        match v.signing_key() {
             SigningKey::Vcek if !self.accept_vcek => {
                 violation("VCEK-signed reports are not accepted")
             }

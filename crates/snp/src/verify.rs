@@ -7,14 +7,15 @@ use crate::error::{ErrorKind, SnpError};
 use crate::report::{Product, Report, SigningKey, Tcb};
 use crate::roots::{AmdRoots, ProductRoots};
 
-/// A report whose chain, chip, TCB and signature checked out. Only [`verify`] makes one.
+/// A report whose chain, chip, TCB and signature checked out. Only this module's verifiers
+/// make one (its fields are private), so holding a `Verified` means the checks ran.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub report: Report,
-    pub product: Product,
-    pub signing_key: SigningKey,
-    pub reported_tcb: Tcb,
-    pub endorsement: Endorsement,
+    report: Report,
+    product: Product,
+    signing_key: SigningKey,
+    reported_tcb: Tcb,
+    endorsement: Endorsement,
 }
 
 fn err(kind: ErrorKind, m: impl Into<String>) -> SnpError {
@@ -211,6 +212,27 @@ pub fn verify_authentic(
 }
 
 impl Verified {
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    pub fn product(&self) -> Product {
+        self.product
+    }
+
+    pub fn signing_key(&self) -> SigningKey {
+        self.signing_key
+    }
+
+    pub fn reported_tcb(&self) -> Tcb {
+        self.reported_tcb
+    }
+
+    /// The VCEK or VLEK that signed the report.
+    pub fn endorsement(&self) -> &Endorsement {
+        &self.endorsement
+    }
+
     /// The selectors a node attested with this report gets.
     pub fn selectors(&self) -> Vec<(String, String)> {
         let r = &self.report;

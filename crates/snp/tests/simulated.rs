@@ -44,9 +44,9 @@ fn simulated_reports_verify_only_under_their_pinned_test_root() {
     let report = sim.report(&guest, &rd).unwrap();
     let roots = sim.roots().unwrap();
     let v = ironpact_snp::verify(&report, &sim.vcek_der, &roots, now, None).unwrap();
-    assert_eq!(v.report.measurement, guest.measurement);
-    assert_eq!(v.report.report_data, rd);
-    assert_eq!(v.product, Product::Milan);
+    assert_eq!(v.report().measurement, guest.measurement);
+    assert_eq!(v.report().report_data, rd);
+    assert_eq!(v.product(), Product::Milan);
     let e = ironpact_snp::verify(
         &report,
         &sim.vcek_der,
@@ -175,7 +175,7 @@ fn a_vlek_signed_report_verifies_under_its_asvk_and_nowhere_else() {
     let roots = sim.roots().unwrap();
     let v = ironpact_snp::verify(&report, &sim.vcek_der, &roots, now, None).unwrap();
     assert_eq!(
-        (v.signing_key, v.product),
+        (v.signing_key(), v.product()),
         (ironpact_snp::SigningKey::Vlek, Product::Genoa)
     );
     assert!(

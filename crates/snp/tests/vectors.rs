@@ -137,7 +137,7 @@ fn policy_judges_verified_reports() {
     let report = std::fs::read(case.join("report.bin")).unwrap();
     let cert = std::fs::read(case.join("vcek.der")).unwrap();
     let v = ironpact_snp::verify_authentic(&report, &cert, &roots, unix(JUDGED), None).unwrap();
-    let m = v.report.measurement.to_vec();
+    let m = v.report().measurement.to_vec();
     let ok = Policy {
         measurements: vec![m.clone()],
         ..Policy::default()

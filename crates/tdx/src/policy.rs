@@ -75,12 +75,15 @@ fn listed(list: &[Measurement], v: &Measurement) -> bool {
 }
 
 impl Policy {
+    /// No MRTD or RTMR list and no explicit `allow_any_measurement`: a policy that would admit
+    /// any TD image by accident. `validate` refuses to load it and `check` admits nothing by it.
+    fn admits_no_measurement(&self) -> bool {
+        self.mrtds.is_empty() && self.rtmrs.iter().all(Vec::is_empty) && !self.allow_any_measurement
+    }
+
     /// Refuses a policy that would accept any TD image by accident, or names unknown statuses.
     pub fn validate(&self) -> Result<(), String> {
-        if self.mrtds.is_empty()
-            && self.rtmrs.iter().all(Vec::is_empty)
-            && !self.allow_any_measurement
-        {
+        if self.admits_no_measurement() {
             return Err(
                 "no MRTD or RTMR allow-list: list the TD's measurements in mrtds (or rtmr0..rtmr3), \
                  or set allow_any_measurement = true to accept any image"
@@ -106,15 +109,23 @@ impl Policy {
         Ok(())
     }
 
-    /// Judges a verified quote; the first failing rule is reported.
+    /// Judges a verified quote; the first failing rule is reported. Fails closed: a policy that
+    /// names no measurement and does not say `allow_any_measurement` admits nothing, whether or
+    /// not `validate` was called.
     pub fn check(&self, v: &Verified) -> Result<(), TdxError> {
-        let Some(td) = v.quote.td() else {
+        if self.admits_no_measurement() {
+            return Err(err(
+                ErrorKind::MeasurementNotAllowed,
+                "the policy lists no MRTD or RTMR and does not set allow_any_measurement: it admits no TD",
+            ));
+        }
+        let Some(td) = v.quote().td() else {
             return Err(err(
                 ErrorKind::MeasurementNotAllowed,
                 "an SGX enclave quote: this policy admits TDs only",
             ));
         };
-        match &v.tcb_status {
+        match v.tcb_status() {
             None => {
                 return Err(err(
                     ErrorKind::TcbStatusNotAllowed,
@@ -122,15 +133,15 @@ impl Policy {
                         + &self.allowed_tcb_statuses.join(", "),
                 ));
             }
-            Some(s) if !self.allowed_tcb_statuses.contains(s) => {
+            Some(s) if !self.allowed_tcb_statuses.iter().any(|a| a == s) => {
                 return Err(err(
                     ErrorKind::TcbStatusNotAllowed,
                     format!(
                         "TCB status {s} (advisories: {}) is not in allowed_tcb_statuses [{}]",
-                        if v.advisories.is_empty() {
+                        if v.advisories().is_empty() {
                             "none".to_string()
                         } else {
-                            v.advisories.join(", ")
+                            v.advisories().join(", ")
                         },
                         self.allowed_tcb_statuses.join(", ")
                     ),
@@ -139,7 +150,7 @@ impl Policy {
             Some(_) => {}
         }
         if let Some(a) = v
-            .advisories
+            .advisories()
             .iter()
             .find(|a| self.denied_advisories.contains(a))
         {
@@ -148,7 +159,7 @@ impl Policy {
                 format!("the platform is affected by {a}, which denied_advisories lists"),
             ));
         }
-        if v.quote.debug() && !self.allow_debug {
+        if v.quote().debug() && !self.allow_debug {
             return Err(err(
                 ErrorKind::DebugTd,
                 "the TD was launched with the DEBUG attribute: its memory and registers are open to the host",

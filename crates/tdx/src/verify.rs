@@ -52,21 +52,44 @@ impl Roots {
     }
 }
 
-/// A quote that passed verification, with what the collateral said of its platform.
+/// A quote that passed verification, with what the collateral said of its platform. Only this
+/// module's verifiers make one (its fields are private), so holding a `Verified` means the
+/// checks ran.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub quote: Quote,
-    /// The platform model, from the PCK certificate.
-    pub fmspc: [u8; 6],
-    /// dcap-qvl's converged TCB status (`UpToDate`, `SWHardeningNeeded`, …); `None` without
-    /// collateral.
-    pub tcb_status: Option<String>,
-    pub advisories: Vec<String>,
-    /// The collateral's earliest nextUpdate (Unix seconds), when there was collateral.
-    pub collateral_next_update: Option<i64>,
+    quote: Quote,
+    fmspc: [u8; 6],
+    tcb_status: Option<String>,
+    advisories: Vec<String>,
+    collateral_next_update: Option<i64>,
 }
 
 impl Verified {
+    pub fn quote(&self) -> &Quote {
+        &self.quote
+    }
+
+    /// The platform model, from the PCK certificate.
+    pub fn fmspc(&self) -> [u8; 6] {
+        self.fmspc
+    }
+
+    /// dcap-qvl's converged TCB status (`UpToDate`, `SWHardeningNeeded`, …); `None` without
+    /// collateral.
+    pub fn tcb_status(&self) -> Option<&str> {
+        self.tcb_status.as_deref()
+    }
+
+    /// Intel security advisories that apply to the platform.
+    pub fn advisories(&self) -> &[String] {
+        &self.advisories
+    }
+
+    /// The collateral's earliest nextUpdate (Unix seconds), when there was collateral.
+    pub fn collateral_next_update(&self) -> Option<i64> {
+        self.collateral_next_update
+    }
+
     /// `(name, value)` pairs for `tdx:<name>:<value>` selectors (TDX quotes only).
     pub fn selectors(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();

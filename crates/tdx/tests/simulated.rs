@@ -25,9 +25,9 @@ fn a_simulated_quote_verifies_under_its_test_root_and_the_policy_judges_it() {
     let td = SimTd::with_mrtd([0xaa; 48]);
     let q = Quote::parse(&dev.quote(&td, rd).unwrap()).unwrap();
     let v = verify(&q, &c, &roots, NOW, 0).unwrap();
-    assert_eq!(v.tcb_status.as_deref(), Some("UpToDate"));
-    assert_eq!(v.fmspc, p.fmspc);
-    assert!(verify_quote(&q, &roots, NOW).unwrap().tcb_status.is_none());
+    assert_eq!(v.tcb_status(), Some("UpToDate"));
+    assert_eq!(v.fmspc(), p.fmspc);
+    assert!(verify_quote(&q, &roots, NOW).unwrap().tcb_status().is_none());
     // Intel's root does not know it
     let e = verify(&q, &c, &Roots::intel(), NOW, 0).unwrap_err();
     assert_eq!(e.kind, ErrorKind::UntrustedChain, "{e}");
@@ -39,6 +39,16 @@ fn a_simulated_quote_verifies_under_its_test_root_and_the_policy_judges_it() {
     };
     policy.validate().unwrap();
     policy.check(&v).unwrap();
+    // a policy that lists nothing admits nothing, even if nobody called validate()
+    let empty = Policy {
+        report_data: Some(rd),
+        ..Policy::default()
+    };
+    assert!(empty.validate().is_err());
+    assert_eq!(
+        empty.check(&v).unwrap_err().kind,
+        ErrorKind::MeasurementNotAllowed
+    );
     let sel: Vec<String> = v
         .selectors()
         .iter()
@@ -97,8 +107,8 @@ fn statuses_and_advisories_come_from_the_collateral() {
     let (_, dev, c, roots) = stack(&p);
     let q = Quote::parse(&dev.quote(&SimTd::with_mrtd([1; 48]), [0; 64]).unwrap()).unwrap();
     let v = verify(&q, &c, &roots, NOW, 0).unwrap();
-    assert_eq!(v.tcb_status.as_deref(), Some("SWHardeningNeeded"));
-    assert_eq!(v.advisories, vec!["INTEL-SA-00837".to_string()]);
+    assert_eq!(v.tcb_status(), Some("SWHardeningNeeded"));
+    assert_eq!(v.advisories(), vec!["INTEL-SA-00837".to_string()]);
     let mut policy = Policy {
         allow_any_measurement: true,
         ..Policy::default()

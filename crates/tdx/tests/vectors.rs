@@ -53,7 +53,7 @@ fn outcome(quote: &[u8], collateral: Option<&[u8]>, now: i64) -> String {
         None => verify_quote(&q, &roots, now),
     });
     match r {
-        Ok(v) => match v.tcb_status {
+        Ok(v) => match v.tcb_status() {
             Some(s) => format!("valid:{s}"),
             None => "quote_ok:no_collateral".into(),
         },

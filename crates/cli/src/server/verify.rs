@@ -113,8 +113,8 @@ fn find_cert(a: &SnpArgs, report: Option<&[u8]>) -> Result<Option<Vec<u8>>, Valu
 }
 
 fn success(v: &Verified) -> Value {
-    let r = &v.report;
-    let t = v.reported_tcb;
+    let r = v.report();
+    let t = v.reported_tcb();
     let mut tcb =
         json!({"bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode});
     if let Some(f) = t.fmc {
@@ -122,8 +122,8 @@ fn success(v: &Verified) -> Value {
     }
     json!({
         "ok": true,
-        "product": v.product.name(),
-        "signing_key": v.signing_key.as_str(),
+        "product": v.product().name(),
+        "signing_key": v.signing_key().as_str(),
         "report_version": r.version,
         "measurement": hex::encode(r.measurement),
         "chip_id": hex::encode(r.chip_id),
@@ -221,18 +221,18 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
 }
 
 fn tdx_success(v: &ironpact_tdx::Verified) -> Value {
-    let q = &v.quote;
+    let q = v.quote();
     let mut out = json!({
         "ok": true,
         "tee": match q.tee() { ironpact_tdx::quote::Tee::Tdx => "TDX", ironpact_tdx::quote::Tee::Sgx => "SGX" },
         "quote_version": q.version(),
         "body_type": q.body_type().name(),
-        "tcb_status": v.tcb_status,
-        "advisories": v.advisories,
-        "fmspc": hex::encode(v.fmspc),
+        "tcb_status": v.tcb_status(),
+        "advisories": v.advisories(),
+        "fmspc": hex::encode(v.fmspc()),
         "report_data": hex::encode(q.report_data()),
         "debug": q.debug(),
-        "collateral_next_update": v.collateral_next_update.and_then(ironpact_tdx::collateral::format_time),
+        "collateral_next_update": v.collateral_next_update().and_then(ironpact_tdx::collateral::format_time),
         "selectors": v.selectors().iter().map(|(k, val)| format!("tdx:{k}:{val}")).collect::<Vec<_>>(),
     });
     if let Some(td) = q.td() {

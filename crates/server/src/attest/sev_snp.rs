@@ -105,7 +105,7 @@ impl SevSnpAttestor {
             AttestError::Rejected("untrusted_chain: check_crl needs the KDS (fetch_vcek)".into())
         })?;
         let crl = kds
-            .crl(v.product, v.signing_key, now)
+            .crl(v.product(), v.signing_key(), now)
             .await
             .map_err(|e| kds_failure("no CRL: ", e))?;
         ironpact_snp::crl::check_verified(&crl, &self.roots, v, now).map_err(rejected)
@@ -181,16 +181,16 @@ impl TeeAttestor for SevSnpAttestor {
             .collect();
         // A VM moved by a migration agent keeps the MA's report ID; others are named by their
         // own (REPORT_ID_MA is all ones, or zero, when there is no migration agent).
-        let ma = verified.report.report_id_ma;
+        let ma = verified.report().report_id_ma;
         let instance = if ma.iter().all(|&b| b == 0xff) || ma.iter().all(|&b| b == 0) {
-            hex::encode(verified.report.report_id)
+            hex::encode(verified.report().report_id)
         } else {
             format!("ma-{}", hex::encode(ma))
         };
         Ok(TeeOutcome {
             appraisal: instance.clone(),
             instance: Some(instance),
-            measurement: hex::encode(verified.report.measurement),
+            measurement: hex::encode(verified.report().measurement),
             selectors,
         })
     }

@@ -86,7 +86,7 @@ impl TeeAttestor for TdxAttestor {
         policy.report_data = Some(ironpact_tdx::binding::report_data(&nonce, ev.csr_spki));
         policy.check(&verified).map_err(rejected)?;
         let td = verified
-            .quote
+            .quote()
             .td()
             .ok_or_else(|| AttestError::Rejected("not a TD quote".into()))?;
         let selectors = verified
@@ -95,7 +95,7 @@ impl TeeAttestor for TdxAttestor {
             .filter_map(|(k, v)| Selector::new("tdx", &format!("{k}:{v}")).ok())
             .collect();
         // a TD 1.0 quote names no launch; the quote's signed part identifies this appraisal
-        let appraisal = hex::encode(&Sha256::digest(verified.quote.signed_bytes())[..16]);
+        let appraisal = hex::encode(&Sha256::digest(verified.quote().signed_bytes())[..16]);
         Ok(TeeOutcome {
             instance: None,
             appraisal,
