@@ -294,7 +294,7 @@ fn an_agent_with_a_disallowed_measurement_gets_nothing() {
 /// A stand-in for AMD's KDS: serves each body at its path, 404 elsewhere.
 fn local_kds(files: Vec<(String, Vec<u8>)>) -> String {
     switchable_kds(
-        files,
+        std::sync::Arc::new(std::sync::Mutex::new(files)),
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
     )
 }
@@ -449,12 +449,12 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
     }
 }
 
+/// What a KDS stand-in serves, by path; replaceable while it runs.
+type KdsFiles = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A KDS stand-in that can be taken down: while `up` is false it drops every connection (an
 /// outage as the server sees one), otherwise it serves `files` (404 elsewhere).
-fn switchable_kds(
-    files: Vec<(String, Vec<u8>)>,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> String {
+fn switchable_kds(files: KdsFiles, up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
     use std::io::{BufRead, BufReader, Write};
     use std::sync::atomic::Ordering;
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -473,8 +473,14 @@ fn switchable_kds(
                 .nth(1)
                 .unwrap_or_default()
                 .to_string();
-            let (status, b) = match files.iter().find(|(p, _)| *p == req) {
-                Some((_, body)) => ("200 OK", body.clone()),
+            let found = files
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(p, _)| *p == req)
+                .map(|(_, body)| body.clone());
+            let (status, b) = match found {
+                Some(body) => ("200 OK", body),
                 None => ("404 Not Found", vec![]),
             };
             let _ = write!(
@@ -488,8 +494,9 @@ fn switchable_kds(
     base
 }
 
-/// Transient is not refused: with the KDS down at renewal (the CRL must be fetched again), the
-/// server answers Unavailable and changes nothing; the agent keeps its key and its workloads'
+/// Transient is not refused: with the KDS down at renewal (the CRL served at attestation has
+/// reached its nextUpdate, so it must be fetched again), the server answers Unavailable and
+/// changes nothing; the agent keeps its key and its workloads'
 /// SVIDs, is not marked failed, and renews once the KDS is back.
 #[test]
 fn kds_down_during_renewal_leaves_the_node_attested() {
@@ -501,13 +508,13 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
         .unwrap()
         .as_secs() as i64;
     let up = std::sync::Arc::new(AtomicBool::new(true));
-    let base = switchable_kds(
-        vec![(
-            "/vcek/v1/Milan/crl".to_string(),
-            dev.crl(&[7], now - 60, now + 3600).unwrap(),
-        )],
-        up.clone(),
-    );
+    let crl_path = "/vcek/v1/Milan/crl".to_string();
+    // a CRL that is current for a few seconds only: renewals after that need the KDS
+    let files: KdsFiles = std::sync::Arc::new(std::sync::Mutex::new(vec![(
+        crl_path.clone(),
+        dev.crl(&[7], now - 60, now + 12).unwrap(),
+    )]));
+    let base = switchable_kds(files.clone(), up.clone());
     let s = TestServer::start_with(
         Backend::Sqlite,
         "default_x509_svid_ttl = \"10s\"",
@@ -535,14 +542,10 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
     .expect_ok();
     assert!(a.fetch_until_ok(&[]).ok(), "{}", a.log());
 
-    // the KDS goes away and the cached CRL with it: every renewal now needs the KDS
+    // the KDS goes away; once the CRL is past its nextUpdate every renewal needs the KDS
     up.store(false, Ordering::SeqCst);
-    let cache = s.dir.path().join("data/kds");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !s.log().contains("renewal could not be judged now") {
-        for f in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
-            let _ = std::fs::remove_file(f.path());
-        }
         assert!(
             Instant::now() < deadline,
             "no renewal during the outage:\n{}",
@@ -561,7 +564,12 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
     assert!(!a.log().contains("deleting its key"), "{}", a.log());
     assert!(a.dir.path().join("data/agent_key.pem").exists());
 
-    // the KDS comes back: the next renewal passes
+    // the KDS comes back with a current CRL: the next renewal passes
+    let fresh = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    *files.lock().unwrap() = vec![(crl_path, dev.crl(&[7], fresh - 60, fresh + 3600).unwrap())];
     up.store(true, Ordering::SeqCst);
     let marks = s.log().matches("renewal=true").count();
     let deadline = Instant::now() + Duration::from_secs(40);

@@ -52,6 +52,9 @@ pub struct KdsFetcher {
     /// VCEK paths the KDS answered 404 for, with when that was (Unix seconds): an unknown
     /// (attacker-chosen) chip ID costs one request per NEGATIVE_TTL, not one per attestation.
     negative: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// CRLs by cache file, with their nextUpdate: read from disk (and parsed) once, not at
+    /// every attestation.
+    crls: std::sync::Mutex<std::collections::HashMap<PathBuf, (Vec<u8>, i64)>>,
 }
 
 impl KdsFetcher {
@@ -66,6 +69,7 @@ impl KdsFetcher {
             cache_dir,
             client,
             negative: std::sync::Mutex::new(std::collections::HashMap::new()),
+            crls: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -115,17 +119,33 @@ impl KdsFetcher {
                 .ok()
                 .and_then(|(_, c)| c.next_update().map(|t| t.timestamp()))
         };
-        if let Ok(der) = std::fs::read(&file)
-            && next_update(&der).is_some_and(|n| n > now)
+        let in_memory = self
+            .crls
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&file).cloned())
+            .filter(|(_, next)| *next > now);
+        if let Some((der, _)) = in_memory {
+            return Ok(der);
+        }
+        let remember = |der: &[u8], next: i64| {
+            if let Ok(mut m) = self.crls.lock() {
+                m.insert(file.clone(), (der.to_vec(), next));
+            }
+        };
+        if let Some(der) = read_cached(&file).await
+            && let Some(next) = next_update(&der).filter(|n| *n > now)
         {
-            tracing::debug!(path = %file.display(), "CRL from the cache");
+            tracing::debug!(path = %file.display(), "CRL from the disk cache");
+            remember(&der, next);
             return Ok(der);
         }
         let url = format!("{}/{which}/v1/{}/crl", self.base_url, product.name());
         tracing::info!(%url, "fetching AMD's CRL from the KDS");
         let der = self.get(&url).await?;
-        if next_update(&der).is_some() {
-            store(&self.cache_dir, &file, &der)?;
+        if let Some(next) = next_update(&der) {
+            store_cached(&self.cache_dir, &file, &der).await?;
+            remember(&der, next);
         }
         Ok(der)
     }
@@ -190,8 +210,7 @@ impl KdsFetcher {
             "vcek-{}-{key}.der",
             product.name().to_ascii_lowercase()
         ));
-        let read = file.clone();
-        if let Ok(Ok(der)) = tokio::task::spawn_blocking(move || std::fs::read(read)).await {
+        if let Some(der) = read_cached(&file).await {
             tracing::debug!(path = %file.display(), "VCEK from the cache");
             return Ok(der);
         }
@@ -209,17 +228,34 @@ impl KdsFetcher {
         };
         // Only well-formed answers are cached; the verifier judges the chain anyway.
         if ironpact_snp::certs::Endorsement::parse(&der).is_ok() {
-            let (store_file, bytes) = (file.clone(), der.clone());
-            let cache_dir = self.cache_dir.clone();
-            tokio::task::spawn_blocking(move || store(&cache_dir, &store_file, &bytes))
-                .await
-                .map_err(|e| KdsError::Cache {
-                    path: file.display().to_string(),
-                    source: std::io::Error::other(e.to_string()),
-                })??;
+            store_cached(&self.cache_dir, &file, &der).await?;
         }
         Ok(der)
     }
+}
+
+/// A cache file's bytes, read off the async runtime; `None` when it cannot be read.
+async fn read_cached(file: &std::path::Path) -> Option<Vec<u8>> {
+    let f = file.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::read(f))
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// [`store`] off the async runtime.
+async fn store_cached(
+    cache_dir: &std::path::Path,
+    file: &std::path::Path,
+    der: &[u8],
+) -> Result<(), KdsError> {
+    let (d, f, b) = (cache_dir.to_path_buf(), file.to_path_buf(), der.to_vec());
+    tokio::task::spawn_blocking(move || store(&d, &f, &b))
+        .await
+        .map_err(|e| KdsError::Cache {
+            path: file.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 /// Writes `der` to `file` in `cache_dir` (created 0700) by rename, so readers never see half.

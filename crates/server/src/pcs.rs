@@ -294,9 +294,10 @@ struct PcsSource {
     cache_dir: PathBuf,
     refresh: Refresh,
     state: Mutex<PcsState>,
-    /// One fetch at a time: attestations that find the same platform missing wait for the
-    /// first one's fetch instead of sending their own.
-    fetching: tokio::sync::Mutex<()>,
+    /// One fetch at a time per platform: attestations that find the same platform missing
+    /// wait for the first one's fetch instead of sending their own; other platforms are not
+    /// held up. Only platforms whose quotes verified reach here, so the map stays small.
+    fetching: Mutex<HashMap<Platform, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Parsed files of the offline directory, by path, kept while the file is unchanged.
@@ -331,7 +332,7 @@ impl CollateralStore {
                 cache_dir,
                 refresh,
                 state: Mutex::new(PcsState::default()),
-                fetching: tokio::sync::Mutex::new(()),
+                fetching: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -527,7 +528,8 @@ impl PcsSource {
         if let (Some(c), false) = self.peek(k, now)? {
             return Ok(c);
         }
-        let _one = self.fetching.lock().await;
+        let one = self.platform_lock(k)?;
+        let _one = one.lock().await;
         // another attestation may have fetched it while this one waited
         let (cached, due) = self.peek(k, now)?;
         match cached {
@@ -543,6 +545,17 @@ impl PcsSource {
                 },
             },
         }
+    }
+
+    /// The fetch lock of platform `k`; locks nobody holds or waits for are dropped as others
+    /// are added.
+    fn platform_lock(&self, k: &Platform) -> Result<Arc<tokio::sync::Mutex<()>>, PcsError> {
+        let mut m = self
+            .fetching
+            .lock()
+            .map_err(|_| answer("the collateral fetch locks", "poisoned lock"))?;
+        m.retain(|p, l| p == k || Arc::strong_count(l) > 1);
+        Ok(m.entry(*k).or_default().clone())
     }
 
     fn load(&self, k: &Platform) -> Option<Cached> {
@@ -580,6 +593,9 @@ impl PcsSource {
         let r = self.fetch_checked(k, roots, now).await;
         if let Ok(mut st) = self.state.lock() {
             let why = r.as_ref().err().map(ToString::to_string);
+            // an attempt older than the retry wait no longer holds anything back: forget it
+            let retry = self.refresh.retry.as_secs() as i64;
+            st.attempted.retain(|_, (at, _)| now - *at < retry);
             st.attempted.insert(*k, (now, why));
         }
         r
