@@ -362,3 +362,32 @@ fn exec_after_connect_gets_no_path_bound_svid() {
     assert!(e.message().contains("exec after connect"), "{e:?}");
     let _ = child.join();
 }
+
+/// `… | head`: a command whose stdout is a pipe nobody reads ends quietly (SIGPIPE, as any Unix
+/// tool), not with a panic and exit code 101.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = TestServer::start(Backend::Sqlite);
+    for args in [["bundle", "show"], ["token", "generate"]] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let o = Command::new(env!("CARGO_BIN_EXE_ironpact-server"))
+            .args(args)
+            .arg("-socketPath")
+            .arg(&s.socket)
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
+        assert_eq!(
+            o.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}

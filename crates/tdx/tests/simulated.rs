@@ -27,7 +27,12 @@ fn a_simulated_quote_verifies_under_its_test_root_and_the_policy_judges_it() {
     let v = verify(&q, &c, &roots, NOW, 0).unwrap();
     assert_eq!(v.tcb_status(), Some("UpToDate"));
     assert_eq!(v.fmspc(), p.fmspc);
-    assert!(verify_quote(&q, &roots, NOW).unwrap().tcb_status().is_none());
+    assert!(
+        verify_quote(&q, &roots, NOW)
+            .unwrap()
+            .tcb_status()
+            .is_none()
+    );
     // Intel's root does not know it
     let e = verify(&q, &c, &Roots::intel(), NOW, 0).unwrap_err();
     assert_eq!(e.kind, ErrorKind::UntrustedChain, "{e}");

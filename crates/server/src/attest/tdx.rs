@@ -276,4 +276,67 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A quote that does not chain to the pinned root never makes the server fetch collateral
+    /// for the platform it names (nor cache anything for it): it is refused first.
+    #[tokio::test]
+    async fn an_unverified_quote_makes_no_collateral_fetch() {
+        use crate::pcs::{PcsClient, Refresh};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let p = SimPlatform::default();
+        let pinned = TestPki::generate(&p, NOW - 100 * DAY, NOW + 100 * DAY).unwrap();
+        let other = TestPki::generate(&p, NOW - 100 * DAY, NOW + 100 * DAY).unwrap();
+        // a PCS stand-in that only counts connections
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        let roots = ironpact_tdx::Roots::from_bytes(&pinned.root.0).unwrap();
+        let store = CollateralStore::new(
+            roots,
+            None,
+            Some((
+                PcsClient::new(&url).unwrap(),
+                dir.path().to_path_buf(),
+                Refresh::new(std::time::Duration::from_secs(DAY as u64)),
+            )),
+        );
+        let tee = TdxAttestor {
+            collateral: Arc::new(store),
+            policy: RwLock::new(Policy {
+                mrtds: vec![[1; 48]],
+                ..Policy::default()
+            }),
+        };
+        let spki = b"the agent's key".to_vec();
+        let ev = Evidence {
+            payload: &[],
+            csr_spki: &spki,
+            now: NOW,
+        };
+        let dev = SimulatedTdx::new(&other, p).unwrap();
+        let mut td = Td {
+            dev: &dev,
+            td: SimTd::with_mrtd([1; 48]),
+            spki: &spki,
+        };
+        let e = tee.appraise(ev, &mut td).await.unwrap_err();
+        assert!(
+            e.is_refusal() && e.to_string().contains("untrusted_chain"),
+            "{e}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the PCS was asked");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "something was cached"
+        );
+    }
 }
