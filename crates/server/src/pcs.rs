@@ -307,7 +307,7 @@ type DirCache = HashMap<PathBuf, (SystemTime, u64, Option<Arc<Collateral>>)>;
 pub struct CollateralStore {
     roots: Roots,
     dir: Option<PathBuf>,
-    dir_cache: Mutex<DirCache>,
+    dir_cache: Arc<Mutex<DirCache>>,
     pcs: Option<PcsSource>,
 }
 
@@ -326,7 +326,7 @@ impl CollateralStore {
         Self {
             roots,
             dir,
-            dir_cache: Mutex::new(HashMap::new()),
+            dir_cache: Arc::new(Mutex::new(HashMap::new())),
             pcs: pcs.map(|(client, cache_dir, refresh)| PcsSource {
                 client,
                 cache_dir,
@@ -360,7 +360,12 @@ impl CollateralStore {
         let mut kind = "collateral_expired";
         let from_dir = match &self.dir {
             Some(d) => {
-                let c = self.newest_in_dir(d, platform);
+                // a directory scan (and reads of changed files) stays off the async runtime
+                let (cache, dir, p) = (self.dir_cache.clone(), d.clone(), *platform);
+                let c = tokio::task::spawn_blocking(move || newest_in_dir(&cache, &dir, &p))
+                    .await
+                    .ok()
+                    .flatten();
                 if c.is_none() {
                     why.push(format!("none in collateral_dir {}", d.display()));
                 }
@@ -413,55 +418,61 @@ impl CollateralStore {
         }
         n
     }
+}
 
-    fn newest_in_dir(&self, dir: &Path, platform: &Platform) -> Option<Arc<Collateral>> {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            tracing::warn!(dir = %dir.display(), "tdx collateral_dir cannot be read");
-            return None;
-        };
-        let Ok(mut cache) = self.dir_cache.lock() else {
-            return None;
-        };
-        let mut seen = Vec::new();
-        let mut best: Option<Arc<Collateral>> = None;
-        for e in rd.filter_map(Result::ok) {
-            let path = e.path();
-            if path.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let Ok(meta) = e.metadata() else { continue };
-            let stamp = (
-                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                meta.len(),
-            );
-            seen.push(path.clone());
-            let parsed = match cache.get(&path) {
-                Some((m, l, c)) if (*m, *l) == stamp => c.clone(),
-                _ => {
-                    let c = std::fs::read(&path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| Collateral::from_json(&b).map_err(|e| e.to_string()));
-                    if let Err(err) = &c {
-                        tracing::warn!(file = %path.display(), error = %err, "unreadable TDX collateral");
-                    }
-                    let c = c.ok().map(Arc::new);
-                    cache.insert(path.clone(), (stamp.0, stamp.1, c.clone()));
-                    c
-                }
-            };
-            if let Some(c) = parsed
-                && c.fmspc == platform.fmspc
-                && c.tee == platform.tee.name()
-                && best
-                    .as_ref()
-                    .is_none_or(|b| (c.next_update, c.issued) > (b.next_update, b.issued))
-            {
-                best = Some(c);
-            }
+/// The newest collateral for `platform` among the JSON files of `dir`; files are parsed only
+/// when their size or mtime changed since `dir_cache` saw them.
+fn newest_in_dir(
+    dir_cache: &Mutex<DirCache>,
+    dir: &Path,
+    platform: &Platform,
+) -> Option<Arc<Collateral>> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "tdx collateral_dir cannot be read");
+        return None;
+    };
+    let Ok(mut cache) = dir_cache.lock() else {
+        return None;
+    };
+    let mut seen = Vec::new();
+    let mut best: Option<Arc<Collateral>> = None;
+    for e in rd.filter_map(Result::ok) {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
         }
-        cache.retain(|p, _| seen.contains(p));
-        best
+        let Ok(meta) = e.metadata() else { continue };
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
+        seen.push(path.clone());
+        let parsed = match cache.get(&path) {
+            Some((m, l, c)) if (*m, *l) == stamp => c.clone(),
+            _ => {
+                let c = std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| Collateral::from_json(&b).map_err(|e| e.to_string()));
+                if let Err(err) = &c {
+                    tracing::warn!(file = %path.display(), error = %err, "unreadable TDX collateral");
+                }
+                let c = c.ok().map(Arc::new);
+                cache.insert(path.clone(), (stamp.0, stamp.1, c.clone()));
+                c
+            }
+        };
+        if let Some(c) = parsed
+            && c.fmspc == platform.fmspc
+            && c.tee == platform.tee.name()
+            && best
+                .as_ref()
+                .is_none_or(|b| (c.next_update, c.issued) > (b.next_update, b.issued))
+        {
+            best = Some(c);
+        }
     }
+    cache.retain(|p, _| seen.contains(p));
+    best
 }
 
 impl PcsSource {
