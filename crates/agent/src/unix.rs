@@ -50,7 +50,9 @@ fn exe_id(pid: i32) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// Whether the process behind `pidfd` is still alive (signal 0 through the pidfd).
+/// Whether the process behind `pidfd` is still alive (signal 0 through the pidfd). A process of
+/// another user answers EPERM to an agent without CAP_KILL: that is alive too; only ESRCH means
+/// it has exited.
 fn pidfd_alive(pidfd: &std::os::fd::OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
     // SAFETY: pidfd_send_signal with signal 0 only checks; the fd is owned and open.
@@ -63,7 +65,7 @@ fn pidfd_alive(pidfd: &std::os::fd::OwnedFd) -> bool {
             0,
         )
     };
-    r == 0
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl ProcessPin {
@@ -120,9 +122,9 @@ impl ProcessPin {
     /// executable it ran then.
     pub fn check(&self, pid: i32) -> Result<(), WorkloadAttestError> {
         self.same_process(pid)?;
-        if let Some(then) = self.exe
-            && exe_id(pid) != Some(then)
-        {
+        // compared as they were read: an executable unreadable at connect (a non-dumpable
+        // process) and readable now is a change too, not a check skipped
+        if exe_id(pid) != self.exe {
             return Err(WorkloadAttestError::ExecAfterConnect { pid });
         }
         // the pid still names the process that connected (it was alive throughout)

@@ -479,24 +479,40 @@ impl DataStore {
 
     /// Rewrites an agent's record and selectors.
     pub async fn update_agent(&self, a: &AgentRecord) -> Result<()> {
+        self.write_agent(a, None).await
+    }
+
+    /// [`Self::update_agent`], only while the stored record still holds `serial` and is not
+    /// banned: a renewal that raced an eviction, a ban or another renewal writes nothing and
+    /// gets `NotFound`.
+    pub async fn update_agent_if_current(&self, a: &AgentRecord, serial: &str) -> Result<()> {
+        self.write_agent(a, Some(serial)).await
+    }
+
+    async fn write_agent(&self, a: &AgentRecord, current_serial: Option<&str>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
+        let mut sql = String::from(
             "UPDATE attested_agents SET attestation_type=$2, serial_number=$3, expires_at=$4, \
              banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8, tee_instance=$9 \
              WHERE spiffe_id=$1",
-        )
-        .bind(a.spiffe_id.as_str())
-        .bind(&a.attestation_type)
-        .bind(&a.serial_number)
-        .bind(a.expires_at)
-        .bind(b(a.banned))
-        .bind(b(a.can_reattest))
-        .bind(a.updated_at)
-        .bind(&a.attestation_error)
-        .bind(&a.tee_instance)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        );
+        if current_serial.is_some() {
+            sql.push_str(" AND serial_number=$10 AND banned=0");
+        }
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(a.spiffe_id.as_str())
+            .bind(&a.attestation_type)
+            .bind(&a.serial_number)
+            .bind(a.expires_at)
+            .bind(b(a.banned))
+            .bind(b(a.can_reattest))
+            .bind(a.updated_at)
+            .bind(&a.attestation_error)
+            .bind(&a.tee_instance);
+        if let Some(s) = current_serial {
+            q = q.bind(s);
+        }
+        let n = q.execute(&mut *tx).await?.rows_affected();
         if n == 0 {
             return Err(Error::NotFound {
                 what: "agent",
@@ -517,6 +533,30 @@ impl DataStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Marks an agent suspended (its re-attestation was refused), only while it still holds
+    /// `serial` and is not banned: it never rewrites what an eviction or ban changed meanwhile.
+    /// Returns whether it was marked.
+    pub async fn suspend_agent(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+        why: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE attested_agents SET attestation_error=$2, updated_at=$3 \
+             WHERE spiffe_id=$1 AND serial_number=$4 AND banned=0",
+        )
+        .bind(id.as_str())
+        .bind(why)
+        .bind(now)
+        .bind(serial)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
     }
 
     pub async fn get_agent(&self, id: &SpiffeId) -> Result<AgentRecord> {

@@ -319,7 +319,30 @@ async fn agents(ds: &DataStore) {
     banned.serial_number = String::new();
     banned.selectors.push(sel("x:y"));
     banned.attestation_error = "measurement_not_allowed: no".into();
+    // a suspension or a conditional rewrite holding a stale serial changes nothing
+    assert!(
+        !ds.suspend_agent(&a.spiffe_id, "stale", "x", 2)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        ds.update_agent_if_current(&a, "stale").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(
+        ds.suspend_agent(&a.spiffe_id, "01ab", "refused", 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ds.get_agent(&a.spiffe_id).await.unwrap().attestation_error,
+        "refused"
+    );
+    ds.update_agent_if_current(&a, "01ab").await.unwrap();
     ds.update_agent(&banned).await.unwrap();
+    // a banned agent is neither suspended nor rewritten by a renewal
+    assert!(!ds.suspend_agent(&a.spiffe_id, "", "x", 3).await.unwrap());
+    assert!(ds.update_agent_if_current(&a, "").await.is_err());
     let got = ds.get_agent(&a.spiffe_id).await.unwrap();
     assert!(got.banned);
     assert_eq!(got.selectors.len(), 2);

@@ -212,6 +212,10 @@ async fn attest_flow(
     };
     let existing = match core.ds.get_agent(&attested.agent_id).await {
         Ok(r) => Some(r),
+        // evicted while this renewal was being judged: the eviction stands
+        Err(ironpact_datastore::Error::NotFound { .. }) if renewing.is_some() => {
+            return Err(evicted_meanwhile(&attested.agent_id));
+        }
         Err(ironpact_datastore::Error::NotFound { .. }) => None,
         Err(e) => return Err(ds_status(e)),
     };
@@ -265,10 +269,21 @@ async fn attest_flow(
         attestation_error: String::new(),
         tee_instance: recorded_instance(existing.as_ref(), &attested, renewing.is_some()),
     };
-    if existing.is_some() {
-        core.ds.update_agent(&rec).await.map_err(ds_status)?;
-    } else {
-        core.ds.create_agent(&rec).await.map_err(ds_status)?;
+    match (&renewing, &existing) {
+        // a renewal replaces the record only if it is still the one the caller presented: an
+        // eviction, ban or other renewal meanwhile is never undone
+        (Some(was), _) => match core
+            .ds
+            .update_agent_if_current(&rec, &was.serial_number)
+            .await
+        {
+            Err(ironpact_datastore::Error::NotFound { .. }) => {
+                return Err(evicted_meanwhile(&rec.spiffe_id));
+            }
+            r => r.map_err(ds_status)?,
+        },
+        (None, Some(_)) => core.ds.update_agent(&rec).await.map_err(ds_status)?,
+        (None, None) => core.ds.create_agent(&rec).await.map_err(ds_status)?,
     }
     core.changed();
     info!(
@@ -335,6 +350,16 @@ fn refuse_reserved(e: &Entry) -> Result<(), Status> {
     Ok(())
 }
 
+/// The answer to a renewal whose agent was evicted, banned or renewed by another stream while
+/// it was being judged: what the operator did stands, and the agent attests again if it may.
+fn evicted_meanwhile(id: &SpiffeId) -> Status {
+    warn!(agent_id = %id, "the agent was evicted or banned while its renewal was judged; nothing written");
+    agent_state::status(
+        agent_state::EVICTED,
+        format!("{id} was evicted or changed while this renewal was judged; attest again"),
+    )
+}
+
 /// The TEE instance to record: a renewal (made with the agent's key) records where it came
 /// from; otherwise the instance already recorded stays (a re-attestation was checked against
 /// it), or this attestation's becomes the first.
@@ -374,13 +399,17 @@ fn same_instance(rec: &AgentRecord, a: &crate::attest::Attested) -> Result<(), A
 async fn renewal_failed(core: &SharedCore, rec: &AgentRecord, e: AttestError, now: i64) -> Status {
     if e.is_refusal() {
         warn!(agent_id = %rec.spiffe_id, error = %e, "re-attestation refused; the agent is suspended until it passes");
-        let mut failed = rec.clone();
-        failed.attestation_error = e.to_string();
-        failed.updated_at = now;
-        if let Err(d) = core.ds.update_agent(&failed).await {
-            warn!(error = %d, "could not record the failed re-attestation");
+        // only the suspension is written, and only onto the record the caller presented: an
+        // eviction or ban made while it was judged stays as it is
+        match core
+            .ds
+            .suspend_agent(&rec.spiffe_id, &rec.serial_number, &e.to_string(), now)
+            .await
+        {
+            Ok(true) => core.changed(),
+            Ok(false) => {}
+            Err(d) => warn!(error = %d, "could not record the failed re-attestation"),
         }
-        core.changed();
     } else {
         warn!(agent_id = %rec.spiffe_id, error = %e, "renewal could not be judged now; the agent stays as it is");
     }
