@@ -73,6 +73,22 @@ ALTER TABLE attested_agents ADD COLUMN attestation_error TEXT NOT NULL DEFAULT '
     r#"
 ALTER TABLE attested_agents ADD COLUMN tee_instance TEXT NOT NULL DEFAULT ''
 "#,
+    // The change log: one row per written entry, agent or bundle, in the transaction that
+    // writes it. Servers read it incrementally (`id > last`) to keep their in-memory caches
+    // current; ids from concurrent transactions may become visible out of order, which the
+    // reader handles. Pruned by age. Indexes for the admin API's filters.
+    r#"
+CREATE TABLE changes (
+    id CHANGE_ID_PK,
+    kind TEXT NOT NULL,
+    change_key TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX changes_created_at ON changes (created_at);
+CREATE INDEX registered_entries_hint ON registered_entries (hint);
+CREATE INDEX attested_agents_attestation_type ON attested_agents (attestation_type);
+CREATE INDEX agent_selectors_tv ON agent_selectors (type, value)
+"#,
 ];
 
 /// The migration after which `join_tokens.token` holds digests, not tokens.
@@ -84,8 +100,10 @@ pub(crate) fn statements(dialect: Dialect, migration: &str) -> Vec<String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| match dialect {
-            Dialect::Sqlite => s.to_string(),
-            Dialect::Postgres => s.replace(" BLOB ", " BYTEA "),
+            Dialect::Sqlite => s.replace("CHANGE_ID_PK", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+            Dialect::Postgres => s
+                .replace(" BLOB ", " BYTEA ")
+                .replace("CHANGE_ID_PK", "BIGSERIAL PRIMARY KEY"),
         })
         .collect()
 }

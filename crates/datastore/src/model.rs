@@ -123,6 +123,15 @@ impl MatchBehavior {
     }
 }
 
+/// Filters of ListAgents / CountAgents; `None` means not filtered.
+#[derive(Debug, Clone, Default)]
+pub struct AgentFilter {
+    pub by_attestation_type: Option<String>,
+    pub by_selectors: Option<(Vec<Selector>, MatchBehavior)>,
+    pub by_banned: Option<bool>,
+    pub by_can_reattest: Option<bool>,
+}
+
 /// Filters of ListEntries / CountEntries; `None` means not filtered.
 #[derive(Debug, Clone, Default)]
 pub struct EntryFilter {

@@ -2,7 +2,9 @@
 
 use crate::error::Error;
 use crate::migrate::{HASHED_TOKENS, MIGRATIONS, statements};
-use crate::model::{AgentRecord, BundleRecord, Entry, EntryFilter, similarity_key};
+use crate::model::{
+    AgentFilter, AgentRecord, BundleRecord, Entry, EntryFilter, MatchBehavior, similarity_key,
+};
 use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -24,6 +26,77 @@ pub enum Dialect {
 pub struct DataStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// SQLite takes one writer at a time: a second transaction that upgrades from reading to
+    /// writing fails with "database is locked" at once, whatever the busy timeout. Writers of
+    /// this process queue here instead (FIFO), so no caller ever sees that error.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction; on SQLite it holds the writer lock until it ends (dropped after the
+/// transaction, which rolls back unless committed).
+struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// What a change-log row says was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Entry,
+    Agent,
+    Bundle,
+}
+
+impl ChangeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Entry => "entry",
+            ChangeKind::Agent => "agent",
+            ChangeKind::Bundle => "bundle",
+        }
+    }
+}
+
+/// One row of the change log: the entry ID, agent SPIFFE ID or trust domain written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub id: i64,
+    pub kind: ChangeKind,
+    pub key: String,
+}
+
+/// Largest number of values bound into one `IN (...)` list or multi-row insert.
+const CHUNK: usize = 300;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn record_change(w: &mut WriteTx, kind: ChangeKind, key: &str) -> Result<()> {
+    sqlx::query("INSERT INTO changes (kind, change_key, created_at) VALUES ($1, $2, $3)")
+        .bind(kind.as_str())
+        .bind(key)
+        .bind(unix_now())
+        .execute(&mut *w.tx)
+        .await?;
+    Ok(())
+}
+
+/// `$first, $first+1, ...` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 const ENTRY_COLUMNS: &str = "e.entry_id, e.spiffe_id, e.parent_id, e.x509_svid_ttl, \
@@ -159,6 +232,7 @@ impl DataStore {
         let ds = Self {
             pool,
             dialect: Dialect::Sqlite,
+            writer: Default::default(),
         };
         ds.migrate().await?;
         Ok(ds)
@@ -202,6 +276,7 @@ impl DataStore {
         let ds = Self {
             pool,
             dialect: Dialect::Postgres,
+            writer: Default::default(),
         };
         ds.migrate().await?;
         Ok(ds)
@@ -209,6 +284,17 @@ impl DataStore {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    async fn begin_write(&self) -> Result<WriteTx> {
+        let writer = match self.dialect {
+            Dialect::Sqlite => Some(self.writer.clone().lock_owned().await),
+            Dialect::Postgres => None,
+        };
+        Ok(WriteTx {
+            tx: self.pool.begin().await?,
+            _writer: writer,
+        })
     }
 
     pub async fn close(&self) {
@@ -273,59 +359,80 @@ impl DataStore {
 
     /// Creates an entry; assigns an ID when `e.id` is empty. Revision starts at 0.
     pub async fn create_entry(&self, e: &Entry) -> Result<Entry> {
-        let mut e = e.clone();
-        if e.id.is_empty() {
-            e.id = new_uuid();
+        self.create_entries(std::slice::from_ref(e))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Corrupt("batch create returned nothing".into())))
+    }
+
+    /// Creates entries in one transaction, each with its own result: an entry similar to one
+    /// stored (or created earlier in the batch) gets `AlreadyExists` naming it, the rest are
+    /// created. An `Err` for the whole call means nothing was written.
+    pub async fn create_entries(&self, entries: &[Entry]) -> Result<Vec<Result<Entry>>> {
+        let mut w = self.begin_write().await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let mut e = e.clone();
+            if e.id.is_empty() {
+                e.id = new_uuid();
+            }
+            e.revision_number = 0;
+            let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
+            if let Err(dup) = refuse_similar(
+                &mut w.tx,
+                "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 OR entry_id = $2",
+                &key,
+                &e.id,
+            )
+            .await
+            {
+                out.push(Err(dup));
+                continue;
+            }
+            let r = bind_entry_columns(
+                sqlx::query(
+                    "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
+                 jwt_svid_ttl, admin, downstream, expires_at, store_svid, hint, dns_names, \
+                 federates_with, revision_number, created_at, similarity_key) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
+                ),
+                &e,
+            )
+            .bind(e.revision_number)
+            .bind(e.created_at)
+            .bind(&key)
+            .execute(&mut *w.tx)
+            .await;
+            if let Err(err) = r {
+                // a concurrent transaction (PostgreSQL) committed a similar entry meanwhile;
+                // this transaction is aborted: nothing of the batch is written
+                return Err(if is_unique_violation(&err) {
+                    Error::AlreadyExists {
+                        what: "similar entry",
+                        id: e.id.clone(),
+                    }
+                } else {
+                    err.into()
+                });
+            }
+            insert_selectors(
+                &mut w.tx,
+                "entry_selectors",
+                "entry_id",
+                &e.id,
+                &e.selectors,
+            )
+            .await?;
+            record_change(&mut w, ChangeKind::Entry, &e.id).await?;
+            out.push(Ok(e));
         }
-        e.revision_number = 0;
-        let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
-        let mut tx = self.pool.begin().await?;
-        refuse_similar(
-            &mut tx,
-            "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 OR entry_id = $2",
-            &key,
-            &e.id,
-        )
-        .await?;
-        let r = bind_entry_columns(
-            sqlx::query(
-                "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
-             jwt_svid_ttl, admin, downstream, expires_at, store_svid, hint, dns_names, \
-             federates_with, revision_number, created_at, similarity_key) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
-            ),
-            &e,
-        )
-        .bind(e.revision_number)
-        .bind(e.created_at)
-        .bind(&key)
-        .execute(&mut *tx)
-        .await;
-        if let Err(err) = r {
-            return Err(if is_unique_violation(&err) {
-                Error::AlreadyExists {
-                    what: "similar entry",
-                    id: e.id.clone(),
-                }
-            } else {
-                err.into()
-            });
-        }
-        insert_selectors(&mut tx, "entry_selectors", "entry_id", &e.id, &e.selectors).await?;
-        tx.commit().await?;
-        Ok(e)
+        w.commit().await?;
+        Ok(out)
     }
 
     pub async fn get_entry(&self, id: &str) -> Result<Entry> {
-        let sql = format!(
-            "SELECT {ENTRY_COLUMNS}, s.type, s.value FROM registered_entries e \
-             LEFT JOIN entry_selectors s ON s.entry_id = e.entry_id WHERE e.entry_id = $1"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
-        entries_from_rows(&rows)?
+        self.get_entries(&[id.to_string()])
+            .await?
             .into_iter()
             .next()
             .ok_or_else(|| Error::NotFound {
@@ -334,46 +441,132 @@ impl DataStore {
             })
     }
 
-    /// Lists entries ordered by ID. SPIFFE ID and parent ID filters run in SQL (one query
-    /// with its selectors joined); the rest of the filter is applied to the rows.
+    /// The entries with these IDs that exist, ordered by ID.
+    pub async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS}, s.type, s.value FROM registered_entries e \
+                 LEFT JOIN entry_selectors s ON s.entry_id = e.entry_id \
+                 WHERE e.entry_id IN ({}) ORDER BY e.entry_id",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            out.extend(entries_from_rows(&q.fetch_all(&self.pool).await?)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Every entry, ordered by ID, in two sequential scans (entries, then selectors) merged in
+    /// order: the cache's start-up load, without a join that repeats each entry per selector.
+    pub async fn list_all_entries(&self) -> Result<Vec<Entry>> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM registered_entries e ORDER BY e.entry_id");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(entry_from_row(row)?);
+        }
+        drop(rows);
+        let sels =
+            sqlx::query("SELECT entry_id, type, value FROM entry_selectors ORDER BY entry_id")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut i = 0;
+        for row in &sels {
+            let id: String = row.try_get("entry_id")?;
+            while i < out.len() && out[i].id.as_str() < id.as_str() {
+                i += 1;
+            }
+            if let Some(e) = out.get_mut(i).filter(|e| e.id == id)
+                && let Some(sel) = selector_from_row(row)?
+            {
+                e.selectors.push(sel);
+            }
+        }
+        for e in &mut out {
+            e.selectors.sort();
+        }
+        Ok(out)
+    }
+
+    /// Lists entries ordered by ID, every filter applied in SQL except `by_federates_with`
+    /// (a rare filter, applied to the rows).
     pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>> {
-        let mut sql = format!(
-            "SELECT {ENTRY_COLUMNS}, s.type, s.value FROM registered_entries e \
-             LEFT JOIN entry_selectors s ON s.entry_id = e.entry_id"
+        Ok(self.list_entries_page(filter, "", 0).await?.0)
+    }
+
+    /// One page of [`Self::list_entries`]: entries with IDs after `after`, at most `limit`
+    /// (0: all); also the ID to pass as `after` for the next page, empty on the last one.
+    pub async fn list_entries_page(
+        &self,
+        filter: &EntryFilter,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, String)> {
+        let mut binds = Vec::new();
+        let mut conds = entry_conditions(filter, &mut binds);
+        if !after.is_empty() {
+            binds.push(Bind::Text(after.to_string()));
+            conds.push(format!("e.entry_id > ${}", binds.len()));
+        }
+        let post_filter = filter.by_federates_with.is_some();
+        // the federates_with filter runs on the rows, so its pages are cut after it
+        let sql_limit = if post_filter || limit == 0 {
+            String::new()
+        } else {
+            format!(" LIMIT {}", limit + 1)
+        };
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS}, s.type, s.value FROM \
+             (SELECT * FROM registered_entries e{} ORDER BY e.entry_id{sql_limit}) e \
+             LEFT JOIN entry_selectors s ON s.entry_id = e.entry_id ORDER BY e.entry_id",
+            where_clause(&conds)
         );
-        let mut binds: Vec<String> = Vec::new();
-        let mut conds = Vec::new();
-        if let Some(id) = &filter.by_spiffe_id {
-            binds.push(id.to_string());
-            conds.push(format!("e.spiffe_id = ${}", binds.len()));
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &binds)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut entries: Vec<Entry> = entries_from_rows(&rows)?;
+        if post_filter {
+            entries.retain(|e| filter.matches(e));
         }
-        if let Some(id) = &filter.by_parent_id {
-            binds.push(id.to_string());
-            conds.push(format!("e.parent_id = ${}", binds.len()));
+        if limit > 0 && entries.len() > limit {
+            entries.truncate(limit);
+            let next = entries.last().map(|e| e.id.clone()).unwrap_or_default();
+            return Ok((entries, next));
         }
-        if !conds.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conds.join(" AND "));
+        Ok((entries, String::new()))
+    }
+
+    /// How many entries pass `filter`, counted in SQL (with `by_federates_with`, on the rows).
+    pub async fn count_entries(&self, filter: &EntryFilter) -> Result<u64> {
+        if filter.by_federates_with.is_some() {
+            return Ok(self.list_entries(filter).await?.len() as u64);
         }
-        sql.push_str(" ORDER BY e.entry_id");
-        let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
-        for v in &binds {
-            q = q.bind(v.as_str());
-        }
-        let rows = q.fetch_all(&self.pool).await?;
-        Ok(entries_from_rows(&rows)?
-            .into_iter()
-            .filter(|e| filter.matches(e))
-            .collect())
+        let mut binds = Vec::new();
+        let conds = entry_conditions(filter, &mut binds);
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM registered_entries e{}",
+            where_clause(&conds)
+        );
+        let row = bind_all(sqlx::query(AssertSqlSafe(sql)), &binds)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
     }
 
     /// Replaces an entry's fields (the ID stays); bumps its revision number.
     pub async fn update_entry(&self, e: &Entry) -> Result<Entry> {
         let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
-        let mut tx = self.pool.begin().await?;
+        let mut w = self.begin_write().await?;
         let cur = sqlx::query("SELECT revision_number FROM registered_entries WHERE entry_id = $1")
             .bind(&e.id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *w.tx)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: "entry",
@@ -381,7 +574,7 @@ impl DataStore {
             })?;
         let rev: i64 = cur.try_get("revision_number")?;
         refuse_similar(
-            &mut tx,
+            &mut w.tx,
             "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 AND entry_id <> $2",
             &key,
             &e.id,
@@ -398,14 +591,22 @@ impl DataStore {
         )
         .bind(rev + 1)
         .bind(&key)
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await?;
         sqlx::query("DELETE FROM entry_selectors WHERE entry_id = $1")
             .bind(&e.id)
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?;
-        insert_selectors(&mut tx, "entry_selectors", "entry_id", &e.id, &e.selectors).await?;
-        tx.commit().await?;
+        insert_selectors(
+            &mut w.tx,
+            "entry_selectors",
+            "entry_id",
+            &e.id,
+            &e.selectors,
+        )
+        .await?;
+        record_change(&mut w, ChangeKind::Entry, &e.id).await?;
+        w.commit().await?;
         let mut out = e.clone();
         out.revision_number = rev + 1;
         Ok(out)
@@ -414,14 +615,14 @@ impl DataStore {
     /// Deletes an entry and returns what it was.
     pub async fn delete_entry(&self, id: &str) -> Result<Entry> {
         let e = self.get_entry(id).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut w = self.begin_write().await?;
         sqlx::query("DELETE FROM entry_selectors WHERE entry_id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?;
         let n = sqlx::query("DELETE FROM registered_entries WHERE entry_id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?
             .rows_affected();
         if n == 0 {
@@ -430,14 +631,15 @@ impl DataStore {
                 id: id.to_string(),
             });
         }
-        tx.commit().await?;
+        record_change(&mut w, ChangeKind::Entry, id).await?;
+        w.commit().await?;
         Ok(e)
     }
 
     // ---------------------------------------------------------------- agents
 
     pub async fn create_agent(&self, a: &AgentRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut w = self.begin_write().await?;
         let r = sqlx::query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
              banned, can_reattest, created_at, updated_at, attestation_error, tee_instance) \
@@ -453,7 +655,7 @@ impl DataStore {
         .bind(a.updated_at)
         .bind(&a.attestation_error)
         .bind(&a.tee_instance)
-        .execute(&mut *tx)
+        .execute(&mut *w.tx)
         .await;
         if let Err(err) = r {
             return Err(if is_unique_violation(&err) {
@@ -466,14 +668,15 @@ impl DataStore {
             });
         }
         insert_selectors(
-            &mut tx,
+            &mut w.tx,
             "agent_selectors",
             "spiffe_id",
             a.spiffe_id.as_str(),
             &a.selectors,
         )
         .await?;
-        tx.commit().await?;
+        record_change(&mut w, ChangeKind::Agent, a.spiffe_id.as_str()).await?;
+        w.commit().await?;
         Ok(())
     }
 
@@ -490,7 +693,7 @@ impl DataStore {
     }
 
     async fn write_agent(&self, a: &AgentRecord, current_serial: Option<&str>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut w = self.begin_write().await?;
         let mut sql = String::from(
             "UPDATE attested_agents SET attestation_type=$2, serial_number=$3, expires_at=$4, \
              banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8, tee_instance=$9 \
@@ -512,7 +715,7 @@ impl DataStore {
         if let Some(s) = current_serial {
             q = q.bind(s);
         }
-        let n = q.execute(&mut *tx).await?.rows_affected();
+        let n = q.execute(&mut *w.tx).await?.rows_affected();
         if n == 0 {
             return Err(Error::NotFound {
                 what: "agent",
@@ -521,17 +724,18 @@ impl DataStore {
         }
         sqlx::query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
             .bind(a.spiffe_id.as_str())
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?;
         insert_selectors(
-            &mut tx,
+            &mut w.tx,
             "agent_selectors",
             "spiffe_id",
             a.spiffe_id.as_str(),
             &a.selectors,
         )
         .await?;
-        tx.commit().await?;
+        record_change(&mut w, ChangeKind::Agent, a.spiffe_id.as_str()).await?;
+        w.commit().await?;
         Ok(())
     }
 
@@ -545,6 +749,7 @@ impl DataStore {
         why: &str,
         now: i64,
     ) -> Result<bool> {
+        let mut w = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE attested_agents SET attestation_error=$2, updated_at=$3 \
              WHERE spiffe_id=$1 AND serial_number=$4 AND banned=0",
@@ -553,14 +758,18 @@ impl DataStore {
         .bind(why)
         .bind(now)
         .bind(serial)
-        .execute(&self.pool)
+        .execute(&mut *w.tx)
         .await?
         .rows_affected();
+        if n > 0 {
+            record_change(&mut w, ChangeKind::Agent, id.as_str()).await?;
+        }
+        w.commit().await?;
         Ok(n > 0)
     }
 
     pub async fn get_agent(&self, id: &SpiffeId) -> Result<AgentRecord> {
-        self.query_agents(Some(id))
+        self.get_agents(&[id.to_string()])
             .await?
             .into_iter()
             .next()
@@ -570,26 +779,87 @@ impl DataStore {
             })
     }
 
-    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
-        self.query_agents(None).await
+    /// The agents with these SPIFFE IDs that exist, ordered by ID.
+    pub async fn get_agents(&self, ids: &[String]) -> Result<Vec<AgentRecord>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let cond = format!("a.spiffe_id IN ({})", placeholders(1, chunk.len()));
+            let binds: Vec<Bind> = chunk.iter().map(|i| Bind::Text(i.clone())).collect();
+            out.extend(self.query_agents(&[cond], &binds, "").await?);
+        }
+        out.sort_by(|a, b| a.spiffe_id.as_str().cmp(b.spiffe_id.as_str()));
+        Ok(out)
     }
 
-    async fn query_agents(&self, id: Option<&SpiffeId>) -> Result<Vec<AgentRecord>> {
-        let mut sql = String::from(
-            "SELECT a.spiffe_id, a.attestation_type, a.serial_number, a.expires_at, a.banned, \
-             a.can_reattest, a.created_at, a.updated_at, a.attestation_error, a.tee_instance, s.type, s.value \
-             FROM attested_agents a \
-             LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id",
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
+        Ok(self
+            .list_agents_page(&AgentFilter::default(), "", 0)
+            .await?
+            .0)
+    }
+
+    /// Agents passing `filter` with IDs after `after`, at most `limit` (0: all), in SQL; also
+    /// the `after` of the next page, empty on the last one.
+    pub async fn list_agents_page(
+        &self,
+        filter: &AgentFilter,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<AgentRecord>, String)> {
+        let mut binds = Vec::new();
+        let mut conds = agent_conditions(filter, &mut binds);
+        if !after.is_empty() {
+            binds.push(Bind::Text(after.to_string()));
+            conds.push(format!("a.spiffe_id > ${}", binds.len()));
+        }
+        let lim = if limit == 0 {
+            String::new()
+        } else {
+            format!(" LIMIT {}", limit + 1)
+        };
+        let mut agents = self.query_agents(&conds, &binds, &lim).await?;
+        if limit > 0 && agents.len() > limit {
+            agents.truncate(limit);
+            let next = agents
+                .last()
+                .map(|a| a.spiffe_id.to_string())
+                .unwrap_or_default();
+            return Ok((agents, next));
+        }
+        Ok((agents, String::new()))
+    }
+
+    /// How many agents pass `filter`, counted in SQL.
+    pub async fn count_agents(&self, filter: &AgentFilter) -> Result<u64> {
+        let mut binds = Vec::new();
+        let conds = agent_conditions(filter, &mut binds);
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM attested_agents a{}",
+            where_clause(&conds)
         );
-        if id.is_some() {
-            sql.push_str(" WHERE a.spiffe_id = $1");
-        }
-        sql.push_str(" ORDER BY a.spiffe_id");
-        let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
-        if let Some(id) = id {
-            q = q.bind(id.as_str());
-        }
-        let rows = q.fetch_all(&self.pool).await?;
+        let row = bind_all(sqlx::query(AssertSqlSafe(sql)), &binds)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    async fn query_agents(
+        &self,
+        conds: &[String],
+        binds: &[Bind],
+        limit: &str,
+    ) -> Result<Vec<AgentRecord>> {
+        let sql = format!(
+            "SELECT a.spiffe_id, a.attestation_type, a.serial_number, a.expires_at, a.banned, \
+             a.can_reattest, a.created_at, a.updated_at, a.attestation_error, a.tee_instance, \
+             s.type, s.value FROM \
+             (SELECT * FROM attested_agents a{} ORDER BY a.spiffe_id{limit}) a \
+             LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id ORDER BY a.spiffe_id",
+            where_clause(conds)
+        );
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out: Vec<AgentRecord> = Vec::new();
         for row in &rows {
             let sid: String = row.try_get("spiffe_id")?;
@@ -614,19 +884,22 @@ impl DataStore {
                 a.selectors.push(sel);
             }
         }
+        for a in &mut out {
+            a.selectors.sort();
+        }
         Ok(out)
     }
 
     /// Removes an agent (evict): it may attest again.
     pub async fn delete_agent(&self, id: &SpiffeId) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut w = self.begin_write().await?;
         sqlx::query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
             .bind(id.as_str())
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?;
         let n = sqlx::query("DELETE FROM attested_agents WHERE spiffe_id = $1")
             .bind(id.as_str())
-            .execute(&mut *tx)
+            .execute(&mut *w.tx)
             .await?
             .rows_affected();
         if n == 0 {
@@ -635,20 +908,77 @@ impl DataStore {
                 id: id.to_string(),
             });
         }
-        tx.commit().await?;
+        record_change(&mut w, ChangeKind::Agent, id.as_str()).await?;
+        w.commit().await?;
         Ok(())
+    }
+
+    // ---------------------------------------------------------------- change log
+
+    /// The highest change ID written so far (0 when none).
+    pub async fn last_change_id(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT MAX(id) AS m FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("m")?.unwrap_or(0))
+    }
+
+    /// Changes with IDs above `after`, in ID order, at most `limit`.
+    pub async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<Change>> {
+        let sql = format!(
+            "SELECT id, kind, change_key FROM changes WHERE id > $1 ORDER BY id LIMIT {}",
+            limit.max(1)
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    /// The changes among `ids` that are visible now (a skipped ID whose transaction has since
+    /// committed).
+    pub async fn changes_by_id(&self, ids: &[i64]) -> Result<Vec<Change>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id, kind, change_key FROM changes WHERE id IN ({}) ORDER BY id",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push(change_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes change-log rows written before `before` (Unix seconds); returns how many.
+    pub async fn prune_changes(&self, before: i64) -> Result<u64> {
+        let mut w = self.begin_write().await?;
+        let n = sqlx::query("DELETE FROM changes WHERE created_at < $1")
+            .bind(before)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        Ok(n)
     }
 
     // ---------------------------------------------------------------- join tokens
 
     pub async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {
+        let mut w = self.begin_write().await?;
         let r = sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES ($1, $2)")
             .bind(token_digest(token))
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&mut *w.tx)
             .await;
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => w.commit().await,
             Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
                 what: "join token",
                 id: String::from("(redacted)"),
@@ -659,24 +989,30 @@ impl DataStore {
 
     /// Consumes a join token (single use) and returns its expiry; the caller checks it.
     pub async fn take_join_token(&self, token: &str) -> Result<i64> {
+        let mut w = self.begin_write().await?;
         let row = sqlx::query("DELETE FROM join_tokens WHERE token = $1 RETURNING expires_at")
             .bind(token_digest(token))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *w.tx)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: "join token",
                 id: String::from("(redacted)"),
             })?;
-        Ok(row.try_get("expires_at")?)
+        let exp = row.try_get("expires_at")?;
+        w.commit().await?;
+        Ok(exp)
     }
 
     /// Deletes join tokens that expired before `now`; returns how many.
     pub async fn prune_join_tokens(&self, now: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
+        let mut w = self.begin_write().await?;
+        let n = sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *w.tx)
             .await?
-            .rows_affected())
+            .rows_affected();
+        w.commit().await?;
+        Ok(n)
     }
 
     // ---------------------------------------------------------------- bundles
@@ -693,6 +1029,7 @@ impl DataStore {
     pub async fn set_bundle(&self, bundle: &Bundle, now: i64) -> Result<()> {
         let data = StoredBundle::from(bundle);
         let bytes = serde_json::to_vec(&data).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let mut w = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (trust_domain) DO UPDATE SET data = excluded.data, \
@@ -701,15 +1038,17 @@ impl DataStore {
         .bind(bundle.trust_domain.as_str())
         .bind(bytes)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *w.tx)
         .await?;
-        Ok(())
+        record_change(&mut w, ChangeKind::Bundle, bundle.trust_domain.as_str()).await?;
+        w.commit().await
     }
 
     pub async fn delete_bundle(&self, td: &TrustDomain) -> Result<()> {
+        let mut w = self.begin_write().await?;
         let n = sqlx::query("DELETE FROM bundles WHERE trust_domain = $1")
             .bind(td.as_str())
-            .execute(&self.pool)
+            .execute(&mut *w.tx)
             .await?
             .rows_affected();
         if n == 0 {
@@ -718,7 +1057,8 @@ impl DataStore {
                 id: td.to_string(),
             });
         }
-        Ok(())
+        record_change(&mut w, ChangeKind::Bundle, td.as_str()).await?;
+        w.commit().await
     }
 
     pub async fn list_bundles(&self) -> Result<Vec<BundleRecord>> {
@@ -744,15 +1084,16 @@ impl DataStore {
     }
 
     pub async fn set_ca_journal(&self, data: &[u8], now: i64) -> Result<()> {
+        let mut w = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO ca_journal (id, data, updated_at) VALUES (1, $1, $2) \
              ON CONFLICT (id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
         )
         .bind(data.to_vec())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *w.tx)
         .await?;
-        Ok(())
+        w.commit().await
     }
 }
 
@@ -786,7 +1127,7 @@ fn parse_list(s: &str) -> Result<Vec<String>> {
 /// Fails with AlreadyExists naming the entry `sql` (bound to the similarity key and the
 /// entry's own ID) finds.
 async fn refuse_similar(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     sql: &'static str,
     key: &str,
     id: &str,
@@ -805,27 +1146,169 @@ async fn refuse_similar(
     }
 }
 
+/// Inserts a record's selectors (duplicates dropped) in multi-row statements.
 async fn insert_selectors(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     table: &str,
     key_col: &str,
     key: &str,
     selectors: &[Selector],
 ) -> Result<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    let sql = format!("INSERT INTO {table} ({key_col}, type, value) VALUES ($1, $2, $3)");
-    for s in selectors {
-        if !seen.insert(s) {
-            continue;
+    let set: std::collections::BTreeSet<&Selector> = selectors.iter().collect();
+    let set: Vec<&Selector> = set.into_iter().collect();
+    for chunk in set.chunks(CHUNK / 3) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({key_col}, type, value) VALUES {}",
+            values.join(",")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for s in chunk {
+            q = q.bind(key).bind(s.kind.as_str()).bind(s.value.as_str());
         }
-        sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(key)
-            .bind(&s.kind)
-            .bind(&s.value)
-            .execute(&mut **tx)
-            .await?;
+        q.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// A value bound into a query built from a filter.
+#[derive(Debug, Clone)]
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_all<'q>(mut q: AnyQuery<'q>, binds: &'q [Bind]) -> AnyQuery<'q> {
+    for v in binds {
+        q = match v {
+            Bind::Text(t) => q.bind(t.as_str()),
+            Bind::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
+
+fn where_clause(conds: &[String]) -> String {
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
+/// The SQL condition for a selector-set filter on `table` (its records keyed by `key_col`,
+/// the outer record's key being `outer`): uses the (type, value) index to find candidates.
+fn selector_condition(
+    selectors: &[Selector],
+    how: MatchBehavior,
+    table: &str,
+    key_col: &str,
+    outer: &str,
+    binds: &mut Vec<Bind>,
+) -> String {
+    let set: std::collections::BTreeSet<&Selector> = selectors.iter().collect();
+    let n = set.len();
+    let mut ors = Vec::with_capacity(n);
+    let mut inner_ors = Vec::with_capacity(n);
+    for s in &set {
+        binds.push(Bind::Text(s.kind.clone()));
+        let t = binds.len();
+        binds.push(Bind::Text(s.value.clone()));
+        let v = binds.len();
+        ors.push(format!("(type = ${t} AND value = ${v})"));
+        inner_ors.push(format!("(c.type = ${t} AND c.value = ${v})"));
+    }
+    let any = ors.join(" OR ");
+    let count_all = format!("(SELECT COUNT(*) FROM {table} c WHERE c.{key_col} = {outer})");
+    match how {
+        MatchBehavior::Any => format!("{outer} IN (SELECT {key_col} FROM {table} WHERE {any})"),
+        MatchBehavior::Superset => format!(
+            "{outer} IN (SELECT {key_col} FROM {table} WHERE {any} GROUP BY {key_col} HAVING COUNT(*) = {n})"
+        ),
+        MatchBehavior::Exact => format!(
+            "{outer} IN (SELECT {key_col} FROM {table} WHERE {any} GROUP BY {key_col} HAVING COUNT(*) = {n}) AND {count_all} = {n}"
+        ),
+        // every selector of the record is in the filter: candidates share one with it, and
+        // none of theirs is outside it
+        MatchBehavior::Subset => format!(
+            "{outer} IN (SELECT {key_col} FROM {table} WHERE {any}) AND NOT EXISTS              (SELECT 1 FROM {table} c WHERE c.{key_col} = {outer} AND NOT ({}))",
+            inner_ors.join(" OR ")
+        ),
+    }
+}
+
+fn entry_conditions(f: &EntryFilter, binds: &mut Vec<Bind>) -> Vec<String> {
+    let mut conds = Vec::new();
+    if let Some(id) = &f.by_spiffe_id {
+        binds.push(Bind::Text(id.to_string()));
+        conds.push(format!("e.spiffe_id = ${}", binds.len()));
+    }
+    if let Some(id) = &f.by_parent_id {
+        binds.push(Bind::Text(id.to_string()));
+        conds.push(format!("e.parent_id = ${}", binds.len()));
+    }
+    if let Some(h) = &f.by_hint {
+        binds.push(Bind::Text(h.clone()));
+        conds.push(format!("e.hint = ${}", binds.len()));
+    }
+    if let Some(d) = f.by_downstream {
+        binds.push(Bind::Int(b(d)));
+        conds.push(format!("e.downstream = ${}", binds.len()));
+    }
+    if let Some((sels, how)) = &f.by_selectors {
+        conds.push(selector_condition(
+            sels,
+            *how,
+            "entry_selectors",
+            "entry_id",
+            "e.entry_id",
+            binds,
+        ));
+    }
+    conds
+}
+
+fn agent_conditions(f: &AgentFilter, binds: &mut Vec<Bind>) -> Vec<String> {
+    let mut conds = Vec::new();
+    if let Some(t) = &f.by_attestation_type {
+        binds.push(Bind::Text(t.clone()));
+        conds.push(format!("a.attestation_type = ${}", binds.len()));
+    }
+    if let Some(v) = f.by_banned {
+        binds.push(Bind::Int(b(v)));
+        conds.push(format!("a.banned = ${}", binds.len()));
+    }
+    if let Some(v) = f.by_can_reattest {
+        binds.push(Bind::Int(b(v)));
+        conds.push(format!("a.can_reattest = ${}", binds.len()));
+    }
+    if let Some((sels, how)) = &f.by_selectors {
+        conds.push(selector_condition(
+            sels,
+            *how,
+            "agent_selectors",
+            "spiffe_id",
+            "a.spiffe_id",
+            binds,
+        ));
+    }
+    conds
+}
+
+fn change_from_row(row: &AnyRow) -> Result<Change> {
+    let kind = match row.try_get::<String, _>("kind")?.as_str() {
+        "entry" => ChangeKind::Entry,
+        "agent" => ChangeKind::Agent,
+        "bundle" => ChangeKind::Bundle,
+        other => return Err(Error::Corrupt(format!("change log kind {other:?}"))),
+    };
+    Ok(Change {
+        id: row.try_get("id")?,
+        kind,
+        key: row.try_get("change_key")?,
+    })
 }
 
 fn selector_from_row(row: &AnyRow) -> Result<Option<Selector>> {
@@ -837,32 +1320,36 @@ fn selector_from_row(row: &AnyRow) -> Result<Option<Selector>> {
     }
 }
 
+fn entry_from_row(row: &AnyRow) -> Result<Entry> {
+    let tds = parse_list(&row.try_get::<String, _>("federates_with")?)?;
+    Ok(Entry {
+        id: row.try_get("entry_id")?,
+        spiffe_id: SpiffeId::parse(&row.try_get::<String, _>("spiffe_id")?)?,
+        parent_id: SpiffeId::parse(&row.try_get::<String, _>("parent_id")?)?,
+        selectors: Vec::new(),
+        x509_svid_ttl: row.try_get("x509_svid_ttl")?,
+        jwt_svid_ttl: row.try_get("jwt_svid_ttl")?,
+        federates_with: tds
+            .iter()
+            .map(|t| TrustDomain::new(t))
+            .collect::<std::result::Result<_, _>>()?,
+        admin: row.try_get::<i64, _>("admin")? != 0,
+        downstream: row.try_get::<i64, _>("downstream")? != 0,
+        expires_at: row.try_get("expires_at")?,
+        dns_names: parse_list(&row.try_get::<String, _>("dns_names")?)?,
+        revision_number: row.try_get("revision_number")?,
+        store_svid: row.try_get::<i64, _>("store_svid")? != 0,
+        hint: row.try_get("hint")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 fn entries_from_rows(rows: &[AnyRow]) -> Result<Vec<Entry>> {
     let mut out: Vec<Entry> = Vec::new();
     for row in rows {
         let id: String = row.try_get("entry_id")?;
         if out.last().is_none_or(|e| e.id != id) {
-            let tds = parse_list(&row.try_get::<String, _>("federates_with")?)?;
-            out.push(Entry {
-                id,
-                spiffe_id: SpiffeId::parse(&row.try_get::<String, _>("spiffe_id")?)?,
-                parent_id: SpiffeId::parse(&row.try_get::<String, _>("parent_id")?)?,
-                selectors: Vec::new(),
-                x509_svid_ttl: row.try_get("x509_svid_ttl")?,
-                jwt_svid_ttl: row.try_get("jwt_svid_ttl")?,
-                federates_with: tds
-                    .iter()
-                    .map(|t| TrustDomain::new(t))
-                    .collect::<std::result::Result<_, _>>()?,
-                admin: row.try_get::<i64, _>("admin")? != 0,
-                downstream: row.try_get::<i64, _>("downstream")? != 0,
-                expires_at: row.try_get("expires_at")?,
-                dns_names: parse_list(&row.try_get::<String, _>("dns_names")?)?,
-                revision_number: row.try_get("revision_number")?,
-                store_svid: row.try_get::<i64, _>("store_svid")? != 0,
-                hint: row.try_get("hint")?,
-                created_at: row.try_get("created_at")?,
-            });
+            out.push(entry_from_row(row)?);
         }
         if let Some(sel) = selector_from_row(row)?
             && let Some(e) = out.last_mut()
