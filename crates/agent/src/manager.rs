@@ -9,7 +9,7 @@ use ironpact_proto::agent::v1 as pb;
 use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
 use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
 use ironpact_tls::{SharedRoots, SvidCell, TrustSource};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -330,7 +330,8 @@ impl Agent {
         .map_err(|e| AgentError::Local(e.to_string()))?;
         let ch = ironpact_tls::channel(&self.addr(), cfg)
             .map_err(|e| AgentError::Local(e.to_string()))?;
-        let c = AgentApiClient::new(ch);
+        let c =
+            AgentApiClient::new(ch).max_decoding_message_size(ironpact_proto::SYNC_MESSAGE_LIMIT);
         if let Ok(mut g) = self.client.write() {
             *g = Some(c.clone());
         }
@@ -503,7 +504,32 @@ impl Agent {
         Ok(())
     }
 
-    fn apply(&self, snap: pb::SyncAuthorizedResponse) {
+    /// Takes one sync message; applies the update once its last page is in. A full update
+    /// replaces what the agent holds; a delta adds, changes and removes entries.
+    fn apply(
+        &self,
+        pending: &mut Option<pb::SyncAuthorizedResponse>,
+        msg: pb::SyncAuthorizedResponse,
+    ) {
+        let upd = match pending.take() {
+            Some(mut acc) => {
+                acc.entries.extend(msg.entries);
+                acc.removed_entry_ids.extend(msg.removed_entry_ids);
+                acc.bundle = msg.bundle.or(acc.bundle);
+                if msg.federated_bundles_changed {
+                    acc.federated_bundles_changed = true;
+                    acc.federated_bundles = msg.federated_bundles;
+                }
+                acc.more = msg.more;
+                acc.revision = msg.revision;
+                acc
+            }
+            None => msg,
+        };
+        if upd.more {
+            *pending = Some(upd);
+            return;
+        }
         let to_bundle = |b: &pb::Bundle| -> Option<Bundle> {
             let mut out = Bundle::new(TrustDomain::new(&b.trust_domain).ok()?);
             out.x509_authorities = b.x509_authorities.clone();
@@ -520,7 +546,7 @@ impl Agent {
             out.sequence = b.sequence_number;
             Some(out)
         };
-        let bundle = snap.bundle.as_ref().and_then(to_bundle);
+        let bundle = upd.bundle.as_ref().and_then(to_bundle);
         if let Some(b) = &bundle {
             self.roots.set(b.x509_authorities.clone());
             let path = self.cfg.data_dir.join("bundle.pem");
@@ -529,7 +555,7 @@ impl Agent {
             }
         }
         let server = self.server_id.as_str();
-        let entries: Vec<AgentEntry> = snap
+        let changed: Vec<AgentEntry> = upd
             .entries
             .iter()
             .filter(|e| e.parent_id != server)
@@ -553,28 +579,56 @@ impl Agent {
                 })
             })
             .collect();
-        debug!(
-            entries = entries.len(),
-            revision = snap.revision,
-            "applied a sync snapshot"
-        );
-        let federated = snap
-            .federated_bundles
+        // alias entries (parented by the server) are not served, but a delta naming one
+        // still removes any workload entry of that ID
+        let gone: HashSet<&str> = upd
+            .removed_entry_ids
             .iter()
-            .filter_map(to_bundle)
-            .map(|b| (b.trust_domain.to_string(), b))
+            .map(String::as_str)
+            .chain(
+                upd.entries
+                    .iter()
+                    .filter(|e| e.parent_id == server)
+                    .map(|e| e.id.as_str()),
+            )
             .collect();
+        debug!(
+            full = upd.full,
+            changed = changed.len(),
+            removed = upd.removed_entry_ids.len(),
+            revision = upd.revision,
+            "applied a sync update"
+        );
+        let federated: Option<BTreeMap<String, Bundle>> =
+            (upd.full || upd.federated_bundles_changed).then(|| {
+                upd.federated_bundles
+                    .iter()
+                    .filter_map(to_bundle)
+                    .map(|b| (b.trust_domain.to_string(), b))
+                    .collect()
+            });
         self.state.update(|v| {
             if bundle.is_some() {
                 v.bundle = bundle;
             }
-            v.federated = federated;
-            v.svids.retain(|id, s| {
-                entries
-                    .iter()
-                    .any(|e| &e.id == id && e.revision == s.revision)
-            });
-            v.entries = entries;
+            if let Some(f) = federated {
+                v.federated = f;
+            }
+            let mut by_id: BTreeMap<String, AgentEntry> = if upd.full {
+                BTreeMap::new()
+            } else {
+                std::mem::take(&mut v.entries)
+                    .into_iter()
+                    .filter(|e| !gone.contains(e.id.as_str()))
+                    .map(|e| (e.id.clone(), e))
+                    .collect()
+            };
+            for e in changed {
+                by_id.insert(e.id.clone(), e);
+            }
+            v.svids
+                .retain(|id, s| by_id.get(id).is_some_and(|e| e.revision == s.revision));
+            v.entries = by_id.into_values().collect();
         });
     }
 
@@ -720,11 +774,15 @@ impl Agent {
         };
         info!(server = %self.addr(), "connected; syncing entries");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut pending = None;
         loop {
             tokio::select! {
                 msg = sync.message() => match msg {
-                    Ok(Some(snap)) => {
-                        self.apply(snap);
+                    Ok(Some(m)) => {
+                        self.apply(&mut pending, m);
+                        if pending.is_some() {
+                            continue;
+                        }
                         if let Err(e) = self.sign_due().await {
                             warn!(error = %e, "signing workload SVIDs failed; will retry");
                         }

@@ -3,7 +3,7 @@
 
 use ironpact_spiffe::{Bundle, Selector, SpiffeId, TrustDomain};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentEntry {
@@ -69,28 +69,30 @@ impl View {
 }
 
 pub struct State {
-    view: RwLock<View>,
+    /// Readers take the current view (an `Arc`, no copy); an update copies it only while a
+    /// reader still holds the old one.
+    view: RwLock<Arc<View>>,
     changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for State {
     fn default() -> Self {
         Self {
-            view: RwLock::new(View::default()),
+            view: RwLock::new(Arc::new(View::default())),
             changes: tokio::sync::watch::channel(0).0,
         }
     }
 }
 
 impl State {
-    pub fn read(&self) -> View {
+    pub fn read(&self) -> Arc<View> {
         self.view.read().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Applies `f` and wakes every waiting stream.
     pub fn update(&self, f: impl FnOnce(&mut View)) {
         if let Ok(mut v) = self.view.write() {
-            f(&mut v);
+            f(Arc::make_mut(&mut v));
         }
         self.changes.send_modify(|c| *c += 1);
     }

@@ -166,6 +166,7 @@ fn join_token_attestation_sync_and_signing() {
             .unwrap()
             .into_inner();
         let snap = next_snapshot(&mut sync).await;
+        assert!(snap.full && !snap.more);
         assert_eq!(snap.entries.len(), 1);
         assert_eq!(snap.entries[0].spiffe_id, "spiffe://example.org/node1");
         assert_eq!(snap.bundle.as_ref().unwrap().x509_authorities, roots);
@@ -192,11 +193,12 @@ fn join_token_attestation_sync_and_signing() {
             .as_str()
             .unwrap()
             .to_string();
-        let snap = next_snapshot(&mut sync).await;
-        assert!(
-            snap.entries.iter().any(|e| e.id == web_id),
-            "pushed without polling: {snap:?}"
-        );
+        // only the change is pushed (a delta), without polling
+        let delta = next_snapshot(&mut sync).await;
+        assert!(!delta.full, "{delta:?}");
+        assert_eq!(delta.entries.len(), 1, "{delta:?}");
+        assert_eq!(delta.entries[0].id, web_id);
+        assert!(delta.bundle.is_none() && delta.removed_entry_ids.is_empty());
         // an entry for somebody else is not
         s.cli(&[
             "entry",

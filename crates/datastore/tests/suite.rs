@@ -551,7 +551,12 @@ async fn filters_in_sql_agree_with_the_rule(ds: &DataStore) {
 fn agent(n: usize, sels: &[&str]) -> AgentRecord {
     AgentRecord {
         spiffe_id: id(&format!("spiffe://td/spire/agent/x/{n:03}")),
-        attestation_type: if n.is_multiple_of(2) { "join_token" } else { "x509pop" }.into(),
+        attestation_type: if n.is_multiple_of(2) {
+            "join_token"
+        } else {
+            "x509pop"
+        }
+        .into(),
         serial_number: format!("{n:x}"),
         expires_at: 5000,
         selectors: sels.iter().map(|s| sel(s)).collect(),

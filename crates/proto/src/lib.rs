@@ -55,3 +55,7 @@ pub mod agent_state {
         }
     }
 }
+
+/// The largest sync message an agent accepts: the server pages updates at 1 MiB of entries,
+/// and one entry may be as large as the admin API's 4 MiB request limit allows.
+pub const SYNC_MESSAGE_LIMIT: usize = 8 << 20;

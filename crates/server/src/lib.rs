@@ -6,8 +6,8 @@
 
 pub mod api;
 pub mod attest;
-pub mod authorized;
 pub mod ca;
+pub mod cache;
 pub mod clock;
 pub mod config;
 /// The HCL reader lives in `ironpact-config`; re-exported for existing users.

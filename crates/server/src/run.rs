@@ -172,12 +172,22 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         };
         attestors.insert("tdx", Arc::new(a));
     }
+    let server_id = cfg
+        .trust_domain
+        .id_with_path("/spire/server")
+        .unwrap_or_else(|_| cfg.trust_domain.id());
+    let cache = crate::cache::Cache::load(ds.clone(), server_id, cfg.trust_domain.clone())
+        .await
+        .map_err(|source| RunError::Datastore {
+            database_type: cfg.datastore.database_type.clone(),
+            source,
+        })?;
     let core = Arc::new(Core {
         cfg,
         ds,
         ca,
         clock,
-        changes: tokio::sync::watch::channel(0).0,
+        cache,
         roots: Arc::new(SharedRoots::default()),
         server_svid: Arc::new(SvidCell::default()),
         server_svid_expiry: AtomicI64::new(0),
@@ -404,6 +414,12 @@ pub fn apply_reload(core: &Core, reload: &Reload) {
     }
 }
 
+/// How often the cache reads the change log for other servers' writes.
+const CACHE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Change-log rows older than this (seconds) are pruned.
+const CHANGE_LOG_KEEP: i64 = 3600;
+const CHANGE_LOG_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// [`run`], re-reading the configuration on SIGHUP.
 pub async fn run_with_reload(
     cfg: ServerConfig,
@@ -429,7 +445,7 @@ pub async fn run_with_reload(
                         if let Err(e) = core.refresh_roots().await {
                             error!(error = %e, "reloading the trust bundle failed");
                         }
-                        core.changed();
+                        core.changed().await;
                     }
                     Ok(false) => {}
                     Err(e) => error!(error = %e, "CA rotation step failed; retrying"),
@@ -445,6 +461,37 @@ pub async fn run_with_reload(
             }
         })
     };
+
+    // Changes written by other servers sharing the database reach this server's cache (and
+    // its agents) through the change log; this server's own writes refresh it at once. The log
+    // keeps an hour, far more than any server falls behind while running (a restarted server
+    // loads everything).
+    {
+        let core = core.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(CACHE_REFRESH);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_prune = std::time::Instant::now();
+            loop {
+                t.tick().await;
+                if let Err(e) = core.cache.refresh().await {
+                    warn!(error = %e, "refreshing the entry cache from the change log failed; retrying");
+                }
+                if last_prune.elapsed() >= CHANGE_LOG_PRUNE_EVERY {
+                    last_prune = std::time::Instant::now();
+                    match core
+                        .ds
+                        .prune_changes(core.clock.now() - CHANGE_LOG_KEEP)
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => info!(count = n, "pruned the change log"),
+                        Err(e) => warn!(error = %e, "pruning the change log failed"),
+                    }
+                }
+            }
+        });
+    }
 
     // TDX collateral from a PCS/PCCS is fetched again before it goes stale, even when no
     // agent attests (each store knows its own schedule; this only wakes it).

@@ -469,11 +469,7 @@ async fn create(a: CreateArgs) -> Result<()> {
         }
     };
     let mut client = EntryServiceClient::new(a.socket.channel().await?);
-    let resp = client
-        .batch_create_entry(pb::BatchCreateEntryRequest { entries })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+    let resp = create_in_batches(&mut client, entries).await?;
     let failed = resp
         .results
         .iter()
@@ -520,6 +516,66 @@ async fn create(a: CreateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Most entries (and bytes) one BatchCreateEntry request carries: the server's limits are
+/// 1,000 items and 4 MiB.
+const CREATE_BATCH: usize = 1000;
+const CREATE_BATCH_BYTES: usize = 3 << 20;
+
+/// Sends entries in batches under the server's limits, one after another, and gathers the
+/// results in order. On a terminal, progress goes to stderr.
+async fn create_in_batches(
+    client: &mut EntryServiceClient<tonic::transport::Channel>,
+    entries: Vec<pb::Entry>,
+) -> Result<pb::BatchCreateEntryResponse> {
+    use std::io::IsTerminal;
+    let total = entries.len();
+    let progress = total > CREATE_BATCH && std::io::stderr().is_terminal();
+    let mut results = Vec::with_capacity(total);
+    let mut batch: Vec<pb::Entry> = Vec::new();
+    let mut bytes = 0;
+    let mut rest = entries.into_iter().peekable();
+    while let Some(e) = rest.next() {
+        bytes += prost::Message::encoded_len(&e) + 8;
+        batch.push(e);
+        let full = batch.len() >= CREATE_BATCH
+            || rest
+                .peek()
+                .is_some_and(|n| bytes + prost::Message::encoded_len(n) + 8 > CREATE_BATCH_BYTES);
+        if !full && rest.peek().is_some() {
+            continue;
+        }
+        let n = batch.len();
+        let resp = client
+            .batch_create_entry(pb::BatchCreateEntryRequest {
+                entries: std::mem::take(&mut batch),
+            })
+            .await
+            .map_err(|s| {
+                anyhow!(
+                    "{} (after {} of {total} entries had been sent)",
+                    status_err(s),
+                    results.len()
+                )
+            })?
+            .into_inner();
+        if resp.results.len() != n {
+            bail!(
+                "the server answered {} results for a batch of {n}: retry with a smaller -data file",
+                resp.results.len()
+            );
+        }
+        results.extend(resp.results);
+        bytes = 0;
+        if progress {
+            eprint!("\rcreated {} of {total} entries", results.len());
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(pb::BatchCreateEntryResponse { results })
 }
 
 async fn show(a: ShowArgs) -> Result<()> {

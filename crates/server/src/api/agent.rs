@@ -1,12 +1,11 @@
 //! AgentService: attested agents (list, show, evict, ban) and join tokens.
 
 use super::convert::{self, agent_pb};
-use super::{SharedCore, ds_status, paginate};
-use ironpact_datastore::{AgentRecord, Entry};
+use super::{SharedCore, ds_status};
+use ironpact_datastore::{AgentFilter, Entry};
 use ironpact_proto::server::v1 as pb;
 use ironpact_proto::server::v1::agent_service_server::AgentService;
 use ironpact_spiffe::{Selector, SpiffeId};
-use std::collections::BTreeSet;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -30,37 +29,29 @@ fn parse_agent_id(raw: &str) -> Result<SpiffeId, Status> {
     SpiffeId::parse(raw).map_err(|e| Status::invalid_argument(format!("invalid agent ID: {e}")))
 }
 
-fn matches(f: &pb::AgentFilter, a: &AgentRecord) -> Result<bool, Status> {
-    if !f.by_attestation_type.is_empty() && f.by_attestation_type != a.attestation_type {
-        return Ok(false);
-    }
-    if f.by_banned.is_some_and(|b| b != a.banned)
-        || f.by_can_reattest.is_some_and(|b| b != a.can_reattest)
-    {
-        return Ok(false);
-    }
-    if let Some(m) = &f.by_selector_match {
-        let want: BTreeSet<Selector> = convert::selectors(&m.selectors)?.into_iter().collect();
-        let have: BTreeSet<Selector> = a.selectors.iter().cloned().collect();
-        if !convert::match_behavior(m.r#match)?.matches(&want, &have) {
-            return Ok(false);
+fn filter(f: Option<&pb::AgentFilter>) -> Result<AgentFilter, Status> {
+    let Some(f) = f else {
+        return Ok(AgentFilter::default());
+    };
+    let by_selectors = match &f.by_selector_match {
+        Some(m) if !m.selectors.is_empty() => Some((
+            convert::selectors(&m.selectors)?,
+            convert::match_behavior(m.r#match)?,
+        )),
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "invalid by_selector_match filter: at least one selector is required",
+            ));
         }
-    }
-    Ok(true)
-}
-
-impl AgentApi {
-    async fn filtered(&self, f: Option<&pb::AgentFilter>) -> Result<Vec<AgentRecord>, Status> {
-        let all = self.0.ds.list_agents().await.map_err(ds_status)?;
-        let Some(f) = f else { return Ok(all) };
-        let mut out = Vec::new();
-        for a in all {
-            if matches(f, &a)? {
-                out.push(a);
-            }
-        }
-        Ok(out)
-    }
+        None => None,
+    };
+    Ok(AgentFilter {
+        by_attestation_type: (!f.by_attestation_type.is_empty())
+            .then(|| f.by_attestation_type.clone()),
+        by_selectors,
+        by_banned: f.by_banned,
+        by_can_reattest: f.by_can_reattest,
+    })
 }
 
 #[tonic::async_trait]
@@ -69,9 +60,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::CountAgentsRequest>,
     ) -> Result<Response<pb::CountAgentsResponse>, Status> {
-        let n = self.filtered(req.get_ref().filter.as_ref()).await?.len();
+        let f = filter(req.get_ref().filter.as_ref())?;
+        let n = self.0.ds.count_agents(&f).await.map_err(ds_status)?;
         Ok(Response::new(pb::CountAgentsResponse {
-            count: n.min(i32::MAX as usize) as i32,
+            count: n.min(i32::MAX as u64) as i32,
         }))
     }
 
@@ -80,8 +72,16 @@ impl AgentService for AgentApi {
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let r = req.get_ref();
-        let all = self.filtered(r.filter.as_ref()).await?;
-        let (page, next) = paginate(all, |a| a.spiffe_id.to_string(), r.page_size, &r.page_token)?;
+        let f = filter(r.filter.as_ref())?;
+        if r.page_size < 0 {
+            return Err(Status::invalid_argument("page_size cannot be negative"));
+        }
+        let (page, next) = self
+            .0
+            .ds
+            .list_agents_page(&f, &r.page_token, r.page_size as usize)
+            .await
+            .map_err(ds_status)?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: page.iter().map(agent_pb).collect(),
             next_page_token: next,
@@ -104,7 +104,7 @@ impl AgentService for AgentApi {
         let id = parse_agent_id(&req.get_ref().id)?;
         self.0.ds.delete_agent(&id).await.map_err(ds_status)?;
         info!(agent_id = %id, "evicted agent");
-        self.0.changed();
+        self.0.changed().await;
         Ok(Response::new(pb::DeleteAgentResponse {}))
     }
 
@@ -119,7 +119,7 @@ impl AgentService for AgentApi {
         a.updated_at = self.0.clock.now();
         self.0.ds.update_agent(&a).await.map_err(ds_status)?;
         info!(agent_id = %id, "banned agent");
-        self.0.changed();
+        self.0.changed().await;
         Ok(Response::new(pb::BanAgentResponse {}))
     }
 
@@ -165,7 +165,7 @@ impl AgentService for AgentApi {
             e.created_at = self.0.clock.now();
             self.0.ds.create_entry(&e).await.map_err(ds_status)?;
             info!(alias = %alias, parent_id = %agent_id, "registered join token node alias");
-            self.0.changed();
+            self.0.changed().await;
         }
         info!(expires_at, "created join token");
         Ok(Response::new(pb::JoinToken {

@@ -7,14 +7,15 @@
 
 use super::{SharedCore, ca_status, ds_status};
 use crate::attest::{AttestError, Challenger, Evidence};
-use crate::authorized::authorized_entries;
+use crate::cache::AgentView;
 use ironpact_datastore::{AgentRecord, Entry};
 use ironpact_proto::agent::v1 as pb;
 use ironpact_proto::agent::v1::agent_api_server::AgentApi;
 use ironpact_proto::agent_state;
 use ironpact_spiffe::{Bundle, SpiffeId};
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -24,9 +25,9 @@ use tracing::{info, warn};
 
 /// How long an agent has to answer a challenge or send its first message.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Sync streams re-check the datastore this often, for changes made by other servers
-/// sharing the database; a snapshot is only sent when it differs.
-const RESYNC: Duration = Duration::from_secs(5);
+/// Entries of one sync message (page) stay under this many bytes; the agent accepts up to
+/// [`ironpact_proto::SYNC_MESSAGE_LIMIT`], so one entry as large as the admin API takes fits.
+const PAGE_BYTES: usize = 1 << 20;
 
 pub struct AgentEndpoint(pub SharedCore);
 
@@ -98,7 +99,14 @@ impl AgentEndpoint {
             .first()
             .and_then(|u| SpiffeId::parse(u).ok())
             .ok_or_else(|| Status::unauthenticated("client certificate carries no SPIFFE ID"))?;
-        let rec = standing(&id, self.0.ds.get_agent(&id).await, renewing)?;
+        // the cache answers when it holds this SVID's serial; a miss (attested or renewed on
+        // another server a moment ago) and every renewal ask the datastore
+        let rec = match self.0.cache.agent(id.as_str()) {
+            Some(r) if !renewing && r.serial_number == info.serial_hex => {
+                standing(&id, Ok(r.as_ref().clone()), renewing)?
+            }
+            _ => standing(&id, self.0.ds.get_agent(&id).await, renewing)?,
+        };
         if rec.serial_number != info.serial_hex {
             return Err(Status::permission_denied(format!(
                 "{id} presented an SVID that is not its current one; attest again"
@@ -107,21 +115,24 @@ impl AgentEndpoint {
         Ok(rec)
     }
 
-    async fn authorized_for(&self, agent: &AgentRecord) -> Result<Vec<Entry>, Status> {
-        let all = self
-            .0
-            .ds
-            .list_entries(&Default::default())
-            .await
-            .map_err(ds_status)?;
-        Ok(authorized_entries(
-            &all,
-            &agent.spiffe_id,
-            &agent.selectors,
-            &self.0.server_id(),
-            self.0.clock.now(),
-        ))
+    /// What the agent may see, from the cache; an agent the datastore knows but the cache not
+    /// yet (attested through another server a moment ago) makes the cache catch up once.
+    async fn authorized_for(&self, agent: &AgentRecord) -> Result<AgentView, Status> {
+        view_of(&self.0, agent.spiffe_id.as_str()).await
     }
+}
+
+async fn view_of(core: &SharedCore, agent_id: &str) -> Result<AgentView, Status> {
+    if let Some(v) = core.cache.view(agent_id, core.clock.now()) {
+        return Ok(v);
+    }
+    core.changed().await;
+    core.cache.view(agent_id, core.clock.now()).ok_or_else(|| {
+        agent_state::status(
+            agent_state::EVICTED,
+            format!("{agent_id} is not an attested agent (evicted); attest again"),
+        )
+    })
 }
 
 /// Runs one attestation (or renewal, when `renewing` holds the caller's record).
@@ -285,7 +296,7 @@ async fn attest_flow(
         (None, Some(_)) => core.ds.update_agent(&rec).await.map_err(ds_status)?,
         (None, None) => core.ds.create_agent(&rec).await.map_err(ds_status)?,
     }
-    core.changed();
+    core.changed().await;
     info!(
         agent_id = %rec.spiffe_id,
         attestor = attestor.name(),
@@ -406,7 +417,7 @@ async fn renewal_failed(core: &SharedCore, rec: &AgentRecord, e: AttestError, no
             .suspend_agent(&rec.spiffe_id, &rec.serial_number, &e.to_string(), now)
             .await
         {
-            Ok(true) => core.changed(),
+            Ok(true) => core.changed().await,
             Ok(false) => {}
             Err(d) => warn!(error = %d, "could not record the failed re-attestation"),
         }
@@ -487,44 +498,102 @@ fn entry_pb(e: &Entry) -> pb::Entry {
     }
 }
 
-/// One snapshot of what `agent_id` may see.
-async fn snapshot(
-    core: &SharedCore,
-    agent_id: &SpiffeId,
-    revision: u64,
-) -> Result<pb::SyncAuthorizedResponse, Status> {
-    let agent = standing(agent_id, core.ds.get_agent(agent_id).await, false)?;
-    let all = core
-        .ds
-        .list_entries(&Default::default())
-        .await
-        .map_err(ds_status)?;
-    let entries = authorized_entries(
-        &all,
-        &agent.spiffe_id,
-        &agent.selectors,
-        &core.server_id(),
-        core.clock.now(),
-    );
-    let wanted: BTreeSet<String> = entries
+/// What a sync stream has sent, to send only what changed.
+#[derive(Default)]
+struct Sent {
+    entries: HashMap<String, i64>,
+    bundle: Option<Arc<Bundle>>,
+    federated: Vec<Arc<Bundle>>,
+}
+
+/// The messages of one update from `sent` to `view` (the full set when `full`); empty when
+/// nothing the agent sees changed. Entries and removed IDs are paged under [`PAGE_BYTES`];
+/// bundles ride on the last page.
+fn update_pages(view: &AgentView, sent: &mut Sent, full: bool) -> Vec<pb::SyncAuthorizedResponse> {
+    let bundle_changed = full || sent.bundle != view.bundle;
+    let federated_changed = full || sent.federated != view.federated;
+    let upserts: Vec<&Arc<Entry>> = view
+        .entries
         .iter()
-        .flat_map(|e| e.federates_with.iter().map(ToString::to_string))
+        .filter(|e| full || sent.entries.get(&e.id) != Some(&e.revision_number))
         .collect();
-    let mut bundle = None;
-    let mut federated = Vec::new();
-    for rec in core.ds.list_bundles().await.map_err(ds_status)? {
-        if rec.bundle.trust_domain == core.cfg.trust_domain {
-            bundle = Some(bundle_pb(&rec.bundle));
-        } else if wanted.contains(rec.bundle.trust_domain.as_str()) {
-            federated.push(bundle_pb(&rec.bundle));
+    let removed: Vec<String> = if full {
+        Vec::new()
+    } else {
+        let now: std::collections::HashSet<&str> =
+            view.entries.iter().map(|e| e.id.as_str()).collect();
+        let mut r: Vec<String> = sent
+            .entries
+            .keys()
+            .filter(|id| !now.contains(id.as_str()))
+            .cloned()
+            .collect();
+        r.sort();
+        r
+    };
+    if !full && upserts.is_empty() && removed.is_empty() && !bundle_changed && !federated_changed {
+        return Vec::new();
+    }
+    let mut pages = vec![pb::SyncAuthorizedResponse {
+        full,
+        revision: view.revision,
+        ..Default::default()
+    }];
+    let mut size = 0usize;
+    let mut room = |pages: &mut Vec<pb::SyncAuthorizedResponse>, n: usize| {
+        if size > 0 && size + n > PAGE_BYTES {
+            pages.push(pb::SyncAuthorizedResponse {
+                full,
+                revision: view.revision,
+                ..Default::default()
+            });
+            size = 0;
+        }
+        size += n;
+    };
+    for e in upserts {
+        let m = entry_pb(e);
+        room(&mut pages, prost::Message::encoded_len(&m) + 8);
+        if let Some(p) = pages.last_mut() {
+            p.entries.push(m);
         }
     }
-    Ok(pb::SyncAuthorizedResponse {
-        entries: entries.iter().map(entry_pb).collect(),
-        bundle,
-        federated_bundles: federated,
-        revision,
-    })
+    for id in removed {
+        room(&mut pages, id.len() + 4);
+        if let Some(p) = pages.last_mut() {
+            p.removed_entry_ids.push(id);
+        }
+    }
+    let n = pages.len();
+    for (i, p) in pages.iter_mut().enumerate() {
+        p.more = i + 1 < n;
+    }
+    if let Some(last) = pages.last_mut() {
+        if bundle_changed {
+            last.bundle = view.bundle.as_deref().map(bundle_pb);
+        }
+        if federated_changed {
+            last.federated_bundles_changed = true;
+            last.federated_bundles = view.federated.iter().map(|b| bundle_pb(b)).collect();
+        }
+    }
+    sent.entries = view
+        .entries
+        .iter()
+        .map(|e| (e.id.clone(), e.revision_number))
+        .collect();
+    sent.bundle = view.bundle.clone();
+    sent.federated = view.federated.clone();
+    pages
+}
+
+/// When the next of these entries expires (and must leave the agent's view), if any does.
+fn next_expiry(view: &AgentView, now: i64) -> Option<i64> {
+    view.entries
+        .iter()
+        .map(|e| e.expires_at)
+        .filter(|&t| t > now)
+        .min()
 }
 
 #[tonic::async_trait]
@@ -562,41 +631,45 @@ impl AgentApi for AgentEndpoint {
     ) -> Result<Response<Self::SyncAuthorizedStream>, Status> {
         let agent = self.caller(&req, false).await?;
         let core = self.0.clone();
-        let mut changes = core.changes.subscribe();
-        let (tx, rx) = mpsc::channel(2);
+        let mut revisions = core.cache.subscribe();
+        let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let id = agent.spiffe_id;
-            let mut last: Option<Vec<u8>> = None;
+            let id = agent.spiffe_id.to_string();
+            let mut sent = Sent::default();
+            let mut full = true;
             loop {
-                let rev = *changes.borrow_and_update();
-                match snapshot(&core, &id, rev).await {
-                    Ok(snap) => {
-                        // Only send what differs from what the agent already has.
-                        let body = prost::Message::encode_to_vec(&pb::SyncAuthorizedResponse {
-                            revision: 0,
-                            ..snap.clone()
-                        });
-                        if last.as_ref() != Some(&body) {
-                            last = Some(body);
-                            if tx.send(Ok(snap)).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
+                revisions.borrow_and_update();
+                let now = core.clock.now();
+                let checked = view_of(&core, &id).await.and_then(|v| {
+                    standing(&agent.spiffe_id, Ok(v.agent.as_ref().clone()), false).map(|_| v)
+                });
+                let view = match checked {
+                    Ok(v) => v,
                     Err(s) => {
                         info!(agent_id = %id, reason = %s.message(), "closing agent sync stream");
                         let _ = tx.send(Err(s)).await;
                         break;
                     }
+                };
+                for page in update_pages(&view, &mut sent, full) {
+                    if tx.send(Ok(page)).await.is_err() {
+                        return;
+                    }
                 }
+                full = false;
+                // an entry that expires leaves the view without a change in the log
+                let until_expiry = next_expiry(&view, now).map_or(Duration::from_secs(3600), |t| {
+                    Duration::from_secs((t - now).max(1) as u64)
+                });
+                drop(view);
                 tokio::select! {
-                    r = changes.changed() => if r.is_err() { break },
+                    r = revisions.changed() => if r.is_err() { break },
                     _ = tx.closed() => break,
                     () = core.stopped() => {
                         let _ = tx.send(Err(Status::unavailable("the server is shutting down; reconnect"))).await;
                         break;
                     }
-                    _ = tokio::time::sleep(RESYNC) => {}
+                    _ = tokio::time::sleep(until_expiry) => {}
                 }
             }
         });
@@ -610,11 +683,13 @@ impl AgentApi for AgentEndpoint {
         let agent = self.caller(&req, false).await?;
         let params = &req.get_ref().params;
         super::check_batch(params.len())?;
-        let entries = self.authorized_for(&agent).await?;
+        let view = self.authorized_for(&agent).await?;
+        let entries: HashMap<&str, &Arc<Entry>> =
+            view.entries.iter().map(|e| (e.id.as_str(), e)).collect();
         let mut results = Vec::with_capacity(params.len());
         for p in params {
             let r = (|| {
-                let e = entries.iter().find(|e| e.id == p.entry_id).ok_or_else(|| {
+                let e = entries.get(p.entry_id.as_str()).ok_or_else(|| {
                     Status::permission_denied(format!(
                         "entry {:?} is not authorized for this agent",
                         p.entry_id
@@ -667,13 +742,17 @@ impl AgentApi for AgentEndpoint {
                 "at least one non-empty audience is required",
             ));
         }
-        let entries = self.authorized_for(&agent).await?;
-        let e = entries.iter().find(|e| e.id == r.entry_id).ok_or_else(|| {
-            Status::permission_denied(format!(
-                "entry {:?} is not authorized for this agent",
-                r.entry_id
-            ))
-        })?;
+        let view = self.authorized_for(&agent).await?;
+        let e = view
+            .entries
+            .iter()
+            .find(|e| e.id == r.entry_id)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "entry {:?} is not authorized for this agent",
+                    r.entry_id
+                ))
+            })?;
         refuse_reserved(e)?;
         let ttl = match e.jwt_svid_ttl {
             0 => self.0.cfg.default_jwt_svid_ttl,
@@ -690,5 +769,99 @@ impl AgentApi for AgentEndpoint {
             expires_at: exp,
             issued_at: iat,
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ironpact_spiffe::{Selector, TrustDomain};
+
+    fn entry(i: usize, rev: i64, selector_bytes: usize) -> Arc<Entry> {
+        let mut e = Entry::new(
+            SpiffeId::parse(&format!("spiffe://td/w{i}")).unwrap(),
+            SpiffeId::parse("spiffe://td/agent").unwrap(),
+            vec![Selector::new("k", &"v".repeat(selector_bytes.max(1))).unwrap()],
+        );
+        e.id = format!("{i:06}");
+        e.revision_number = rev;
+        Arc::new(e)
+    }
+
+    fn view(entries: Vec<Arc<Entry>>, bundle_seq: u64) -> AgentView {
+        let mut b = Bundle::new(TrustDomain::new("td").unwrap());
+        b.sequence = bundle_seq;
+        AgentView {
+            agent: Arc::new(AgentRecord {
+                spiffe_id: SpiffeId::parse("spiffe://td/agent").unwrap(),
+                attestation_type: "join_token".into(),
+                serial_number: "01".into(),
+                expires_at: 0,
+                selectors: vec![],
+                banned: false,
+                can_reattest: false,
+                created_at: 0,
+                updated_at: 0,
+                attestation_error: String::new(),
+                tee_instance: String::new(),
+            }),
+            entries,
+            bundle: Some(Arc::new(b)),
+            federated: vec![],
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn a_full_update_is_paged_under_the_limit_and_deltas_carry_only_changes() {
+        // 3,000 entries of ~1 KiB: about 3 MiB, more than one page
+        let all: Vec<Arc<Entry>> = (0..3000).map(|i| entry(i, 0, 1000)).collect();
+        let mut sent = Sent::default();
+        let pages = update_pages(&view(all.clone(), 1), &mut sent, true);
+        assert!(pages.len() >= 3, "{} pages", pages.len());
+        for (i, p) in pages.iter().enumerate() {
+            assert!(p.full);
+            assert_eq!(p.more, i + 1 < pages.len());
+            assert!(prost::Message::encoded_len(p) <= PAGE_BYTES + 4096);
+            // the bundle rides on the last page only
+            assert_eq!(p.bundle.is_some(), i + 1 == pages.len());
+        }
+        assert_eq!(pages.iter().map(|p| p.entries.len()).sum::<usize>(), 3000);
+
+        // nothing changed: nothing sent
+        assert!(update_pages(&view(all.clone(), 1), &mut sent, false).is_empty());
+
+        // one entry changed, one removed, one added: a single small message
+        let mut next = all.clone();
+        next[10] = entry(10, 1, 1000);
+        next.remove(20);
+        next.push(entry(5000, 0, 10));
+        let pages = update_pages(&view(next.clone(), 1), &mut sent, false);
+        assert_eq!(pages.len(), 1);
+        let d = &pages[0];
+        assert!(!d.full && !d.more && d.bundle.is_none() && !d.federated_bundles_changed);
+        let ids: Vec<&str> = d.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["000010", "005000"]);
+        assert_eq!(d.removed_entry_ids, ["000020"]);
+        assert!(prost::Message::encoded_len(d) < 2000);
+
+        // a new bundle alone
+        let pages = update_pages(&view(next, 2), &mut sent, false);
+        assert_eq!(pages.len(), 1);
+        assert!(pages[0].entries.is_empty() && pages[0].bundle.is_some());
+    }
+
+    #[test]
+    fn one_entry_larger_than_a_page_still_goes_alone() {
+        let all = vec![entry(1, 0, 10), entry(2, 0, 3 << 20), entry(3, 0, 10)];
+        let mut sent = Sent::default();
+        let pages = update_pages(&view(all, 1), &mut sent, true);
+        assert_eq!(pages.len(), 3);
+        assert!(
+            pages
+                .iter()
+                .all(|p| prost::Message::encoded_len(p) < ironpact_proto::SYNC_MESSAGE_LIMIT)
+        );
     }
 }

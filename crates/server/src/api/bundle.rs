@@ -88,7 +88,7 @@ impl BundleService for BundleApi {
                     .await
                     .map_err(ds_status)?;
                 info!(trust_domain = %b.trust_domain, "set federated bundle");
-                self.0.changed();
+                self.0.changed().await;
                 Ok::<_, Status>(b)
             }
             .await;
@@ -120,7 +120,7 @@ impl BundleService for BundleApi {
                 let td = self.federated_td(raw)?;
                 self.0.ds.delete_bundle(&td).await.map_err(ds_status)?;
                 info!(trust_domain = %td, "deleted federated bundle");
-                self.0.changed();
+                self.0.changed().await;
                 Ok::<_, Status>(())
             }
             .await;

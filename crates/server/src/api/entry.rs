@@ -1,7 +1,7 @@
 //! EntryService: registration entry CRUD with per-item batch results.
 
 use super::convert::{self, entry_pb};
-use super::{SharedCore, check_batch, ds_status, item_status, ok_status, paginate};
+use super::{SharedCore, check_batch, ds_status, item_status, ok_status};
 use ironpact_datastore::{Entry, EntryFilter};
 use ironpact_proto::server::v1 as pb;
 use ironpact_proto::server::v1::entry_service_server::EntryService;
@@ -110,14 +110,14 @@ fn masked(old: &Entry, new: &pb::Entry, mask: Option<&pb::EntryMask>) -> pb::Ent
 }
 
 impl EntryApi {
-    async fn create_one(&self, p: &pb::Entry) -> Result<Entry, (Status, Option<Entry>)> {
-        let td = &self.0.cfg.trust_domain;
-        let mut e = convert::entry(p, td).map_err(|s| (s, None))?;
-        e.created_at = self.0.clock.now();
-        match self.0.ds.create_entry(&e).await {
+    /// One item's result from the datastore's answer.
+    async fn created(
+        &self,
+        r: Result<Entry, ironpact_datastore::Error>,
+    ) -> Result<Entry, (Status, Option<Entry>)> {
+        match r {
             Ok(e) => {
                 info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, parent_id = %e.parent_id, "created entry");
-                self.0.changed();
                 Ok(e)
             }
             Err(ironpact_datastore::Error::AlreadyExists { id, .. }) => {
@@ -150,7 +150,6 @@ impl EntryApi {
         e.created_at = old.created_at;
         let e = self.0.ds.update_entry(&e).await.map_err(ds_status)?;
         info!(entry_id = %e.id, revision = e.revision_number, "updated entry");
-        self.0.changed();
         Ok(e)
     }
 }
@@ -162,9 +161,9 @@ impl EntryService for EntryApi {
         req: Request<pb::CountEntriesRequest>,
     ) -> Result<Response<pb::CountEntriesResponse>, Status> {
         let f = filter(req.get_ref().filter.as_ref())?;
-        let n = self.0.ds.list_entries(&f).await.map_err(ds_status)?.len();
+        let n = self.0.ds.count_entries(&f).await.map_err(ds_status)?;
         Ok(Response::new(pb::CountEntriesResponse {
-            count: n.min(i32::MAX as usize) as i32,
+            count: n.min(i32::MAX as u64) as i32,
         }))
     }
 
@@ -174,8 +173,15 @@ impl EntryService for EntryApi {
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let r = req.get_ref();
         let f = filter(r.filter.as_ref())?;
-        let all = self.0.ds.list_entries(&f).await.map_err(ds_status)?;
-        let (page, next) = paginate(all, |e| e.id.clone(), r.page_size, &r.page_token)?;
+        if r.page_size < 0 {
+            return Err(Status::invalid_argument("page_size cannot be negative"));
+        }
+        let (page, next) = self
+            .0
+            .ds
+            .list_entries_page(&f, &r.page_token, r.page_size as usize)
+            .await
+            .map_err(ds_status)?;
         Ok(Response::new(pb::ListEntriesResponse {
             entries: page.iter().map(entry_pb).collect(),
             next_page_token: next,
@@ -200,9 +206,49 @@ impl EntryService for EntryApi {
     ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
         let entries = &req.get_ref().entries;
         check_batch(entries.len())?;
+        let now = self.0.clock.now();
+        let td = &self.0.cfg.trust_domain;
+        let converted: Vec<Result<Entry, Status>> = entries
+            .iter()
+            .map(|p| {
+                convert::entry(p, td).map(|mut e| {
+                    e.created_at = now;
+                    e
+                })
+            })
+            .collect();
+        let valid: Vec<Entry> = converted
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .cloned()
+            .collect();
+        // one transaction for the batch; if a concurrent writer (another server) took one of
+        // its entries meanwhile, the batch is redone item by item
+        let mut stored = match self.0.ds.create_entries(&valid).await {
+            Ok(v) => v,
+            Err(ironpact_datastore::Error::AlreadyExists { .. }) => {
+                let mut v = Vec::with_capacity(valid.len());
+                for e in &valid {
+                    v.push(self.0.ds.create_entry(e).await);
+                }
+                v
+            }
+            Err(e) => return Err(ds_status(e)),
+        }
+        .into_iter();
+        if !valid.is_empty() {
+            self.0.changed().await;
+        }
         let mut results = Vec::with_capacity(entries.len());
-        for p in entries {
-            results.push(match self.create_one(p).await {
+        for c in converted {
+            let r = match c {
+                Err(s) => Err((s, None)),
+                Ok(_) => match stored.next() {
+                    Some(r) => self.created(r).await,
+                    None => Err((Status::internal("batch result missing"), None)),
+                },
+            };
+            results.push(match r {
                 Ok(e) => pb::batch_create_entry_response::Result {
                     status: Some(ok_status()),
                     entry: Some(entry_pb(&e)),
@@ -235,6 +281,7 @@ impl EntryService for EntryApi {
                 },
             });
         }
+        self.0.changed().await;
         Ok(Response::new(pb::BatchUpdateEntryResponse { results }))
     }
 
@@ -252,7 +299,6 @@ impl EntryService for EntryApi {
                 match self.0.ds.delete_entry(id).await {
                     Ok(_) => {
                         info!(entry_id = %id, "deleted entry");
-                        self.0.changed();
                         ok_status()
                     }
                     Err(e) => item_status(&ds_status(e)),
@@ -263,6 +309,7 @@ impl EntryService for EntryApi {
                 id: id.clone(),
             });
         }
+        self.0.changed().await;
         Ok(Response::new(pb::BatchDeleteEntryResponse { results }))
     }
 }

@@ -35,8 +35,9 @@ pub struct Core {
     pub ds: DataStore,
     pub ca: CaManager,
     pub clock: Arc<dyn Clock>,
-    /// Bumped on every change an agent may need to see (entries, agents, bundles).
-    pub changes: tokio::sync::watch::Sender<u64>,
+    /// Entries, agents and bundles in memory, kept current from the datastore's change log:
+    /// what agents are served from.
+    pub cache: Arc<crate::cache::Cache>,
     /// The trust domain's current X.509 authorities, for verifying agents' SVIDs.
     pub roots: Arc<ironpact_tls::SharedRoots>,
     /// The SVID the agent endpoint presents (`spiffe://<td>/spire/server`).
@@ -68,9 +69,12 @@ impl Core {
         let _ = rx.wait_for(|v| *v).await;
     }
 
-    /// Tells open agent sync streams that something changed.
-    pub fn changed(&self) {
-        self.changes.send_modify(|v| *v += 1);
+    /// Brings the cache up to date after a write of this server, so that the next call (and
+    /// every open sync stream) sees it; writes of other servers arrive by the periodic refresh.
+    pub async fn changed(&self) {
+        if let Err(e) = self.cache.refresh().await {
+            tracing::warn!(error = %e, "refreshing the entry cache failed; the periodic refresh retries");
+        }
     }
 
     /// `spiffe://<td>/spire/server`.
@@ -167,30 +171,4 @@ pub(crate) fn check_batch(n: usize) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-/// Pages a sorted list by the key of its last returned item.
-pub(crate) fn paginate<T>(
-    items: Vec<T>,
-    key: impl Fn(&T) -> String,
-    page_size: i32,
-    page_token: &str,
-) -> Result<(Vec<T>, String), Status> {
-    if page_size < 0 {
-        return Err(Status::invalid_argument("page_size cannot be negative"));
-    }
-    let mut items: Vec<T> = if page_token.is_empty() {
-        items
-    } else {
-        items
-            .into_iter()
-            .filter(|i| key(i).as_str() > page_token)
-            .collect()
-    };
-    if page_size == 0 || items.len() <= page_size as usize {
-        return Ok((items, String::new()));
-    }
-    items.truncate(page_size as usize);
-    let next = items.last().map(&key).unwrap_or_default();
-    Ok((items, next))
 }
