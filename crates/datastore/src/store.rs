@@ -9,6 +9,7 @@ use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -367,64 +368,137 @@ impl DataStore {
 
     /// Creates entries in one transaction, each with its own result: an entry similar to one
     /// stored (or created earlier in the batch) gets `AlreadyExists` naming it, the rest are
-    /// created. An `Err` for the whole call means nothing was written.
+    /// created. An `Err` for the whole call means nothing was written. Duplicates are found
+    /// with two indexed lookups for the whole batch and rows go in multi-row statements, so
+    /// a batch of 1,000 is a few dozen statements.
     pub async fn create_entries(&self, entries: &[Entry]) -> Result<Vec<Result<Entry>>> {
+        let prepared: Vec<(Entry, String)> = entries
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if e.id.is_empty() {
+                    e.id = new_uuid();
+                }
+                e.revision_number = 0;
+                let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
+                (e, key)
+            })
+            .collect();
         let mut w = self.begin_write().await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let mut e = e.clone();
-            if e.id.is_empty() {
-                e.id = new_uuid();
+        let keys: Vec<String> = prepared.iter().map(|(_, k)| k.clone()).collect();
+        let ids: Vec<String> = prepared.iter().map(|(e, _)| e.id.clone()).collect();
+        let mut stored_keys: HashMap<String, String> = HashMap::new();
+        let mut stored_ids: HashSet<String> = HashSet::new();
+        for (col, values) in [("similarity_key", &keys), ("entry_id", &ids)] {
+            for chunk in values.chunks(CHUNK) {
+                let sql = format!(
+                    "SELECT entry_id, similarity_key FROM registered_entries WHERE {col} IN ({})",
+                    placeholders(1, chunk.len())
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for v in chunk {
+                    q = q.bind(v.as_str());
+                }
+                for row in q.fetch_all(&mut *w.tx).await? {
+                    let id: String = row.try_get("entry_id")?;
+                    stored_keys.insert(row.try_get("similarity_key")?, id.clone());
+                    stored_ids.insert(id);
+                }
             }
-            e.revision_number = 0;
-            let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
-            if let Err(dup) = refuse_similar(
-                &mut w.tx,
-                "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 OR entry_id = $2",
-                &key,
-                &e.id,
-            )
-            .await
-            {
-                out.push(Err(dup));
+        }
+        let mut out = Vec::with_capacity(prepared.len());
+        let mut accepted: Vec<(Entry, String)> = Vec::new();
+        let mut batch_keys: HashMap<String, String> = HashMap::new();
+        let mut batch_ids: HashSet<String> = HashSet::new();
+        for (e, key) in prepared {
+            let dup = stored_keys
+                .get(&key)
+                .or_else(|| batch_keys.get(&key))
+                .cloned()
+                .or_else(|| {
+                    (stored_ids.contains(&e.id) || batch_ids.contains(&e.id)).then(|| e.id.clone())
+                });
+            if let Some(id) = dup {
+                out.push(Err(Error::AlreadyExists {
+                    what: "similar entry",
+                    id,
+                }));
                 continue;
             }
-            let r = bind_entry_columns(
-                sqlx::query(
-                    "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
+            batch_keys.insert(key.clone(), e.id.clone());
+            batch_ids.insert(e.id.clone());
+            out.push(Ok(e.clone()));
+            accepted.push((e, key));
+        }
+        const ENTRY_COLS: usize = 15;
+        for chunk in accepted.chunks(CHUNK * 3 / ENTRY_COLS) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * ENTRY_COLS + 1, ENTRY_COLS)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
                  jwt_svid_ttl, admin, downstream, expires_at, store_svid, hint, dns_names, \
-                 federates_with, revision_number, created_at, similarity_key) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
-                ),
-                &e,
-            )
-            .bind(e.revision_number)
-            .bind(e.created_at)
-            .bind(&key)
-            .execute(&mut *w.tx)
-            .await;
-            if let Err(err) = r {
+                 federates_with, revision_number, created_at, similarity_key) VALUES {}",
+                rows.join(",")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (e, key) in chunk {
+                q = bind_entry_columns(q, e)
+                    .bind(e.revision_number)
+                    .bind(e.created_at)
+                    .bind(key.as_str());
+            }
+            if let Err(err) = q.execute(&mut *w.tx).await {
                 // a concurrent transaction (PostgreSQL) committed a similar entry meanwhile;
                 // this transaction is aborted: nothing of the batch is written
                 return Err(if is_unique_violation(&err) {
                     Error::AlreadyExists {
                         what: "similar entry",
-                        id: e.id.clone(),
+                        id: String::from("(written concurrently)"),
                     }
                 } else {
                     err.into()
                 });
             }
-            insert_selectors(
-                &mut w.tx,
-                "entry_selectors",
-                "entry_id",
-                &e.id,
-                &e.selectors,
-            )
-            .await?;
-            record_change(&mut w, ChangeKind::Entry, &e.id).await?;
-            out.push(Ok(e));
+        }
+        let selector_rows: Vec<(&str, &Selector)> = accepted
+            .iter()
+            .flat_map(|(e, _)| {
+                let set: std::collections::BTreeSet<&Selector> = e.selectors.iter().collect();
+                set.into_iter().map(move |s| (e.id.as_str(), s))
+            })
+            .collect();
+        for chunk in selector_rows.chunks(CHUNK) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO entry_selectors (entry_id, type, value) VALUES {}",
+                rows.join(",")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (id, s) in chunk {
+                q = q.bind(*id).bind(s.kind.as_str()).bind(s.value.as_str());
+            }
+            q.execute(&mut *w.tx).await?;
+        }
+        let now = unix_now();
+        for chunk in accepted.chunks(CHUNK) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO changes (kind, change_key, created_at) VALUES {}",
+                rows.join(",")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (e, _) in chunk {
+                q = q
+                    .bind(ChangeKind::Entry.as_str())
+                    .bind(e.id.as_str())
+                    .bind(now);
+            }
+            q.execute(&mut *w.tx).await?;
         }
         w.commit().await?;
         Ok(out)

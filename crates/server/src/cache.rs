@@ -527,7 +527,10 @@ mod tests {
         ds.update_entry(&moved).await.unwrap();
         assert!(cache.refresh().await.unwrap());
         assert!(cache.revision() > r0);
-        assert_eq!(ids(&cache.view(agent_id, 0).unwrap()), [created.id.clone()]);
+        assert_eq!(
+            ids(&cache.view(agent_id, 0).unwrap()),
+            vec![created.id.clone()]
+        );
         // an alias appears and the agent sees through it
         ds.create_entry(&e(
             "a",
