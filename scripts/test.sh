@@ -58,5 +58,16 @@ echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# The fleet benchmark at a tenth of its sizes: that every step runs (the figures come from
+# scripts/bench.sh at full size, outside CI).
+echo "== fleet benchmark, quick smoke run"
+bench_log="$(mktemp)"
+trap 'rm -f "$log" "$bench_log"' EXIT
+if ! IRONPACT_BENCH_QUICK=1 cargo bench -p ironpact-cli --bench fleet --locked >"$bench_log" 2>&1; then
+    tail -n 60 "$bench_log"
+    echo "the fleet benchmark failed (its output is above)" >&2
+    exit 1
+fi
+grep -E '^\||^  ->' "$bench_log" || true
 # One closing line for the whole run (cargo's own last line is a doc-test block).
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

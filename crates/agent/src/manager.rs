@@ -44,6 +44,10 @@ pub enum AgentError {
     Local(String),
 }
 
+/// JWT-SVIDs kept per (entry, audience set); past this many, stale ones and then the half
+/// expiring soonest are dropped, so a caller cycling through audiences cannot grow the agent.
+const JWT_CACHE_MAX: usize = 10_000;
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -614,37 +618,53 @@ impl Agent {
             if let Some(f) = federated {
                 v.federated = f;
             }
-            let mut by_id: BTreeMap<String, AgentEntry> = if upd.full {
+            // an SVID stays only for an entry whose content is what it was signed for (an
+            // ID deleted and created again starts at the same revision with other fields)
+            for e in &changed {
+                let prev = v
+                    .entries()
+                    .binary_search_by(|p| p.id.as_str().cmp(e.id.as_str()))
+                    .ok()
+                    .and_then(|i| v.entries().get(i));
+                if prev.is_none_or(|p| **p != *e) {
+                    v.svids.remove(&e.id);
+                }
+            }
+            let mut by_id: BTreeMap<String, Arc<AgentEntry>> = if upd.full {
                 BTreeMap::new()
             } else {
-                std::mem::take(&mut v.entries)
-                    .into_iter()
+                v.entries()
+                    .iter()
                     .filter(|e| !gone.contains(e.id.as_str()))
-                    .map(|e| (e.id.clone(), e))
+                    .map(|e| (e.id.clone(), e.clone()))
                     .collect()
             };
             for e in changed {
-                by_id.insert(e.id.clone(), e);
+                by_id.insert(e.id.clone(), Arc::new(e));
             }
             v.svids
                 .retain(|id, s| by_id.get(id).is_some_and(|e| e.revision == s.revision));
-            v.entries = by_id.into_values().collect();
+            v.set_entries(by_id.into_values().collect());
         });
     }
 
     /// Signs SVIDs for entries that have none, whose entry changed, or past half-life.
     async fn sign_due(&self) -> Result<usize, AgentError> {
-        let view = self.state.read();
         let t = now();
-        let due: Vec<&AgentEntry> = view
-            .entries
-            .iter()
-            .filter(|e| {
-                view.svids
-                    .get(&e.id)
-                    .is_none_or(|s| s.revision != e.revision || s.due(t))
-            })
-            .collect();
+        // taken out of the view, which is not held across the calls below: an update meanwhile
+        // would otherwise have to copy it
+        let due: Vec<Arc<AgentEntry>> = {
+            let view = self.state.read();
+            view.entries()
+                .iter()
+                .filter(|e| {
+                    view.svids
+                        .get(&e.id)
+                        .is_none_or(|s| s.revision != e.revision || s.due(t))
+                })
+                .cloned()
+                .collect()
+        };
         if due.is_empty() {
             return Ok(0);
         }
@@ -700,7 +720,7 @@ impl Agent {
             signed += fresh.len();
             self.state.update(|v| {
                 for (id, s) in fresh {
-                    v.svids.insert(id, s);
+                    v.svids.insert(id, Arc::new(s));
                 }
             });
         }
@@ -740,7 +760,16 @@ impl Agent {
             .await?
             .into_inner();
         if let Ok(mut c) = self.jwt_cache.lock() {
-            c.retain(|_, v| v.2 > t);
+            if c.len() >= JWT_CACHE_MAX {
+                // past half-life a token is minted again anyway; then the soonest to expire
+                c.retain(|_, v| t < v.1 + (v.2 - v.1) / 2);
+                if c.len() >= JWT_CACHE_MAX {
+                    let mut exps: Vec<i64> = c.values().map(|v| v.2).collect();
+                    exps.sort_unstable();
+                    let cut = exps[exps.len() / 2];
+                    c.retain(|_, v| v.2 > cut);
+                }
+            }
             c.insert(key, (r.token.clone(), r.issued_at, r.expires_at));
         }
         Ok((r.token, r.spiffe_id))
@@ -768,7 +797,10 @@ impl Agent {
             Err(e) => return SessionEnd::Unavailable(e.to_string()),
         };
         let classify = |s: tonic::Status| Self::end_of(classify(&s));
-        let mut sync = match client.sync_authorized(pb::SyncAuthorizedRequest {}).await {
+        let mut sync = match client
+            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
+            .await
+        {
             Ok(s) => s.into_inner(),
             Err(s) => return classify(s),
         };

@@ -73,10 +73,10 @@ pub async fn run(
         source,
     })?;
     let socket = cfg.socket_path.clone();
-    let attestor = UnixAttestor {
-        discover_workload_path: cfg.unix.discover_workload_path,
-        workload_size_limit: cfg.unix.workload_size_limit,
-    };
+    let attestor = UnixAttestor::new(
+        cfg.unix.discover_workload_path,
+        cfg.unix.workload_size_limit,
+    );
     let agent = Agent::new(cfg)?;
     // The Workload API socket: any local process may connect (the attestor decides what it
     // gets), so its directory is 0755 and the socket 0777; the admin socket is the owner's.

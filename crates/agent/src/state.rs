@@ -37,20 +37,53 @@ impl CachedSvid {
     }
 }
 
+/// The agent's view. Entries and SVIDs are shared (`Arc`), so copying a view (an update while
+/// a reader holds the old one) copies pointers, not certificates.
 #[derive(Debug, Default, Clone)]
 pub struct View {
     pub bundle: Option<Bundle>,
     pub federated: BTreeMap<String, Bundle>,
-    pub entries: Vec<AgentEntry>,
-    pub svids: HashMap<String, CachedSvid>,
+    entries: Vec<Arc<AgentEntry>>,
+    /// A selector's hash → positions in `entries` of the entries holding it (a hash, not the
+    /// selector: rebuilding the index copies no strings; a collision only adds a candidate,
+    /// which the match then checks in full).
+    by_selector: HashMap<u64, Vec<usize>>,
+    pub svids: HashMap<String, Arc<CachedSvid>>,
 }
 
 impl View {
-    /// Entries whose selectors are all among the workload's.
+    /// The entries, ordered by ID.
+    pub fn entries(&self) -> &[Arc<AgentEntry>] {
+        &self.entries
+    }
+
+    /// Replaces the entries (ordered by ID) and rebuilds the selector index.
+    pub fn set_entries(&mut self, entries: Vec<Arc<AgentEntry>>) {
+        let mut by_selector: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            for s in &e.selectors {
+                by_selector.entry(selector_hash(s)).or_default().push(i);
+            }
+        }
+        self.entries = entries;
+        self.by_selector = by_selector;
+    }
+
+    /// Entries whose selectors are all among the workload's, in ID order. Only entries sharing
+    /// a selector with the workload are looked at.
     pub fn matching(&self, workload: &[Selector]) -> Vec<&AgentEntry> {
-        self.entries
+        let mut idx: Vec<usize> = workload
             .iter()
+            .filter_map(|s| self.by_selector.get(&selector_hash(s)))
+            .flatten()
+            .copied()
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .filter_map(|i| self.entries.get(i))
             .filter(|e| !e.selectors.is_empty() && e.selectors.iter().all(|s| workload.contains(s)))
+            .map(AsRef::as_ref)
             .collect()
     }
 
@@ -66,6 +99,13 @@ impl View {
             .filter_map(|td| self.federated.get(*td))
             .collect()
     }
+}
+
+fn selector_hash(s: &Selector) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }
 
 pub struct State {
@@ -99,5 +139,46 @@ impl State {
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, sels: &[&str]) -> Arc<AgentEntry> {
+        Arc::new(AgentEntry {
+            id: id.into(),
+            spiffe_id: SpiffeId::parse(&format!("spiffe://td/{id}")).unwrap(),
+            selectors: sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),
+            federates_with: vec![],
+            hint: String::new(),
+            revision: 0,
+            dns_names: vec![],
+        })
+    }
+
+    #[test]
+    fn matching_uses_the_index_and_needs_every_selector() {
+        let mut v = View::default();
+        v.set_entries(vec![
+            entry("a", &["unix:uid:1"]),
+            entry("b", &["unix:uid:1", "unix:gid:2"]),
+            entry("c", &["unix:uid:2"]),
+            entry("d", &["unix:gid:2"]),
+            entry("e", &[]),
+        ]);
+        let w = |s: &[&str]| -> Vec<Selector> {
+            s.iter().map(|x| Selector::parse(x).unwrap()).collect()
+        };
+        let ids = |m: Vec<&AgentEntry>| m.into_iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(v.matching(&w(&["unix:uid:1"]))), ["a"]);
+        assert_eq!(
+            ids(v.matching(&w(&["unix:gid:2", "unix:uid:1"]))),
+            ["a", "b", "d"]
+        );
+        assert!(v.matching(&w(&["unix:uid:9"])).is_empty());
+        assert!(v.matching(&[]).is_empty());
     }
 }

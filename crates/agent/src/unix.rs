@@ -144,6 +144,90 @@ pub struct PeerCred {
 pub struct UnixAttestor {
     pub discover_workload_path: bool,
     pub workload_size_limit: i64,
+    /// Executable digests already computed, shared by every clone.
+    pub digests: DigestCache,
+}
+
+impl UnixAttestor {
+    pub fn new(discover_workload_path: bool, workload_size_limit: i64) -> Self {
+        Self {
+            discover_workload_path,
+            workload_size_limit,
+            digests: DigestCache::default(),
+        }
+    }
+}
+
+/// What identifies the content of an executable file without reading it: device, inode,
+/// size, and the modification and status-change times to the nanosecond. Writing to the file
+/// changes mtime and ctime; resetting mtime (utimes) changes ctime again, and no user can set
+/// ctime; replacing it changes the inode. So a digest cached under this key is the digest of
+/// the file as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileKey {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// Whether a file last changed at least [`SETTLED`] ago.
+fn settled(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now - m.ctime() >= SETTLED
+}
+
+/// Seconds since its last change before a file's digest is cached.
+const SETTLED: i64 = 2;
+
+/// SHA-256 digests of executables by [`FileKey`], so a thousand callers running one binary
+/// hash it once. Bounded: past [`DIGEST_CACHE_MAX`] files it starts again empty.
+#[derive(Debug, Clone, Default)]
+pub struct DigestCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<FileKey, String>>>,
+);
+
+const DIGEST_CACHE_MAX: usize = 4096;
+
+impl DigestCache {
+    fn get(&self, k: &FileKey) -> Option<String> {
+        self.0.lock().ok()?.get(k).cloned()
+    }
+
+    fn put(&self, k: FileKey, digest: String) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= DIGEST_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(k, digest);
+        }
+    }
+
+    /// How many digests are held.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 fn start_time(pid: i32) -> Result<u64, WorkloadAttestError> {
@@ -258,7 +342,11 @@ impl UnixAttestor {
                         reason: format!("executable: {e}"),
                     }
                 })?;
-                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let meta = f.metadata().map_err(|e| WorkloadAttestError::Proc {
+                    pid,
+                    reason: format!("executable: {e}"),
+                })?;
+                let size = meta.len();
                 if self.workload_size_limit > 0 && size > self.workload_size_limit as u64 {
                     return Err(WorkloadAttestError::Proc {
                         pid,
@@ -268,19 +356,35 @@ impl UnixAttestor {
                         ),
                     });
                 }
-                let mut h = Sha256::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = f.read(&mut buf).map_err(|e| WorkloadAttestError::Proc {
-                        pid,
-                        reason: format!("hashing: {e}"),
-                    })?;
-                    if n == 0 {
-                        break;
+                let key = FileKey::of(&meta);
+                let digest = match self.digests.get(&key) {
+                    Some(d) => d,
+                    None => {
+                        let mut h = Sha256::new();
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = f.read(&mut buf).map_err(|e| WorkloadAttestError::Proc {
+                                pid,
+                                reason: format!("hashing: {e}"),
+                            })?;
+                            if n == 0 {
+                                break;
+                            }
+                            h.update(&buf[..n]);
+                        }
+                        let d = hex::encode(h.finalize());
+                        // cached only if the file did not change while it was read, and last
+                        // changed long enough ago that a change now gets another ctime (the
+                        // kernel's timestamps are as coarse as its clock tick)
+                        if f.metadata()
+                            .is_ok_and(|m| FileKey::of(&m) == key && settled(&m))
+                        {
+                            self.digests.put(key, d.clone());
+                        }
+                        d
                     }
-                    h.update(&buf[..n]);
-                }
-                push("sha256", hex::encode(h.finalize()));
+                };
+                push("sha256", digest);
             }
         }
         // what was read above belongs to the pinned process (not a reuse of its PID), running
@@ -295,14 +399,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cached_digest_is_keyed_by_what_any_change_alters() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("exe");
+        std::fs::write(&p, b"version one").unwrap();
+        let fresh = std::fs::metadata(&p).unwrap();
+        assert!(!settled(&fresh), "a file changed just now is not cached");
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let old = std::fs::metadata(&p).unwrap();
+        assert!(settled(&old));
+        let k1 = FileKey::of(&old);
+        // same size, other content
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"version two")
+            .unwrap();
+        let k2 = FileKey::of(&std::fs::metadata(&p).unwrap());
+        assert_ne!(k1, k2);
+        // replaced by another file
+        std::fs::write(dir.path().join("new"), b"version one").unwrap();
+        std::fs::rename(dir.path().join("new"), &p).unwrap();
+        assert_ne!(k2, FileKey::of(&std::fs::metadata(&p).unwrap()));
+        let c = DigestCache::default();
+        c.put(k1, "d1".into());
+        assert_eq!(c.get(&k1).as_deref(), Some("d1"));
+        assert_eq!(c.get(&k2), None);
+    }
+
+    #[test]
     fn attests_this_process() {
         let pid = std::process::id() as i32;
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
-        let a = UnixAttestor {
-            discover_workload_path: true,
-            workload_size_limit: 0,
-        };
+        let a = UnixAttestor::new(true, 0);
         let sels: Vec<String> = a
             .attest(
                 PeerCred {
@@ -325,10 +457,7 @@ mod tests {
         );
         let digest = hex::encode(Sha256::digest(std::fs::read(&exe).unwrap()));
         assert!(sels.contains(&format!("unix:sha256:{digest}")), "{sels:?}");
-        let small = UnixAttestor {
-            discover_workload_path: true,
-            workload_size_limit: 10,
-        };
+        let small = UnixAttestor::new(true, 10);
         assert!(
             small
                 .attest(

@@ -155,7 +155,7 @@ impl SimAgent {
     pub async fn start_sync(&self) -> Result<tokio::task::JoinHandle<()>> {
         let mut client = self.client.clone();
         let mut stream = client
-            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
             .await
             .map_err(|s| anyhow!("sync refused: {}", s.message()))?
             .into_inner();

@@ -114,7 +114,7 @@ fn join_token_attestation_sync_and_signing() {
         .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         let e = anon
-            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
@@ -161,7 +161,7 @@ fn join_token_attestation_sync_and_signing() {
 
         // the pushed snapshot: the token's node alias, the bundle
         let mut sync = client
-            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
             .await
             .unwrap()
             .into_inner();
@@ -348,7 +348,7 @@ fn join_token_attestation_sync_and_signing() {
         .unwrap();
         let mut oclient = AgentApiClient::new(och);
         let mut osync = oclient
-            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
             .await
             .unwrap()
             .into_inner();
@@ -359,7 +359,7 @@ fn join_token_attestation_sync_and_signing() {
             .unwrap();
         assert_eq!(end.unwrap_err().code(), Code::PermissionDenied);
         let e = oclient
-            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
@@ -373,7 +373,7 @@ fn join_token_attestation_sync_and_signing() {
 
         // eviction ends the agent's sync stream and its access
         let mut sync2 = client2
-            .sync_authorized(pb::SyncAuthorizedRequest {})
+            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
             .await
             .unwrap()
             .into_inner();

@@ -27,7 +27,7 @@ const PAGE: usize = 5000;
 /// lagging server) and the cache reloads everything instead of tracking each.
 const MAX_SKIPPED: usize = 20_000;
 /// How far below the last ID a fresh cache looks for transactions still in flight.
-const LOAD_LOOKBACK: i64 = 1000;
+const LOAD_LOOKBACK: i64 = 10_000;
 
 #[derive(Default)]
 struct Index {
@@ -110,7 +110,20 @@ pub struct Cache {
     /// Datastore queries the cache has made (start-up load and refreshes): the only ones
     /// behind sync streams and SVID signing.
     queries: AtomicU64,
+    /// Large views computed at the current revision, so a node's sync stream and its signing
+    /// call after a change compute it once. Bounded; cleared when full.
+    views: std::sync::Mutex<(u64, HashMap<String, Memo>)>,
 }
+
+struct Memo {
+    view: Arc<AgentView>,
+    /// Until when (Unix seconds, exclusive) no entry of the view expires.
+    valid_until: i64,
+}
+
+/// Views with at least this many entries are kept for reuse.
+const MEMO_MIN_ENTRIES: usize = 32;
+const MEMO_MAX: usize = 4096;
 
 impl Cache {
     /// Loads everything in one pass.
@@ -130,6 +143,7 @@ impl Cache {
             }),
             revision: tokio::sync::watch::channel(0).0,
             queries: AtomicU64::new(0),
+            views: Default::default(),
         });
         let mut poll = cache.poll.lock().await;
         cache.reload(&mut poll).await?;
@@ -172,9 +186,10 @@ impl Cache {
         }
         if let Ok(mut i) = self.index.write() {
             *i = idx;
+            // bumped under the lock: a view read with the new revision holds the new data
+            self.revision.send_modify(|r| *r += 1);
         }
         poll.last = last;
-        self.revision.send_modify(|r| *r += 1);
         info!(
             entries = n_entries,
             agents = n_agents,
@@ -189,16 +204,20 @@ impl Cache {
     /// changed. Concurrent callers wait for one another (the second sees the first's work).
     pub async fn refresh(&self) -> Result<bool, Error> {
         let mut poll = self.poll.lock().await;
+        // worked on copies: the position moves only once what it covers is applied, so a
+        // query that fails midway loses nothing (the next refresh reads it all again)
+        let mut last = poll.last;
+        let mut skipped = poll.skipped.clone();
         let mut entries: BTreeSet<String> = BTreeSet::new();
         let mut agents: BTreeSet<String> = BTreeSet::new();
         let mut bundles = false;
         let now = Instant::now();
         // holes first: a transaction that committed since
-        if !poll.skipped.is_empty() {
-            let ids: Vec<i64> = poll.skipped.keys().copied().collect();
+        if !skipped.is_empty() {
+            let ids: Vec<i64> = skipped.keys().copied().collect();
             self.queries.fetch_add(1, Ordering::Relaxed);
             for c in self.ds.changes_by_id(&ids).await? {
-                poll.skipped.remove(&c.id);
+                skipped.remove(&c.id);
                 match c.kind {
                     ChangeKind::Entry => entries.insert(c.key),
                     ChangeKind::Agent => agents.insert(c.key),
@@ -208,36 +227,41 @@ impl Cache {
                     }
                 };
             }
-            let before = poll.skipped.len();
-            poll.skipped
-                .retain(|_, seen| now.duration_since(*seen) < SKIP_BOUND);
-            if poll.skipped.len() < before {
+            if skipped
+                .values()
+                .any(|seen| now.duration_since(*seen) >= SKIP_BOUND)
+            {
+                // most likely a rolled-back transaction; but it may be a change this server
+                // can no longer read (a log pruned while it was cut off, a commit held up for
+                // minutes): reading everything again is the one answer that is right for all
                 warn!(
-                    count = before - poll.skipped.len(),
-                    "change-log IDs never appeared within the bound; taken for rolled-back transactions"
+                    holes = skipped.len(),
+                    "change-log IDs did not appear within the bound; reloading the whole cache"
                 );
+                self.reload(&mut poll).await?;
+                return Ok(true);
             }
         }
         loop {
             self.queries.fetch_add(1, Ordering::Relaxed);
-            let page = self.ds.changes_after(poll.last, PAGE).await?;
+            let page = self.ds.changes_after(last, PAGE).await?;
             let n = page.len();
             for c in page {
-                if c.id > poll.last + 1 {
-                    if poll.skipped.len() + (c.id - poll.last - 1) as usize > MAX_SKIPPED {
+                if c.id > last + 1 {
+                    if skipped.len() + (c.id - last - 1) as usize > MAX_SKIPPED {
                         warn!(
-                            from = poll.last,
+                            from = last,
                             to = c.id,
                             "too many holes in the change log; reloading the whole cache"
                         );
                         self.reload(&mut poll).await?;
                         return Ok(true);
                     }
-                    for id in poll.last + 1..c.id {
-                        poll.skipped.insert(id, now);
+                    for id in last + 1..c.id {
+                        skipped.insert(id, now);
                     }
                 }
-                poll.last = poll.last.max(c.id);
+                last = last.max(c.id);
                 match c.kind {
                     ChangeKind::Entry => entries.insert(c.key),
                     ChangeKind::Agent => agents.insert(c.key),
@@ -252,6 +276,8 @@ impl Cache {
             }
         }
         if entries.is_empty() && agents.is_empty() && !bundles {
+            poll.last = last;
+            poll.skipped = skipped;
             return Ok(false);
         }
         let entry_ids: Vec<String> = entries.into_iter().collect();
@@ -294,8 +320,17 @@ impl Cache {
                     .map(|b| (b.bundle.trust_domain.to_string(), Arc::new(b.bundle)))
                     .collect();
             }
+            self.revision.send_modify(|r| *r += 1);
         }
-        self.revision.send_modify(|r| *r += 1);
+        poll.last = last;
+        poll.skipped = skipped;
+        tracing::debug!(
+            entries = entry_ids.len(),
+            agents = agent_ids.len(),
+            bundles,
+            queries_total = self.queries(),
+            "applied change-log rows to the cache"
+        );
         Ok(true)
     }
 
@@ -336,9 +371,18 @@ impl Cache {
     /// the server whose selectors are all among the agent's) and, recursively, by any entry
     /// already authorized; expired entries are left out. Costs time in what the agent sees,
     /// not in the size of the table.
-    pub fn view(&self, agent_id: &str, now: i64) -> Option<AgentView> {
+    pub fn view(&self, agent_id: &str, now: i64) -> Option<Arc<AgentView>> {
         let revision = self.revision();
+        if let Ok(m) = self.views.lock()
+            && let Some(memo) = m.1.get(agent_id)
+            && memo.view.revision == revision
+            && now < memo.valid_until
+        {
+            return Some(memo.view.clone());
+        }
         let idx = self.index.read().ok()?;
+        // read under the index lock: the view below is of exactly this revision
+        let revision = self.revision();
         let agent = idx.agents.get(agent_id)?.clone();
         let live = |e: &Entry| e.expires_at == 0 || e.expires_at > now;
         let server = self.server_id.as_str();
@@ -390,13 +434,44 @@ impl Cache {
             .filter(|td| **td != self.trust_domain.as_str())
             .filter_map(|td| idx.bundles.get(*td).cloned())
             .collect();
-        Some(AgentView {
+        let view = Arc::new(AgentView {
             bundle: idx.bundles.get(self.trust_domain.as_str()).cloned(),
             agent,
             entries: out,
             federated,
             revision,
-        })
+        });
+        drop(idx);
+        if view.entries.len() >= MEMO_MIN_ENTRIES
+            && let Ok(mut m) = self.views.lock()
+        {
+            // views of older revisions are of no use again
+            if m.0 != view.revision {
+                if m.0 > view.revision {
+                    return Some(view);
+                }
+                m.1.clear();
+                m.0 = view.revision;
+            }
+            if m.1.len() >= MEMO_MAX {
+                m.1.clear();
+            }
+            let valid_until = view
+                .entries
+                .iter()
+                .map(|e| e.expires_at)
+                .filter(|&t| t > now)
+                .min()
+                .unwrap_or(i64::MAX);
+            m.1.insert(
+                agent_id.to_string(),
+                Memo {
+                    view: view.clone(),
+                    valid_until,
+                },
+            );
+        }
+        Some(view)
     }
 }
 
@@ -575,10 +650,6 @@ mod tests {
             let mut p = cache.poll.lock().await;
             p.last = last + 2;
             p.skipped.insert(last + 1, Instant::now());
-            p.skipped.insert(
-                last + 1_000_000,
-                Instant::now().checked_sub(SKIP_BOUND * 2).unwrap(),
-            );
         }
         assert!(cache.entry(&late.id).is_none() && cache.entry(&after.id).is_none());
         assert!(cache.refresh().await.unwrap());
@@ -590,6 +661,14 @@ mod tests {
             cache.entry(&after.id).is_none(),
             "not read again: the reader had it"
         );
+        assert_eq!(cache.position().await, (last + 2, 0));
+        // a hole that never appears within the bound: everything is read again
+        cache.poll.lock().await.skipped.insert(
+            last + 1_000_000,
+            Instant::now().checked_sub(SKIP_BOUND * 2).unwrap(),
+        );
+        assert!(cache.refresh().await.unwrap());
+        assert!(cache.entry(&after.id).is_some(), "reloaded");
         assert_eq!(cache.position().await, (last + 2, 0));
     }
 }

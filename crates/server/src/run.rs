@@ -196,6 +196,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         tdx: tdx_attestors,
         stopping: tokio::sync::watch::channel(false).0,
         attest_slots: tokio::sync::Semaphore::new(crate::api::ATTEST_CONCURRENCY),
+        refresh_pending: Default::default(),
     });
     core.refresh_roots()
         .await

@@ -459,6 +459,14 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// The agent process's PID.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("agent is running")
+    }
+
     /// The shipped conf/agent/agent.conf, relocated with SPIRE's flags only.
     pub fn shipped(server: &TestServer, token: &str) -> Self {
         use std::os::unix::fs::PermissionsExt;

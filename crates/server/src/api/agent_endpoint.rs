@@ -117,12 +117,12 @@ impl AgentEndpoint {
 
     /// What the agent may see, from the cache; an agent the datastore knows but the cache not
     /// yet (attested through another server a moment ago) makes the cache catch up once.
-    async fn authorized_for(&self, agent: &AgentRecord) -> Result<AgentView, Status> {
+    async fn authorized_for(&self, agent: &AgentRecord) -> Result<Arc<AgentView>, Status> {
         view_of(&self.0, agent.spiffe_id.as_str()).await
     }
 }
 
-async fn view_of(core: &SharedCore, agent_id: &str) -> Result<AgentView, Status> {
+async fn view_of(core: &SharedCore, agent_id: &str) -> Result<Arc<AgentView>, Status> {
     if let Some(v) = core.cache.view(agent_id, core.clock.now()) {
         return Ok(v);
     }
@@ -498,39 +498,69 @@ fn entry_pb(e: &Entry) -> pb::Entry {
     }
 }
 
-/// What a sync stream has sent, to send only what changed.
+/// What a sync stream has sent (the view of its last update, shared with the cache), to
+/// send only what changed.
 #[derive(Default)]
-struct Sent {
-    entries: HashMap<String, i64>,
-    bundle: Option<Arc<Bundle>>,
-    federated: Vec<Arc<Bundle>>,
-}
+struct Sent(Option<Arc<AgentView>>);
 
 /// The messages of one update from `sent` to `view` (the full set when `full`); empty when
 /// nothing the agent sees changed. Entries and removed IDs are paged under [`PAGE_BYTES`];
-/// bundles ride on the last page.
-fn update_pages(view: &AgentView, sent: &mut Sent, full: bool) -> Vec<pb::SyncAuthorizedResponse> {
-    let bundle_changed = full || sent.bundle != view.bundle;
-    let federated_changed = full || sent.federated != view.federated;
-    let upserts: Vec<&Arc<Entry>> = view
-        .entries
-        .iter()
-        .filter(|e| full || sent.entries.get(&e.id) != Some(&e.revision_number))
-        .collect();
-    let removed: Vec<String> = if full {
-        Vec::new()
-    } else {
-        let now: std::collections::HashSet<&str> =
-            view.entries.iter().map(|e| e.id.as_str()).collect();
-        let mut r: Vec<String> = sent
-            .entries
-            .keys()
-            .filter(|id| !now.contains(id.as_str()))
-            .cloned()
-            .collect();
-        r.sort();
-        r
+/// bundles ride on the last page. Both entry lists are ordered by ID: one merge finds what
+/// changed.
+fn update_pages(
+    view: &Arc<AgentView>,
+    sent: &mut Sent,
+    full: bool,
+) -> Vec<pb::SyncAuthorizedResponse> {
+    let (no_entries, no_bundles) = (Vec::new(), Vec::new());
+    let (sent_entries, sent_bundle, sent_federated) = match &sent.0 {
+        Some(v) => (&v.entries, v.bundle.clone(), &v.federated),
+        None => (&no_entries, None, &no_bundles),
     };
+    let bundle_changed = full || sent_bundle != view.bundle;
+    let federated_changed = full || *sent_federated != view.federated;
+    let mut upserts: Vec<&Arc<Entry>> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    if full {
+        upserts.extend(view.entries.iter());
+    } else {
+        let (mut old, mut new) = (
+            sent_entries.iter().peekable(),
+            view.entries.iter().peekable(),
+        );
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(o), None) => {
+                    removed.push(o.id.clone());
+                    old.next();
+                }
+                (None, Some(n)) => {
+                    upserts.push(n);
+                    new.next();
+                }
+                (Some(o), Some(n)) => match o.id.cmp(&n.id) {
+                    std::cmp::Ordering::Less => {
+                        removed.push(o.id.clone());
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        upserts.push(n);
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        // content, not only the revision: an ID deleted and created again
+                        // starts at revision 0 with other fields
+                        if !Arc::ptr_eq(o, n) && **o != **n {
+                            upserts.push(n);
+                        }
+                        old.next();
+                        new.next();
+                    }
+                },
+            }
+        }
+    }
     if !full && upserts.is_empty() && removed.is_empty() && !bundle_changed && !federated_changed {
         return Vec::new();
     }
@@ -577,14 +607,31 @@ fn update_pages(view: &AgentView, sent: &mut Sent, full: bool) -> Vec<pb::SyncAu
             last.federated_bundles = view.federated.iter().map(|b| bundle_pb(b)).collect();
         }
     }
-    sent.entries = view
-        .entries
-        .iter()
-        .map(|e| (e.id.clone(), e.revision_number))
-        .collect();
-    sent.bundle = view.bundle.clone();
-    sent.federated = view.federated.clone();
+    sent.0 = Some(view.clone());
     pages
+}
+
+/// An agent of an earlier release (its request does not ask for deltas) gets what it
+/// understands: the whole set in one message whenever anything it sees changed.
+fn legacy_snapshot(
+    view: &Arc<AgentView>,
+    sent: &mut Sent,
+    first: bool,
+) -> Option<pb::SyncAuthorizedResponse> {
+    if !first && update_pages(view, sent, false).is_empty() {
+        return None;
+    }
+    sent.0 = Some(view.clone());
+    Some(pb::SyncAuthorizedResponse {
+        entries: view.entries.iter().map(|e| entry_pb(e)).collect(),
+        bundle: view.bundle.as_deref().map(bundle_pb),
+        federated_bundles: view.federated.iter().map(|b| bundle_pb(b)).collect(),
+        revision: view.revision,
+        full: true,
+        more: false,
+        removed_entry_ids: Vec::new(),
+        federated_bundles_changed: true,
+    })
 }
 
 /// When the next of these entries expires (and must leave the agent's view), if any does.
@@ -630,6 +677,7 @@ impl AgentApi for AgentEndpoint {
         req: Request<pb::SyncAuthorizedRequest>,
     ) -> Result<Response<Self::SyncAuthorizedStream>, Status> {
         let agent = self.caller(&req, false).await?;
+        let legacy = !req.get_ref().deltas;
         let core = self.0.clone();
         let mut revisions = core.cache.subscribe();
         let (tx, rx) = mpsc::channel(4);
@@ -651,7 +699,14 @@ impl AgentApi for AgentEndpoint {
                         break;
                     }
                 };
-                for page in update_pages(&view, &mut sent, full) {
+                let pages = if legacy {
+                    legacy_snapshot(&view, &mut sent, full)
+                        .into_iter()
+                        .collect()
+                } else {
+                    update_pages(&view, &mut sent, full)
+                };
+                for page in pages {
                     if tx.send(Ok(page)).await.is_err() {
                         return;
                     }
@@ -789,10 +844,10 @@ mod tests {
         Arc::new(e)
     }
 
-    fn view(entries: Vec<Arc<Entry>>, bundle_seq: u64) -> AgentView {
+    fn view(entries: Vec<Arc<Entry>>, bundle_seq: u64) -> Arc<AgentView> {
         let mut b = Bundle::new(TrustDomain::new("td").unwrap());
         b.sequence = bundle_seq;
-        AgentView {
+        Arc::new(AgentView {
             agent: Arc::new(AgentRecord {
                 spiffe_id: SpiffeId::parse("spiffe://td/agent").unwrap(),
                 attestation_type: "join_token".into(),
@@ -810,7 +865,7 @@ mod tests {
             bundle: Some(Arc::new(b)),
             federated: vec![],
             revision: 1,
-        }
+        })
     }
 
     #[test]
@@ -847,9 +902,29 @@ mod tests {
         assert!(prost::Message::encoded_len(d) < 2000);
 
         // a new bundle alone
-        let pages = update_pages(&view(next, 2), &mut sent, false);
+        let pages = update_pages(&view(next.clone(), 2), &mut sent, false);
         assert_eq!(pages.len(), 1);
         assert!(pages[0].entries.is_empty() && pages[0].bundle.is_some());
+
+        // an ID deleted and created again (same revision, other content) is sent again
+        let mut again = next.clone();
+        let mut reborn = (*again[0]).clone();
+        reborn.spiffe_id = SpiffeId::parse("spiffe://td/someone-else").unwrap();
+        again[0] = Arc::new(reborn);
+        let pages = update_pages(&view(again.clone(), 2), &mut sent, false);
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0].entries.len(), 1);
+        assert_eq!(pages[0].entries[0].spiffe_id, "spiffe://td/someone-else");
+
+        // an agent of an earlier release gets whole snapshots, and only on change
+        let mut legacy = Sent::default();
+        let first = legacy_snapshot(&view(again.clone(), 2), &mut legacy, true).unwrap();
+        assert!(first.full && !first.more && first.entries.len() == again.len());
+        assert!(legacy_snapshot(&view(again.clone(), 2), &mut legacy, false).is_none());
+        again.pop();
+        let next = legacy_snapshot(&view(again.clone(), 2), &mut legacy, false).unwrap();
+        assert_eq!(next.entries.len(), again.len());
+        assert!(next.removed_entry_ids.is_empty());
     }
 
     #[test]

@@ -237,7 +237,7 @@ impl EntryService for EntryApi {
         }
         .into_iter();
         if !valid.is_empty() {
-            self.0.changed().await;
+            self.0.changed_soon();
         }
         let mut results = Vec::with_capacity(entries.len());
         for c in converted {
@@ -281,7 +281,7 @@ impl EntryService for EntryApi {
                 },
             });
         }
-        self.0.changed().await;
+        self.0.changed_soon();
         Ok(Response::new(pb::BatchUpdateEntryResponse { results }))
     }
 
@@ -309,7 +309,7 @@ impl EntryService for EntryApi {
                 id: id.clone(),
             });
         }
-        self.0.changed().await;
+        self.0.changed_soon();
         Ok(Response::new(pb::BatchDeleteEntryResponse { results }))
     }
 }

@@ -53,6 +53,8 @@ pub struct Core {
     /// Set once the server is shutting down: open streams end with Unavailable, so agents
     /// reconnect (to another server of the cluster, or to this one once restarted).
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// A cache refresh is scheduled and has not started reading yet (see [`Core::changed_soon`]).
+    pub refresh_pending: std::sync::atomic::AtomicBool,
     /// Attestations (and renewals) verified at once: evidence checks and KDS/PCS fetches for
     /// unauthenticated callers are bounded; the rest wait briefly, then get Unavailable.
     pub attest_slots: tokio::sync::Semaphore,
@@ -75,6 +77,23 @@ impl Core {
         if let Err(e) = self.cache.refresh().await {
             tracing::warn!(error = %e, "refreshing the entry cache failed; the periodic refresh retries");
         }
+    }
+
+    /// Schedules a cache refresh without waiting for it: for entry writes, whose callers need
+    /// no read-your-write through the agent endpoint, so a bulk load does not wait on the
+    /// cache between batches. Refreshes are coalesced: one that has not started reading yet
+    /// covers every write committed before it does. (Agent writes, evictions and bans, use
+    /// [`Core::changed`]: when the call returns, the cache already refuses the agent.)
+    pub fn changed_soon(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.refresh_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let core = self.clone();
+        tokio::spawn(async move {
+            core.refresh_pending.store(false, Ordering::SeqCst);
+            core.changed().await;
+        });
     }
 
     /// `spiffe://<td>/spire/server`.
