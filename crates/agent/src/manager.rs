@@ -44,6 +44,35 @@ pub enum AgentError {
     Local(String),
 }
 
+/// Merges one sync message into the update being received (pages of one update carry
+/// `more` but the last); returns the whole update once its last page is in.
+pub fn merge_page(
+    pending: &mut Option<pb::SyncAuthorizedResponse>,
+    msg: pb::SyncAuthorizedResponse,
+) -> Option<pb::SyncAuthorizedResponse> {
+    let upd = match pending.take() {
+        Some(mut acc) => {
+            acc.entries.extend(msg.entries);
+            acc.removed_entry_ids.extend(msg.removed_entry_ids);
+            acc.bundle = msg.bundle.or(acc.bundle);
+            if msg.federated_bundles_changed {
+                acc.federated_bundles_changed = true;
+                acc.federated_bundles = msg.federated_bundles;
+            }
+            acc.more = msg.more;
+            acc.revision = msg.revision;
+            acc
+        }
+        None => msg,
+    };
+    if upd.more {
+        *pending = Some(upd);
+        None
+    } else {
+        Some(upd)
+    }
+}
+
 /// JWT-SVIDs kept per (entry, audience set); past this many, stale ones and then the half
 /// expiring soonest are dropped, so a caller cycling through audiences cannot grow the agent.
 const JWT_CACHE_MAX: usize = 10_000;
@@ -515,25 +544,9 @@ impl Agent {
         pending: &mut Option<pb::SyncAuthorizedResponse>,
         msg: pb::SyncAuthorizedResponse,
     ) {
-        let upd = match pending.take() {
-            Some(mut acc) => {
-                acc.entries.extend(msg.entries);
-                acc.removed_entry_ids.extend(msg.removed_entry_ids);
-                acc.bundle = msg.bundle.or(acc.bundle);
-                if msg.federated_bundles_changed {
-                    acc.federated_bundles_changed = true;
-                    acc.federated_bundles = msg.federated_bundles;
-                }
-                acc.more = msg.more;
-                acc.revision = msg.revision;
-                acc
-            }
-            None => msg,
-        };
-        if upd.more {
-            *pending = Some(upd);
+        let Some(upd) = merge_page(pending, msg) else {
             return;
-        }
+        };
         let to_bundle = |b: &pb::Bundle| -> Option<Bundle> {
             let mut out = Bundle::new(TrustDomain::new(&b.trust_domain).ok()?);
             out.x509_authorities = b.x509_authorities.clone();

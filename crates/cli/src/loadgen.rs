@@ -4,6 +4,7 @@
 //! on request; they serve no workloads.
 
 use anyhow::{Context, Result, anyhow, bail};
+use ironpact_agent::manager::merge_page;
 use ironpact_proto::agent::v1 as pb;
 use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
 use ironpact_proto::server::v1 as spb;
@@ -50,35 +51,6 @@ impl SyncedView {
         }
         self.revision = u.revision;
         self.updates += 1;
-    }
-}
-
-/// Merges one sync message into the update being received; returns the update once its last
-/// page is in.
-pub fn merge_page(
-    pending: &mut Option<pb::SyncAuthorizedResponse>,
-    msg: pb::SyncAuthorizedResponse,
-) -> Option<pb::SyncAuthorizedResponse> {
-    let upd = match pending.take() {
-        Some(mut acc) => {
-            acc.entries.extend(msg.entries);
-            acc.removed_entry_ids.extend(msg.removed_entry_ids);
-            acc.bundle = msg.bundle.or(acc.bundle);
-            if msg.federated_bundles_changed {
-                acc.federated_bundles_changed = true;
-                acc.federated_bundles = msg.federated_bundles;
-            }
-            acc.more = msg.more;
-            acc.revision = msg.revision;
-            acc
-        }
-        None => msg,
-    };
-    if upd.more {
-        *pending = Some(upd);
-        None
-    } else {
-        Some(upd)
     }
 }
 

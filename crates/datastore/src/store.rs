@@ -560,34 +560,45 @@ impl DataStore {
     /// order: the cache's start-up load, without a join that repeats each entry per selector.
     pub async fn list_all_entries(&self) -> Result<Vec<Entry>> {
         use futures_util::TryStreamExt;
-        // rows are streamed: only the entries are held, never every row at once
-        let sql = format!("SELECT {ENTRY_COLUMNS} FROM registered_entries e");
-        let mut out = Vec::new();
-        {
+        // Both scans run at once (two connections), their rows streamed: only the entries and
+        // the selectors are held, never every row.
+        let entries = async {
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM registered_entries e");
+            let mut out = Vec::new();
             let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&self.pool);
             while let Some(row) = rows.try_next().await? {
                 out.push(entry_from_row(&row)?);
             }
-        }
+            Ok::<_, Error>(out)
+        };
+        let selectors = async {
+            let mut out: Vec<(String, Selector)> = Vec::new();
+            let mut rows =
+                sqlx::query("SELECT entry_id, type, value FROM entry_selectors").fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                if let Some(sel) = selector_from_row(&row)? {
+                    out.push((row.try_get("entry_id")?, sel));
+                }
+            }
+            Ok::<_, Error>(out)
+        };
+        let (out, sels) = tokio::try_join!(entries, selectors)?;
+        let mut out = out;
         // sorted here, byte-wise, whatever the database's collation
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        let pos: HashMap<String, usize> = out
+        let pos: HashMap<&str, usize> = out
             .iter()
             .enumerate()
-            .map(|(i, e)| (e.id.clone(), i))
+            .map(|(i, e)| (e.id.as_str(), i))
             .collect();
-        let mut sels =
-            sqlx::query("SELECT entry_id, type, value FROM entry_selectors").fetch(&self.pool);
-        while let Some(row) = sels.try_next().await? {
-            let id: String = row.try_get("entry_id")?;
-            if let Some(&i) = pos.get(&id)
-                && let Some(sel) = selector_from_row(&row)?
-            {
-                out[i].selectors.push(sel);
-            }
-        }
-        for e in &mut out {
-            e.selectors.sort();
+        let mut placed: Vec<(usize, Selector)> = sels
+            .into_iter()
+            .filter_map(|(id, sel)| pos.get(id.as_str()).map(|&i| (i, sel)))
+            .collect();
+        drop(pos);
+        placed.sort_unstable();
+        for (i, sel) in placed {
+            out[i].selectors.push(sel);
         }
         Ok(out)
     }
@@ -1234,6 +1245,10 @@ fn json_list<'a>(items: impl Iterator<Item = &'a (impl AsRef<str> + ?Sized + 'a)
 }
 
 fn parse_list(s: &str) -> Result<Vec<String>> {
+    // most entries have no DNS names and federate with nobody
+    if s == "[]" {
+        return Ok(Vec::new());
+    }
     serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("list column {s:?}: {e}")))
 }
 
@@ -1352,23 +1367,25 @@ fn selector_condition(
     }
 }
 
+/// Adds `column = $n` with its value.
+fn push_eq(conds: &mut Vec<String>, binds: &mut Vec<Bind>, column: &str, value: Bind) {
+    binds.push(value);
+    conds.push(format!("{column} = ${}", binds.len()));
+}
+
 fn entry_conditions(f: &EntryFilter, binds: &mut Vec<Bind>) -> Vec<String> {
     let mut conds = Vec::new();
     if let Some(id) = &f.by_spiffe_id {
-        binds.push(Bind::Text(id.to_string()));
-        conds.push(format!("e.spiffe_id = ${}", binds.len()));
+        push_eq(&mut conds, binds, "e.spiffe_id", Bind::Text(id.to_string()));
     }
     if let Some(id) = &f.by_parent_id {
-        binds.push(Bind::Text(id.to_string()));
-        conds.push(format!("e.parent_id = ${}", binds.len()));
+        push_eq(&mut conds, binds, "e.parent_id", Bind::Text(id.to_string()));
     }
     if let Some(h) = &f.by_hint {
-        binds.push(Bind::Text(h.clone()));
-        conds.push(format!("e.hint = ${}", binds.len()));
+        push_eq(&mut conds, binds, "e.hint", Bind::Text(h.clone()));
     }
     if let Some(d) = f.by_downstream {
-        binds.push(Bind::Int(b(d)));
-        conds.push(format!("e.downstream = ${}", binds.len()));
+        push_eq(&mut conds, binds, "e.downstream", Bind::Int(b(d)));
     }
     if let Some((sels, how)) = &f.by_selectors {
         conds.push(selector_condition(
@@ -1386,16 +1403,18 @@ fn entry_conditions(f: &EntryFilter, binds: &mut Vec<Bind>) -> Vec<String> {
 fn agent_conditions(f: &AgentFilter, binds: &mut Vec<Bind>) -> Vec<String> {
     let mut conds = Vec::new();
     if let Some(t) = &f.by_attestation_type {
-        binds.push(Bind::Text(t.clone()));
-        conds.push(format!("a.attestation_type = ${}", binds.len()));
+        push_eq(
+            &mut conds,
+            binds,
+            "a.attestation_type",
+            Bind::Text(t.clone()),
+        );
     }
     if let Some(v) = f.by_banned {
-        binds.push(Bind::Int(b(v)));
-        conds.push(format!("a.banned = ${}", binds.len()));
+        push_eq(&mut conds, binds, "a.banned", Bind::Int(b(v)));
     }
     if let Some(v) = f.by_can_reattest {
-        binds.push(Bind::Int(b(v)));
-        conds.push(format!("a.can_reattest = ${}", binds.len()));
+        push_eq(&mut conds, binds, "a.can_reattest", Bind::Int(b(v)));
     }
     if let Some((sels, how)) = &f.by_selectors {
         conds.push(selector_condition(

@@ -43,6 +43,11 @@ struct Index {
 impl Index {
     fn insert_entry(&mut self, server_id: &str, e: Entry) {
         self.remove_entry(server_id, &e.id);
+        self.add_entry(server_id, e);
+    }
+
+    /// [`Self::insert_entry`] for an ID not in the index (the start-up load).
+    fn add_entry(&mut self, server_id: &str, e: Entry) {
         let e = Arc::new(e);
         self.by_parent
             .entry(e.parent_id.to_string())
@@ -174,8 +179,9 @@ impl Cache {
         let mut idx = Index::default();
         let (n_entries, n_agents) = (entries.len(), agents.len());
         let server = self.server_id.as_str().to_string();
+        idx.entries.reserve(entries.len());
         for e in entries {
-            idx.insert_entry(&server, e);
+            idx.add_entry(&server, e);
         }
         for a in agents {
             idx.agents.insert(a.spiffe_id.to_string(), Arc::new(a));
