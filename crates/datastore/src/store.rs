@@ -1082,9 +1082,15 @@ impl DataStore {
 
     /// Deletes change-log rows written before `before` (Unix seconds); returns how many.
     pub async fn prune_changes(&self, before: i64) -> Result<u64> {
+        self.delete_before("DELETE FROM changes WHERE created_at < $1", before)
+            .await
+    }
+
+    /// Runs a pruning DELETE bound to one time; returns how many rows went.
+    async fn delete_before(&self, sql: &'static str, t: i64) -> Result<u64> {
         let mut w = self.begin_write().await?;
-        let n = sqlx::query("DELETE FROM changes WHERE created_at < $1")
-            .bind(before)
+        let n = sqlx::query(sql)
+            .bind(t)
             .execute(&mut *w.tx)
             .await?
             .rows_affected();
@@ -1129,14 +1135,8 @@ impl DataStore {
 
     /// Deletes join tokens that expired before `now`; returns how many.
     pub async fn prune_join_tokens(&self, now: i64) -> Result<u64> {
-        let mut w = self.begin_write().await?;
-        let n = sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
-            .bind(now)
-            .execute(&mut *w.tx)
-            .await?
-            .rows_affected();
-        w.commit().await?;
-        Ok(n)
+        self.delete_before("DELETE FROM join_tokens WHERE expires_at < $1", now)
+            .await
     }
 
     // ---------------------------------------------------------------- bundles
