@@ -92,6 +92,14 @@ async fn record_change(w: &mut WriteTx, kind: ChangeKind, key: &str) -> Result<(
     Ok(())
 }
 
+/// `($1,…,$cols),($cols+1,…)` for `rows` rows: the VALUES of a multi-row insert.
+fn values_rows(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|i| format!("({})", placeholders(i * cols + 1, cols)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `$first, $first+1, ...` for `n` values.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -453,14 +461,11 @@ impl DataStore {
         }
         const ENTRY_COLS: usize = 15;
         for chunk in accepted.chunks(CHUNK * 3 / ENTRY_COLS) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * ENTRY_COLS + 1, ENTRY_COLS)))
-                .collect();
             let sql = format!(
                 "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
                  jwt_svid_ttl, admin, downstream, expires_at, store_svid, hint, dns_names, \
                  federates_with, revision_number, created_at, similarity_key) VALUES {}",
-                rows.join(",")
+                values_rows(chunk.len(), ENTRY_COLS)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (e, key) in chunk {
@@ -489,28 +494,12 @@ impl DataStore {
                 set.into_iter().map(move |s| (e.id.as_str(), s))
             })
             .collect();
-        for chunk in selector_rows.chunks(CHUNK) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO entry_selectors (entry_id, type, value) VALUES {}",
-                rows.join(",")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (id, s) in chunk {
-                q = q.bind(*id).bind(s.kind.as_str()).bind(s.value.as_str());
-            }
-            q.execute(&mut *w.tx).await?;
-        }
+        insert_selector_rows(&mut w.tx, "entry_selectors", "entry_id", &selector_rows).await?;
         let now = unix_now();
         for chunk in accepted.chunks(CHUNK) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
-                .collect();
             let sql = format!(
                 "INSERT INTO changes (kind, change_key, created_at) VALUES {}",
-                rows.join(",")
+                values_rows(chunk.len(), 3)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (e, _) in chunk {
@@ -1283,18 +1272,25 @@ async fn insert_selectors(
     selectors: &[Selector],
 ) -> Result<()> {
     let set: std::collections::BTreeSet<&Selector> = selectors.iter().collect();
-    let set: Vec<&Selector> = set.into_iter().collect();
-    for chunk in set.chunks(CHUNK / 3) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-            .collect();
+    let rows: Vec<(&str, &Selector)> = set.into_iter().map(|s| (key, s)).collect();
+    insert_selector_rows(tx, table, key_col, &rows).await
+}
+
+/// Inserts (record key, selector) rows into a selector table, [`CHUNK`] rows a statement.
+async fn insert_selector_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    table: &str,
+    key_col: &str,
+    rows: &[(&str, &Selector)],
+) -> Result<()> {
+    for chunk in rows.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO {table} ({key_col}, type, value) VALUES {}",
-            values.join(",")
+            values_rows(chunk.len(), 3)
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for s in chunk {
-            q = q.bind(key).bind(s.kind.as_str()).bind(s.value.as_str());
+        for (key, s) in chunk {
+            q = q.bind(*key).bind(s.kind.as_str()).bind(s.value.as_str());
         }
         q.execute(&mut **tx).await?;
     }

@@ -100,6 +100,28 @@ pub struct AgentView {
     pub revision: u64,
 }
 
+/// What the change-log rows read by one refresh name.
+#[derive(Default)]
+struct Touched {
+    entries: BTreeSet<String>,
+    agents: BTreeSet<String>,
+    bundles: bool,
+}
+
+impl Touched {
+    fn note(&mut self, c: ironpact_datastore::Change) {
+        match c.kind {
+            ChangeKind::Entry => {
+                self.entries.insert(c.key);
+            }
+            ChangeKind::Agent => {
+                self.agents.insert(c.key);
+            }
+            ChangeKind::Bundle => self.bundles = true,
+        }
+    }
+}
+
 struct Poll {
     last: i64,
     skipped: BTreeMap<i64, Instant>,
@@ -214,9 +236,7 @@ impl Cache {
         // query that fails midway loses nothing (the next refresh reads it all again)
         let mut last = poll.last;
         let mut skipped = poll.skipped.clone();
-        let mut entries: BTreeSet<String> = BTreeSet::new();
-        let mut agents: BTreeSet<String> = BTreeSet::new();
-        let mut bundles = false;
+        let mut touched = Touched::default();
         let now = Instant::now();
         // holes first: a transaction that committed since
         if !skipped.is_empty() {
@@ -224,14 +244,7 @@ impl Cache {
             self.queries.fetch_add(1, Ordering::Relaxed);
             for c in self.ds.changes_by_id(&ids).await? {
                 skipped.remove(&c.id);
-                match c.kind {
-                    ChangeKind::Entry => entries.insert(c.key),
-                    ChangeKind::Agent => agents.insert(c.key),
-                    ChangeKind::Bundle => {
-                        bundles = true;
-                        true
-                    }
-                };
+                touched.note(c);
             }
             if skipped
                 .values()
@@ -268,19 +281,17 @@ impl Cache {
                     }
                 }
                 last = last.max(c.id);
-                match c.kind {
-                    ChangeKind::Entry => entries.insert(c.key),
-                    ChangeKind::Agent => agents.insert(c.key),
-                    ChangeKind::Bundle => {
-                        bundles = true;
-                        true
-                    }
-                };
+                touched.note(c);
             }
             if n < PAGE {
                 break;
             }
         }
+        let Touched {
+            entries,
+            agents,
+            bundles,
+        } = touched;
         if entries.is_empty() && agents.is_empty() && !bundles {
             poll.last = last;
             poll.skipped = skipped;
@@ -483,7 +494,7 @@ impl Cache {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn e(id: &str, spiffe: &str, parent: &str, sels: &[&str]) -> Entry {
@@ -496,7 +507,8 @@ mod tests {
         e
     }
 
-    fn agent(id: &str, sels: &[&str]) -> AgentRecord {
+    /// A join-token agent record with `sels` (shared with the agent endpoint's tests).
+    pub(crate) fn agent(id: &str, sels: &[&str]) -> AgentRecord {
         AgentRecord {
             spiffe_id: SpiffeId::parse(id).unwrap(),
             attestation_type: "join_token".into(),

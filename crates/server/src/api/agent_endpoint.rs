@@ -848,19 +848,7 @@ mod tests {
         let mut b = Bundle::new(TrustDomain::new("td").unwrap());
         b.sequence = bundle_seq;
         Arc::new(AgentView {
-            agent: Arc::new(AgentRecord {
-                spiffe_id: SpiffeId::parse("spiffe://td/agent").unwrap(),
-                attestation_type: "join_token".into(),
-                serial_number: "01".into(),
-                expires_at: 0,
-                selectors: vec![],
-                banned: false,
-                can_reattest: false,
-                created_at: 0,
-                updated_at: 0,
-                attestation_error: String::new(),
-                tee_instance: String::new(),
-            }),
+            agent: Arc::new(crate::cache::tests::agent("spiffe://td/agent", &[])),
             entries,
             bundle: Some(Arc::new(b)),
             federated: vec![],
