@@ -65,8 +65,10 @@ impl<S> AuthorityFix<S> {
         decoder.set_max_allowed_table_size(MAX_TABLE);
         Self {
             inner,
-            raw: BytesMut::with_capacity(16 * 1024),
-            out: BytesMut::with_capacity(16 * 1024),
+            // allocated as frames arrive and freed once passed on: an idle connection (a
+            // workload holding its stream open) keeps no buffers
+            raw: BytesMut::new(),
+            out: BytesMut::new(),
             preface_left: PREFACE_LEN,
             decoder,
             pending: None,
@@ -108,15 +110,92 @@ fn put_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// An HPACK integer with an `n`-bit prefix at `b[i]` (RFC 7541 §5.1): its value and where
+/// it ends.
+fn get_int(b: &[u8], i: usize, n: u8) -> io::Result<(usize, usize)> {
+    let max = (1usize << n) - 1;
+    let first = *b.get(i).ok_or_else(|| bad("HPACK: truncated integer"))? as usize & max;
+    if first < max {
+        return Ok((first, i + 1));
+    }
+    let (mut v, mut shift, mut j) = (max, 0u32, i + 1);
+    loop {
+        let c = *b.get(j).ok_or_else(|| bad("HPACK: truncated integer"))?;
+        j += 1;
+        if shift > 21 {
+            return Err(bad("HPACK: integer too large"));
+        }
+        v += ((c & 0x7f) as usize) << shift;
+        shift += 7;
+        if c & 0x80 == 0 {
+            return Ok((v, j));
+        }
+    }
+}
+
+/// The header block `b` with every Huffman-coded string literal replaced by its octets.
+///
+/// Written here because loona-hpack, which keeps the mirror of the client's dynamic table,
+/// builds its Huffman decoding tables again (257 hash-map inserts) for every Huffman string it
+/// meets: a quarter of a millisecond of CPU for a typical gRPC request, paid on every Workload
+/// API call. This pass only walks the field representations (RFC 7541 §6) to find the
+/// strings; httlib-huffman decodes them from static tables. The result means the same to any
+/// decoder: the dynamic table counts decoded lengths either way.
+fn raw_strings(b: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(b.len() + b.len() / 2);
+    let string = |out: &mut Vec<u8>, i: usize| -> io::Result<usize> {
+        let (len, start) = get_int(b, i, 7)?;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= b.len())
+            .ok_or_else(|| bad("HPACK: truncated string"))?;
+        if b[i] & 0x80 == 0 {
+            out.extend_from_slice(&b[i..end]);
+        } else {
+            let mut dec = Vec::with_capacity(len * 8 / 5 + 1);
+            httlib_huffman::decode(
+                &b[start..end],
+                &mut dec,
+                httlib_huffman::DecoderSpeed::FourBits,
+            )
+            .map_err(|e| bad(format!("HPACK: Huffman: {e:?}")))?;
+            put_int(out, 0x00, 7, dec.len());
+            out.extend_from_slice(&dec);
+        }
+        Ok(end)
+    };
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let (prefix, literal) = match c {
+            _ if c & 0x80 != 0 => (7, false),    // indexed field
+            _ if c & 0xc0 == 0x40 => (6, true),  // literal with incremental indexing
+            _ if c & 0xe0 == 0x20 => (5, false), // dynamic table size update
+            _ => (4, true),                      // literal without indexing / never indexed
+        };
+        let (index, end) = get_int(b, i, prefix)?;
+        out.extend_from_slice(&b[i..end]);
+        i = end;
+        if literal {
+            if index == 0 {
+                i = string(&mut out, i)?;
+            }
+            i = string(&mut out, i)?;
+        }
+    }
+    Ok(out)
+}
+
 fn authority_ok(v: &[u8]) -> bool {
     http::uri::Authority::try_from(v).is_ok()
 }
 
 impl<S> AuthorityFix<S> {
     fn emit_headers(&mut self, stream: u32, flags: u8, block: &[u8]) -> io::Result<()> {
+        let raw = raw_strings(block)?;
         let headers = self
             .decoder
-            .decode(block)
+            .decode(&raw)
             .map_err(|e| bad(format!("HPACK: {e:?}")))?;
         let mut enc = Vec::with_capacity(block.len() + 64);
         for (name, value) in &headers {
@@ -233,6 +312,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 let n = this.out.len().min(buf.remaining());
                 buf.put_slice(&this.out[..n]);
                 this.out.advance(n);
+                if this.out.is_empty() {
+                    this.out = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
@@ -250,6 +332,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             }
             this.raw.extend_from_slice(rb.filled());
             this.process()?;
+            if this.raw.is_empty() {
+                this.raw = BytesMut::new();
+            }
         }
     }
 }
@@ -304,6 +389,48 @@ mod tests {
         put_int(&mut v, 0, 7, value.len());
         v.extend_from_slice(value);
         v
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// RFC 7541 C.4: three requests with Huffman-coded literals, indexed into and evicted
+    /// from the dynamic table. With the strings made raw first, a decoder sees the same
+    /// headers and keeps the same table.
+    #[test]
+    fn huffman_strings_made_raw_decode_to_the_same_headers() {
+        let blocks = [
+            "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff",
+            "8286 84be 5886 a8eb 1064 9cbf",
+            "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
+        ];
+        let mut direct = loona_hpack::Decoder::new();
+        let mut via_raw = loona_hpack::Decoder::new();
+        for b in blocks {
+            let b = hex(b);
+            let raw = raw_strings(&b).unwrap();
+            assert!(raw.len() > b.len(), "strings were expanded");
+            assert_eq!(direct.decode(&b).unwrap(), via_raw.decode(&raw).unwrap());
+        }
+        let last = direct.decode(&hex("be")).unwrap();
+        assert_eq!(last[0].0, b"custom-key");
+        // a block without Huffman strings is unchanged
+        let plain = hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d");
+        assert_eq!(raw_strings(&plain).unwrap(), plain);
+        // truncated strings and integers, and an EOS inside a Huffman string, are errors, not panics
+        for bad in [
+            "41 8c f1e3",
+            "41 ff",
+            "1f ff ff ff ff ff ff 01",
+            "41 84 ffff ffff",
+        ] {
+            assert!(raw_strings(&hex(bad)).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

@@ -88,8 +88,13 @@ impl ProcessPin {
         let pidfd = (r == 0 && fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
         let pid = pid.filter(|p| *p > 0);
         Self {
+            // the start time tells a reused PID apart only where there is no pidfd
+            start_time: if pidfd.is_some() {
+                None
+            } else {
+                pid.and_then(|p| start_time(p).ok())
+            },
             pidfd,
-            start_time: pid.and_then(|p| start_time(p).ok()),
             exe: pid.and_then(exe_id),
         }
     }
@@ -105,10 +110,14 @@ impl ProcessPin {
 
     /// Whether the process that connected is alive and is `pid` (not a reuse of its PID).
     fn same_process(&self, pid: i32) -> Result<(), WorkloadAttestError> {
-        if let Some(fd) = &self.pidfd
-            && !pidfd_alive(fd)
-        {
-            return Err(WorkloadAttestError::PidReused { pid });
+        if let Some(fd) = &self.pidfd {
+            // a process holds its PID until it is reaped, so while the pidfd's process is
+            // alive (or a zombie) the number names no other: the start time adds nothing
+            return if pidfd_alive(fd) {
+                Ok(())
+            } else {
+                Err(WorkloadAttestError::PidReused { pid })
+            };
         }
         if let Some(t) = self.start_time
             && start_time(pid)? != t
@@ -146,6 +155,8 @@ pub struct UnixAttestor {
     pub workload_size_limit: i64,
     /// Executable digests already computed, shared by every clone.
     pub digests: DigestCache,
+    /// User and group names looked up in the last [`NAME_TTL`], shared by every clone.
+    names: NameCache,
 }
 
 impl UnixAttestor {
@@ -154,6 +165,7 @@ impl UnixAttestor {
             discover_workload_path,
             workload_size_limit,
             digests: DigestCache::default(),
+            names: NameCache::default(),
         }
     }
 }
@@ -267,6 +279,44 @@ fn supplementary_gids(pid: i32) -> Result<Vec<u32>, WorkloadAttestError> {
         .unwrap_or_default())
 }
 
+/// How long a looked-up user or group name is used before it is looked up again (nscd keeps
+/// them ten minutes by default). A lookup may go to the network (LDAP, sssd), so it is done
+/// off the async workers; within this time a caller's names come from memory.
+const NAME_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Past this many IDs the name cache starts again empty.
+const NAME_CACHE_MAX: usize = 4096;
+
+type NameMap = std::collections::HashMap<(bool, u32), (Option<String>, std::time::Instant)>;
+
+/// User (`false`) and group (`true`) names by ID, each kept for [`NAME_TTL`].
+#[derive(Debug, Clone, Default)]
+struct NameCache(std::sync::Arc<std::sync::Mutex<NameMap>>);
+
+impl NameCache {
+    /// The name of user (or group) `id`: from the cache while fresh; otherwise looked up if
+    /// `may_block`, and `None` (look it up off the async workers) if not.
+    fn get(&self, group: bool, id: u32, may_block: bool) -> Option<Option<String>> {
+        let now = std::time::Instant::now();
+        if let Some((name, at)) = self.0.lock().ok()?.get(&(group, id))
+            && now.duration_since(*at) < NAME_TTL
+        {
+            return Some(name.clone());
+        }
+        if !may_block {
+            return None;
+        }
+        let name = if group { group_name(id) } else { user_name(id) };
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= NAME_CACHE_MAX {
+                m.clear();
+            }
+            m.insert((group, id), (name.clone(), now));
+        }
+        Some(name)
+    }
+}
+
 fn user_name(uid: u32) -> Option<String> {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
@@ -289,6 +339,27 @@ impl UnixAttestor {
         cred: PeerCred,
         pin: Option<&ProcessPin>,
     ) -> Result<Vec<Selector>, WorkloadAttestError> {
+        self.attest_with(cred, pin, true)
+            .map(Option::unwrap_or_default)
+    }
+
+    /// [`attest`](Self::attest) without anything that may block: reads of /proc only, names
+    /// and the executable's digest from the caches. `None` when something is not cached
+    /// (then [`attest`](Self::attest) it on a blocking thread).
+    pub fn attest_cached(
+        &self,
+        cred: PeerCred,
+        pin: Option<&ProcessPin>,
+    ) -> Option<Result<Vec<Selector>, WorkloadAttestError>> {
+        self.attest_with(cred, pin, false).transpose()
+    }
+
+    fn attest_with(
+        &self,
+        cred: PeerCred,
+        pin: Option<&ProcessPin>,
+        may_block: bool,
+    ) -> Result<Option<Vec<Selector>>, WorkloadAttestError> {
         let pid = cred
             .pid
             .filter(|p| *p > 0)
@@ -312,16 +383,25 @@ impl UnixAttestor {
             }
         };
         push("uid", cred.uid.to_string());
-        if let Some(u) = user_name(cred.uid) {
+        let Some(user) = self.names.get(false, cred.uid, may_block) else {
+            return Ok(None);
+        };
+        if let Some(u) = user {
             push("user", u);
         }
         push("gid", cred.gid.to_string());
-        if let Some(g) = group_name(cred.gid) {
+        let Some(group) = self.names.get(true, cred.gid, may_block) else {
+            return Ok(None);
+        };
+        if let Some(g) = group {
             push("group", g);
         }
         for g in supplementary_gids(pid)? {
             push("supplementary_gid", g.to_string());
-            if let Some(name) = group_name(g) {
+            let Some(name) = self.names.get(true, g, may_block) else {
+                return Ok(None);
+            };
+            if let Some(name) = name {
                 push("supplementary_group", name);
             }
         }
@@ -359,6 +439,7 @@ impl UnixAttestor {
                 let key = FileKey::of(&meta);
                 let digest = match self.digests.get(&key) {
                     Some(d) => d,
+                    None if !may_block => return Ok(None),
                     None => {
                         let mut h = Sha256::new();
                         let mut buf = vec![0u8; 64 * 1024];
@@ -390,7 +471,7 @@ impl UnixAttestor {
         // what was read above belongs to the pinned process (not a reuse of its PID), running
         // the executable it ran when pinned
         pin.check(pid)?;
-        Ok(out)
+        Ok(Some(out))
     }
 }
 
@@ -492,5 +573,35 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_cached_path_answers_only_from_what_is_cached() {
+        let me = PeerCred {
+            pid: Some(std::process::id() as i32),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        // names not looked up yet: nothing without blocking
+        let a = UnixAttestor::new(false, -1);
+        assert!(a.attest_cached(me, None).is_none());
+        let full = a.attest(me, None).unwrap();
+        assert_eq!(a.attest_cached(me, None).unwrap().unwrap(), full);
+        // with digests: answered without blocking only once the executable's digest is held
+        let d = UnixAttestor::new(true, 0);
+        let full = d.attest(me, None).unwrap();
+        match d.attest_cached(me, None) {
+            Some(r) => {
+                assert_eq!(d.digests.len(), 1);
+                assert_eq!(r.unwrap(), full);
+            }
+            None => assert!(d.digests.is_empty(), "the test binary changed just now"),
+        }
+        // a process that is gone is refused on this path too
+        let gone = PeerCred {
+            pid: Some(i32::MAX - 1),
+            ..me
+        };
+        assert!(a.attest_cached(gone, None).unwrap().is_err());
     }
 }

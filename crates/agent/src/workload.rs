@@ -14,8 +14,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
@@ -123,34 +123,55 @@ impl WorkloadApi {
             .get::<Caller>()
             .and_then(|c| c.0.map(|cred| (cred, c.1.clone())))
             .ok_or_else(|| Status::internal("the caller's credentials are unknown"))?;
-        let attestor = self.attestor.clone();
-        let sels = tokio::task::spawn_blocking(move || attestor.attest(caller, pin.as_deref()))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))?;
+        // the common case (names and digest already known) reads /proc only and is done
+        // here; otherwise on a blocking thread (name services may be remote, hashing is long)
+        let sels = match self.attestor.attest_cached(caller, pin.as_deref()) {
+            Some(r) => r,
+            None => {
+                let attestor = self.attestor.clone();
+                tokio::task::spawn_blocking(move || attestor.attest(caller, pin.as_deref()))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+            }
+        }
+        .map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))?;
         debug!(pid = ?caller.pid, selectors = ?sels.iter().map(ToString::to_string).collect::<Vec<_>>(), "attested workload");
         Ok(sels)
     }
 
     /// Runs `build` now and after every change, sending what differs, until the client leaves.
-    fn watch<T, F>(&self, sels: Vec<Selector>, build: F) -> Stream_<T>
+    /// The first answer is built here, so it leaves with the response headers (and a caller
+    /// with no identity gets the error as the call's status).
+    fn watch<T, F>(&self, sels: Vec<Selector>, build: F) -> Result<Stream_<T>, Status>
     where
-        T: prost::Message + Clone + Send + 'static,
+        T: prost::Message + PartialEq + Clone + Send + 'static,
         F: Fn(&View, &[Selector]) -> Result<Option<T>, Status> + Send + 'static,
     {
         let state = self.agent.state.clone();
         let mut changes = state.subscribe();
+        changes.borrow_and_update();
+        let first = build(&state.read(), &sels)?;
         let mut stopping = self.stopping.clone();
         let (tx, rx) = mpsc::channel(2);
+        let mut last = first.clone();
         tokio::spawn(async move {
-            let mut last: Option<Vec<u8>> = None;
             loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                    () = until_stopped(&mut stopping) => {
+                        let _ = tx.send(Err(Status::unavailable("the agent is shutting down"))).await;
+                        return;
+                    }
+                }
                 changes.borrow_and_update();
-                match build(&state.read(), &sels) {
+                // the view is not held while the message waits to be sent: an update would
+                // otherwise have to copy it
+                let built = build(&state.read(), &sels);
+                match built {
                     Ok(Some(msg)) => {
-                        let bytes = msg.encode_to_vec();
-                        if last.as_ref() != Some(&bytes) {
-                            last = Some(bytes);
+                        if last.as_ref() != Some(&msg) {
+                            last = Some(msg.clone());
                             if tx.send(Ok(msg)).await.is_err() {
                                 return;
                             }
@@ -163,17 +184,13 @@ impl WorkloadApi {
                         return;
                     }
                 }
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
-                    _ = tx.closed() => return,
-                    () = until_stopped(&mut stopping) => {
-                        let _ = tx.send(Err(Status::unavailable("the agent is shutting down"))).await;
-                        return;
-                    }
-                }
             }
         });
-        Box::pin(ReceiverStream::new(rx))
+        let rest = ReceiverStream::new(rx);
+        Ok(match first {
+            Some(m) => Box::pin(tokio_stream::once(Ok(m)).chain(rest)),
+            None => Box::pin(rest),
+        })
     }
 }
 
@@ -263,7 +280,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let sels = self.selectors(&req).await?;
-        Ok(Response::new(self.watch(sels, x509_response)))
+        Ok(Response::new(self.watch(sels, x509_response)?))
     }
 
     async fn fetch_x509_bundles(
@@ -279,7 +296,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     .map(|b| (td_key(b), concat(&b.x509_authorities)))
                     .collect(),
             }))
-        })))
+        })?))
     }
 
     async fn fetch_jwt_bundles(
@@ -305,7 +322,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 );
             }
             Ok(Some(pb::JwtBundlesResponse { bundles }))
-        })))
+        })?))
     }
 
     async fn fetch_jwtsvid(

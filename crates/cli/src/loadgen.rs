@@ -254,23 +254,17 @@ impl Admin {
     /// Creates entries in batches of 1,000; returns their IDs in order (every one must be
     /// created).
     pub async fn create_entries(&mut self, entries: Vec<spb::Entry>) -> Result<Vec<String>> {
-        let mut ids = Vec::with_capacity(entries.len());
-        let mut it = entries.into_iter().peekable();
-        while it.peek().is_some() {
-            let batch: Vec<spb::Entry> = it.by_ref().take(1000).collect();
-            let r = self
-                .entries
-                .batch_create_entry(spb::BatchCreateEntryRequest { entries: batch })
-                .await
-                .map_err(|s| anyhow!("create: {}", s.message()))?
-                .into_inner();
-            for res in r.results {
-                let st = res.status.unwrap_or_default();
-                if st.code != 0 {
-                    bail!("an entry was not created: {}", st.message);
-                }
-                ids.push(res.entry.map(|e| e.id).unwrap_or_default());
+        // the CLI's own batching (`entry create -data`): what is measured is what users get
+        let r = crate::server::entry::create_in_batches(&mut self.entries, entries)
+            .await
+            .map_err(|e| anyhow!("create: {e}"))?;
+        let mut ids = Vec::with_capacity(r.results.len());
+        for res in r.results {
+            let st = res.status.unwrap_or_default();
+            if st.code != 0 {
+                bail!("an entry was not created: {}", st.message);
             }
+            ids.push(res.entry.map(|e| e.id).unwrap_or_default());
         }
         Ok(ids)
     }

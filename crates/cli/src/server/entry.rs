@@ -523,38 +523,53 @@ async fn create(a: CreateArgs) -> Result<()> {
 const CREATE_BATCH: usize = 1000;
 const CREATE_BATCH_BYTES: usize = 3 << 20;
 
-/// Sends entries in batches under the server's limits, one after another, and gathers the
-/// results in order. On a terminal, progress goes to stderr.
-async fn create_in_batches(
+/// Batches in flight at once: while the server stores one, the next is on its way (and
+/// is decoded and checked), so neither side waits for the other.
+const CREATE_IN_FLIGHT: usize = 2;
+
+/// Sends entries in batches under the server's limits, two at a time, and gathers the results
+/// in order. On a terminal, progress goes to stderr.
+pub async fn create_in_batches(
     client: &mut EntryServiceClient<tonic::transport::Channel>,
     entries: Vec<pb::Entry>,
 ) -> Result<pb::BatchCreateEntryResponse> {
+    use futures_util::StreamExt;
     use std::io::IsTerminal;
     let total = entries.len();
     let progress = total > CREATE_BATCH && std::io::stderr().is_terminal();
-    let mut results = Vec::with_capacity(total);
+    let mut batches: Vec<Vec<pb::Entry>> = Vec::new();
     let mut batch: Vec<pb::Entry> = Vec::new();
     let mut bytes = 0;
-    let mut rest = entries.into_iter().peekable();
-    while let Some(e) = rest.next() {
-        bytes += prost::Message::encoded_len(&e) + 8;
-        batch.push(e);
-        let full = batch.len() >= CREATE_BATCH
-            || rest
-                .peek()
-                .is_some_and(|n| bytes + prost::Message::encoded_len(n) + 8 > CREATE_BATCH_BYTES);
-        if !full && rest.peek().is_some() {
-            continue;
+    for e in entries {
+        let len = prost::Message::encoded_len(&e) + 8;
+        if !batch.is_empty() && (batch.len() >= CREATE_BATCH || bytes + len > CREATE_BATCH_BYTES) {
+            batches.push(std::mem::take(&mut batch));
+            bytes = 0;
         }
-        let n = batch.len();
-        let resp = client
-            .batch_create_entry(pb::BatchCreateEntryRequest {
-                entries: std::mem::take(&mut batch),
-            })
-            .await
+        bytes += len;
+        batch.push(e);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    let mut answers = futures_util::stream::iter(batches)
+        .map(|entries| {
+            let mut client = client.clone();
+            async move {
+                let n = entries.len();
+                let r = client
+                    .batch_create_entry(pb::BatchCreateEntryRequest { entries })
+                    .await;
+                (n, r)
+            }
+        })
+        .buffered(CREATE_IN_FLIGHT);
+    let mut results = Vec::with_capacity(total);
+    while let Some((n, r)) = answers.next().await {
+        let resp = r
             .map_err(|s| {
                 anyhow!(
-                    "{} (after {} of {total} entries had been sent)",
+                    "{} (after {} of {total} entries had been created)",
                     status_err(s),
                     results.len()
                 )
@@ -567,7 +582,6 @@ async fn create_in_batches(
             );
         }
         results.extend(resp.results);
-        bytes = 0;
         if progress {
             eprint!("\rcreated {} of {total} entries", results.len());
         }

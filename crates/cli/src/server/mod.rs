@@ -3,7 +3,7 @@
 
 mod agent;
 mod bundle;
-mod entry;
+pub mod entry;
 mod mint;
 mod run;
 mod verify;
