@@ -38,10 +38,47 @@ pub struct ProcessPin {
     pub start_time: Option<u64>,
     /// Device and inode of the executable it ran.
     pub exe: Option<(u64, u64)>,
+    /// Its supplementary groups when it connected (SO_PEERGROUPS), taken with the uid and
+    /// gid the kernel reported then; `None` where the kernel has no SO_PEERGROUPS (they are
+    /// then read from /proc at each request).
+    pub groups: Option<Vec<u32>>,
 }
 
 /// SO_PEERPIDFD (Linux 6.5); defined here so older libc headers build too.
 const SO_PEERPIDFD: libc::c_int = 77;
+
+/// SO_PEERGROUPS (Linux 4.13), likewise.
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The peer's supplementary groups as the kernel recorded them at connect.
+fn peer_groups(fd: libc::c_int) -> Option<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`, which holds that many.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &raw mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if r == 0 {
+            groups.truncate(n);
+            return Some(groups);
+        }
+        // ERANGE: `len` says how much it needs (NGROUPS_MAX is 65536)
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len()
+        {
+            return None;
+        }
+        groups.resize(n, 0);
+    }
+    None
+}
 
 fn exe_id(pid: i32) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -96,6 +133,7 @@ impl ProcessPin {
             },
             pidfd,
             exe: pid.and_then(exe_id),
+            groups: peer_groups(sock.as_raw_fd()),
         }
     }
 
@@ -105,6 +143,7 @@ impl ProcessPin {
             pidfd: None,
             start_time: Some(start_time(pid)?),
             exe: exe_id(pid),
+            groups: None,
         })
     }
 
@@ -367,8 +406,8 @@ impl UnixAttestor {
         let taken;
         let pin = match pin {
             Some(p) => {
-                // fail fast, before reading (and hashing) anything of another process
-                p.check(pid)?;
+                // fail fast, before reading anything of another process (a reused PID)
+                p.same_process(pid)?;
                 p
             }
             None => {
@@ -396,7 +435,11 @@ impl UnixAttestor {
         if let Some(g) = group {
             push("group", g);
         }
-        for g in supplementary_gids(pid)? {
+        let groups = match &pin.groups {
+            Some(g) => g.clone(),
+            None => supplementary_gids(pid)?,
+        };
+        for g in groups {
             push("supplementary_gid", g.to_string());
             let Some(name) = self.names.get(true, g, may_block) else {
                 return Ok(None);
@@ -426,6 +469,15 @@ impl UnixAttestor {
                     pid,
                     reason: format!("executable: {e}"),
                 })?;
+                // the file read below is the executable the caller ran when pinned: an exec
+                // before this open shows here; one after it leaves what is read (path and
+                // file, both read before) as the pinned executable's
+                {
+                    use std::os::unix::fs::MetadataExt;
+                    if pin.exe != Some((meta.dev(), meta.ino())) {
+                        return Err(WorkloadAttestError::ExecAfterConnect { pid });
+                    }
+                }
                 let size = meta.len();
                 if self.workload_size_limit > 0 && size > self.workload_size_limit as u64 {
                     return Err(WorkloadAttestError::Proc {
@@ -469,8 +521,12 @@ impl UnixAttestor {
             }
         }
         // what was read above belongs to the pinned process (not a reuse of its PID), running
-        // the executable it ran when pinned
-        pin.check(pid)?;
+        // the executable it ran when pinned (checked at the executable's open when it was read)
+        if self.discover_workload_path && self.workload_size_limit >= 0 {
+            pin.same_process(pid)?;
+        } else {
+            pin.check(pid)?;
+        }
         Ok(Some(out))
     }
 }
@@ -603,5 +659,15 @@ mod tests {
             ..me
         };
         assert!(a.attest_cached(gone, None).unwrap().is_err());
+    }
+
+    #[test]
+    fn a_pin_holds_the_peers_groups_as_proc_shows_them() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pid = std::process::id() as i32;
+        let pin = ProcessPin::take(&a, Some(pid));
+        assert_eq!(pin.groups.as_deref(), Some(&supplementary_gids(pid).unwrap()[..]));
+        assert!(pin.pidfd.is_some(), "this kernel has SO_PEERPIDFD");
+        pin.check(pid).unwrap();
     }
 }
