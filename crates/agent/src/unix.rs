@@ -666,7 +666,10 @@ mod tests {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let pid = std::process::id() as i32;
         let pin = ProcessPin::take(&a, Some(pid));
-        assert_eq!(pin.groups.as_deref(), Some(&supplementary_gids(pid).unwrap()[..]));
+        assert_eq!(
+            pin.groups.as_deref(),
+            Some(&supplementary_gids(pid).unwrap()[..])
+        );
         assert!(pin.pidfd.is_some(), "this kernel has SO_PEERPIDFD");
         pin.check(pid).unwrap();
     }

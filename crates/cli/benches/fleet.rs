@@ -335,6 +335,178 @@ fn main() {
         });
     }
 
+    // ------------------------------------------------------------- a real agent
+    // Before the fleet: the callers below share this process with the load generator, and
+    // what 10,000 simulated agents leave behind in it (memory, tasks being torn down) would
+    // slow the callers' side, which in a real node is a thousand other processes.
+    if part("agent") {
+        let agent = TestAgent::start(&s, &node_token);
+        println!("waiting for the agent's first SVID ...");
+        assert!(agent.fetch_until_ok(&[]).ok(), "{}", agent.log());
+        rt.block_on(async {
+            let mut admin = Admin::connect(&s.socket).await.unwrap();
+            let ch = ironpact_cli::common::connect_uds(&agent.socket, "agent", "-socketPath")
+                .await
+                .unwrap();
+            let mut wl = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(ch);
+            let req = || {
+                let mut r = tonic::Request::new(wpb::X509svidRequest {});
+                r.metadata_mut().insert(
+                    "workload.spiffe.io",
+                    tonic::metadata::MetadataValue::from_static("true"),
+                );
+                r
+            };
+            let mut stream = wl.fetch_x509svid(req()).await.unwrap().into_inner();
+            stream.message().await.unwrap().unwrap();
+            println!("  agent RSS with its entries and SVIDs: {:.0} MB", rss_mb(agent.pid()));
+            let mut lat = Vec::new();
+            let mut created = Vec::new();
+            for i in 1..=z.changes {
+                let id = format!("spiffe://example.org/me/{i}");
+                let t0 = Instant::now();
+                created.extend(
+                    admin
+                        .create_entries(vec![workload_entry(
+                            &id,
+                            &node_id,
+                            &format!("unix:uid:{uid}"),
+                        )])
+                        .await
+                        .unwrap(),
+                );
+                loop {
+                    let m = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                        .await
+                        .expect("update within 30 s")
+                        .unwrap()
+                        .unwrap();
+                    if m.svids.iter().any(|s| s.spiffe_id == id) {
+                        break;
+                    }
+                }
+                lat.push(t0.elapsed());
+            }
+            let p99 = pct(&mut lat, 0.99);
+            t.add(
+                &format!(
+                    "entry change -> affected workload's open stream, {} entries, {} under the node",
+                    z.entries, z.node_entries
+                ),
+                "p99 < 50 ms",
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms",
+                    ms(pct(&mut lat, 0.5)),
+                    ms(p99)
+                ),
+                Some(p99 < Duration::from_millis(50)),
+            );
+
+            // back to one identity for this workload (each caller below is one workload with one
+            // SVID, as in a fleet), then many workloads at once: each its own connection, time to
+            // its first response
+            admin
+                .entries
+                .batch_delete_entry(spb::BatchDeleteEntryRequest { ids: created })
+                .await
+                .unwrap();
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                    .await
+                    .expect("update within 30 s")
+                    .unwrap()
+                    .unwrap();
+                if m.svids.len() == 1 {
+                    break;
+                }
+            }
+            let mut set = tokio::task::JoinSet::new();
+            let start = Arc::new(tokio::sync::Barrier::new(z.callers));
+            for _ in 0..z.callers {
+                let sock = agent.socket.clone();
+                let start = start.clone();
+                set.spawn(async move {
+                    let ch = ironpact_cli::common::connect_uds(&sock, "agent", "-socketPath")
+                        .await
+                        .unwrap();
+                    let mut wl = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(ch);
+                    let mut r = tonic::Request::new(wpb::X509svidRequest {});
+                    r.metadata_mut().insert(
+                        "workload.spiffe.io",
+                        tonic::metadata::MetadataValue::from_static("true"),
+                    );
+                    start.wait().await;
+                    let t0 = Instant::now();
+                    let mut s = wl.fetch_x509svid(r).await.unwrap().into_inner();
+                    s.message().await.unwrap().unwrap();
+                    (t0.elapsed(), s, wl)
+                });
+            }
+            let mut lat = Vec::new();
+            let mut held = Vec::new();
+            while let Some(r) = set.join_next().await {
+                let (d, s, wl) = r.unwrap();
+                lat.push(d);
+                held.push((s, wl));
+            }
+            let p99 = pct(&mut lat, 0.99);
+            println!("  agent RSS with {} more open streams: {:.0} MB", z.callers, rss_mb(agent.pid()));
+            t.add(
+                &format!(
+                    "Workload API first response, {} concurrent callers, {} entries on the node",
+                    z.callers, z.node_entries
+                ),
+                "p99 < 100 ms",
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms",
+                    ms(pct(&mut lat, 0.5)),
+                    ms(p99)
+                ),
+                Some(p99 < Duration::from_millis(100)),
+            );
+
+            // JWT-SVIDs for as many audiences, with those streams open
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..z.callers {
+                let sock = agent.socket.clone();
+                set.spawn(async move {
+                    let ch = ironpact_cli::common::connect_uds(&sock, "agent", "-socketPath")
+                        .await
+                        .unwrap();
+                    let mut wl = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(ch);
+                    let mut r = tonic::Request::new(wpb::JwtsvidRequest {
+                        audience: vec![format!("aud-{i}")],
+                        spiffe_id: String::new(),
+                    });
+                    r.metadata_mut().insert(
+                        "workload.spiffe.io",
+                        tonic::metadata::MetadataValue::from_static("true"),
+                    );
+                    let t0 = Instant::now();
+                    wl.fetch_jwtsvid(r).await.unwrap();
+                    t0.elapsed()
+                });
+            }
+            let mut jl = Vec::new();
+            while let Some(r) = set.join_next().await {
+                jl.push(r.unwrap());
+            }
+            let rss = rss_mb(agent.pid());
+            t.add(
+                &format!(
+                    "agent RSS, {} entries + {} open streams + {} JWT audiences",
+                    z.node_entries, z.callers, z.callers
+                ),
+                "<= 100 MB",
+                format!(
+                    "{rss:.0} MB (JWT-SVID p99 {:.0} ms)",
+                    ms(pct(&mut jl, 0.99))
+                ),
+                Some(rss <= 100.0),
+            );
+            drop(held);
+        });
+    }
     // ------------------------------------------------------------- the fleet
     let fleet: Vec<Arc<SimAgent>> = if !part("fleet") {
         Vec::new()
@@ -569,11 +741,13 @@ fn main() {
             t0.elapsed()
         });
         let rss = rss_mb(s.pid());
-        let load_ms = s
-            .log()
+        let log = s.log();
+        let loaded = log
             .lines()
             .rev()
-            .find(|l| l.contains("loaded the entry cache"))
+            .find(|l| l.contains("loaded the entry cache"));
+        println!("  {}", loaded.unwrap_or("(no cache load logged)"));
+        let load_ms = loaded
             .and_then(|l| {
                 let i = l.find("elapsed_ms=")?;
                 l[i + 11..]
@@ -596,175 +770,5 @@ fn main() {
         );
     }
 
-    // ------------------------------------------------------------- a real agent
-    let agent = TestAgent::start(&s, &node_token);
-    println!("waiting for the agent's first SVID ...");
-    assert!(agent.fetch_until_ok(&[]).ok(), "{}", agent.log());
-    if part("agent") {
-        rt.block_on(async {
-            let mut admin = Admin::connect(&s.socket).await.unwrap();
-            let ch = ironpact_cli::common::connect_uds(&agent.socket, "agent", "-socketPath")
-                .await
-                .unwrap();
-            let mut wl = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(ch);
-            let req = || {
-                let mut r = tonic::Request::new(wpb::X509svidRequest {});
-                r.metadata_mut().insert(
-                    "workload.spiffe.io",
-                    tonic::metadata::MetadataValue::from_static("true"),
-                );
-                r
-            };
-            let mut stream = wl.fetch_x509svid(req()).await.unwrap().into_inner();
-            stream.message().await.unwrap().unwrap();
-            println!("  agent RSS with its entries and SVIDs: {:.0} MB", rss_mb(agent.pid()));
-            let mut lat = Vec::new();
-            let mut created = Vec::new();
-            for i in 1..=z.changes {
-                let id = format!("spiffe://example.org/me/{i}");
-                let t0 = Instant::now();
-                created.extend(
-                    admin
-                        .create_entries(vec![workload_entry(
-                            &id,
-                            &node_id,
-                            &format!("unix:uid:{uid}"),
-                        )])
-                        .await
-                        .unwrap(),
-                );
-                loop {
-                    let m = tokio::time::timeout(Duration::from_secs(30), stream.message())
-                        .await
-                        .expect("update within 30 s")
-                        .unwrap()
-                        .unwrap();
-                    if m.svids.iter().any(|s| s.spiffe_id == id) {
-                        break;
-                    }
-                }
-                lat.push(t0.elapsed());
-            }
-            let p99 = pct(&mut lat, 0.99);
-            t.add(
-                &format!(
-                    "entry change -> affected workload's open stream, {} entries, {} under the node",
-                    z.entries, z.node_entries
-                ),
-                "p99 < 50 ms",
-                format!(
-                    "p50 {:.1} ms, p99 {:.1} ms",
-                    ms(pct(&mut lat, 0.5)),
-                    ms(p99)
-                ),
-                Some(p99 < Duration::from_millis(50)),
-            );
-
-            // back to one identity for this workload (each caller below is one workload with one
-            // SVID, as in a fleet), then many workloads at once: each its own connection, time to
-            // its first response
-            admin
-                .entries
-                .batch_delete_entry(spb::BatchDeleteEntryRequest { ids: created })
-                .await
-                .unwrap();
-            loop {
-                let m = tokio::time::timeout(Duration::from_secs(30), stream.message())
-                    .await
-                    .expect("update within 30 s")
-                    .unwrap()
-                    .unwrap();
-                if m.svids.len() == 1 {
-                    break;
-                }
-            }
-            let mut set = tokio::task::JoinSet::new();
-            let start = Arc::new(tokio::sync::Barrier::new(z.callers));
-            for _ in 0..z.callers {
-                let sock = agent.socket.clone();
-                let start = start.clone();
-                set.spawn(async move {
-                    let ch = ironpact_cli::common::connect_uds(&sock, "agent", "-socketPath")
-                        .await
-                        .unwrap();
-                    let mut wl = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(ch);
-                    let mut r = tonic::Request::new(wpb::X509svidRequest {});
-                    r.metadata_mut().insert(
-                        "workload.spiffe.io",
-                        tonic::metadata::MetadataValue::from_static("true"),
-                    );
-                    start.wait().await;
-                    let t0 = Instant::now();
-                    let mut s = wl.fetch_x509svid(r).await.unwrap().into_inner();
-                    s.message().await.unwrap().unwrap();
-                    (t0.elapsed(), s, wl)
-                });
-            }
-            let mut lat = Vec::new();
-            let mut held = Vec::new();
-            while let Some(r) = set.join_next().await {
-                let (d, s, wl) = r.unwrap();
-                lat.push(d);
-                held.push((s, wl));
-            }
-            let p99 = pct(&mut lat, 0.99);
-            println!("  agent RSS with {} more open streams: {:.0} MB", z.callers, rss_mb(agent.pid()));
-            t.add(
-                &format!(
-                    "Workload API first response, {} concurrent callers, {} entries on the node",
-                    z.callers, z.node_entries
-                ),
-                "p99 < 100 ms",
-                format!(
-                    "p50 {:.1} ms, p99 {:.1} ms",
-                    ms(pct(&mut lat, 0.5)),
-                    ms(p99)
-                ),
-                Some(p99 < Duration::from_millis(100)),
-            );
-
-            // JWT-SVIDs for as many audiences, with those streams open
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..z.callers {
-                let sock = agent.socket.clone();
-                set.spawn(async move {
-                    let ch = ironpact_cli::common::connect_uds(&sock, "agent", "-socketPath")
-                        .await
-                        .unwrap();
-                    let mut wl = wpb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(ch);
-                    let mut r = tonic::Request::new(wpb::JwtsvidRequest {
-                        audience: vec![format!("aud-{i}")],
-                        spiffe_id: String::new(),
-                    });
-                    r.metadata_mut().insert(
-                        "workload.spiffe.io",
-                        tonic::metadata::MetadataValue::from_static("true"),
-                    );
-                    let t0 = Instant::now();
-                    wl.fetch_jwtsvid(r).await.unwrap();
-                    t0.elapsed()
-                });
-            }
-            let mut jl = Vec::new();
-            while let Some(r) = set.join_next().await {
-                jl.push(r.unwrap());
-            }
-            let rss = rss_mb(agent.pid());
-            t.add(
-                &format!(
-                    "agent RSS, {} entries + {} open streams + {} JWT audiences",
-                    z.node_entries, z.callers, z.callers
-                ),
-                "<= 100 MB",
-                format!(
-                    "{rss:.0} MB (JWT-SVID p99 {:.0} ms)",
-                    ms(pct(&mut jl, 0.99))
-                ),
-                Some(rss <= 100.0),
-            );
-            drop(held);
-        });
-    }
-    drop(agent);
     t.print();
 }

@@ -15,6 +15,9 @@ pub enum Error {
     Corrupt(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A datastore task ended without an answer (it panicked or was cancelled).
+    #[error("internal datastore error: {0}")]
+    Internal(String),
 }
 
 impl From<ironpact_spiffe::Error> for Error {

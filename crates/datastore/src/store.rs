@@ -549,30 +549,66 @@ impl DataStore {
     /// order: the cache's start-up load, without a join that repeats each entry per selector.
     pub async fn list_all_entries(&self) -> Result<Vec<Entry>> {
         use futures_util::TryStreamExt;
-        // Both scans run at once (two connections), their rows streamed: only the entries and
-        // the selectors are held, never every row.
-        let entries = async {
-            let sql = format!("SELECT {ENTRY_COLUMNS} FROM registered_entries e");
-            let mut out = Vec::new();
-            let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&self.pool);
-            while let Some(row) = rows.try_next().await? {
-                out.push(entry_from_row(&row)?);
-            }
-            Ok::<_, Error>(out)
+        // The scans run at once, each on its own connection and its own task (rows are decoded
+        // on the runtime's threads while SQLite reads on its own), their rows streamed: only
+        // the entries and the selectors are held, never every row. A large table is read in
+        // two halves split at its median ID.
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM registered_entries")
+            .fetch_one(&self.pool)
+            .await?;
+        let mid: Option<String> = if n >= 20_000 {
+            sqlx::query_scalar(
+                "SELECT entry_id FROM registered_entries ORDER BY entry_id LIMIT 1 OFFSET $1",
+            )
+            .bind(n / 2)
+            .fetch_optional(&self.pool)
+            .await?
+        } else {
+            None
         };
-        let selectors = async {
+        let scan = |cond: &'static str, bound: Option<String>| {
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                let sql = format!("SELECT {ENTRY_COLUMNS} FROM registered_entries e {cond}");
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                if let Some(b) = bound {
+                    q = q.bind(b);
+                }
+                let mut out = Vec::new();
+                let mut rows = q.fetch(&pool);
+                while let Some(row) = rows.try_next().await? {
+                    out.push(entry_from_row(&row)?);
+                }
+                Ok::<_, Error>(out)
+            })
+        };
+        let (low, high) = match mid {
+            Some(m) => (
+                scan("WHERE e.entry_id < $1", Some(m.clone())),
+                Some(scan("WHERE e.entry_id >= $1", Some(m))),
+            ),
+            None => (scan("", None), None),
+        };
+        let pool = self.pool.clone();
+        let selectors = tokio::spawn(async move {
             let mut out: Vec<(String, Selector)> = Vec::new();
             let mut rows =
-                sqlx::query("SELECT entry_id, type, value FROM entry_selectors").fetch(&self.pool);
+                sqlx::query("SELECT entry_id, type, value FROM entry_selectors").fetch(&pool);
             while let Some(row) = rows.try_next().await? {
                 if let Some(sel) = selector_from_row(&row)? {
                     out.push((row.try_get("entry_id")?, sel));
                 }
             }
             Ok::<_, Error>(out)
-        };
-        let (out, sels) = tokio::try_join!(entries, selectors)?;
-        let mut out = out;
+        });
+        fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+            r.unwrap_or_else(|e| Err(Error::Internal(format!("loading entries: {e}"))))
+        }
+        let (low, sels) = tokio::join!(low, selectors);
+        let (mut out, sels) = (joined(low)?, joined(sels)?);
+        if let Some(high) = high {
+            out.extend(joined(high.await)?);
+        }
         // sorted here, byte-wise, whatever the database's collation
         out.sort_by(|a, b| a.id.cmp(&b.id));
         let pos: HashMap<&str, usize> = out

@@ -194,9 +194,12 @@ impl Cache {
             .filter(|id| !seen.contains(id))
             .map(|id| (id, now))
             .collect();
+        let t_read = Instant::now();
         let entries = self.ds.list_all_entries().await?;
+        let entries_ms = t_read.elapsed().as_millis() as u64;
         let agents = self.ds.list_agents().await?;
         let bundles = self.ds.list_bundles().await?;
+        let read_ms = t_read.elapsed().as_millis() as u64;
         self.queries.fetch_add(5, Ordering::Relaxed);
         let mut idx = Index::default();
         let (n_entries, n_agents) = (entries.len(), agents.len());
@@ -222,6 +225,8 @@ impl Cache {
             entries = n_entries,
             agents = n_agents,
             change_id = last,
+            entries_ms,
+            read_ms,
             elapsed_ms = t.elapsed().as_millis() as u64,
             "loaded the entry cache"
         );
