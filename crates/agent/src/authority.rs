@@ -29,8 +29,17 @@ const OUT_FRAME_MAX: usize = 16_384;
 /// Workload API server never raises, so a conforming client never sends more; a larger length
 /// would only make us buffer up to 16 MiB per connection on a world-writable socket.
 const IN_FRAME_MAX: usize = 16_384;
-/// Bound on the client's HPACK dynamic table we mirror.
-const MAX_TABLE: usize = 65_536;
+/// Bound on the client's HPACK dynamic table we mirror: the protocol's default
+/// SETTINGS_HEADER_TABLE_SIZE, which the Workload API server never raises, so a conforming
+/// client never asks for more.
+const MAX_TABLE: usize = 4096;
+/// Bound on one decoded header list (names, values and 32 octets each, as RFC 7540 counts
+/// SETTINGS_MAX_HEADER_LIST_SIZE): indexed fields are one octet each on the wire but as long
+/// as the table entry they name when decoded, so the wire bound alone does not bound this.
+const MAX_HEADER_LIST: usize = 64 * 1024;
+/// A drained buffer up to this size is kept for the next frames; a larger one (a burst) is
+/// freed, so an idle connection holds little.
+const KEEP_IDLE: usize = 4096;
 /// Bound on one header block (HEADERS plus CONTINUATIONs): a Workload API request carries a
 /// handful of short headers.
 const MAX_BLOCK: usize = 64 * 1024;
@@ -65,8 +74,8 @@ impl<S> AuthorityFix<S> {
         decoder.set_max_allowed_table_size(MAX_TABLE);
         Self {
             inner,
-            // allocated as frames arrive and freed once passed on: an idle connection (a
-            // workload holding its stream open) keeps no buffers
+            // allocated as frames arrive and, past KEEP_IDLE, freed once passed on: an idle
+            // connection (a workload holding its stream open) keeps little
             raw: BytesMut::new(),
             out: BytesMut::new(),
             preface_left: PREFACE_LEN,
@@ -159,6 +168,14 @@ fn raw_strings(b: &[u8]) -> io::Result<Vec<u8>> {
                 httlib_huffman::DecoderSpeed::FourBits,
             )
             .map_err(|e| bad(format!("HPACK: Huffman: {e:?}")))?;
+            // httlib-huffman accepts any padding; RFC 7541 §5.2 allows only the EOS code's
+            // leading ones, under 8 bits: the one encoding that re-encoding reproduces
+            let mut again = Vec::with_capacity(len);
+            httlib_huffman::encode(&dec, &mut again)
+                .map_err(|e| bad(format!("HPACK: Huffman: {e:?}")))?;
+            if again != b[start..end] {
+                return Err(bad("HPACK: Huffman string badly padded"));
+            }
             put_int(out, 0x00, 7, dec.len());
             out.extend_from_slice(&dec);
         }
@@ -193,18 +210,24 @@ fn authority_ok(v: &[u8]) -> bool {
 impl<S> AuthorityFix<S> {
     fn emit_headers(&mut self, stream: u32, flags: u8, block: &[u8]) -> io::Result<()> {
         let raw = raw_strings(block)?;
-        let headers = self
-            .decoder
-            .decode(&raw)
+        let mut enc = Vec::with_capacity(raw.len() + 64);
+        let mut size = 0usize;
+        self.decoder
+            .decode_with_cb(&raw, |name, value| {
+                size = size.saturating_add(name.len() + value.len() + 32);
+                if size > MAX_HEADER_LIST {
+                    return; // refused below; nothing more is copied
+                }
+                if &*name == b":authority" && !authority_ok(&value) {
+                    tracing::debug!(authority = %String::from_utf8_lossy(&value), "replacing an :authority h2 would reject");
+                    put_literal(&mut enc, &name, b"localhost");
+                } else {
+                    put_literal(&mut enc, &name, &value);
+                }
+            })
             .map_err(|e| bad(format!("HPACK: {e:?}")))?;
-        let mut enc = Vec::with_capacity(block.len() + 64);
-        for (name, value) in &headers {
-            if name.as_slice() == b":authority" && !authority_ok(value) {
-                tracing::debug!(authority = %String::from_utf8_lossy(value), "replacing an :authority h2 would reject");
-                put_literal(&mut enc, name, b"localhost");
-            } else {
-                put_literal(&mut enc, name, value);
-            }
+        if size > MAX_HEADER_LIST {
+            return Err(bad("header list too large"));
         }
         let chunks: Vec<&[u8]> = if enc.is_empty() {
             vec![&[][..]]
@@ -312,7 +335,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 let n = this.out.len().min(buf.remaining());
                 buf.put_slice(&this.out[..n]);
                 this.out.advance(n);
-                if this.out.is_empty() {
+                if this.out.is_empty() && this.out.capacity() > KEEP_IDLE {
                     this.out = BytesMut::new();
                 }
                 return Poll::Ready(Ok(()));
@@ -332,7 +355,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             }
             this.raw.extend_from_slice(rb.filled());
             this.process()?;
-            if this.raw.is_empty() {
+            if this.raw.is_empty() && this.raw.capacity() > KEEP_IDLE {
                 this.raw = BytesMut::new();
             }
         }
@@ -422,12 +445,14 @@ mod tests {
         // a block without Huffman strings is unchanged
         let plain = hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d");
         assert_eq!(raw_strings(&plain).unwrap(), plain);
-        // truncated strings and integers, and an EOS inside a Huffman string, are errors, not panics
+        // truncated strings and integers, an EOS inside a Huffman string and padding other than
+        // the EOS code's ones are errors, not panics
         for bad in [
             "41 8c f1e3",
             "41 ff",
             "1f ff ff ff ff ff ff 01",
             "41 84 ffff ffff",
+            "41 81 00",
         ] {
             assert!(raw_strings(&hex(bad)).is_err(), "{bad}");
         }
@@ -452,6 +477,32 @@ mod tests {
         }
         let e = through(input).await.unwrap_err();
         assert!(e.to_string().contains("header block too large"), "{e}");
+    }
+
+    /// One octet on the wire naming a 4 KB table entry decodes to 4 KB: a block of such
+    /// references is refused once the decoded list passes its bound, before it is copied.
+    #[tokio::test]
+    async fn indexed_fields_cannot_blow_up_the_decoded_list() {
+        let mut block = vec![0x40, 0x01, b'x'];
+        put_int(&mut block, 0x00, 7, 4000);
+        block.extend(vec![b'v'; 4000]);
+        let mut input = PREFACE.to_vec();
+        // within the bound: the entry and 14 references (about 60 KB decoded)
+        let mut ok = block.clone();
+        ok.extend([0xbe; 14]);
+        input.extend(frame(HEADERS, END_HEADERS, 1, &ok));
+        assert!(through(input).await.is_ok());
+        let mut input = PREFACE.to_vec();
+        block.extend([0xbe; 4000]);
+        input.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        let e = through(input).await.unwrap_err();
+        assert!(e.to_string().contains("header list too large"), "{e}");
+        // and a table larger than the protocol's default is refused
+        let mut input = PREFACE.to_vec();
+        let mut grow = Vec::new();
+        put_int(&mut grow, 0x20, 5, 65_536);
+        input.extend(frame(HEADERS, END_HEADERS, 1, &grow));
+        assert!(through(input).await.is_err());
     }
 
     async fn through(input: Vec<u8>) -> io::Result<Vec<u8>> {

@@ -1,14 +1,16 @@
-//! The `unix` workload attestor: who is calling, from the kernel's word (SO_PEERCRED) and
-//! /proc. Guards against PID reuse by comparing the process start time (and, with a pidfd,
-//! its liveness) before and after reading.
+//! The `unix` workload attestor: who is calling, from the kernel's word (SO_PEERCRED,
+//! SO_PEERGROUPS) and /proc.
 //!
 //! The caller is pinned when it connects ([`ProcessPin`]): a pidfd for the connecting process
-//! (SO_PEERPIDFD, Linux 6.5+), its start time and the executable it ran (device and inode).
-//! Every request re-checks that the same process is alive and still runs that executable, so
-//! a process that connects and then execs an allowed binary (leaving a child holding the
-//! connection) gets nothing bound to that binary. What remains: a process that execs before
-//! the agent has accepted the connection is seen as the binary it exec'd (a short window); on
-//! kernels without SO_PEERPIDFD the start time alone tells a reused PID apart.
+//! (SO_PEERPIDFD, Linux 6.5+; on older kernels its start time), the executable it ran (device
+//! and inode) and its supplementary groups. Every request re-checks that the same process is
+//! alive (a live process keeps its PID, so with a pidfd no other process can answer for it;
+//! without one, the start time tells a reused PID apart) and that the executable read is the
+//! one it ran, so a process that connects and then execs an allowed binary (leaving a child
+//! holding the connection) gets nothing bound to that binary. A peer already reaped when the
+//! agent pins it, or one neither a pidfd nor a start time can tell apart, gets nothing. What
+//! remains: a process that execs before the agent has accepted the connection is seen as the
+//! binary it exec'd (a short window).
 
 use ironpact_spiffe::Selector;
 use sha2::{Digest, Sha256};
@@ -42,6 +44,9 @@ pub struct ProcessPin {
     /// gid the kernel reported then; `None` where the kernel has no SO_PEERGROUPS (they are
     /// then read from /proc at each request).
     pub groups: Option<Vec<u32>>,
+    /// The peer was gone (reaped, its PID free for reuse) before it could be pinned: every
+    /// request on this connection is refused.
+    pub gone: bool,
 }
 
 /// SO_PEERPIDFD (Linux 6.5); defined here so older libc headers build too.
@@ -121,20 +126,32 @@ impl ProcessPin {
                 &raw mut len,
             )
         };
+        // A kernel that knows SO_PEERPIDFD but has no pidfd for this peer has reaped it
+        // already: its PID may name another process by now, so nothing of /proc is its.
+        let reaped =
+            r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOPROTOOPT);
         // SAFETY: on success the kernel returned a new pidfd that we now own.
         let pidfd = (r == 0 && fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
         let pid = pid.filter(|p| *p > 0);
-        Self {
+        let mut pin = Self {
             // the start time tells a reused PID apart only where there is no pidfd
-            start_time: if pidfd.is_some() {
+            start_time: if pidfd.is_some() || reaped {
                 None
             } else {
                 pid.and_then(|p| start_time(p).ok())
             },
-            pidfd,
-            exe: pid.and_then(exe_id),
+            exe: pid.filter(|_| !reaped).and_then(exe_id),
             groups: peer_groups(sock.as_raw_fd()),
+            pidfd,
+            gone: reaped,
+        };
+        // what was read of /proc above is the peer's only if it was alive throughout
+        if let Some(fd) = &pin.pidfd
+            && !pidfd_alive(fd)
+        {
+            pin.gone = true;
         }
+        pin
     }
 
     /// Pins `pid` as it is now, for a caller not pinned when it connected (no pidfd).
@@ -144,11 +161,15 @@ impl ProcessPin {
             start_time: Some(start_time(pid)?),
             exe: exe_id(pid),
             groups: None,
+            gone: false,
         })
     }
 
     /// Whether the process that connected is alive and is `pid` (not a reuse of its PID).
     fn same_process(&self, pid: i32) -> Result<(), WorkloadAttestError> {
+        if self.gone {
+            return Err(WorkloadAttestError::PidReused { pid });
+        }
         if let Some(fd) = &self.pidfd {
             // a process holds its PID until it is reaped, so while the pidfd's process is
             // alive (or a zombie) the number names no other: the start time adds nothing
@@ -158,12 +179,11 @@ impl ProcessPin {
                 Err(WorkloadAttestError::PidReused { pid })
             };
         }
-        if let Some(t) = self.start_time
-            && start_time(pid)? != t
-        {
-            return Err(WorkloadAttestError::PidReused { pid });
+        // neither a pidfd nor a start time: nothing tells the connecting process apart
+        match self.start_time {
+            Some(t) if start_time(pid)? == t => Ok(()),
+            _ => Err(WorkloadAttestError::PidReused { pid }),
         }
-        Ok(())
     }
 
     /// Checks, at a request, that the caller is the process that connected and still runs the
@@ -337,10 +357,14 @@ impl NameCache {
     /// `may_block`, and `None` (look it up off the async workers) if not.
     fn get(&self, group: bool, id: u32, may_block: bool) -> Option<Option<String>> {
         let now = std::time::Instant::now();
-        if let Some((name, at)) = self.0.lock().ok()?.get(&(group, id))
-            && now.duration_since(*at) < NAME_TTL
-        {
-            return Some(name.clone());
+        // a poisoned lock is a miss (looked up again), never a verdict
+        let cached = self.0.lock().ok().and_then(|m| {
+            m.get(&(group, id))
+                .filter(|(_, at)| now.duration_since(*at) < NAME_TTL)
+                .map(|(name, _)| name.clone())
+        });
+        if let Some(name) = cached {
+            return Some(name);
         }
         if !may_block {
             return None;
@@ -378,8 +402,12 @@ impl UnixAttestor {
         cred: PeerCred,
         pin: Option<&ProcessPin>,
     ) -> Result<Vec<Selector>, WorkloadAttestError> {
-        self.attest_with(cred, pin, true)
-            .map(Option::unwrap_or_default)
+        // with blocking allowed every lookup is made, so there is always an answer
+        self.attest_with(cred, pin, true)?
+            .ok_or(WorkloadAttestError::Proc {
+                pid: cred.pid.unwrap_or(0),
+                reason: "attestation did not complete".into(),
+            })
     }
 
     /// [`attest`](Self::attest) without anything that may block: reads of /proc only, names
@@ -672,5 +700,61 @@ mod tests {
         );
         assert!(pin.pidfd.is_some(), "this kernel has SO_PEERPIDFD");
         pin.check(pid).unwrap();
+    }
+
+    #[test]
+    fn a_peer_reaped_before_it_is_pinned_gets_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // a process that connects and exits, reaped before the connection is accepted
+        let status = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+            ])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (conn, _) = l.accept().unwrap();
+        let pid = {
+            use std::os::fd::AsRawFd;
+            let mut c = libc::ucred {
+                pid: 0,
+                uid: 0,
+                gid: 0,
+            };
+            let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `c`, a ucred.
+            let r = unsafe {
+                libc::getsockopt(
+                    conn.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_PEERCRED,
+                    (&raw mut c).cast(),
+                    &raw mut len,
+                )
+            };
+            assert_eq!(r, 0);
+            c.pid
+        };
+        let pin = ProcessPin::take(&conn, Some(pid));
+        assert!(pin.gone, "{pin:?}");
+        assert!(matches!(
+            pin.check(pid),
+            Err(WorkloadAttestError::PidReused { .. })
+        ));
+        let a = UnixAttestor::new(false, -1);
+        let cred = PeerCred {
+            pid: Some(pid),
+            uid: 0,
+            gid: 0,
+        };
+        assert!(a.attest(cred, Some(&pin)).is_err());
+        assert!(a.attest_cached(cred, Some(&pin)).unwrap().is_err());
+        // a pin with neither a pidfd nor a start time tells nothing apart: refused too
+        let blind = ProcessPin::default();
+        assert!(blind.check(std::process::id() as i32).is_err());
     }
 }

@@ -568,7 +568,7 @@ impl DataStore {
         };
         let scan = |cond: &'static str, bound: Option<String>| {
             let pool = self.pool.clone();
-            tokio::spawn(async move {
+            Scan(tokio::spawn(async move {
                 let sql = format!("SELECT {ENTRY_COLUMNS} FROM registered_entries e {cond}");
                 let mut q = sqlx::query(AssertSqlSafe(sql));
                 if let Some(b) = bound {
@@ -580,7 +580,7 @@ impl DataStore {
                     out.push(entry_from_row(&row)?);
                 }
                 Ok::<_, Error>(out)
-            })
+            }))
         };
         let (low, high) = match mid {
             Some(m) => (
@@ -590,7 +590,7 @@ impl DataStore {
             None => (scan("", None), None),
         };
         let pool = self.pool.clone();
-        let selectors = tokio::spawn(async move {
+        let selectors = Scan(tokio::spawn(async move {
             let mut out: Vec<(String, Selector)> = Vec::new();
             let mut rows =
                 sqlx::query("SELECT entry_id, type, value FROM entry_selectors").fetch(&pool);
@@ -600,7 +600,7 @@ impl DataStore {
                 }
             }
             Ok::<_, Error>(out)
-        });
+        }));
         fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
             r.unwrap_or_else(|e| Err(Error::Internal(format!("loading entries: {e}"))))
         }
@@ -1473,6 +1473,27 @@ fn change_from_row(row: &AnyRow) -> Result<Change> {
         kind,
         key: row.try_get("change_key")?,
     })
+}
+
+/// A spawned scan, aborted if dropped before it finished: an error in another scan, or a
+/// caller that gave up, must not leave it reading (and holding a connection) for nothing.
+struct Scan<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Scan<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Scan<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 fn selector_from_row(row: &AnyRow) -> Result<Option<Selector>> {

@@ -552,42 +552,64 @@ pub async fn create_in_batches(
     if !batch.is_empty() {
         batches.push(batch);
     }
-    let mut answers = futures_util::stream::iter(batches)
-        .map(|entries| {
-            let mut client = client.clone();
-            async move {
-                let n = entries.len();
-                let r = client
-                    .batch_create_entry(pb::BatchCreateEntryRequest { entries })
-                    .await;
-                (n, r)
-            }
-        })
-        .buffered(CREATE_IN_FLIGHT);
-    let mut results = Vec::with_capacity(total);
-    while let Some((n, r)) = answers.next().await {
-        let resp = r
-            .map_err(|s| {
-                anyhow!(
-                    "{} (after {} of {total} entries had been created)",
-                    status_err(s),
-                    results.len()
-                )
-            })?
-            .into_inner();
-        if resp.results.len() != n {
-            bail!(
-                "the server answered {} results for a batch of {n}: retry with a smaller -data file",
-                resp.results.len()
-            );
+    let send = |entries: Vec<pb::Entry>| {
+        let mut client = client.clone();
+        async move {
+            let n = entries.len();
+            let r = client
+                .batch_create_entry(pb::BatchCreateEntryRequest { entries })
+                .await;
+            (n, r)
         }
-        results.extend(resp.results);
+    };
+    let mut unsent = batches.into_iter();
+    let mut in_flight = futures_util::stream::FuturesOrdered::new();
+    for b in unsent.by_ref().take(CREATE_IN_FLIGHT) {
+        in_flight.push_back(send(b));
+    }
+    let mut results = Vec::with_capacity(total);
+    let mut failed: Option<anyhow::Error> = None;
+    // every batch sent is waited for, also after a failure: its entries may be stored, and
+    // the count below must say so
+    while let Some((n, r)) = in_flight.next().await {
+        match r {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                if resp.results.len() == n {
+                    results.extend(resp.results);
+                } else {
+                    failed.get_or_insert_with(|| {
+                        anyhow!(
+                            "the server answered {} results for a batch of {n}: retry with a smaller -data file",
+                            resp.results.len()
+                        )
+                    });
+                }
+            }
+            Err(s) => {
+                failed.get_or_insert_with(|| anyhow!("{}", status_err(s)));
+            }
+        }
+        if failed.is_none()
+            && let Some(b) = unsent.next()
+        {
+            in_flight.push_back(send(b));
+        }
         if progress {
             eprint!("\rcreated {} of {total} entries", results.len());
         }
     }
     if progress {
         eprintln!();
+    }
+    if let Some(e) = failed {
+        let created = results
+            .iter()
+            .filter(|r| r.status.as_ref().is_none_or(|s| s.code == 0))
+            .count();
+        bail!(
+            "{e} ({created} of {total} entries were created; run the same -data again to create the rest: those that exist answer AlreadyExists)"
+        );
     }
     Ok(pb::BatchCreateEntryResponse { results })
 }
