@@ -112,39 +112,18 @@ const ENTRY_COLUMNS: &str = "e.entry_id, e.spiffe_id, e.parent_id, e.x509_svid_t
     e.jwt_svid_ttl, e.admin, e.downstream, e.expires_at, e.store_svid, e.hint, e.dns_names, \
     e.federates_with, e.revision_number, e.created_at";
 
-/// A random (version 4) UUID, the form SPIRE uses for entry IDs and join tokens.
+/// A random (version 4) UUID, the form SPIRE uses for entry IDs and join tokens (from the
+/// operating system's CSPRNG: a join token is a secret).
 pub fn new_uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    uuid_text(b)
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// A time-ordered (version 7, RFC 9562) UUID for entry IDs: 48 bits of Unix milliseconds,
-/// then 74 random bits. Entries created together get neighbouring IDs, so a bulk insert
-/// appends to the ID indexes instead of touching a random page of each for every row (at
-/// 100,000 entries that was most of the write cost). Entry IDs are names, not secrets.
+/// then random bits. Entries created together get neighbouring IDs, so a bulk insert appends
+/// to the ID indexes instead of touching a random page of each for every row (at 100,000
+/// entries that was most of the write cost). Entry IDs are names, not secrets.
 pub fn new_entry_id() -> String {
-    let mut b: [u8; 16] = rand::random();
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    b[6] = (b[6] & 0x0f) | 0x70;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    uuid_text(b)
-}
-
-fn uuid_text(b: [u8; 16]) -> String {
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// What the datastore keeps of a join token: its SHA-256, so a copy of the database (or a

@@ -33,15 +33,6 @@ pub struct Bundle {
     pub sequence: u64,
 }
 
-const P256_SPKI_PREFIX: &[u8] = &[
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-];
-const P384_SPKI_PREFIX: &[u8] = &[
-    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
-    0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
-];
-
 /// Converts a DER SubjectPublicKeyInfo to the JWK members (`kty`, `crv`/`x`/`y` or `n`/`e`).
 pub fn spki_to_jwk(spki_der: &[u8]) -> Result<Map<String, Value>, Error> {
     let bad = |m: String| Error::InvalidKey(m);
@@ -98,20 +89,34 @@ pub fn jwk_to_spki(jwk: &Map<String, Value>) -> Result<Vec<u8>, Error> {
     };
     match jwk.get("kty").and_then(Value::as_str) {
         Some("EC") => {
-            let (prefix, n) = match jwk.get("crv").and_then(Value::as_str) {
-                Some("P-256") => (P256_SPKI_PREFIX, 32),
-                Some("P-384") => (P384_SPKI_PREFIX, 48),
+            use p256::pkcs8::EncodePublicKey;
+            let (x, y) = (field("x")?, field("y")?);
+            let n = match jwk.get("crv").and_then(Value::as_str) {
+                Some("P-256") => 32,
+                Some("P-384") => 48,
                 _ => return Err(bad("EC JWK curve must be P-256 or P-384")),
             };
-            let (x, y) = (field("x")?, field("y")?);
             if x.len() != n || y.len() != n {
                 return Err(bad("EC JWK coordinates have the wrong length"));
             }
-            let mut out = prefix.to_vec();
-            out.push(0x04);
-            out.extend_from_slice(&x);
-            out.extend_from_slice(&y);
-            Ok(out)
+            // the uncompressed point, checked to be on the curve by the curve's crate
+            let mut point = vec![0x04];
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            let not_on_curve = |_| bad("EC JWK is not a point on its curve");
+            let der = if n == 32 {
+                p256::PublicKey::from_sec1_bytes(&point)
+                    .map_err(not_on_curve)?
+                    .to_public_key_der()
+            } else {
+                p384::PublicKey::from_sec1_bytes(&point)
+                    .map_err(not_on_curve)?
+                    .to_public_key_der()
+            };
+            Ok(der
+                .map_err(|e| bad(&format!("EC JWK: {e}")))?
+                .as_bytes()
+                .to_vec())
         }
         Some("RSA") => {
             use rsa::pkcs8::EncodePublicKey;
@@ -286,5 +291,20 @@ mod tests {
             Bundle::from_jwks(td.clone(), br#"{"keys":[{"use":"jwt-svid","kty":"EC"}]}"#).is_err()
         );
         assert!(Bundle::from_pem(td, "nothing").is_err());
+    }
+
+    #[test]
+    fn an_ec_jwk_off_its_curve_is_refused() {
+        let k = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let mut jwk = spki_to_jwk(&k.spki_der()).unwrap();
+        assert_eq!(jwk_to_spki(&jwk).unwrap(), k.spki_der());
+        // the same x with y + 1: right lengths, not a point of P-256
+        let mut y = URL_SAFE_NO_PAD.decode(jwk["y"].as_str().unwrap()).unwrap();
+        y[31] ^= 1;
+        jwk.insert("y".into(), json!(URL_SAFE_NO_PAD.encode(&y)));
+        let e = jwk_to_spki(&jwk).unwrap_err();
+        assert!(e.to_string().contains("not a point on its curve"), "{e}");
+        jwk.insert("crv".into(), json!("P-521"));
+        assert!(jwk_to_spki(&jwk).is_err());
     }
 }
