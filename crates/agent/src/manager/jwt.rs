@@ -1,0 +1,50 @@
+//! JWT-SVIDs, cached per (entry, audience set) until half their life, bounded.
+
+use super::*;
+
+impl Agent {
+    /// A JWT-SVID for `entry_id`, cached until half of its life is gone.
+    pub async fn jwt_svid(
+        &self,
+        entry_id: &str,
+        audience: &[String],
+    ) -> Result<(String, String), tonic::Status> {
+        let mut aud = audience.to_vec();
+        aud.sort();
+        let key = (entry_id.to_string(), aud);
+        let t = self.clock.now();
+        if let Some((tok, iat, exp)) = self
+            .jwt_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+            && t < iat + (exp - iat) / 2
+        {
+            return Ok((tok, String::new()));
+        }
+        let mut client = self
+            .client()
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let r = client
+            .new_jwtsvid(pb::NewJwtsvidRequest {
+                entry_id: entry_id.to_string(),
+                audience: audience.to_vec(),
+            })
+            .await?
+            .into_inner();
+        if let Ok(mut c) = self.jwt_cache.lock() {
+            if c.len() >= JWT_CACHE_MAX {
+                // past half-life a token is minted again anyway; then the soonest to expire
+                c.retain(|_, v| t < v.1 + (v.2 - v.1) / 2);
+                if c.len() >= JWT_CACHE_MAX {
+                    let mut exps: Vec<i64> = c.values().map(|v| v.2).collect();
+                    exps.sort_unstable();
+                    let cut = exps[exps.len() / 2];
+                    c.retain(|_, v| v.2 > cut);
+                }
+            }
+            c.insert(key, (r.token.clone(), r.issued_at, r.expires_at));
+        }
+        Ok((r.token, r.spiffe_id))
+    }
+}

@@ -1,0 +1,444 @@
+//! The agent's life with the server: attest (or reuse the stored SVID), hold one pushed sync
+//! stream, sign SVIDs for entries in batches, renew its own SVID at half-life, and retry with
+//! backoff while the server is away, serving what it already has.
+
+use crate::config::{AgentConfig, AgentKeyManager};
+use crate::config::{SevSnpSource, TdxSource, TeeSource};
+use crate::state::{AgentEntry, CachedSvid, State};
+use ironpact_proto::agent::v1 as pb;
+use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
+use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
+use ironpact_tls::{SharedRoots, SvidCell, TrustSource};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+use tracing::{debug, error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(
+        "no stored agent SVID and no join token: pass -joinToken (from `ironpact-server token generate`)"
+    )]
+    NoJoinToken,
+    #[error(
+        "trust bundle {path}: {reason} (point -trustBundle at the output of `ironpact-server bundle show`)"
+    )]
+    Bundle { path: String, reason: String },
+    #[error("server refused attestation: {0}")]
+    Refused(String),
+    #[error("the server evicted this agent: {0}")]
+    Evicted(String),
+    #[error(
+        "this agent is banned: {0}; it stops (lift the ban with `ironpact-server agent evict -spiffeID <agent ID>`, then start it again)"
+    )]
+    Banned(String),
+    #[error("server unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Local(String),
+}
+
+/// Merges one sync message into the update being received (pages of one update carry
+/// `more` but the last); returns the whole update once its last page is in.
+pub fn merge_page(
+    pending: &mut Option<pb::SyncAuthorizedResponse>,
+    msg: pb::SyncAuthorizedResponse,
+) -> Option<pb::SyncAuthorizedResponse> {
+    let upd = match pending.take() {
+        Some(mut acc) => {
+            acc.entries.extend(msg.entries);
+            acc.removed_entry_ids.extend(msg.removed_entry_ids);
+            acc.bundle = msg.bundle.or(acc.bundle);
+            if msg.federated_bundles_changed {
+                acc.federated_bundles_changed = true;
+                acc.federated_bundles = msg.federated_bundles;
+            }
+            acc.more = msg.more;
+            acc.revision = msg.revision;
+            acc
+        }
+        None => msg,
+    };
+    if upd.more {
+        *pending = Some(upd);
+        None
+    } else {
+        Some(upd)
+    }
+}
+
+/// JWT-SVIDs kept per (entry, audience set); past this many, stale ones and then the half
+/// expiring soonest are dropped, so a caller cycling through audiences cannot grow the agent.
+const JWT_CACHE_MAX: usize = 10_000;
+
+/// The agent's own SVID.
+#[derive(Clone)]
+struct AgentSvid {
+    id: SpiffeId,
+    chain: Vec<Vec<u8>>,
+    key: Vec<u8>,
+    not_before: i64,
+    expires_at: i64,
+}
+
+/// A fresh key with its CSR and DER SubjectPublicKeyInfo (what evidence binds to).
+struct NewKey {
+    csr: Vec<u8>,
+    key: Vec<u8>,
+    spki: Vec<u8>,
+}
+
+/// (entry ID, sorted audience).
+type JwtKey = (String, Vec<String>);
+/// (token, issued at, expires at).
+type CachedJwt = (String, i64, i64);
+
+enum SessionEnd {
+    /// The agent SVID was renewed: reconnect presenting the new one.
+    Renewed,
+    /// Evicted (an explicit answer): the stored SVID and key are useless; attest again.
+    Evicted(String),
+    /// Banned (an explicit answer): stop.
+    Banned(String),
+    /// Any other refusal (a re-attestation that did not pass): keep the key and the cached
+    /// SVIDs, and try to renew again after a backoff.
+    Refused(String),
+    Unavailable(String),
+}
+
+/// What a status from the server means for this agent: only an explicit eviction or ban
+/// answer (the agent-state metadata) costs it its key.
+fn classify(s: &tonic::Status) -> AgentError {
+    use ironpact_proto::agent_state;
+    match (agent_state::of(s), s.code()) {
+        (Some(agent_state::BANNED), _) => AgentError::Banned(s.message().to_string()),
+        (Some(_), _) => AgentError::Evicted(s.message().to_string()),
+        (None, Code::PermissionDenied | Code::InvalidArgument) => {
+            AgentError::Refused(format!("{} ({:?})", s.message(), s.code()))
+        }
+        (None, _) => AgentError::Unavailable(format!("{} ({:?})", s.message(), s.code())),
+    }
+}
+
+/// Doubles `d` (up to 30 s) and returns the wait with ±25% jitter, so a fleet that lost its
+/// server does not come back in lockstep.
+fn next_backoff(d: &mut Duration) -> Duration {
+    let wait = *d;
+    *d = (*d * 2).min(Duration::from_secs(30));
+    let jitter: f64 = rand::random::<f64>() * 0.5 + 0.75;
+    wait.mul_f64(jitter)
+}
+
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub state: Arc<State>,
+    roots: Arc<SharedRoots>,
+    cell: Arc<SvidCell>,
+    svid: RwLock<Option<AgentSvid>>,
+    client: RwLock<Option<AgentApiClient<Channel>>>,
+    jwt_cache: Mutex<HashMap<JwtKey, CachedJwt>>,
+    server_id: SpiffeId,
+    /// SEV-SNP evidence, when this node attests with `sev_snp`.
+    evidence: Option<Arc<dyn crate::evidence::EvidenceSource>>,
+    /// The instance metadata service, when this node attests with `aws_iid`.
+    imds: Option<crate::imds::Imds>,
+    /// Every "now" of the agent's timing (renewal, SVID and JWT-SVID lifetimes) comes from it.
+    clock: Arc<dyn Clock>,
+}
+
+fn pem_certs(chain: &[Vec<u8>]) -> String {
+    ironpact_spiffe::x509::certs_to_pem(chain.iter().map(Vec::as_slice))
+}
+
+mod attest;
+mod clock;
+mod jwt;
+mod persist;
+mod session;
+mod sync;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
+        Self::with_clock(cfg, Arc::new(SystemClock))
+    }
+
+    /// [`Agent::new`] reading time from `clock` (tests set it by hand).
+    pub fn with_clock(cfg: AgentConfig, clock: Arc<dyn Clock>) -> Result<Arc<Self>, AgentError> {
+        let server_id = cfg
+            .trust_domain
+            .id_with_path("/spire/server")
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+        let cached = cfg.data_dir.join("bundle.pem");
+        let roots = if cached.exists() {
+            Self::read_bundle(&cached)?
+        } else if let Some(p) = &cfg.trust_bundle_path {
+            Self::read_bundle(p)?
+        } else {
+            Vec::new()
+        };
+        let evidence: Option<Arc<dyn crate::evidence::EvidenceSource>> = match cfg
+            .node_attestor
+            .tee()
+        {
+            None => None,
+            Some(TeeSource::SevSnp(SevSnpSource::ConfigfsTsm(p))) => {
+                Some(Arc::new(crate::evidence::ConfigfsTsm::new(p)))
+            }
+            Some(TeeSource::SevSnp(SevSnpSource::SevGuest { vmpl })) => {
+                Some(Arc::new(crate::evidence::SevGuestDevice { vmpl }))
+            }
+            Some(TeeSource::SevSnp(SevSnpSource::Simulated(c))) => {
+                warn!("SEV-SNP evidence comes from a SIMULATED device: for tests and demos only");
+                Some(Arc::new(
+                    crate::evidence::Simulated::load(&c).map_err(AgentError::Local)?,
+                ))
+            }
+            Some(TeeSource::Tdx(TdxSource::ConfigfsTsm(p))) => {
+                Some(Arc::new(crate::evidence::ConfigfsTsm::tdx(p)))
+            }
+            Some(TeeSource::Tdx(TdxSource::Simulated { pki_dir, td })) => {
+                warn!("TDX quotes come from a SIMULATED quoting stack: for tests and demos only");
+                Some(Arc::new(
+                    crate::evidence::SimulatedTdx::load(&pki_dir, *td)
+                        .map_err(AgentError::Local)?,
+                ))
+            }
+        };
+        let imds = match &cfg.node_attestor {
+            crate::config::NodeAttestorConfig::AwsIid { imds, .. } => {
+                Some(crate::imds::Imds::new(imds.clone()).map_err(AgentError::Local)?)
+            }
+            _ => None,
+        };
+        let agent = Arc::new(Self {
+            evidence,
+            imds,
+            cfg,
+            state: Arc::new(State::default()),
+            roots: Arc::new(SharedRoots::new(roots)),
+            cell: Arc::new(SvidCell::default()),
+            svid: RwLock::new(None),
+            client: RwLock::new(None),
+            jwt_cache: Mutex::new(HashMap::new()),
+            server_id,
+            clock,
+        });
+        agent.load_stored_svid();
+        Ok(agent)
+    }
+
+    fn read_bundle(path: &std::path::Path) -> Result<Vec<Vec<u8>>, AgentError> {
+        let err = |reason: String| AgentError::Bundle {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let certs = ironpact_spiffe::x509::certs_from_pem(&text).map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no certificates in it".into()));
+        }
+        Ok(certs)
+    }
+
+    pub fn agent_id(&self) -> Option<SpiffeId> {
+        self.svid
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.id.clone()))
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.cfg.server_address, self.cfg.server_port)
+    }
+
+    fn client(&self) -> Result<AgentApiClient<Channel>, AgentError> {
+        if let Some(c) = self.client.read().ok().and_then(|g| g.clone()) {
+            return Ok(c);
+        }
+        let cfg = ironpact_tls::client_config(
+            self.roots.clone(),
+            self.server_id.clone(),
+            Some(self.cell.clone()),
+        )
+        .map_err(|e| AgentError::Local(e.to_string()))?;
+        let ch = ironpact_tls::channel(&self.addr(), cfg)
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+        let c =
+            AgentApiClient::new(ch).max_decoding_message_size(ironpact_proto::SYNC_MESSAGE_LIMIT);
+        if let Ok(mut g) = self.client.write() {
+            *g = Some(c.clone());
+        }
+        Ok(c)
+    }
+
+    fn drop_client(&self) {
+        if let Ok(mut c) = self.client.write() {
+            *c = None;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_800_000_000;
+
+    /// An agent whose server is a closed port, reading time from `clock`.
+    fn agent(clock: Arc<ManualClock>) -> (Arc<Agent>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+agent {{
+    data_dir = "{d}"
+    server_address = "127.0.0.1"
+    server_port = "1"
+    socket_path = "{d}/agent.sock"
+    trust_domain = "example.org"
+    insecure_bootstrap = true
+}}
+plugins {{
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+            d = dir.path().display()
+        );
+        let cfg = AgentConfig::parse("test.conf", &text, false, &Default::default()).unwrap();
+        (Agent::with_clock(cfg, clock).unwrap(), dir)
+    }
+
+    /// An agent SVID issued at `issued` for `ttl` seconds (NotBefore backdated, as the server
+    /// does).
+    fn svid(issued: i64, ttl: i64) -> AgentSvid {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://example.org/spire/agent/join_token/t"
+                .try_into()
+                .unwrap(),
+        )];
+        let cert = p.self_signed(&key).unwrap();
+        AgentSvid {
+            id: SpiffeId::parse("spiffe://example.org/spire/agent/join_token/t").unwrap(),
+            chain: vec![cert.der().to_vec()],
+            key: key.serialize_der(),
+            not_before: issued - ironpact_spiffe::x509::BACKDATE_SECS,
+            expires_at: issued + ttl,
+        }
+    }
+
+    #[test]
+    fn the_agent_renews_at_half_life_from_issuance_and_knows_when_it_expired() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let (a, _dir) = agent(clock.clone());
+        assert!(!a.renewal_due(), "no SVID: nothing to renew");
+        a.install_svid(svid(T0, 3600), false);
+        assert_eq!(a.agent_id().unwrap().path(), "/spire/agent/join_token/t");
+        clock.set(T0 + 1799);
+        assert!(!a.renewal_due());
+        // half of the life from issuance, not from the backdated NotBefore
+        clock.set(T0 + 1800);
+        assert!(a.renewal_due());
+        assert!(!a.svid_expired());
+        clock.set(T0 + 3600);
+        assert!(a.svid_expired());
+        a.forget_svid();
+        assert!(a.agent_id().is_none() && !a.renewal_due() && !a.svid_expired());
+    }
+
+    fn entry(id: &str, revision: i64) -> Arc<AgentEntry> {
+        Arc::new(AgentEntry {
+            id: id.into(),
+            spiffe_id: SpiffeId::parse(&format!("spiffe://example.org/{id}")).unwrap(),
+            selectors: vec![Selector::new("unix", "uid:1").unwrap()],
+            federates_with: vec![],
+            hint: String::new(),
+            revision,
+            dns_names: vec![],
+        })
+    }
+
+    fn cached(received_at: i64, expires_at: i64, revision: i64) -> Arc<CachedSvid> {
+        Arc::new(CachedSvid {
+            spiffe_id: SpiffeId::parse("spiffe://example.org/x").unwrap(),
+            chain: vec![],
+            key_pkcs8: vec![],
+            received_at,
+            expires_at,
+            revision,
+        })
+    }
+
+    #[test]
+    fn workload_svids_are_due_when_missing_stale_or_past_half_life() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let (a, _dir) = agent(clock);
+        a.state.update(|v| {
+            v.set_entries(vec![entry("a", 1), entry("b", 1), entry("c", 2)]);
+            // a: fresh; b: for an older revision; c: none
+            v.svids.insert("a".into(), cached(T0, T0 + 3600, 1));
+            v.svids.insert("b".into(), cached(T0, T0 + 3600, 0));
+        });
+        let due = |t| -> Vec<String> { a.due_entries(t).iter().map(|e| e.id.clone()).collect() };
+        assert_eq!(due(T0), ["b", "c"]);
+        assert_eq!(due(T0 + 1799), ["b", "c"]);
+        assert_eq!(due(T0 + 1800), ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_jwt_svid_is_served_from_the_cache_until_half_its_life() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let (a, _dir) = agent(clock.clone());
+        let aud = vec!["b".to_string(), "a".to_string()];
+        a.jwt_cache.lock().unwrap().insert(
+            ("e1".into(), vec!["a".into(), "b".into()]),
+            ("token".into(), T0, T0 + 300),
+        );
+        // the audience set in any order is the same key
+        let (tok, _) = a.jwt_svid("e1", &aud).await.unwrap();
+        assert_eq!(tok, "token");
+        clock.set(T0 + 149);
+        assert_eq!(a.jwt_svid("e1", &aud).await.unwrap().0, "token");
+        // at half-life the server is asked (here: nobody listens)
+        clock.set(T0 + 150);
+        let e = a.jwt_svid("e1", &aud).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    }
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds_with_a_quarter_of_jitter() {
+        let mut d = Duration::from_secs(1);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            waits.push(next_backoff(&mut d));
+        }
+        let base = [1, 2, 4, 8, 16, 30, 30, 30];
+        for (w, b) in waits.iter().zip(base) {
+            let b = Duration::from_secs(b);
+            assert!(
+                *w >= b.mul_f64(0.75) && *w <= b.mul_f64(1.25),
+                "{w:?} for {b:?}"
+            );
+        }
+        // a fleet does not wait in lockstep
+        let mut spread = std::collections::HashSet::new();
+        for _ in 0..20 {
+            spread.insert(next_backoff(&mut Duration::from_secs(8)).as_millis());
+        }
+        assert!(spread.len() > 10, "{spread:?}");
+    }
+}
