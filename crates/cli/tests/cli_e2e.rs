@@ -683,6 +683,65 @@ fn invalid_input(s: TestServer) {
     s.cli(&["healthcheck"]).expect_ok();
 }
 
+/// `validate` builds the node attestors as `run` does: a file they need that is missing fails
+/// it, naming the file (it used to pass, and `run` then refused the same configuration).
+#[test]
+fn validate_reads_what_the_attestors_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-ark.pem");
+    let validate = |attestor: &str| {
+        let conf = dir.path().join("attestors.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "server {{\n  trust_domain = \"example.org\"\n  data_dir = \"{d}\"\n}}\nplugins {{\n  DataStore \"sql\" {{}}\n  KeyManager \"memory\" {{}}\n  {attestor}\n}}\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        support::Out::from(
+            std::process::Command::new(support::BIN)
+                .args(["validate", "-config"])
+                .arg(&conf)
+                .output()
+                .unwrap(),
+        )
+    };
+    let snp = format!(
+        r#"NodeAttestor "join_token" {{
+    plugin_data {{
+      sev_snp {{
+        measurements = ["{m}"]
+        fetch_vcek = false
+        test_roots {{
+          product = "milan"
+          ark = "{ark}"
+          ask = "{ark}"
+        }}
+      }}
+    }}
+  }}"#,
+        m = "ab".repeat(48),
+        ark = missing.display()
+    );
+    validate(&snp).expect_error(&missing.display().to_string());
+    let aws = format!(
+        r#"NodeAttestor "aws_iid" {{
+    plugin_data {{
+      certificates_path = "{p}"
+    }}
+  }}"#,
+        p = missing.display()
+    );
+    validate(&aws).expect_error("aws_iid");
+    // the join_token attestor alone needs nothing but the datastore: valid
+    let o = validate("NodeAttestor \"join_token\" {\n    plugin_data {}\n  }");
+    assert!(
+        o.ok() && o.stdout.contains("Configuration is valid."),
+        "{o:?}"
+    );
+}
+
 #[test]
 fn validate_reports_file_and_line() {
     let dir = tempfile::tempdir().unwrap();

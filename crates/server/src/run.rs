@@ -4,7 +4,7 @@
 use crate::api::{
     AgentApi, AgentEndpoint, BundleApi, Core, EntryApi, HealthApi, MAX_MESSAGE, SvidApi,
 };
-use crate::attest::{JoinTokenAttestor, NodeAttestor};
+use crate::attest::{JoinTokenAttestor, NodeAttestor, TeeAttestor};
 use crate::ca::{CaConfig, CaManager};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{KeyManagerConfig, ServerConfig};
@@ -93,9 +93,82 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
     )
     .await?;
     info!(trust_domain = %cfg.trust_domain, key_manager = ?cfg.key_manager, "CA ready");
+    let NodeAttestors {
+        by_name: attestors,
+        tees,
+    } = build_attestors(&cfg, Some(&ds))?;
+    let server_id = cfg
+        .trust_domain
+        .id_with_path("/spire/server")
+        .unwrap_or_else(|_| cfg.trust_domain.id());
+    let cache = crate::cache::Cache::load(ds.clone(), server_id, cfg.trust_domain.clone())
+        .await
+        .map_err(|source| RunError::Datastore {
+            database_type: cfg.datastore.database_type.clone(),
+            source,
+        })?;
+    let core = Arc::new(Core {
+        cfg,
+        ds,
+        ca,
+        clock,
+        cache,
+        roots: Arc::new(SharedRoots::default()),
+        server_svid: Arc::new(SvidCell::default()),
+        server_svid_expiry: AtomicI64::new(0),
+        attestors,
+        tees,
+        stopping: tokio::sync::watch::channel(false).0,
+        attest_slots: tokio::sync::Semaphore::new(crate::api::ATTEST_CONCURRENCY),
+        refresh_pending: Default::default(),
+    });
+    core.refresh_roots()
+        .await
+        .map_err(|source| RunError::Datastore {
+            database_type: core.cfg.datastore.database_type.clone(),
+            source,
+        })?;
+    core.renew_server_svid_if_due()?;
+    Ok(core)
+}
+
+/// The node attestors a configuration names, each completed by the TEE its block requires.
+pub struct NodeAttestors {
+    pub by_name: HashMap<&'static str, Arc<dyn NodeAttestor>>,
+    /// The TEE attestors (standalone or completing a base), by the block that owns them.
+    pub tees: Vec<(&'static str, Arc<dyn TeeAttestor>)>,
+}
+
+/// A base attestor that needs the datastore, built without one (`validate`): it attests
+/// nothing.
+struct Unopened(&'static str);
+
+#[tonic::async_trait]
+impl NodeAttestor for Unopened {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+
+    async fn attest(
+        &self,
+        _ev: crate::attest::Evidence<'_>,
+        _challenger: &mut dyn crate::attest::Challenger,
+    ) -> Result<crate::attest::Attested, crate::attest::AttestError> {
+        Err(crate::attest::AttestError::Unavailable(
+            "the datastore is not open".into(),
+        ))
+    }
+}
+
+/// Builds every node attestor of `cfg`, reading what they need (roots, certificates,
+/// collateral locations): `run` and `validate` both call it, so a configuration `validate`
+/// passes is one `run` starts with. `ds` is `None` for `validate`.
+pub fn build_attestors(
+    cfg: &ServerConfig,
+    ds: Option<&DataStore>,
+) -> Result<NodeAttestors, RunError> {
     let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
-    let mut snp_attestors = Vec::new();
-    let mut tdx_attestors = Vec::new();
+    let mut tees: Vec<(&'static str, Arc<dyn TeeAttestor>)> = Vec::new();
     // A base attestor, completed by the TEE its config requires.
     let mut add = |base: Arc<dyn NodeAttestor>,
                    tee: Option<&crate::config::SevSnpConfig>,
@@ -105,7 +178,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         let a: Arc<dyn NodeAttestor> = match (tee, tdx) {
             (_, Some(t)) => {
                 let tdx = build_tdx(t)?;
-                tdx_attestors.push((name, tdx.clone()));
+                tees.push((name, tdx.clone()));
                 info!(
                     attestor = name,
                     tee = "tdx",
@@ -114,8 +187,8 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
                 Arc::new(crate::attest::WithTee { base, tee: tdx })
             }
             (Some(t), None) => {
-                let snp = build_sev_snp(&cfg, t)?;
-                snp_attestors.push((name, snp.clone()));
+                let snp = build_sev_snp(cfg, t)?;
+                tees.push((name, snp.clone()));
                 info!(
                     attestor = name,
                     tee = "sev_snp",
@@ -129,15 +202,15 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         Ok(())
     };
     if cfg.join_token_attestor {
-        let a = JoinTokenAttestor {
-            ds: ds.clone(),
-            trust_domain: cfg.trust_domain.clone(),
+        // without a datastore (validate) the base is a stand-in: its TEE is still built
+        let a: Arc<dyn NodeAttestor> = match ds {
+            Some(ds) => Arc::new(JoinTokenAttestor {
+                ds: ds.clone(),
+                trust_domain: cfg.trust_domain.clone(),
+            }),
+            None => Arc::new(Unopened("join_token")),
         };
-        add(
-            Arc::new(a),
-            cfg.join_token_tee.as_ref(),
-            cfg.join_token_tdx.as_ref(),
-        )?;
+        add(a, cfg.join_token_tee.as_ref(), cfg.join_token_tdx.as_ref())?;
     }
     if let Some(aws) = &cfg.aws_iid {
         let pem = std::fs::read(&aws.certificates_path)
@@ -159,53 +232,23 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         add(Arc::new(a), aws.sev_snp.as_ref(), aws.tdx.as_ref())?;
     }
     if let Some(snp) = &cfg.sev_snp {
-        let a = build_sev_snp(&cfg, snp)?;
+        let a = build_sev_snp(cfg, snp)?;
         attestors.insert("sev_snp", a.clone());
-        snp_attestors.push(("sev_snp", a));
+        tees.push(("sev_snp", a));
     }
     if let Some(t) = &cfg.tdx {
         let tee = build_tdx(t)?;
-        tdx_attestors.push(("tdx", tee.clone()));
+        tees.push(("tdx", tee.clone()));
         let a = crate::attest::TdxNodeAttestor {
             trust_domain: cfg.trust_domain.clone(),
             tee,
         };
         attestors.insert("tdx", Arc::new(a));
     }
-    let server_id = cfg
-        .trust_domain
-        .id_with_path("/spire/server")
-        .unwrap_or_else(|_| cfg.trust_domain.id());
-    let cache = crate::cache::Cache::load(ds.clone(), server_id, cfg.trust_domain.clone())
-        .await
-        .map_err(|source| RunError::Datastore {
-            database_type: cfg.datastore.database_type.clone(),
-            source,
-        })?;
-    let core = Arc::new(Core {
-        cfg,
-        ds,
-        ca,
-        clock,
-        cache,
-        roots: Arc::new(SharedRoots::default()),
-        server_svid: Arc::new(SvidCell::default()),
-        server_svid_expiry: AtomicI64::new(0),
-        attestors,
-        sev_snp: snp_attestors,
-        tdx: tdx_attestors,
-        stopping: tokio::sync::watch::channel(false).0,
-        attest_slots: tokio::sync::Semaphore::new(crate::api::ATTEST_CONCURRENCY),
-        refresh_pending: Default::default(),
-    });
-    core.refresh_roots()
-        .await
-        .map_err(|source| RunError::Datastore {
-            database_type: core.cfg.datastore.database_type.clone(),
-            source,
-        })?;
-    core.renew_server_svid_if_due()?;
-    Ok(core)
+    Ok(NodeAttestors {
+        by_name: attestors,
+        tees,
+    })
 }
 
 /// Builds the `tdx` TEE attestor of a composed one.
@@ -345,31 +388,10 @@ pub async fn run(
     run_with_reload(cfg, shutdown, None).await
 }
 
-/// The sev_snp settings of the NodeAttestor block `owner` in `cfg`.
-fn snp_config_of<'a>(
-    cfg: &'a ServerConfig,
-    owner: &str,
-) -> Option<&'a crate::config::SevSnpConfig> {
-    match owner {
-        "sev_snp" => cfg.sev_snp.as_ref(),
-        "join_token" => cfg.join_token_tee.as_ref(),
-        "aws_iid" => cfg.aws_iid.as_ref().and_then(|a| a.sev_snp.as_ref()),
-        _ => None,
-    }
-}
-
-/// The tdx settings of the NodeAttestor block `owner` in `cfg`.
-fn tdx_config_of<'a>(cfg: &'a ServerConfig, owner: &str) -> Option<&'a crate::config::TdxConfig> {
-    match owner {
-        "tdx" => cfg.tdx.as_ref(),
-        "join_token" => cfg.join_token_tdx.as_ref(),
-        "aws_iid" => cfg.aws_iid.as_ref().and_then(|a| a.tdx.as_ref()),
-        _ => None,
-    }
-}
-
-/// Applies what can change at runtime from a re-read configuration: the sev_snp and tdx
-/// policies.
+/// Applies what can change at runtime from a re-read configuration: the TEE policies. The
+/// new configuration's attestors are built as at start-up (a file they need that is gone
+/// fails the reload, and the running policies stay); each running TEE attestor then takes the
+/// policy of its counterpart, by owning block and kind.
 pub fn apply_reload(core: &Core, reload: &Reload) {
     let new = match reload() {
         Ok(n) => n,
@@ -378,38 +400,34 @@ pub fn apply_reload(core: &Core, reload: &Reload) {
             return;
         }
     };
-    if core.sev_snp.is_empty() && core.tdx.is_empty() {
+    if core.tees.is_empty() {
         info!("configuration reloaded; nothing it changes applies at runtime");
+        return;
     }
-    for (owner, a) in &core.tdx {
-        match tdx_config_of(&new, owner) {
-            Some(t) => {
-                info!(
-                    attestor = owner,
-                    mrtds = t.policy.mrtds.len(),
-                    "reloaded the tdx policy; it applies to the next attestation or renewal"
-                );
-                a.set_policy(t.policy.clone());
-            }
-            None => warn!(
-                attestor = owner,
-                "the reloaded configuration has no tdx block here; removing a TEE requirement needs a restart, the running policy stays"
-            ),
+    let fresh = match build_attestors(&new, None) {
+        Ok(f) => f,
+        Err(e) => {
+            error!(error = %e, "configuration reload failed; keeping the running policy");
+            return;
         }
-    }
-    for (owner, a) in &core.sev_snp {
-        match snp_config_of(&new, owner) {
-            Some(snp) => {
-                info!(
-                    attestor = owner,
-                    measurements = snp.policy.measurements.len(),
-                    "reloaded the sev_snp policy; it applies to the next attestation or renewal"
-                );
-                a.set_policy(snp.policy.clone());
-            }
+    };
+    for (owner, running) in &core.tees {
+        let line = fresh
+            .tees
+            .iter()
+            .filter(|(o, f)| o == owner && f.name() == running.name())
+            .find_map(|(_, f)| running.reload_policy(f.as_ref()));
+        match line {
+            Some(what) => info!(
+                attestor = owner,
+                policy = %what,
+                "reloaded the {} policy; it applies to the next attestation or renewal",
+                running.name()
+            ),
             None => warn!(
                 attestor = owner,
-                "the reloaded configuration has no sev_snp block here; removing a TEE requirement needs a restart, the running policy stays"
+                "the reloaded configuration has no {} block here; removing a TEE requirement needs a restart, the running policy stays",
+                running.name()
             ),
         }
     }
@@ -494,23 +512,24 @@ pub async fn run_with_reload(
         });
     }
 
-    // TDX collateral from a PCS/PCCS is fetched again before it goes stale, even when no
-    // agent attests (each store knows its own schedule; this only wakes it).
-    let stores: Vec<_> = core
-        .tdx
+    // What a TEE attestor keeps fresh (TDX collateral from a PCS/PCCS) is fetched again
+    // before it goes stale, even when no agent attests (each knows its own schedule; this
+    // only wakes it).
+    let ticking: Vec<Arc<dyn TeeAttestor>> = core
+        .tees
         .iter()
-        .filter(|(_, a)| a.collateral.pcs_url().is_some())
-        .map(|(_, a)| a.collateral.clone())
+        .filter(|(_, a)| a.ticks())
+        .map(|(_, a)| a.clone())
         .collect();
-    if !stores.is_empty() {
+    if !ticking.is_empty() {
         let clock = core.clock.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 t.tick().await;
-                for s in &stores {
-                    s.refresh_due(clock.now()).await;
+                for a in &ticking {
+                    a.tick(clock.now()).await;
                 }
             }
         });

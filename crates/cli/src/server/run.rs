@@ -90,6 +90,9 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
     for w in cfg.warnings() {
         eprintln!("Warning: {w}");
     }
+    // the attestors are built as `run` builds them: the files they read must be there
+    ironpact_server::run::build_attestors(&cfg, None)
+        .map_err(|e| anyhow!("{e} ({})", a.config.display()))?;
     println!("Configuration is valid.");
     Ok(())
 }

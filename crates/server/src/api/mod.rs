@@ -44,12 +44,9 @@ pub struct Core {
     pub server_svid: Arc<ironpact_tls::SvidCell>,
     pub server_svid_expiry: std::sync::atomic::AtomicI64,
     pub attestors: std::collections::HashMap<&'static str, Arc<dyn crate::attest::NodeAttestor>>,
-    /// Every sev_snp attestor (standalone, or required by a base attestor), by the name of the
-    /// NodeAttestor block that configures it, kept typed so its policy can be replaced at runtime.
-    pub sev_snp: Vec<(&'static str, Arc<crate::attest::SevSnpAttestor>)>,
-    /// Every tdx attestor (the TEE half of composed ones), by its owning block: SIGHUP
-    /// replaces their policies.
-    pub tdx: Vec<(&'static str, Arc<crate::attest::TdxAttestor>)>,
+    /// The TEE attestors (standalone or completing a base), by the NodeAttestor block that
+    /// owns them: a SIGHUP reloads their policies.
+    pub tees: Vec<(&'static str, Arc<dyn crate::attest::TeeAttestor>)>,
     /// Set once the server is shutting down: open streams end with Unavailable, so agents
     /// reconnect (to another server of the cluster, or to this one once restarted).
     pub stopping: tokio::sync::watch::Sender<bool>,

@@ -124,6 +124,23 @@ pub struct TeeOutcome {
 pub trait TeeAttestor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
+    /// Itself, so [`TeeAttestor::reload_policy`] can see a fresh instance's concrete type.
+    fn as_any(&self) -> &dyn std::any::Any;
+
+    /// Takes the policy of `fresh`, the same attestor built from a re-read configuration
+    /// (SIGHUP); roots and caches stay. Returns what to log, or `None` when `fresh` is
+    /// another kind of attestor.
+    fn reload_policy(&self, fresh: &dyn TeeAttestor) -> Option<String>;
+
+    /// Whether [`TeeAttestor::tick`] has work: keeping something fresh that an attestation
+    /// would otherwise wait for (TDX collateral from a PCS).
+    fn ticks(&self) -> bool {
+        false
+    }
+
+    /// Called every second when [`TeeAttestor::ticks`]: refreshes what is due.
+    async fn tick(&self, _now: i64) {}
+
     async fn appraise(
         &self,
         ev: Evidence<'_>,

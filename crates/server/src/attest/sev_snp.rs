@@ -145,6 +145,18 @@ impl TeeAttestor for SevSnpAttestor {
         "sev_snp"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn reload_policy(&self, fresh: &dyn TeeAttestor) -> Option<String> {
+        let fresh = fresh.as_any().downcast_ref::<Self>()?;
+        let p = fresh.policy.read().ok()?.clone();
+        let line = format!("measurements = {}", p.measurements.len());
+        self.set_policy(p);
+        Some(line)
+    }
+
     async fn appraise(
         &self,
         ev: Evidence<'_>,

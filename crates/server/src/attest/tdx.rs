@@ -41,6 +41,26 @@ impl TeeAttestor for TdxAttestor {
         "tdx"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn ticks(&self) -> bool {
+        self.collateral.pcs_url().is_some()
+    }
+
+    async fn tick(&self, now: i64) {
+        self.collateral.refresh_due(now).await;
+    }
+
+    fn reload_policy(&self, fresh: &dyn TeeAttestor) -> Option<String> {
+        let fresh = fresh.as_any().downcast_ref::<Self>()?;
+        let p = fresh.policy.read().ok()?.clone();
+        let line = format!("mrtds = {}", p.mrtds.len());
+        self.set_policy(p);
+        Some(line)
+    }
+
     async fn appraise(
         &self,
         ev: Evidence<'_>,
