@@ -50,10 +50,9 @@ pub struct ServerConfig {
     pub key_manager: KeyManagerConfig,
     /// `NodeAttestor "join_token"` is configured.
     pub join_token_attestor: bool,
-    /// A TEE the join_token attestor requires (`sev_snp { … }` in its plugin_data).
-    pub join_token_tee: Option<SevSnpConfig>,
-    /// Or TDX (`tdx { … }` in its plugin_data).
-    pub join_token_tdx: Option<TdxConfig>,
+    /// A TEE the join_token attestor requires (`sev_snp { … }` or `tdx { … }` in its
+    /// plugin_data).
+    pub join_token_tee: Option<TeeConfig>,
     /// `NodeAttestor "aws_iid"`, when configured.
     pub aws_iid: Option<AwsIidConfig>,
     /// `NodeAttestor "sev_snp"`, when configured.
@@ -85,10 +84,16 @@ pub struct AwsIidConfig {
     pub certificates_path: PathBuf,
     /// Accounts allowed to attest; empty: any.
     pub account_allowlist: Vec<String>,
-    /// Fresh SEV-SNP evidence required in addition (`sev_snp { … }`).
-    pub sev_snp: Option<SevSnpConfig>,
-    /// Or a fresh TDX quote (`tdx { … }`).
-    pub tdx: Option<TdxConfig>,
+    /// Fresh TEE evidence required in addition (`sev_snp { … }` or `tdx { … }`).
+    pub tee: Option<TeeConfig>,
+}
+
+/// The TEE a base attestor requires, from the block nested in its plugin_data; any base
+/// takes any TEE, written the same way.
+#[derive(Debug, Clone)]
+pub enum TeeConfig {
+    SevSnp(SevSnpConfig),
+    Tdx(TdxConfig),
 }
 
 /// A `tdx { … }` block: the policy, the root, where collateral comes from.
@@ -389,7 +394,6 @@ impl ServerConfig {
         let mut key_manager = None;
         let mut join_token_attestor = false;
         let mut join_token_tee = None;
-        let mut join_token_tdx = None;
         let mut aws_iid = None;
         let mut sev_snp = None;
         let mut tdx = None;
@@ -469,32 +473,25 @@ impl ServerConfig {
                     "NodeAttestor",
                     &["join_token", "sev_snp", "aws_iid", "tdx"],
                 )?;
-                // A base attestor may require a TEE: `sev_snp { … }` inside its plugin_data.
-                let nested_tee = |d: &Section<'_>| -> Result<Option<SevSnpConfig>, ConfigError> {
-                    match d.section("sev_snp")? {
-                        Some(t) => {
+                // A base attestor may require one TEE: `sev_snp { … }` or `tdx { … }` inside
+                // its plugin_data.
+                let nested_tee = |d: &Section<'_>| -> Result<Option<TeeConfig>, ConfigError> {
+                    match (d.section("sev_snp")?, d.section("tdx")?) {
+                        (Some(_), Some(t)) => Err(t.err(
+                            t.line(),
+                            "a base attestor requires one TEE: sev_snp { … } or tdx { … }, not both",
+                        )),
+                        (Some(t), None) => {
                             let c = sev_snp_config(&t)?;
                             t.finish()?;
-                            Ok(Some(c))
+                            Ok(Some(TeeConfig::SevSnp(c)))
                         }
-                        None => Ok(None),
-                    }
-                };
-                // … or `tdx { … }`; one TEE per base attestor.
-                let nested_tdx = |d: &Section<'_>| -> Result<Option<TdxConfig>, ConfigError> {
-                    match d.section("tdx")? {
-                        Some(t) => {
-                            if d.section("sev_snp")?.is_some() {
-                                return Err(t.err(
-                                    t.line(),
-                                    "a base attestor requires one TEE: sev_snp { … } or tdx { … }, not both",
-                                ));
-                            }
+                        (None, Some(t)) => {
                             let c = tdx_config(&t, &data_dir)?;
                             t.finish()?;
-                            Ok(Some(c))
+                            Ok(Some(TeeConfig::Tdx(c)))
                         }
-                        None => Ok(None),
+                        (None, None) => Ok(None),
                     }
                 };
                 if b.labels[0] == "aws_iid" {
@@ -506,15 +503,13 @@ impl ServerConfig {
                         .map(|v| PathBuf::from(v.0))
                         .ok_or_else(|| d.err(d.line(), "aws_iid.certificates_path is required: a PEM file of the AWS RSA-2048 certificates of your regions"))?;
                     let account_allowlist = d.strings("account_allowlist")?.unwrap_or_default();
-                    let tdx = nested_tdx(&d)?;
                     let tee = nested_tee(&d)?;
                     d.finish()?;
                     sec.finish()?;
                     aws_iid = Some(AwsIidConfig {
                         certificates_path,
                         account_allowlist,
-                        sev_snp: tee,
-                        tdx,
+                        tee,
                     });
                     continue;
                 }
@@ -537,7 +532,6 @@ impl ServerConfig {
                     continue;
                 }
                 if let Some(d) = data {
-                    join_token_tdx = nested_tdx(&d)?;
                     join_token_tee = nested_tee(&d)?;
                     d.finish()?;
                 }
@@ -576,7 +570,6 @@ impl ServerConfig {
             key_manager,
             join_token_attestor,
             join_token_tee,
-            join_token_tdx,
             aws_iid,
             sev_snp,
             tdx,
@@ -754,7 +747,9 @@ plugins {
             &format!("tdx {{\nmrtds = [\"{m}\"]\ncollateral_dir = \"/c\"\npcs_url = \"http://127.0.0.1:1\"\ncollateral_cache_dir = \"/cache\"\ncollateral_refresh = \"6h\"\n}}"),
         ))
         .unwrap();
-        let t = c.join_token_tdx.unwrap();
+        let Some(TeeConfig::Tdx(t)) = c.join_token_tee else {
+            panic!("a tdx block nested in join_token")
+        };
         assert_eq!(t.collateral_dir, Some(PathBuf::from("/c")));
         assert_eq!(t.cache_dir, PathBuf::from("/cache"));
         assert_eq!(t.refresh, Duration::from_secs(6 * 3600));

@@ -170,33 +170,24 @@ pub fn build_attestors(
     let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
     let mut tees: Vec<(&'static str, Arc<dyn TeeAttestor>)> = Vec::new();
     // A base attestor, completed by the TEE its config requires.
+    // A base attestor, completed by the TEE its block requires (any base, any TEE).
     let mut add = |base: Arc<dyn NodeAttestor>,
-                   tee: Option<&crate::config::SevSnpConfig>,
-                   tdx: Option<&crate::config::TdxConfig>|
+                   tee: Option<&crate::config::TeeConfig>|
      -> Result<(), RunError> {
         let name = base.name();
-        let a: Arc<dyn NodeAttestor> = match (tee, tdx) {
-            (_, Some(t)) => {
-                let tdx = build_tdx(t)?;
-                tees.push((name, tdx.clone()));
+        let a: Arc<dyn NodeAttestor> = match tee {
+            Some(t) => {
+                let tee = build_tee(cfg, t)?;
+                tees.push((name, tee.clone()));
                 info!(
                     attestor = name,
-                    tee = "tdx",
-                    "node attestor requires a fresh TDX quote"
+                    tee = tee.name(),
+                    "node attestor requires fresh {} evidence",
+                    tee.name()
                 );
-                Arc::new(crate::attest::WithTee { base, tee: tdx })
+                Arc::new(crate::attest::WithTee { base, tee })
             }
-            (Some(t), None) => {
-                let snp = build_sev_snp(cfg, t)?;
-                tees.push((name, snp.clone()));
-                info!(
-                    attestor = name,
-                    tee = "sev_snp",
-                    "node attestor requires fresh SEV-SNP evidence"
-                );
-                Arc::new(crate::attest::WithTee { base, tee: snp })
-            }
-            (None, None) => base,
+            None => base,
         };
         attestors.insert(name, a);
         Ok(())
@@ -210,7 +201,7 @@ pub fn build_attestors(
             }),
             None => Arc::new(Unopened("join_token")),
         };
-        add(a, cfg.join_token_tee.as_ref(), cfg.join_token_tdx.as_ref())?;
+        add(a, cfg.join_token_tee.as_ref())?;
     }
     if let Some(aws) = &cfg.aws_iid {
         let pem = std::fs::read(&aws.certificates_path)
@@ -229,7 +220,7 @@ pub fn build_attestors(
             certificates,
             account_allowlist: aws.account_allowlist.clone(),
         };
-        add(Arc::new(a), aws.sev_snp.as_ref(), aws.tdx.as_ref())?;
+        add(Arc::new(a), aws.tee.as_ref())?;
     }
     if let Some(snp) = &cfg.sev_snp {
         let a = build_sev_snp(cfg, snp)?;
@@ -248,6 +239,17 @@ pub fn build_attestors(
     Ok(NodeAttestors {
         by_name: attestors,
         tees,
+    })
+}
+
+/// Builds the TEE attestor a base attestor's block requires.
+fn build_tee(
+    cfg: &ServerConfig,
+    t: &crate::config::TeeConfig,
+) -> Result<Arc<dyn TeeAttestor>, RunError> {
+    Ok(match t {
+        crate::config::TeeConfig::SevSnp(c) => build_sev_snp(cfg, c)?,
+        crate::config::TeeConfig::Tdx(c) => build_tdx(c)?,
     })
 }
 
