@@ -21,38 +21,92 @@ pub trait EvidenceSource: Send + Sync + 'static {
     }
 }
 
-/// configfs-tsm (`/sys/kernel/config/tsm/report`): write `inblob`, read `outblob` (the report)
-/// and `auxblob` (the certificate table), and check `generation` did not move meanwhile.
-/// For TDX (provider `tdx_guest`), `outblob` is the quote and there is no `auxblob`.
+/// What differs between the TEEs configfs-tsm serves: the provider it must name, how the
+/// nonce and key are bound into REPORT_DATA, and how the report (with the certificate table,
+/// where there is one) becomes the evidence the server's attestor reads.
+pub struct TsmTee {
+    /// The `provider` file's content: `sev_guest` or `tdx_guest`.
+    pub provider: &'static str,
+    /// For messages: "an SEV-SNP", "a TDX".
+    pub article_name: &'static str,
+    pub report_data: fn(&[u8], &[u8]) -> [u8; 64],
+    /// Whether `auxblob` (the certificate table) is read.
+    pub aux: bool,
+    pub evidence: fn(&[u8], &[u8]) -> Vec<u8>,
+}
+
+/// SEV-SNP: the report and its certificate table (VCEK/VLEK), encoded together.
+pub const TSM_SEV_SNP: TsmTee = TsmTee {
+    provider: "sev_guest",
+    article_name: "an SEV-SNP",
+    report_data: ironpact_snp::binding::report_data,
+    aux: true,
+    evidence: encode_evidence,
+};
+
+/// TDX: the quote alone (its PCK chain is inside).
+pub const TSM_TDX: TsmTee = TsmTee {
+    provider: "tdx_guest",
+    article_name: "a TDX",
+    report_data: ironpact_tdx::binding::report_data,
+    aux: false,
+    evidence: |quote, _| quote.to_vec(),
+};
+
+/// configfs-tsm (`/sys/kernel/config/tsm/report`): write `inblob`, read `outblob` (the report
+/// or quote) and, for SEV-SNP, `auxblob` (the certificate table), and check `generation` did
+/// not move meanwhile.
 pub struct ConfigfsTsm {
     pub base: PathBuf,
-    /// `sev_guest` or `tdx_guest`.
-    provider: &'static str,
+    tee: &'static TsmTee,
     counter: AtomicU64,
 }
 
 impl ConfigfsTsm {
-    /// SEV-SNP reports.
-    pub fn new(base: impl Into<PathBuf>) -> Self {
+    pub fn with(base: impl Into<PathBuf>, tee: &'static TsmTee) -> Self {
         Self {
             base: base.into(),
-            provider: "sev_guest",
+            tee,
             counter: AtomicU64::new(0),
         }
+    }
+
+    /// SEV-SNP reports.
+    pub fn new(base: impl Into<PathBuf>) -> Self {
+        Self::with(base, &TSM_SEV_SNP)
     }
 
     /// TDX quotes.
     pub fn tdx(base: impl Into<PathBuf>) -> Self {
-        Self {
-            base: base.into(),
-            provider: "tdx_guest",
-            counter: AtomicU64::new(0),
-        }
+        Self::with(base, &TSM_TDX)
     }
+}
 
-    fn tdx_provider(&self) -> bool {
-        self.provider == "tdx_guest"
-    }
+/// The evidence source a node's TEE configuration names.
+pub fn source_of(
+    t: &crate::config::TeeSource,
+) -> Result<std::sync::Arc<dyn EvidenceSource>, String> {
+    use crate::config::{SevSnpSource, TdxSource, TeeSource};
+    use std::sync::Arc;
+    Ok(match t {
+        TeeSource::SevSnp(SevSnpSource::ConfigfsTsm(p)) => Arc::new(ConfigfsTsm::new(p)),
+        TeeSource::SevSnp(SevSnpSource::SevGuest { vmpl }) => {
+            Arc::new(SevGuestDevice { vmpl: *vmpl })
+        }
+        TeeSource::SevSnp(SevSnpSource::Simulated(c)) => {
+            tracing::warn!(
+                "SEV-SNP evidence comes from a SIMULATED device: for tests and demos only"
+            );
+            Arc::new(Simulated::load(c)?)
+        }
+        TeeSource::Tdx(TdxSource::ConfigfsTsm(p)) => Arc::new(ConfigfsTsm::tdx(p)),
+        TeeSource::Tdx(TdxSource::Simulated { pki_dir, td }) => {
+            tracing::warn!(
+                "TDX quotes come from a SIMULATED quoting stack: for tests and demos only"
+            );
+            Arc::new(SimulatedTdx::load(pki_dir, (**td).clone())?)
+        }
+    })
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, String> {
@@ -65,11 +119,7 @@ impl EvidenceSource for ConfigfsTsm {
     }
 
     fn report_data(&self, nonce: &[u8], spki: &[u8]) -> [u8; 64] {
-        if self.tdx_provider() {
-            ironpact_tdx::binding::report_data(nonce, spki)
-        } else {
-            ironpact_snp::binding::report_data(nonce, spki)
-        }
+        (self.tee.report_data)(nonce, spki)
     }
 
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
@@ -79,32 +129,28 @@ impl EvidenceSource for ConfigfsTsm {
             .join(format!("ironpact-{}-{n}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| {
             format!(
-                "{}: {e} (is this a{} guest with configfs-tsm?)",
+                "{}: {e} (is this {} guest with configfs-tsm?)",
                 dir.display(),
-                if self.tdx_provider() {
-                    " TDX"
-                } else {
-                    "n SEV-SNP"
-                }
+                self.tee.article_name
             )
         })?;
         let result = (|| {
             let provider = String::from_utf8_lossy(&read(&dir.join("provider"))?)
                 .trim()
                 .to_string();
-            if provider != self.provider {
+            if provider != self.tee.provider {
                 return Err(format!(
                     "configfs-tsm provider is {provider:?}, not {}",
-                    self.provider
+                    self.tee.provider
                 ));
             }
             std::fs::write(dir.join("inblob"), report_data).map_err(|e| format!("inblob: {e}"))?;
             let before = read(&dir.join("generation"))?;
             let report = read(&dir.join("outblob"))?;
-            let aux = if self.tdx_provider() {
-                Vec::new()
-            } else {
+            let aux = if self.tee.aux {
                 read(&dir.join("auxblob")).unwrap_or_default()
+            } else {
+                Vec::new()
             };
             if read(&dir.join("generation"))? != before {
                 return Err(
@@ -112,10 +158,7 @@ impl EvidenceSource for ConfigfsTsm {
                         .into(),
                 );
             }
-            if self.tdx_provider() {
-                return Ok(report);
-            }
-            Ok(encode_evidence(&report, &aux))
+            Ok((self.tee.evidence)(&report, &aux))
         })();
         let _ = std::fs::remove_dir(&dir);
         result

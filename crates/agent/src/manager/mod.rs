@@ -3,7 +3,6 @@
 //! backoff while the server is away, serving what it already has.
 
 use crate::config::{AgentConfig, AgentKeyManager};
-use crate::config::{SevSnpSource, TdxSource, TeeSource};
 use crate::state::{AgentEntry, CachedSvid, State};
 use ironpact_proto::agent::v1 as pb;
 use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
@@ -184,34 +183,12 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let evidence: Option<Arc<dyn crate::evidence::EvidenceSource>> = match cfg
+        let evidence = cfg
             .node_attestor
             .tee()
-        {
-            None => None,
-            Some(TeeSource::SevSnp(SevSnpSource::ConfigfsTsm(p))) => {
-                Some(Arc::new(crate::evidence::ConfigfsTsm::new(p)))
-            }
-            Some(TeeSource::SevSnp(SevSnpSource::SevGuest { vmpl })) => {
-                Some(Arc::new(crate::evidence::SevGuestDevice { vmpl }))
-            }
-            Some(TeeSource::SevSnp(SevSnpSource::Simulated(c))) => {
-                warn!("SEV-SNP evidence comes from a SIMULATED device: for tests and demos only");
-                Some(Arc::new(
-                    crate::evidence::Simulated::load(&c).map_err(AgentError::Local)?,
-                ))
-            }
-            Some(TeeSource::Tdx(TdxSource::ConfigfsTsm(p))) => {
-                Some(Arc::new(crate::evidence::ConfigfsTsm::tdx(p)))
-            }
-            Some(TeeSource::Tdx(TdxSource::Simulated { pki_dir, td })) => {
-                warn!("TDX quotes come from a SIMULATED quoting stack: for tests and demos only");
-                Some(Arc::new(
-                    crate::evidence::SimulatedTdx::load(&pki_dir, *td)
-                        .map_err(AgentError::Local)?,
-                ))
-            }
-        };
+            .map(|t| crate::evidence::source_of(&t))
+            .transpose()
+            .map_err(AgentError::Local)?;
         let imds = match &cfg.node_attestor {
             crate::config::NodeAttestorConfig::AwsIid { imds, .. } => {
                 Some(crate::imds::Imds::new(imds.clone()).map_err(AgentError::Local)?)
