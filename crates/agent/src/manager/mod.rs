@@ -156,13 +156,12 @@ fn pem_certs(chain: &[Vec<u8>]) -> String {
 }
 
 mod attest;
-mod clock;
 mod jwt;
 mod persist;
 mod session;
 mod sync;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use ironpact_spiffe::clock::{Clock, ManualClock, SystemClock};
 
 impl Agent {
     pub fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
