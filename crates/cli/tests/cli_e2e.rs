@@ -740,6 +740,22 @@ fn validate_reads_what_the_attestors_need() {
         o.ok() && o.stdout.contains("Configuration is valid."),
         "{o:?}"
     );
+    // validate creates nothing: a TDX collateral cache that is not there yet stays so
+    let cache = dir.path().join("not-yet").join("cache");
+    let tdx = format!(
+        r#"NodeAttestor "tdx" {{
+    plugin_data {{
+      mrtds = ["{m}"]
+      pcs_url = "https://127.0.0.1:1/"
+      collateral_cache_dir = "{c}"
+    }}
+  }}"#,
+        m = "ab".repeat(48),
+        c = cache.display()
+    );
+    let o = validate(&tdx);
+    assert!(o.ok(), "{o:?}");
+    assert!(!dir.path().join("not-yet").exists());
 }
 
 #[test]

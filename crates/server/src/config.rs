@@ -245,6 +245,20 @@ pub struct Overrides {
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 
 impl ServerConfig {
+    /// The TEE block of the NodeAttestor block `owner`: the one nested in a base attestor's
+    /// plugin_data, or a standalone `sev_snp`/`tdx` block.
+    pub fn tee_of(&self, owner: &str) -> Option<TeeConfig> {
+        match owner {
+            "join_token" => self.join_token_tee.clone(),
+            "aws_iid" => self.aws_iid.as_ref().and_then(|a| a.tee.clone()),
+            "sev_snp" => self.sev_snp.clone().map(TeeConfig::SevSnp),
+            "tdx" => self.tdx.clone().map(TeeConfig::Tdx),
+            _ => None,
+        }
+    }
+}
+
+impl ServerConfig {
     /// Reads and validates a config file (`expand_env` as SPIRE's `-expandEnv`).
     pub fn load(path: &Path, expand_env: bool, ov: &Overrides) -> Result<Self, ConfigError> {
         let file = path.display().to_string();

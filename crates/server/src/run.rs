@@ -162,7 +162,8 @@ impl NodeAttestor for Unopened {
 
 /// Builds every node attestor of `cfg`, reading what they need (roots, certificates,
 /// collateral locations): `run` and `validate` both call it, so a configuration `validate`
-/// passes is one `run` starts with. `ds` is `None` for `validate`.
+/// passes is one `run` starts with. `ds` is `None` for `validate`, which creates nothing (a
+/// missing collateral cache directory is made by `run`).
 pub fn build_attestors(
     cfg: &ServerConfig,
     ds: Option<&DataStore>,
@@ -177,13 +178,13 @@ pub fn build_attestors(
         let name = base.name();
         let a: Arc<dyn NodeAttestor> = match tee {
             Some(t) => {
-                let tee = build_tee(cfg, t)?;
+                let tee = build_tee(cfg, t, ds.is_none())?;
                 tees.push((name, tee.clone()));
                 info!(
                     attestor = name,
                     tee = tee.name(),
-                    "node attestor requires fresh {} evidence",
-                    tee.name()
+                    "node attestor requires {}",
+                    tee.requirement()
                 );
                 Arc::new(crate::attest::WithTee { base, tee })
             }
@@ -228,7 +229,7 @@ pub fn build_attestors(
         tees.push(("sev_snp", a));
     }
     if let Some(t) = &cfg.tdx {
-        let tee = build_tdx(t)?;
+        let tee = build_tdx(t, ds.is_none())?;
         tees.push(("tdx", tee.clone()));
         let a = crate::attest::TdxNodeAttestor {
             trust_domain: cfg.trust_domain.clone(),
@@ -246,15 +247,19 @@ pub fn build_attestors(
 fn build_tee(
     cfg: &ServerConfig,
     t: &crate::config::TeeConfig,
+    check_only: bool,
 ) -> Result<Arc<dyn TeeAttestor>, RunError> {
     Ok(match t {
         crate::config::TeeConfig::SevSnp(c) => build_sev_snp(cfg, c)?,
-        crate::config::TeeConfig::Tdx(c) => build_tdx(c)?,
+        crate::config::TeeConfig::Tdx(c) => build_tdx(c, check_only)?,
     })
 }
 
 /// Builds the `tdx` TEE attestor of a composed one.
-fn build_tdx(t: &crate::config::TdxConfig) -> Result<Arc<crate::attest::TdxAttestor>, RunError> {
+fn build_tdx(
+    t: &crate::config::TdxConfig,
+    check_only: bool,
+) -> Result<Arc<crate::attest::TdxAttestor>, RunError> {
     let roots = match &t.test_root {
         Some(p) => {
             let bytes =
@@ -277,12 +282,22 @@ fn build_tdx(t: &crate::config::TdxConfig) -> Result<Arc<crate::attest::TdxAttes
         Some(url) => {
             let client =
                 crate::pcs::PcsClient::new(url).map_err(|e| RunError::Tdx(e.to_string()))?;
-            std::fs::create_dir_all(&t.cache_dir).map_err(|e| {
-                RunError::Tdx(format!(
-                    "collateral_cache_dir {}: {e}: make it writable or set another",
-                    t.cache_dir.display()
-                ))
-            })?;
+            // `validate` creates nothing: a cache directory that is missing is made by `run`
+            if check_only {
+                if t.cache_dir.exists() && !t.cache_dir.is_dir() {
+                    return Err(RunError::Tdx(format!(
+                        "collateral_cache_dir {} is a file: remove it or set another",
+                        t.cache_dir.display()
+                    )));
+                }
+            } else {
+                std::fs::create_dir_all(&t.cache_dir).map_err(|e| {
+                    RunError::Tdx(format!(
+                        "collateral_cache_dir {}: {e}: make it writable or set another",
+                        t.cache_dir.display()
+                    ))
+                })?;
+            }
             Some((
                 client,
                 t.cache_dir.clone(),
@@ -390,10 +405,9 @@ pub async fn run(
     run_with_reload(cfg, shutdown, None).await
 }
 
-/// Applies what can change at runtime from a re-read configuration: the TEE policies. The
-/// new configuration's attestors are built as at start-up (a file they need that is gone
-/// fails the reload, and the running policies stay); each running TEE attestor then takes the
-/// policy of its counterpart, by owning block and kind.
+/// Applies what can change at runtime from a re-read configuration: the TEE policies. Each
+/// running TEE attestor takes the policy of its block in the new configuration (by owning
+/// NodeAttestor block); nothing is read from disk and nothing else changes.
 pub fn apply_reload(core: &Core, reload: &Reload) {
     let new = match reload() {
         Ok(n) => n,
@@ -404,33 +418,17 @@ pub fn apply_reload(core: &Core, reload: &Reload) {
     };
     if core.tees.is_empty() {
         info!("configuration reloaded; nothing it changes applies at runtime");
-        return;
     }
-    let fresh = match build_attestors(&new, None) {
-        Ok(f) => f,
-        Err(e) => {
-            error!(error = %e, "configuration reload failed; keeping the running policy");
-            return;
-        }
-    };
     for (owner, running) in &core.tees {
-        let line = fresh
-            .tees
-            .iter()
-            .filter(|(o, f)| o == owner && f.name() == running.name())
-            .find_map(|(_, f)| running.reload_policy(f.as_ref()));
-        match line {
-            Some(what) => info!(
-                attestor = owner,
-                policy = %what,
-                "reloaded the {} policy; it applies to the next attestation or renewal",
-                running.name()
-            ),
-            None => warn!(
+        let applied = new
+            .tee_of(owner)
+            .is_some_and(|t| running.reload_policy(owner, &t));
+        if !applied {
+            warn!(
                 attestor = owner,
                 "the reloaded configuration has no {} block here; removing a TEE requirement needs a restart, the running policy stays",
                 running.name()
-            ),
+            );
         }
     }
 }

@@ -124,13 +124,13 @@ pub struct TeeOutcome {
 pub trait TeeAttestor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
-    /// Itself, so [`TeeAttestor::reload_policy`] can see a fresh instance's concrete type.
-    fn as_any(&self) -> &dyn std::any::Any;
+    /// What it requires of a node, for the log ("a fresh TDX quote").
+    fn requirement(&self) -> &'static str;
 
-    /// Takes the policy of `fresh`, the same attestor built from a re-read configuration
-    /// (SIGHUP); roots and caches stay. Returns what to log, or `None` when `fresh` is
-    /// another kind of attestor.
-    fn reload_policy(&self, fresh: &dyn TeeAttestor) -> Option<String>;
+    /// Takes the policy of `cfg`, this attestor's block in a re-read configuration (SIGHUP),
+    /// and logs it for the NodeAttestor block `owner`; roots and caches stay. False when `cfg`
+    /// is another TEE's block.
+    fn reload_policy(&self, owner: &str, cfg: &crate::config::TeeConfig) -> bool;
 
     /// Whether [`TeeAttestor::tick`] has work: keeping something fresh that an attestation
     /// would otherwise wait for (TDX collateral from a PCS).

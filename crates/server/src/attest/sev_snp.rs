@@ -145,16 +145,21 @@ impl TeeAttestor for SevSnpAttestor {
         "sev_snp"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn requirement(&self) -> &'static str {
+        "fresh SEV-SNP evidence"
     }
 
-    fn reload_policy(&self, fresh: &dyn TeeAttestor) -> Option<String> {
-        let fresh = fresh.as_any().downcast_ref::<Self>()?;
-        let p = fresh.policy.read().ok()?.clone();
-        let line = format!("measurements = {}", p.measurements.len());
-        self.set_policy(p);
-        Some(line)
+    fn reload_policy(&self, owner: &str, cfg: &crate::config::TeeConfig) -> bool {
+        let crate::config::TeeConfig::SevSnp(c) = cfg else {
+            return false;
+        };
+        tracing::info!(
+            attestor = owner,
+            measurements = c.policy.measurements.len(),
+            "reloaded the sev_snp policy; it applies to the next attestation or renewal"
+        );
+        self.set_policy(c.policy.clone());
+        true
     }
 
     async fn appraise(

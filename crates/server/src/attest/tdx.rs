@@ -41,24 +41,21 @@ impl TeeAttestor for TdxAttestor {
         "tdx"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn requirement(&self) -> &'static str {
+        "a fresh TDX quote"
     }
 
-    fn ticks(&self) -> bool {
-        self.collateral.pcs_url().is_some()
-    }
-
-    async fn tick(&self, now: i64) {
-        self.collateral.refresh_due(now).await;
-    }
-
-    fn reload_policy(&self, fresh: &dyn TeeAttestor) -> Option<String> {
-        let fresh = fresh.as_any().downcast_ref::<Self>()?;
-        let p = fresh.policy.read().ok()?.clone();
-        let line = format!("mrtds = {}", p.mrtds.len());
-        self.set_policy(p);
-        Some(line)
+    fn reload_policy(&self, owner: &str, cfg: &crate::config::TeeConfig) -> bool {
+        let crate::config::TeeConfig::Tdx(c) = cfg else {
+            return false;
+        };
+        tracing::info!(
+            attestor = owner,
+            mrtds = c.policy.mrtds.len(),
+            "reloaded the tdx policy; it applies to the next attestation or renewal"
+        );
+        self.set_policy(c.policy.clone());
+        true
     }
 
     async fn appraise(
