@@ -51,7 +51,7 @@ const OID_RSA: &str = "1.2.840.113549.1.1.1";
 const OID_SHA256_RSA: &str = "1.2.840.113549.1.1.11";
 
 fn bad(m: impl Into<String>) -> AttestError {
-    AttestError::Rejected(format!("aws_iid: {}", m.into()))
+    AttestError::rejected(super::RefusalKind::AwsIid, m)
 }
 
 /// Verifies `pkcs7_der` (SignedData over `document`) with one of `certs`. Returns the index of

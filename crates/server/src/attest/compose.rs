@@ -31,11 +31,14 @@ impl WithTee {
             .appraise(ev, challenger)
             .await
             .map_err(|e| match e {
-                AttestError::Rejected(m) => AttestError::Rejected(format!(
-                    "{} required by {}: {m}",
-                    self.tee.name(),
-                    self.base.name()
-                )),
+                AttestError::Rejected(mut r) => {
+                    r.required_by = Some(format!(
+                        "{} required by {}",
+                        self.tee.name(),
+                        self.base.name()
+                    ));
+                    AttestError::Rejected(r)
+                }
                 other => other,
             })?;
         a.selectors.extend(self.base.tee_selectors(&t));

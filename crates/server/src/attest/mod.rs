@@ -39,6 +39,70 @@ pub struct Attested {
     pub tee_instance: Option<String>,
 }
 
+/// The stable kind of a refusal: what a log query, a test or a peer can match on. SEV-SNP and
+/// TDX verdicts carry their verifier's own closed set of kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalKind {
+    SevSnp(ironpact_snp::ErrorKind),
+    Tdx(ironpact_tdx::ErrorKind),
+    /// An AWS instance identity document that does not verify or is not allowed.
+    AwsIid,
+    /// The policy could not be read (a lock poisoned by a panic): refused, never a default.
+    PolicyUnavailable,
+}
+
+impl RefusalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::SevSnp(k) => k.as_str(),
+            RefusalKind::Tdx(k) => k.as_str(),
+            RefusalKind::AwsIid => "aws_iid",
+            RefusalKind::PolicyUnavailable => "policy_unavailable",
+        }
+    }
+}
+
+/// A node or its evidence judged and found wanting: the kind, what exactly differed from what
+/// the policy allows, and what required the check (`sev_snp required by join_token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+    pub required_by: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            required_by: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = &self.required_by {
+            write!(f, "{r}: ")?;
+        }
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl From<ironpact_snp::SnpError> for Refusal {
+    fn from(e: ironpact_snp::SnpError) -> Self {
+        Refusal::new(RefusalKind::SevSnp(e.kind), e.message)
+    }
+}
+
+impl From<ironpact_tdx::TdxError> for Refusal {
+    fn from(e: ironpact_tdx::TdxError) -> Self {
+        Refusal::new(RefusalKind::Tdx(e.kind), e.message)
+    }
+}
+
 /// Why attestation failed. Refusals (the node or its evidence is not acceptable) become
 /// PermissionDenied, and on renewal invalidate the agent; transient failures (a challenge
 /// that timed out, a KDS/PCS or datastore outage) become Unavailable and change nothing.
@@ -52,7 +116,7 @@ pub enum AttestError {
     #[error("join token expired at {expired_at}")]
     ExpiredToken { expired_at: i64 },
     #[error("attestation rejected: {0}")]
-    Rejected(String),
+    Rejected(Refusal),
     #[error(
         "instance_mismatch: {agent_id} attested from TEE instance {recorded}; this evidence comes from instance {presented} (another VM holding a copy of its identity document?); the existing agent is kept: evict it first if this node replaces it"
     )]
@@ -79,9 +143,15 @@ impl AttestError {
     /// A policy lock poisoned by a panic while it was replaced: refuse, never fall back to a
     /// default policy.
     pub fn poisoned_policy(tee: &str) -> Self {
-        AttestError::Rejected(format!(
-            "policy_unavailable: the {tee} policy lock is poisoned; restart the server"
+        AttestError::Rejected(Refusal::new(
+            RefusalKind::PolicyUnavailable,
+            format!("the {tee} policy lock is poisoned; restart the server"),
         ))
+    }
+
+    /// A refusal of `kind`.
+    pub fn rejected(kind: RefusalKind, message: impl Into<String>) -> Self {
+        AttestError::Rejected(Refusal::new(kind, message))
     }
 
     /// The node or its evidence was judged and found wanting: only these invalidate an agent
@@ -213,5 +283,44 @@ pub trait NodeAttestor: Send + Sync + 'static {
             can_reattest: rec.can_reattest,
             tee_instance: Some(rec.tee_instance.clone()).filter(|i| !i.is_empty()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_keeps_its_kind_and_reads_as_before() {
+        let snp = ironpact_snp::SnpError::new(
+            ironpact_snp::ErrorKind::MeasurementNotAllowed,
+            "measurement ab is not in the allow-list",
+        );
+        let mut r = Refusal::from(snp);
+        assert_eq!(
+            r.kind,
+            RefusalKind::SevSnp(ironpact_snp::ErrorKind::MeasurementNotAllowed)
+        );
+        assert_eq!(
+            AttestError::Rejected(r.clone()).to_string(),
+            "attestation rejected: measurement_not_allowed: measurement ab is not in the allow-list"
+        );
+        r.required_by = Some("sev_snp required by join_token".into());
+        assert_eq!(
+            r.to_string(),
+            "sev_snp required by join_token: measurement_not_allowed: measurement ab is not in the allow-list"
+        );
+        let e = AttestError::poisoned_policy("tdx");
+        assert!(e.is_refusal());
+        assert!(
+            e.to_string()
+                .contains("policy_unavailable: the tdx policy lock"),
+            "{e}"
+        );
+        let aws = AttestError::rejected(RefusalKind::AwsIid, "account 1 is not allowed");
+        assert_eq!(
+            aws.to_string(),
+            "attestation rejected: aws_iid: account 1 is not allowed"
+        );
     }
 }

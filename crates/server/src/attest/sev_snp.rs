@@ -3,7 +3,9 @@
 //! verifies the report to the configured AMD roots and judges it with its policy. Renewals
 //! attest again (continuous attestation), so a policy change stops machines that no longer pass.
 
-use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeAttestor, TeeOutcome};
+use super::{
+    AttestError, Attested, Challenger, Evidence, NodeAttestor, RefusalKind, TeeAttestor, TeeOutcome,
+};
 use ironpact_snp::binding::{NONCE_LEN, decode_evidence, report_data};
 use ironpact_snp::{AmdRoots, Policy};
 use ironpact_spiffe::{Selector, TrustDomain};
@@ -25,8 +27,15 @@ pub struct SevSnpAttestor {
     pub check_crl: bool,
 }
 
-fn rejected(e: impl std::fmt::Display) -> AttestError {
-    AttestError::Rejected(e.to_string())
+fn rejected(e: ironpact_snp::SnpError) -> AttestError {
+    AttestError::Rejected(e.into())
+}
+
+fn untrusted_chain(message: String) -> AttestError {
+    AttestError::rejected(
+        RefusalKind::SevSnp(ironpact_snp::ErrorKind::UntrustedChain),
+        message,
+    )
 }
 
 /// A KDS failure: an outage is transient (nothing judged), anything else refuses the chain.
@@ -34,7 +43,7 @@ fn kds_failure(what: &str, e: crate::kds::KdsError) -> AttestError {
     if e.is_transient() {
         AttestError::Unavailable(format!("AMD KDS: {e}"))
     } else {
-        AttestError::Rejected(format!("untrusted_chain: {what}{e}"))
+        untrusted_chain(format!("{what}{e}"))
     }
 }
 
@@ -86,11 +95,11 @@ impl SevSnpAttestor {
                 .vcek(&parsed, self.product, now)
                 .await
                 .map_err(|e| kds_failure("", e)),
-            (_, ironpact_snp::SigningKey::Vlek) => Err(AttestError::Rejected(format!(
-                "untrusted_chain: the VLEK-signed evidence carries no VLEK, {where_} (a VLEK cannot be fetched from the KDS)"
+            (_, ironpact_snp::SigningKey::Vlek) => Err(untrusted_chain(format!(
+                "the VLEK-signed evidence carries no VLEK, {where_} (a VLEK cannot be fetched from the KDS)"
             ))),
-            _ => Err(AttestError::Rejected(format!(
-                "untrusted_chain: the evidence carries no VCEK/VLEK, {where_}, and KDS fetching is off"
+            _ => Err(untrusted_chain(format!(
+                "the evidence carries no VCEK/VLEK, {where_}, and KDS fetching is off"
             ))),
         }
     }
@@ -101,9 +110,10 @@ impl SevSnpAttestor {
         v: &ironpact_snp::Verified,
         now: i64,
     ) -> Result<(), AttestError> {
-        let kds = self.kds.as_ref().ok_or_else(|| {
-            AttestError::Rejected("untrusted_chain: check_crl needs the KDS (fetch_vcek)".into())
-        })?;
+        let kds = self
+            .kds
+            .as_ref()
+            .ok_or_else(|| untrusted_chain("check_crl needs the KDS (fetch_vcek)".into()))?;
         let crl = kds
             .crl(v.product(), v.signing_key(), now)
             .await
@@ -169,15 +179,14 @@ impl TeeAttestor for SevSnpAttestor {
     ) -> Result<TeeOutcome, AttestError> {
         let nonce: [u8; NONCE_LEN] = rand::random();
         let answer = challenger.challenge(nonce.to_vec()).await?;
-        let (report, cert) =
-            decode_evidence(&answer).map_err(|e| AttestError::Rejected(e.to_string()))?;
+        let (report, cert) = decode_evidence(&answer).map_err(rejected)?;
         let cert = match cert {
             Some(c) => c,
             None => self.find_endorsement(report, ev.now).await?,
         };
         let verified =
             ironpact_snp::verify_authentic(report, &cert, &self.roots, ev.now, self.product)
-                .map_err(|e| AttestError::Rejected(e.to_string()))?;
+                .map_err(rejected)?;
         if self.check_crl {
             self.check_revocation(&verified, ev.now).await?;
         }
@@ -188,9 +197,7 @@ impl TeeAttestor for SevSnpAttestor {
             .map(|p| p.clone())
             .map_err(|_| AttestError::poisoned_policy("sev_snp"))?;
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
-        policy
-            .check(&verified)
-            .map_err(|e| AttestError::Rejected(e.to_string()))?;
+        policy.check(&verified).map_err(rejected)?;
         let selectors = verified
             .selectors()
             .into_iter()

@@ -4,7 +4,9 @@
 //! attestor (join_token, aws_iid: the base names the agent), or stands alone as
 //! `NodeAttestor "tdx"` ([`TdxNodeAttestor`]). Every renewal re-attests.
 
-use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeAttestor, TeeOutcome};
+use super::{
+    AttestError, Attested, Challenger, Evidence, NodeAttestor, RefusalKind, TeeAttestor, TeeOutcome,
+};
 use crate::pcs::CollateralStore;
 use ironpact_datastore::AgentRecord;
 use ironpact_spiffe::Selector;
@@ -23,8 +25,8 @@ pub struct TdxAttestor {
     pub collateral: Arc<CollateralStore>,
 }
 
-fn rejected(e: impl std::fmt::Display) -> AttestError {
-    AttestError::Rejected(e.to_string())
+fn rejected(e: ironpact_tdx::TdxError) -> AttestError {
+    AttestError::Rejected(e.into())
 }
 
 impl TdxAttestor {
@@ -67,8 +69,9 @@ impl TeeAttestor for TdxAttestor {
         let answer = challenger.challenge(nonce.to_vec()).await?;
         let quote = Quote::parse(&answer).map_err(rejected)?;
         if quote.td().is_none() {
-            return Err(AttestError::Rejected(
-                "unparseable: an SGX quote, not a TD quote".into(),
+            return Err(AttestError::rejected(
+                RefusalKind::Tdx(ironpact_tdx::ErrorKind::Unparseable),
+                "an SGX quote, not a TD quote",
             ));
         }
         // Nothing is fetched or cached for a quote that does not chain to the pinned root:
@@ -102,10 +105,12 @@ impl TeeAttestor for TdxAttestor {
         .map_err(rejected)?;
         policy.report_data = Some(ironpact_tdx::binding::report_data(&nonce, ev.csr_spki));
         policy.check(&verified).map_err(rejected)?;
-        let td = verified
-            .quote()
-            .td()
-            .ok_or_else(|| AttestError::Rejected("not a TD quote".into()))?;
+        let td = verified.quote().td().ok_or_else(|| {
+            AttestError::rejected(
+                RefusalKind::Tdx(ironpact_tdx::ErrorKind::Unparseable),
+                "not a TD quote",
+            )
+        })?;
         let selectors = verified
             .selectors()
             .into_iter()
@@ -169,12 +174,15 @@ impl NodeAttestor for TdxNodeAttestor {
             .find(|s| s.kind == "tdx" && s.value.starts_with("mrtd:"))
             .map(|s| s.value.trim_start_matches("mrtd:").to_string());
         if was.as_deref() != Some(t.measurement.as_str()) {
-            return Err(AttestError::Rejected(format!(
-                "measurement_not_allowed: the renewal quote comes from a TD with MRTD {}, but {} attested with MRTD {}: the agent's key is in another TD",
-                t.measurement,
-                rec.spiffe_id,
-                was.unwrap_or_else(|| "(none recorded)".into())
-            )));
+            return Err(AttestError::rejected(
+                RefusalKind::Tdx(ironpact_tdx::ErrorKind::MeasurementNotAllowed),
+                format!(
+                    "the renewal quote comes from a TD with MRTD {}, but {} attested with MRTD {}: the agent's key is in another TD",
+                    t.measurement,
+                    rec.spiffe_id,
+                    was.unwrap_or_else(|| "(none recorded)".into())
+                ),
+            ));
         }
         Ok(Attested {
             agent_id: rec.spiffe_id.clone(),
