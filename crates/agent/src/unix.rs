@@ -443,6 +443,8 @@ impl UnixAttestor {
                 &taken
             }
         };
+        // set where the opened executable was compared with the pin
+        let mut exe_checked = false;
         let mut out = Vec::new();
         let mut push = |k: &str, v: String| {
             if let Ok(s) = Selector::new("unix", &format!("{k}:{v}")) {
@@ -506,6 +508,7 @@ impl UnixAttestor {
                         return Err(WorkloadAttestError::ExecAfterConnect { pid });
                     }
                 }
+                exe_checked = true;
                 let size = meta.len();
                 if self.workload_size_limit > 0 && size > self.workload_size_limit as u64 {
                     return Err(WorkloadAttestError::Proc {
@@ -550,7 +553,7 @@ impl UnixAttestor {
         }
         // what was read above belongs to the pinned process (not a reuse of its PID), running
         // the executable it ran when pinned (checked at the executable's open when it was read)
-        if self.discover_workload_path && self.workload_size_limit >= 0 {
+        if exe_checked {
             pin.same_process(pid)?;
         } else {
             pin.check(pid)?;

@@ -134,6 +134,18 @@ impl Agent {
         })
     }
 
+    /// An attestation (or renewal) exchange for a fresh key: the agent SVID it yields.
+    async fn with_new_key(
+        &self,
+        client: &mut AgentApiClient<Channel>,
+        payload: Vec<u8>,
+        renew: bool,
+    ) -> Result<AgentSvid, AgentError> {
+        let NewKey { csr, key, spki } = Self::csr_with_spki()?;
+        let svid = self.attestation(client, payload, csr, spki, renew).await?;
+        Self::svid_from(svid, key)
+    }
+
     pub(super) async fn attest(&self) -> Result<(), AgentError> {
         let payload = self.payload(false).await?;
         let cfg = if self.roots.x509_roots().is_empty() && self.cfg.insecure_bootstrap {
@@ -145,13 +157,8 @@ impl Agent {
         let ch = ironpact_tls::channel(&self.addr(), cfg)
             .map_err(|e| AgentError::Local(e.to_string()))?;
         let mut client = AgentApiClient::new(ch);
-        let NewKey { csr, key, spki } = Self::csr_with_spki()?;
         info!(server = %self.addr(), attestor = self.attestor_kind(), "attesting this node");
-        let svid = Self::svid_from(
-            self.attestation(&mut client, payload, csr, spki, false)
-                .await?,
-            key,
-        )?;
+        let svid = self.with_new_key(&mut client, payload, false).await?;
         info!(agent_id = %svid.id, expires_at = svid.expires_at, "node attested");
         self.install_svid(svid, true);
         Ok(())
@@ -159,12 +166,8 @@ impl Agent {
 
     pub(super) async fn renew(&self) -> Result<(), AgentError> {
         let mut client = self.client()?;
-        let NewKey { csr, key, spki } = Self::csr_with_spki()?;
-        let svid = Self::svid_from(
-            self.attestation(&mut client, self.payload(true).await?, csr, spki, true)
-                .await?,
-            key,
-        )?;
+        let payload = self.payload(true).await?;
+        let svid = self.with_new_key(&mut client, payload, true).await?;
         info!(agent_id = %svid.id, expires_at = svid.expires_at, "renewed the agent SVID");
         self.install_svid(svid, true);
         Ok(())
