@@ -650,10 +650,19 @@ fn main() {
     if part("admin") {
         rt.block_on(async {
             let mut admin = Admin::connect(&s.socket).await.unwrap();
-            let med = |v: &mut Vec<Duration>| pct(v, 0.5);
-            let mut v = Vec::new();
-            for i in 0..20 {
-                let t0 = Instant::now();
+            // the median of 20 timed calls; `$i` counts them
+            macro_rules! median_of_20 {
+                ($i:ident => $call:expr) => {{
+                    let mut v = Vec::with_capacity(20);
+                    for $i in 0..20 {
+                        let t0 = Instant::now();
+                        $call;
+                        v.push(t0.elapsed());
+                    }
+                    pct(&mut v, 0.5)
+                }};
+            }
+            let show = median_of_20!(i => {
                 let r = admin
                     .entries
                     .list_entries(spb::ListEntriesRequest {
@@ -674,35 +683,21 @@ fn main() {
                     .unwrap()
                     .into_inner();
                 assert!(!r.entries.is_empty());
-                v.push(t0.elapsed());
-            }
-            let show = med(&mut v);
-            let mut v = Vec::new();
-            for _ in 0..20 {
-                let t0 = Instant::now();
-                admin
-                    .entries
-                    .count_entries(spb::CountEntriesRequest { filter: None })
-                    .await
-                    .unwrap();
-                v.push(t0.elapsed());
-            }
-            let count = med(&mut v);
-            let mut v = Vec::new();
-            for _ in 0..20 {
-                let t0 = Instant::now();
-                admin
-                    .agents
-                    .list_agents(spb::ListAgentsRequest {
-                        filter: None,
-                        page_size: 1000,
-                        page_token: String::new(),
-                    })
-                    .await
-                    .unwrap();
-                v.push(t0.elapsed());
-            }
-            let list = med(&mut v);
+            });
+            let count = median_of_20!(_i => admin
+                .entries
+                .count_entries(spb::CountEntriesRequest { filter: None })
+                .await
+                .unwrap());
+            let list = median_of_20!(_i => admin
+                .agents
+                .list_agents(spb::ListAgentsRequest {
+                    filter: None,
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await
+                .unwrap());
             let worst = show.max(count).max(list);
             t.add(
                 &format!(
@@ -723,7 +718,7 @@ fn main() {
     drop(fleet);
 
     // ------------------------------------------------------------- cold start
-    {
+    if part("cold") {
         println!("restarting the server ...");
         s.sigterm();
         let t0 = Instant::now();
