@@ -5,7 +5,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // the first byte splits the input into the signed document and the PKCS#7 signature
     let cut = usize::from(data.first().copied().unwrap_or(0)).min(data.len());
     let (document, signature) = data.split_at(cut);
-    let _ = ironpact_server::attest::aws_iid::verify_signature(document, signature, &[]);
+    let _ = ironpact_server::attest::aws_iid::server::verify_signature(document, signature, &[]);
     let attestor = ironpact_server::attest::AwsIidAttestor {
         trust_domain: ironpact_spiffe::TrustDomain::new("example.org").expect("a valid name"),
         certificates: Vec::new(),

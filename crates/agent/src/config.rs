@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ironpact-agent/public/api.sock";
 /// Where configfs-tsm creates report directories.
-pub const CONFIGFS_TSM_REPORT: &str = "/sys/kernel/config/tsm/report";
+pub use ironpact_attestors::tee_source::CONFIGFS_TSM_REPORT;
 pub const DEFAULT_ADMIN_SOCKET_PATH: &str = "/tmp/ironpact-agent/private/admin.sock";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,69 +19,8 @@ pub enum AgentKeyManager {
 }
 
 /// How this node attests: a base attestor, optionally completed by TEE evidence (`sev_snp { … }`
-/// or `tdx { … }` in its plugin_data), or a TEE alone (`sev_snp`, `tdx`).
-#[derive(Debug, Clone)]
-pub enum NodeAttestorConfig {
-    JoinToken {
-        tee: Option<TeeSource>,
-    },
-    AwsIid {
-        imds: crate::imds::ImdsConfig,
-        tee: Option<TeeSource>,
-    },
-    SevSnp(SevSnpSource),
-    Tdx(TdxSource),
-}
-
-impl NodeAttestorConfig {
-    /// The attestor's name, as the server knows it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::JoinToken { .. } => "join_token",
-            Self::AwsIid { .. } => "aws_iid",
-            Self::SevSnp(_) => "sev_snp",
-            Self::Tdx(_) => "tdx",
-        }
-    }
-
-    /// Where TEE evidence comes from, when this node presents any.
-    pub fn tee(&self) -> Option<TeeSource> {
-        match self {
-            Self::JoinToken { tee } | Self::AwsIid { tee, .. } => tee.clone(),
-            Self::SevSnp(s) => Some(TeeSource::SevSnp(s.clone())),
-            Self::Tdx(s) => Some(TeeSource::Tdx(s.clone())),
-        }
-    }
-}
-
-/// The TEE evidence a base attestor presents: `sev_snp { … }` or `tdx { … }` in its plugin_data.
-#[derive(Debug, Clone)]
-pub enum TeeSource {
-    SevSnp(SevSnpSource),
-    Tdx(TdxSource),
-}
-
-/// Where TDX quotes come from.
-#[derive(Debug, Clone)]
-pub enum TdxSource {
-    /// configfs-tsm with provider `tdx_guest` (Linux 6.7+).
-    ConfigfsTsm(PathBuf),
-    /// The software quoting stack of `ironpact_tdx::simulate`, with the test PKI in `pki_dir`.
-    Simulated {
-        pki_dir: PathBuf,
-        td: Box<ironpact_tdx::simulate::SimTd>,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub enum SevSnpSource {
-    ConfigfsTsm(PathBuf),
-    /// `/dev/sev-guest` with SNP_GET_EXT_REPORT at this VMPL.
-    SevGuest {
-        vmpl: u32,
-    },
-    Simulated(crate::evidence::SimulatedConfig),
-}
+/// or `tdx { … }` in its plugin_data), or a TEE alone, as the attestor registry parsed it.
+pub type NodeAttestorConfig = ironpact_attestors::registry::AgentAttestor;
 
 #[derive(Debug, Clone)]
 pub struct UnixAttestorConfig {
@@ -225,68 +164,13 @@ impl AgentConfig {
         let mut node_attestor = None;
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("NodeAttestor") {
-                let data = plugin_data(
-                    &b.labels,
-                    b.line,
-                    &sec,
-                    "NodeAttestor",
-                    &["join_token", "sev_snp", "aws_iid", "tdx"],
-                )?;
+                let names = ironpact_attestors::registry::names();
+                let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &names)?;
                 if node_attestor.is_some() {
-                    return Err(sec.err(b.line, "only one NodeAttestor may be configured (a base attestor requires SEV-SNP with a sev_snp { … } block in its plugin_data)"));
+                    return Err(sec.err(b.line, "only one NodeAttestor may be configured (a base attestor requires a TEE with a sev_snp { … } or tdx { … } block in its plugin_data)"));
                 }
-                // `sev_snp { … }` or `tdx { … }` inside a base attestor's plugin_data: TEE
-                // evidence too.
-                let nested = |d: Option<&Section<'_>>| -> Result<Option<TeeSource>, ConfigError> {
-                    let Some(d) = d else { return Ok(None) };
-                    match (d.section("sev_snp")?, d.section("tdx")?) {
-                            (Some(_), Some(t)) => Err(t.err(
-                                t.line(),
-                                "a base attestor requires one TEE: sev_snp { … } or tdx { … }, not both",
-                            )),
-                            (Some(t), None) => {
-                                let src = sev_snp_source(Some(&t), &t, t.line())?;
-                                t.finish()?;
-                                Ok(Some(TeeSource::SevSnp(src)))
-                            }
-                            (None, Some(t)) => {
-                                let src = tdx_source(&t)?;
-                                t.finish()?;
-                                Ok(Some(TeeSource::Tdx(src)))
-                            }
-                            (None, None) => Ok(None),
-                        }
-                };
-                let a = match b.labels[0].as_str() {
-                    "sev_snp" => {
-                        NodeAttestorConfig::SevSnp(sev_snp_source(data.as_ref(), &sec, b.line)?)
-                    }
-                    "tdx" => NodeAttestorConfig::Tdx(match &data {
-                        Some(d) => tdx_source(d)?,
-                        None => TdxSource::ConfigfsTsm(PathBuf::from(CONFIGFS_TSM_REPORT)),
-                    }),
-                    "aws_iid" => {
-                        let mut imds = crate::imds::ImdsConfig::default();
-                        if let Some(d) = &data {
-                            if let Some((v, _)) = d.string("ec2_metadata_endpoint")? {
-                                imds.endpoint = v;
-                            }
-                            if let Some(t) = d.duration("timeout")? {
-                                imds.timeout = t;
-                            }
-                        }
-                        NodeAttestorConfig::AwsIid {
-                            imds,
-                            tee: nested(data.as_ref())?,
-                        }
-                    }
-                    _ => NodeAttestorConfig::JoinToken {
-                        tee: nested(data.as_ref())?,
-                    },
-                };
-                if let Some(d) = data {
-                    d.finish()?;
-                }
+                let a =
+                    ironpact_attestors::registry::agent_block(&b.labels[0], data, &sec, b.line)?;
                 sec.finish()?;
                 node_attestor = Some(a);
             }
@@ -335,7 +219,10 @@ impl AgentConfig {
         let node_attestor = node_attestor.ok_or_else(|| ConfigError {
             file: file.into(),
             line: 0,
-            message: "a node attestor is required: plugins { NodeAttestor \"join_token\" { … } }, \"aws_iid\", \"sev_snp\" or \"tdx\"".into(),
+            message: format!(
+                "a node attestor is required: plugins {{ NodeAttestor \"join_token\" {{ … }} }} (or one of {})",
+                ironpact_attestors::registry::names().join(", ")
+            ),
         })?;
         if trust_bundle_path.is_none() && !insecure_bootstrap {
             return Err(ConfigError {
@@ -366,142 +253,6 @@ impl AgentConfig {
                 workload_size_limit: 0,
             }),
         })
-    }
-}
-
-fn hex_array<const N: usize>(
-    s: &Section<'_>,
-    key: &str,
-    default: [u8; N],
-) -> Result<[u8; N], ConfigError> {
-    match s.string(key)? {
-        None => Ok(default),
-        Some((v, l)) => {
-            let b = hex::decode(v.trim()).map_err(|_| s.err(l, format!("{key} must be hex")))?;
-            b.try_into()
-                .map_err(|_| s.err(l, format!("{key} must be {N} bytes of hex")))
-        }
-    }
-}
-
-/// `NodeAttestor "sev_snp" { plugin_data { evidence_source = "configfs-tsm" | "simulated" … } }`.
-fn sev_snp_source(
-    data: Option<&Section<'_>>,
-    sec: &Section<'_>,
-    line: usize,
-) -> Result<SevSnpSource, ConfigError> {
-    let Some(d) = data else {
-        return Ok(SevSnpSource::ConfigfsTsm(PathBuf::from(
-            CONFIGFS_TSM_REPORT,
-        )));
-    };
-    let (source, configfs) = evidence_source(d)?;
-    match source.as_str() {
-        "configfs-tsm" => Ok(SevSnpSource::ConfigfsTsm(configfs)),
-        "sev-guest" => {
-            let vmpl = match d.u16("vmpl")? {
-                None => 0,
-                Some((v, _)) if v < 4 => u32::from(v),
-                Some((_, l)) => return Err(d.err(l, "vmpl must be 0, 1, 2 or 3")),
-            };
-            Ok(SevSnpSource::SevGuest { vmpl })
-        }
-        "simulated" => {
-            let s = d.section("simulated")?.ok_or_else(|| {
-                sec.err(
-                    line,
-                    "evidence_source = \"simulated\" needs a simulated { keys_dir = … } block",
-                )
-            })?;
-            let keys_dir = s
-                .string("keys_dir")?
-                .map(|v| PathBuf::from(v.0))
-                .ok_or_else(|| {
-                    s.err(
-                        s.line(),
-                        "simulated.keys_dir is required (ark.pk8, ask.pk8, vcek.pk8; or asvk.pk8, vlek.pk8 with signing_key = \"vlek\")",
-                    )
-                })?;
-            let product = match s.string("product")? {
-                None => ironpact_snp::Product::Milan,
-                Some((p, l)) => ironpact_snp::Product::from_name(&p)
-                    .ok_or_else(|| s.err(l, "product: use milan, genoa or turin"))?,
-            };
-            let c = crate::evidence::SimulatedConfig {
-                keys_dir,
-                product,
-                measurement: hex_array(&s, "measurement", [0x11; 48])?,
-                chip_id: hex_array(&s, "chip_id", [0x5a; 64])?,
-                report_id: hex_array(&s, "report_id", [0x22; 32])?,
-                debug: s.bool("debug")?.unwrap_or(false),
-                vlek: match s.string("signing_key")? {
-                    None => false,
-                    Some((k, _)) if k == "vcek" => false,
-                    Some((k, _)) if k == "vlek" => true,
-                    Some((_, l)) => return Err(s.err(l, "signing_key: use \"vcek\" or \"vlek\"")),
-                },
-            };
-            s.finish()?;
-            Ok(SevSnpSource::Simulated(c))
-        }
-        other => Err(d.err(
-            line,
-            format!(
-                "evidence_source {other:?}: use \"configfs-tsm\", \"sev-guest\" or \"simulated\""
-            ),
-        )),
-    }
-}
-
-/// `evidence_source` (default `configfs-tsm`) and `configfs_path` (default the kernel's
-/// report directory), as every TEE block reads them.
-fn evidence_source(d: &Section<'_>) -> Result<(String, PathBuf), ConfigError> {
-    let source = d
-        .string("evidence_source")?
-        .map(|v| v.0)
-        .unwrap_or_else(|| "configfs-tsm".into());
-    let configfs = d.string("configfs_path")?.map_or_else(
-        || PathBuf::from(CONFIGFS_TSM_REPORT),
-        |v| PathBuf::from(v.0),
-    );
-    Ok((source, configfs))
-}
-
-/// `tdx { evidence_source = "configfs-tsm" | "simulated" … }` in a base attestor's plugin_data,
-/// or the plugin_data of `NodeAttestor "tdx"`.
-fn tdx_source(d: &Section<'_>) -> Result<TdxSource, ConfigError> {
-    let (source, configfs) = evidence_source(d)?;
-    match source.as_str() {
-        "configfs-tsm" => Ok(TdxSource::ConfigfsTsm(configfs)),
-        "simulated" => {
-            let s = d.section("simulated")?.ok_or_else(|| {
-                d.err(
-                    d.line(),
-                    "evidence_source = \"simulated\" needs a simulated { pki_dir = … } block",
-                )
-            })?;
-            let pki_dir = s
-                .string("pki_dir")?
-                .map(|v| PathBuf::from(v.0))
-                .ok_or_else(|| {
-                    s.err(
-                        s.line(),
-                        "simulated.pki_dir is required (the test PKI: pck.pem, pck.pk8, pck-ca.pem, root.pem …)",
-                    )
-                })?;
-            let mut td =
-                ironpact_tdx::simulate::SimTd::with_mrtd(hex_array(&s, "mrtd", [0x11; 48])?);
-            td.debug = s.bool("debug")?.unwrap_or(false);
-            s.finish()?;
-            Ok(TdxSource::Simulated {
-                pki_dir,
-                td: Box::new(td),
-            })
-        }
-        other => Err(d.err(
-            d.line(),
-            format!("evidence_source {other:?}: use \"configfs-tsm\" or \"simulated\""),
-        )),
     }
 }
 
@@ -585,20 +336,25 @@ plugins {
                 &Overrides::default(),
             )
         };
+        use ironpact_attestors::tdx::agent::TdxSource;
+        let tdx_source = |c: &AgentConfig| {
+            c.node_attestor
+                .tee
+                .as_ref()
+                .and_then(|t| t.as_any().downcast_ref::<TdxSource>().cloned())
+        };
         let c = parse("NodeAttestor \"tdx\" {}").unwrap();
-        assert_eq!(c.node_attestor.name(), "tdx");
+        assert_eq!(c.node_attestor.name, "tdx");
         assert!(matches!(
-            c.node_attestor.tee(),
-            Some(TeeSource::Tdx(TdxSource::ConfigfsTsm(p))) if p == Path::new(CONFIGFS_TSM_REPORT)
+            tdx_source(&c),
+            Some(TdxSource::ConfigfsTsm(p)) if p == Path::new(CONFIGFS_TSM_REPORT)
         ));
         let c = parse(
             "NodeAttestor \"tdx\" {\n plugin_data {\n evidence_source = \"simulated\"\n simulated {\n pki_dir = \"/p\"\n }\n }\n }",
         )
         .unwrap();
-        assert!(matches!(
-            c.node_attestor,
-            NodeAttestorConfig::Tdx(TdxSource::Simulated { .. })
-        ));
+        assert!(c.node_attestor.base.is_none());
+        assert!(matches!(tdx_source(&c), Some(TdxSource::Simulated { .. })));
         let e = parse("NodeAttestor \"tdx\" {\n plugin_data {\n evidence_source = \"tpm\"\n }\n }")
             .unwrap_err();
         assert!(e.message.contains("configfs-tsm"), "{e}");

@@ -6,8 +6,6 @@
 
 pub mod authority;
 pub mod config;
-pub mod evidence;
-pub mod imds;
 pub mod manager;
 pub mod run;
 pub mod state;

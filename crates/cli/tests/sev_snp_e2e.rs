@@ -309,7 +309,10 @@ fn the_server_fetches_a_missing_vcek_from_the_kds() {
         ..SimGuest::default()
     };
     let sample = ironpact_snp::Report::parse(&dev.report(&guest, &[0; 64]).unwrap()).unwrap();
-    let path = ironpact_server::kds::KdsFetcher::vcek_path(ironpact_snp::Product::Milan, &sample);
+    let path = ironpact_server::attest::sev_snp::kds::KdsFetcher::vcek_path(
+        ironpact_snp::Product::Milan,
+        &sample,
+    );
     let base = local_kds(vec![(path, dev.vcek_der.clone())]);
     let s = TestServer::start_with(
         Backend::Sqlite,
@@ -406,8 +409,10 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
         .as_secs() as i64;
     let crl_path = "/vcek/v1/Milan/crl".to_string();
     let sample = ironpact_snp::Report::parse(&dev.report(&guest, &[0; 64]).unwrap()).unwrap();
-    let vcek_path =
-        ironpact_server::kds::KdsFetcher::vcek_path(ironpact_snp::Product::Milan, &sample);
+    let vcek_path = ironpact_server::attest::sev_snp::kds::KdsFetcher::vcek_path(
+        ironpact_snp::Product::Milan,
+        &sample,
+    );
     for (revoked, want) in [(vec![7u64], None), (vec![0u64], Some("revoked_cert"))] {
         let crl = dev.crl(&revoked, now - 60, now + 3600).unwrap();
         let base = local_kds(vec![

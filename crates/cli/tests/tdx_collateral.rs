@@ -8,7 +8,7 @@
 
 mod support;
 
-use ironpact_server::pcs::{CollateralStore, PcsClient, Refresh};
+use ironpact_server::attest::tdx::pcs::{CollateralStore, PcsClient, Refresh};
 use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
 use ironpact_tdx::{Collateral, Platform, Quote, Roots, Tee};
 use std::path::Path;

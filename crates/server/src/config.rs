@@ -2,10 +2,13 @@
 //! command-line overrides of `run`, and the one builder that `run` and `validate` share.
 
 use crate::hcl::{self, ConfigError, Section, plugin_data};
+pub use ironpact_attestors::TeeConfig;
+use ironpact_attestors::registry::{self, ParseCtx, ServerAttestor};
 use ironpact_spiffe::x509::CaSubject;
 use ironpact_spiffe::{KeyType, TrustDomain};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/ironpact-server/private/api.sock";
@@ -48,187 +51,8 @@ pub struct ServerConfig {
     pub default_jwt_svid_ttl: Duration,
     pub datastore: DataStoreConfig,
     pub key_manager: KeyManagerConfig,
-    /// `NodeAttestor "join_token"` is configured.
-    pub join_token_attestor: bool,
-    /// A TEE the join_token attestor requires (`sev_snp { … }` or `tdx { … }` in its
-    /// plugin_data).
-    pub join_token_tee: Option<TeeConfig>,
-    /// `NodeAttestor "aws_iid"`, when configured.
-    pub aws_iid: Option<AwsIidConfig>,
-    /// `NodeAttestor "sev_snp"`, when configured.
-    pub sev_snp: Option<SevSnpConfig>,
-    /// `NodeAttestor "tdx"`, when configured.
-    pub tdx: Option<TdxConfig>,
-}
-
-/// The `sev_snp` attestor: its policy, and test roots when a simulated chain is to be trusted.
-#[derive(Debug, Clone)]
-pub struct SevSnpConfig {
-    pub policy: ironpact_snp::Policy,
-    /// Trusted instead of AMD's genuine roots. Only for simulated evidence in tests and demos.
-    pub test_roots: Option<TestRoots>,
-    /// Fetch a missing VCEK (and CRLs) from the AMD KDS at this base URL (None: never fetch).
-    pub kds_base_url: Option<String>,
-    /// The product of v2 reports, which do not say.
-    pub product: Option<ironpact_snp::Product>,
-    /// VCEK/VLEK certificates (DER or PEM, any file name) for evidence that carries none.
-    pub certs_dir: Option<PathBuf>,
-    /// Check AMD's CRL (from the KDS, cached until its nextUpdate) for every attestation.
-    pub check_crl: bool,
-}
-
-/// `NodeAttestor "aws_iid"`: AWS instance identity documents, optionally with SEV-SNP.
-#[derive(Debug, Clone)]
-pub struct AwsIidConfig {
-    /// PEM file of the AWS certificates (RSA-2048, per region) that sign documents.
-    pub certificates_path: PathBuf,
-    /// Accounts allowed to attest; empty: any.
-    pub account_allowlist: Vec<String>,
-    /// Fresh TEE evidence required in addition (`sev_snp { … }` or `tdx { … }`).
-    pub tee: Option<TeeConfig>,
-}
-
-/// The TEE a base attestor requires, from the block nested in its plugin_data; any base
-/// takes any TEE, written the same way.
-#[derive(Debug, Clone)]
-pub enum TeeConfig {
-    SevSnp(SevSnpConfig),
-    Tdx(TdxConfig),
-}
-
-/// A `tdx { … }` block: the policy, the root, where collateral comes from.
-#[derive(Debug, Clone)]
-pub struct TdxConfig {
-    pub policy: ironpact_tdx::Policy,
-    /// Trusted instead of the Intel SGX Root CA. Only for simulated quotes in tests and demos.
-    pub test_root: Option<PathBuf>,
-    /// Collateral JSON files (TCB info, QE identity, CRLs, issuer chains) put there by the
-    /// operator; a file is parsed again when it changes.
-    pub collateral_dir: Option<PathBuf>,
-    /// Intel's PCS or a PCCS to fetch collateral from (`pcs_url`).
-    pub pcs_url: Option<String>,
-    /// Where fetched collateral is cached (`collateral_cache_dir`; default
-    /// `<data_dir>/tdx-collateral`).
-    pub cache_dir: PathBuf,
-    /// Fetch again once cached collateral is this old or this near its nextUpdate
-    /// (`collateral_refresh`, default 24h).
-    pub refresh: Duration,
-}
-
-/// The `tdx` block's settings and policy (`data_dir`: where the collateral cache goes by default).
-pub fn tdx_config(d: &Section<'_>, data_dir: &std::path::Path) -> Result<TdxConfig, ConfigError> {
-    let test_root = d.string("test_root")?.map(|v| PathBuf::from(v.0));
-    let collateral_dir = d.string("collateral_dir")?.map(|v| PathBuf::from(v.0));
-    let pcs_url = match d.string("pcs_url")? {
-        Some((u, line)) if !(u.starts_with("https://") || u.starts_with("http://")) => {
-            return Err(d.err(
-                line,
-                format!("tdx.pcs_url {u:?} must be an http(s) URL, e.g. \"https://api.trustedservices.intel.com\" or your PCCS"),
-            ));
-        }
-        other => other.map(|v| v.0),
-    };
-    if collateral_dir.is_none() && pcs_url.is_none() {
-        return Err(d.err(
-            d.line(),
-            "tdx needs collateral: set pcs_url (Intel's PCS, \"https://api.trustedservices.intel.com\", or your PCCS) and/or collateral_dir (a directory of collateral JSON files)",
-        ));
-    }
-    let cache_dir = d
-        .string("collateral_cache_dir")?
-        .map(|v| PathBuf::from(v.0))
-        .unwrap_or_else(|| data_dir.join("tdx-collateral"));
-    let refresh = d
-        .duration("collateral_refresh")?
-        .unwrap_or(Duration::from_secs(24 * 3600));
-    if refresh.is_zero() {
-        return Err(d.err(
-            d.line(),
-            "tdx.collateral_refresh must be more than 0s (e.g. \"24h\")",
-        ));
-    }
-    let policy = crate::tdx_policy::from_section(d)?;
-    Ok(TdxConfig {
-        policy,
-        test_root,
-        collateral_dir,
-        pcs_url,
-        cache_dir,
-        refresh,
-    })
-}
-
-/// `test_roots { product = "milan"  ark = "ark.pem"  ask = "ask.pem"  asvk = "asvk.pem" }`.
-#[derive(Debug, Clone)]
-pub struct TestRoots {
-    pub product: ironpact_snp::Product,
-    pub ark: PathBuf,
-    pub ask: PathBuf,
-    pub asvk: Option<PathBuf>,
-}
-
-/// The `sev_snp` attestor's settings and policy, from its plugin_data (or from a `sev_snp`
-/// block nested in a base attestor's plugin_data).
-pub fn sev_snp_config(d: &Section<'_>) -> Result<SevSnpConfig, ConfigError> {
-    let test_roots = match d.section("test_roots")? {
-        Some(t) => {
-            let need = |k: &str| -> Result<(String, usize), ConfigError> {
-                t.string(k)?
-                    .ok_or_else(|| t.err(t.line(), format!("test_roots.{k} is required")))
-            };
-            let (product, pl) = need("product")?;
-            let product = ironpact_snp::Product::from_name(&product).ok_or_else(|| {
-                t.err(
-                    pl,
-                    format!("test_roots.product {product:?}: use milan, genoa or turin"),
-                )
-            })?;
-            let ark = PathBuf::from(need("ark")?.0);
-            let asvk = t.string("asvk")?.map(|v| PathBuf::from(v.0));
-            // a VLEK-only test chain needs no ASK: the ASVK stands in for it
-            let ask = match (t.string("ask")?, &asvk) {
-                (Some((v, _)), _) => PathBuf::from(v),
-                (None, Some(a)) => a.clone(),
-                (None, None) => need("ask").map(|v| PathBuf::from(v.0))?,
-            };
-            t.finish()?;
-            Some(TestRoots {
-                product,
-                ark,
-                ask,
-                asvk,
-            })
-        }
-        None => None,
-    };
-    let fetch = d.bool("fetch_vcek")?.unwrap_or(true);
-    let check_crl = d.bool("check_crl")?.unwrap_or(false);
-    let base = d.string("kds_base_url")?.map(|v| v.0);
-    if check_crl && !fetch {
-        return Err(d.err(
-            d.line(),
-            "check_crl = true fetches AMD's CRL from the KDS: it needs fetch_vcek = true (and kds_base_url for a mirror)",
-        ));
-    }
-    let kds_base_url =
-        fetch.then(|| base.unwrap_or_else(|| crate::kds::DEFAULT_BASE_URL.to_string()));
-    let product = match d.string("product")? {
-        None => None,
-        Some((p, l)) => Some(
-            ironpact_snp::Product::from_name(&p)
-                .ok_or_else(|| d.err(l, format!("product {p:?}: use milan, genoa or turin")))?,
-        ),
-    };
-    let certs_dir = d.string("certs_dir")?.map(|v| PathBuf::from(v.0));
-    let policy = crate::snp_policy::from_section(d)?;
-    Ok(SevSnpConfig {
-        policy,
-        test_roots,
-        kds_base_url,
-        product,
-        certs_dir,
-        check_crl,
-    })
+    /// The `NodeAttestor` blocks, as the attestor registry parsed them.
+    pub node_attestors: Vec<ServerAttestor>,
 }
 
 /// Values given on the command line; each replaces the file's.
@@ -247,14 +71,16 @@ const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 impl ServerConfig {
     /// The TEE block of the NodeAttestor block `owner`: the one nested in a base attestor's
     /// plugin_data, or a standalone `sev_snp`/`tdx` block.
-    pub fn tee_of(&self, owner: &str) -> Option<TeeConfig> {
-        match owner {
-            "join_token" => self.join_token_tee.clone(),
-            "aws_iid" => self.aws_iid.as_ref().and_then(|a| a.tee.clone()),
-            "sev_snp" => self.sev_snp.clone().map(TeeConfig::SevSnp),
-            "tdx" => self.tdx.clone().map(TeeConfig::Tdx),
-            _ => None,
-        }
+    pub fn tee_of(&self, owner: &str) -> Option<Arc<dyn TeeConfig>> {
+        self.node_attestors
+            .iter()
+            .find(|a| a.name == owner)
+            .and_then(|a| a.tee.clone())
+    }
+
+    /// The `NodeAttestor` block named `name`, when configured.
+    pub fn node_attestor(&self, name: &str) -> Option<&ServerAttestor> {
+        self.node_attestors.iter().find(|a| a.name == name)
     }
 }
 
@@ -406,11 +232,7 @@ impl ServerConfig {
 
         let mut datastore = None;
         let mut key_manager = None;
-        let mut join_token_attestor = false;
-        let mut join_token_tee = None;
-        let mut aws_iid = None;
-        let mut sev_snp = None;
-        let mut tdx = None;
+        let mut node_attestors: Vec<ServerAttestor> = Vec::new();
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("DataStore") {
                 let data = plugin_data(&b.labels, b.line, &sec, "DataStore", &["sql"])?;
@@ -480,77 +302,27 @@ impl ServerConfig {
                 key_manager = Some(km);
             }
             for (b, sec) in p.labelled("NodeAttestor") {
-                let data = plugin_data(
-                    &b.labels,
-                    b.line,
-                    &sec,
-                    "NodeAttestor",
-                    &["join_token", "sev_snp", "aws_iid", "tdx"],
-                )?;
-                // A base attestor may require one TEE: `sev_snp { … }` or `tdx { … }` inside
-                // its plugin_data.
-                let nested_tee = |d: &Section<'_>| -> Result<Option<TeeConfig>, ConfigError> {
-                    match (d.section("sev_snp")?, d.section("tdx")?) {
-                        (Some(_), Some(t)) => Err(t.err(
-                            t.line(),
-                            "a base attestor requires one TEE: sev_snp { … } or tdx { … }, not both",
-                        )),
-                        (Some(t), None) => {
-                            let c = sev_snp_config(&t)?;
-                            t.finish()?;
-                            Ok(Some(TeeConfig::SevSnp(c)))
-                        }
-                        (None, Some(t)) => {
-                            let c = tdx_config(&t, &data_dir)?;
-                            t.finish()?;
-                            Ok(Some(TeeConfig::Tdx(c)))
-                        }
-                        (None, None) => Ok(None),
-                    }
+                let names = registry::names();
+                let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &names)?;
+                let ctx = ParseCtx {
+                    data_dir: &data_dir,
                 };
-                if b.labels[0] == "aws_iid" {
-                    let d = data.ok_or_else(|| {
-                        sec.err(b.line, "NodeAttestor \"aws_iid\" needs plugin_data with certificates_path (the AWS certificates that sign instance identity documents)")
-                    })?;
-                    let certificates_path = d
-                        .string("certificates_path")?
-                        .map(|v| PathBuf::from(v.0))
-                        .ok_or_else(|| d.err(d.line(), "aws_iid.certificates_path is required: a PEM file of the AWS RSA-2048 certificates of your regions"))?;
-                    let account_allowlist = d.strings("account_allowlist")?.unwrap_or_default();
-                    let tee = nested_tee(&d)?;
-                    d.finish()?;
-                    sec.finish()?;
-                    aws_iid = Some(AwsIidConfig {
-                        certificates_path,
-                        account_allowlist,
-                        tee,
-                    });
-                    continue;
-                }
-                if b.labels[0] == "tdx" {
-                    let d = data.ok_or_else(|| {
-                        sec.err(b.line, "NodeAttestor \"tdx\" needs plugin_data with an mrtds allow-list and pcs_url and/or collateral_dir")
-                    })?;
-                    tdx = Some(tdx_config(&d, &data_dir)?);
-                    d.finish()?;
-                    sec.finish()?;
-                    continue;
-                }
-                if b.labels[0] == "sev_snp" {
-                    let d = data.ok_or_else(|| {
-                        sec.err(b.line, "NodeAttestor \"sev_snp\" needs plugin_data with a measurements allow-list")
-                    })?;
-                    sev_snp = Some(sev_snp_config(&d)?);
-                    d.finish()?;
-                    sec.finish()?;
-                    continue;
-                }
-                if let Some(d) = data {
-                    join_token_tee = nested_tee(&d)?;
-                    d.finish()?;
-                }
+                let a = registry::server_block(&b.labels[0], data, &sec, b.line, &ctx)?;
                 sec.finish()?;
-                join_token_attestor = true;
+                if node_attestors
+                    .iter()
+                    .any(|n: &ServerAttestor| n.name == a.name)
+                {
+                    return Err(ConfigError {
+                        file: file.into(),
+                        line: b.line,
+                        message: format!(
+                            "NodeAttestor \"{}\" is configured twice: keep one",
+                            a.name
+                        ),
+                    });
+                }
+                node_attestors.push(a);
             }
         }
         if let Some(p) = plugins {
@@ -582,11 +354,7 @@ impl ServerConfig {
             default_jwt_svid_ttl,
             datastore,
             key_manager,
-            join_token_attestor,
-            join_token_tee,
-            aws_iid,
-            sev_snp,
-            tdx,
+            node_attestors,
         })
     }
 
@@ -661,7 +429,7 @@ plugins {
         assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
         assert_eq!(c.ca_subject.organization, vec!["Acme"]);
         assert_eq!(c.log_level, "debug");
-        assert!(c.join_token_attestor);
+        assert!(c.node_attestor("join_token").is_some());
         assert_eq!(
             c.key_manager,
             KeyManagerConfig::Disk {
@@ -747,7 +515,11 @@ plugins {
             ),
         ))
         .unwrap();
-        let t = c.tdx.unwrap();
+        let tdx = c.tee_of("tdx").unwrap();
+        let t = tdx
+            .as_any()
+            .downcast_ref::<ironpact_attestors::tdx::TdxConfig>()
+            .unwrap();
         assert_eq!(
             t.pcs_url.as_deref(),
             Some("https://pccs.example:8081/sgx/certification/v4/")
@@ -761,7 +533,11 @@ plugins {
             &format!("tdx {{\nmrtds = [\"{m}\"]\ncollateral_dir = \"/c\"\npcs_url = \"http://127.0.0.1:1\"\ncollateral_cache_dir = \"/cache\"\ncollateral_refresh = \"6h\"\n}}"),
         ))
         .unwrap();
-        let Some(TeeConfig::Tdx(t)) = c.join_token_tee else {
+        let nested = c.tee_of("join_token").unwrap();
+        let Some(t) = nested
+            .as_any()
+            .downcast_ref::<ironpact_attestors::tdx::TdxConfig>()
+        else {
             panic!("a tdx block nested in join_token")
         };
         assert_eq!(t.collateral_dir, Some(PathBuf::from("/c")));

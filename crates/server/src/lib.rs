@@ -5,17 +5,13 @@
 //! `ironpact-spiffe`; here is what needs a clock, a datastore or a socket.
 
 pub mod api;
-pub mod attest;
+/// Node attestation lives in `ironpact-attestors` (one folder per attestor); re-exported.
+pub use ironpact_attestors as attest;
 pub mod ca;
 pub mod cache;
 pub mod clock;
 pub mod config;
 /// The HCL reader lives in `ironpact-config`; re-exported for existing users.
 pub use ironpact_config::hcl;
-mod fetch;
-pub mod kds;
 pub mod keymanager;
-pub mod pcs;
 pub mod run;
-pub mod snp_policy;
-pub mod tdx_policy;

@@ -4,7 +4,6 @@
 use crate::api::{
     AgentApi, AgentEndpoint, BundleApi, Core, EntryApi, HealthApi, MAX_MESSAGE, SvidApi,
 };
-use crate::attest::{JoinTokenAttestor, NodeAttestor, TeeAttestor};
 use crate::ca::{CaConfig, CaManager};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{KeyManagerConfig, ServerConfig};
@@ -17,7 +16,6 @@ use ironpact_proto::server::v1::bundle_service_server::BundleServiceServer;
 use ironpact_proto::server::v1::entry_service_server::EntryServiceServer;
 use ironpact_proto::server::v1::svid_service_server::SvidServiceServer;
 use ironpact_tls::{SharedRoots, SvidCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -55,12 +53,8 @@ pub enum RunError {
     },
     #[error("agent API TLS: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("NodeAttestor \"sev_snp\": {0}")]
-    SevSnp(String),
-    #[error("tdx: {0}")]
-    Tdx(String),
-    #[error("NodeAttestor \"aws_iid\": {0}")]
-    AwsIid(String),
+    #[error(transparent)]
+    Attestor(#[from] ironpact_attestors::BuildError),
 }
 
 /// Builds the shared core: opens the datastore and loads (or creates) the CA.
@@ -132,249 +126,25 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
     Ok(core)
 }
 
-/// The node attestors a configuration names, each completed by the TEE its block requires.
-pub struct NodeAttestors {
-    pub by_name: HashMap<&'static str, Arc<dyn NodeAttestor>>,
-    /// The TEE attestors (standalone or completing a base), by the block that owns them.
-    pub tees: Vec<(&'static str, Arc<dyn TeeAttestor>)>,
-}
+pub use ironpact_attestors::registry::NodeAttestors;
 
-/// A base attestor that needs the datastore, built without one (`validate`): it attests
-/// nothing.
-struct Unopened(&'static str);
-
-#[tonic::async_trait]
-impl NodeAttestor for Unopened {
-    fn name(&self) -> &'static str {
-        self.0
-    }
-
-    async fn attest(
-        &self,
-        _ev: crate::attest::Evidence<'_>,
-        _challenger: &mut dyn crate::attest::Challenger,
-    ) -> Result<crate::attest::Attested, crate::attest::AttestError> {
-        Err(crate::attest::AttestError::Unavailable(
-            "the datastore is not open".into(),
-        ))
-    }
-}
-
-/// Builds every node attestor of `cfg`, reading what they need (roots, certificates,
-/// collateral locations): `run` and `validate` both call it, so a configuration `validate`
-/// passes is one `run` starts with. `ds` is `None` for `validate`, which creates nothing (a
-/// missing collateral cache directory is made by `run`).
+/// Builds every node attestor of `cfg` through the attestor registry, reading what they need
+/// (roots, certificates, collateral locations): `run` and `validate` both call it, so a
+/// configuration `validate` passes is one `run` starts with. `ds` is `None` for `validate`,
+/// which creates nothing (a missing collateral cache directory is made by `run`).
 pub fn build_attestors(
     cfg: &ServerConfig,
     ds: Option<&DataStore>,
 ) -> Result<NodeAttestors, RunError> {
-    let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
-    let mut tees: Vec<(&'static str, Arc<dyn TeeAttestor>)> = Vec::new();
-    // A base attestor, completed by the TEE its config requires.
-    // A base attestor, completed by the TEE its block requires (any base, any TEE).
-    let mut add = |base: Arc<dyn NodeAttestor>,
-                   tee: Option<&crate::config::TeeConfig>|
-     -> Result<(), RunError> {
-        let name = base.name();
-        let a: Arc<dyn NodeAttestor> = match tee {
-            Some(t) => {
-                let tee = build_tee(cfg, t, ds.is_none())?;
-                tees.push((name, tee.clone()));
-                info!(
-                    attestor = name,
-                    tee = tee.name(),
-                    "node attestor requires {}",
-                    tee.requirement()
-                );
-                Arc::new(crate::attest::WithTee { base, tee })
-            }
-            None => base,
-        };
-        attestors.insert(name, a);
-        Ok(())
+    let ctx = ironpact_attestors::BuildCtx {
+        trust_domain: &cfg.trust_domain,
+        data_dir: &cfg.data_dir,
+        ds,
     };
-    if cfg.join_token_attestor {
-        // without a datastore (validate) the base is a stand-in: its TEE is still built
-        let a: Arc<dyn NodeAttestor> = match ds {
-            Some(ds) => Arc::new(JoinTokenAttestor {
-                ds: ds.clone(),
-                trust_domain: cfg.trust_domain.clone(),
-            }),
-            None => Arc::new(Unopened("join_token")),
-        };
-        add(a, cfg.join_token_tee.as_ref())?;
-    }
-    if let Some(aws) = &cfg.aws_iid {
-        let pem = std::fs::read(&aws.certificates_path)
-            .map_err(|e| RunError::AwsIid(format!("{}: {e}", aws.certificates_path.display())))?;
-        let certificates = ironpact_spiffe::x509::certs_from_pem(&String::from_utf8_lossy(&pem))
-            .map_err(|e| RunError::AwsIid(format!("{}: {e}", aws.certificates_path.display())))?;
-        if certificates.is_empty() {
-            return Err(RunError::AwsIid(format!(
-                "{} holds no PEM certificate",
-                aws.certificates_path.display()
-            )));
-        }
-        info!(certificates = certificates.len(), accounts = ?aws.account_allowlist, "aws_iid attestor ready");
-        let a = crate::attest::AwsIidAttestor {
-            trust_domain: cfg.trust_domain.clone(),
-            certificates,
-            account_allowlist: aws.account_allowlist.clone(),
-        };
-        add(Arc::new(a), aws.tee.as_ref())?;
-    }
-    if let Some(snp) = &cfg.sev_snp {
-        let a = build_sev_snp(cfg, snp)?;
-        attestors.insert("sev_snp", a.clone());
-        tees.push(("sev_snp", a));
-    }
-    if let Some(t) = &cfg.tdx {
-        let tee = build_tdx(t, ds.is_none())?;
-        tees.push(("tdx", tee.clone()));
-        let a = crate::attest::TdxNodeAttestor {
-            trust_domain: cfg.trust_domain.clone(),
-            tee,
-        };
-        attestors.insert("tdx", Arc::new(a));
-    }
-    Ok(NodeAttestors {
-        by_name: attestors,
-        tees,
-    })
-}
-
-/// Builds the TEE attestor a base attestor's block requires.
-fn build_tee(
-    cfg: &ServerConfig,
-    t: &crate::config::TeeConfig,
-    check_only: bool,
-) -> Result<Arc<dyn TeeAttestor>, RunError> {
-    Ok(match t {
-        crate::config::TeeConfig::SevSnp(c) => build_sev_snp(cfg, c)?,
-        crate::config::TeeConfig::Tdx(c) => build_tdx(c, check_only)?,
-    })
-}
-
-/// Builds the `tdx` TEE attestor of a composed one.
-fn build_tdx(
-    t: &crate::config::TdxConfig,
-    check_only: bool,
-) -> Result<Arc<crate::attest::TdxAttestor>, RunError> {
-    let roots = match &t.test_root {
-        Some(p) => {
-            let bytes =
-                std::fs::read(p).map_err(|e| RunError::Tdx(format!("{}: {e}", p.display())))?;
-            warn!(root = %p.display(), "tdx trusts a TEST root: simulated quotes only, never production");
-            ironpact_tdx::Roots::from_bytes(&bytes)
-                .map_err(|e| RunError::Tdx(format!("{}: {e}", p.display())))?
-        }
-        None => ironpact_tdx::Roots::intel(),
-    };
-    if let Some(d) = &t.collateral_dir
-        && !d.is_dir()
-    {
-        return Err(RunError::Tdx(format!(
-            "collateral_dir {} is not a directory: create it and put your platforms' collateral JSON there",
-            d.display()
-        )));
-    }
-    let pcs = match &t.pcs_url {
-        Some(url) => {
-            let client =
-                crate::pcs::PcsClient::new(url).map_err(|e| RunError::Tdx(e.to_string()))?;
-            // `validate` creates nothing: a cache directory that is missing is made by `run`
-            if check_only {
-                if t.cache_dir.exists() && !t.cache_dir.is_dir() {
-                    return Err(RunError::Tdx(format!(
-                        "collateral_cache_dir {} is a file: remove it or set another",
-                        t.cache_dir.display()
-                    )));
-                }
-            } else {
-                std::fs::create_dir_all(&t.cache_dir).map_err(|e| {
-                    RunError::Tdx(format!(
-                        "collateral_cache_dir {}: {e}: make it writable or set another",
-                        t.cache_dir.display()
-                    ))
-                })?;
-            }
-            Some((
-                client,
-                t.cache_dir.clone(),
-                crate::pcs::Refresh::new(t.refresh),
-            ))
-        }
-        None => None,
-    };
-    let collateral = Arc::new(crate::pcs::CollateralStore::new(
-        roots,
-        t.collateral_dir.clone(),
-        pcs,
-    ));
-    info!(
-        mrtds = t.policy.mrtds.len(),
-        statuses = ?t.policy.allowed_tcb_statuses,
-        collateral_dir = ?t.collateral_dir,
-        pcs_url = ?t.pcs_url,
-        cache_dir = %t.cache_dir.display(),
-        refresh = %ironpact_spiffe::duration::format(t.refresh),
-        "tdx attestor ready"
-    );
-    Ok(Arc::new(crate::attest::TdxAttestor {
-        policy: std::sync::RwLock::new(t.policy.clone()),
-        collateral,
-    }))
-}
-
-/// Builds a `sev_snp` attestor (standalone, or the TEE half of a composed one).
-fn build_sev_snp(
-    cfg: &ServerConfig,
-    snp: &crate::config::SevSnpConfig,
-) -> Result<Arc<crate::attest::SevSnpAttestor>, RunError> {
-    let roots = match &snp.test_roots {
-        Some(t) => {
-            let read = |p: &std::path::Path| -> Result<Vec<u8>, RunError> {
-                let text = std::fs::read(p)
-                    .map_err(|e| RunError::SevSnp(format!("{}: {e}", p.display())))?;
-                ironpact_snp::certs::to_der(&text)
-                    .map_err(|e| RunError::SevSnp(format!("{}: {e}", p.display())))
-            };
-            warn!(product = %t.product, ark = %t.ark.display(), "sev_snp trusts TEST roots: simulated evidence only, never production");
-            let asvk = t.asvk.as_deref().map(read).transpose()?;
-            let pr = ironpact_snp::roots::ProductRoots::new(
-                t.product,
-                read(&t.ark)?,
-                read(&t.ask)?,
-                asvk,
-            )
-            .map_err(|e| RunError::SevSnp(format!("test roots: {e}")))?;
-            ironpact_snp::AmdRoots::custom(vec![pr])
-        }
-        None => ironpact_snp::AmdRoots::genuine().map_err(|e| RunError::SevSnp(e.to_string()))?,
-    };
-    let kds = match &snp.kds_base_url {
-        Some(url) => Some(
-            crate::kds::KdsFetcher::new(url, cfg.data_dir.join("kds"))
-                .map_err(|e| RunError::SevSnp(e.to_string()))?,
-        ),
-        None => None,
-    };
-    info!(
-        measurements = snp.policy.measurements.len(),
-        any = snp.policy.allow_any_measurement,
-        check_crl = snp.check_crl,
-        certs_dir = ?snp.certs_dir,
-        "sev_snp attestor ready"
-    );
-    Ok(Arc::new(crate::attest::SevSnpAttestor {
-        trust_domain: cfg.trust_domain.clone(),
-        roots,
-        policy: std::sync::RwLock::new(snp.policy.clone()),
-        kds,
-        product: snp.product,
-        certs_dir: snp.certs_dir.clone(),
-        check_crl: snp.check_crl,
-    }))
+    Ok(ironpact_attestors::registry::build(
+        &cfg.node_attestors,
+        &ctx,
+    )?)
 }
 
 /// The admin socket: its directory 0750 and the socket 0770 (owner and group connect), bound
@@ -422,7 +192,7 @@ pub fn apply_reload(core: &Core, reload: &Reload) {
     for (owner, running) in &core.tees {
         let applied = new
             .tee_of(owner)
-            .is_some_and(|t| running.reload_policy(owner, &t));
+            .is_some_and(|t| running.reload_policy(owner, t.as_ref()));
         if !applied {
             warn!(
                 attestor = owner,
@@ -515,7 +285,7 @@ pub async fn run_with_reload(
     // What a TEE attestor keeps fresh (TDX collateral from a PCS/PCCS) is fetched again
     // before it goes stale, even when no agent attests (each knows its own schedule; this
     // only wakes it).
-    let ticking: Vec<Arc<dyn TeeAttestor>> = core
+    let ticking: Vec<Arc<dyn ironpact_attestors::TeeAttestor>> = core
         .tees
         .iter()
         .filter(|(_, a)| a.ticks())

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ironpact_server::kds::KdsFetcher;
+use ironpact_server::attest::sev_snp::kds::KdsFetcher;
 use ironpact_snp::{Product, Report};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};

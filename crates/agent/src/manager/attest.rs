@@ -24,25 +24,16 @@ impl Agent {
     }
 
     pub(super) fn attestor_kind(&self) -> &'static str {
-        self.cfg.node_attestor.name()
+        self.cfg.node_attestor.name
     }
 
-    /// What the base attestor presents: the join token (first attestation only), the
-    /// instance identity document, or nothing (SEV-SNP alone answers challenges).
+    /// What the base attestor presents (the join token at the first attestation, the
+    /// instance identity document, the node certificate), or nothing (a TEE alone answers
+    /// challenges).
     pub(super) async fn payload(&self, renew: bool) -> Result<Vec<u8>, AgentError> {
-        use crate::config::NodeAttestorConfig as N;
-        match (&self.cfg.node_attestor, &self.imds) {
-            (N::JoinToken { .. }, _) if !renew => Ok(self
-                .cfg
-                .join_token
-                .clone()
-                .ok_or(AgentError::NoJoinToken)?
-                .into_bytes()),
-            (N::AwsIid { .. }, Some(imds)) => imds
-                .identity()
-                .await
-                .map_err(|e| AgentError::Unavailable(format!("aws_iid: {e}"))),
-            _ => Ok(Vec::new()),
+        match &self.base {
+            Some(b) => Ok(b.payload(renew, self.cfg.join_token.as_deref()).await?),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -73,6 +64,7 @@ impl Agent {
             .await
             .map_err(|_| AgentError::Local("attestation stream closed".into()))?;
         let req = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut answered = 0usize;
         let mut resp = if renew {
             client.renew_agent(req).await.map_err(status)?.into_inner()
         } else {
@@ -86,22 +78,26 @@ impl Agent {
                         .ok_or_else(|| AgentError::Refused("server returned no SVID".into()));
                 }
                 Some(pb::attest_agent_response::Step::Challenge(nonce)) => {
-                    let src = self.evidence.clone().ok_or_else(|| {
-                        AgentError::Refused(
-                            "the server asks for TEE evidence, but this agent has no evidence source: add sev_snp { evidence_source = … } or tdx { evidence_source = … } to its NodeAttestor plugin_data"
-                                .into(),
-                        )
-                    })?;
-                    let rd = src.report_data(&nonce, &spki);
-                    let source = src.name();
-                    let evidence = tokio::task::spawn_blocking(move || src.evidence(&rd))
-                        .await
-                        .map_err(|e| AgentError::Local(e.to_string()))?
-                        .map_err(|e| AgentError::Local(format!("{source} evidence: {e}")))?;
-                    debug!(
-                        bytes = evidence.len(),
-                        "answering the server's challenge with TEE evidence"
-                    );
+                    // the base attestor's own challenges come first, then the TEE's
+                    let base_answers = self.base.as_ref().filter(|b| answered < b.challenges());
+                    answered += 1;
+                    let evidence = if let Some(b) = base_answers {
+                        b.answer(&nonce, &spki)?
+                    } else {
+                        let src = self.evidence.clone().ok_or_else(|| {
+                            AgentError::Refused(
+                                "the server asks for TEE evidence, but this agent has no evidence source: add sev_snp { evidence_source = … } or tdx { evidence_source = … } to its NodeAttestor plugin_data"
+                                    .into(),
+                            )
+                        })?;
+                        let rd = src.report_data(&nonce, &spki);
+                        let source = src.name();
+                        tokio::task::spawn_blocking(move || src.evidence(&rd))
+                            .await
+                            .map_err(|e| AgentError::Local(e.to_string()))?
+                            .map_err(|e| AgentError::Local(format!("{source} evidence: {e}")))?
+                    };
+                    debug!(bytes = evidence.len(), "answering the server's challenge");
                     let msg = pb::AttestAgentRequest {
                         step: Some(pb::attest_agent_request::Step::ChallengeResponse(evidence)),
                     };

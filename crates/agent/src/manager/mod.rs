@@ -43,6 +43,17 @@ pub enum AgentError {
     Local(String),
 }
 
+impl From<ironpact_attestors::agent::AgentAttestError> for AgentError {
+    fn from(e: ironpact_attestors::agent::AgentAttestError) -> Self {
+        use ironpact_attestors::agent::AgentAttestError as E;
+        match e {
+            E::NoJoinToken => AgentError::NoJoinToken,
+            E::Unavailable { .. } => AgentError::Unavailable(e.to_string()),
+            _ => AgentError::Local(e.to_string()),
+        }
+    }
+}
+
 /// Merges one sync message into the update being received (pages of one update carry
 /// `more` but the last); returns the whole update once its last page is in.
 pub fn merge_page(
@@ -143,10 +154,10 @@ pub struct Agent {
     client: RwLock<Option<AgentApiClient<Channel>>>,
     jwt_cache: Mutex<HashMap<JwtKey, CachedJwt>>,
     server_id: SpiffeId,
-    /// SEV-SNP evidence, when this node attests with `sev_snp`.
-    evidence: Option<Arc<dyn crate::evidence::EvidenceSource>>,
-    /// The instance metadata service, when this node attests with `aws_iid`.
-    imds: Option<crate::imds::Imds>,
+    /// The base attestor's agent half (its payload and its own challenges), when there is one.
+    base: Option<Arc<dyn ironpact_attestors::agent::BaseAgent>>,
+    /// Where TEE evidence comes from, when this node presents any.
+    evidence: Option<Arc<dyn ironpact_attestors::tee_source::EvidenceSource>>,
     /// Every "now" of the agent's timing (renewal, SVID and JWT-SVID lifetimes) comes from it.
     clock: Arc<dyn Clock>,
 }
@@ -184,19 +195,21 @@ impl Agent {
         };
         let evidence = cfg
             .node_attestor
-            .tee()
-            .map(|t| crate::evidence::source_of(&t))
+            .tee
+            .as_ref()
+            .map(|t| t.build())
             .transpose()
-            .map_err(AgentError::Local)?;
-        let imds = match &cfg.node_attestor {
-            crate::config::NodeAttestorConfig::AwsIid { imds, .. } => {
-                Some(crate::imds::Imds::new(imds.clone()).map_err(AgentError::Local)?)
-            }
-            _ => None,
-        };
+            .map_err(|e| AgentError::Local(e.to_string()))?;
+        let base = cfg
+            .node_attestor
+            .base
+            .as_ref()
+            .map(|b| b.build())
+            .transpose()
+            .map_err(AgentError::from)?;
         let agent = Arc::new(Self {
             evidence,
-            imds,
+            base,
             cfg,
             state: Arc::new(State::default()),
             roots: Arc::new(SharedRoots::new(roots)),

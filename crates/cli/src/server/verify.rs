@@ -93,8 +93,8 @@ fn find_cert(a: &SnpArgs, report: Option<&[u8]>) -> Result<Option<Vec<u8>>, Valu
         // The certificate for this report's key, chip and TCB, whatever its file name ...
         let parsed = report.and_then(|r| ironpact_snp::Report::parse(r).ok());
         let hint = a.product.as_deref().and_then(Product::from_name);
-        if let Some(c) =
-            parsed.and_then(|r| ironpact_server::attest::sev_snp::endorsement_in_dir(d, &r, hint))
+        if let Some(c) = parsed
+            .and_then(|r| ironpact_server::attest::sev_snp::server::endorsement_in_dir(d, &r, hint))
         {
             return Ok(Some(c));
         }
@@ -307,7 +307,10 @@ pub fn exec(cmd: VerifyCmd) -> Result<()> {
     let v = match cmd {
         VerifyCmd::Snp(a) => snp(&a)?,
         VerifyCmd::Tdx(a) => {
-            let policy = read_policy(a.policy.as_ref(), ironpact_server::tdx_policy::parse_file)?;
+            let policy = read_policy(
+                a.policy.as_ref(),
+                ironpact_server::attest::tdx::policy::parse_file,
+            )?;
             tdx_verdict(&a, policy.as_ref())
         }
     };
@@ -323,7 +326,10 @@ pub fn exec(cmd: VerifyCmd) -> Result<()> {
 }
 
 fn snp(a: &SnpArgs) -> Result<Value> {
-    let policy = read_policy(a.policy.as_ref(), ironpact_server::snp_policy::parse_file)?;
+    let policy = read_policy(
+        a.policy.as_ref(),
+        ironpact_server::attest::sev_snp::policy::parse_file,
+    )?;
     Ok(verdict(a, policy.as_ref()))
 }
 

@@ -1,18 +1,33 @@
-//! Node attestation on the server: the attestor trait every attestor implements, and what
-//! an attestation yields. An attestor may challenge the agent (nonces for TEE evidence) and
-//! sees the public key of the agent's CSR, so hardware evidence can be bound to that key.
+//! Node attestation, both halves: what the server verifies and what the agent presents.
+//!
+//! One folder per attestor holds its server half (`server.rs`), its agent half (`agent.rs`),
+//! what they share (the wire payload, the nonce and key binding), its configuration on each
+//! side and its registration (`mod.rs`). [`registry`] maps a `NodeAttestor` block name to
+//! those; the server and the agent keep no attestor names. [`compose`] pairs any base attestor
+//! with any TEE attestor, configured the same way for every pair.
+//!
+//! The traits here are the whole contract: a base attestor ([`NodeAttestor`]) names the agent;
+//! a TEE attestor ([`TeeAttestor`]) judges fresh hardware evidence bound to the agent's key and
+//! either stands alone or completes a base. An attestor may challenge the agent (nonces) and
+//! sees the public key of the agent's CSR, so evidence can be bound to that key.
 
+pub mod agent;
 pub mod aws_iid;
-mod compose;
-mod join_token;
+pub mod compose;
+mod fetch;
+pub mod join_token;
+pub mod registry;
 pub mod sev_snp;
 pub mod tdx;
+pub mod tee_source;
+// pub mod x509pop;
 
-pub use aws_iid::AwsIidAttestor;
-pub use compose::WithTee;
-pub use join_token::JoinTokenAttestor;
-pub use sev_snp::SevSnpAttestor;
-pub use tdx::{TdxAttestor, TdxNodeAttestor};
+pub use aws_iid::server::AwsIidAttestor;
+pub use compose::{Standalone, WithTee};
+pub use join_token::server::JoinTokenAttestor;
+pub use registry::{BaseConfig, BuildCtx, BuildError, ParseCtx, TeeConfig};
+pub use sev_snp::server::SevSnpAttestor;
+pub use tdx::server::TdxAttestor;
 
 use ironpact_datastore::AgentRecord;
 
@@ -46,8 +61,9 @@ pub struct Attested {
 pub enum RefusalKind {
     SevSnp(ironpact_snp::ErrorKind),
     Tdx(ironpact_tdx::ErrorKind),
-    /// An AWS instance identity document that does not verify or is not allowed.
-    AwsIid,
+    /// A base attestor's refusal, with the stable kind it names (`aws_iid` for an instance
+    /// identity document that does not verify or is not allowed, `x509pop_chain`, …).
+    Base(&'static str),
     /// The policy could not be read (a lock poisoned by a panic): refused, never a default.
     PolicyUnavailable,
 }
@@ -57,7 +73,7 @@ impl RefusalKind {
         match self {
             RefusalKind::SevSnp(k) => k.as_str(),
             RefusalKind::Tdx(k) => k.as_str(),
-            RefusalKind::AwsIid => "aws_iid",
+            RefusalKind::Base(k) => k,
             RefusalKind::PolicyUnavailable => "policy_unavailable",
         }
     }
@@ -168,7 +184,7 @@ impl AttestError {
 }
 
 /// Sends a challenge to the agent and waits for its answer.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Challenger: Send {
     async fn challenge(&mut self, data: Vec<u8>) -> Result<Vec<u8>, AttestError>;
 }
@@ -189,8 +205,8 @@ pub struct TeeOutcome {
 }
 
 /// A TEE attestor: challenges the agent for fresh evidence and judges it with its policy.
-/// It can stand alone (its own agent IDs) or complete a base attestor (see [`WithTee`]).
-#[tonic::async_trait]
+/// It can stand alone (its own agent IDs) or complete a base attestor (see [`WithTee`]) through [`Standalone`].
+#[async_trait::async_trait]
 pub trait TeeAttestor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
@@ -200,7 +216,7 @@ pub trait TeeAttestor: Send + Sync + 'static {
     /// Takes the policy of `cfg`, this attestor's block in a re-read configuration (SIGHUP),
     /// and logs it for the NodeAttestor block `owner`; roots and caches stay. False when `cfg`
     /// is another TEE's block.
-    fn reload_policy(&self, owner: &str, cfg: &crate::config::TeeConfig) -> bool;
+    fn reload_policy(&self, owner: &str, cfg: &dyn TeeConfig) -> bool;
 
     /// Whether [`TeeAttestor::tick`] has work: keeping something fresh that an attestation
     /// would otherwise wait for (TDX collateral from a PCS).
@@ -216,6 +232,22 @@ pub trait TeeAttestor: Send + Sync + 'static {
         ev: Evidence<'_>,
         challenger: &mut dyn Challenger,
     ) -> Result<TeeOutcome, AttestError>;
+
+    /// Renews `rec`, an agent this attestor named standing alone: by default fresh evidence
+    /// names it again (its instance); a TEE whose evidence names no instance keeps the
+    /// recorded ID and checks what it can (TDX: the same MRTD).
+    async fn renew_standalone(
+        &self,
+        rec: &AgentRecord,
+        trust_domain: &TrustDomain,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        let _ = rec;
+        self.appraise(ev, challenger)
+            .await?
+            .standalone(trust_domain, self.name())
+    }
 }
 
 impl TeeOutcome {
@@ -239,7 +271,7 @@ impl TeeOutcome {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait NodeAttestor: Send + Sync + 'static {
     /// The name agents use in AttestationData.type and the config block label.
     fn name(&self) -> &'static str;
@@ -317,7 +349,7 @@ mod tests {
                 .contains("policy_unavailable: the tdx policy lock"),
             "{e}"
         );
-        let aws = AttestError::rejected(RefusalKind::AwsIid, "account 1 is not allowed");
+        let aws = AttestError::rejected(RefusalKind::Base("aws_iid"), "account 1 is not allowed");
         assert_eq!(
             aws.to_string(),
             "attestation rejected: aws_iid: account 1 is not allowed"

@@ -16,31 +16,9 @@
 //! signing_keys = ["vcek", "vlek"]
 //! ```
 
+use crate::tee_source::hex_list;
 use ironpact_config::hcl::{self, ConfigError, Section};
 use ironpact_snp::{Policy, Tcb};
-
-pub(crate) fn hex_list(
-    s: &Section<'_>,
-    key: &str,
-    len: usize,
-) -> Result<Vec<Vec<u8>>, ConfigError> {
-    let line = s.line();
-    s.strings(key)?
-        .unwrap_or_default()
-        .iter()
-        .map(|h| {
-            let b = hex::decode(h.trim())
-                .map_err(|_| s.err(line, format!("{key}: {h:?} is not hex")))?;
-            if b.len() != len {
-                return Err(s.err(
-                    line,
-                    format!("{key}: {h:?} is {} bytes, expected {len}", b.len()),
-                ));
-            }
-            Ok(b)
-        })
-        .collect()
-}
 
 fn tcb(s: &Section<'_>, key: &str) -> Result<Option<Tcb>, ConfigError> {
     let Some(t) = s.section(key)? else {

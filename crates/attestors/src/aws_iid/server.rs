@@ -11,19 +11,11 @@
 //! CMS parsing is the `cms` crate's; the signature check is ours (ring), because `cms` 0.2 parses
 //! but does not verify SignedData.
 
-use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeOutcome};
+use super::protocol::IidPayload;
+use crate::{AttestError, Attested, Challenger, Evidence, NodeAttestor, RefusalKind, TeeOutcome};
 use der::{Decode, Encode};
 use ironpact_spiffe::{Selector, TrustDomain};
 use sha2::Digest;
-
-/// What the agent sends (JSON).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct IidPayload {
-    /// The instance identity document, exactly as IMDS served it.
-    pub document: String,
-    /// Base64 DER PKCS#7 from `/latest/dynamic/instance-identity/rsa2048`.
-    pub signature_rsa2048: String,
-}
 
 /// The fields of the document we use.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -51,7 +43,7 @@ const OID_RSA: &str = "1.2.840.113549.1.1.1";
 const OID_SHA256_RSA: &str = "1.2.840.113549.1.1.11";
 
 fn bad(m: impl Into<String>) -> AttestError {
-    AttestError::rejected(super::RefusalKind::AwsIid, m)
+    AttestError::rejected(RefusalKind::Base("aws_iid"), m)
 }
 
 /// Verifies `pkcs7_der` (SignedData over `document`) with one of `certs`. Returns the index of
@@ -185,7 +177,7 @@ impl AwsIidAttestor {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl NodeAttestor for AwsIidAttestor {
     fn name(&self) -> &'static str {
         "aws_iid"

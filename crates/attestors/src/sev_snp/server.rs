@@ -3,21 +3,18 @@
 //! verifies the report to the configured AMD roots and judges it with its policy. Renewals
 //! attest again (continuous attestation), so a policy change stops machines that no longer pass.
 
-use super::{
-    AttestError, Attested, Challenger, Evidence, NodeAttestor, RefusalKind, TeeAttestor, TeeOutcome,
-};
+use crate::{AttestError, Challenger, Evidence, RefusalKind, TeeAttestor, TeeConfig, TeeOutcome};
 use ironpact_snp::binding::{NONCE_LEN, decode_evidence, report_data};
 use ironpact_snp::{AmdRoots, Policy};
-use ironpact_spiffe::{Selector, TrustDomain};
+use ironpact_spiffe::Selector;
 use std::sync::RwLock;
 
 pub struct SevSnpAttestor {
-    pub trust_domain: TrustDomain,
     pub roots: AmdRoots,
     /// Replaceable at runtime; read at every attestation and renewal.
     pub policy: RwLock<Policy>,
     /// Fetches the VCEK when the evidence carries none.
-    pub kds: Option<crate::kds::KdsFetcher>,
+    pub kds: Option<super::kds::KdsFetcher>,
     /// The product of reports that do not say (v2).
     pub product: Option<ironpact_snp::Product>,
     /// VCEK/VLEK certificates for evidence that carries none (read at each attestation, so
@@ -39,7 +36,7 @@ fn untrusted_chain(message: String) -> AttestError {
 }
 
 /// A KDS failure: an outage is transient (nothing judged), anything else refuses the chain.
-fn kds_failure(what: &str, e: crate::kds::KdsError) -> AttestError {
+fn kds_failure(what: &str, e: super::kds::KdsError) -> AttestError {
     if e.is_transient() {
         AttestError::Unavailable(format!("AMD KDS: {e}"))
     } else {
@@ -128,28 +125,7 @@ impl SevSnpAttestor {
     }
 }
 
-#[tonic::async_trait]
-impl NodeAttestor for SevSnpAttestor {
-    fn name(&self) -> &'static str {
-        "sev_snp"
-    }
-
-    fn reattest_on_renewal(&self) -> bool {
-        true
-    }
-
-    async fn attest(
-        &self,
-        ev: Evidence<'_>,
-        challenger: &mut dyn Challenger,
-    ) -> Result<Attested, AttestError> {
-        self.appraise(ev, challenger)
-            .await?
-            .standalone(&self.trust_domain, "sev_snp")
-    }
-}
-
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl TeeAttestor for SevSnpAttestor {
     fn name(&self) -> &'static str {
         "sev_snp"
@@ -159,8 +135,8 @@ impl TeeAttestor for SevSnpAttestor {
         "fresh SEV-SNP evidence"
     }
 
-    fn reload_policy(&self, owner: &str, cfg: &crate::config::TeeConfig) -> bool {
-        let crate::config::TeeConfig::SevSnp(c) = cfg else {
+    fn reload_policy(&self, owner: &str, cfg: &dyn TeeConfig) -> bool {
+        let Some(c) = cfg.as_any().downcast_ref::<super::SevSnpConfig>() else {
             return false;
         };
         tracing::info!(

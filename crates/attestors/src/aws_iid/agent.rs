@@ -2,6 +2,7 @@
 //! `PUT /latest/api/token`, then the instance identity document and its PKCS#7 RSA-2048
 //! signature with that token. This is what the `aws_iid` attestor sends to the server.
 
+use super::protocol::IidPayload;
 use std::time::Duration;
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -21,13 +22,6 @@ impl Default for ImdsConfig {
             timeout: Duration::from_secs(5),
         }
     }
-}
-
-/// The document and signature, as the server's `aws_iid` attestor takes them (JSON).
-#[derive(Debug, serde::Serialize)]
-pub struct IidPayload {
-    pub document: String,
-    pub signature_rsa2048: String,
 }
 
 pub struct Imds {

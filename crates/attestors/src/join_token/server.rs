@@ -1,7 +1,7 @@
 //! The `join_token` attestor: a single-use, expiring token an operator generated.
 //! Agent ID `spiffe://<td>/spire/agent/join_token/<token>`, as SPIRE names it.
 
-use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor};
+use crate::{AttestError, Attested, Challenger, Evidence, NodeAttestor};
 use ironpact_datastore::DataStore;
 use ironpact_spiffe::TrustDomain;
 
@@ -10,7 +10,7 @@ pub struct JoinTokenAttestor {
     pub trust_domain: TrustDomain,
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl NodeAttestor for JoinTokenAttestor {
     fn name(&self) -> &'static str {
         "join_token"

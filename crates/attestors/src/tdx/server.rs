@@ -2,12 +2,12 @@
 //! whose REPORT_DATA is SHA-512("ironpact-tdx-v1" ‖ nonce ‖ its CSR key); the server verifies it
 //! to the pinned root with current collateral and judges it with its policy. It completes a base
 //! attestor (join_token, aws_iid: the base names the agent), or stands alone as
-//! `NodeAttestor "tdx"` ([`TdxNodeAttestor`]). Every renewal re-attests.
+//! `NodeAttestor "tdx"` ([`crate::Standalone`]). Every renewal re-attests.
 
-use super::{
-    AttestError, Attested, Challenger, Evidence, NodeAttestor, RefusalKind, TeeAttestor, TeeOutcome,
+use super::pcs::CollateralStore;
+use crate::{
+    AttestError, Attested, Challenger, Evidence, RefusalKind, TeeAttestor, TeeConfig, TeeOutcome,
 };
-use crate::pcs::CollateralStore;
 use ironpact_datastore::AgentRecord;
 use ironpact_spiffe::Selector;
 use ironpact_spiffe::TrustDomain;
@@ -37,7 +37,7 @@ impl TdxAttestor {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl TeeAttestor for TdxAttestor {
     fn name(&self) -> &'static str {
         "tdx"
@@ -47,8 +47,8 @@ impl TeeAttestor for TdxAttestor {
         "a fresh TDX quote"
     }
 
-    fn reload_policy(&self, owner: &str, cfg: &crate::config::TeeConfig) -> bool {
-        let crate::config::TeeConfig::Tdx(c) = cfg else {
+    fn reload_policy(&self, owner: &str, cfg: &dyn TeeConfig) -> bool {
+        let Some(c) = cfg.as_any().downcast_ref::<super::TdxConfig>() else {
             return false;
         };
         tracing::info!(
@@ -125,49 +125,22 @@ impl TeeAttestor for TdxAttestor {
             selectors,
         })
     }
-}
 
-/// `NodeAttestor "tdx"` on its own, for TDX hosts with no other identity to lean on.
-///
-/// A TD 1.0 quote names no launch (SEV-SNP has its report ID): nothing in the hardware tells two
-/// launches of the same image on the same host apart. So the agent ID is minted from the first
-/// attestation (`/spire/agent/tdx/<128 bits of the quote's hash>`), like a join token's, and
-/// kept across renewals, each of which needs a fresh quote that passes the current policy from
-/// a TD with the same MRTD; an agent that loses its SVID attests again under a new ID.
-/// Workloads are registered under node aliases bound to `tdx:*` selectors, not to agent IDs.
-pub struct TdxNodeAttestor {
-    pub trust_domain: TrustDomain,
-    pub tee: Arc<TdxAttestor>,
-}
-
-#[tonic::async_trait]
-impl NodeAttestor for TdxNodeAttestor {
-    fn name(&self) -> &'static str {
-        "tdx"
-    }
-
-    fn reattest_on_renewal(&self) -> bool {
-        true
-    }
-
-    async fn attest(
-        &self,
-        ev: Evidence<'_>,
-        challenger: &mut dyn Challenger,
-    ) -> Result<Attested, AttestError> {
-        self.tee
-            .appraise(ev, challenger)
-            .await?
-            .standalone(&self.trust_domain, "tdx")
-    }
-
-    async fn renew(
+    /// A TD 1.0 quote names no launch (SEV-SNP has its report ID): nothing in the hardware
+    /// tells two launches of the same image on the same host apart. So a standalone agent ID
+    /// is minted from the first attestation (`/spire/agent/tdx/<128 bits of the quote's
+    /// hash>`), like a join token's, and kept across renewals, each of which needs a fresh
+    /// quote that passes the current policy from a TD with the same MRTD; an agent that loses
+    /// its SVID attests again under a new ID. Workloads are registered under node aliases
+    /// bound to `tdx:*` selectors, not to agent IDs.
+    async fn renew_standalone(
         &self,
         rec: &AgentRecord,
+        _trust_domain: &TrustDomain,
         ev: Evidence<'_>,
         challenger: &mut dyn Challenger,
     ) -> Result<Attested, AttestError> {
-        let t = self.tee.appraise(ev, challenger).await?;
+        let t = self.appraise(ev, challenger).await?;
         let was = rec
             .selectors
             .iter()
@@ -197,6 +170,7 @@ impl NodeAttestor for TdxNodeAttestor {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::NodeAttestor;
     use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
 
     const NOW: i64 = 1_790_000_000;
@@ -209,7 +183,7 @@ mod tests {
         spki: &'a [u8],
     }
 
-    #[tonic::async_trait]
+    #[async_trait::async_trait]
     impl Challenger for Td<'_> {
         async fn challenge(&mut self, nonce: Vec<u8>) -> Result<Vec<u8>, AttestError> {
             let rd = ironpact_tdx::binding::report_data(&nonce, self.spki);
@@ -217,7 +191,7 @@ mod tests {
         }
     }
 
-    fn setup(dir: &std::path::Path) -> (TdxNodeAttestor, SimulatedTdx) {
+    fn setup(dir: &std::path::Path) -> (crate::Standalone, SimulatedTdx) {
         let p = SimPlatform::default();
         let pki = TestPki::generate(&p, NOW - 100 * DAY, NOW + 100 * DAY).unwrap();
         let c = collateral(&pki, &p, NOW - DAY, NOW + 29 * DAY).unwrap();
@@ -231,7 +205,7 @@ mod tests {
             collateral: Arc::new(CollateralStore::new(roots, Some(dir.to_path_buf()), None)),
             policy: RwLock::new(policy),
         });
-        let a = TdxNodeAttestor {
+        let a = crate::Standalone {
             trust_domain: TrustDomain::new("example.org").unwrap(),
             tee,
         };
@@ -306,7 +280,7 @@ mod tests {
     /// for the platform it names (nor cache anything for it): it is refused first.
     #[tokio::test]
     async fn an_unverified_quote_makes_no_collateral_fetch() {
-        use crate::pcs::{PcsClient, Refresh};
+        use crate::tdx::pcs::{PcsClient, Refresh};
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let p = SimPlatform::default();

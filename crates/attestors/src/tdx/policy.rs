@@ -12,7 +12,7 @@
 //! mrconfigids = […]  mrowners = […]
 //! ```
 
-use crate::snp_policy::hex_list;
+use crate::tee_source::hex_list;
 use ironpact_config::hcl::{self, ConfigError, Section};
 use ironpact_tdx::Policy;
 use ironpact_tdx::policy::Measurement;

@@ -1,5 +1,5 @@
-//! Attestor composition: a base attestor (join_token, aws_iid, …) that also requires a TEE
-//! attestor (sev_snp now, tdx later). The base names the agent; the TEE's fresh evidence,
+//! Attestor composition: a base attestor (join_token, aws_iid, x509pop, …) that also requires
+//! a TEE attestor (sev_snp, tdx), and a TEE attestor standing alone. The base names the agent; the TEE's fresh evidence,
 //! bound to the agent's key, must pass its policy too; the selectors are the union. Because
 //! the TEE evidence is fresh, the composed attestor re-checks it on every renewal.
 //!
@@ -10,8 +10,9 @@
 //! document is refused (`instance_mismatch`) while the original agent keeps working. Where it
 //! names none (TDX 1.0), the node attests once and needs eviction, as the base alone does.
 
-use super::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeAttestor};
+use crate::{AttestError, Attested, Challenger, Evidence, NodeAttestor, TeeAttestor};
 use ironpact_datastore::AgentRecord;
+use ironpact_spiffe::TrustDomain;
 use std::sync::Arc;
 
 pub struct WithTee {
@@ -54,7 +55,7 @@ impl WithTee {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl NodeAttestor for WithTee {
     fn name(&self) -> &'static str {
         self.base.name()
@@ -97,5 +98,45 @@ impl NodeAttestor for WithTee {
             self.base.attest(ev, challenger).await?
         };
         self.complete(base, ev, challenger).await
+    }
+}
+
+/// A TEE attestor standing alone (`NodeAttestor "sev_snp"`, `"tdx"`): the agent is
+/// `spiffe://<td>/spire/agent/<tee>/<instance>`, every renewal brings fresh evidence.
+pub struct Standalone {
+    pub trust_domain: TrustDomain,
+    pub tee: Arc<dyn TeeAttestor>,
+}
+
+#[async_trait::async_trait]
+impl NodeAttestor for Standalone {
+    fn name(&self) -> &'static str {
+        self.tee.name()
+    }
+
+    fn reattest_on_renewal(&self) -> bool {
+        true
+    }
+
+    async fn attest(
+        &self,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        self.tee
+            .appraise(ev, challenger)
+            .await?
+            .standalone(&self.trust_domain, self.tee.name())
+    }
+
+    async fn renew(
+        &self,
+        rec: &AgentRecord,
+        ev: Evidence<'_>,
+        challenger: &mut dyn Challenger,
+    ) -> Result<Attested, AttestError> {
+        self.tee
+            .renew_standalone(rec, &self.trust_domain, ev, challenger)
+            .await
     }
 }
