@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-20}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || { echo "cargo fuzz needs a nightly toolchain (rustup toolchain install nightly)"; exit 1; }
-for t in snp_report snp_cert_table snp_endorsement tdx_quote csr jwt hcl aws_iid h2_authority; do
+for t in snp_report snp_cert_table snp_endorsement tdx_quote csr jwt hcl aws_iid h2_authority x509pop; do
     corpus="fuzz/corpus/$t"
     mkdir -p "$corpus"
     vectors="../shared/vectors/snp"
@@ -18,6 +18,11 @@ for t in snp_report snp_cert_table snp_endorsement tdx_quote csr jwt hcl aws_iid
     elif [ "$t" = h2_authority ]; then
         # a client preface and a HEADERS frame carrying :authority as grpcio sends it
         printf 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x11\x01\x05\x00\x00\x00\x01\x41\x0f/tmp/agent.sock' > "$corpus/preface-headers"
+    elif [ "$t" = x509pop ]; then
+        # a payload carrying one certificate (a vector's VCEK: parsed, then refused on the chain)
+        cert=$(ls ../shared/vectors/snp/*/vcek.der 2>/dev/null | head -1 || true)
+        [ -n "$cert" ] && printf '{"certificates":["%s"]}' "$(base64 -w0 "$cert")" > "$corpus/one-cert.json"
+        printf '\x00{{ .PluginName}}/{{ .Fingerprint }}' > "$corpus/template"
     elif [ "$t" = csr ] || [ "$t" = jwt ] || [ "$t" = aws_iid ]; then
         : # grown from scratch
     elif [ -d "$vectors" ]; then

@@ -20,7 +20,7 @@ pub mod registry;
 pub mod sev_snp;
 pub mod tdx;
 pub mod tee_source;
-// pub mod x509pop;
+pub mod x509pop;
 
 pub use aws_iid::server::AwsIidAttestor;
 pub use compose::{Standalone, WithTee};

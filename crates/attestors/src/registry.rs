@@ -22,7 +22,7 @@ use tracing::info;
 pub const ATTESTORS: &[Registration] = &[
     crate::join_token::REGISTRATION,
     crate::aws_iid::REGISTRATION,
-    // crate::x509pop::REGISTRATION,
+    crate::x509pop::REGISTRATION,
     crate::sev_snp::REGISTRATION,
     crate::tdx::REGISTRATION,
 ];
