@@ -48,8 +48,10 @@ impl WithTee {
         a.selectors.dedup();
         // Fresh evidence from a named instance may attest again, from that instance only
         // (the endpoint compares it with the record). Evidence that names no instance (TDX
-        // 1.0) cannot tell a copy of the base's document apart: attest once, as the base.
-        a.can_reattest = t.instance.is_some();
+        // 1.0) cannot tell a copy of the base's document apart: attest once, as the base,
+        // unless the base's own evidence cannot be copied (a proof of possession).
+        a.can_reattest =
+            t.instance.is_some() || (a.can_reattest && !self.base.evidence_is_copyable());
         a.tee_instance = t.instance;
         Ok(a)
     }

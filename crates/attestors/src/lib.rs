@@ -293,6 +293,14 @@ pub trait NodeAttestor: Send + Sync + 'static {
         false
     }
 
+    /// Whether what this attestor checks could be presented by someone holding a copy of
+    /// it (an instance identity document can; a proof of possession of a key cannot). A
+    /// composed attestor whose TEE names no instance lets the node attest again only when the
+    /// base's evidence is not copyable.
+    fn evidence_is_copyable(&self) -> bool {
+        true
+    }
+
     /// Selectors this base attestor adds when a TEE completed it (`aws_iid:measurements:…`).
     fn tee_selectors(&self, _tee: &TeeOutcome) -> Vec<Selector> {
         Vec::new()

@@ -209,33 +209,48 @@ pub fn server_block(
     line: usize,
     ctx: &ParseCtx<'_>,
 ) -> Result<ServerAttestor, ConfigError> {
+    let (name, base, tee) = parse_block(name, data, block, line, |r, b| match r {
+        Registration::Base { server, .. } => Half::Base(server(b, ctx)),
+        Registration::Tee { server, .. } => Half::Tee(server(b, ctx)),
+    })?;
+    Ok(ServerAttestor { name, base, tee })
+}
+
+/// One half's parsed configuration, of a base or of a TEE.
+enum Half<B, T> {
+    Base(Result<B, ConfigError>),
+    Tee(Result<T, ConfigError>),
+}
+
+/// A block of attestor `name`: the base's config (with the TEE nested in its plugin_data, if
+/// any), or the TEE's alone; `parse` reads one half with the registration's parser for it.
+#[allow(clippy::type_complexity)]
+fn parse_block<B, T>(
+    name: &str,
+    data: Option<Section<'_>>,
+    block: &Section<'_>,
+    line: usize,
+    parse: impl Fn(&Registration, &Block<'_, '_>) -> Half<B, T>,
+) -> Result<(&'static str, Option<B>, Option<T>), ConfigError> {
     let reg = find(name).ok_or_else(|| unknown(block, line, name))?;
     let b = Block {
         data: data.as_ref(),
         block,
         line,
     };
-    let out = match reg {
-        Registration::Base { name, server, .. } => {
-            let base = server(&b, ctx)?;
+    let out = match parse(reg, &b) {
+        Half::Base(base) => {
+            let base = base?;
             let tee = match &data {
-                Some(d) => nested(d, |r, t| match r {
-                    Registration::Tee { server, .. } => server(&Block::nested(t), ctx).map(Some),
-                    Registration::Base { .. } => Ok(None),
+                Some(d) => nested(d, |r, t| match parse(r, &Block::nested(t)) {
+                    Half::Tee(c) => c.map(Some),
+                    Half::Base(_) => Ok(None),
                 })?,
                 None => None,
             };
-            ServerAttestor {
-                name,
-                base: Some(base),
-                tee,
-            }
+            (reg.name(), Some(base), tee)
         }
-        Registration::Tee { name, server, .. } => ServerAttestor {
-            name,
-            base: None,
-            tee: Some(server(&b, ctx)?),
-        },
+        Half::Tee(tee) => (reg.name(), None, Some(tee?)),
     };
     if let Some(d) = data {
         d.finish()?;
@@ -301,36 +316,9 @@ pub fn agent_block(
     block: &Section<'_>,
     line: usize,
 ) -> Result<AgentAttestor, ConfigError> {
-    let reg = find(name).ok_or_else(|| unknown(block, line, name))?;
-    let b = Block {
-        data: data.as_ref(),
-        block,
-        line,
-    };
-    let out = match reg {
-        Registration::Base { name, agent, .. } => {
-            let base = agent(&b)?;
-            let tee = match &data {
-                Some(d) => nested(d, |r, t| match r {
-                    Registration::Tee { agent, .. } => agent(&Block::nested(t)).map(Some),
-                    Registration::Base { .. } => Ok(None),
-                })?,
-                None => None,
-            };
-            AgentAttestor {
-                name,
-                base: Some(base),
-                tee,
-            }
-        }
-        Registration::Tee { name, agent, .. } => AgentAttestor {
-            name,
-            base: None,
-            tee: Some(agent(&b)?),
-        },
-    };
-    if let Some(d) = data {
-        d.finish()?;
-    }
-    Ok(out)
+    let (name, base, tee) = parse_block(name, data, block, line, |r, b| match r {
+        Registration::Base { agent, .. } => Half::Base(agent(b)),
+        Registration::Tee { agent, .. } => Half::Tee(agent(b)),
+    })?;
+    Ok(AgentAttestor { name, base, tee })
 }

@@ -40,7 +40,7 @@ async fn attest(
     client: &mut AgentApiClient<tonic::transport::Channel>,
     req: pb::AttestAgentRequest,
     renew: bool,
-) -> Result<pb::X509svid, tonic::Status> {
+) -> Result<ironpact_proto::server::v1::X509svid, tonic::Status> {
     let stream = tokio_stream::iter(vec![req]);
     let mut resp = if renew {
         client.renew_agent(stream).await?.into_inner()

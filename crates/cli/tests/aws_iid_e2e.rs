@@ -431,7 +431,7 @@ fn aws_iid_with_tdx_end_to_end() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let p = SimPlatform::default();
     let pki = TestPki::generate(&p, now - 30 * 86_400, now + 365 * 86_400).unwrap();
-    pki.write(&dir.path().join("pki")).unwrap();
+    support::write_tdx_pki(&pki, &dir.path().join("pki"));
     let pcs = PcsEmulator::serving(collateral(&pki, &p, now - 86_400, now + 29 * 86_400).unwrap());
     let aws = AwsTestCa::create(dir.path(), "aws-test-region");
     let doc = document(ACCOUNT, REGION, INSTANCE, "ami-0123456789abcdef0");

@@ -8,7 +8,6 @@
 
 mod support;
 
-use ironpact_proto::agent::v1 as pb;
 use ironpact_snp::cert_table::{CertTable, GUID_VCEK};
 use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
 use std::path::Path;
@@ -102,7 +101,7 @@ async fn attest_by_hand(
     addr: &str,
     roots: &[Vec<u8>],
     answer: impl Fn(&[u8], &[u8]) -> Vec<u8>,
-) -> Result<pb::X509svid, tonic::Status> {
+) -> Result<ironpact_proto::server::v1::X509svid, tonic::Status> {
     support::attest_by_hand(addr, roots, "sev_snp", vec![], answer).await
 }
 

@@ -27,7 +27,7 @@ fn now() -> i64 {
 fn pki(dir: &Path) -> TestPki {
     let p = SimPlatform::default();
     let pki = TestPki::generate(&p, now() - 30 * DAY, now() + 365 * DAY).unwrap();
-    pki.write(&dir.join("pki")).unwrap();
+    support::write_tdx_pki(&pki, &dir.join("pki"));
     std::fs::create_dir_all(dir.join("collateral")).unwrap();
     let c = collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap();
     std::fs::write(dir.join("collateral/current.json"), c.to_json()).unwrap();
@@ -218,7 +218,7 @@ fn standalone_tdx_attestor_with_collateral_from_a_pcs() {
     let dir = tempfile::tempdir().unwrap();
     let p = SimPlatform::default();
     let pki = TestPki::generate(&p, now() - 30 * DAY, now() + 365 * DAY).unwrap();
-    pki.write(&dir.path().join("pki")).unwrap();
+    support::write_tdx_pki(&pki, &dir.path().join("pki"));
     let pcs = PcsEmulator::serving(collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap());
     let mut s = TestServer::start_with(
         Backend::Sqlite,

@@ -96,8 +96,13 @@ impl Ca {
     }
 
     /// Signs a new key's CSR with `ext` (`node` or `sub_ca`) for `dates` (`-days 10`, or
-    /// `-startdate … -enddate …`): writes `<name>.pem` and `<name>.key`.
+    /// `-startdate … -enddate …`): writes `<name>.pem` and `<name>.key`, subject CN `name`.
     fn issue(&self, name: &str, ext: &str, dates: &[&str]) {
+        self.issue_cn(name, name, ext, dates)
+    }
+
+    /// [`Ca::issue`] with subject CN `cn` (which may hold `/`).
+    fn issue_cn(&self, name: &str, cn: &str, ext: &str, dates: &[&str]) {
         openssl(
             &self.dir,
             &[
@@ -113,7 +118,7 @@ impl Ca {
                 "-out",
                 &format!("{name}.csr"),
                 "-subj",
-                &format!("/CN={name}"),
+                &format!("/CN={}", cn.replace('/', "\\/")),
             ],
         );
         let cnf = self.dir.join(format!("{}-db/ca.cnf", self.name));
@@ -234,7 +239,7 @@ fn x509pop_end_to_end() {
     let root = pki(d);
     let s = TestServer::start_with(
         Backend::Sqlite,
-        "",
+        "default_x509_svid_ttl = \"20s\"",
         &format!(
             "NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            ca_bundle_path = \"{}\"\n        }}\n    }}",
             root.pem().display()
@@ -252,11 +257,15 @@ fn x509pop_end_to_end() {
         format!("x509pop:ca:fingerprint:{}", fingerprint(d, "node-int.pem")),
         format!("x509pop:ca:fingerprint:{}", fingerprint(d, "node-root.pem")),
         "x509pop:serialnumber:1f2e".to_string(),
-        "x509pop:san:dns:node-1.example.org".to_string(),
-        "x509pop:san:uri:x509pop://example.org/datacenter/dc1".to_string(),
+        // SPIRE's SAN selector: URI SAN x509pop://<td>/<key>/<value>
+        "x509pop:san:datacenter:dc1".to_string(),
     ] {
         assert!(shown.contains(&sel), "{sel} missing from:\n{shown}");
     }
+    assert!(
+        !shown.contains("node-1.example.org"),
+        "DNS SANs make no selector:\n{shown}"
+    );
 
     // a workload behind a node alias bound to the certificate's CN gets its SVID
     s.cli(&[
@@ -313,6 +322,16 @@ fn x509pop_end_to_end() {
             "x509pop_untrusted_chain",
         )
         .await;
+        // a CA certificate presented as the node's: not an end entity
+        attest_refused(
+            &addr,
+            &roots,
+            "x509pop",
+            payload(std::slice::from_ref(&int)),
+            |n, k| sign(&d.join("node-int.key"), n, k),
+            "x509pop_untrusted_chain",
+        )
+        .await;
         // expired
         attest_refused(
             &addr,
@@ -333,15 +352,18 @@ fn x509pop_end_to_end() {
             "x509pop_signature",
         )
         .await;
-        // a replayed signature: captured from a good exchange, shown for a new nonce
+        // a replayed signature: captured from a good exchange (of another node, so the
+        // running agent keeps its identity), shown for a new nonce
+        root_int(d).issue("node-2", "node", &["-days", "10"]);
+        let node2 = der(&d.join("node-2.pem"));
         let captured = Mutex::new(Vec::new());
         attest_by_hand(
             &addr,
             &roots,
             "x509pop",
-            payload(&[node.clone(), int.clone()]),
+            payload(&[node2.clone(), int.clone()]),
             |n, k| {
-                let sig = sign(&node_key, n, k);
+                let sig = sign(&d.join("node-2.key"), n, k);
                 *captured.lock().unwrap() = sig.clone();
                 sig
             },
@@ -353,7 +375,7 @@ fn x509pop_end_to_end() {
             &addr,
             &roots,
             "x509pop",
-            payload(&[node.clone(), int.clone()]),
+            payload(&[node2.clone(), int.clone()]),
             |_, _| old.clone(),
             "x509pop_signature",
         )
@@ -375,6 +397,39 @@ fn x509pop_end_to_end() {
         log.contains("x509pop_untrusted_chain"),
         "the refusal is logged"
     );
+
+    // the node's certificate is renewed on disk (a new fingerprint): at its next renewal the
+    // agent is asked to attest afresh and becomes the new identity, without a restart
+    root_int(d).issue_cn("node-1-renewed", "node-1", "node", &["-days", "10"]);
+    std::fs::copy(d.join("node-1-renewed.pem"), d.join("node-1.pem")).unwrap();
+    std::fs::copy(d.join("node-1-renewed.key"), d.join("node-1.key")).unwrap();
+    let renewed = format!(
+        "spiffe://example.org/spire/agent/x509pop/{}",
+        fingerprint(d, "node-1-renewed.pem")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !s.cli(&["agent", "show", "-spiffeID", &renewed]).ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not attest afresh with its renewed certificate:\n{}",
+            a.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(a.log().contains("attest afresh"), "{}", a.log());
+    let o = a.fetch_until_ok(&[]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/app"),
+        "{o:?}"
+    );
+}
+
+/// The intermediate CA of [`pki`], to issue more node certificates.
+fn root_int(dir: &Path) -> Ca {
+    Ca {
+        dir: dir.to_path_buf(),
+        name: "node-int".into(),
+    }
 }
 
 const GOOD: [u8; 48] = [0x11; 48];
@@ -472,4 +527,17 @@ fn x509pop_composed_with_sev_snp() {
         "sev_snp required by x509pop: measurement_not_allowed",
     ));
     assert_eq!(*step.lock().unwrap(), 2, "both challenges were answered");
+
+    // a certificate whose CN would add a path segment to the agent ID: refused
+    root_int(d).issue_cn("slash", "a/b", "node", &["-days", "10"]);
+    let slash = der(&d.join("slash.pem"));
+    let int2 = der(&d.join("node-int.pem"));
+    runtime().block_on(attest_refused(
+        &addr,
+        &roots,
+        "x509pop",
+        payload(&[slash, int2]),
+        |n, k| sign(&d.join("slash.key"), n, k),
+        "x509pop_agent_path",
+    ));
 }

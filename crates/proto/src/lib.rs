@@ -37,8 +37,11 @@ pub mod agent_state {
     pub const EVICTED: &str = "evicted";
     /// The agent is banned: stop.
     pub const BANNED: &str = "banned";
+    /// The renewal's evidence names another agent (a node certificate renewed on disk): attest
+    /// afresh under the new identity; the current key and SVID stay valid meanwhile.
+    pub const REATTEST: &str = "reattest";
 
-    /// PermissionDenied carrying `state` (EVICTED or BANNED).
+    /// PermissionDenied carrying `state` (EVICTED, BANNED or REATTEST).
     pub fn status(state: &'static str, message: impl Into<String>) -> tonic::Status {
         let mut s = tonic::Status::permission_denied(message);
         s.metadata_mut()
@@ -51,6 +54,7 @@ pub mod agent_state {
         match s.metadata().get(KEY).and_then(|v| v.to_str().ok()) {
             Some(EVICTED) => Some(EVICTED),
             Some(BANNED) => Some(BANNED),
+            Some(REATTEST) => Some(REATTEST),
             _ => None,
         }
     }

@@ -20,7 +20,6 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use scale::Encode;
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -221,31 +220,37 @@ impl TestPki {
         ]
     }
 
-    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        for (name, (cert, key)) in self.files() {
-            std::fs::write(dir.join(format!("{name}.pem")), pem_cert(cert))?;
-            std::fs::write(dir.join(format!("{name}.pk8")), key)?;
-        }
-        Ok(())
+    /// The PKI as named files (`root.pem`, `root.pk8`, `pck-ca.pem`, … `tcb-signer.pk8`): what
+    /// a `pki_dir` of the simulated quoting stack holds. This crate does no I/O; the caller
+    /// writes them.
+    pub fn to_files(&self) -> Vec<(String, Vec<u8>)> {
+        self.files()
+            .iter()
+            .flat_map(|(name, (cert, key))| {
+                [
+                    (format!("{name}.pem"), pem_cert(cert).into_bytes()),
+                    (format!("{name}.pk8"), key.clone()),
+                ]
+            })
+            .collect()
     }
 
-    pub fn load(dir: &Path) -> Result<Self, TdxError> {
-        let read = |name: &str| -> Result<CertAndKey, TdxError> {
-            let cert = std::fs::read(dir.join(format!("{name}.pem")))
-                .map_err(|e| sim(format!("{}/{name}.pem: {e}", dir.display())))?;
+    /// The PKI from the files [`TestPki::to_files`] names; `read(file name)` gives a file's
+    /// bytes or says why it cannot.
+    pub fn from_files(read: impl Fn(&str) -> Result<Vec<u8>, String>) -> Result<Self, TdxError> {
+        let pair = |name: &str| -> Result<CertAndKey, TdxError> {
+            let cert = read(&format!("{name}.pem")).map_err(sim)?;
             let cert = pem::parse(&cert)
                 .map_err(|e| sim(format!("{name}.pem: {e}")))?
                 .into_contents();
-            let key = std::fs::read(dir.join(format!("{name}.pk8")))
-                .map_err(|e| sim(format!("{}/{name}.pk8: {e}", dir.display())))?;
+            let key = read(&format!("{name}.pk8")).map_err(sim)?;
             Ok((cert, key))
         };
         Ok(Self {
-            root: read("root")?,
-            pck_ca: read("pck-ca")?,
-            pck: read("pck")?,
-            tcb_signer: read("tcb-signer")?,
+            root: pair("root")?,
+            pck_ca: pair("pck-ca")?,
+            pck: pair("pck")?,
+            tcb_signer: pair("tcb-signer")?,
         })
     }
 

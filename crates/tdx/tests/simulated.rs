@@ -162,11 +162,13 @@ fn tampered_simulated_quotes_and_collateral_are_refused() {
 fn the_pki_round_trips_through_files() {
     let p = SimPlatform::default();
     let (pki, _, c, roots) = stack(&p);
-    let dir = std::env::temp_dir().join(format!("ironpact-tdx-pki-{}", std::process::id()));
-    pki.write(&dir).unwrap();
-    let loaded = TestPki::load(&dir).unwrap();
+    let files: std::collections::HashMap<String, Vec<u8>> = pki.to_files().into_iter().collect();
+    assert_eq!(files.len(), 8);
+    let loaded =
+        TestPki::from_files(|n| files.get(n).cloned().ok_or(format!("{n}: missing"))).unwrap();
     let dev = SimulatedTdx::new(&loaded, p).unwrap();
     let q = Quote::parse(&dev.quote(&SimTd::with_mrtd([3; 48]), [0; 64]).unwrap()).unwrap();
     verify(&q, &c, &roots, NOW, 0).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let e = TestPki::from_files(|n| Err(format!("{n}: missing"))).unwrap_err();
+    assert!(e.to_string().contains("root.pem: missing"), "{e}");
 }

@@ -46,7 +46,7 @@ impl Agent {
         csr: Vec<u8>,
         spki: Vec<u8>,
         renew: bool,
-    ) -> Result<pb::X509svid, AgentError> {
+    ) -> Result<ironpact_proto::server::v1::X509svid, AgentError> {
         let first = pb::AttestAgentRequest {
             step: Some(pb::attest_agent_request::Step::Params(
                 pb::attest_agent_request::Params {
@@ -114,7 +114,10 @@ impl Agent {
         }
     }
 
-    pub(super) fn svid_from(pb_svid: pb::X509svid, key: Vec<u8>) -> Result<AgentSvid, AgentError> {
+    pub(super) fn svid_from(
+        pb_svid: ironpact_proto::server::v1::X509svid,
+        key: Vec<u8>,
+    ) -> Result<AgentSvid, AgentError> {
         let id = SpiffeId::parse(&pb_svid.id).map_err(|e| AgentError::Refused(e.to_string()))?;
         let info = pb_svid
             .cert_chain

@@ -37,6 +37,8 @@ pub enum AgentError {
         "this agent is banned: {0}; it stops (lift the ban with `ironpact-server agent evict -spiffeID <agent ID>`, then start it again)"
     )]
     Banned(String),
+    #[error("the server asks this agent to attest afresh: {0}")]
+    Reattest(String),
     #[error("server unavailable: {0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -116,6 +118,9 @@ enum SessionEnd {
     Evicted(String),
     /// Banned (an explicit answer): stop.
     Banned(String),
+    /// The renewal's evidence names another agent (an explicit answer): attest afresh,
+    /// keeping the current key and SVID until that succeeds.
+    Reattest(String),
     /// Any other refusal (a re-attestation that did not pass): keep the key and the cached
     /// SVIDs, and try to renew again after a backoff.
     Refused(String),
@@ -128,6 +133,7 @@ fn classify(s: &tonic::Status) -> AgentError {
     use ironpact_proto::agent_state;
     match (agent_state::of(s), s.code()) {
         (Some(agent_state::BANNED), _) => AgentError::Banned(s.message().to_string()),
+        (Some(agent_state::REATTEST), _) => AgentError::Reattest(s.message().to_string()),
         (Some(_), _) => AgentError::Evicted(s.message().to_string()),
         (None, Code::PermissionDenied | Code::InvalidArgument) => {
             AgentError::Refused(format!("{} ({:?})", s.message(), s.code()))

@@ -70,6 +70,7 @@ impl Agent {
         match e {
             AgentError::Evicted(m) => SessionEnd::Evicted(m),
             AgentError::Banned(m) => SessionEnd::Banned(m),
+            AgentError::Reattest(m) => SessionEnd::Reattest(m),
             AgentError::Refused(m) => SessionEnd::Refused(m),
             other => SessionEnd::Unavailable(other.to_string()),
         }
@@ -119,6 +120,20 @@ impl Agent {
                         self.drop_client();
                     }
                     SessionEnd::Banned(reason) => return Err(self.banned(reason)),
+                    SessionEnd::Reattest(reason) => {
+                        info!(%reason, "attesting afresh under the identity the node now presents");
+                        self.drop_client();
+                        match self.attest().await {
+                            Ok(()) => backoff = Duration::from_secs(1),
+                            Err(AgentError::Banned(m)) => return Err(self.banned(m)),
+                            Err(e) => {
+                                // the current SVID stays: renewal is tried again after a pause
+                                let wait = next_backoff(&mut backoff);
+                                warn!(error = %e, retry_in = ?wait, "attesting afresh failed; keeping the current key and SVIDs");
+                                tokio::time::sleep(wait).await;
+                            }
+                        }
+                    }
                     SessionEnd::Refused(reason) => {
                         let wait = next_backoff(&mut backoff);
                         warn!(%reason, retry_in = ?wait, "the server refused this agent; keeping its key and cached SVIDs, renewing again after a pause");

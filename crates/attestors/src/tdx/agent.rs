@@ -31,8 +31,11 @@ pub struct SimulatedTdx {
 
 impl SimulatedTdx {
     pub fn load(pki_dir: &Path, td: ironpact_tdx::simulate::SimTd) -> Result<Self, EvidenceError> {
-        let pki = ironpact_tdx::simulate::TestPki::load(pki_dir)
-            .map_err(|e| EvidenceError::Config(e.to_string()))?;
+        let pki = ironpact_tdx::simulate::TestPki::from_files(|name| {
+            std::fs::read(pki_dir.join(name))
+                .map_err(|e| format!("{}/{name}: {e}", pki_dir.display()))
+        })
+        .map_err(|e| EvidenceError::Config(e.to_string()))?;
         let dev = ironpact_tdx::simulate::SimulatedTdx::new(
             &pki,
             ironpact_tdx::simulate::SimPlatform::default(),

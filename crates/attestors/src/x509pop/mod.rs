@@ -42,17 +42,21 @@ fn server_config(b: &Block<'_, '_>, _: &ParseCtx<'_>) -> Result<Arc<dyn BaseConf
         "x509pop",
         "ca_bundle_path (the CA that issues node certificates)",
     )?;
-    let mut ca_bundle_paths: Vec<PathBuf> = d
-        .string("ca_bundle_path")?
-        .map(|v| PathBuf::from(v.0))
-        .into_iter()
-        .collect();
-    ca_bundle_paths.extend(
-        d.strings("ca_bundle_paths")?
-            .unwrap_or_default()
-            .into_iter()
-            .map(PathBuf::from),
-    );
+    // as SPIRE: one of the two, not both
+    let ca_bundle_paths: Vec<PathBuf> = match (
+        d.string("ca_bundle_path")?,
+        d.strings("ca_bundle_paths")?,
+    ) {
+        (Some((_, l)), Some(_)) => {
+            return Err(d.err(
+                l,
+                "set ca_bundle_path or ca_bundle_paths, not both (put every file in ca_bundle_paths)",
+            ));
+        }
+        (Some((p, _)), None) => vec![PathBuf::from(p)],
+        (None, Some(v)) => v.into_iter().map(PathBuf::from).collect(),
+        (None, None) => Vec::new(),
+    };
     if ca_bundle_paths.is_empty() {
         return Err(d.err(
             d.line(),

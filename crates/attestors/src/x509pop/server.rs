@@ -97,7 +97,9 @@ impl X509PopAttestor {
         Ok((chain, v))
     }
 
-    /// Checks `leaf` (with `intermediates`) against the CA bundle at `now`.
+    /// Checks `leaf` (with `intermediates`) against the CA bundle at `now`: the chain first
+    /// (so a certificate from elsewhere is counted as untrusted, whatever else is wrong with
+    /// it), then what SPIRE requires of the node's certificate.
     fn verify_chain(
         &self,
         leaf: &X509Certificate<'_>,
@@ -105,29 +107,72 @@ impl X509PopAttestor {
         intermediates: &[Vec<u8>],
         now: i64,
     ) -> Result<Verified, AttestError> {
-        let subject = leaf.subject().to_string();
+        let subject = subject_of(leaf);
+        let ee_der = CertificateDer::from(leaf_der);
+        let ee = webpki::EndEntityCert::try_from(&ee_der)
+            .map_err(|e| AttestError::Malformed(format!("x509pop certificate: {e:?}")))?;
+        let inter: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .map(|d| CertificateDer::from(d.as_slice()))
+            .collect();
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0) as u64));
         let (nb, na) = (
             leaf.validity().not_before.timestamp(),
             leaf.validity().not_after.timestamp(),
         );
-        if now > na {
-            return Err(refused(
-                EXPIRED,
-                format!(
-                    "the node certificate ({subject}) expired at {}",
-                    leaf.validity().not_after
+        let eku_refused = std::cell::Cell::new(false);
+        let path = ee
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &self.anchors,
+                &inter,
+                time,
+                NodeEku {
+                    refused: &eku_refused,
+                },
+                None,
+                None,
+            )
+            .map_err(|e| match e {
+                _ if eku_refused.get() => refused(
+                    KEY_USAGE,
+                    format!("the node certificate {subject} has an extended key usage without clientAuth or serverAuth"),
                 ),
-            ));
-        }
-        if now < nb {
-            return Err(refused(
-                EXPIRED,
-                format!(
-                    "the node certificate ({subject}) is valid only from {}",
-                    leaf.validity().not_before
+                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. }
+                    if now > na =>
+                {
+                    refused(
+                        EXPIRED,
+                        format!(
+                            "the node certificate {subject} expired at {}",
+                            leaf.validity().not_after
+                        ),
+                    )
+                }
+                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. }
+                    if now < nb =>
+                {
+                    refused(
+                        EXPIRED,
+                        format!(
+                            "the node certificate {subject} is valid only from {}",
+                            leaf.validity().not_before
+                        ),
+                    )
+                }
+                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+                    refused(
+                        EXPIRED,
+                        format!("a CA certificate of the chain of {subject} is outside its validity period ({e:?})"),
+                    )
+                }
+                other => refused(
+                    UNTRUSTED_CHAIN,
+                    format!(
+                        "the node certificate {subject} does not chain to the CA bundle ({other:?}): issue it from a CA in ca_bundle_path(s), and send its intermediates"
+                    ),
                 ),
-            ));
-        }
+            })?;
         // SPIRE's rule: the node's certificate must allow digital signatures
         match leaf.key_usage() {
             Ok(Some(ku)) if ku.value.digital_signature() => {}
@@ -135,7 +180,7 @@ impl X509PopAttestor {
                 return Err(refused(
                     KEY_USAGE,
                     format!(
-                        "the node certificate ({subject}) lacks the digitalSignature key usage: issue it with keyUsage = digitalSignature"
+                        "the node certificate {subject} lacks the digitalSignature key usage: issue it with keyUsage = digitalSignature"
                     ),
                 ));
             }
@@ -145,42 +190,6 @@ impl X509PopAttestor {
                 )));
             }
         }
-        let ee_der = CertificateDer::from(leaf_der);
-        let ee = webpki::EndEntityCert::try_from(&ee_der)
-            .map_err(|e| AttestError::Malformed(format!("x509pop certificate: {e:?}")))?;
-        let inter: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .map(|d| CertificateDer::from(d.as_slice()))
-            .collect();
-        let time = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0) as u64));
-        let path = ee
-            .verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                &self.anchors,
-                &inter,
-                time,
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .map_err(|e| match e {
-                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-                    refused(
-                        EXPIRED,
-                        format!("a certificate of the chain of {subject} is outside its validity period ({e:?})"),
-                    )
-                }
-                webpki::Error::RequiredEkuNotFoundContext(_) => refused(
-                    KEY_USAGE,
-                    format!("the node certificate ({subject}) has an extended key usage without clientAuth"),
-                ),
-                other => refused(
-                    UNTRUSTED_CHAIN,
-                    format!(
-                        "the node certificate ({subject}) does not chain to the CA bundle ({other:?}): issue it from a CA in ca_bundle_path(s), and send its intermediates"
-                    ),
-                ),
-            })?;
         let mut ca_fingerprints: Vec<String> = path
             .intermediate_certificates()
             .map(|c| fingerprint(c.der().as_ref()))
@@ -195,6 +204,58 @@ impl X509PopAttestor {
         }
         Ok(Verified { ca_fingerprints })
     }
+}
+
+/// The extended key usages a node certificate may carry (none at all is fine): clientAuth (it
+/// authenticates to the server), serverAuth (host certificates often carry only that) or
+/// anyExtendedKeyUsage. A certificate meant only for, say, code signing is not a node's.
+/// `refused` records that this check failed, for a precise refusal.
+struct NodeEku<'a> {
+    refused: &'a std::cell::Cell<bool>,
+}
+
+impl webpki::ExtendedKeyUsageValidator for NodeEku<'_> {
+    fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        // id-kp-serverAuth, id-kp-clientAuth (1.3.6.1.5.5.7.3.1 and .2), anyExtendedKeyUsage
+        const ALLOWED: [&[u8]; 3] = [
+            &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01],
+            &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02],
+            &[0x55, 0x1d, 0x25, 0x00],
+        ];
+        let mut any = false;
+        for id in iter {
+            let id = id?;
+            if ALLOWED.iter().any(|a| id == webpki::KeyPurposeId::new(a)) {
+                return Ok(());
+            }
+            any = true;
+        }
+        if any {
+            self.refused.set(true);
+            #[allow(deprecated)] // the context variant cannot be built outside webpki
+            return Err(webpki::Error::RequiredEkuNotFound);
+        }
+        Ok(())
+    }
+}
+
+/// The certificate's subject for messages: quoted and escaped (it is attacker input until the
+/// chain is verified) and cut at 160 characters.
+fn subject_of(cert: &X509Certificate<'_>) -> String {
+    let s = cert.subject().to_string();
+    let cut: String = s.chars().take(160).collect();
+    format!("{cut:?}")
+}
+
+/// `x509pop://<trust_domain>/<key>/<value>` as (key, value).
+fn san_selector<'a>(uri: &'a str, trust_domain: &str) -> Option<(&'a str, &'a str)> {
+    let rest = uri.strip_prefix("x509pop://")?;
+    let (host, path) = rest.split_once('/')?;
+    if !host.eq_ignore_ascii_case(trust_domain) {
+        return None;
+    }
+    let (key, value) = path.split_once('/')?;
+    (!key.is_empty() && !value.is_empty()).then_some((key, value))
 }
 
 /// The serial number as SPIRE prints it (`%x` of the number: hex, no leading zeros).
@@ -214,6 +275,12 @@ impl NodeAttestor for X509PopAttestor {
     /// expired, or whose CA left the bundle, stops renewals.
     fn reattest_on_renewal(&self) -> bool {
         true
+    }
+
+    /// A proof of possession of a private key cannot be replayed from a copy of what the node
+    /// sent: composed with a TEE that names no instance, the node may still attest again.
+    fn evidence_is_copyable(&self) -> bool {
+        false
     }
 
     async fn attest(
@@ -241,7 +308,7 @@ impl NodeAttestor for X509PopAttestor {
                 SIGNATURE,
                 format!(
                     "the proof of possession does not verify with the key of {} (a signature over another nonce or CSR key, or made by another key)",
-                    leaf.subject()
+                    subject_of(&leaf)
                 ),
             ));
         }
@@ -250,7 +317,7 @@ impl NodeAttestor for X509PopAttestor {
         let cn = leaf
             .subject()
             .iter_common_name()
-            .next()
+            .last()
             .and_then(|c| c.as_str().ok())
             .unwrap_or_default()
             .to_string();
@@ -283,12 +350,14 @@ impl NodeAttestor for X509PopAttestor {
             values.push(format!("ca:fingerprint:{f}"));
         }
         values.push(format!("serialnumber:{serial}"));
+        // SPIRE's SAN selectors: a URI SAN x509pop://<trust domain>/<key>/<value> is
+        // san:<key>:<value>; other SANs make none
         if let Ok(Some(san)) = leaf.subject_alternative_name() {
             for n in &san.value.general_names {
-                match n {
-                    GeneralName::DNSName(d) => values.push(format!("san:dns:{d}")),
-                    GeneralName::URI(u) => values.push(format!("san:uri:{u}")),
-                    _ => {}
+                if let GeneralName::URI(u) = n
+                    && let Some((key, value)) = san_selector(u, self.trust_domain.as_str())
+                {
+                    values.push(format!("san:{key}:{value}"));
                 }
             }
         }

@@ -91,7 +91,27 @@ impl AgentPathTemplate {
                 names()
             ));
         }
-        Ok(Self { parts })
+        let t = Self { parts };
+        // a template whose literal text cannot make an agent ID (`//`, a trailing `/`, a
+        // character SPIFFE IDs forbid) is refused here, not at every node's attestation
+        let sample = t.render(&Values {
+            plugin_name: "x509pop",
+            fingerprint: "0123456789abcdef0123456789abcdef01234567",
+            trust_domain: "example.org",
+            common_name: "node",
+            serial_number_hex: "1f",
+        })?;
+        ironpact_spiffe::TrustDomain::new("example.org")
+            .and_then(|td| {
+                td.id_with_path(&format!("/spire/agent/{}", sample.trim_start_matches('/')))
+            })
+            .map_err(|e| {
+                format!(
+                    "agent_path_template {:?} cannot make an agent ID: {e}",
+                    sample
+                )
+            })?;
+        Ok(t)
     }
 
     /// The path for `v`. Each field must fill exactly one path segment: a value that is empty

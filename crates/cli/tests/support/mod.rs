@@ -682,6 +682,14 @@ impl Drop for TestAgent {
     }
 }
 
+/// Writes the simulated TDX quoting stack's PKI into `dir` (the agent's `pki_dir`).
+pub fn write_tdx_pki(pki: &ironpact_tdx::simulate::TestPki, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in pki.to_files() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
 /// Generates a join token that also registers `alias` as the node's alias.
 pub fn join_token(s: &TestServer, alias: &str) -> String {
     let out = s
@@ -751,7 +759,7 @@ pub async fn attest_by_hand(
     kind: &str,
     payload: Vec<u8>,
     answer: impl Fn(&[u8], &[u8]) -> Vec<u8>,
-) -> Result<pb::X509svid, tonic::Status> {
+) -> Result<ironpact_proto::server::v1::X509svid, tonic::Status> {
     use rcgen::PublicKeyData;
     let trust = Arc::new(ironpact_tls::SharedRoots::new(roots.to_vec()));
     let server_id = ironpact_spiffe::SpiffeId::parse("spiffe://example.org/spire/server").unwrap();

@@ -204,10 +204,21 @@ async fn attest_flow(
             };
             if let Some(rec) = &renewing {
                 if rec.spiffe_id != a.agent_id {
-                    return Err(Status::permission_denied(format!(
+                    let msg = format!(
                         "renewal evidence is for {}, not {}",
                         a.agent_id, rec.spiffe_id
-                    )));
+                    );
+                    // evidence that may attest again (a node certificate renewed on disk, with
+                    // a new fingerprint): the agent attests afresh as that identity, where
+                    // bans, instance checks and the rest apply; this renewal grants nothing
+                    if a.can_reattest {
+                        info!(agent_id = %rec.spiffe_id, now = %a.agent_id, "renewal evidence names another agent; asking the agent to attest afresh");
+                        return Err(agent_state::status(
+                            agent_state::REATTEST,
+                            format!("{msg}: attest afresh"),
+                        ));
+                    }
+                    return Err(Status::permission_denied(msg));
                 }
                 // A renewal is made with the agent's current key: a new instance here is the
                 // same agent after a reboot (its key kept on disk), recorded below.
@@ -305,7 +316,7 @@ async fn attest_flow(
         "agent attested"
     );
     Ok(pb::attest_agent_response::Result {
-        svid: Some(pb::X509svid {
+        svid: Some(ironpact_proto::server::v1::X509svid {
             id: rec.spiffe_id.to_string(),
             cert_chain: vec![issued.cert_der],
             expires_at: issued.expires_at,
@@ -463,11 +474,7 @@ fn bundle_pb(b: &Bundle) -> pb::Bundle {
         jwt_authorities: b
             .jwt_authorities
             .iter()
-            .map(|k| pb::JwtKey {
-                public_key: k.public_key_der.clone(),
-                key_id: k.key_id.clone(),
-                expires_at: k.expires_at,
-            })
+            .map(super::convert::jwt_key_pb)
             .collect(),
         refresh_hint: b.refresh_hint as i64,
         sequence_number: b.sequence,
@@ -482,10 +489,7 @@ fn entry_pb(e: &Entry) -> pb::Entry {
         selectors: e
             .selectors
             .iter()
-            .map(|s| pb::Selector {
-                r#type: s.kind.clone(),
-                value: s.value.clone(),
-            })
+            .map(super::convert::selector_pb)
             .collect(),
         x509_svid_ttl: e.x509_svid_ttl.clamp(0, i64::from(i32::MAX)) as i32,
         jwt_svid_ttl: e.jwt_svid_ttl.clamp(0, i64::from(i32::MAX)) as i32,
@@ -762,7 +766,7 @@ impl AgentApi for AgentEndpoint {
                     .ca
                     .sign_x509_svid(&e.spiffe_id, &csr.spki_der, &e.dns_names, ttl)
                     .map_err(ca_status)?;
-                Ok::<_, Status>(pb::X509svid {
+                Ok::<_, Status>(ironpact_proto::server::v1::X509svid {
                     id: e.spiffe_id.to_string(),
                     cert_chain: vec![issued.cert_der],
                     expires_at: issued.expires_at,

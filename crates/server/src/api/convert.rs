@@ -64,6 +64,15 @@ pub fn workload_id(field: &str, raw: &str, td: &TrustDomain) -> Result<SpiffeId,
     Ok(id)
 }
 
+/// A JWT authority as the admin API and the agent API both send it.
+pub fn jwt_key_pb(a: &ironpact_spiffe::bundle::JwtAuthority) -> pb::JwtKey {
+    pb::JwtKey {
+        public_key: a.public_key_der.clone(),
+        key_id: a.key_id.clone(),
+        expires_at: a.expires_at,
+    }
+}
+
 pub fn selector_pb(s: &Selector) -> pb::Selector {
     pb::Selector {
         r#type: s.kind.clone(),
@@ -228,15 +237,7 @@ pub fn bundle_pb(b: &Bundle) -> pb::Bundle {
             .iter()
             .map(|d| pb::X509Certificate { asn1: d.clone() })
             .collect(),
-        jwt_authorities: b
-            .jwt_authorities
-            .iter()
-            .map(|a| pb::JwtKey {
-                public_key: a.public_key_der.clone(),
-                key_id: a.key_id.clone(),
-                expires_at: a.expires_at,
-            })
-            .collect(),
+        jwt_authorities: b.jwt_authorities.iter().map(jwt_key_pb).collect(),
         refresh_hint: b.refresh_hint as i64,
         sequence_number: b.sequence,
     }
