@@ -48,10 +48,9 @@ impl WithTee {
         a.selectors.dedup();
         // Fresh evidence from a named instance may attest again, from that instance only
         // (the endpoint compares it with the record). Evidence that names no instance (TDX
-        // 1.0) cannot tell a copy of the base's document apart: attest once, as the base,
-        // unless the base's own evidence cannot be copied (a proof of possession).
-        a.can_reattest =
-            t.instance.is_some() || (a.can_reattest && !self.base.evidence_is_copyable());
+        // 1.0) cannot tell a copy of the base's credentials apart (a document, or a key file
+        // copied into another TD of the same image): attest once, as the base.
+        a.can_reattest = t.instance.is_some();
         a.tee_instance = t.instance;
         Ok(a)
     }
@@ -65,6 +64,10 @@ impl NodeAttestor for WithTee {
 
     fn reattest_on_renewal(&self) -> bool {
         true
+    }
+
+    fn identity_follows_credentials(&self) -> bool {
+        self.base.identity_follows_credentials()
     }
 
     async fn attest(

@@ -293,12 +293,12 @@ pub trait NodeAttestor: Send + Sync + 'static {
         false
     }
 
-    /// Whether what this attestor checks could be presented by someone holding a copy of
-    /// it (an instance identity document can; a proof of possession of a key cannot). A
-    /// composed attestor whose TEE names no instance lets the node attest again only when the
-    /// base's evidence is not copyable.
-    fn evidence_is_copyable(&self) -> bool {
-        true
+    /// Whether the agent ID follows credentials the node renews on its own (a node
+    /// certificate's fingerprint): a renewal whose evidence names another agent then means
+    /// "new credentials", and the agent is told to attest afresh as that identity (where bans
+    /// and the first-attestation rules apply) instead of being refused until its SVID expires.
+    fn identity_follows_credentials(&self) -> bool {
+        false
     }
 
     /// Selectors this base attestor adds when a TEE completed it (`aws_iid:measurements:…`).

@@ -8,7 +8,7 @@
 
 mod support;
 
-use ironpact_server::attest::tdx::pcs::{CollateralStore, PcsClient, Refresh};
+use ironpact_server::attest::tdx::pcs::{CollateralStore, NoCollateral, PcsClient, Refresh};
 use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
 use ironpact_tdx::{Collateral, Platform, Quote, Roots, Tee};
 use std::path::Path;
@@ -174,11 +174,11 @@ fn pcs_down_keeps_the_cached_copy_and_says_why_without_one() {
     // nothing cached and the PCS down: an error naming the PCS, then no hammering
     let empty = tempfile::tempdir().unwrap();
     let fresh = f.store(&pcs, empty.path(), None);
-    let (kind, why) = block_on(fresh.get(&f.key(), T0)).unwrap_err();
-    assert_eq!(kind, "collateral_expired");
+    let NoCollateral { kind, why } = block_on(fresh.get(&f.key(), T0)).unwrap_err();
+    assert_eq!(kind.as_str(), "collateral_expired");
     assert!(why.contains("HTTP 503") && why.contains(&pcs.url), "{why}");
     let before = pcs.requests().len();
-    let (_, why) = block_on(fresh.get(&f.key(), T0)).unwrap_err();
+    let NoCollateral { why, .. } = block_on(fresh.get(&f.key(), T0)).unwrap_err();
     assert!(why.contains("the last fetch"), "{why}");
     assert_eq!(pcs.requests().len(), before, "retried at once");
     // up again, and the retry wait over: fetched
@@ -196,8 +196,8 @@ fn tampered_or_foreign_collateral_is_refused_and_not_cached() {
     });
     let cache = tempfile::tempdir().unwrap();
     let store = f.store(&pcs, cache.path(), None);
-    let (kind, why) = block_on(store.get(&f.key(), T0)).unwrap_err();
-    assert_eq!(kind, "bad_collateral_signature", "{why}");
+    let NoCollateral { kind, why } = block_on(store.get(&f.key(), T0)).unwrap_err();
+    assert_eq!(kind.as_str(), "bad_collateral_signature", "{why}");
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
 
     // collateral for another platform model under this FMSPC's URL
@@ -210,15 +210,15 @@ fn tampered_or_foreign_collateral_is_refused_and_not_cached() {
         s.tamper_tcb_signature = false;
         s.collateral = Some(foreign);
     });
-    let (kind, why) = block_on(store.get(&f.key(), T0 + 3 * 3600)).unwrap_err();
-    assert_eq!(kind, "fmspc_mismatch", "{why}");
+    let NoCollateral { kind, why } = block_on(store.get(&f.key(), T0 + 3 * 3600)).unwrap_err();
+    assert_eq!(kind.as_str(), "fmspc_mismatch", "{why}");
 
     // signed by another root
     let stranger = TestPki::generate(&f.platform, T0 - 100 * DAY, T0 + 400 * DAY).unwrap();
     let forged = collateral(&stranger, &f.platform, T0 - DAY, T0 + 29 * DAY).unwrap();
     pcs.set(|s| s.collateral = Some(forged));
-    let (kind, why) = block_on(store.get(&f.key(), T0 + 6 * 3600)).unwrap_err();
-    assert_eq!(kind, "bad_collateral_signature", "{why}");
+    let NoCollateral { kind, why } = block_on(store.get(&f.key(), T0 + 6 * 3600)).unwrap_err();
+    assert_eq!(kind.as_str(), "bad_collateral_signature", "{why}");
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
 }
 
@@ -247,7 +247,7 @@ fn the_newest_of_the_offline_dir_and_the_pcs_wins() {
     let offline = CollateralStore::new(f.roots.clone(), Some(dir.path().to_path_buf()), None);
     let c = block_on(offline.get(&f.key(), T0)).unwrap();
     assert_eq!(c.next_update, older.next_update);
-    let (kind, why) = block_on(
+    let NoCollateral { kind, why } = block_on(
         CollateralStore::new(
             f.roots.clone(),
             Some(tempfile::tempdir().unwrap().path().to_path_buf()),
@@ -256,6 +256,6 @@ fn the_newest_of_the_offline_dir_and_the_pcs_wins() {
         .get(&f.key(), T0),
     )
     .unwrap_err();
-    assert_eq!(kind, "collateral_expired");
+    assert_eq!(kind.as_str(), "collateral_expired");
     assert!(why.contains("none in collateral_dir"), "{why}");
 }

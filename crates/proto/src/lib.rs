@@ -27,9 +27,9 @@ pub mod health {
     }
 }
 
-/// How the server tells an agent that it was evicted or banned, beside PermissionDenied: a
-/// response metadata entry, so the agent deletes its key on exactly these answers and on no
-/// other refusal or failure.
+/// How the server tells an agent that it was evicted or banned (or must attest afresh),
+/// beside PermissionDenied: a response metadata entry, so the agent deletes its key on exactly
+/// the eviction and ban answers and on no other refusal or failure.
 pub mod agent_state {
     /// The metadata key (ASCII).
     pub const KEY: &str = "x-ironpact-agent-state";

@@ -55,12 +55,21 @@ pub enum PcsError {
 
 impl PcsError {
     /// The verifier's error kind this maps to, for the attestor's message.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ironpact_tdx::ErrorKind {
         match self {
-            PcsError::Rejected { source, .. } => source.kind.as_str(),
-            _ => "collateral_expired",
+            PcsError::Rejected { source, .. } => source.kind,
+            _ => ironpact_tdx::ErrorKind::CollateralExpired,
         }
     }
+}
+
+/// No usable collateral for a platform: the verifier's kind (`collateral_expired`, or what was
+/// wrong with what the PCS served) and where the store looked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {why}", kind.as_str())]
+pub struct NoCollateral {
+    pub kind: ironpact_tdx::ErrorKind,
+    pub why: String,
 }
 
 /// A PCS/PCCS client: one fetch yields complete collateral for a platform.
@@ -355,9 +364,9 @@ impl CollateralStore {
         &self,
         platform: &Platform,
         now: i64,
-    ) -> Result<Arc<Collateral>, (&'static str, String)> {
+    ) -> Result<Arc<Collateral>, NoCollateral> {
         let mut why = Vec::new();
-        let mut kind = "collateral_expired";
+        let mut kind = ironpact_tdx::ErrorKind::CollateralExpired;
         let from_dir = match &self.dir {
             Some(d) => {
                 // a directory scan (and reads of changed files) stays off the async runtime
@@ -388,7 +397,10 @@ impl CollateralStore {
             .into_iter()
             .flatten()
             .max_by_key(|c| (c.next_update, c.issued))
-            .ok_or_else(|| (kind, why.join("; ")))
+            .ok_or_else(|| NoCollateral {
+                kind,
+                why: why.join("; "),
+            })
     }
 
     /// Fetches again what is due (see [`Refresh`]); returns how many platforms got fresh

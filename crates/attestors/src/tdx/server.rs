@@ -79,16 +79,14 @@ impl TeeAttestor for TdxAttestor {
         // check out, so an unauthenticated caller cannot make the server fetch for it.
         ironpact_tdx::verify_quote(&quote, self.collateral.roots(), ev.now).map_err(rejected)?;
         let platform = quote.platform().map_err(rejected)?;
-        let collateral = self
-            .collateral
-            .get(&platform, ev.now)
-            .await
-            .map_err(|(kind, why)| {
-                AttestError::Unavailable(format!(
-                    "{kind}: no usable TDX collateral for FMSPC {}: {why}",
-                    hex::encode_upper(platform.fmspc),
-                ))
-            })?;
+        let collateral = self.collateral.get(&platform, ev.now).await.map_err(|e| {
+            AttestError::Unavailable(format!(
+                "{}: no usable TDX collateral for FMSPC {}: {}",
+                e.kind.as_str(),
+                hex::encode_upper(platform.fmspc),
+                e.why
+            ))
+        })?;
         // a poisoned lock (a panic while replacing the policy) refuses: never a default policy
         let mut policy = self
             .policy

@@ -97,9 +97,10 @@ impl X509PopAttestor {
         Ok((chain, v))
     }
 
-    /// Checks `leaf` (with `intermediates`) against the CA bundle at `now`: the chain first
-    /// (so a certificate from elsewhere is counted as untrusted, whatever else is wrong with
-    /// it), then what SPIRE requires of the node's certificate.
+    /// Checks `leaf` (with `intermediates`) against the CA bundle at `now` (rustls-webpki:
+    /// each certificate's validity, constraints and extended key usage, then the path to a
+    /// CA of the bundle; the error it reports is the one of the most promising path), then
+    /// what SPIRE requires of the node's certificate.
     fn verify_chain(
         &self,
         leaf: &X509Certificate<'_>,
@@ -120,23 +121,21 @@ impl X509PopAttestor {
             leaf.validity().not_before.timestamp(),
             leaf.validity().not_after.timestamp(),
         );
-        let eku_refused = std::cell::Cell::new(false);
         let path = ee
             .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &self.anchors,
                 &inter,
                 time,
-                NodeEku {
-                    refused: &eku_refused,
-                },
+                NodeEku,
                 None,
                 None,
             )
             .map_err(|e| match e {
-                _ if eku_refused.get() => refused(
+                #[allow(deprecated)] // what NodeEku returns
+                webpki::Error::RequiredEkuNotFound => refused(
                     KEY_USAGE,
-                    format!("the node certificate {subject} has an extended key usage without clientAuth or serverAuth"),
+                    format!("a certificate of the chain of {subject} has an extended key usage without clientAuth or serverAuth"),
                 ),
                 webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. }
                     if now > na =>
@@ -209,12 +208,9 @@ impl X509PopAttestor {
 /// The extended key usages a node certificate may carry (none at all is fine): clientAuth (it
 /// authenticates to the server), serverAuth (host certificates often carry only that) or
 /// anyExtendedKeyUsage. A certificate meant only for, say, code signing is not a node's.
-/// `refused` records that this check failed, for a precise refusal.
-struct NodeEku<'a> {
-    refused: &'a std::cell::Cell<bool>,
-}
+struct NodeEku;
 
-impl webpki::ExtendedKeyUsageValidator for NodeEku<'_> {
+impl webpki::ExtendedKeyUsageValidator for NodeEku {
     fn validate(&self, iter: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
         // id-kp-serverAuth, id-kp-clientAuth (1.3.6.1.5.5.7.3.1 and .2), anyExtendedKeyUsage
         const ALLOWED: [&[u8]; 3] = [
@@ -231,7 +227,6 @@ impl webpki::ExtendedKeyUsageValidator for NodeEku<'_> {
             any = true;
         }
         if any {
-            self.refused.set(true);
             #[allow(deprecated)] // the context variant cannot be built outside webpki
             return Err(webpki::Error::RequiredEkuNotFound);
         }
@@ -247,15 +242,24 @@ fn subject_of(cert: &X509Certificate<'_>) -> String {
     format!("{cut:?}")
 }
 
-/// `x509pop://<trust_domain>/<key>/<value>` as (key, value).
-fn san_selector<'a>(uri: &'a str, trust_domain: &str) -> Option<(&'a str, &'a str)> {
-    let rest = uri.strip_prefix("x509pop://")?;
+/// `x509pop://<trust_domain>/<key>/<value>` as (key, value): the scheme and host compared
+/// without case, a query or fragment dropped, the path percent-decoded.
+fn san_selector(uri: &str, trust_domain: &str) -> Option<(String, String)> {
+    let (scheme, rest) = uri.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("x509pop") {
+        return None;
+    }
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
     let (host, path) = rest.split_once('/')?;
     if !host.eq_ignore_ascii_case(trust_domain) {
         return None;
     }
+    let path = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
     let (key, value) = path.split_once('/')?;
-    (!key.is_empty() && !value.is_empty()).then_some((key, value))
+    (!key.is_empty() && !value.is_empty()).then(|| (key.to_string(), value.to_string()))
 }
 
 /// The serial number as SPIRE prints it (`%x` of the number: hex, no leading zeros).
@@ -277,10 +281,9 @@ impl NodeAttestor for X509PopAttestor {
         true
     }
 
-    /// A proof of possession of a private key cannot be replayed from a copy of what the node
-    /// sent: composed with a TEE that names no instance, the node may still attest again.
-    fn evidence_is_copyable(&self) -> bool {
-        false
+    /// A node certificate renewed on disk has a new fingerprint, so a new agent ID.
+    fn identity_follows_credentials(&self) -> bool {
+        true
     }
 
     async fn attest(
@@ -374,5 +377,33 @@ impl NodeAttestor for X509PopAttestor {
             can_reattest: true,
             tee_instance: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::san_selector;
+
+    #[test]
+    fn san_selectors_read_spire_uris_only() {
+        let td = "example.org";
+        let sel = |u: &str| san_selector(u, td);
+        assert_eq!(
+            sel("x509pop://example.org/datacenter/dc1"),
+            Some(("datacenter".into(), "dc1".into()))
+        );
+        assert_eq!(
+            sel("X509POP://Example.org/env/prod%20a?x=1#f"),
+            Some(("env".into(), "prod a".into()))
+        );
+        for other in [
+            "x509pop://other.org/datacenter/dc1",
+            "spiffe://example.org/datacenter/dc1",
+            "x509pop://example.org/datacenter",
+            "x509pop://example.org//dc1",
+            "x509pop://example.org/k/",
+        ] {
+            assert_eq!(sel(other), None, "{other}");
+        }
     }
 }

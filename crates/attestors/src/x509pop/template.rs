@@ -58,6 +58,9 @@ impl AgentPathTemplate {
         let mut parts = Vec::new();
         let mut rest = t;
         while let Some(open) = rest.find("{{") {
+            if rest[..open].contains("}}") {
+                return Err(format!("agent_path_template {t:?}: a }}}} without {{{{"));
+            }
             if open > 0 {
                 parts.push(Part::Text(rest[..open].to_string()));
             }

@@ -211,7 +211,7 @@ async fn attest_flow(
                     // evidence that may attest again (a node certificate renewed on disk, with
                     // a new fingerprint): the agent attests afresh as that identity, where
                     // bans, instance checks and the rest apply; this renewal grants nothing
-                    if a.can_reattest {
+                    if attestor.identity_follows_credentials() {
                         info!(agent_id = %rec.spiffe_id, now = %a.agent_id, "renewal evidence names another agent; asking the agent to attest afresh");
                         return Err(agent_state::status(
                             agent_state::REATTEST,
@@ -247,6 +247,21 @@ async fn attest_flow(
             agent_state::BANNED,
             format!("agent {} is banned", attested.agent_id),
         ));
+    }
+    // An agent ID is its attestor's: another attestor's evidence (an operator template that
+    // happens to produce it) does not take it over.
+    if renewing.is_none()
+        && let Some(r) = &existing
+        && r.attestation_type != attestor.name()
+    {
+        warn!(agent_id = %attested.agent_id, attestor = attestor.name(), was = %r.attestation_type, "attestation under another attestor's agent ID refused");
+        return Err(Status::permission_denied(format!(
+            "{} was attested with {:?}, not {:?}: evict it first (ironpact-server agent evict -spiffeID {})",
+            attested.agent_id,
+            r.attestation_type,
+            attestor.name(),
+            attested.agent_id
+        )));
     }
     // Re-attestation under an existing agent ID must come from the TEE instance that first
     // attested: a copy of the base's evidence (an identity document) in another VM that passes
