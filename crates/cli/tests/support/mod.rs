@@ -183,7 +183,8 @@ impl TestServer {
     /// A server whose config adds `server_extra` to `server { }` and `plugins_extra` to `plugins { }`.
     pub fn start_with(backend: Backend, server_extra: &str, plugins_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        // the kernel picks the port; the server's log says which (see `take_bound_port`)
+        let port = 0;
         let socket = dir.path().join("admin/api.sock");
         let config = dir.path().join("server.conf");
         let (db_type, conn) = match &backend {
@@ -249,7 +250,41 @@ plugins {{
             child: None,
         };
         s.spawn();
+        s.take_bound_port();
         s
+    }
+
+    /// Reads the agent API port the server bound (it was started with port 0) from its log,
+    /// and writes it into the config so a restart binds the same one: no port is guessed
+    /// free in advance, so parallel suites never race for one.
+    fn take_bound_port(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            let log = self.log();
+            let found = log
+                .lines()
+                .filter(|l| l.contains("agent API listening"))
+                .find_map(|l| {
+                    let rest = &l[l.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse::<u16>().ok()
+                });
+            if let Some(p) = found {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not log its agent API address:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.port = port;
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(
+            &self.config,
+            cfg.replace("bind_port = \"0\"", &format!("bind_port = \"{port}\"")),
+        )
+        .unwrap();
     }
 
     /// Starts (or restarts) the process and waits until it is healthy.
