@@ -183,6 +183,36 @@ impl AttestError {
     }
 }
 
+/// A TEE attestor's policy: read at every appraisal, replaced whole on reload (SIGHUP).
+pub struct PolicyCell<P> {
+    tee: &'static str,
+    lock: std::sync::RwLock<P>,
+}
+
+impl<P: Clone> PolicyCell<P> {
+    pub fn new(tee: &'static str, policy: P) -> Self {
+        Self {
+            tee,
+            lock: std::sync::RwLock::new(policy),
+        }
+    }
+
+    /// The policy in force. A lock poisoned by a panic while it was replaced refuses: never a
+    /// default policy.
+    pub fn current(&self) -> Result<P, AttestError> {
+        self.lock
+            .read()
+            .map(|p| p.clone())
+            .map_err(|_| AttestError::poisoned_policy(self.tee))
+    }
+
+    pub fn set(&self, policy: P) {
+        if let Ok(mut g) = self.lock.write() {
+            *g = policy;
+        }
+    }
+}
+
 /// Sends a challenge to the agent and waits for its answer.
 #[async_trait::async_trait]
 pub trait Challenger: Send {

@@ -72,10 +72,7 @@ impl ServerConfig {
     /// The TEE block of the NodeAttestor block `owner`: the one nested in a base attestor's
     /// plugin_data, or a standalone `sev_snp`/`tdx` block.
     pub fn tee_of(&self, owner: &str) -> Option<Arc<dyn TeeConfig>> {
-        self.node_attestors
-            .iter()
-            .find(|a| a.name == owner)
-            .and_then(|a| a.tee.clone())
+        self.node_attestor(owner).and_then(|a| a.tee.clone())
     }
 
     /// The `NodeAttestor` block named `name`, when configured.

@@ -176,7 +176,7 @@ fn build(snp: &SevSnpConfig, ctx: &BuildCtx<'_>) -> Result<SevSnpAttestor, Build
     );
     Ok(SevSnpAttestor {
         roots,
-        policy: std::sync::RwLock::new(snp.policy.clone()),
+        policy: crate::PolicyCell::new("sev_snp", snp.policy.clone()),
         kds,
         product: snp.product,
         certs_dir: snp.certs_dir.clone(),

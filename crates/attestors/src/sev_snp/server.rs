@@ -3,16 +3,17 @@
 //! verifies the report to the configured AMD roots and judges it with its policy. Renewals
 //! attest again (continuous attestation), so a policy change stops machines that no longer pass.
 
-use crate::{AttestError, Challenger, Evidence, RefusalKind, TeeAttestor, TeeConfig, TeeOutcome};
+use crate::{
+    AttestError, Challenger, Evidence, PolicyCell, RefusalKind, TeeAttestor, TeeConfig, TeeOutcome,
+};
 use ironpact_snp::binding::{NONCE_LEN, decode_evidence, report_data};
 use ironpact_snp::{AmdRoots, Policy};
 use ironpact_spiffe::Selector;
-use std::sync::RwLock;
 
 pub struct SevSnpAttestor {
     pub roots: AmdRoots,
     /// Replaceable at runtime; read at every attestation and renewal.
-    pub policy: RwLock<Policy>,
+    pub policy: PolicyCell<Policy>,
     /// Fetches the VCEK when the evidence carries none.
     pub kds: Option<super::kds::KdsFetcher>,
     /// The product of reports that do not say (v2).
@@ -117,12 +118,6 @@ impl SevSnpAttestor {
             .map_err(|e| kds_failure("no CRL: ", e))?;
         ironpact_snp::crl::check_verified(&crl, &self.roots, v, now).map_err(rejected)
     }
-
-    pub fn set_policy(&self, p: Policy) {
-        if let Ok(mut g) = self.policy.write() {
-            *g = p;
-        }
-    }
 }
 
 #[async_trait::async_trait]
@@ -144,7 +139,7 @@ impl TeeAttestor for SevSnpAttestor {
             measurements = c.policy.measurements.len(),
             "reloaded the sev_snp policy; it applies to the next attestation or renewal"
         );
-        self.set_policy(c.policy.clone());
+        self.policy.set(c.policy.clone());
         true
     }
 
@@ -166,12 +161,7 @@ impl TeeAttestor for SevSnpAttestor {
         if self.check_crl {
             self.check_revocation(&verified, ev.now).await?;
         }
-        // a poisoned lock (a panic while replacing the policy) refuses: never a default policy
-        let mut policy = self
-            .policy
-            .read()
-            .map(|p| p.clone())
-            .map_err(|_| AttestError::poisoned_policy("sev_snp"))?;
+        let mut policy = self.policy.current()?;
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
         policy.check(&verified).map_err(rejected)?;
         let selectors = verified

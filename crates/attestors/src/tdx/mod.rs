@@ -174,7 +174,7 @@ fn build(t: &TdxConfig, ctx: &BuildCtx<'_>) -> Result<TdxAttestor, BuildError> {
         "tdx attestor ready"
     );
     Ok(TdxAttestor {
-        policy: std::sync::RwLock::new(t.policy.clone()),
+        policy: crate::PolicyCell::new("tdx", t.policy.clone()),
         collateral,
     })
 }

@@ -6,20 +6,21 @@
 
 use super::pcs::CollateralStore;
 use crate::{
-    AttestError, Attested, Challenger, Evidence, RefusalKind, TeeAttestor, TeeConfig, TeeOutcome,
+    AttestError, Attested, Challenger, Evidence, PolicyCell, RefusalKind, TeeAttestor, TeeConfig,
+    TeeOutcome,
 };
 use ironpact_datastore::AgentRecord;
 use ironpact_spiffe::Selector;
 use ironpact_spiffe::TrustDomain;
 use ironpact_tdx::{Policy, Quote};
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 pub const NONCE_LEN: usize = 32;
 
 pub struct TdxAttestor {
     /// Replaceable at runtime; read at every attestation and renewal.
-    pub policy: RwLock<Policy>,
+    pub policy: PolicyCell<Policy>,
     /// Collateral from the offline directory and/or the PCS/PCCS cache; it also holds the
     /// root quotes and collateral are verified to.
     pub collateral: Arc<CollateralStore>,
@@ -29,13 +30,7 @@ fn rejected(e: ironpact_tdx::TdxError) -> AttestError {
     AttestError::Rejected(e.into())
 }
 
-impl TdxAttestor {
-    pub fn set_policy(&self, p: Policy) {
-        if let Ok(mut g) = self.policy.write() {
-            *g = p;
-        }
-    }
-}
+impl TdxAttestor {}
 
 #[async_trait::async_trait]
 impl TeeAttestor for TdxAttestor {
@@ -56,7 +51,7 @@ impl TeeAttestor for TdxAttestor {
             mrtds = c.policy.mrtds.len(),
             "reloaded the tdx policy; it applies to the next attestation or renewal"
         );
-        self.set_policy(c.policy.clone());
+        self.policy.set(c.policy.clone());
         true
     }
 
@@ -87,12 +82,7 @@ impl TeeAttestor for TdxAttestor {
                 e.why
             ))
         })?;
-        // a poisoned lock (a panic while replacing the policy) refuses: never a default policy
-        let mut policy = self
-            .policy
-            .read()
-            .map(|p| p.clone())
-            .map_err(|_| AttestError::poisoned_policy("tdx"))?;
+        let mut policy = self.policy.current()?;
         let verified = ironpact_tdx::verify(
             &quote,
             &collateral,
@@ -201,7 +191,7 @@ mod tests {
         };
         let tee = Arc::new(TdxAttestor {
             collateral: Arc::new(CollateralStore::new(roots, Some(dir.to_path_buf()), None)),
-            policy: RwLock::new(policy),
+            policy: PolicyCell::new("tdx", policy),
         });
         let a = crate::Standalone {
             trust_domain: TrustDomain::new("example.org").unwrap(),
@@ -307,10 +297,13 @@ mod tests {
         );
         let tee = TdxAttestor {
             collateral: Arc::new(store),
-            policy: RwLock::new(Policy {
-                mrtds: vec![[1; 48]],
-                ..Policy::default()
-            }),
+            policy: PolicyCell::new(
+                "tdx",
+                Policy {
+                    mrtds: vec![[1; 48]],
+                    ..Policy::default()
+                },
+            ),
         };
         let spki = b"the agent's key".to_vec();
         let ev = Evidence {

@@ -50,6 +50,14 @@ pub struct X509PopAttestor {
 pub struct Verified {
     /// SHA-1 fingerprints of the intermediates and the root the chain used.
     pub ca_fingerprints: Vec<String>,
+    /// The node certificate's subject, escaped for messages.
+    pub subject: String,
+    /// Its subject common name (the last, as Go reads it), empty when it has none.
+    pub common_name: String,
+    /// Its serial number as SPIRE prints it.
+    pub serial_hex: String,
+    /// Its SPIRE SAN selectors, (key, value) of `x509pop://<td>/<key>/<value>` URI SANs.
+    pub san: Vec<(String, String)>,
 }
 
 impl X509PopAttestor {
@@ -201,7 +209,34 @@ impl X509PopAttestor {
         {
             ca_fingerprints.push(fingerprint(root));
         }
-        Ok(Verified { ca_fingerprints })
+        let common_name = leaf
+            .subject()
+            .iter_common_name()
+            .last()
+            .and_then(|c| c.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        // SPIRE's SAN selectors: a URI SAN x509pop://<trust domain>/<key>/<value> is
+        // san:<key>:<value>; other SANs make none
+        let san = match leaf.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => san_selector(u, self.trust_domain.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Verified {
+            ca_fingerprints,
+            subject,
+            common_name,
+            serial_hex: serial_hex(leaf),
+            san,
+        })
     }
 }
 
@@ -294,8 +329,6 @@ impl NodeAttestor for X509PopAttestor {
         // the chain first: an untrusted certificate gets no challenge
         let (chain, verified) = self.check_payload(ev.payload, ev.now)?;
         let leaf_der = &chain[0];
-        let (_, leaf) = X509Certificate::from_der(leaf_der)
-            .map_err(|e| AttestError::Malformed(format!("x509pop certificate: {e}")))?;
 
         let nonce: [u8; NONCE_LEN] = rand::random();
         let signature = challenger.challenge(nonce.to_vec()).await?;
@@ -311,28 +344,21 @@ impl NodeAttestor for X509PopAttestor {
                 SIGNATURE,
                 format!(
                     "the proof of possession does not verify with the key of {} (a signature over another nonce or CSR key, or made by another key)",
-                    subject_of(&leaf)
+                    verified.subject
                 ),
             ));
         }
 
         let fp = fingerprint(leaf_der);
-        let cn = leaf
-            .subject()
-            .iter_common_name()
-            .last()
-            .and_then(|c| c.as_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let serial = serial_hex(&leaf);
+        let (cn, serial) = (&verified.common_name, &verified.serial_hex);
         let path = self
             .template
             .render(&Values {
                 plugin_name: "x509pop",
                 fingerprint: &fp,
                 trust_domain: self.trust_domain.as_str(),
-                common_name: &cn,
-                serial_number_hex: &serial,
+                common_name: cn,
+                serial_number_hex: serial,
             })
             .map_err(|e| refused(AGENT_PATH, e))?;
         let agent_id = self
@@ -353,16 +379,8 @@ impl NodeAttestor for X509PopAttestor {
             values.push(format!("ca:fingerprint:{f}"));
         }
         values.push(format!("serialnumber:{serial}"));
-        // SPIRE's SAN selectors: a URI SAN x509pop://<trust domain>/<key>/<value> is
-        // san:<key>:<value>; other SANs make none
-        if let Ok(Some(san)) = leaf.subject_alternative_name() {
-            for n in &san.value.general_names {
-                if let GeneralName::URI(u) = n
-                    && let Some((key, value)) = san_selector(u, self.trust_domain.as_str())
-                {
-                    values.push(format!("san:{key}:{value}"));
-                }
-            }
+        for (key, value) in &verified.san {
+            values.push(format!("san:{key}:{value}"));
         }
         let mut selectors: Vec<Selector> = values
             .iter()
