@@ -3,13 +3,30 @@
 //! [`crate::verify`] only against roots that include its test ARK ([`SimulatedSnp::roots`]),
 //! never against [`crate::AmdRoots::genuine`].
 //!
-//! The certificates are written by hand (a few DER helpers below) because no X.509 crate we
-//! use can sign with RSASSA-PSS SHA-384, which AMD's chain uses and the verifier requires.
+//! The certificates are built with `x509-cert`'s types and signed with
+//! `rsa::pss::SigningKey<Sha384>` (RSASSA-PSS, MGF1-SHA-384, salt 48, as AMD's chain).
 
 use crate::report::{Product, REPORT_LEN, SIGNED_LEN, SigningKey};
 use crate::roots::{AmdRoots, ProductRoots};
 use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
+use ring::signature::{self, EcdsaKeyPair, KeyPair};
+use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+use rsa::signature::{RandomizedSigner, SignatureEncoding};
+use sha2::Sha384;
+use std::str::FromStr;
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::der::asn1::{BitString, GeneralizedTime, Ia5StringRef, OctetString, Utf8StringRef};
+use x509_cert::der::{Any, Decode, Encode};
+use x509_cert::ext::Extension;
+use x509_cert::ext::pkix::BasicConstraints;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::{
+    AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, ObjectIdentifier,
+    SubjectPublicKeyInfoOwned,
+};
+use x509_cert::time::{Time, Validity};
+use x509_cert::{Certificate, TbsCertificate, Version};
 
 #[derive(Debug, thiserror::Error)]
 #[error("simulated SEV-SNP device: {0}")]
@@ -19,154 +36,88 @@ fn e(m: impl std::fmt::Display) -> SimError {
     SimError(m.to_string())
 }
 
-// ---- minimal DER writer
-fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = body.len();
-    if n < 0x80 {
-        out.push(n as u8);
-    } else {
-        let bytes: Vec<u8> = n
-            .to_be_bytes()
-            .iter()
-            .copied()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend_from_slice(&bytes);
-    }
-    out.extend_from_slice(body);
-    out
-}
-fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
-    tlv(0x30, &parts.concat())
-}
-fn int_bytes(v: &[u8]) -> Vec<u8> {
-    let mut b: Vec<u8> = v.iter().copied().skip_while(|x| *x == 0).collect();
-    if b.is_empty() || b[0] & 0x80 != 0 {
-        b.insert(0, 0);
-    }
-    tlv(0x02, &b)
-}
-fn int(v: u64) -> Vec<u8> {
-    int_bytes(&v.to_be_bytes())
-}
-fn oid(dotted: &str) -> Vec<u8> {
-    let n: Vec<u64> = dotted.split('.').filter_map(|x| x.parse().ok()).collect();
-    let mut body = vec![(n[0] * 40 + n[1]) as u8];
-    for &v in &n[2..] {
-        let mut chunk = vec![(v & 0x7f) as u8];
-        let mut x = v >> 7;
-        while x > 0 {
-            chunk.push(((x & 0x7f) as u8) | 0x80);
-            x >>= 7;
-        }
-        chunk.reverse();
-        body.extend(chunk);
-    }
-    tlv(0x06, &body)
-}
-fn explicit(n: u8, body: Vec<u8>) -> Vec<u8> {
-    tlv(0xA0 | n, &body)
-}
-fn name(cn: &str) -> Vec<u8> {
-    seq(&[
-        tlv(
-            0x31,
-            &seq(&[oid("2.5.4.10"), tlv(0x0C, b"Advanced Micro Devices")]),
-        ),
-        tlv(0x31, &seq(&[oid("2.5.4.3"), tlv(0x0C, cn.as_bytes())])),
-    ])
-}
-fn time(unix: i64) -> Vec<u8> {
-    let t = ::time::OffsetDateTime::from_unix_timestamp(unix)
-        .unwrap_or(::time::OffsetDateTime::UNIX_EPOCH);
-    let s = format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
-    tlv(0x18, s.as_bytes())
-}
-fn sha384_alg() -> Vec<u8> {
-    seq(&[oid("2.16.840.1.101.3.4.2.2")])
-}
-/// RSASSA-PSS with SHA-384, MGF1-SHA-384, salt 48.
-fn pss_alg() -> Vec<u8> {
-    seq(&[
-        oid("1.2.840.113549.1.1.10"),
-        seq(&[
-            explicit(0, sha384_alg()),
-            explicit(1, seq(&[oid("1.2.840.113549.1.1.8"), sha384_alg()])),
-            explicit(2, int(48)),
-        ]),
-    ])
-}
-fn ext(id: &str, value: Vec<u8>) -> Vec<u8> {
-    seq(&[oid(id), tlv(0x04, &value)])
+fn time(unix: i64) -> Result<Time, SimError> {
+    let secs = u64::try_from(unix).map_err(|_| e("times before 1970 are not supported"))?;
+    Ok(Time::GeneralTime(
+        GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(secs)).map_err(e)?,
+    ))
 }
 
-/// An RSA key (PKCS#8) able to sign AMD-style certificates.
+fn name(cn: &str) -> Result<Name, SimError> {
+    // RFC 4514 order: the last RDN is written first, so this encodes O then CN, as AMD's.
+    Name::from_str(&format!("CN={cn},O=Advanced Micro Devices")).map_err(e)
+}
+
+/// An extension whose value is the DER of `value`.
+fn ext(id: &str, value: &impl Encode) -> Result<Extension, SimError> {
+    Ok(Extension {
+        extn_id: ObjectIdentifier::new(id).map_err(e)?,
+        critical: false,
+        extn_value: OctetString::new(value.to_der().map_err(e)?).map_err(e)?,
+    })
+}
+
+/// An RSA key (PKCS#8) able to sign AMD-style certificates and CRLs.
 struct RsaSigner {
-    pair: RsaKeyPair,
-    spki: Vec<u8>,
+    key: rsa::pss::SigningKey<Sha384>,
+    spki: SubjectPublicKeyInfoOwned,
+    alg: AlgorithmIdentifierOwned,
 }
 
 impl RsaSigner {
     fn new(pkcs8: &[u8]) -> Result<Self, SimError> {
-        let pair = RsaKeyPair::from_pkcs8(pkcs8).map_err(e)?;
-        let pkcs1 = pair.public().as_ref().to_vec();
-        let spki = seq(&[
-            seq(&[oid("1.2.840.113549.1.1.1"), tlv(0x05, &[])]),
-            tlv(0x03, &[&[0u8][..], &pkcs1].concat()),
-        ]);
-        Ok(Self { pair, spki })
+        let private = rsa::RsaPrivateKey::from_pkcs8_der(pkcs8).map_err(e)?;
+        let spki_der = private.to_public_key().to_public_key_der().map_err(e)?;
+        let spki = SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(e)?;
+        // The salt length defaults to the digest's (48 bytes for SHA-384).
+        let key = rsa::pss::SigningKey::<Sha384>::new(private);
+        let alg = key.signature_algorithm_identifier().map_err(e)?;
+        Ok(Self { key, spki, alg })
     }
 
-    fn certificate(&self, tbs: Vec<u8>) -> Result<Vec<u8>, SimError> {
-        let mut sig = vec![0u8; self.pair.public().modulus_len()];
-        self.pair
-            .sign(
-                &signature::RSA_PSS_SHA384,
-                &SystemRandom::new(),
-                &tbs,
-                &mut sig,
-            )
-            .map_err(e)?;
-        Ok(seq(&[
-            tbs,
-            pss_alg(),
-            tlv(0x03, &[&[0u8][..], &sig].concat()),
-        ]))
+    /// The signature over `tbs` (DER) as a BIT STRING.
+    fn sign(&self, tbs: &[u8]) -> Result<BitString, SimError> {
+        let sig = self.key.sign_with_rng(&mut rsa::rand_core::OsRng, tbs);
+        BitString::from_bytes(&sig.to_vec()).map_err(e)
     }
-}
 
-fn tbs(
-    serial: u64,
-    issuer: &str,
-    subject: &str,
-    nb: i64,
-    na: i64,
-    spki: &[u8],
-    exts: Vec<Vec<u8>>,
-) -> Vec<u8> {
-    let mut parts = vec![
-        explicit(0, int(2)),
-        int(serial),
-        pss_alg(),
-        name(issuer),
-        seq(&[time(nb), time(na)]),
-        name(subject),
-        spki.to_vec(),
-    ];
-    if !exts.is_empty() {
-        parts.push(explicit(3, seq(&exts)));
+    fn certificate(&self, tbs: TbsCertificate) -> Result<Vec<u8>, SimError> {
+        let signature = self.sign(&tbs.to_der().map_err(e)?)?;
+        Certificate {
+            tbs_certificate: tbs,
+            signature_algorithm: self.alg.clone(),
+            signature,
+        }
+        .to_der()
+        .map_err(e)
     }
-    seq(&parts)
+
+    #[allow(clippy::too_many_arguments)]
+    fn tbs(
+        &self,
+        serial: u64,
+        issuer: &str,
+        subject: &str,
+        (nb, na): (i64, i64),
+        spki: SubjectPublicKeyInfoOwned,
+        exts: Vec<Extension>,
+    ) -> Result<TbsCertificate, SimError> {
+        Ok(TbsCertificate {
+            version: Version::V3,
+            serial_number: SerialNumber::from(serial),
+            signature: self.alg.clone(),
+            issuer: name(issuer)?,
+            validity: Validity {
+                not_before: time(nb)?,
+                not_after: time(na)?,
+            },
+            subject: name(subject)?,
+            subject_public_key_info: spki,
+            issuer_unique_id: None,
+            subject_unique_id: None,
+            extensions: (!exts.is_empty()).then_some(exts),
+        })
+    }
 }
 
 /// TCB and identity the simulated platform reports.
@@ -267,56 +218,71 @@ impl SimulatedSnp {
             &rng,
         )
         .map_err(e)?;
-        let ca = || ext("2.5.29.19", seq(&[tlv(0x01, &[0xff])]));
+        let ca = || {
+            ext(
+                "2.5.29.19",
+                &BasicConstraints {
+                    ca: true,
+                    path_len_constraint: None,
+                },
+            )
+        };
         let ark_cn = format!("ARK-{p}");
         let ask_cn = if vlek {
             format!("SEV-VLEK-{p}")
         } else {
             format!("SEV-{p}")
         };
-        let ark_der = ark.certificate(tbs(
+        let validity = (not_before, not_after);
+        let ark_der = ark.certificate(ark.tbs(
             1,
             &ark_cn,
             &ark_cn,
-            not_before,
-            not_after,
-            &ark.spki,
-            vec![ca()],
-        ))?;
-        let ask_der = ark.certificate(tbs(
+            validity,
+            ark.spki.clone(),
+            vec![ca()?],
+        )?)?;
+        let ask_der = ark.certificate(ark.tbs(
             2,
             &ark_cn,
             &ask_cn,
-            not_before,
-            not_after,
-            &ask.spki,
-            vec![ca()],
-        ))?;
+            validity,
+            ask.spki.clone(),
+            vec![ca()?],
+        )?)?;
         let (bl, tee, snp, ucode) = platform.tcb;
-        let point = vcek.public_key().as_ref().to_vec();
-        let vcek_spki = seq(&[
-            seq(&[oid("1.2.840.10045.2.1"), oid("1.3.132.0.34")]),
-            tlv(0x03, &[&[0u8][..], &point].concat()),
-        ]);
+        let vcek_spki = SubjectPublicKeyInfoOwned {
+            algorithm: AlgorithmIdentifierOwned {
+                oid: ObjectIdentifier::new_unwrap("1.2.840.10045.2.1"),
+                parameters: Some(Any::from(ObjectIdentifier::new_unwrap("1.3.132.0.34"))),
+            },
+            subject_public_key: BitString::from_bytes(vcek.public_key().as_ref()).map_err(e)?,
+        };
         let mut exts = vec![
-            ext("1.3.6.1.4.1.3704.1.1", int(1)),
-            ext("1.3.6.1.4.1.3704.1.2", tlv(0x16, p.as_bytes())),
-            ext("1.3.6.1.4.1.3704.1.3.1", int(u64::from(bl))),
-            ext("1.3.6.1.4.1.3704.1.3.2", int(u64::from(tee))),
-            ext("1.3.6.1.4.1.3704.1.3.3", int(u64::from(snp))),
-            ext("1.3.6.1.4.1.3704.1.3.8", int(u64::from(ucode))),
+            ext("1.3.6.1.4.1.3704.1.1", &1u64)?,
+            ext("1.3.6.1.4.1.3704.1.2", &Ia5StringRef::new(p).map_err(e)?)?,
+            ext("1.3.6.1.4.1.3704.1.3.1", &u64::from(bl))?,
+            ext("1.3.6.1.4.1.3704.1.3.2", &u64::from(tee))?,
+            ext("1.3.6.1.4.1.3704.1.3.3", &u64::from(snp))?,
+            ext("1.3.6.1.4.1.3704.1.3.8", &u64::from(ucode))?,
         ];
         let leaf_cn = if vlek {
             // The VLEK names its cloud provider (csp_id) instead of a chip.
-            exts.push(ext("1.3.6.1.4.1.3704.1.5", tlv(0x0c, b"ironpact-test-csp")));
+            exts.push(ext(
+                "1.3.6.1.4.1.3704.1.5",
+                &Utf8StringRef::new("ironpact-test-csp").map_err(e)?,
+            )?);
             "SEV-VLEK"
         } else {
-            exts.push(ext("1.3.6.1.4.1.3704.1.4", platform.chip_id.to_vec()));
+            // hwID: the 64 raw bytes of the chip ID are the extension's value (no inner DER).
+            exts.push(Extension {
+                extn_id: ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.4"),
+                critical: false,
+                extn_value: OctetString::new(platform.chip_id.to_vec()).map_err(e)?,
+            });
             "SEV-VCEK"
         };
-        let vcek_der = ask.certificate(tbs(
-            0, &ask_cn, leaf_cn, not_before, not_after, &vcek_spki, exts,
-        ))?;
+        let vcek_der = ask.certificate(ask.tbs(0, &ask_cn, leaf_cn, validity, vcek_spki, exts)?)?;
         Ok(Self {
             platform,
             ark_der,
@@ -336,20 +302,33 @@ impl SimulatedSnp {
         next_update: i64,
     ) -> Result<Vec<u8>, SimError> {
         let issuer = format!("ARK-{}", self.platform.product.name());
-        let mut parts = vec![
-            int(1),
-            pss_alg(),
-            name(&issuer),
-            time(this_update),
-            time(next_update),
-        ];
-        if !serials.is_empty() {
-            parts.push(seq(&serials
-                .iter()
-                .map(|s| seq(&[int(*s), time(this_update)]))
-                .collect::<Vec<_>>()));
+        let revoked = serials
+            .iter()
+            .map(|s| {
+                Ok(RevokedCert {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_date: time(this_update)?,
+                    crl_entry_extensions: None,
+                })
+            })
+            .collect::<Result<Vec<_>, SimError>>()?;
+        let tbs = TbsCertList {
+            version: Version::V2,
+            signature: self.ark.alg.clone(),
+            issuer: name(&issuer)?,
+            this_update: time(this_update)?,
+            next_update: Some(time(next_update)?),
+            revoked_certificates: (!revoked.is_empty()).then_some(revoked),
+            crl_extensions: None,
+        };
+        let signature = self.ark.sign(&tbs.to_der().map_err(e)?)?;
+        CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: self.ark.alg.clone(),
+            signature,
         }
-        self.ark.certificate(seq(&parts))
+        .to_der()
+        .map_err(e)
     }
 
     /// Roots that trust this device's test ARK (and nothing else).

@@ -199,3 +199,64 @@ fn a_vlek_signed_report_verifies_under_its_asvk_and_nowhere_else() {
         ErrorKind::PolicyViolation
     );
 }
+
+/// The simulated chain is ordinary X.509 with RSASSA-PSS: openssl, an independent verifier,
+/// accepts it (ARK → ASK → VCEK, and the CRL under the ARK).
+#[test]
+fn openssl_verifies_the_simulated_chain() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "openssl is missing");
+        println!("SKIPPED: openssl is not installed");
+        return;
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sim = device(now);
+    let dir = tempfile::tempdir().unwrap();
+    let pem = |name: &str, tag: &str, der: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem::encode(&pem::Pem::new(tag, der.to_vec()))).unwrap();
+        p
+    };
+    let ark = pem("ark.pem", "CERTIFICATE", &sim.ark_der);
+    let ask = pem("ask.pem", "CERTIFICATE", &sim.ask_der);
+    let vcek = pem("vcek.pem", "CERTIFICATE", &sim.vcek_der);
+    let crl = pem(
+        "crl.pem",
+        "X509 CRL",
+        &sim.crl(&[], now - 10, now + 1000).unwrap(),
+    );
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&ark)
+        .arg("-untrusted")
+        .arg(&ask)
+        .arg(&vcek)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new("openssl")
+        .args(["crl", "-noout", "-in"])
+        .arg(&crl)
+        .arg("-CAfile")
+        .arg(&ark)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("verify OK"), "{text}");
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&vcek)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("rsassaPss") && text.contains("sha384"),
+        "{text}"
+    );
+}

@@ -84,80 +84,51 @@ fn at(t: i64) -> Result<OffsetDateTime, TdxError> {
     OffsetDateTime::from_unix_timestamp(t).map_err(sim)
 }
 
-// --- the SGX extension of PCK certificates, DER by hand (no crate builds Intel's layout) ---
+// --- the SGX extension of PCK certificates: a SEQUENCE of (OID, value) pairs in Intel's layout,
+// encoded with the `der` crate.
 
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let n = content.len();
-    if n < 0x80 {
-        out.push(n as u8);
-    } else if n < 0x100 {
-        out.extend_from_slice(&[0x81, n as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn oid(arcs: &[u64]) -> Vec<u8> {
-    let mut body = vec![(arcs[0] * 40 + arcs[1]) as u8];
-    for &a in &arcs[2..] {
-        let mut stack = vec![(a & 0x7f) as u8];
-        let mut v = a >> 7;
-        while v > 0 {
-            stack.push(0x80 | (v & 0x7f) as u8);
-            v >>= 7;
-        }
-        stack.reverse();
-        body.extend_from_slice(&stack);
-    }
-    der(0x06, &body)
-}
-
-fn integer(v: u16) -> Vec<u8> {
-    let b = v.to_be_bytes();
-    let mut content: Vec<u8> = if v < 0x80 {
-        vec![b[1]]
-    } else if v < 0x100 {
-        vec![0, b[1]]
-    } else {
-        b.to_vec()
-    };
-    if v >= 0x8000 {
-        content.insert(0, 0);
-    }
-    der(0x02, &content)
+/// One `SEQUENCE { OBJECT IDENTIFIER, value }` of Intel's SGX extension.
+#[derive(der::Sequence)]
+struct SgxPair {
+    id: der::asn1::ObjectIdentifier,
+    value: der::Any,
 }
 
 const SGX: [u64; 7] = [1, 2, 840, 113741, 1, 13, 1];
+const SGX_OID: &str = "1.2.840.113741.1.13.1";
 
-fn sgx_oid(tail: &[u64]) -> Vec<u8> {
-    let mut arcs = SGX.to_vec();
-    arcs.extend_from_slice(tail);
-    oid(&arcs)
+fn pair(tail: &str, value: impl der::Encode) -> Result<SgxPair, TdxError> {
+    use der::Decode;
+    Ok(SgxPair {
+        id: der::asn1::ObjectIdentifier::new(&format!("{SGX_OID}.{tail}")).map_err(sim)?,
+        value: der::Any::from_der(&value.to_der().map_err(sim)?).map_err(sim)?,
+    })
 }
 
-fn entry(o: Vec<u8>, value: Vec<u8>) -> Vec<u8> {
-    der(0x30, &[o, value].concat())
+fn octets(b: &[u8]) -> Result<der::asn1::OctetString, TdxError> {
+    der::asn1::OctetString::new(b).map_err(sim)
 }
 
-fn sgx_extension(p: &SimPlatform) -> Vec<u8> {
+fn sgx_extension(p: &SimPlatform) -> Result<Vec<u8>, TdxError> {
+    use der::Encode;
     let mut tcb = Vec::new();
     for (i, svn) in p.cpusvn.iter().enumerate() {
-        tcb.extend(entry(sgx_oid(&[2, i as u64 + 1]), integer(u16::from(*svn))));
+        tcb.push(pair(&format!("2.{}", i + 1), u16::from(*svn))?);
     }
-    tcb.extend(entry(sgx_oid(&[2, 17]), integer(p.pcesvn)));
-    tcb.extend(entry(sgx_oid(&[2, 18]), der(0x04, &p.cpusvn)));
-    let body = [
-        entry(sgx_oid(&[1]), der(0x04, &[0x1d; 16])),
-        entry(sgx_oid(&[2]), der(0x30, &tcb)),
-        entry(sgx_oid(&[3]), der(0x04, &[0, 0])),
-        entry(sgx_oid(&[4]), der(0x04, &p.fmspc)),
-        entry(sgx_oid(&[5]), der(0x0a, &[0])),
-    ]
-    .concat();
-    der(0x30, &body)
+    tcb.push(pair("2.17", p.pcesvn)?);
+    tcb.push(pair("2.18", octets(&p.cpusvn)?)?);
+    let body = vec![
+        pair("1", octets(&[0x1d; 16])?)?,
+        pair("2", tcb)?,
+        pair("3", octets(&[0, 0])?)?,
+        pair("4", octets(&p.fmspc)?)?,
+        // SGX type: ENUMERATED 0 (Standard)
+        pair(
+            "5",
+            der::Any::new(der::Tag::Enumerated, [0u8]).map_err(sim)?,
+        )?,
+    ];
+    body.to_der().map_err(sim)
 }
 
 impl TestPki {
@@ -196,7 +167,7 @@ impl TestPki {
         let mut pck_p = leaf_params("ironpact test SGX PCK Certificate")?;
         pck_p
             .custom_extensions
-            .push(CustomExtension::from_oid_content(&SGX, sgx_extension(p)));
+            .push(CustomExtension::from_oid_content(&SGX, sgx_extension(p)?));
         let pck = pck_p.signed_by(&pck_key, &ca_issuer).map_err(sim)?;
 
         let tcb_key = new_key()?;
