@@ -13,7 +13,7 @@
 mod support;
 
 use ironpact_cli::loadgen::{Admin, SimAgent, workload_entry};
-use ironpact_proto::agent::v1 as apb;
+use ironpact_proto::agent::v2 as apb;
 use ironpact_proto::server::v1 as spb;
 use ironpact_proto::workload as wpb;
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use ironpact_agent::manager::merge_page;
-use ironpact_proto::agent::v1 as pb;
-use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
+use ironpact_proto::agent::v2 as pb;
+use ironpact_proto::agent::v2::agent_api_client::AgentApiClient;
 use ironpact_proto::server::v1 as spb;
 use ironpact_spiffe::SpiffeId;
 use ironpact_tls::{SharedRoots, SvidCell};
@@ -20,9 +20,9 @@ use tonic::transport::Channel;
 #[derive(Debug, Default, Clone)]
 pub struct SyncedView {
     /// Entries by ID (workload and alias entries, as sent).
-    pub entries: BTreeMap<String, pb::Entry>,
-    pub bundle: Option<pb::Bundle>,
-    pub federated: Vec<pb::Bundle>,
+    pub entries: BTreeMap<String, spb::Entry>,
+    pub bundle: Option<spb::Bundle>,
+    pub federated: Vec<spb::Bundle>,
     /// Complete updates applied.
     pub updates: u64,
     /// Bytes received on the stream.
@@ -127,7 +127,7 @@ impl SimAgent {
     pub async fn start_sync(&self) -> Result<tokio::task::JoinHandle<()>> {
         let mut client = self.client.clone();
         let mut stream = client
-            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
+            .sync_authorized(pb::SyncAuthorizedRequest {})
             .await
             .map_err(|s| anyhow!("sync refused: {}", s.message()))?
             .into_inner();

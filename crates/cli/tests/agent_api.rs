@@ -5,8 +5,8 @@
 
 mod support;
 
-use ironpact_proto::agent::v1 as pb;
-use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
+use ironpact_proto::agent::v2 as pb;
+use ironpact_proto::agent::v2::agent_api_client::AgentApiClient;
 use ironpact_spiffe::SpiffeId;
 use ironpact_tls::{SharedRoots, SvidCell};
 use std::sync::Arc;
@@ -114,7 +114,7 @@ fn join_token_attestation_sync_and_signing() {
         .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         let e = anon
-            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
+            .sync_authorized(pb::SyncAuthorizedRequest {})
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
@@ -157,11 +157,11 @@ fn join_token_attestation_sync_and_signing() {
                 .unwrap(),
         )
         .unwrap();
-        let mut client = AgentApiClient::new(ch);
+        let mut client = AgentApiClient::new(ch.clone());
 
         // the pushed snapshot: the token's node alias, the bundle
         let mut sync = client
-            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
+            .sync_authorized(pb::SyncAuthorizedRequest {})
             .await
             .unwrap()
             .into_inner();
@@ -169,7 +169,10 @@ fn join_token_attestation_sync_and_signing() {
         assert!(snap.full && !snap.more);
         assert_eq!(snap.entries.len(), 1);
         assert_eq!(snap.entries[0].spiffe_id, "spiffe://example.org/node1");
-        assert_eq!(snap.bundle.as_ref().unwrap().x509_authorities, roots);
+        let asn1 = |b: &ironpact_proto::server::v1::Bundle| -> Vec<Vec<u8>> {
+            b.x509_authorities.iter().map(|c| c.asn1.clone()).collect()
+        };
+        assert_eq!(asn1(snap.bundle.as_ref().unwrap()), roots);
 
         // an entry created by the operator is pushed
         let created = s
@@ -199,6 +202,46 @@ fn join_token_attestation_sync_and_signing() {
         assert_eq!(delta.entries.len(), 1, "{delta:?}");
         assert_eq!(delta.entries[0].id, web_id);
         assert!(delta.bundle.is_none() && delta.removed_entry_ids.is_empty());
+
+        // an agent of an earlier release speaks v1: the same view in v1's Entry and Bundle,
+        // as pages and deltas or (the earliest) whole snapshots; its other calls are v2's
+        for deltas in [true, false] {
+            use ironpact_proto::agent::v1 as old;
+            let mut v1 = old::agent_api_client::AgentApiClient::new(ch.clone());
+            let mut sync = v1
+                .sync_authorized(old::SyncAuthorizedRequest { deltas })
+                .await
+                .unwrap()
+                .into_inner();
+            let snap = tokio::time::timeout(Duration::from_secs(15), sync.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert!(snap.full && !snap.more, "{snap:?}");
+            assert_eq!(snap.bundle.as_ref().unwrap().x509_authorities, roots);
+            let web = snap.entries.iter().find(|e| e.id == web_id).unwrap();
+            assert_eq!(
+                (web.spiffe_id.as_str(), web.dns_names.as_slice()),
+                (
+                    "spiffe://example.org/web",
+                    &["web.example.org".to_string()][..]
+                )
+            );
+            assert_eq!(web.selectors[0].r#type, "unix");
+            let (wcsr, _) = csr_and_key();
+            let r = v1
+                .batch_new_x509svid(pb::BatchNewX509svidRequest {
+                    params: vec![pb::NewX509svidParams {
+                        entry_id: web_id.clone(),
+                        csr: wcsr,
+                    }],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.results[0].code, 0, "{r:?}");
+        }
         // an entry for somebody else is not
         s.cli(&[
             "entry",
@@ -348,7 +391,7 @@ fn join_token_attestation_sync_and_signing() {
         .unwrap();
         let mut oclient = AgentApiClient::new(och);
         let mut osync = oclient
-            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
+            .sync_authorized(pb::SyncAuthorizedRequest {})
             .await
             .unwrap()
             .into_inner();
@@ -359,7 +402,7 @@ fn join_token_attestation_sync_and_signing() {
             .unwrap();
         assert_eq!(end.unwrap_err().code(), Code::PermissionDenied);
         let e = oclient
-            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
+            .sync_authorized(pb::SyncAuthorizedRequest {})
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
@@ -373,7 +416,7 @@ fn join_token_attestation_sync_and_signing() {
 
         // eviction ends the agent's sync stream and its access
         let mut sync2 = client2
-            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
+            .sync_authorized(pb::SyncAuthorizedRequest {})
             .await
             .unwrap()
             .into_inner();

@@ -11,6 +11,12 @@ pub mod server {
 }
 
 pub mod agent {
+    /// The agent API agents of this release speak.
+    pub mod v2 {
+        tonic::include_proto!("ironpact.agent.v2");
+    }
+    /// The agent API of earlier releases (served for their agents): v2's messages but for
+    /// the sync stream's Entry and Bundle.
     pub mod v1 {
         tonic::include_proto!("ironpact.agent.v1");
     }

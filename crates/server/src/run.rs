@@ -2,14 +2,16 @@
 //! and the admin API on its Unix socket, until a shutdown signal.
 
 use crate::api::{
-    AgentApi, AgentEndpoint, BundleApi, Core, EntryApi, HealthApi, MAX_MESSAGE, SvidApi,
+    AgentApi, AgentEndpoint, AgentEndpointV1, BundleApi, Core, EntryApi, HealthApi, MAX_MESSAGE,
+    SvidApi,
 };
 use crate::ca::{CaConfig, CaManager};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{KeyManagerConfig, ServerConfig};
 use crate::keymanager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use ironpact_datastore::DataStore;
-use ironpact_proto::agent::v1::agent_api_server::AgentApiServer;
+use ironpact_proto::agent::v1::agent_api_server::AgentApiServer as AgentApiV1Server;
+use ironpact_proto::agent::v2::agent_api_server::AgentApiServer;
 use ironpact_proto::health::v1::health_server::HealthServer;
 use ironpact_proto::server::v1::agent_service_server::AgentServiceServer;
 use ironpact_proto::server::v1::bundle_service_server::BundleServiceServer;
@@ -401,6 +403,11 @@ pub async fn run_with_reload(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(
             AgentApiServer::new(AgentEndpoint(core.clone())).max_decoding_message_size(MAX_MESSAGE),
+        )
+        // for agents of earlier releases
+        .add_service(
+            AgentApiV1Server::new(AgentEndpointV1(AgentEndpoint(core.clone())))
+                .max_decoding_message_size(MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), stopped(stop_rx.clone()));
     // streams end at once (see Core::stopping); what stays open is dropped after the grace

@@ -4,8 +4,8 @@
 
 use crate::config::{AgentConfig, AgentKeyManager};
 use crate::state::{AgentEntry, CachedSvid, State};
-use ironpact_proto::agent::v1 as pb;
-use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
+use ironpact_proto::agent::v2 as pb;
+use ironpact_proto::agent::v2::agent_api_client::AgentApiClient;
 use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
 use ironpact_tls::{SharedRoots, SvidCell, TrustSource};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -138,6 +138,11 @@ fn classify(s: &tonic::Status) -> AgentError {
         (None, Code::PermissionDenied | Code::InvalidArgument) => {
             AgentError::Refused(format!("{} ({:?})", s.message(), s.code()))
         }
+        // a server of an earlier release: it serves only ironpact.agent.v1
+        (None, Code::Unimplemented) => AgentError::Unavailable(format!(
+            "the server does not speak ironpact.agent.v2: upgrade the servers before the agents ({})",
+            s.message()
+        )),
         (None, _) => AgentError::Unavailable(format!("{} ({:?})", s.message(), s.code())),
     }
 }
@@ -412,6 +417,36 @@ plugins {{
         clock.set(T0 + 150);
         let e = a.jwt_svid("e1", &aud).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    }
+
+    #[test]
+    fn only_explicit_answers_cost_the_key_and_an_old_server_is_named() {
+        use ironpact_proto::agent_state;
+        let st = |s: tonic::Status| classify(&s);
+        assert!(matches!(
+            st(agent_state::status(agent_state::BANNED, "b")),
+            AgentError::Banned(_)
+        ));
+        assert!(matches!(
+            st(agent_state::status(agent_state::EVICTED, "e")),
+            AgentError::Evicted(_)
+        ));
+        assert!(matches!(
+            st(tonic::Status::permission_denied("no")),
+            AgentError::Refused(_)
+        ));
+        for s in [
+            tonic::Status::unavailable("down"),
+            tonic::Status::deadline_exceeded("slow"),
+            tonic::Status::internal("db"),
+        ] {
+            assert!(matches!(st(s), AgentError::Unavailable(_)));
+        }
+        let e = st(tonic::Status::unimplemented("unknown service"));
+        assert!(
+            matches!(&e, AgentError::Unavailable(m) if m.contains("upgrade the servers before the agents")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -26,10 +26,7 @@ impl Agent {
             Err(e) => return SessionEnd::Unavailable(e.to_string()),
         };
         let classify = |s: tonic::Status| Self::end_of(classify(&s));
-        let mut sync = match client
-            .sync_authorized(pb::SyncAuthorizedRequest { deltas: true })
-            .await
-        {
+        let mut sync = match client.sync_authorized(pb::SyncAuthorizedRequest {}).await {
             Ok(s) => s.into_inner(),
             Err(s) => return classify(s),
         };

@@ -14,9 +14,9 @@ impl Agent {
         let Some(upd) = merge_page(pending, msg) else {
             return;
         };
-        let to_bundle = |b: &pb::Bundle| -> Option<Bundle> {
+        let to_bundle = |b: &ironpact_proto::server::v1::Bundle| -> Option<Bundle> {
             let mut out = Bundle::new(TrustDomain::new(&b.trust_domain).ok()?);
-            out.x509_authorities = b.x509_authorities.clone();
+            out.x509_authorities = b.x509_authorities.iter().map(|c| c.asn1.clone()).collect();
             out.jwt_authorities = b
                 .jwt_authorities
                 .iter()

@@ -7,8 +7,8 @@ pub mod imds;
 pub mod keys;
 pub mod pcs;
 
-use ironpact_proto::agent::v1 as pb;
-use ironpact_proto::agent::v1::agent_api_client::AgentApiClient;
+use ironpact_proto::agent::v2 as pb;
+use ironpact_proto::agent::v2::agent_api_client::AgentApiClient;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;

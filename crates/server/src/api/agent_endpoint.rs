@@ -5,14 +5,15 @@
 //! the trust domain by the TLS layer) and checks it against the attested-agent record: the
 //! agent must exist, not be banned, and present its current SVID.
 
+use super::convert::{bundle_pb, entry_pb};
 use super::{SharedCore, ca_status, ds_status};
 use crate::attest::{AttestError, Challenger, Evidence};
 use crate::cache::AgentView;
 use ironpact_datastore::{AgentRecord, Entry};
-use ironpact_proto::agent::v1 as pb;
-use ironpact_proto::agent::v1::agent_api_server::AgentApi;
+use ironpact_proto::agent::v2 as pb;
+use ironpact_proto::agent::v2::agent_api_server::AgentApi;
 use ironpact_proto::agent_state;
-use ironpact_spiffe::{Bundle, SpiffeId};
+use ironpact_spiffe::SpiffeId;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -79,7 +80,11 @@ impl Challenger for StreamChallenger<'_> {
 impl AgentEndpoint {
     /// The attested agent behind this request's client certificate, which must be in good
     /// standing (see [`standing`]); `renewing` lets a suspended agent in to try again.
-    async fn caller<T>(&self, req: &Request<T>, renewing: bool) -> Result<AgentRecord, Status> {
+    pub(super) async fn caller<T>(
+        &self,
+        req: &Request<T>,
+        renewing: bool,
+    ) -> Result<AgentRecord, Status> {
         let certs = req
             .extensions()
             .get::<ironpact_tls::PeerCerts>()
@@ -482,51 +487,16 @@ fn attest_stream(
     Box::pin(ReceiverStream::new(rx))
 }
 
-fn bundle_pb(b: &Bundle) -> pb::Bundle {
-    pb::Bundle {
-        trust_domain: b.trust_domain.to_string(),
-        x509_authorities: b.x509_authorities.clone(),
-        jwt_authorities: b
-            .jwt_authorities
-            .iter()
-            .map(super::convert::jwt_key_pb)
-            .collect(),
-        refresh_hint: b.refresh_hint as i64,
-        sequence_number: b.sequence,
-    }
-}
-
-fn entry_pb(e: &Entry) -> pb::Entry {
-    pb::Entry {
-        id: e.id.clone(),
-        spiffe_id: e.spiffe_id.to_string(),
-        parent_id: e.parent_id.to_string(),
-        selectors: e
-            .selectors
-            .iter()
-            .map(super::convert::selector_pb)
-            .collect(),
-        x509_svid_ttl: e.x509_svid_ttl.clamp(0, i64::from(i32::MAX)) as i32,
-        jwt_svid_ttl: e.jwt_svid_ttl.clamp(0, i64::from(i32::MAX)) as i32,
-        federates_with: e.federates_with.iter().map(ToString::to_string).collect(),
-        dns_names: e.dns_names.clone(),
-        hint: e.hint.clone(),
-        revision_number: e.revision_number,
-        admin: e.admin,
-        downstream: e.downstream,
-    }
-}
-
 /// What a sync stream has sent (the view of its last update, shared with the cache), to
 /// send only what changed.
 #[derive(Default)]
-struct Sent(Option<Arc<AgentView>>);
+pub(super) struct Sent(Option<Arc<AgentView>>);
 
 /// The messages of one update from `sent` to `view` (the full set when `full`); empty when
 /// nothing the agent sees changed. Entries and removed IDs are paged under [`PAGE_BYTES`];
 /// bundles ride on the last page. Both entry lists are ordered by ID: one merge finds what
 /// changed.
-fn update_pages(
+pub(super) fn update_pages(
     view: &Arc<AgentView>,
     sent: &mut Sent,
     full: bool,
@@ -632,7 +602,7 @@ fn update_pages(
 
 /// An agent of an earlier release (its request does not ask for deltas) gets what it
 /// understands: the whole set in one message whenever anything it sees changed.
-fn legacy_snapshot(
+pub(super) fn legacy_snapshot(
     view: &Arc<AgentView>,
     sent: &mut Sent,
     first: bool,
@@ -660,6 +630,58 @@ fn next_expiry(view: &AgentView, now: i64) -> Option<i64> {
         .map(|e| e.expires_at)
         .filter(|&t| t > now)
         .min()
+}
+
+/// The sync stream of `agent`: `pages` turns each new view into the messages that bring the
+/// agent from what was sent to it (empty when nothing it sees changed).
+pub(super) fn sync_stream<M: Send + 'static>(
+    core: SharedCore,
+    agent: AgentRecord,
+    mut pages: impl FnMut(&Arc<AgentView>, &mut Sent, bool) -> Vec<M> + Send + 'static,
+) -> ReceiverStream<Result<M, Status>> {
+    let mut revisions = core.cache.subscribe();
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let id = agent.spiffe_id.to_string();
+        let mut sent = Sent::default();
+        let mut full = true;
+        loop {
+            revisions.borrow_and_update();
+            let now = core.clock.now();
+            let checked = view_of(&core, &id).await.and_then(|v| {
+                standing(&agent.spiffe_id, Ok(v.agent.as_ref().clone()), false).map(|_| v)
+            });
+            let view = match checked {
+                Ok(v) => v,
+                Err(s) => {
+                    info!(agent_id = %id, reason = %s.message(), "closing agent sync stream");
+                    let _ = tx.send(Err(s)).await;
+                    break;
+                }
+            };
+            for page in pages(&view, &mut sent, full) {
+                if tx.send(Ok(page)).await.is_err() {
+                    return;
+                }
+            }
+            full = false;
+            // an entry that expires leaves the view without a change in the log
+            let until_expiry = next_expiry(&view, now).map_or(Duration::from_secs(3600), |t| {
+                Duration::from_secs((t - now).max(1) as u64)
+            });
+            drop(view);
+            tokio::select! {
+                r = revisions.changed() => if r.is_err() { break },
+                _ = tx.closed() => break,
+                () = core.stopped() => {
+                    let _ = tx.send(Err(Status::unavailable("the server is shutting down; reconnect"))).await;
+                    break;
+                }
+                _ = tokio::time::sleep(until_expiry) => {}
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 #[tonic::async_trait]
@@ -696,58 +718,11 @@ impl AgentApi for AgentEndpoint {
         req: Request<pb::SyncAuthorizedRequest>,
     ) -> Result<Response<Self::SyncAuthorizedStream>, Status> {
         let agent = self.caller(&req, false).await?;
-        let legacy = !req.get_ref().deltas;
-        let core = self.0.clone();
-        let mut revisions = core.cache.subscribe();
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let id = agent.spiffe_id.to_string();
-            let mut sent = Sent::default();
-            let mut full = true;
-            loop {
-                revisions.borrow_and_update();
-                let now = core.clock.now();
-                let checked = view_of(&core, &id).await.and_then(|v| {
-                    standing(&agent.spiffe_id, Ok(v.agent.as_ref().clone()), false).map(|_| v)
-                });
-                let view = match checked {
-                    Ok(v) => v,
-                    Err(s) => {
-                        info!(agent_id = %id, reason = %s.message(), "closing agent sync stream");
-                        let _ = tx.send(Err(s)).await;
-                        break;
-                    }
-                };
-                let pages = if legacy {
-                    legacy_snapshot(&view, &mut sent, full)
-                        .into_iter()
-                        .collect()
-                } else {
-                    update_pages(&view, &mut sent, full)
-                };
-                for page in pages {
-                    if tx.send(Ok(page)).await.is_err() {
-                        return;
-                    }
-                }
-                full = false;
-                // an entry that expires leaves the view without a change in the log
-                let until_expiry = next_expiry(&view, now).map_or(Duration::from_secs(3600), |t| {
-                    Duration::from_secs((t - now).max(1) as u64)
-                });
-                drop(view);
-                tokio::select! {
-                    r = revisions.changed() => if r.is_err() { break },
-                    _ = tx.closed() => break,
-                    () = core.stopped() => {
-                        let _ = tx.send(Err(Status::unavailable("the server is shutting down; reconnect"))).await;
-                        break;
-                    }
-                    _ = tokio::time::sleep(until_expiry) => {}
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(sync_stream(
+            self.0.clone(),
+            agent,
+            update_pages,
+        ))))
     }
 
     async fn batch_new_x509svid(
@@ -850,7 +825,7 @@ impl AgentApi for AgentEndpoint {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use ironpact_spiffe::{Selector, TrustDomain};
+    use ironpact_spiffe::{Bundle, Selector, TrustDomain};
 
     fn entry(i: usize, rev: i64, selector_bytes: usize) -> Arc<Entry> {
         let mut e = Entry::new(

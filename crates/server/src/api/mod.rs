@@ -3,6 +3,7 @@
 
 mod agent;
 pub mod agent_endpoint;
+mod agent_v1;
 mod bundle;
 pub mod convert;
 mod entry;
@@ -19,6 +20,7 @@ use tonic::{Code, Status};
 
 pub use agent::AgentApi;
 pub use agent_endpoint::AgentEndpoint;
+pub use agent_v1::AgentEndpointV1;
 pub use bundle::BundleApi;
 pub use entry::EntryApi;
 pub use health::HealthApi;
