@@ -8,12 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/support/imds.rs"]
-mod imds;
-#[path = "../tests/support/keys.rs"]
-mod keys;
-
 use ironpact_snp::simulate::{SimPlatform, SimulatedSnp};
+use ironpact_testkit::{imds, keys};
 use std::path::PathBuf;
 
 fn main() {
@@ -30,7 +26,11 @@ fn main() {
     );
     let snp = dir.join("snp");
     std::fs::create_dir_all(&snp).unwrap();
-    let (ark, asvk, vlek) = (keys::rsa_pkcs8(), keys::rsa_pkcs8(), keys::p384_pkcs8());
+    let (ark, asvk, vlek) = (
+        keys::rsa_pkcs8().unwrap(),
+        keys::rsa_pkcs8().unwrap(),
+        keys::p384_pkcs8().unwrap(),
+    );
     let platform = SimPlatform {
         product: ironpact_snp::Product::Milan,
         chip_id: [0x5a; 64],
@@ -52,7 +52,7 @@ fn main() {
         signature: ca.sign(&doc),
         document: doc,
     };
-    let e = imds::ImdsEmulator::start("127.0.0.1:0", served);
+    let (_emulator, e) = imds::start("127.0.0.1:0", served).unwrap();
     std::fs::write(dir.join("imds.url"), &e.url).unwrap();
     println!(
         "IMDSv2 emulator at {} (instance {instance}); Ctrl-C ends it",

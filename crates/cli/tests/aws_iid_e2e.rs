@@ -15,9 +15,8 @@ use ironpact_snp::cert_table::{CertTable, GUID_VLEK};
 use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::imds::{AwsTestCa, ImdsEmulator, Served, document};
+use support::imds::{AwsTestCa, Served, document};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
-use support::pcs::PcsEmulator;
 use support::{Backend, TestAgent, TestServer, attest_by_hand, attest_refused, my_uid, runtime};
 
 const MEASUREMENT: [u8; 48] = [0x4d; 48];
@@ -135,13 +134,14 @@ fn aws_iid_with_sev_snp_end_to_end() {
     let dev = vlek_device(&keys);
     let aws = AwsTestCa::create(dir.path(), "aws-test-region");
     let doc = document(ACCOUNT, REGION, INSTANCE, "ami-0123456789abcdef0");
-    let imds = ImdsEmulator::start(
+    let (_emulator, imds) = support::imds::start(
         "127.0.0.1:0",
         Served {
             document: doc.clone(),
             signature: aws.sign(&doc),
         },
-    );
+    )
+    .unwrap();
 
     // the emulator is IMDSv2: no token, a wrong token or an expired one gets 401
     assert_eq!(http("GET", &imds.url, &[]), 401);
@@ -432,11 +432,19 @@ fn aws_iid_with_tdx_end_to_end() {
     let p = SimPlatform::default();
     let pki = TestPki::generate(&p, now - 30 * 86_400, now + 365 * 86_400).unwrap();
     support::write_tdx_pki(&pki, &dir.path().join("pki"));
-    let pcs = PcsEmulator::serving(collateral(&pki, &p, now - 86_400, now + 29 * 86_400).unwrap());
+    // one emulator is both the cloud's IMDS and Intel's PCS
+    let emulator = ironpact_testkit::http::Emulator::start().unwrap();
+    let pcs = support::pcs::mount(
+        &emulator,
+        support::pcs::PcsServed {
+            collateral: Some(collateral(&pki, &p, now - 86_400, now + 29 * 86_400).unwrap()),
+            ..Default::default()
+        },
+    );
     let aws = AwsTestCa::create(dir.path(), "aws-test-region");
     let doc = document(ACCOUNT, REGION, INSTANCE, "ami-0123456789abcdef0");
-    let imds = ImdsEmulator::start(
-        "127.0.0.1:0",
+    let imds = support::imds::mount(
+        &emulator,
         Served {
             document: doc.clone(),
             signature: aws.sign(&doc),
@@ -578,5 +586,13 @@ fn aws_iid_with_tdx_end_to_end() {
     });
     // fetched once for every attestation and renewal above
     assert_eq!(pcs.requests().len(), 4, "{:?}", pcs.requests());
+    let seen = emulator.requests();
+    assert!(
+        seen.iter().any(|r| r == "PUT /latest/api/token")
+            && seen
+                .iter()
+                .any(|r| r.starts_with("GET /tdx/certification/v4/tcb?")),
+        "{seen:?}"
+    );
     drop(a);
 }

@@ -10,6 +10,7 @@ mod support;
 
 use ironpact_snp::cert_table::{CertTable, GUID_VCEK};
 use ironpact_snp::simulate::{SimGuest, SimPlatform, SimulatedSnp};
+use ironpact_testkit::http::{Availability, Emulator};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
@@ -290,11 +291,18 @@ fn an_agent_with_a_disallowed_measurement_gets_nothing() {
     );
 }
 
-/// A stand-in for AMD's KDS: serves each body at its path, 404 elsewhere.
-fn local_kds(files: Vec<(String, Vec<u8>)>) -> String {
-    switchable_kds(
-        std::sync::Arc::new(std::sync::Mutex::new(files)),
-        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+/// A stand-in for AMD's KDS serving each body at its path (404 elsewhere); its base URL.
+fn local_kds(files: Vec<(String, Vec<u8>)>) -> (String, Emulator) {
+    let e = ironpact_testkit::kds::start(files).unwrap();
+    (e.url().to_string(), e)
+}
+
+/// The KDS path of the simulated device's VCEK, composed by the test kit (not our client).
+fn vcek_path(dev: &SimulatedSnp) -> String {
+    ironpact_testkit::kds::vcek_path(
+        dev.platform.product.name(),
+        &hex::encode(dev.platform.chip_id),
+        dev.platform.tcb,
     )
 }
 
@@ -307,12 +315,7 @@ fn the_server_fetches_a_missing_vcek_from_the_kds() {
         report_id: [0x77; 32],
         ..SimGuest::default()
     };
-    let sample = ironpact_snp::Report::parse(&dev.report(&guest, &[0; 64]).unwrap()).unwrap();
-    let path = ironpact_server::attest::sev_snp::kds::KdsFetcher::vcek_path(
-        ironpact_snp::Product::Milan,
-        &sample,
-    );
-    let base = local_kds(vec![(path, dev.vcek_der.clone())]);
+    let (base, _kds) = local_kds(vec![(vcek_path(&dev), dev.vcek_der.clone())]);
     let s = TestServer::start_with(
         Backend::Sqlite,
         "",
@@ -406,15 +409,11 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let crl_path = "/vcek/v1/Milan/crl".to_string();
-    let sample = ironpact_snp::Report::parse(&dev.report(&guest, &[0; 64]).unwrap()).unwrap();
-    let vcek_path = ironpact_server::attest::sev_snp::kds::KdsFetcher::vcek_path(
-        ironpact_snp::Product::Milan,
-        &sample,
-    );
+    let crl_path = ironpact_testkit::kds::crl_path("Milan", false);
+    let vcek_path = vcek_path(&dev);
     for (revoked, want) in [(vec![7u64], None), (vec![0u64], Some("revoked_cert"))] {
         let crl = dev.crl(&revoked, now - 60, now + 3600).unwrap();
-        let base = local_kds(vec![
+        let (base, _kds) = local_kds(vec![
             (crl_path.clone(), crl),
             (vcek_path.clone(), dev.vcek_der.clone()),
         ]);
@@ -453,72 +452,19 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
     }
 }
 
-/// What a KDS stand-in serves, by path; replaceable while it runs.
-type KdsFiles = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A KDS stand-in that can be taken down: while `up` is false it drops every connection (an
-/// outage as the server sees one), otherwise it serves `files` (404 elsewhere).
-fn switchable_kds(files: KdsFiles, up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::atomic::Ordering;
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            if !up.load(Ordering::SeqCst) {
-                drop(s);
-                continue;
-            }
-            let mut line = String::new();
-            let _ = BufReader::new(&s).read_line(&mut line);
-            let req = line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            let found = files
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(p, _)| *p == req)
-                .map(|(_, body)| body.clone());
-            let (status, b) = match found {
-                Some(body) => ("200 OK", body),
-                None => ("404 Not Found", vec![]),
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                b.len()
-            );
-            let _ = s.write_all(&b);
-        }
-    });
-    base
-}
-
-/// Transient is not refused: with the KDS down at renewal (the CRL served at attestation has
-/// reached its nextUpdate, so it must be fetched again), the server answers Unavailable and
-/// changes nothing; the agent keeps its key and its workloads'
-/// SVIDs, is not marked failed, and renews once the KDS is back.
 #[test]
 fn kds_down_during_renewal_leaves_the_node_attested() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let k = keys();
     let dev = device(&k);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let up = std::sync::Arc::new(AtomicBool::new(true));
-    let crl_path = "/vcek/v1/Milan/crl".to_string();
     // a CRL that is current for a few seconds only: renewals after that need the KDS
-    let files: KdsFiles = std::sync::Arc::new(std::sync::Mutex::new(vec![(
-        crl_path.clone(),
+    let (base, kds) = local_kds(vec![(
+        ironpact_testkit::kds::crl_path("Milan", false),
         dev.crl(&[7], now - 60, now + 12).unwrap(),
-    )]));
-    let base = switchable_kds(files.clone(), up.clone());
+    )]);
     let s = TestServer::start_with(
         Backend::Sqlite,
         "default_x509_svid_ttl = \"10s\"",
@@ -547,7 +493,7 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
     assert!(a.fetch_until_ok(&[]).ok(), "{}", a.log());
 
     // the KDS goes away; once the CRL is past its nextUpdate every renewal needs the KDS
-    up.store(false, Ordering::SeqCst);
+    kds.set_availability(Availability::Dropping);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !s.log().contains("renewal could not be judged now") {
         assert!(
@@ -573,8 +519,11 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    *files.lock().unwrap() = vec![(crl_path, dev.crl(&[7], fresh - 60, fresh + 3600).unwrap())];
-    up.store(true, Ordering::SeqCst);
+    kds.file(
+        &ironpact_testkit::kds::crl_path("Milan", false),
+        dev.crl(&[7], fresh - 60, fresh + 3600).unwrap(),
+    );
+    kds.set_availability(Availability::Up);
     let marks = s.log().matches("renewal=true").count();
     let deadline = Instant::now() + Duration::from_secs(40);
     while s.log().matches("renewal=true").count() <= marks {

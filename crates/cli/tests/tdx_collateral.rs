@@ -79,7 +79,7 @@ fn the_quote_names_its_platform() {
 #[test]
 fn fetched_once_checked_cached_and_found_after_a_restart() {
     let f = fixture();
-    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30));
+    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30)).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let store = f.store(&pcs, cache.path(), None);
     let c = block_on(store.get(&f.key(), T0)).unwrap();
@@ -119,7 +119,7 @@ fn fetched_once_checked_cached_and_found_after_a_restart() {
 fn refreshed_before_it_goes_stale() {
     let f = fixture();
     let first = f.coll(T0 - DAY, 30);
-    let pcs = PcsEmulator::serving(first.clone());
+    let pcs = PcsEmulator::serving(first.clone()).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let store = f.store(&pcs, cache.path(), None);
     block_on(store.get(&f.key(), T0)).unwrap();
@@ -156,7 +156,7 @@ fn refreshed_before_it_goes_stale() {
 #[test]
 fn pcs_down_keeps_the_cached_copy_and_says_why_without_one() {
     let f = fixture();
-    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30));
+    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30)).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let store = f.store(&pcs, cache.path(), None);
     let first = block_on(store.get(&f.key(), T0)).unwrap();
@@ -193,7 +193,8 @@ fn tampered_or_foreign_collateral_is_refused_and_not_cached() {
         collateral: Some(f.coll(T0 - DAY, 30)),
         tamper_tcb_signature: true,
         ..Default::default()
-    });
+    })
+    .unwrap();
     let cache = tempfile::tempdir().unwrap();
     let store = f.store(&pcs, cache.path(), None);
     let NoCollateral { kind, why } = block_on(store.get(&f.key(), T0)).unwrap_err();
@@ -225,7 +226,7 @@ fn tampered_or_foreign_collateral_is_refused_and_not_cached() {
 #[test]
 fn the_newest_of_the_offline_dir_and_the_pcs_wins() {
     let f = fixture();
-    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30));
+    let pcs = PcsEmulator::serving(f.coll(T0 - DAY, 30)).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let older = f.coll(T0 - 5 * DAY, 30);

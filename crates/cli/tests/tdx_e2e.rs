@@ -219,7 +219,8 @@ fn standalone_tdx_attestor_with_collateral_from_a_pcs() {
     let p = SimPlatform::default();
     let pki = TestPki::generate(&p, now() - 30 * DAY, now() + 365 * DAY).unwrap();
     support::write_tdx_pki(&pki, &dir.path().join("pki"));
-    let pcs = PcsEmulator::serving(collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap());
+    let pcs =
+        PcsEmulator::serving(collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap()).unwrap();
     let mut s = TestServer::start_with(
         Backend::Sqlite,
         "default_x509_svid_ttl = \"6s\"",

@@ -7,48 +7,10 @@
 use ironpact_server::attest::sev_snp::kds::KdsFetcher;
 use ironpact_snp::{Product, Report};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 /// When the vectors' VCEKs are valid (Unix seconds).
 const NOW: i64 = 1_795_392_000;
-
-/// A one-route HTTP/1.1 server: `path` → `body`, anything else 404. Returns the base URL and
-/// the request log; serves `max` requests, then stops.
-fn serve(path: String, body: Vec<u8>, max: usize) -> (String, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", l.local_addr().unwrap());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().take(max) {
-            let mut s = s.unwrap();
-            let mut line = String::new();
-            BufReader::new(&s).read_line(&mut line).unwrap();
-            let req = line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            log2.lock().unwrap().push(req.clone());
-            let (status, b) = if req == path {
-                ("200 OK", body.clone())
-            } else {
-                ("404 Not Found", b"no".to_vec())
-            };
-            write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                b.len()
-            )
-            .unwrap();
-            s.write_all(&b).unwrap();
-        }
-    });
-    (base, log)
-}
 
 #[tokio::test]
 async fn fetches_verifies_and_caches_a_vcek() {
@@ -77,23 +39,29 @@ async fn fetches_verifies_and_caches_a_vcek() {
     let vcek = std::fs::read(case.join("vcek.der")).unwrap();
     let report_bytes = std::fs::read(case.join("report.bin")).unwrap();
     let report = Report::parse(&report_bytes).unwrap();
-    let (base, log) = serve(want.clone(), vcek.clone(), 1);
+    let kds = ironpact_testkit::kds::start(vec![(want.clone(), vcek.clone())]).unwrap();
+    let base = kds.url().to_string();
+    let log = || kds.requests();
     let cache = tempfile::tempdir().unwrap();
     let kds = KdsFetcher::new(&base, cache.path().to_path_buf()).unwrap();
     // v2 reports do not name their product: it must be configured
     assert!(kds.vcek(&report, None, NOW).await.is_err());
     let got = kds.vcek(&report, Some(Product::Milan), NOW).await.unwrap();
     assert_eq!(got, vcek);
-    assert_eq!(log.lock().unwrap().as_slice(), [want]);
+    assert_eq!(log(), [format!("GET {want}")]);
     let roots = ironpact_snp::AmdRoots::genuine().unwrap();
     ironpact_snp::verify(&report_bytes, &got, &roots, NOW, Some(Product::Milan)).unwrap();
-    // the server served its one request and stopped: the second answer comes from the cache
+    // the second answer comes from the cache: no second request
     let again = kds.vcek(&report, Some(Product::Milan), NOW).await.unwrap();
     assert_eq!(again, vcek);
-    assert_eq!(log.lock().unwrap().len(), 1);
+    assert_eq!(log().len(), 1);
     // an unknown chip is a clear error, and nothing is cached for it
-    let (base, _) = serve("/nothing".into(), vec![], 1);
-    let other = KdsFetcher::new(&base, tempfile::tempdir().unwrap().path().to_path_buf()).unwrap();
+    let empty = ironpact_testkit::kds::start(Vec::new()).unwrap();
+    let other = KdsFetcher::new(
+        empty.url(),
+        tempfile::tempdir().unwrap().path().to_path_buf(),
+    )
+    .unwrap();
     let e = other
         .vcek(&report, Some(Product::Milan), NOW)
         .await

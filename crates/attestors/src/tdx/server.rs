@@ -269,22 +269,13 @@ mod tests {
     #[tokio::test]
     async fn an_unverified_quote_makes_no_collateral_fetch() {
         use crate::tdx::pcs::{PcsClient, Refresh};
-        use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let p = SimPlatform::default();
         let pinned = TestPki::generate(&p, NOW - 100 * DAY, NOW + 100 * DAY).unwrap();
         let other = TestPki::generate(&p, NOW - 100 * DAY, NOW + 100 * DAY).unwrap();
-        // a PCS stand-in that only counts connections
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counted = hits.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                counted.fetch_add(1, Ordering::SeqCst);
-                drop(s);
-            }
-        });
+        // a PCS stand-in that serves nothing: it only counts connections
+        let pcs = ironpact_testkit::http::Emulator::start().unwrap();
+        let url = pcs.url().to_string();
         let roots = ironpact_tdx::Roots::from_bytes(&pinned.root.0).unwrap();
         let store = CollateralStore::new(
             roots,
@@ -322,7 +313,7 @@ mod tests {
             e.is_refusal() && e.to_string().contains("untrusted_chain"),
             "{e}"
         );
-        assert_eq!(hits.load(Ordering::SeqCst), 0, "the PCS was asked");
+        assert_eq!(pcs.connections(), 0, "the PCS was asked");
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,

@@ -3,9 +3,18 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod imds;
-pub mod keys;
-pub mod pcs;
+#[allow(unused_imports)]
+pub use ironpact_testkit::{imds, pcs};
+
+/// Fresh test keys (see `ironpact_testkit::keys`).
+pub mod keys {
+    pub fn rsa_pkcs8() -> Vec<u8> {
+        ironpact_testkit::keys::rsa_pkcs8().unwrap()
+    }
+    pub fn p384_pkcs8() -> Vec<u8> {
+        ironpact_testkit::keys::p384_pkcs8().unwrap()
+    }
+}
 
 use ironpact_proto::agent::v2 as pb;
 use ironpact_proto::agent::v2::agent_api_client::AgentApiClient;

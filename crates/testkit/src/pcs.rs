@@ -1,19 +1,14 @@
-//! A loopback stand-in for Intel's PCS / a PCCS (API v4) serving collateral made by the simulated
-//! TDX stack: the PCK CRL, TCB info and QE identity with their issuer chains URL-encoded in the
-//! response headers, and the root CA CRL as hex text (as a PCCS serves it). What it serves can
-//! be swapped, tampered with or switched off while it runs; every request is logged.
-//!
-//! Standard library only, with its own URL encoding, so the server's PCS client is checked
-//! against an independent implementation of the wire format.
+//! Intel's PCS / a PCCS (API v4) mounted on an [`Emulator`], serving collateral made by the
+//! simulated TDX stack: the PCK CRL, TCB info and QE identity with their issuer chains
+//! URL-encoded in the response headers, and the root CA CRL as hex text (as a PCCS serves
+//! it). What it serves can be swapped, tampered with or switched off while it runs; every
+//! request is logged.
 
-#![allow(dead_code, clippy::panic)]
-
+use crate::http::{Emulator, Response};
 use ironpact_tdx::Collateral;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-/// What the emulator answers with.
+/// What the service answers with (replaceable while it runs).
 #[derive(Default)]
 pub struct PcsServed {
     pub collateral: Option<Collateral>,
@@ -25,9 +20,11 @@ pub struct PcsServed {
     pub requests: Vec<String>,
 }
 
+/// The PCS on an emulator.
 pub struct PcsEmulator {
     pub url: String,
     pub served: Arc<Mutex<PcsServed>>,
+    pub emulator: Emulator,
 }
 
 /// RFC 3986 percent-encoding of everything but unreserved characters.
@@ -97,59 +94,41 @@ fn answer(served: &PcsServed, path: &str) -> (&'static str, Vec<(String, String)
     }
 }
 
+/// Mounts the PCS on `e`, answering from `served`.
+pub fn mount(e: &Emulator, served: PcsServed) -> PcsEmulator {
+    let served = Arc::new(Mutex::new(served));
+    let shared = served.clone();
+    e.mount(move |req| {
+        let route = req.route();
+        if !(route.starts_with("/sgx/certification/") || route.starts_with("/tdx/certification/")) {
+            return None;
+        }
+        let mut st = shared.lock().ok()?;
+        st.requests.push(req.path.clone());
+        let (status, headers, body) = answer(&st, &req.path);
+        let mut r = Response::new(status, body);
+        r.headers = headers;
+        Some(r)
+    });
+    PcsEmulator {
+        url: e.url().to_string(),
+        served,
+        emulator: e.clone(),
+    }
+}
+
 impl PcsEmulator {
-    /// Serving `collateral`, up and untampered.
-    pub fn serving(collateral: Collateral) -> Self {
+    /// Serving `collateral`, up and untampered, on a new emulator.
+    pub fn serving(collateral: Collateral) -> std::io::Result<Self> {
         Self::start(PcsServed {
             collateral: Some(collateral),
             ..Default::default()
         })
     }
 
-    pub fn start(served: PcsServed) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("PCS emulator: {e}"));
-        let url = format!(
-            "http://{}",
-            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-        );
-        let served = Arc::new(Mutex::new(served));
-        let shared = served.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                let Ok(c) = s.try_clone() else { continue };
-                let mut r = BufReader::new(c);
-                let mut line = String::new();
-                let _ = r.read_line(&mut line);
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                }
-                let path = line
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_string();
-                let (status, headers, body) = {
-                    let Ok(mut st) = shared.lock() else { continue };
-                    st.requests.push(path.clone());
-                    answer(&st, &path)
-                };
-                let mut head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                    body.len()
-                );
-                for (k, v) in headers {
-                    head.push_str(&format!("{k}: {v}\r\n"));
-                }
-                head.push_str("\r\n");
-                let _ = s.write_all(head.as_bytes());
-                let _ = s.write_all(&body);
-            }
-        });
-        Self { url, served }
+    /// On a new emulator.
+    pub fn start(served: PcsServed) -> std::io::Result<Self> {
+        Ok(mount(&Emulator::start()?, served))
     }
 
     pub fn set(&self, f: impl FnOnce(&mut PcsServed)) {
@@ -158,6 +137,7 @@ impl PcsEmulator {
         }
     }
 
+    /// Request paths (with query) in arrival order.
     pub fn requests(&self) -> Vec<String> {
         self.served
             .lock()
