@@ -9,15 +9,30 @@ pub enum Error {
     NotFound { what: &'static str, id: String },
     #[error("{what} already exists: {id}")]
     AlreadyExists { what: &'static str, id: String },
-    #[error("unsupported database_type {0:?}: use \"sqlite3\" or \"postgres\"")]
+    #[error("unsupported database_type {0:?}: use \"sqlite3\", \"postgres\" or \"mysql\"")]
     UnsupportedDatabase(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A value longer than its column takes (MySQL's key-size limits; see docs/server.md).
+    #[error("value too long for the datastore: {0}")]
+    TooLong(String),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     /// A datastore task ended without an answer (it panicked or was cancelled).
     #[error("internal datastore error: {0}")]
     Internal(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            // MySQL's ER_DATA_TOO_LONG, SQLSTATE 22001 elsewhere
+            sqlx::Error::Database(d) if d.code().is_some_and(|c| c == "1406" || c == "22001") => {
+                Error::TooLong(d.message().to_string())
+            }
+            _ => Error::Db(e),
+        }
+    }
 }
 
 impl From<ironpact_spiffe::Error> for Error {

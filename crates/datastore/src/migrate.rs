@@ -1,5 +1,6 @@
-//! Schema migrations, applied at start-up inside one transaction. On PostgreSQL an advisory
-//! lock serialises servers of one HA cluster that start at the same time.
+//! Schema migrations, applied at start-up inside one transaction. On PostgreSQL and MySQL a
+//! lock (advisory lock, `GET_LOCK`) serialises servers of one HA cluster that start at the same
+//! time. MySQL/MariaDB get their own DDL for the same schema versions ([`MYSQL_MIGRATIONS`]).
 
 use crate::store::Dialect;
 
@@ -89,12 +90,123 @@ CREATE INDEX registered_entries_hint ON registered_entries (hint);
 CREATE INDEX attested_agents_attestation_type ON attested_agents (attestation_type);
 CREATE INDEX agent_selectors_tv ON agent_selectors (type, value)
 "#,
+    // One CA journal per server (each server of a cluster has its own CA and JWT keys, all
+    // published in the shared bundle); `ca_journal` (one row) is read once, by a server that
+    // has none yet, and left as it is.
+    r#"
+CREATE TABLE ca_journals (
+    server_id TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    updated_at BIGINT NOT NULL
+)
+"#,
 ];
 
 /// The migration after which `join_tokens.token` holds digests, not tokens.
 pub(crate) const HASHED_TOKENS: usize = 3;
 
-pub(crate) fn statements(dialect: Dialect, migration: &str) -> Vec<String> {
+/// The same schema versions in MySQL/MariaDB's DDL: indexed text columns need a length
+/// (InnoDB keys are at most 3,072 bytes), comparisons must be byte-wise and case-sensitive as
+/// on the other engines (`{coll}`: a binary, no-pad collation, chosen at migration time), and
+/// SPIFFE IDs are ASCII by the standard (so a 2,048-byte ID fits an index). Selector tables
+/// have no primary key over (owner, type, value) (values may be longer than a key can hold):
+/// the code inserts each selector once, and lookups go through prefix indexes.
+pub(crate) const MYSQL_MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE registered_entries (
+    entry_id VARCHAR(255) NOT NULL PRIMARY KEY,
+    spiffe_id VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    parent_id VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    x509_svid_ttl BIGINT NOT NULL,
+    jwt_svid_ttl BIGINT NOT NULL,
+    admin BIGINT NOT NULL,
+    downstream BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    store_svid BIGINT NOT NULL,
+    hint VARCHAR(1024) NOT NULL,
+    dns_names MEDIUMTEXT NOT NULL,
+    federates_with MEDIUMTEXT NOT NULL,
+    revision_number BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    similarity_key CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL UNIQUE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll};
+CREATE INDEX registered_entries_spiffe_id ON registered_entries (spiffe_id);
+CREATE INDEX registered_entries_parent_id ON registered_entries (parent_id);
+CREATE TABLE entry_selectors (
+    entry_id VARCHAR(255) NOT NULL,
+    type VARCHAR(255) NOT NULL,
+    value TEXT NOT NULL,
+    INDEX entry_selectors_entry (entry_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll};
+CREATE INDEX entry_selectors_tv ON entry_selectors (type(191), value(500));
+CREATE TABLE attested_agents (
+    spiffe_id VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+    attestation_type VARCHAR(255) NOT NULL,
+    serial_number VARCHAR(255) NOT NULL,
+    expires_at BIGINT NOT NULL,
+    banned BIGINT NOT NULL,
+    can_reattest BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll};
+CREATE TABLE agent_selectors (
+    spiffe_id VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    type VARCHAR(255) NOT NULL,
+    value TEXT NOT NULL,
+    INDEX agent_selectors_agent (spiffe_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll};
+CREATE TABLE join_tokens (
+    token CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll};
+CREATE TABLE bundles (
+    trust_domain VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+    data LONGBLOB NOT NULL,
+    updated_at BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll};
+CREATE TABLE ca_journal (
+    id BIGINT NOT NULL PRIMARY KEY,
+    data LONGBLOB NOT NULL,
+    updated_at BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll}
+"#,
+    r#"
+ALTER TABLE attested_agents ADD COLUMN attestation_error TEXT NOT NULL DEFAULT ('')
+"#,
+    r#"
+ALTER TABLE attested_agents ADD COLUMN tee_instance VARCHAR(255) NOT NULL DEFAULT ''
+"#,
+    r#"
+CREATE TABLE changes (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    kind VARCHAR(16) NOT NULL,
+    change_key TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll};
+CREATE INDEX changes_created_at ON changes (created_at);
+CREATE INDEX registered_entries_hint ON registered_entries (hint(255));
+CREATE INDEX attested_agents_attestation_type ON attested_agents (attestation_type);
+CREATE INDEX agent_selectors_tv ON agent_selectors (type(191), value(500))
+"#,
+    r#"
+CREATE TABLE ca_journals (
+    server_id VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+    data LONGBLOB NOT NULL,
+    updated_at BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll}
+"#,
+];
+
+/// The migrations of `dialect`, one element per schema version.
+pub(crate) fn migrations(dialect: Dialect) -> &'static [&'static str] {
+    match dialect {
+        Dialect::MySql => MYSQL_MIGRATIONS,
+        Dialect::Sqlite | Dialect::Postgres => MIGRATIONS,
+    }
+}
+
+/// The statements of one migration; `collation` is MySQL's binary no-pad collation.
+pub(crate) fn statements(dialect: Dialect, migration: &str, collation: &str) -> Vec<String> {
     migration
         .split(';')
         .map(str::trim)
@@ -104,6 +216,17 @@ pub(crate) fn statements(dialect: Dialect, migration: &str) -> Vec<String> {
             Dialect::Postgres => s
                 .replace(" BLOB ", " BYTEA ")
                 .replace("CHANGE_ID_PK", "BIGSERIAL PRIMARY KEY"),
+            Dialect::MySql => s.replace("{coll}", collation),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_has_every_schema_version() {
+        assert_eq!(MIGRATIONS.len(), MYSQL_MIGRATIONS.len());
+    }
 }

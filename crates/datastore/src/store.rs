@@ -1,7 +1,7 @@
 //! The datastore proper: connection, migrations and every query.
 
 use crate::error::Error;
-use crate::migrate::{HASHED_TOKENS, MIGRATIONS, statements};
+use crate::migrate::{HASHED_TOKENS, migrations, statements};
 use crate::model::{
     AgentFilter, AgentRecord, BundleRecord, Entry, EntryFilter, MatchBehavior, similarity_key,
 };
@@ -20,6 +20,120 @@ type Result<T> = std::result::Result<T, Error>;
 pub enum Dialect {
     Sqlite,
     Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+}
+
+impl Dialect {
+    /// `sql` as this engine takes it. Queries here are written with PostgreSQL's `$n`
+    /// placeholders, numbered in the order they appear; MySQL takes `?`, bound in order.
+    fn sql(self, sql: &str) -> String {
+        if self != Dialect::MySql {
+            return sql.to_string();
+        }
+        let mut out = String::with_capacity(sql.len());
+        let mut chars = sql.chars().peekable();
+        let mut expected = 1usize;
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                let mut n = 0usize;
+                while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                    n = n * 10 + d as usize;
+                    chars.next();
+                }
+                // a query that numbers out of order would bind the wrong values here
+                debug_assert_eq!(n, expected, "placeholders out of order in {sql}");
+                if n != expected {
+                    tracing::error!(sql, "placeholders out of order for MySQL");
+                }
+                expected += 1;
+                out.push('?');
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// `insert` that replaces `columns` of the row whose `key` it collides with.
+    fn upsert(self, insert: &str, key: &str, columns: &[&str]) -> String {
+        match self {
+            Dialect::MySql => format!(
+                "{insert} ON DUPLICATE KEY UPDATE {}",
+                columns
+                    .iter()
+                    .map(|c| format!("{c} = VALUES({c})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Dialect::Sqlite | Dialect::Postgres => format!(
+                "{insert} ON CONFLICT ({key}) DO UPDATE SET {}",
+                columns
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// `insert` that does nothing when it collides on `key`.
+    fn insert_ignore(self, insert: &str, key: &str) -> String {
+        match self {
+            Dialect::MySql => insert.replacen("INSERT INTO", "INSERT IGNORE INTO", 1),
+            Dialect::Sqlite | Dialect::Postgres => {
+                format!("{insert} ON CONFLICT ({key}) DO NOTHING")
+            }
+        }
+    }
+
+    /// A query built from a filter, its `$n` bound to `binds[n - 1]`; a placeholder may
+    /// appear more than once (MySQL gets the value again for each `?`).
+    fn query_with<'q>(self, sql: &str, binds: &'q [Bind]) -> AnyQuery<'q> {
+        if self != Dialect::MySql {
+            return bind_all(sqlx::query(AssertSqlSafe(sql.to_string())), binds);
+        }
+        let mut out = String::with_capacity(sql.len());
+        let mut order = Vec::new();
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                let mut n = 0usize;
+                while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                    n = n * 10 + d as usize;
+                    chars.next();
+                }
+                order.push(n);
+                out.push('?');
+            } else {
+                out.push(c);
+            }
+        }
+        let mut q = sqlx::query(AssertSqlSafe(out));
+        for n in order {
+            q = match binds.get(n.wrapping_sub(1)) {
+                Some(Bind::Text(t)) => q.bind(t.as_str()),
+                Some(Bind::Int(i)) => q.bind(*i),
+                // a placeholder without a value: the database refuses the query
+                None => q,
+            };
+        }
+        q
+    }
+
+    fn query<'q>(self, sql: &str) -> AnyQuery<'q> {
+        sqlx::query(AssertSqlSafe(self.sql(sql)))
+    }
+
+    fn query_scalar<'q, O>(
+        self,
+        sql: &str,
+    ) -> sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments>
+    where
+        (O,): for<'r> sqlx::FromRow<'r, AnyRow>,
+    {
+        sqlx::query_scalar(AssertSqlSafe(self.sql(sql)))
+    }
 }
 
 /// The server's datastore. Cheap to clone (a pool handle).
@@ -31,17 +145,48 @@ pub struct DataStore {
     /// writing fails with "database is locked" at once, whatever the busy timeout. Writers of
     /// this process queue here instead (FIFO), so no caller ever sees that error.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// PostgreSQL: where committed changes are announced (NOTIFY) and heard (LISTEN).
+    listen: Option<Listen>,
+}
+
+#[derive(Clone, Debug)]
+struct Listen {
+    url: std::sync::Arc<str>,
+    channel: std::sync::Arc<str>,
+}
+
+/// Wakes when another transaction logged a change (PostgreSQL LISTEN/NOTIFY). Notifications
+/// sent while its connection is down are lost: the change log stays the source of truth, and
+/// readers poll it as well.
+pub struct ChangeListener(sqlx::postgres::PgListener);
+
+impl ChangeListener {
+    /// Waits for the next notification (reconnecting when the connection dropped).
+    pub async fn recv(&mut self) -> Result<()> {
+        self.0.recv().await?;
+        Ok(())
+    }
 }
 
 /// A write transaction; on SQLite it holds the writer lock until it ends (dropped after the
 /// transaction, which rolls back unless committed).
 struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
+    /// The PostgreSQL channel to notify at commit, once something was logged.
+    notify: Option<std::sync::Arc<str>>,
+    changed: bool,
     _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
-    async fn commit(self) -> Result<()> {
+    async fn commit(mut self) -> Result<()> {
+        if let (true, Some(channel)) = (self.changed, &self.notify) {
+            // delivered to every listening server when (and only if) the transaction commits
+            self.tx
+                .execute(sqlx::raw_sql(AssertSqlSafe(format!("NOTIFY {channel}"))))
+                .await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }
@@ -83,7 +228,9 @@ fn unix_now() -> i64 {
 }
 
 async fn record_change(w: &mut WriteTx, kind: ChangeKind, key: &str) -> Result<()> {
-    sqlx::query("INSERT INTO changes (kind, change_key, created_at) VALUES ($1, $2, $3)")
+    w.changed = true;
+    w.dialect
+        .query("INSERT INTO changes (kind, change_key, created_at) VALUES ($1, $2, $3)")
         .bind(kind.as_str())
         .bind(key)
         .bind(unix_now())
@@ -178,6 +325,64 @@ fn prepare_sqlite_file(path: &Path) -> Result<()> {
     }
 }
 
+/// A MySQL connection string as a URL. SPIRE's configs use Go's DSN form
+/// (`user:pass@tcp(host:3306)/db?parseTime=true`); that is rewritten (its Go-driver
+/// parameters dropped), a `mysql://` URL is taken as it is.
+pub fn mysql_url(s: &str) -> Result<String> {
+    if s.starts_with("mysql://") || s.starts_with("mariadb://") {
+        return Ok(s.to_string());
+    }
+    let bad = || {
+        Error::Db(sqlx::Error::Configuration(
+            format!(
+                "MySQL connection_string {s:?} is neither a mysql:// URL nor Go's \
+                 user:password@tcp(host:port)/database form"
+            )
+            .into(),
+        ))
+    };
+    let (creds, rest) = s.rsplit_once('@').ok_or_else(bad)?;
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    let (addr, db) = rest.split_once('/').ok_or_else(bad)?;
+    let host = match addr.strip_prefix("tcp(").and_then(|a| a.strip_suffix(')')) {
+        Some(h) => h.to_string(),
+        None if addr.is_empty() => "127.0.0.1:3306".to_string(),
+        None => return Err(bad()),
+    };
+    let enc = |p: &str| -> String {
+        p.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let creds = match creds.split_once(':') {
+        Some((u, p)) => format!("{}:{}", enc(u), enc(p)),
+        None => enc(creds),
+    };
+    Ok(format!("mysql://{creds}@{host}/{db}"))
+}
+
+/// `url` with its path (the database) replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
 fn b(v: bool) -> i64 {
     i64::from(v)
 }
@@ -187,7 +392,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => {
             d.is_unique_violation()
                 || d.code()
-                    .is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+                    .is_some_and(|c| c == "23505" || c == "2067" || c == "1555" || c == "1062")
                 || d.message().contains("UNIQUE constraint failed")
         }
         _ => false,
@@ -200,8 +405,59 @@ impl DataStore {
         match database_type {
             "sqlite3" | "sqlite" => Self::open_sqlite(Path::new(connection_string)).await,
             "postgres" | "postgresql" => Self::open_postgres(connection_string, None).await,
+            "mysql" | "mariadb" => Self::open_mysql(&mysql_url(connection_string)?, None).await,
             other => Err(Error::UnsupportedDatabase(other.to_string())),
         }
+    }
+
+    /// Connects to MySQL or MariaDB (`mysql://user:pass@host:port/database`). With
+    /// `database`, it is created when missing and every connection uses it.
+    pub async fn open_mysql(url: &str, database: Option<&str>) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let mut url = url.to_string();
+        if let Some(db) = database {
+            if !db.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+                return Err(Error::Db(sqlx::Error::Configuration(
+                    format!("invalid database name {db:?}").into(),
+                )));
+            }
+            let setup = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await?;
+            setup
+                .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                    "CREATE DATABASE IF NOT EXISTS {db}"
+                ))))
+                .await?;
+            setup.close().await;
+            url = with_database(&url, db);
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // the isolation the code is written for (PostgreSQL's default), and
+                    // strict mode: a value too long for its column is an error, never cut
+                    conn.execute(sqlx::raw_sql(
+                        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+                         SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
+                    ))
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let ds = Self {
+            pool,
+            dialect: Dialect::MySql,
+            writer: Default::default(),
+            listen: None,
+        };
+        ds.migrate().await?;
+        Ok(ds)
     }
 
     /// Opens (creating if needed) an SQLite database file, in WAL mode. A directory it creates
@@ -242,6 +498,7 @@ impl DataStore {
             pool,
             dialect: Dialect::Sqlite,
             writer: Default::default(),
+            listen: None,
         };
         ds.migrate().await?;
         Ok(ds)
@@ -282,10 +539,20 @@ impl DataStore {
             });
         }
         let pool = opts.connect(url).await?;
+        // one channel per schema: clusters that share a database in separate schemas do not
+        // wake each other
+        let channel = match schema {
+            Some(s) => format!("ironpact_changes_{s}"),
+            None => "ironpact_changes".to_string(),
+        };
         let ds = Self {
             pool,
             dialect: Dialect::Postgres,
             writer: Default::default(),
+            listen: Some(Listen {
+                url: url.into(),
+                channel: channel.into(),
+            }),
         };
         ds.migrate().await?;
         Ok(ds)
@@ -295,13 +562,27 @@ impl DataStore {
         self.dialect
     }
 
+    /// A listener woken by every change any server commits, where the engine can push
+    /// (PostgreSQL); `None` elsewhere (poll the change log).
+    pub async fn change_listener(&self) -> Result<Option<ChangeListener>> {
+        let Some(l) = &self.listen else {
+            return Ok(None);
+        };
+        let mut pg = sqlx::postgres::PgListener::connect(&l.url).await?;
+        pg.listen(&l.channel).await?;
+        Ok(Some(ChangeListener(pg)))
+    }
+
     async fn begin_write(&self) -> Result<WriteTx> {
         let writer = match self.dialect {
             Dialect::Sqlite => Some(self.writer.clone().lock_owned().await),
-            Dialect::Postgres => None,
+            Dialect::Postgres | Dialect::MySql => None,
         };
         Ok(WriteTx {
             tx: self.pool.begin().await?,
+            dialect: self.dialect,
+            notify: self.listen.as_ref().map(|l| l.channel.clone()),
+            changed: false,
             _writer: writer,
         })
     }
@@ -312,49 +593,91 @@ impl DataStore {
 
     /// Checks the database answers.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.dialect.query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut collation = String::new();
+        if self.dialect == Dialect::MySql {
+            // Several servers of one cluster may start together: one migrates, the others
+            // wait. (MySQL commits DDL as it goes, so the lock, not the transaction, is what
+            // keeps two servers from applying one migration twice.)
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('ironpact_migrate', 120)")
+                .fetch_one(&mut *conn)
+                .await?;
+            if got != Some(1) {
+                return Err(Error::Internal(
+                    "another server held the migration lock for 2 minutes; start this one again"
+                        .into(),
+                ));
+            }
+            let version: String = sqlx::query_scalar("SELECT VERSION()")
+                .fetch_one(&mut *conn)
+                .await?;
+            collation = if version.contains("MariaDB") {
+                "utf8mb4_nopad_bin".into()
+            } else {
+                "utf8mb4_0900_bin".into()
+            };
+        }
+        let result = self.migrate_on(&mut conn, &collation).await;
+        if self.dialect == Dialect::MySql {
+            let _ = conn
+                .execute("SELECT RELEASE_LOCK('ironpact_migrate')")
+                .await;
+        }
+        result
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::AnyConnection, collation: &str) -> Result<()> {
+        use sqlx::Connection;
+        let mut tx = conn.begin().await?;
         if self.dialect == Dialect::Postgres {
             // Several servers of one cluster may start together: one migrates, the others wait.
             tx.execute("SELECT pg_advisory_xact_lock(7291001)").await?;
         }
         tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             .await?;
-        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM schema_version")
+        let current: Option<i64> = self
+            .dialect
+            .query("SELECT MAX(version) AS v FROM schema_version")
             .fetch_one(&mut *tx)
             .await?
             .try_get::<Option<i64>, _>("v")?;
         let current = current.unwrap_or(0);
-        let target = MIGRATIONS.len() as i64;
+        let migrations = migrations(self.dialect);
+        let target = migrations.len() as i64;
         if current > target {
             return Err(Error::Corrupt(format!(
                 "database schema version {current} is newer than this server knows ({target}); \
                  upgrade ironpact-server"
             )));
         }
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            for stmt in statements(self.dialect, m) {
+        for (i, m) in migrations.iter().enumerate().skip(current as usize) {
+            for stmt in statements(self.dialect, m, collation) {
                 tx.execute(sqlx::raw_sql(AssertSqlSafe(stmt))).await?;
             }
             if i + 1 == HASHED_TOKENS {
                 // tokens written by older servers were stored as they are: digest them
-                let rows = sqlx::query("SELECT token FROM join_tokens")
+                let rows = self
+                    .dialect
+                    .query("SELECT token FROM join_tokens")
                     .fetch_all(&mut *tx)
                     .await?;
                 for row in rows {
                     let t: String = row.try_get("token")?;
-                    sqlx::query("UPDATE join_tokens SET token = $1 WHERE token = $2")
+                    self.dialect
+                        .query("UPDATE join_tokens SET token = $1 WHERE token = $2")
                         .bind(token_digest(&t))
                         .bind(&t)
                         .execute(&mut *tx)
                         .await?;
                 }
             }
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+            self.dialect
+                .query("INSERT INTO schema_version (version) VALUES ($1)")
                 .bind(i as i64 + 1)
                 .execute(&mut *tx)
                 .await?;
@@ -403,7 +726,7 @@ impl DataStore {
                     "SELECT entry_id, similarity_key FROM registered_entries WHERE {col} IN ({})",
                     placeholders(1, chunk.len())
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql));
+                let mut q = self.dialect.query(&sql);
                 for v in chunk {
                     q = q.bind(v.as_str());
                 }
@@ -446,7 +769,7 @@ impl DataStore {
                  federates_with, revision_number, created_at, similarity_key) VALUES {}",
                 values_rows(chunk.len(), ENTRY_COLS)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = self.dialect.query(&sql);
             for (e, key) in chunk {
                 q = bind_entry_columns(q, e)
                     .bind(e.revision_number)
@@ -473,14 +796,21 @@ impl DataStore {
                 set.into_iter().map(move |s| (e.id.as_str(), s))
             })
             .collect();
-        insert_selector_rows(&mut w.tx, "entry_selectors", "entry_id", &selector_rows).await?;
+        insert_selector_rows(
+            self.dialect,
+            &mut w.tx,
+            "entry_selectors",
+            "entry_id",
+            &selector_rows,
+        )
+        .await?;
         let now = unix_now();
         for chunk in accepted.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO changes (kind, change_key, created_at) VALUES {}",
                 values_rows(chunk.len(), 3)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = self.dialect.query(&sql);
             for (e, _) in chunk {
                 q = q
                     .bind(ChangeKind::Entry.as_str())
@@ -488,6 +818,7 @@ impl DataStore {
                     .bind(now);
             }
             q.execute(&mut *w.tx).await?;
+            w.changed = true;
         }
         w.commit().await?;
         Ok(out)
@@ -514,7 +845,7 @@ impl DataStore {
                  WHERE e.entry_id IN ({}) ORDER BY e.entry_id",
                 placeholders(1, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = self.dialect.query(&sql);
             for id in chunk {
                 q = q.bind(id.as_str());
             }
@@ -532,24 +863,28 @@ impl DataStore {
         // on the runtime's threads while SQLite reads on its own), their rows streamed: only
         // the entries and the selectors are held, never every row. A large table is read in
         // two halves split at its median ID.
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM registered_entries")
+        let n: i64 = self
+            .dialect
+            .query_scalar("SELECT COUNT(*) FROM registered_entries")
             .fetch_one(&self.pool)
             .await?;
         let mid: Option<String> = if n >= 20_000 {
-            sqlx::query_scalar(
-                "SELECT entry_id FROM registered_entries ORDER BY entry_id LIMIT 1 OFFSET $1",
-            )
-            .bind(n / 2)
-            .fetch_optional(&self.pool)
-            .await?
+            self.dialect
+                .query_scalar(
+                    "SELECT entry_id FROM registered_entries ORDER BY entry_id LIMIT 1 OFFSET $1",
+                )
+                .bind(n / 2)
+                .fetch_optional(&self.pool)
+                .await?
         } else {
             None
         };
+        let d = self.dialect;
         let scan = |cond: &'static str, bound: Option<String>| {
             let pool = self.pool.clone();
             Scan(tokio::spawn(async move {
                 let sql = format!("SELECT {ENTRY_COLUMNS} FROM registered_entries e {cond}");
-                let mut q = sqlx::query(AssertSqlSafe(sql));
+                let mut q = d.query(&sql);
                 if let Some(b) = bound {
                     q = q.bind(b);
                 }
@@ -571,8 +906,9 @@ impl DataStore {
         let pool = self.pool.clone();
         let selectors = Scan(tokio::spawn(async move {
             let mut out: Vec<(String, Selector)> = Vec::new();
-            let mut rows =
-                sqlx::query("SELECT entry_id, type, value FROM entry_selectors").fetch(&pool);
+            let mut rows = d
+                .query("SELECT entry_id, type, value FROM entry_selectors")
+                .fetch(&pool);
             while let Some(row) = rows.try_next().await? {
                 if let Some(sel) = selector_from_row(&row)? {
                     out.push((row.try_get("entry_id")?, sel));
@@ -640,7 +976,9 @@ impl DataStore {
              LEFT JOIN entry_selectors s ON s.entry_id = e.entry_id ORDER BY e.entry_id",
             where_clause(&conds)
         );
-        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), &binds)
+        let rows = self
+            .dialect
+            .query_with(&sql, &binds)
             .fetch_all(&self.pool)
             .await?;
         let mut entries: Vec<Entry> = entries_from_rows(&rows)?;
@@ -666,7 +1004,9 @@ impl DataStore {
             "SELECT COUNT(*) AS n FROM registered_entries e{}",
             where_clause(&conds)
         );
-        let row = bind_all(sqlx::query(AssertSqlSafe(sql)), &binds)
+        let row = self
+            .dialect
+            .query_with(&sql, &binds)
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
@@ -676,7 +1016,9 @@ impl DataStore {
     pub async fn update_entry(&self, e: &Entry) -> Result<Entry> {
         let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
         let mut w = self.begin_write().await?;
-        if sqlx::query("SELECT entry_id FROM registered_entries WHERE entry_id = $1")
+        if self
+            .dialect
+            .query("SELECT entry_id FROM registered_entries WHERE entry_id = $1")
             .bind(&e.id)
             .fetch_optional(&mut *w.tx)
             .await?
@@ -688,6 +1030,7 @@ impl DataStore {
             });
         }
         refuse_similar(
+            self.dialect,
             &mut w.tx,
             "SELECT entry_id FROM registered_entries WHERE similarity_key = $1 AND entry_id <> $2",
             &key,
@@ -695,15 +1038,16 @@ impl DataStore {
         )
         .await?;
         let n = bind_entry_columns(
-            sqlx::query(
-                "UPDATE registered_entries SET spiffe_id=$2, parent_id=$3, x509_svid_ttl=$4, \
-             jwt_svid_ttl=$5, admin=$6, downstream=$7, expires_at=$8, store_svid=$9, hint=$10, \
-             dns_names=$11, federates_with=$12, revision_number=revision_number + 1, \
-             similarity_key=$13 WHERE entry_id=$1",
+            self.dialect.query(
+                "UPDATE registered_entries SET entry_id=$1, spiffe_id=$2, parent_id=$3, \
+             x509_svid_ttl=$4, jwt_svid_ttl=$5, admin=$6, downstream=$7, expires_at=$8, \
+             store_svid=$9, hint=$10, dns_names=$11, federates_with=$12, \
+             revision_number=revision_number + 1, similarity_key=$13 WHERE entry_id=$14",
             ),
             e,
         )
         .bind(&key)
+        .bind(&e.id)
         .execute(&mut *w.tx)
         .await?
         .rows_affected();
@@ -715,17 +1059,20 @@ impl DataStore {
         }
         // the increment is the database's, under the row lock the UPDATE holds: two
         // concurrent updates get two revisions
-        let rev: i64 =
-            sqlx::query("SELECT revision_number FROM registered_entries WHERE entry_id = $1")
-                .bind(&e.id)
-                .fetch_one(&mut *w.tx)
-                .await?
-                .try_get("revision_number")?;
-        sqlx::query("DELETE FROM entry_selectors WHERE entry_id = $1")
+        let rev: i64 = self
+            .dialect
+            .query("SELECT revision_number FROM registered_entries WHERE entry_id = $1")
+            .bind(&e.id)
+            .fetch_one(&mut *w.tx)
+            .await?
+            .try_get("revision_number")?;
+        self.dialect
+            .query("DELETE FROM entry_selectors WHERE entry_id = $1")
             .bind(&e.id)
             .execute(&mut *w.tx)
             .await?;
         insert_selectors(
+            self.dialect,
             &mut w.tx,
             "entry_selectors",
             "entry_id",
@@ -744,11 +1091,14 @@ impl DataStore {
     pub async fn delete_entry(&self, id: &str) -> Result<Entry> {
         let e = self.get_entry(id).await?;
         let mut w = self.begin_write().await?;
-        sqlx::query("DELETE FROM entry_selectors WHERE entry_id = $1")
+        self.dialect
+            .query("DELETE FROM entry_selectors WHERE entry_id = $1")
             .bind(id)
             .execute(&mut *w.tx)
             .await?;
-        let n = sqlx::query("DELETE FROM registered_entries WHERE entry_id = $1")
+        let n = self
+            .dialect
+            .query("DELETE FROM registered_entries WHERE entry_id = $1")
             .bind(id)
             .execute(&mut *w.tx)
             .await?
@@ -768,7 +1118,7 @@ impl DataStore {
 
     pub async fn create_agent(&self, a: &AgentRecord) -> Result<()> {
         let mut w = self.begin_write().await?;
-        let r = sqlx::query(
+        let r = self.dialect.query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
              banned, can_reattest, created_at, updated_at, attestation_error, tee_instance) \
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
@@ -796,6 +1146,7 @@ impl DataStore {
             });
         }
         insert_selectors(
+            self.dialect,
             &mut w.tx,
             "agent_selectors",
             "spiffe_id",
@@ -823,14 +1174,16 @@ impl DataStore {
     async fn write_agent(&self, a: &AgentRecord, current_serial: Option<&str>) -> Result<()> {
         let mut w = self.begin_write().await?;
         let mut sql = String::from(
-            "UPDATE attested_agents SET attestation_type=$2, serial_number=$3, expires_at=$4, \
-             banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8, tee_instance=$9 \
-             WHERE spiffe_id=$1",
+            "UPDATE attested_agents SET spiffe_id=$1, attestation_type=$2, serial_number=$3, \
+             expires_at=$4, banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8, \
+             tee_instance=$9 WHERE spiffe_id=$10",
         );
         if current_serial.is_some() {
-            sql.push_str(" AND serial_number=$10 AND banned=0");
+            sql.push_str(" AND serial_number=$11 AND banned=0");
         }
-        let mut q = sqlx::query(AssertSqlSafe(sql))
+        let mut q = self
+            .dialect
+            .query(&sql)
             .bind(a.spiffe_id.as_str())
             .bind(&a.attestation_type)
             .bind(&a.serial_number)
@@ -839,7 +1192,8 @@ impl DataStore {
             .bind(b(a.can_reattest))
             .bind(a.updated_at)
             .bind(&a.attestation_error)
-            .bind(&a.tee_instance);
+            .bind(&a.tee_instance)
+            .bind(a.spiffe_id.as_str());
         if let Some(s) = current_serial {
             q = q.bind(s);
         }
@@ -850,11 +1204,13 @@ impl DataStore {
                 id: a.spiffe_id.to_string(),
             });
         }
-        sqlx::query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
+        self.dialect
+            .query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
             .bind(a.spiffe_id.as_str())
             .execute(&mut *w.tx)
             .await?;
         insert_selectors(
+            self.dialect,
             &mut w.tx,
             "agent_selectors",
             "spiffe_id",
@@ -878,17 +1234,19 @@ impl DataStore {
         now: i64,
     ) -> Result<bool> {
         let mut w = self.begin_write().await?;
-        let n = sqlx::query(
-            "UPDATE attested_agents SET attestation_error=$2, updated_at=$3 \
-             WHERE spiffe_id=$1 AND serial_number=$4 AND banned=0",
-        )
-        .bind(id.as_str())
-        .bind(why)
-        .bind(now)
-        .bind(serial)
-        .execute(&mut *w.tx)
-        .await?
-        .rows_affected();
+        let n = self
+            .dialect
+            .query(
+                "UPDATE attested_agents SET attestation_error=$1, updated_at=$2 \
+             WHERE spiffe_id=$3 AND serial_number=$4 AND banned=0",
+            )
+            .bind(why)
+            .bind(now)
+            .bind(id.as_str())
+            .bind(serial)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
         if n > 0 {
             record_change(&mut w, ChangeKind::Agent, id.as_str()).await?;
         }
@@ -965,7 +1323,9 @@ impl DataStore {
             "SELECT COUNT(*) AS n FROM attested_agents a{}",
             where_clause(&conds)
         );
-        let row = bind_all(sqlx::query(AssertSqlSafe(sql)), &binds)
+        let row = self
+            .dialect
+            .query_with(&sql, &binds)
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
@@ -985,7 +1345,9 @@ impl DataStore {
              LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id ORDER BY a.spiffe_id",
             where_clause(conds)
         );
-        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
+        let rows = self
+            .dialect
+            .query_with(&sql, binds)
             .fetch_all(&self.pool)
             .await?;
         let mut out: Vec<AgentRecord> = Vec::new();
@@ -1021,11 +1383,14 @@ impl DataStore {
     /// Removes an agent (evict): it may attest again.
     pub async fn delete_agent(&self, id: &SpiffeId) -> Result<()> {
         let mut w = self.begin_write().await?;
-        sqlx::query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
+        self.dialect
+            .query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
             .bind(id.as_str())
             .execute(&mut *w.tx)
             .await?;
-        let n = sqlx::query("DELETE FROM attested_agents WHERE spiffe_id = $1")
+        let n = self
+            .dialect
+            .query("DELETE FROM attested_agents WHERE spiffe_id = $1")
             .bind(id.as_str())
             .execute(&mut *w.tx)
             .await?
@@ -1045,7 +1410,9 @@ impl DataStore {
 
     /// The highest change ID written so far (0 when none).
     pub async fn last_change_id(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT MAX(id) AS m FROM changes")
+        let row = self
+            .dialect
+            .query("SELECT MAX(id) AS m FROM changes")
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<Option<i64>, _>("m")?.unwrap_or(0))
@@ -1057,7 +1424,9 @@ impl DataStore {
             "SELECT id, kind, change_key FROM changes WHERE id > $1 ORDER BY id LIMIT {}",
             limit.max(1)
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = self
+            .dialect
+            .query(&sql)
             .bind(after)
             .fetch_all(&self.pool)
             .await?;
@@ -1073,7 +1442,7 @@ impl DataStore {
                 "SELECT id, kind, change_key FROM changes WHERE id IN ({}) ORDER BY id",
                 placeholders(1, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = self.dialect.query(&sql);
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -1093,7 +1462,9 @@ impl DataStore {
     /// Runs a pruning DELETE bound to one time; returns how many rows went.
     async fn delete_before(&self, sql: &'static str, t: i64) -> Result<u64> {
         let mut w = self.begin_write().await?;
-        let n = sqlx::query(sql)
+        let n = self
+            .dialect
+            .query(sql)
             .bind(t)
             .execute(&mut *w.tx)
             .await?
@@ -1106,7 +1477,9 @@ impl DataStore {
 
     pub async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {
         let mut w = self.begin_write().await?;
-        let r = sqlx::query("INSERT INTO join_tokens (token, expires_at) VALUES ($1, $2)")
+        let r = self
+            .dialect
+            .query("INSERT INTO join_tokens (token, expires_at) VALUES ($1, $2)")
             .bind(token_digest(token))
             .bind(expires_at)
             .execute(&mut *w.tx)
@@ -1124,15 +1497,41 @@ impl DataStore {
     /// Consumes a join token (single use) and returns its expiry; the caller checks it.
     pub async fn take_join_token(&self, token: &str) -> Result<i64> {
         let mut w = self.begin_write().await?;
-        let row = sqlx::query("DELETE FROM join_tokens WHERE token = $1 RETURNING expires_at")
-            .bind(token_digest(token))
-            .fetch_optional(&mut *w.tx)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: "join token",
-                id: String::from("(redacted)"),
-            })?;
-        let exp = row.try_get("expires_at")?;
+        let digest = token_digest(token);
+        let missing = || Error::NotFound {
+            what: "join token",
+            id: String::from("(redacted)"),
+        };
+        let exp = if self.dialect == Dialect::MySql {
+            // MySQL has no DELETE … RETURNING: read under the row lock, then delete; of two
+            // servers taking one token, one deletes the row and the other deletes nothing
+            let row = self
+                .dialect
+                .query("SELECT expires_at FROM join_tokens WHERE token = $1 FOR UPDATE")
+                .bind(&digest)
+                .fetch_optional(&mut *w.tx)
+                .await?
+                .ok_or_else(missing)?;
+            let n = self
+                .dialect
+                .query("DELETE FROM join_tokens WHERE token = $1")
+                .bind(&digest)
+                .execute(&mut *w.tx)
+                .await?
+                .rows_affected();
+            if n != 1 {
+                return Err(missing());
+            }
+            row.try_get("expires_at")?
+        } else {
+            self.dialect
+                .query("DELETE FROM join_tokens WHERE token = $1 RETURNING expires_at")
+                .bind(&digest)
+                .fetch_optional(&mut *w.tx)
+                .await?
+                .ok_or_else(missing)?
+                .try_get("expires_at")?
+        };
         w.commit().await?;
         Ok(exp)
     }
@@ -1146,7 +1545,9 @@ impl DataStore {
     // ---------------------------------------------------------------- bundles
 
     pub async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<BundleRecord>> {
-        let row = sqlx::query("SELECT data, updated_at FROM bundles WHERE trust_domain = $1")
+        let row = self
+            .dialect
+            .query("SELECT data, updated_at FROM bundles WHERE trust_domain = $1")
             .bind(td.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -1158,23 +1559,26 @@ impl DataStore {
         let data = StoredBundle::from(bundle);
         let bytes = serde_json::to_vec(&data).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut w = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (trust_domain) DO UPDATE SET data = excluded.data, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(bundle.trust_domain.as_str())
-        .bind(bytes)
-        .bind(now)
-        .execute(&mut *w.tx)
-        .await?;
+        self.dialect
+            .query(&self.dialect.upsert(
+                "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3)",
+                "trust_domain",
+                &["data", "updated_at"],
+            ))
+            .bind(bundle.trust_domain.as_str())
+            .bind(bytes)
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
         record_change(&mut w, ChangeKind::Bundle, bundle.trust_domain.as_str()).await?;
         w.commit().await
     }
 
     pub async fn delete_bundle(&self, td: &TrustDomain) -> Result<()> {
         let mut w = self.begin_write().await?;
-        let n = sqlx::query("DELETE FROM bundles WHERE trust_domain = $1")
+        let n = self
+            .dialect
+            .query("DELETE FROM bundles WHERE trust_domain = $1")
             .bind(td.as_str())
             .execute(&mut *w.tx)
             .await?
@@ -1190,10 +1594,11 @@ impl DataStore {
     }
 
     pub async fn list_bundles(&self) -> Result<Vec<BundleRecord>> {
-        let rows =
-            sqlx::query("SELECT trust_domain, data, updated_at FROM bundles ORDER BY trust_domain")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = self
+            .dialect
+            .query("SELECT trust_domain, data, updated_at FROM bundles ORDER BY trust_domain")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 let td: String = r.try_get("trust_domain")?;
@@ -1205,22 +1610,110 @@ impl DataStore {
     // ---------------------------------------------------------------- CA journal
 
     pub async fn get_ca_journal(&self) -> Result<Option<Vec<u8>>> {
-        let row = sqlx::query("SELECT data FROM ca_journal WHERE id = 1")
+        let row = self
+            .dialect
+            .query("SELECT data FROM ca_journal WHERE id = 1")
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get::<Vec<u8>, _>("data")).transpose()?)
     }
 
+    /// The CA journal of one server of the cluster (`server` is its instance ID).
+    pub async fn get_server_ca_journal(&self, server: &str) -> Result<Option<Vec<u8>>> {
+        let row = self
+            .dialect
+            .query("SELECT data FROM ca_journals WHERE server_id = $1")
+            .bind(server)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("data").map_err(Into::into))
+            .transpose()
+    }
+
+    pub async fn set_server_ca_journal(&self, server: &str, data: &[u8], now: i64) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        self.dialect
+            .query(&self.dialect.upsert(
+                "INSERT INTO ca_journals (server_id, data, updated_at) VALUES ($1, $2, $3)",
+                "server_id",
+                &["data", "updated_at"],
+            ))
+            .bind(server)
+            .bind(data.to_vec())
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+
+    /// Reads the bundle of `td` and writes what `f` makes of it, as one step no other writer
+    /// interleaves with (servers of a cluster each add their own authorities to one bundle:
+    /// a read-then-write would lose one server's). Returns what was written.
+    pub async fn update_bundle(
+        &self,
+        td: &TrustDomain,
+        now: i64,
+        f: impl FnOnce(Option<Bundle>) -> Bundle,
+    ) -> Result<Bundle> {
+        let mut w = self.begin_write().await?;
+        // a row to lock even for the first bundle: a second writer waits on the key here
+        // until the first commits (the empty placeholder is never committed)
+        self.dialect
+            .query(&self.dialect.insert_ignore(
+                "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3)",
+                "trust_domain",
+            ))
+            .bind(td.as_str())
+            .bind(Vec::<u8>::new())
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
+        let lock = if self.dialect == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        let row = self
+            .dialect
+            .query(&format!(
+                "SELECT data, updated_at FROM bundles WHERE trust_domain = $1{lock}"
+            ))
+            .bind(td.as_str())
+            .fetch_one(&mut *w.tx)
+            .await?;
+        let data: Vec<u8> = row.try_get("data")?;
+        let stored = if data.is_empty() {
+            None
+        } else {
+            Some(bundle_from_row(td.clone(), &row)?.bundle)
+        };
+        let b = f(stored);
+        let bytes = serde_json::to_vec(&StoredBundle::from(&b))
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.dialect
+            .query("UPDATE bundles SET data = $1, updated_at = $2 WHERE trust_domain = $3")
+            .bind(bytes)
+            .bind(now)
+            .bind(td.as_str())
+            .execute(&mut *w.tx)
+            .await?;
+        record_change(&mut w, ChangeKind::Bundle, td.as_str()).await?;
+        w.commit().await?;
+        Ok(b)
+    }
+
     pub async fn set_ca_journal(&self, data: &[u8], now: i64) -> Result<()> {
         let mut w = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO ca_journal (id, data, updated_at) VALUES (1, $1, $2) \
-             ON CONFLICT (id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-        )
-        .bind(data.to_vec())
-        .bind(now)
-        .execute(&mut *w.tx)
-        .await?;
+        self.dialect
+            .query(&self.dialect.upsert(
+                "INSERT INTO ca_journal (id, data, updated_at) VALUES (1, $1, $2)",
+                "id",
+                &["data", "updated_at"],
+            ))
+            .bind(data.to_vec())
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await?;
         w.commit().await
     }
 }
@@ -1259,12 +1752,14 @@ fn parse_list(s: &str) -> Result<Vec<String>> {
 /// Fails with AlreadyExists naming the entry `sql` (bound to the similarity key and the
 /// entry's own ID) finds.
 async fn refuse_similar(
+    d: Dialect,
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     sql: &'static str,
     key: &str,
     id: &str,
 ) -> Result<()> {
-    let dup = sqlx::query(sql)
+    let dup = d
+        .query(sql)
         .bind(key)
         .bind(id)
         .fetch_optional(&mut **tx)
@@ -1280,6 +1775,7 @@ async fn refuse_similar(
 
 /// Inserts a record's selectors (duplicates dropped) in multi-row statements.
 async fn insert_selectors(
+    d: Dialect,
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     table: &str,
     key_col: &str,
@@ -1288,11 +1784,12 @@ async fn insert_selectors(
 ) -> Result<()> {
     let set: std::collections::BTreeSet<&Selector> = selectors.iter().collect();
     let rows: Vec<(&str, &Selector)> = set.into_iter().map(|s| (key, s)).collect();
-    insert_selector_rows(tx, table, key_col, &rows).await
+    insert_selector_rows(d, tx, table, key_col, &rows).await
 }
 
 /// Inserts (record key, selector) rows into a selector table, [`CHUNK`] rows a statement.
 async fn insert_selector_rows(
+    d: Dialect,
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     table: &str,
     key_col: &str,
@@ -1303,7 +1800,7 @@ async fn insert_selector_rows(
             "INSERT INTO {table} ({key_col}, type, value) VALUES {}",
             values_rows(chunk.len(), 3)
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = d.query(&sql);
         for (key, s) in chunk {
             q = q.bind(*key).bind(s.kind.as_str()).bind(s.value.as_str());
         }
@@ -1588,7 +2085,7 @@ fn bundle_from_row(td: TrustDomain, row: &AnyRow) -> Result<BundleRecord> {
 }
 
 impl DataStore {
-    /// Drops a schema created for one test run (PostgreSQL only).
+    /// Drops a schema (PostgreSQL) or database (MySQL) created for one test run.
     #[doc(hidden)]
     pub async fn drop_schema_for_tests(&self, schema: &str) -> Result<()> {
         if !schema
@@ -1597,11 +2094,11 @@ impl DataStore {
         {
             return Err(Error::Corrupt(format!("invalid schema name {schema:?}")));
         }
-        self.pool
-            .execute(sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE"
-            ))))
-            .await?;
+        let sql = match self.dialect {
+            Dialect::MySql => format!("DROP DATABASE IF EXISTS {schema}"),
+            _ => format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        };
+        self.pool.execute(sqlx::raw_sql(AssertSqlSafe(sql))).await?;
         Ok(())
     }
 }

@@ -240,10 +240,10 @@ impl ServerConfig {
                     .flatten()
                     .map(|v| v.0)
                     .unwrap_or_else(|| "sqlite3".into());
-                if !matches!(database_type.as_str(), "sqlite3" | "postgres") {
+                if !matches!(database_type.as_str(), "sqlite3" | "postgres" | "mysql") {
                     return Err(sec.err(
                         b.line,
-                        format!("database_type {database_type:?} is not supported: use \"sqlite3\" or \"postgres\""),
+                        format!("database_type {database_type:?} is not supported: use \"sqlite3\", \"postgres\" or \"mysql\""),
                     ));
                 }
                 let conn = data
@@ -255,11 +255,14 @@ impl ServerConfig {
                 let connection_string = match (database_type.as_str(), conn) {
                     (_, Some(c)) => c,
                     ("sqlite3", None) => data_dir.join("datastore.sqlite3").display().to_string(),
-                    _ => {
+                    (kind, None) => {
                         return Err(sec.err(
                             b.line,
-                            "DataStore \"sql\": connection_string is required for postgres \
-                             (e.g. \"postgres://user@host:5432/db\")",
+                            format!(
+                                "DataStore \"sql\": connection_string is required for {kind} \
+                                 (e.g. \"postgres://user@host:5432/db\", \
+                                 \"mysql://user:pass@host:3306/db\")"
+                            ),
                         ));
                     }
                 };
