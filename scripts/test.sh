@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of ironpact: formatting, clippy, unit tests, the datastore suite on
-# SQLite and PostgreSQL, and the end-to-end suites that start real server processes.
-# Installs what it needs (openssl, a Python venv with PyJWT) when it is missing.
+# SQLite, PostgreSQL and MariaDB, and the end-to-end suites that start real server processes
+# (among them a two-server cluster behind haproxy).
+# Installs what it needs (openssl, haproxy, a Python venv with PyJWT) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ have cargo || { echo "cargo is required: install Rust (https://rustup.rs)" >&2; 
 have openssl || apt_install openssl
 have setpriv || apt_install util-linux
 have python3 || apt_install python3 python3-venv
+# the cluster test puts haproxy in front of two servers
+have haproxy || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 
 # PyJWT checks our JWT-SVIDs independently; py-spiffe (a grpcio client) uses the Workload API.
 venv="${IRONPACT_VENV:-$CARGO_TARGET_DIR/pyvenv}"

@@ -76,6 +76,29 @@ struct Journal {
     slots: Vec<Slot>,
 }
 
+/// What a slot puts in the bundle.
+enum Publication {
+    X509(Vec<u8>),
+    Jwt(JwtAuthority),
+}
+
+fn publications(j: &Journal) -> Result<Vec<Publication>, CaError> {
+    j.slots
+        .iter()
+        .map(|s| {
+            let public = hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
+            Ok(match s.kind {
+                SlotKind::X509 => Publication::X509(public),
+                SlotKind::Jwt => Publication::Jwt(JwtAuthority {
+                    key_id: s.kid.clone(),
+                    public_key_der: public,
+                    expires_at: s.not_after,
+                }),
+            })
+        })
+        .collect()
+}
+
 /// What signs right now.
 struct Signers {
     x509: Option<Arc<CaIssuer>>,
@@ -89,6 +112,9 @@ pub struct CaConfig {
     pub jwt_key_type: KeyType,
     pub ttl: Duration,
     pub subject: CaSubject,
+    /// This server's instance ID: servers of one cluster share the datastore and the bundle,
+    /// but each has its own CA and JWT keys and its own journal of them.
+    pub instance_id: String,
 }
 
 pub struct CaManager {
@@ -127,7 +153,13 @@ impl CaManager {
         km: Arc<dyn KeyManager>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CaError> {
-        let mut journal: Journal = match ds.get_ca_journal().await? {
+        // This server's journal; a server upgraded from a release with one journal for the
+        // datastore starts from that one (keeping the slots whose keys it holds).
+        let stored = match ds.get_server_ca_journal(&cfg.instance_id).await? {
+            Some(b) => Some(b),
+            None => ds.get_ca_journal().await?,
+        };
+        let mut journal: Journal = match stored {
             Some(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|e| CaError::Journal(e.to_string()))?
             }
@@ -319,55 +351,67 @@ impl CaManager {
         let a = self.step(&mut next, SlotKind::X509, now)?;
         let b = self.step(&mut next, SlotKind::Jwt, now)?;
         let stored = self.ds.get_bundle(&self.cfg.trust_domain).await?;
-        let needs_bundle = a || b || stored.is_none();
         if a || b {
             let bytes = serde_json::to_vec(&next).map_err(|e| CaError::Journal(e.to_string()))?;
-            self.ds.set_ca_journal(&bytes, now).await?;
+            self.ds
+                .set_server_ca_journal(&self.cfg.instance_id, &bytes, now)
+                .await?;
             *j = next;
             self.rearm(&j)?;
         }
-        if needs_bundle || stored.as_ref().is_some_and(|s| has_expired(&s.bundle, now)) {
-            self.publish_bundle(&j, stored.map(|s| s.bundle), now)
-                .await?;
+        // every slot of ours must be in the shared bundle (before it signs: slots are
+        // prepared half a lifetime ahead); another server's write never removes them, but a
+        // bundle restored from a backup could
+        let ours = publications(&j)?;
+        let missing = |b: &Bundle| {
+            ours.iter().any(|p| match p {
+                Publication::X509(der) => !b.x509_authorities.contains(der),
+                Publication::Jwt(a) => !b.jwt_authorities.iter().any(|k| k.key_id == a.key_id),
+            })
+        };
+        let needs_bundle = match &stored {
+            None => true,
+            Some(s) => a || b || missing(&s.bundle) || has_expired(&s.bundle, now),
+        };
+        if needs_bundle {
+            self.publish_bundle(ours, now).await?;
         }
         Ok(a || b)
     }
 
-    /// The stored bundle, minus what expired, plus every slot of ours.
-    async fn publish_bundle(
-        &self,
-        j: &Journal,
-        stored: Option<Bundle>,
-        now: i64,
-    ) -> Result<(), CaError> {
-        let mut b = stored.unwrap_or_else(|| Bundle::new(self.cfg.trust_domain.clone()));
-        b.x509_authorities.retain(|der| {
-            ironpact_spiffe::x509::CertInfo::parse(der).is_ok_and(|i| i.not_after > now)
-        });
-        b.jwt_authorities
-            .retain(|a| a.expires_at == 0 || a.expires_at > now);
-        for s in &j.slots {
-            let public = hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
-            match s.kind {
-                SlotKind::X509 => {
-                    if !b.x509_authorities.contains(&public) {
-                        b.x509_authorities.push(public);
+    /// Adds every slot of ours to the stored bundle and drops what expired (anyone's), in one
+    /// step against other servers doing the same.
+    async fn publish_bundle(&self, ours: Vec<Publication>, now: i64) -> Result<(), CaError> {
+        let td = self.cfg.trust_domain.clone();
+        let refresh_hint = (self.cfg.ttl.as_secs() / 10).clamp(10, 300);
+        let b = self
+            .ds
+            .update_bundle(&self.cfg.trust_domain, now, move |stored| {
+                let mut b = stored.unwrap_or_else(|| Bundle::new(td));
+                b.x509_authorities.retain(|der| {
+                    ironpact_spiffe::x509::CertInfo::parse(der).is_ok_and(|i| i.not_after > now)
+                });
+                b.jwt_authorities
+                    .retain(|a| a.expires_at == 0 || a.expires_at > now);
+                for p in ours {
+                    match p {
+                        Publication::X509(der) => {
+                            if !b.x509_authorities.contains(&der) {
+                                b.x509_authorities.push(der);
+                            }
+                        }
+                        Publication::Jwt(a) => {
+                            if !b.jwt_authorities.iter().any(|k| k.key_id == a.key_id) {
+                                b.jwt_authorities.push(a);
+                            }
+                        }
                     }
                 }
-                SlotKind::Jwt => {
-                    if !b.jwt_authorities.iter().any(|a| a.key_id == s.kid) {
-                        b.jwt_authorities.push(JwtAuthority {
-                            key_id: s.kid.clone(),
-                            public_key_der: public,
-                            expires_at: s.not_after,
-                        });
-                    }
-                }
-            }
-        }
-        b.sequence += 1;
-        b.refresh_hint = (self.cfg.ttl.as_secs() / 10).clamp(10, 300);
-        self.ds.set_bundle(&b, now).await?;
+                b.sequence += 1;
+                b.refresh_hint = refresh_hint;
+                b
+            })
+            .await?;
         info!(
             sequence = b.sequence,
             x509_authorities = b.x509_authorities.len(),

@@ -384,6 +384,16 @@ impl Cache {
         self.index.read().ok()?.entries.get(id).cloned()
     }
 
+    /// The trust domain's own bundle as the cache holds it.
+    pub fn own_bundle(&self) -> Option<Arc<Bundle>> {
+        self.index
+            .read()
+            .ok()?
+            .bundles
+            .get(self.trust_domain.as_str())
+            .cloned()
+    }
+
     pub fn entry_count(&self) -> usize {
         self.index.read().map(|i| i.entries.len()).unwrap_or(0)
     }

@@ -57,6 +57,54 @@ pub enum RunError {
     Tls(#[from] rustls::Error),
     #[error(transparent)]
     Attestor(#[from] ironpact_attestors::BuildError),
+    #[error(
+        "data directory {path}: {source} (point data_dir/-dataDir at a directory this user owns)"
+    )]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// This server's instance ID, kept in `<data_dir>/server-instance-id` (0600, made on first
+/// start): servers of one cluster tell their CA journals apart by it.
+fn instance_id(data_dir: &std::path::Path) -> Result<String, RunError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = data_dir.join("server-instance-id");
+    let err = |source| RunError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let id = s.trim();
+        if !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Ok(id.to_string());
+        }
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(err)?;
+    let id = ironpact_datastore::new_uuid();
+    let tmp = data_dir.join(".server-instance-id.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(id.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    info!(instance_id = %id, path = %path.display(), "created this server's instance ID");
+    Ok(id)
 }
 
 /// Builds the shared core: opens the datastore and loads (or creates) the CA.
@@ -82,6 +130,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
             jwt_key_type: cfg.jwt_key_type,
             ttl: cfg.ca_ttl,
             subject: cfg.ca_subject.clone(),
+            instance_id: instance_id(&cfg.data_dir)?,
         },
         ds.clone(),
         km,
@@ -257,16 +306,54 @@ pub async fn run_with_reload(
     // its agents) through the change log; this server's own writes refresh it at once. The log
     // keeps an hour, far more than any server falls behind while running (a restarted server
     // loads everything).
+    // On PostgreSQL every committed change also wakes every server at once (LISTEN/NOTIFY);
+    // the poll stays, for notifications lost while the listening connection was down.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    {
+        let (ds, wake) = (core.ds.clone(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                match ds.change_listener().await {
+                    Ok(None) => return,
+                    Ok(Some(mut l)) => {
+                        info!("listening for changes committed by other servers");
+                        // anything committed before the listener was up is read now
+                        wake.notify_one();
+                        while l.recv().await.is_ok() {
+                            wake.notify_one();
+                        }
+                        warn!("lost the change notification connection; polling meanwhile");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot listen for change notifications; polling meanwhile")
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
+    }
     {
         let core = core.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(CACHE_REFRESH);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_prune = std::time::Instant::now();
+            let mut roots_seq = None;
             loop {
-                t.tick().await;
+                tokio::select! {
+                    _ = t.tick() => {}
+                    () = wake.notified() => {}
+                }
                 if let Err(e) = core.cache.refresh().await {
                     warn!(error = %e, "refreshing the entry cache from the change log failed; retrying");
+                }
+                // another server's CA entered (or left) the bundle: its agents' SVIDs are
+                // trusted here from now on
+                if let Some(b) = core.cache.own_bundle()
+                    && roots_seq != Some(b.sequence)
+                {
+                    roots_seq = Some(b.sequence);
+                    core.roots.set(b.x509_authorities.clone());
                 }
                 if last_prune.elapsed() >= CHANGE_LOG_PRUNE_EVERY {
                     last_prune = std::time::Instant::now();

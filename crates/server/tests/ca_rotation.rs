@@ -23,6 +23,7 @@ fn cfg() -> CaConfig {
         jwt_key_type: KeyType::EcP256,
         ttl: Duration::from_secs(TTL as u64),
         subject: CaSubject::default(),
+        instance_id: "server-a".into(),
     }
 }
 
@@ -190,4 +191,102 @@ async fn disk_ca_survives_restart_and_memory_ca_does_not() {
     );
     // the previous CA is still trusted until it expires
     assert!(bundle(&ds).await.x509_authorities.contains(&cert));
+}
+
+/// Servers of one cluster share the datastore and the bundle, each with its own CA and JWT
+/// keys and journal: both starting at once publish both authorities (neither write loses the
+/// other's), each signs with its own key, each rotates on its own schedule, and a restarted
+/// server finds its own journal, not the other's.
+async fn two_servers_share_one_bundle(ds_a: DataStore, ds_b: DataStore) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let cfg_of = |name: &str| CaConfig {
+        instance_id: name.into(),
+        ..cfg()
+    };
+    let (km_a, km_b): (Arc<dyn KeyManager>, Arc<dyn KeyManager>) = (
+        Arc::new(MemoryKeyManager::default()),
+        Arc::new(MemoryKeyManager::default()),
+    );
+    // started together: the bundle keeps both
+    let (a, b) = tokio::join!(
+        CaManager::load(
+            cfg_of("server-a"),
+            ds_a.clone(),
+            km_a.clone(),
+            clock.clone()
+        ),
+        CaManager::load(
+            cfg_of("server-b"),
+            ds_b.clone(),
+            km_b.clone(),
+            clock.clone()
+        ),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let both = bundle(&ds_a).await;
+    assert_eq!(
+        (both.x509_authorities.len(), both.jwt_authorities.len()),
+        (2, 2),
+        "one server's authorities were lost"
+    );
+    let ia = signer_of(&a, &both.x509_authorities);
+    let ib = signer_of(&b, &both.x509_authorities);
+    assert_ne!(ia, ib, "the two servers sign with one key");
+
+    // both rotate at once: prepared authorities of both are published
+    clock.set(T0 + TTL / 2);
+    let (ra, rb) = tokio::join!(a.rotate(), b.rotate());
+    assert!(ra.unwrap() && rb.unwrap());
+    let four = bundle(&ds_a).await;
+    assert_eq!(
+        (four.x509_authorities.len(), four.jwt_authorities.len()),
+        (4, 4),
+        "a concurrent publication was lost"
+    );
+
+    // server A restarts (same key manager): it takes up its own journal, signs as before
+    let a_slots = a.slots().await;
+    drop(a);
+    let a2 = CaManager::load(cfg_of("server-a"), ds_a.clone(), km_a, clock.clone())
+        .await
+        .unwrap();
+    assert_eq!(a2.slots().await, a_slots);
+    assert_eq!(signer_of(&a2, &four.x509_authorities), ia);
+    assert_ne!(a2.slots().await, b.slots().await);
+}
+
+#[tokio::test]
+async fn two_servers_share_one_bundle_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = DataStore::open_sqlite(&dir.path().join("ds.sqlite3"))
+        .await
+        .unwrap();
+    two_servers_share_one_bundle(ds.clone(), ds).await;
+}
+
+#[tokio::test]
+async fn two_servers_share_one_bundle_on_postgres() {
+    let url = std::env::var("IRONPACT_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let schema = format!("ca_{:016x}", rand::random::<u64>());
+    // two pools, as two servers have
+    let (a, b) = match (
+        DataStore::open_postgres(&url, Some(&schema)).await,
+        DataStore::open_postgres(&url, Some(&schema)).await,
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "postgres not reachable at {url} (CI=true requires it): {e}"
+            );
+            println!("SKIPPED: postgres not reachable ({e})");
+            return;
+        }
+    };
+    two_servers_share_one_bundle(a.clone(), b.clone()).await;
+    a.drop_schema_for_tests(&schema).await.unwrap();
+    a.close().await;
+    b.close().await;
 }

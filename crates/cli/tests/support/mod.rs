@@ -565,6 +565,18 @@ impl TestAgent {
         attestor: &str,
         wait: bool,
     ) -> Self {
+        Self::start_at(server, server.port, token, attestor, wait)
+    }
+
+    /// [`TestAgent::start_custom`] pointed at `port` on 127.0.0.1 (a load balancer in front
+    /// of `server`'s cluster, say); its trust bundle comes from `server`.
+    pub fn start_at(
+        server: &TestServer,
+        port: u16,
+        token: Option<&str>,
+        attestor: &str,
+        wait: bool,
+    ) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         // other users (the `nobody` test) must reach the socket
@@ -611,7 +623,7 @@ plugins {{
 }}
 "#,
                 data = data.display(),
-                port = server.port,
+                port = port,
                 socket = socket.display(),
                 bundle = bundle.display(),
                 admin = dir.path().join("private/admin.sock").display(),

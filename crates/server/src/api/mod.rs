@@ -144,6 +144,7 @@ pub(crate) fn ds_status(e: ironpact_datastore::Error) -> Status {
     match e {
         E::NotFound { .. } => Status::not_found(e.to_string()),
         E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        E::TooLong(_) => Status::invalid_argument(e.to_string()),
         other => {
             tracing::error!(error = %other, "datastore failure");
             let msg = format!("datastore failure: {other}");

@@ -1,0 +1,459 @@
+//! A real cluster: two `ironpact-server` processes on one PostgreSQL, haproxy (TCP mode) in
+//! front of them, agents pointed at haproxy. Under load (entries created through both servers,
+//! SVIDs rotating every 10 s) one server is killed with SIGKILL: every acknowledged entry
+//! exists afterwards, every workload holds a valid SVID throughout, new entries keep reaching
+//! the agents through the survivor, and the killed server rejoins. Then PostgreSQL itself is
+//! restarted under the cluster: errors, no crash, recovery on its own.
+//!
+//! One test in this binary: it restarts the shared PostgreSQL, which no other test may see.
+//! haproxy is installed (Debian package) when missing; without it, or without PostgreSQL,
+//! the test prints SKIPPED, unless CI=true, where it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{Backend, TestAgent, TestServer, join_token, my_uid};
+
+const JOIN_TOKEN: &str = "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }";
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+fn skip(why: &str) {
+    assert!(!ci(), "{why} (CI=true requires it)");
+    println!("SKIPPED: {why}");
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
+}
+
+/// haproxy's binary, installed from Debian's packages when missing (as root).
+fn haproxy() -> Option<PathBuf> {
+    if let Some(p) = which("haproxy") {
+        return Some(p);
+    }
+    println!("installing haproxy (apt-get install haproxy)");
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "-q", "haproxy"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status();
+    which("haproxy")
+}
+
+/// haproxy in TCP mode on a loopback port, round robin over `backends`, health-checked
+/// every 300 ms; a connection refused by a dead server is dispatched to another.
+struct Haproxy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(bin: &Path, backends: &[u16]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!("    server s{i} 127.0.0.1:{p} check inter 300ms fall 2 rise 2\n")
+            })
+            .collect();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 2000\n\
+                 defaults\n    mode tcp\n    retries 3\n    option redispatch\n    \
+                 timeout connect 1s\n    timeout client 1h\n    timeout server 1h\n\
+                 frontend agents\n    bind 127.0.0.1:{port}\n    default_backend servers\n\
+                 backend servers\n    balance roundrobin\n{servers}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ironpact-server <args> -socketPath <socket>`: (succeeded, stdout).
+fn server_cli(socket: &Path, args: &[&str]) -> (bool, String) {
+    let o = Command::new(support::BIN)
+        .args(args)
+        .arg("-socketPath")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+    )
+}
+
+/// Every entry ID the server lists.
+fn entry_ids(socket: &Path) -> Option<Vec<String>> {
+    let (ok, out) = server_cli(socket, &["entry", "show", "-output", "json"]);
+    if !ok {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    Some(
+        v["entries"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// Whether the workload's current X509-SVID (fetched now through the agent at `socket`) is
+/// within its validity.
+fn holds_valid_svid(socket: &Path, dir: &Path) -> Result<String, String> {
+    let o = Command::new(support::AGENT_BIN)
+        .args(["api", "fetch", "x509", "-timeout", "5", "-write"])
+        .arg(dir)
+        .arg("-socketPath")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(format!(
+            "fetch failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let pem = std::fs::read(dir.join("svid.0.pem")).map_err(|e| e.to_string())?;
+    let der = ironpact_spiffe::x509::certs_from_pem(&String::from_utf8_lossy(&pem))
+        .map_err(|e| e.to_string())?;
+    let info = ironpact_spiffe::x509::CertInfo::parse(&der[0]).map_err(|e| e.to_string())?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if info.not_after <= now || info.not_before > now + 5 {
+        return Err(format!(
+            "served an SVID outside its validity ({}..{}, now {now})",
+            info.not_before, info.not_after
+        ));
+    }
+    Ok(info.serial_hex)
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+#[test]
+fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let Some(hap) = haproxy() else {
+        return skip("haproxy is not installed and could not be installed");
+    };
+    let extra = "default_x509_svid_ttl = \"20s\"";
+    let mut a = TestServer::start_with(backend.clone(), extra, "");
+    let b = TestServer::start_with(backend.clone(), extra, "");
+    // each server its own CA, both in the one bundle
+    wait_for("both CAs in the bundle", Duration::from_secs(10), || {
+        a.bundle_roots().len() == 2 && b.bundle_roots().len() == 2
+    });
+    let lb = Haproxy::start(&hap, &[a.port, b.port]);
+
+    // two agents through haproxy, each with one workload entry
+    let uid = my_uid();
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let alias = format!("spiffe://example.org/node{i}");
+        let token = join_token(&a, &alias);
+        a.cli(&[
+            "entry",
+            "create",
+            "-spiffeID",
+            &format!("spiffe://example.org/w{i}"),
+            "-parentID",
+            &alias,
+            "-selector",
+            &format!("unix:uid:{uid}"),
+        ])
+        .expect_ok();
+        let agent = TestAgent::start_at(&a, lb.port, Some(&token), JOIN_TOKEN, true);
+        assert!(agent.fetch_until_ok(&[]).ok(), "{}", agent.log());
+        agents.push(agent);
+    }
+
+    // load: entries created through both servers in turn (acknowledged IDs kept), and every
+    // workload's SVID checked three times a second
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let failed_creates = Arc::new(AtomicUsize::new(0));
+    let creator = {
+        let (stop, acked, failed) = (stop.clone(), acked.clone(), failed_creates.clone());
+        let sockets = [a.socket.clone(), b.socket.clone()];
+        std::thread::spawn(move || {
+            for n in 0..400u32 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let socket = &sockets[n as usize % 2];
+                let (ok, out) = server_cli(
+                    socket,
+                    &[
+                        "entry",
+                        "create",
+                        "-spiffeID",
+                        &format!("spiffe://example.org/load/{n}"),
+                        "-parentID",
+                        "spiffe://example.org/node1",
+                        "-selector",
+                        &format!("unix:uid:{}", 200_000 + n),
+                        "-output",
+                        "json",
+                    ],
+                );
+                let id = serde_json::from_str::<serde_json::Value>(&out)
+                    .ok()
+                    .and_then(|v| v["results"][0]["entry"]["id"].as_str().map(str::to_string));
+                match (ok, id) {
+                    (true, Some(id)) => acked.lock().unwrap().push(id),
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let svid_failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let serials: Arc<Mutex<Vec<std::collections::BTreeSet<String>>>> =
+        Arc::new(Mutex::new(vec![Default::default(); 2]));
+    let checks = Arc::new(AtomicUsize::new(0));
+    let watchers: Vec<_> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, agent)| {
+            let (socket, stop, failures, checks, serials) = (
+                agent.socket.clone(),
+                stop.clone(),
+                svid_failures.clone(),
+                checks.clone(),
+                serials.clone(),
+            );
+            let dir = agent.dir.path().join("svid-check");
+            std::thread::spawn(move || {
+                std::fs::create_dir_all(&dir).unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    match holds_valid_svid(&socket, &dir) {
+                        Ok(serial) => {
+                            serials.lock().unwrap()[i].insert(serial);
+                        }
+                        Err(e) => failures.lock().unwrap().push(format!("agent {i}: {e}")),
+                    }
+                    checks.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+        })
+        .collect();
+
+    // a few seconds of load on both, then server A dies
+    std::thread::sleep(Duration::from_secs(4));
+    let before_kill = acked.lock().unwrap().len();
+    a.kill9();
+    let killed_at = Instant::now();
+    // the survivor takes every agent (whichever server each was connected to): a new entry
+    // created through B reaches each agent's workload
+    for i in 0..2 {
+        b.cli(&[
+            "entry",
+            "create",
+            "-spiffeID",
+            &format!("spiffe://example.org/after-kill-{i}"),
+            "-parentID",
+            &format!("spiffe://example.org/node{i}"),
+            "-selector",
+            &format!("unix:uid:{uid}"),
+        ])
+        .expect_ok();
+    }
+    let resynced = wait_for(
+        "entries created after the kill reach both agents",
+        Duration::from_secs(30),
+        || {
+            (0..2).all(|i| {
+                agents[i]
+                    .cli(&["api", "fetch", "x509", "-timeout", "5"])
+                    .stdout
+                    .contains(&format!("spiffe://example.org/after-kill-{i}"))
+            })
+        },
+    );
+    // two SVID rotations (TTL 20 s) under the survivor alone
+    std::thread::sleep(Duration::from_secs(21));
+    let after_kill = acked.lock().unwrap().len();
+    assert!(
+        after_kill > before_kill,
+        "no entry was acknowledged after the kill"
+    );
+
+    // the killed server rejoins: it loads everything and serves again
+    let restart = Instant::now();
+    a.spawn();
+    wait_for(
+        "the restarted server lists what the other acknowledged",
+        Duration::from_secs(30),
+        || entry_ids(&a.socket).is_some_and(|ids| ids.len() >= after_kill),
+    );
+    let rejoined = restart.elapsed();
+
+    // PostgreSQL restarts under the cluster: errors meanwhile, no crash, recovery unaided
+    let pg_restart = Command::new("pg_ctlcluster")
+        .args(["15", "main", "restart"])
+        .status();
+    let mut db_recovered = None;
+    match pg_restart {
+        Ok(s) if s.success() => {
+            let mut done = [false, false];
+            let t = wait_for(
+                "an entry created through each server after the database restart",
+                Duration::from_secs(60),
+                || {
+                    for (i, s) in [&a.socket, &b.socket].into_iter().enumerate() {
+                        if done[i] {
+                            continue;
+                        }
+                        let o = Command::new(support::BIN)
+                            .args([
+                                "entry",
+                                "create",
+                                "-spiffeID",
+                                &format!("spiffe://example.org/after-db-{i}"),
+                                "-parentID",
+                                "spiffe://example.org/node0",
+                                "-selector",
+                                &format!("unix:uid:{uid}"),
+                                "-socketPath",
+                            ])
+                            .arg(s)
+                            .stdin(Stdio::null())
+                            .output()
+                            .unwrap();
+                        // an answer lost after the commit makes the retry a duplicate
+                        done[i] = o.status.success()
+                            || String::from_utf8_lossy(&o.stderr).contains("lready exists");
+                    }
+                    done == [true, true]
+                },
+            );
+            db_recovered = Some(t);
+            assert!(
+                alive(a.pid()) && alive(b.pid()),
+                "a server died with the database"
+            );
+        }
+        other => skip(&format!(
+            "cannot restart PostgreSQL with pg_ctlcluster ({other:?}); the database-restart part did not run"
+        )),
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    creator.join().unwrap();
+    for w in watchers {
+        w.join().unwrap();
+    }
+    let failures = svid_failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "a workload went without a valid SVID ({} of {} checks):\n{}\nagent 0 log:\n{}",
+        failures.len(),
+        checks.load(Ordering::SeqCst),
+        failures.join("\n"),
+        agents[0].log()
+    );
+    // the SVIDs rotated while all this went on
+    for (i, seen) in serials.lock().unwrap().iter().enumerate() {
+        assert!(
+            seen.len() >= 2,
+            "agent {i}'s workload SVID never rotated: {seen:?}"
+        );
+    }
+    // every acknowledged entry exists, on both servers
+    let acked = acked.lock().unwrap().clone();
+    for s in [&a.socket, &b.socket] {
+        let ids = entry_ids(s).expect("entry show after recovery");
+        let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(id)).collect();
+        assert!(missing.is_empty(), "acknowledged entries lost: {missing:?}");
+    }
+    println!(
+        "cluster: {} entries acknowledged ({} refused: sent to the killed server or during the \
+         database restart), {} SVID checks all valid across {} rotations; after SIGKILL of one server its agents were re-synced \
+         through the other in {:.1} s; the killed server rejoined in {:.1} s; {}; {:?} since the kill",
+        acked.len(),
+        failed_creates.load(Ordering::SeqCst),
+        checks.load(Ordering::SeqCst),
+        serials
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.len() - 1)
+            .sum::<usize>(),
+        resynced.as_secs_f64(),
+        rejoined.as_secs_f64(),
+        match db_recovered {
+            Some(t) => format!(
+                "writes resumed {:.1} s after PostgreSQL restarted",
+                t.as_secs_f64()
+            ),
+            None => "PostgreSQL not restarted".into(),
+        },
+        killed_at.elapsed()
+    );
+}
