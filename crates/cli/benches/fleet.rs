@@ -180,7 +180,7 @@ fn main() {
             changes: 100,
         }
     };
-    // IRONPACT_BENCH_ONLY=pg,mint,fleet,admin,cold,agent runs only those parts (the SQLite
+    // IRONPACT_BENCH_ONLY=pg,mint,fleet,admin,cold,agent,cluster runs only those parts (the SQLite
     // bulk create always runs: every other part stands on its entries)
     let only = std::env::var("IRONPACT_BENCH_ONLY").ok();
     let part = |name: &str| {
@@ -765,5 +765,183 @@ fn main() {
         );
     }
 
+    // ------------------------------------------------------------- two servers, one database
+    if part("cluster") {
+        cluster(&rt, &z, &mut t);
+    }
+
     t.print();
+}
+
+/// Two servers on one PostgreSQL, the simulated fleet split between them through haproxy
+/// (half on a frontend that prefers A, half on one that prefers B; each falls back to the
+/// other): an entry change made through A reaches B's agents (p99), and when A is killed its
+/// agents re-sync through B (time until the last one has).
+fn cluster(rt: &tokio::runtime::Runtime, z: &Sizes, t: &mut Table) {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let Some(hap) = support::haproxy() else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "haproxy is missing (CI=true requires it)"
+        );
+        println!("SKIPPED: cluster (haproxy is not installed)");
+        return;
+    };
+    let mut a = TestServer::start(backend.clone());
+    let b = TestServer::start(backend);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.bundle_roots().len() < 2 || b.bundle_roots().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both CAs never reached the bundle"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let to_a = support::Haproxy::start(&hap, &[(a.port, false), (b.port, true)]);
+    let to_b = support::Haproxy::start(&hap, &[(b.port, false), (a.port, true)]);
+    let n = z.connected;
+    let roots = a.bundle_roots();
+    rt.block_on(async {
+        let mut admin_a = Admin::connect(&a.socket).await.unwrap();
+        let mut tokens = Vec::with_capacity(n);
+        for _ in 0..n {
+            tokens.push(admin_a.join_token().await.unwrap());
+        }
+        println!("cluster: attesting {n} agents, half through each server ...");
+        let t0 = Instant::now();
+        let mut on_a = Vec::new();
+        let mut on_b = Vec::new();
+        for (c, chunk) in tokens.chunks(64).enumerate() {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, tok) in chunk.iter().enumerate() {
+                let first = (c * 64 + i) % 2 == 0;
+                let port = if first { to_a.port } else { to_b.port };
+                let (addr, roots, tok) = (format!("127.0.0.1:{port}"), roots.clone(), tok.clone());
+                set.spawn(async move {
+                    (
+                        first,
+                        SimAgent::attest(&addr, &roots, "example.org", &tok).await,
+                    )
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                let (first, agent) = r.unwrap();
+                let agent = Arc::new(agent.unwrap());
+                if first {
+                    on_a.push(agent);
+                } else {
+                    on_b.push(agent);
+                }
+            }
+        }
+        for ag in on_a.iter().chain(&on_b) {
+            ag.start_sync().await.unwrap();
+        }
+        for ag in on_a.iter().chain(&on_b) {
+            ag.wait_for(Duration::from_secs(120), |v| v.bundle.is_some())
+                .await
+                .unwrap();
+        }
+        println!(
+            "  {} agents attested and synced in {:.1} s",
+            on_a.len() + on_b.len(),
+            t0.elapsed().as_secs_f64()
+        );
+
+        // one entry for each of B's agents, created through A in one batch
+        let batch: Vec<spb::Entry> = on_b
+            .iter()
+            .map(|ag| {
+                workload_entry(
+                    &format!("spiffe://example.org/x{}", ag.id.path()),
+                    ag.id.as_str(),
+                    "unix:uid:9",
+                )
+            })
+            .collect();
+        let t0 = Instant::now();
+        admin_a.create_entries(batch).await.unwrap();
+        let mut lat = Vec::with_capacity(on_b.len());
+        let mut set = tokio::task::JoinSet::new();
+        for ag in &on_b {
+            let ag = ag.clone();
+            set.spawn(async move {
+                ag.wait_for(Duration::from_secs(60), |v| v.entries.len() == 1)
+                    .await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            lat.push(r.unwrap().unwrap().duration_since(t0));
+        }
+        let p99 = pct(&mut lat, 0.99);
+        t.add(
+            &format!(
+                "entry change through server A -> {} agents on server B",
+                on_b.len()
+            ),
+            "p99 < 1 s",
+            format!(
+                "p99 {:.0} ms, p50 {:.0} ms",
+                ms(p99),
+                ms(pct(&mut lat, 0.5))
+            ),
+            Some(p99 < Duration::from_secs(1)),
+        );
+
+        // server A dies: its agents' streams end; each opens a new one (haproxy now sends it
+        // to B) and has its whole view again
+        a.kill9();
+        let t0 = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for ag in &on_a {
+            let ag = ag.clone();
+            set.spawn(async move {
+                // the stream to A ends first
+                let mut rx = ag.updated.subscribe();
+                while ag.ended.lock().unwrap().is_none() {
+                    if tokio::time::timeout(Duration::from_secs(30), rx.changed())
+                        .await
+                        .is_err()
+                    {
+                        panic!("{}: the stream to the killed server never ended", ag.id);
+                    }
+                }
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    *ag.ended.lock().unwrap() = None;
+                    if let Ok(mut v) = ag.view.lock() {
+                        v.bundle = None;
+                    }
+                    if ag.start_sync().await.is_ok()
+                        && ag
+                            .wait_for(Duration::from_secs(30), |v| v.bundle.is_some())
+                            .await
+                            .is_ok()
+                    {
+                        return Instant::now();
+                    }
+                    assert!(Instant::now() < deadline, "{}: no server took it", ag.id);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        }
+        let mut last = Duration::ZERO;
+        let mut moved = 0;
+        while let Some(r) = set.join_next().await {
+            last = last.max(r.unwrap().duration_since(t0));
+            moved += 1;
+        }
+        t.add(
+            &format!(
+                "server failover: {moved} agents of a killed server re-synced through the other"
+            ),
+            "all, no re-attestation",
+            format!("all {moved} within {:.1} s of SIGKILL", last.as_secs_f64()),
+            Some(moved == on_a.len()),
+        );
+    });
+    drop((to_a, to_b));
 }

@@ -13,12 +13,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Backend, TestAgent, TestServer, join_token, my_uid};
+use support::{Backend, Haproxy, TestAgent, TestServer, haproxy, join_token, my_uid};
 
 const JOIN_TOKEN: &str = "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }";
 
@@ -29,91 +29,6 @@ fn ci() -> bool {
 fn skip(why: &str) {
     assert!(!ci(), "{why} (CI=true requires it)");
     println!("SKIPPED: {why}");
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.is_file())
-}
-
-/// haproxy's binary, installed from Debian's packages when missing (as root).
-fn haproxy() -> Option<PathBuf> {
-    if let Some(p) = which("haproxy") {
-        return Some(p);
-    }
-    println!("installing haproxy (apt-get install haproxy)");
-    let _ = Command::new("apt-get")
-        .args(["install", "-y", "-q", "haproxy"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status();
-    which("haproxy")
-}
-
-/// haproxy in TCP mode on a loopback port, round robin over `backends`, health-checked
-/// every 300 ms; a connection refused by a dead server is dispatched to another.
-struct Haproxy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(bin: &Path, backends: &[u16]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = support::free_port();
-        let servers: String = backends
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                format!("    server s{i} 127.0.0.1:{p} check inter 300ms fall 2 rise 2\n")
-            })
-            .collect();
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "global\n    maxconn 2000\n\
-                 defaults\n    mode tcp\n    retries 3\n    option redispatch\n    \
-                 timeout connect 1s\n    timeout client 1h\n    timeout server 1h\n\
-                 frontend agents\n    bind 127.0.0.1:{port}\n    default_backend servers\n\
-                 backend servers\n    balance roundrobin\n{servers}"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "haproxy did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `ironpact-server <args> -socketPath <socket>`: (succeeded, stdout).
@@ -206,7 +121,7 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
     wait_for("both CAs in the bundle", Duration::from_secs(10), || {
         a.bundle_roots().len() == 2 && b.bundle_roots().len() == 2
     });
-    let lb = Haproxy::start(&hap, &[a.port, b.port]);
+    let lb = Haproxy::start(&hap, &[(a.port, false), (b.port, false)]);
 
     // two agents through haproxy, each with one workload entry
     let uid = my_uid();

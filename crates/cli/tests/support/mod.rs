@@ -874,3 +874,93 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+pub fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
+}
+
+/// haproxy's binary, installed from Debian's packages when missing (as root).
+pub fn haproxy() -> Option<PathBuf> {
+    if let Some(p) = which("haproxy") {
+        return Some(p);
+    }
+    println!("installing haproxy (apt-get install haproxy)");
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "-q", "haproxy"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status();
+    which("haproxy")
+}
+
+/// haproxy in TCP mode on a loopback port, round robin over `backends` (port, backup: used
+/// only while every other one is down), health-checked every 300 ms; a connection refused by
+/// a dead server is dispatched to another.
+pub struct Haproxy {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub fn start(bin: &Path, backends: &[(u16, bool)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, (p, backup))| {
+                format!(
+                    "    server s{i} 127.0.0.1:{p} check inter 300ms fall 2 rise 2{}\n",
+                    if *backup { " backup" } else { "" }
+                )
+            })
+            .collect();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 6000\n\
+                 defaults\n    mode tcp\n    retries 3\n    option redispatch\n    \
+                 timeout connect 1s\n    timeout client 1h\n    timeout server 1h\n\
+                 frontend agents\n    bind 127.0.0.1:{port}\n    default_backend servers\n\
+                 backend servers\n    balance roundrobin\n{servers}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("haproxy.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not listen on {port}: {}",
+                std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
