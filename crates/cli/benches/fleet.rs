@@ -893,6 +893,7 @@ fn cluster(rt: &tokio::runtime::Runtime, z: &Sizes, t: &mut Table) {
 
         // server A dies: its agents' streams end; each opens a new one (haproxy now sends it
         // to B) and has its whole view again
+        let agents_before = support::agent_count(&b);
         a.kill9();
         let t0 = Instant::now();
         let mut set = tokio::task::JoinSet::new();
@@ -934,13 +935,20 @@ fn cluster(rt: &tokio::runtime::Runtime, z: &Sizes, t: &mut Table) {
             last = last.max(r.unwrap().duration_since(t0));
             moved += 1;
         }
+        // the same agent records: nobody attested again (the stream to B was opened with
+        // the SVID A had signed)
+        let agents_after = support::agent_count(&b);
         t.add(
             &format!(
                 "server failover: {moved} agents of a killed server re-synced through the other"
             ),
             "all, no re-attestation",
-            format!("all {moved} within {:.1} s of SIGKILL", last.as_secs_f64()),
-            Some(moved == on_a.len()),
+            format!(
+                "{moved} of {} within {:.1} s of SIGKILL; agent records {agents_before} before, {agents_after} after",
+                on_a.len(),
+                last.as_secs_f64()
+            ),
+            Some(moved == on_a.len() && agents_after == agents_before),
         );
     });
     drop((to_a, to_b));

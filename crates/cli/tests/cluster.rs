@@ -62,9 +62,10 @@ fn entry_ids(socket: &Path) -> Option<Vec<String>> {
     )
 }
 
-/// Whether the workload's current X509-SVID (fetched now through the agent at `socket`) is
-/// within its validity.
+/// Fetches the workload's X509-SVIDs now through the agent at `socket` and checks each: within
+/// its validity and chaining to the bundle served with it. Returns the first one's serial.
 fn holds_valid_svid(socket: &Path, dir: &Path) -> Result<String, String> {
+    let _ = std::fs::remove_dir_all(dir);
     let o = Command::new(support::AGENT_BIN)
         .args(["api", "fetch", "x509", "-timeout", "5", "-write"])
         .arg(dir)
@@ -79,18 +80,23 @@ fn holds_valid_svid(socket: &Path, dir: &Path) -> Result<String, String> {
             String::from_utf8_lossy(&o.stderr)
         ));
     }
-    let pem = std::fs::read(dir.join("svid.0.pem")).map_err(|e| e.to_string())?;
-    let der = ironpact_spiffe::x509::certs_from_pem(&String::from_utf8_lossy(&pem))
-        .map_err(|e| e.to_string())?;
-    let info = ironpact_spiffe::x509::CertInfo::parse(&der[0]).map_err(|e| e.to_string())?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if info.not_after <= now || info.not_before > now + 5 {
-        return Err(format!(
-            "served an SVID outside its validity ({}..{}, now {now})",
-            info.not_before, info.not_after
-        ));
+    let mut first = None;
+    for i in 0.. {
+        let Ok(pem) = std::fs::read_to_string(dir.join(format!("svid.{i}.pem"))) else {
+            break;
+        };
+        let chain = ironpact_spiffe::x509::certs_from_pem(&pem).map_err(|e| e.to_string())?;
+        let bundle = std::fs::read_to_string(dir.join(format!("bundle.{i}.pem")))
+            .map_err(|e| e.to_string())?;
+        let roots = ironpact_spiffe::x509::certs_from_pem(&bundle).map_err(|e| e.to_string())?;
+        let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+        ironpact_spiffe::x509::verify_svid_chain(&refs, &roots, now)
+            .map_err(|e| format!("SVID {i} does not verify now: {e}"))?;
+        let info = ironpact_spiffe::x509::CertInfo::parse(&chain[0]).map_err(|e| e.to_string())?;
+        first.get_or_insert(info.serial_hex);
     }
-    Ok(info.serial_hex)
+    first.ok_or_else(|| "no SVID written".to_string())
 }
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -121,7 +127,10 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
     wait_for("both CAs in the bundle", Duration::from_secs(10), || {
         a.bundle_roots().len() == 2 && b.bundle_roots().len() == 2
     });
-    let lb = Haproxy::start(&hap, &[(a.port, false), (b.port, false)]);
+    // agent 0 goes through a frontend that prefers A, agent 1 through one that prefers B;
+    // each falls back to the other server (so agent 0 must move when A dies)
+    let to_a = Haproxy::start(&hap, &[(a.port, false), (b.port, true)]);
+    let to_b = Haproxy::start(&hap, &[(b.port, false), (a.port, true)]);
 
     // two agents through haproxy, each with one workload entry
     let uid = my_uid();
@@ -140,7 +149,8 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
             &format!("unix:uid:{uid}"),
         ])
         .expect_ok();
-        let agent = TestAgent::start_at(&a, lb.port, Some(&token), JOIN_TOKEN, true);
+        let port = if i == 0 { to_a.port } else { to_b.port };
+        let agent = TestAgent::start_at(&a, port, Some(&token), JOIN_TOKEN, true);
         assert!(agent.fetch_until_ok(&[]).ok(), "{}", agent.log());
         agents.push(agent);
     }
@@ -222,6 +232,8 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
     // a few seconds of load on both, then server A dies
     std::thread::sleep(Duration::from_secs(4));
     let before_kill = acked.lock().unwrap().len();
+    let serials_at_kill: Vec<usize> = serials.lock().unwrap().iter().map(|s| s.len()).collect();
+    let agents_before = support::agent_count(&b);
     a.kill9();
     let killed_at = Instant::now();
     // the survivor takes every agent (whichever server each was connected to): a new entry
@@ -258,6 +270,31 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
         after_kill > before_kill,
         "no entry was acknowledged after the kill"
     );
+    // agent 0, A's, got new SVIDs from B alone, under its old agent identity: nobody attested
+    let rotated_since: Vec<usize> = serials
+        .lock()
+        .unwrap()
+        .iter()
+        .zip(&serials_at_kill)
+        .map(|(s, n)| s.len() - n)
+        .collect();
+    assert!(
+        rotated_since.iter().all(|n| *n >= 1),
+        "no SVID rotation after the kill: {rotated_since:?}"
+    );
+    assert_eq!(
+        support::agent_count(&b),
+        agents_before,
+        "an agent attested again instead of failing over"
+    );
+    for ag in &agents {
+        assert_eq!(
+            ag.log().matches("node attested").count(),
+            1,
+            "an agent attested again:\n{}",
+            ag.log()
+        );
+    }
 
     // the killed server rejoins: it loads everything and serves again
     let restart = Instant::now();
@@ -265,7 +302,10 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
     wait_for(
         "the restarted server lists what the other acknowledged",
         Duration::from_secs(30),
-        || entry_ids(&a.socket).is_some_and(|ids| ids.len() >= after_kill),
+        || {
+            let acked = acked.lock().unwrap().clone();
+            entry_ids(&a.socket).is_some_and(|ids| acked.iter().all(|id| ids.contains(id)))
+        },
     );
     let rejoined = restart.elapsed();
 

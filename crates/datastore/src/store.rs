@@ -41,10 +41,12 @@ impl Dialect {
                     n = n * 10 + d as usize;
                     chars.next();
                 }
-                // a query that numbers out of order would bind the wrong values here
+                // a query that numbers out of order would bind the wrong values: it is sent
+                // as written instead, and MySQL refuses it (an error, never a wrong row)
                 debug_assert_eq!(n, expected, "placeholders out of order in {sql}");
                 if n != expected {
                     tracing::error!(sql, "placeholders out of order for MySQL");
+                    return sql.to_string();
                 }
                 expected += 1;
                 out.push('?');
@@ -183,8 +185,10 @@ impl WriteTx {
     async fn commit(mut self) -> Result<()> {
         if let (true, Some(channel)) = (self.changed, &self.notify) {
             // delivered to every listening server when (and only if) the transaction commits
+            // quoted as the listener's LISTEN quotes it
+            let quoted = channel.replace('"', "\"\"");
             self.tx
-                .execute(sqlx::raw_sql(AssertSqlSafe(format!("NOTIFY {channel}"))))
+                .execute(sqlx::raw_sql(AssertSqlSafe(format!("NOTIFY \"{quoted}\""))))
                 .await?;
         }
         self.tx.commit().await?;
@@ -326,29 +330,61 @@ fn prepare_sqlite_file(path: &Path) -> Result<()> {
 }
 
 /// A MySQL connection string as a URL. SPIRE's configs use Go's DSN form
-/// (`user:pass@tcp(host:3306)/db?parseTime=true`); that is rewritten (its Go-driver
-/// parameters dropped), a `mysql://` URL is taken as it is.
+/// (`user:pass@tcp(host:3306)/db?parseTime=true&tls=true`); that is rewritten: its `tls`
+/// parameter becomes sqlx's `ssl-mode` (`true` verifies the server's certificate and name,
+/// `skip-verify` encrypts without checking, `preferred` as Go's driver, `false` none), any
+/// other parameter is the Go driver's own and is dropped. A `mysql://` URL is taken as it is.
+/// Errors never repeat the password.
 pub fn mysql_url(s: &str) -> Result<String> {
     if s.starts_with("mysql://") || s.starts_with("mariadb://") {
         return Ok(s.to_string());
     }
-    let bad = || {
+    // the address part starts at the last '@' before "tcp(" (a password may hold '@')
+    let at = s.find("@tcp(").or_else(|| s.rfind('@'));
+    let redacted = match at {
+        Some(at) => match s[..at].split_once(':') {
+            Some((u, _)) => format!("{u}:***{}", &s[at..]),
+            None => s.to_string(),
+        },
+        None => "(not shown: it may hold a password)".to_string(),
+    };
+    let bad = |why: &str| {
         Error::Db(sqlx::Error::Configuration(
             format!(
-                "MySQL connection_string {s:?} is neither a mysql:// URL nor Go's \
+                "MySQL connection_string {redacted:?}: {why}; write a mysql:// URL or Go's \
                  user:password@tcp(host:port)/database form"
             )
             .into(),
         ))
     };
-    let (creds, rest) = s.rsplit_once('@').ok_or_else(bad)?;
-    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
-    let (addr, db) = rest.split_once('/').ok_or_else(bad)?;
+    let at = at.ok_or_else(|| bad("no user@address"))?;
+    let (creds, rest) = (&s[..at], &s[at + 1..]);
+    let (rest, params) = rest.split_once('?').unwrap_or((rest, ""));
+    let (addr, db) = rest
+        .split_once('/')
+        .ok_or_else(|| bad("no /database after the address"))?;
     let host = match addr.strip_prefix("tcp(").and_then(|a| a.strip_suffix(')')) {
         Some(h) => h.to_string(),
         None if addr.is_empty() => "127.0.0.1:3306".to_string(),
-        None => return Err(bad()),
+        None => return Err(bad("only tcp(host:port) addresses are supported")),
     };
+    let mut ssl_mode = None;
+    for p in params.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        if k == "tls" {
+            ssl_mode = Some(match v {
+                "true" => "VERIFY_IDENTITY",
+                "skip-verify" => "REQUIRED",
+                "preferred" => "PREFERRED",
+                "false" => "DISABLED",
+                _ => {
+                    return Err(bad(&format!(
+                        "tls={v} (a named TLS config) is not supported"
+                    )));
+                }
+            });
+        }
+    }
     let enc = |p: &str| -> String {
         p.bytes()
             .map(|b| {
@@ -364,7 +400,10 @@ pub fn mysql_url(s: &str) -> Result<String> {
         Some((u, p)) => format!("{}:{}", enc(u), enc(p)),
         None => enc(creds),
     };
-    Ok(format!("mysql://{creds}@{host}/{db}"))
+    Ok(match ssl_mode {
+        Some(m) => format!("mysql://{creds}@{host}/{db}?ssl-mode={m}"),
+        None => format!("mysql://{creds}@{host}/{db}"),
+    })
 }
 
 /// `url` with its path (the database) replaced by `db`.
@@ -387,12 +426,24 @@ fn b(v: bool) -> i64 {
     i64::from(v)
 }
 
+/// A transaction the database aborted to break a deadlock or a serialization conflict
+/// (SQLSTATE 40001 on PostgreSQL and MySQL, 40P01 on PostgreSQL): running it again is right.
+fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().is_some_and(|c| c == "40001" || c == "40P01"))
+}
+
+/// A few random bits for retry jitter.
+fn rand_jitter() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {
             d.is_unique_violation()
                 || d.code()
-                    .is_some_and(|c| c == "23505" || c == "2067" || c == "1555" || c == "1062")
+                    .is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
                 || d.message().contains("UNIQUE constraint failed")
         }
         _ => false,
@@ -539,8 +590,10 @@ impl DataStore {
             });
         }
         let pool = opts.connect(url).await?;
-        // one channel per schema: clusters that share a database in separate schemas do not
-        // wake each other
+        // one channel per schema given here (the test suites, or a deployment that opens its
+        // schema this way): clusters in separate schemas do not wake each other; servers that
+        // choose their schema through the URL's search_path share `ironpact_changes`, which
+        // only costs them a spare read of the change log
         let channel = match schema {
             Some(s) => format!("ironpact_changes_{s}"),
             None => "ironpact_changes".to_string(),
@@ -599,7 +652,6 @@ impl DataStore {
 
     async fn migrate(&self) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
-        let mut collation = String::new();
         if self.dialect == Dialect::MySql {
             // Several servers of one cluster may start together: one migrates, the others
             // wait. (MySQL commits DDL as it goes, so the lock, not the transaction, is what
@@ -613,22 +665,36 @@ impl DataStore {
                         .into(),
                 ));
             }
+        }
+        // whatever happens from here, the lock is released before the connection goes back
+        let result = self.migrate_locked(&mut conn).await;
+        if self.dialect == Dialect::MySql {
+            let released = conn
+                .execute("SELECT RELEASE_LOCK('ironpact_migrate')")
+                .await;
+            if released.is_err() {
+                // a connection still holding the lock must not go back to the pool
+                use sqlx::Connection as _;
+                let _ = conn.detach().close().await;
+            }
+        }
+        result
+    }
+
+    async fn migrate_locked(&self, conn: &mut sqlx::AnyConnection) -> Result<()> {
+        let mut collation = String::new();
+        if self.dialect == Dialect::MySql {
             let version: String = sqlx::query_scalar("SELECT VERSION()")
                 .fetch_one(&mut *conn)
                 .await?;
             collation = if version.contains("MariaDB") {
                 "utf8mb4_nopad_bin".into()
             } else {
+                // MySQL 8.0.17 and later
                 "utf8mb4_0900_bin".into()
             };
         }
-        let result = self.migrate_on(&mut conn, &collation).await;
-        if self.dialect == Dialect::MySql {
-            let _ = conn
-                .execute("SELECT RELEASE_LOCK('ironpact_migrate')")
-                .await;
-        }
-        result
+        self.migrate_on(conn, &collation).await
     }
 
     async fn migrate_on(&self, conn: &mut sqlx::AnyConnection, collation: &str) -> Result<()> {
@@ -1648,21 +1714,52 @@ impl DataStore {
 
     /// Reads the bundle of `td` and writes what `f` makes of it, as one step no other writer
     /// interleaves with (servers of a cluster each add their own authorities to one bundle:
-    /// a read-then-write would lose one server's). Returns what was written.
+    /// a read-then-write would lose one server's). A transaction the database aborts to break
+    /// a deadlock or a serialization conflict is run again (`f` may be called more than
+    /// once). Returns what was written.
     pub async fn update_bundle(
         &self,
         td: &TrustDomain,
         now: i64,
-        f: impl FnOnce(Option<Bundle>) -> Bundle,
+        f: impl Fn(Option<Bundle>) -> Bundle,
+    ) -> Result<Bundle> {
+        let mut attempt = 0u32;
+        loop {
+            match self.update_bundle_once(td, now, &f).await {
+                Err(Error::Db(e)) if is_retryable(&e) && attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "bundle update conflicted; again");
+                    let jitter = u64::from(rand_jitter()) % 50;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt) + jitter))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn update_bundle_once(
+        &self,
+        td: &TrustDomain,
+        now: i64,
+        f: &impl Fn(Option<Bundle>) -> Bundle,
     ) -> Result<Bundle> {
         let mut w = self.begin_write().await?;
-        // a row to lock even for the first bundle: a second writer waits on the key here
-        // until the first commits (the empty placeholder is never committed)
-        self.dialect
-            .query(&self.dialect.insert_ignore(
+        // The row is locked before it is read, even for the first bundle: a second writer
+        // waits here until the first commits (the empty placeholder is never committed).
+        // MySQL: the no-op update takes the exclusive lock at once (INSERT IGNORE would take
+        // a shared one, and two shared holders upgrading deadlock).
+        let lock_row = match self.dialect {
+            Dialect::MySql => "INSERT INTO bundles (trust_domain, data, updated_at) \
+                 VALUES ($1, $2, $3) ON DUPLICATE KEY UPDATE trust_domain = trust_domain"
+                .to_string(),
+            _ => self.dialect.insert_ignore(
                 "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3)",
                 "trust_domain",
-            ))
+            ),
+        };
+        self.dialect
+            .query(&lock_row)
             .bind(td.as_str())
             .bind(Vec::<u8>::new())
             .bind(now)

@@ -564,6 +564,26 @@ fn spire_mysql_connection_strings_are_understood() {
     );
     let e = mysql_url("spire@unix(/run/mysqld.sock)/spire").unwrap_err();
     assert!(e.to_string().contains("tcp(host:port)"), "{e}");
+    // Go's tls= becomes sqlx's ssl-mode: never a silent downgrade
+    assert_eq!(
+        mysql_url("u:p@tcp(db:3306)/spire?tls=true&parseTime=true").unwrap(),
+        "mysql://u:p@db:3306/spire?ssl-mode=VERIFY_IDENTITY"
+    );
+    assert!(
+        mysql_url("u:p@tcp(db:3306)/spire?tls=skip-verify")
+            .unwrap()
+            .ends_with("?ssl-mode=REQUIRED")
+    );
+    let e = mysql_url("u:secret@tcp(db:3306)/spire?tls=custom").unwrap_err();
+    assert!(
+        !e.to_string().contains("secret"),
+        "the password leaked: {e}"
+    );
+    let e = mysql_url("u:secret@nowhere").unwrap_err();
+    assert!(
+        !e.to_string().contains("secret"),
+        "the password leaked: {e}"
+    );
 }
 
 /// A small deterministic generator, so a failing case can be replayed.

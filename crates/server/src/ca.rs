@@ -77,6 +77,7 @@ struct Journal {
 }
 
 /// What a slot puts in the bundle.
+#[derive(Clone)]
 enum Publication {
     X509(Vec<u8>),
     Jwt(JwtAuthority),
@@ -351,18 +352,13 @@ impl CaManager {
         let a = self.step(&mut next, SlotKind::X509, now)?;
         let b = self.step(&mut next, SlotKind::Jwt, now)?;
         let stored = self.ds.get_bundle(&self.cfg.trust_domain).await?;
-        if a || b {
-            let bytes = serde_json::to_vec(&next).map_err(|e| CaError::Journal(e.to_string()))?;
-            self.ds
-                .set_server_ca_journal(&self.cfg.instance_id, &bytes, now)
-                .await?;
-            *j = next;
-            self.rearm(&j)?;
-        }
-        // every slot of ours must be in the shared bundle (before it signs: slots are
-        // prepared half a lifetime ahead); another server's write never removes them, but a
-        // bundle restored from a backup could
-        let ours = publications(&j)?;
+        // Every slot of ours is in the shared bundle before any key of it signs here: the
+        // bundle is written first, the journal next, and only then do the signers change.
+        // (Routine rotation also prepares keys half a lifetime ahead; a key made active at
+        // once, on a first start or after the keys were lost, is published just before.)
+        // Another server's write never removes our slots; a bundle restored from a backup
+        // could, and is mended here.
+        let ours = publications(&next)?;
         let missing = |b: &Bundle| {
             ours.iter().any(|p| match p {
                 Publication::X509(der) => !b.x509_authorities.contains(der),
@@ -376,6 +372,14 @@ impl CaManager {
         if needs_bundle {
             self.publish_bundle(ours, now).await?;
         }
+        if a || b {
+            let bytes = serde_json::to_vec(&next).map_err(|e| CaError::Journal(e.to_string()))?;
+            self.ds
+                .set_server_ca_journal(&self.cfg.instance_id, &bytes, now)
+                .await?;
+            *j = next;
+            self.rearm(&j)?;
+        }
         Ok(a || b)
     }
 
@@ -387,13 +391,13 @@ impl CaManager {
         let b = self
             .ds
             .update_bundle(&self.cfg.trust_domain, now, move |stored| {
-                let mut b = stored.unwrap_or_else(|| Bundle::new(td));
+                let mut b = stored.unwrap_or_else(|| Bundle::new(td.clone()));
                 b.x509_authorities.retain(|der| {
                     ironpact_spiffe::x509::CertInfo::parse(der).is_ok_and(|i| i.not_after > now)
                 });
                 b.jwt_authorities
                     .retain(|a| a.expires_at == 0 || a.expires_at > now);
-                for p in ours {
+                for p in ours.iter().cloned() {
                     match p {
                         Publication::X509(der) => {
                             if !b.x509_authorities.contains(&der) {

@@ -68,41 +68,80 @@ pub enum RunError {
 }
 
 /// This server's instance ID, kept in `<data_dir>/server-instance-id` (0600, made on first
-/// start): servers of one cluster tell their CA journals apart by it.
+/// start): servers of one cluster tell their CA journals apart by it. The directory must be
+/// this user's and writable by nobody else; the file is never followed through a symlink, and
+/// an unreadable or damaged one stops the server (a new ID would orphan its CA journal).
 fn instance_id(data_dir: &std::path::Path) -> Result<String, RunError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
     let path = data_dir.join("server-instance-id");
-    let err = |source| RunError::DataDir {
-        path: path.display().to_string(),
+    let fail = |p: &std::path::Path, source| RunError::DataDir {
+        path: p.display().to_string(),
         source,
     };
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        let id = s.trim();
-        if !id.is_empty()
-            && id.len() <= 64
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Ok(id.to_string());
-        }
-    }
+    let invalid = |why: String| std::io::Error::new(ErrorKind::InvalidData, why);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(data_dir)
-        .map_err(err)?;
+        .map_err(|e| fail(data_dir, e))?;
+    let meta = std::fs::metadata(data_dir).map_err(|e| fail(data_dir, e))?;
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(fail(
+            data_dir,
+            invalid(format!(
+                "owned by uid {} with mode {:o}; it must be this user's and writable by nobody else (chown it, chmod go-w)",
+                meta.uid(),
+                meta.mode() & 0o777
+            )),
+        ));
+    }
+    let nofollow = nix::libc::O_NOFOLLOW;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map_err(|e| fail(&path, e))?;
+            let id = s.trim();
+            if id.is_empty()
+                || id.len() > 64
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(fail(
+                    &path,
+                    invalid(
+                        "not an instance ID; restore it from a backup (a new one would orphan this server's CA journal), or delete it to start this server afresh".into(),
+                    ),
+                ));
+            }
+            return Ok(id.to_string());
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(&path, e)),
+    }
     let id = ironpact_datastore::new_uuid();
     let tmp = data_dir.join(".server-instance-id.tmp");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(&tmp, e)),
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(nofollow)
         .mode(0o600)
         .open(&tmp)
-        .map_err(err)?;
-    f.write_all(id.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
+        .map_err(|e| fail(&tmp, e))?;
+    f.write_all(id.as_bytes()).map_err(|e| fail(&tmp, e))?;
+    f.sync_all().map_err(|e| fail(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| fail(&path, e))?;
+    if let Ok(d) = std::fs::File::open(data_dir) {
+        let _ = d.sync_all();
+    }
     info!(instance_id = %id, path = %path.display(), "created this server's instance ID");
     Ok(id)
 }
@@ -510,4 +549,48 @@ pub async fn run_with_reload(
     core.ds.close().await;
     info!("server stopped");
     Ok(result?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::instance_id;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_instance_id_is_made_once_kept_private_and_never_guessed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let id = instance_id(&data).unwrap();
+        assert_eq!(
+            instance_id(&data).unwrap(),
+            id,
+            "a second start reads the same ID"
+        );
+        let file = data.join("server-instance-id");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // damaged: refused, not replaced (a new ID would orphan the CA journal)
+        std::fs::write(&file, "not an id!\n").unwrap();
+        let e = instance_id(&data).unwrap_err().to_string();
+        assert!(e.contains("restore it from a backup"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "not an id!\n");
+        // a symlink planted in its place is not followed
+        std::fs::remove_file(&file).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, &id).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+        assert!(instance_id(&data).is_err());
+        // a directory others may write to is refused
+        std::fs::remove_file(&file).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = instance_id(&data).unwrap_err().to_string();
+        assert!(e.contains("writable by nobody else"), "{e}");
+    }
 }

@@ -290,3 +290,26 @@ async fn two_servers_share_one_bundle_on_postgres() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn two_servers_share_one_bundle_on_mysql() {
+    let url = std::env::var("IRONPACT_TEST_MYSQL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_string());
+    let db = format!("ca_{:016x}", rand::random::<u64>());
+    let (a, b) = match DataStore::open_mysql(&url, Some(&db)).await {
+        Ok(a) => (a, DataStore::open_mysql(&url, Some(&db)).await.unwrap()),
+        Err(e) => {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "mysql not reachable at {url} (CI=true requires it): {e}"
+            );
+            println!("SKIPPED: mysql not reachable ({e})");
+            return;
+        }
+    };
+    two_servers_share_one_bundle(a.clone(), b.clone()).await;
+    a.drop_schema_for_tests(&db).await.unwrap();
+    a.close().await;
+    b.close().await;
+}

@@ -759,6 +759,15 @@ pub fn join_token(s: &TestServer, alias: &str) -> String {
         .to_string()
 }
 
+/// How many agents the server counts (`agent count`).
+pub fn agent_count(s: &TestServer) -> u64 {
+    let out = s.cli(&["agent", "count"]).expect_ok().stdout.clone();
+    out.split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("agent count printed {out:?}"))
+}
+
 pub fn my_uid() -> u32 {
     nix_uid()
 }
