@@ -330,20 +330,28 @@ fn join_token_attestation_sync_and_signing() {
                 .contains(&agent_id)
         );
 
-        // renewal: a new key and serial; the old SVID stops working
-        let (csr2, key2) = csr_and_key();
-        let svid2 = attest(&mut client, params("join_token", b"", csr2), true)
+        // renewal: a new key and serial. Until the agent presents the new SVID the old one
+        // still works (the answer may never have reached it: a server died between its commit
+        // and its reply); the first use of the new one retires the old one for good.
+        let (csr1, _lost_key) = csr_and_key();
+        let svid1 = attest(&mut client, params("join_token", b"", csr1), true)
             .await
             .unwrap();
-        assert_eq!(svid2.id, agent_id);
-        let e = client
+        assert_eq!(svid1.id, agent_id);
+        // the channel still presents the old SVID: accepted, as if the answer had been lost
+        client
             .new_jwtsvid(pb::NewJwtsvidRequest {
                 entry_id: web_id.clone(),
                 audience: vec!["db".into()],
             })
-            .await;
-        // the channel still presents the old SVID
-        assert_eq!(e.unwrap_err().code(), Code::PermissionDenied);
+            .await
+            .unwrap();
+        // and renewing again with it works too (the previous answer was lost); that renewal's
+        // SVID is the one the agent holds from now on
+        let (csr2, key2) = csr_and_key();
+        let svid2 = attest(&mut client, params("join_token", b"", csr2), true)
+            .await
+            .unwrap();
         cell.set(svid2.cert_chain.clone(), &key2).unwrap();
         let ch2 = ironpact_tls::channel(
             &addr,
@@ -359,6 +367,16 @@ fn join_token_attestation_sync_and_signing() {
             })
             .await
             .unwrap();
+        // the new SVID was used: the old one is refused from now on
+        let e = client
+            .new_jwtsvid(pb::NewJwtsvidRequest {
+                entry_id: web_id.clone(),
+                audience: vec!["db".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("not its current one"), "{e:?}");
 
         // an expired join token is refused (and spent)
         let short = s

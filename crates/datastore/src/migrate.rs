@@ -100,6 +100,11 @@ CREATE TABLE ca_journals (
     updated_at BIGINT NOT NULL
 )
 "#,
+    // The serial of the agent SVID a renewal replaced, accepted until the agent first presents
+    // the new one (a renewal whose answer was lost, to a server that died, costs nothing).
+    r#"
+ALTER TABLE attested_agents ADD COLUMN previous_serial TEXT NOT NULL DEFAULT ''
+"#,
 ];
 
 /// The migration after which `join_tokens.token` holds digests, not tokens.
@@ -194,6 +199,9 @@ CREATE TABLE ca_journals (
     data LONGBLOB NOT NULL,
     updated_at BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll}
+"#,
+    r#"
+ALTER TABLE attested_agents ADD COLUMN previous_serial VARCHAR(255) NOT NULL DEFAULT ''
 "#,
 ];
 

@@ -89,6 +89,10 @@ pub struct AgentRecord {
     /// agent's); empty where the evidence names none. Re-attestation under this agent ID must
     /// come from the same instance.
     pub tee_instance: String,
+    /// The serial of the SVID the last renewal replaced, while the agent has not yet presented
+    /// the new one; empty otherwise. Until then the agent may still present it (the renewal's
+    /// answer may never have reached it: a server died between commit and reply).
+    pub previous_serial: String,
 }
 
 /// A bundle and when it was last written.

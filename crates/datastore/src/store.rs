@@ -1186,8 +1186,8 @@ impl DataStore {
         let mut w = self.begin_write().await?;
         let r = self.dialect.query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
-             banned, can_reattest, created_at, updated_at, attestation_error, tee_instance) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+             banned, can_reattest, created_at, updated_at, attestation_error, tee_instance, \
+             previous_serial) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.attestation_type)
@@ -1199,6 +1199,7 @@ impl DataStore {
         .bind(a.updated_at)
         .bind(&a.attestation_error)
         .bind(&a.tee_instance)
+        .bind(&a.previous_serial)
         .execute(&mut *w.tx)
         .await;
         if let Err(err) = r {
@@ -1242,10 +1243,10 @@ impl DataStore {
         let mut sql = String::from(
             "UPDATE attested_agents SET spiffe_id=$1, attestation_type=$2, serial_number=$3, \
              expires_at=$4, banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8, \
-             tee_instance=$9 WHERE spiffe_id=$10",
+             tee_instance=$9, previous_serial=$10 WHERE spiffe_id=$11",
         );
         if current_serial.is_some() {
-            sql.push_str(" AND serial_number=$11 AND banned=0");
+            sql.push_str(" AND serial_number=$12 AND banned=0");
         }
         let mut q = self
             .dialect
@@ -1259,6 +1260,7 @@ impl DataStore {
             .bind(a.updated_at)
             .bind(&a.attestation_error)
             .bind(&a.tee_instance)
+            .bind(&a.previous_serial)
             .bind(a.spiffe_id.as_str());
         if let Some(s) = current_serial {
             q = q.bind(s);
@@ -1308,6 +1310,28 @@ impl DataStore {
             )
             .bind(why)
             .bind(now)
+            .bind(id.as_str())
+            .bind(serial)
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            record_change(&mut w, ChangeKind::Agent, id.as_str()).await?;
+        }
+        w.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// The agent presented its renewed SVID `serial`: the one it replaced is retired (no
+    /// longer accepted). Returns whether anything changed.
+    pub async fn confirm_agent_serial(&self, id: &SpiffeId, serial: &str) -> Result<bool> {
+        let mut w = self.begin_write().await?;
+        let n = self
+            .dialect
+            .query(
+                "UPDATE attested_agents SET previous_serial = '' \
+                 WHERE spiffe_id = $1 AND serial_number = $2 AND previous_serial <> ''",
+            )
             .bind(id.as_str())
             .bind(serial)
             .execute(&mut *w.tx)
@@ -1406,6 +1430,7 @@ impl DataStore {
         let sql = format!(
             "SELECT a.spiffe_id, a.attestation_type, a.serial_number, a.expires_at, a.banned, \
              a.can_reattest, a.created_at, a.updated_at, a.attestation_error, a.tee_instance, \
+             a.previous_serial, \
              s.type, s.value FROM \
              (SELECT * FROM attested_agents a{} ORDER BY a.spiffe_id{limit}) a \
              LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id ORDER BY a.spiffe_id",
@@ -1432,6 +1457,7 @@ impl DataStore {
                     updated_at: row.try_get("updated_at")?,
                     attestation_error: row.try_get("attestation_error")?,
                     tee_instance: row.try_get("tee_instance")?,
+                    previous_serial: row.try_get("previous_serial")?,
                 });
             }
             if let Some(sel) = selector_from_row(row)?

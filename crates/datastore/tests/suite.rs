@@ -421,6 +421,7 @@ async fn agents(ds: &DataStore) {
         created_at: 1,
         updated_at: 1,
         tee_instance: String::new(),
+        previous_serial: String::new(),
         attestation_error: String::new(),
     };
     ds.create_agent(&a).await.unwrap();
@@ -454,6 +455,20 @@ async fn agents(ds: &DataStore) {
         "refused"
     );
     ds.update_agent_if_current(&a, "01ab").await.unwrap();
+    // a renewal keeps the serial it replaced until the agent confirms the new one
+    let mut renewed = a.clone();
+    renewed.serial_number = "02cd".into();
+    renewed.previous_serial = "01ab".into();
+    ds.update_agent_if_current(&renewed, "01ab").await.unwrap();
+    assert_eq!(ds.get_agent(&a.spiffe_id).await.unwrap(), renewed);
+    assert!(!ds.confirm_agent_serial(&a.spiffe_id, "01ab").await.unwrap());
+    assert!(ds.confirm_agent_serial(&a.spiffe_id, "02cd").await.unwrap());
+    assert!(!ds.confirm_agent_serial(&a.spiffe_id, "02cd").await.unwrap());
+    let got = ds.get_agent(&a.spiffe_id).await.unwrap();
+    assert_eq!(
+        (got.serial_number.as_str(), got.previous_serial.as_str()),
+        ("02cd", "")
+    );
     ds.update_agent(&banned).await.unwrap();
     // a banned agent is neither suspended nor rewritten by a renewal
     assert!(!ds.suspend_agent(&a.spiffe_id, "", "x", 3).await.unwrap());
@@ -712,6 +727,7 @@ fn agent(n: usize, sels: &[&str]) -> AgentRecord {
         created_at: 1,
         updated_at: 1,
         tee_instance: String::new(),
+        previous_serial: String::new(),
         attestation_error: String::new(),
     }
 }

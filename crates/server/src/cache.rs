@@ -536,6 +536,7 @@ pub(crate) mod tests {
             updated_at: 0,
             attestation_error: String::new(),
             tee_instance: String::new(),
+            previous_serial: String::new(),
         }
     }
 

@@ -241,6 +241,7 @@ mod tests {
             updated_at: NOW,
             attestation_error: String::new(),
             tee_instance: String::new(),
+            previous_serial: String::new(),
         };
         let renewed = a.renew(&rec, ev, &mut td(1)).await.unwrap();
         assert_eq!(renewed.agent_id, first.agent_id);

@@ -85,6 +85,17 @@ impl AgentEndpoint {
         req: &Request<T>,
         renewing: bool,
     ) -> Result<AgentRecord, Status> {
+        Ok(self.caller_with_serial(req, renewing).await?.0)
+    }
+
+    /// [`Self::caller`] and the serial of the SVID it presented: the current one, or the one
+    /// the last renewal replaced while the agent has not used the new one yet (that renewal's
+    /// answer may never have reached it).
+    pub(super) async fn caller_with_serial<T>(
+        &self,
+        req: &Request<T>,
+        renewing: bool,
+    ) -> Result<(AgentRecord, String), Status> {
         let certs = req
             .extensions()
             .get::<ironpact_tls::PeerCerts>()
@@ -106,18 +117,36 @@ impl AgentEndpoint {
             .ok_or_else(|| Status::unauthenticated("client certificate carries no SPIFFE ID"))?;
         // the cache answers when it holds this SVID's serial; a miss (attested or renewed on
         // another server a moment ago) and every renewal ask the datastore
-        let rec = match self.0.cache.agent(id.as_str()) {
-            Some(r) if !renewing && r.serial_number == info.serial_hex => {
+        let mut rec = match self.0.cache.agent(id.as_str()) {
+            Some(r)
+                if !renewing
+                    && r.serial_number == info.serial_hex
+                    && r.previous_serial.is_empty() =>
+            {
                 standing(&id, Ok(r.as_ref().clone()), renewing)?
             }
             _ => standing(&id, self.0.ds.get_agent(&id).await, renewing)?,
         };
-        if rec.serial_number != info.serial_hex {
+        if rec.serial_number == info.serial_hex {
+            if !rec.previous_serial.is_empty() {
+                // the first use of the renewed SVID retires the one it replaced
+                if self
+                    .0
+                    .ds
+                    .confirm_agent_serial(&id, &info.serial_hex)
+                    .await
+                    .map_err(ds_status)?
+                {
+                    self.0.changed().await;
+                }
+                rec.previous_serial.clear();
+            }
+        } else if rec.previous_serial.is_empty() || rec.previous_serial != info.serial_hex {
             return Err(Status::permission_denied(format!(
                 "{id} presented an SVID that is not its current one; attest again"
             )));
         }
-        Ok(rec)
+        Ok((rec, info.serial_hex))
     }
 
     /// What the agent may see, from the cache; an agent the datastore knows but the cache not
@@ -310,6 +339,10 @@ async fn attest_flow(
         updated_at: now,
         attestation_error: String::new(),
         tee_instance: recorded_instance(existing.as_ref(), &attested, renewing.is_some()),
+        previous_serial: renewing
+            .as_ref()
+            .map(|was| was.previous_serial.clone())
+            .unwrap_or_default(),
     };
     match (&renewing, &existing) {
         // a renewal replaces the record only if it is still the one the caller presented: an
@@ -705,7 +738,10 @@ impl AgentApi for AgentEndpoint {
         &self,
         req: Request<Streaming<pb::AttestAgentRequest>>,
     ) -> Result<Response<Self::RenewAgentStream>, Status> {
-        let rec = self.caller(&req, true).await?;
+        let (mut rec, presented) = self.caller_with_serial(&req, true).await?;
+        // what the agent holds now stays acceptable until it uses the SVID this renewal
+        // makes (carried to the new record as its previous serial)
+        rec.previous_serial = presented;
         Ok(Response::new(attest_stream(
             self.0.clone(),
             req.into_inner(),
