@@ -1235,10 +1235,28 @@ impl DataStore {
     /// banned: a renewal that raced an eviction, a ban or another renewal writes nothing and
     /// gets `NotFound`.
     pub async fn update_agent_if_current(&self, a: &AgentRecord, serial: &str) -> Result<()> {
-        self.write_agent(a, Some(serial)).await
+        self.write_agent(a, Some((serial, None))).await
     }
 
-    async fn write_agent(&self, a: &AgentRecord, current_serial: Option<&str>) -> Result<()> {
+    /// [`Self::update_agent_if_current`] for a renewal made with the SVID an earlier renewal
+    /// replaced: only while that one (`previous`) is still accepted, i.e. the agent has not
+    /// presented its successor meanwhile (which retires it for good).
+    pub async fn update_agent_if_previous(
+        &self,
+        a: &AgentRecord,
+        serial: &str,
+        previous: &str,
+    ) -> Result<()> {
+        self.write_agent(a, Some((serial, Some(previous)))).await
+    }
+
+    async fn write_agent(
+        &self,
+        a: &AgentRecord,
+        current: Option<(&str, Option<&str>)>,
+    ) -> Result<()> {
+        let current_serial = current.map(|(s, _)| s);
+        let previous = current.and_then(|(_, p)| p);
         let mut w = self.begin_write().await?;
         let mut sql = String::from(
             "UPDATE attested_agents SET spiffe_id=$1, attestation_type=$2, serial_number=$3, \
@@ -1247,6 +1265,9 @@ impl DataStore {
         );
         if current_serial.is_some() {
             sql.push_str(" AND serial_number=$12 AND banned=0");
+        }
+        if previous.is_some() {
+            sql.push_str(" AND previous_serial=$13 AND previous_serial <> ''");
         }
         let mut q = self
             .dialect
@@ -1264,6 +1285,9 @@ impl DataStore {
             .bind(a.spiffe_id.as_str());
         if let Some(s) = current_serial {
             q = q.bind(s);
+        }
+        if let Some(p) = previous {
+            q = q.bind(p);
         }
         let n = q.execute(&mut *w.tx).await?.rows_affected();
         if n == 0 {

@@ -461,6 +461,13 @@ async fn agents(ds: &DataStore) {
     renewed.previous_serial = "01ab".into();
     ds.update_agent_if_current(&renewed, "01ab").await.unwrap();
     assert_eq!(ds.get_agent(&a.spiffe_id).await.unwrap(), renewed);
+    // a renewal made with the previous SVID lands while that one is accepted ...
+    let mut again = renewed.clone();
+    again.serial_number = "03ef".into();
+    ds.update_agent_if_previous(&again, "02cd", "01ab")
+        .await
+        .unwrap();
+    ds.update_agent_if_current(&renewed, "03ef").await.unwrap();
     assert!(!ds.confirm_agent_serial(&a.spiffe_id, "01ab").await.unwrap());
     assert!(ds.confirm_agent_serial(&a.spiffe_id, "02cd").await.unwrap());
     assert!(!ds.confirm_agent_serial(&a.spiffe_id, "02cd").await.unwrap());
@@ -469,6 +476,11 @@ async fn agents(ds: &DataStore) {
         (got.serial_number.as_str(), got.previous_serial.as_str()),
         ("02cd", "")
     );
+    // ... and never once the agent used its successor (however long that renewal took)
+    assert!(matches!(
+        ds.update_agent_if_previous(&again, "02cd", "01ab").await,
+        Err(Error::NotFound { .. })
+    ));
     ds.update_agent(&banned).await.unwrap();
     // a banned agent is neither suspended nor rewritten by a renewal
     assert!(!ds.suspend_agent(&a.spiffe_id, "", "x", 3).await.unwrap());

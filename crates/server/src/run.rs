@@ -86,15 +86,24 @@ fn instance_id(data_dir: &std::path::Path) -> Result<String, RunError> {
         .create(data_dir)
         .map_err(|e| fail(data_dir, e))?;
     let meta = std::fs::metadata(data_dir).map_err(|e| fail(data_dir, e))?;
-    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+    if meta.mode() & 0o002 != 0 {
         return Err(fail(
             data_dir,
             invalid(format!(
-                "owned by uid {} with mode {:o}; it must be this user's and writable by nobody else (chown it, chmod go-w)",
-                meta.uid(),
-                meta.mode() & 0o777
+                "mode {:o}: any local user could replace this server's files; it must be writable by nobody else (chmod o-w)",
+                meta.mode() & 0o7777
             )),
         ));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o020 != 0 {
+        // a volume mounted with a group (Kubernetes fsGroup: root-owned, 2775) is common;
+        // whoever shares that group can replace the files below
+        warn!(
+            path = %data_dir.display(),
+            owner = meta.uid(),
+            mode = format!("{:o}", meta.mode() & 0o7777),
+            "the data directory is not this user's alone; members of its group can change this server's files"
+        );
     }
     let nofollow = nix::libc::O_NOFOLLOW;
     match std::fs::OpenOptions::new()
@@ -120,6 +129,15 @@ fn instance_id(data_dir: &std::path::Path) -> Result<String, RunError> {
             return Ok(id.to_string());
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(fail(
+                &path,
+                invalid(
+                    "is a symbolic link, which is never followed: replace it with the file itself"
+                        .into(),
+                ),
+            ));
+        }
         Err(e) => return Err(fail(&path, e)),
     }
     let id = ironpact_datastore::new_uuid();
@@ -148,6 +166,8 @@ fn instance_id(data_dir: &std::path::Path) -> Result<String, RunError> {
 
 /// Builds the shared core: opens the datastore and loads (or creates) the CA.
 pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<Core>, RunError> {
+    // first: a data directory the server must refuse stops it before anything is migrated
+    let instance = instance_id(&cfg.data_dir)?;
     let ds = DataStore::connect(
         &cfg.datastore.database_type,
         &cfg.datastore.connection_string,
@@ -169,7 +189,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
             jwt_key_type: cfg.jwt_key_type,
             ttl: cfg.ca_ttl,
             subject: cfg.ca_subject.clone(),
-            instance_id: instance_id(&cfg.data_dir)?,
+            instance_id: instance,
         },
         ds.clone(),
         km,
@@ -586,11 +606,14 @@ mod tests {
         let elsewhere = dir.path().join("elsewhere");
         std::fs::write(&elsewhere, &id).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
-        assert!(instance_id(&data).is_err());
-        // a directory others may write to is refused
+        let e = instance_id(&data).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        // a directory any user may write to is refused; a group's is taken (with a warning)
         std::fs::remove_file(&file).unwrap();
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = instance_id(&data).unwrap_err().to_string();
         assert!(e.contains("writable by nobody else"), "{e}");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        instance_id(&data).unwrap();
     }
 }

@@ -116,6 +116,7 @@ impl AgentService for AgentApi {
         let mut a = self.0.ds.get_agent(&id).await.map_err(ds_status)?;
         a.banned = true;
         a.serial_number.clear();
+        a.previous_serial.clear();
         a.updated_at = self.0.clock.now();
         self.0.ds.update_agent(&a).await.map_err(ds_status)?;
         info!(agent_id = %id, "banned agent");

@@ -130,14 +130,14 @@ impl AgentEndpoint {
         if rec.serial_number == info.serial_hex {
             if !rec.previous_serial.is_empty() {
                 // the first use of the renewed SVID retires the one it replaced
-                if self
-                    .0
-                    .ds
-                    .confirm_agent_serial(&id, &info.serial_hex)
-                    .await
-                    .map_err(ds_status)?
-                {
-                    self.0.changed().await;
+                // best effort: a datastore outage must not fail the agent's own request (the
+                // next call tries again)
+                match self.0.ds.confirm_agent_serial(&id, &info.serial_hex).await {
+                    Ok(true) => self.0.changed().await,
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(agent_id = %id, error = %e, "could not retire the agent's previous SVID yet")
+                    }
                 }
                 rec.previous_serial.clear();
             }
@@ -347,11 +347,24 @@ async fn attest_flow(
     match (&renewing, &existing) {
         // a renewal replaces the record only if it is still the one the caller presented: an
         // eviction, ban or other renewal meanwhile is never undone
-        (Some(was), _) => match core
-            .ds
-            .update_agent_if_current(&rec, &was.serial_number)
-            .await
-        {
+        (Some(was), _) => match if was.previous_serial == was.serial_number {
+            core.ds
+                .update_agent_if_current(&rec, &was.serial_number)
+                .await
+        } else {
+            // renewed with the SVID the last renewal replaced (its answer was lost): only
+            // while that one is still accepted, so an SVID the agent has retired by using its
+            // successor never comes back, however long this renewal took
+            warn!(
+                agent_id = %rec.spiffe_id,
+                presented = %was.previous_serial,
+                current = %was.serial_number,
+                "renewal with the agent's previous SVID (the last renewal's answer did not reach it, or a copy of that SVID is in use)"
+            );
+            core.ds
+                .update_agent_if_previous(&rec, &was.serial_number, &was.previous_serial)
+                .await
+        } {
             Err(ironpact_datastore::Error::NotFound { .. }) => {
                 return Err(evicted_meanwhile(&rec.spiffe_id));
             }
@@ -472,7 +485,11 @@ fn same_instance(rec: &AgentRecord, a: &crate::attest::Attested) -> Result<(), A
 /// nothing until a renewal passes, and `agent show` says why. A transient failure (challenge
 /// timeout, KDS/PCS or datastore outage) changes nothing: the agent keeps its SVID and retries.
 async fn renewal_failed(core: &SharedCore, rec: &AgentRecord, e: AttestError, now: i64) -> Status {
-    if e.is_refusal() {
+    if e.is_refusal() && rec.previous_serial != rec.serial_number {
+        // presented with the replaced SVID: refused, but a holder of that one cannot
+        // suspend the agent that uses the current one
+        warn!(agent_id = %rec.spiffe_id, error = %e, "re-attestation with the agent's previous SVID refused");
+    } else if e.is_refusal() {
         warn!(agent_id = %rec.spiffe_id, error = %e, "re-attestation refused; the agent is suspended until it passes");
         // only the suspension is written, and only onto the record the caller presented: an
         // eviction or ban made while it was judged stays as it is
