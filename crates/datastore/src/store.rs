@@ -31,28 +31,13 @@ impl Dialect {
         if self != Dialect::MySql {
             return sql.to_string();
         }
-        let mut out = String::with_capacity(sql.len());
-        let mut chars = sql.chars().peekable();
-        let mut expected = 1usize;
-        while let Some(c) = chars.next() {
-            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                let mut n = 0usize;
-                while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
-                    n = n * 10 + d as usize;
-                    chars.next();
-                }
-                // a query that numbers out of order would bind the wrong values: it is sent
-                // as written instead, and MySQL refuses it (an error, never a wrong row)
-                debug_assert_eq!(n, expected, "placeholders out of order in {sql}");
-                if n != expected {
-                    tracing::error!(sql, "placeholders out of order for MySQL");
-                    return sql.to_string();
-                }
-                expected += 1;
-                out.push('?');
-            } else {
-                out.push(c);
-            }
+        let (out, order) = question_marks(sql);
+        // a query that numbers out of order would bind the wrong values: it is sent as
+        // written instead, and MySQL refuses it (an error, never a wrong row)
+        if let Some((i, n)) = order.iter().enumerate().find(|(i, n)| **n != i + 1) {
+            debug_assert_eq!(*n, i + 1, "placeholders out of order in {sql}");
+            tracing::error!(sql, "placeholders out of order for MySQL");
+            return sql.to_string();
         }
         out
     }
@@ -95,22 +80,7 @@ impl Dialect {
         if self != Dialect::MySql {
             return bind_all(sqlx::query(AssertSqlSafe(sql.to_string())), binds);
         }
-        let mut out = String::with_capacity(sql.len());
-        let mut order = Vec::new();
-        let mut chars = sql.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                let mut n = 0usize;
-                while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
-                    n = n * 10 + d as usize;
-                    chars.next();
-                }
-                order.push(n);
-                out.push('?');
-            } else {
-                out.push(c);
-            }
-        }
+        let (out, order) = question_marks(sql);
         let mut q = sqlx::query(AssertSqlSafe(out));
         for n in order {
             q = match binds.get(n.wrapping_sub(1)) {
@@ -426,6 +396,48 @@ fn b(v: bool) -> i64 {
     i64::from(v)
 }
 
+/// Creates the PostgreSQL schema or MySQL database (`kind`) `name` when missing, over one
+/// connection of its own; the name is refused unless it is letters, digits and `_`.
+async fn create_namespace(url: &str, kind: &str, name: &str) -> Result<()> {
+    if !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+        return Err(Error::Db(sqlx::Error::Configuration(
+            format!("invalid {} name {name:?}", kind.to_lowercase()).into(),
+        )));
+    }
+    let setup = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await?;
+    setup
+        .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE {kind} IF NOT EXISTS {name}"
+        ))))
+        .await?;
+    setup.close().await;
+    Ok(())
+}
+
+/// `sql` with every `$n` replaced by `?`, and the `n`s in the order they appear.
+fn question_marks(sql: &str) -> (String, Vec<usize>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut order = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = 0usize;
+            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                n = n * 10 + d as usize;
+                chars.next();
+            }
+            order.push(n);
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    (out, order)
+}
+
 /// A transaction the database aborted to break a deadlock or a serialization conflict
 /// (SQLSTATE 40001 on PostgreSQL and MySQL, 40P01 on PostgreSQL): running it again is right.
 fn is_retryable(e: &sqlx::Error) -> bool {
@@ -467,21 +479,7 @@ impl DataStore {
         sqlx::any::install_default_drivers();
         let mut url = url.to_string();
         if let Some(db) = database {
-            if !db.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-                return Err(Error::Db(sqlx::Error::Configuration(
-                    format!("invalid database name {db:?}").into(),
-                )));
-            }
-            let setup = AnyPoolOptions::new()
-                .max_connections(1)
-                .connect(&url)
-                .await?;
-            setup
-                .execute(sqlx::raw_sql(AssertSqlSafe(format!(
-                    "CREATE DATABASE IF NOT EXISTS {db}"
-                ))))
-                .await?;
-            setup.close().await;
+            create_namespace(&url, "DATABASE", db).await?;
             url = with_database(&url, db);
         }
         let pool = AnyPoolOptions::new()
@@ -562,24 +560,7 @@ impl DataStore {
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10));
         if let Some(schema) = schema {
-            if !schema
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_')
-            {
-                return Err(Error::Db(sqlx::Error::Configuration(
-                    format!("invalid schema name {schema:?}").into(),
-                )));
-            }
-            let setup = AnyPoolOptions::new()
-                .max_connections(1)
-                .connect(url)
-                .await?;
-            setup
-                .execute(sqlx::raw_sql(AssertSqlSafe(format!(
-                    "CREATE SCHEMA IF NOT EXISTS {schema}"
-                ))))
-                .await?;
-            setup.close().await;
+            create_namespace(url, "SCHEMA", schema).await?;
             let set = format!("SET search_path TO {schema}");
             opts = opts.after_connect(move |conn, _| {
                 let set = set.clone();
