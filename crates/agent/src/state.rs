@@ -28,12 +28,23 @@ pub struct CachedSvid {
     pub expires_at: i64,
     /// The entry revision it was issued for.
     pub revision: i64,
+    /// The signing authority's ID (the leaf's authority key ID, hex): a bundle that marks it
+    /// tainted makes the SVID due at once.
+    pub authority_id: Option<String>,
 }
 
 impl CachedSvid {
     /// Renew at half-life, like the agent's own SVID.
     pub fn due(&self, now: i64) -> bool {
         now >= self.received_at + (self.expires_at - self.received_at) / 2
+    }
+
+    /// Signed by an authority the bundle marks tainted.
+    pub fn tainted(&self, bundle: Option<&Bundle>) -> bool {
+        match (bundle, &self.authority_id) {
+            (Some(b), Some(id)) => b.x509_tainted.contains(id),
+            _ => false,
+        }
     }
 }
 

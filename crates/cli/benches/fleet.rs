@@ -602,6 +602,7 @@ fn main() {
                         trust_domain: "fed.example".into(),
                         x509_authorities: vec![spb::X509Certificate {
                             asn1: ca.der().to_vec(),
+                            tainted: false,
                         }],
                         ..Default::default()
                     }],

@@ -387,6 +387,79 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
         let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(id)).collect();
         assert!(missing.is_empty(), "acknowledged entries lost: {missing:?}");
     }
+
+    // forced rotation across the cluster: each server's operator activates a new X.509 CA and
+    // taints and revokes its old one; every agent (whichever server it is connected to)
+    // replaces what the old ones signed, and their bundles lose them
+    let json = |socket: &Path, args: &[&str]| -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["-output", "json"]);
+        let (ok, out) = server_cli(socket, &args);
+        assert!(ok, "{args:?} failed: {out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let mut old = Vec::new();
+    for s in [&a.socket, &b.socket] {
+        let shown = json(s, &["localauthority", "x509", "show"]);
+        old.push(
+            shown["active"]["authority_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        let p = json(s, &["localauthority", "x509", "prepare"]);
+        let id = p["prepared_authority"]["authority_id"].as_str().unwrap();
+        json(
+            s,
+            &["localauthority", "x509", "activate", "-authorityID", id],
+        );
+    }
+    assert_ne!(old[0], old[1], "the two servers share one CA");
+    for (s, id) in [(&a.socket, &old[0]), (&b.socket, &old[1])] {
+        json(s, &["localauthority", "x509", "taint", "-authorityID", id]);
+    }
+    let signer = |i: usize| -> Option<String> {
+        let dir = agents[i].dir.path().join("forced");
+        holds_valid_svid(&agents[i].socket, &dir).ok()?;
+        let pem = std::fs::read_to_string(dir.join("svid.0.pem")).ok()?;
+        let der = ironpact_spiffe::x509::certs_from_pem(&pem).ok()?.remove(0);
+        ironpact_spiffe::x509::CertInfo::parse(&der)
+            .ok()?
+            .authority_key_id
+    };
+    let replaced = wait_for(
+        "every workload SVID signed by a tainted CA to be replaced",
+        Duration::from_secs(8),
+        || (0..agents.len()).all(|i| signer(i).is_some_and(|id| !old.contains(&id))),
+    );
+    for (s, id) in [(&a.socket, &old[0]), (&b.socket, &old[1])] {
+        json(s, &["localauthority", "x509", "revoke", "-authorityID", id]);
+    }
+    let revoked = wait_for(
+        "every workload's bundle to drop the revoked CAs",
+        Duration::from_secs(10),
+        || {
+            (0..agents.len()).all(|i| {
+                let dir = agents[i].dir.path().join("forced");
+                signer(i).is_some()
+                    && std::fs::read_to_string(dir.join("bundle.0.pem")).is_ok_and(|b| {
+                        ironpact_spiffe::x509::certs_from_pem(&b).is_ok_and(|roots| {
+                            roots.len() == 2
+                                && roots.iter().all(|r| {
+                                    ironpact_spiffe::x509::authority_id(r)
+                                        .is_some_and(|id| !old.contains(&id))
+                                })
+                        })
+                    })
+            })
+        },
+    );
+    println!(
+        "cluster: forced rotation: SVIDs of the tainted CAs replaced on every agent in {:.1} s; \
+         revoked CAs out of every workload's bundle {:.1} s later",
+        replaced.as_secs_f64(),
+        revoked.as_secs_f64()
+    );
     println!(
         "cluster: {} entries acknowledged ({} refused: sent to the killed server or during the \
          database restart), {} SVID checks all valid across {} rotations; after SIGKILL of one server its agents were re-synced \

@@ -2160,6 +2160,9 @@ struct StoredBundle {
     jwt: Vec<StoredJwtKey>,
     refresh_hint: u64,
     sequence: u64,
+    /// Authority IDs of tainted X.509 authorities (absent in bundles of earlier releases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    x509_tainted: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -2167,6 +2170,8 @@ struct StoredJwtKey {
     kid: String,
     spki: String,
     expires_at: i64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    tainted: bool,
 }
 
 impl From<&Bundle> for StoredBundle {
@@ -2180,10 +2185,12 @@ impl From<&Bundle> for StoredBundle {
                     kid: a.key_id.clone(),
                     spki: hex::encode(&a.public_key_der),
                     expires_at: a.expires_at,
+                    tainted: b.jwt_tainted.contains(&a.key_id),
                 })
                 .collect(),
             refresh_hint: b.refresh_hint,
             sequence: b.sequence,
+            x509_tainted: b.x509_tainted.iter().cloned().collect(),
         }
     }
 }
@@ -2203,7 +2210,11 @@ fn bundle_from_row(td: TrustDomain, row: &AnyRow) -> Result<BundleRecord> {
             public_key_der: unhex(&k.spki)?,
             expires_at: k.expires_at,
         });
+        if k.tainted {
+            b.jwt_tainted.insert(k.kid.clone());
+        }
     }
+    b.x509_tainted = s.x509_tainted.into_iter().collect();
     b.refresh_hint = s.refresh_hint;
     b.sequence = s.sequence;
     Ok(BundleRecord {

@@ -29,6 +29,58 @@ pub enum CaError {
     Datastore(#[from] ironpact_datastore::Error),
     #[error("CA journal is corrupt: {0}")]
     Journal(String),
+    /// An operator's `localauthority` request that the authorities' state does not allow.
+    #[error("{0}")]
+    Refused(#[from] AuthorityRefusal),
+}
+
+/// Why a `localauthority` request was refused; each names what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthorityRefusal {
+    #[error("no authority ID given: pass -authorityID (see `localauthority {0} show`)")]
+    NoAuthorityId(&'static str),
+    #[error(
+        "no {kind} authority of this server has ID {id}; `localauthority {cmd} show` lists them"
+    )]
+    Unknown {
+        kind: &'static str,
+        cmd: &'static str,
+        id: String,
+    },
+    #[error(
+        "there is no prepared {0} authority to activate; run `localauthority {1} prepare` first"
+    )]
+    NothingPrepared(&'static str, &'static str),
+    #[error("only the prepared authority can be activated; {id} is the {state} one")]
+    NotPrepared { id: String, state: &'static str },
+    #[error(
+        "only an old authority can be tainted or revoked; {id} is the {state} one (activate its successor first)"
+    )]
+    NotOld { id: String, state: &'static str },
+    #[error("authority {0} is already tainted")]
+    AlreadyTainted(String),
+    #[error(
+        "authority {0} is not tainted; taint it first, so that every SVID it signed is replaced before it is revoked"
+    )]
+    NotTainted(String),
+}
+
+/// One authority as `localauthority ... show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityState {
+    /// Subject key ID in hex (X.509) or key ID (JWT).
+    pub authority_id: String,
+    pub expires_at: i64,
+    pub tainted: bool,
+}
+
+/// Active, prepared and most recent old authority of one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorityStates {
+    pub active: Option<AuthorityState>,
+    pub prepared: Option<AuthorityState>,
+    pub old: Option<AuthorityState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +121,41 @@ pub struct Slot {
     /// JWT key ID; empty for X.509.
     #[serde(default)]
     pub kid: String,
+    /// Tainted by an operator: SVIDs it signed are to be replaced now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tainted: bool,
+}
+
+impl Slot {
+    /// The ID SPIRE's `localauthority` commands use: the CA certificate's subject key ID
+    /// (X.509) or the key ID (JWT).
+    pub fn authority_id(&self) -> String {
+        match self.kind {
+            SlotKind::X509 => hex::decode(&self.public)
+                .ok()
+                .and_then(|der| ironpact_spiffe::x509::authority_id(&der))
+                .unwrap_or_default(),
+            SlotKind::Jwt => self.kid.clone(),
+        }
+    }
+
+    fn state_view(&self) -> AuthorityState {
+        AuthorityState {
+            authority_id: self.authority_id(),
+            expires_at: self.not_after,
+            tainted: self.tainted,
+        }
+    }
+}
+
+impl SlotState {
+    fn name(self) -> &'static str {
+        match self {
+            SlotState::Prepared => "prepared",
+            SlotState::Active => "active",
+            SlotState::Old => "old",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -76,11 +163,11 @@ struct Journal {
     slots: Vec<Slot>,
 }
 
-/// What a slot puts in the bundle.
+/// What a slot puts in the bundle, and whether it is marked tainted there.
 #[derive(Clone)]
 enum Publication {
-    X509(Vec<u8>),
-    Jwt(JwtAuthority),
+    X509(Vec<u8>, bool),
+    Jwt(JwtAuthority, bool),
 }
 
 fn publications(j: &Journal) -> Result<Vec<Publication>, CaError> {
@@ -89,12 +176,15 @@ fn publications(j: &Journal) -> Result<Vec<Publication>, CaError> {
         .map(|s| {
             let public = hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
             Ok(match s.kind {
-                SlotKind::X509 => Publication::X509(public),
-                SlotKind::Jwt => Publication::Jwt(JwtAuthority {
-                    key_id: s.kid.clone(),
-                    public_key_der: public,
-                    expires_at: s.not_after,
-                }),
+                SlotKind::X509 => Publication::X509(public, s.tainted),
+                SlotKind::Jwt => Publication::Jwt(
+                    JwtAuthority {
+                        key_id: s.kid.clone(),
+                        public_key_der: public,
+                        expires_at: s.not_after,
+                    },
+                    s.tainted,
+                ),
             })
         })
         .collect()
@@ -274,6 +364,7 @@ impl CaManager {
             not_after,
             public,
             kid,
+            tainted: false,
         })
     }
 
@@ -361,8 +452,16 @@ impl CaManager {
         let ours = publications(&next)?;
         let missing = |b: &Bundle| {
             ours.iter().any(|p| match p {
-                Publication::X509(der) => !b.x509_authorities.contains(der),
-                Publication::Jwt(a) => !b.jwt_authorities.iter().any(|k| k.key_id == a.key_id),
+                Publication::X509(der, tainted) => {
+                    !b.x509_authorities.contains(der)
+                        || (*tainted
+                            && ironpact_spiffe::x509::authority_id(der)
+                                .is_some_and(|id| !b.x509_tainted.contains(&id)))
+                }
+                Publication::Jwt(a, tainted) => {
+                    !b.jwt_authorities.iter().any(|k| k.key_id == a.key_id)
+                        || (*tainted && !b.jwt_tainted.contains(&a.key_id))
+                }
             })
         };
         let needs_bundle = match &stored {
@@ -370,7 +469,7 @@ impl CaManager {
             Some(s) => a || b || missing(&s.bundle) || has_expired(&s.bundle, now),
         };
         if needs_bundle {
-            self.publish_bundle(ours, now).await?;
+            self.publish_bundle(ours, Vec::new(), now).await?;
         }
         if a || b {
             let bytes = serde_json::to_vec(&next).map_err(|e| CaError::Journal(e.to_string()))?;
@@ -383,9 +482,15 @@ impl CaManager {
         Ok(a || b)
     }
 
-    /// Adds every slot of ours to the stored bundle and drops what expired (anyone's), in one
-    /// step against other servers doing the same.
-    async fn publish_bundle(&self, ours: Vec<Publication>, now: i64) -> Result<(), CaError> {
+    /// Adds every slot of ours to the stored bundle (with its taint mark), removes the
+    /// authorities of ours named in `remove` (by authority ID) and drops what expired
+    /// (anyone's), in one step against other servers doing the same.
+    async fn publish_bundle(
+        &self,
+        ours: Vec<Publication>,
+        remove: Vec<(SlotKind, String)>,
+        now: i64,
+    ) -> Result<(), CaError> {
         let td = self.cfg.trust_domain.clone();
         let refresh_hint = (self.cfg.ttl.as_secs() / 10).clamp(10, 300);
         let b = self
@@ -397,20 +502,35 @@ impl CaManager {
                 });
                 b.jwt_authorities
                     .retain(|a| a.expires_at == 0 || a.expires_at > now);
+                for (kind, id) in &remove {
+                    match kind {
+                        SlotKind::X509 => b.x509_authorities.retain(|der| {
+                            ironpact_spiffe::x509::authority_id(der).as_ref() != Some(id)
+                        }),
+                        SlotKind::Jwt => b.jwt_authorities.retain(|a| &a.key_id != id),
+                    }
+                }
                 for p in ours.iter().cloned() {
                     match p {
-                        Publication::X509(der) => {
+                        Publication::X509(der, tainted) => {
+                            if tainted && let Some(id) = ironpact_spiffe::x509::authority_id(&der) {
+                                b.x509_tainted.insert(id);
+                            }
                             if !b.x509_authorities.contains(&der) {
                                 b.x509_authorities.push(der);
                             }
                         }
-                        Publication::Jwt(a) => {
+                        Publication::Jwt(a, tainted) => {
+                            if tainted {
+                                b.jwt_tainted.insert(a.key_id.clone());
+                            }
                             if !b.jwt_authorities.iter().any(|k| k.key_id == a.key_id) {
                                 b.jwt_authorities.push(a);
                             }
                         }
                     }
                 }
+                b.prune_tainted();
                 b.sequence += 1;
                 b.refresh_hint = refresh_hint;
                 b
@@ -420,9 +540,187 @@ impl CaManager {
             sequence = b.sequence,
             x509_authorities = b.x509_authorities.len(),
             jwt_authorities = b.jwt_authorities.len(),
+            tainted = b.x509_tainted.len() + b.jwt_tainted.len(),
             "published trust bundle"
         );
         Ok(())
+    }
+
+    /// Active, prepared and most recent old authority of `kind` (this server's own; every
+    /// server of a cluster has its own, as SPIRE's servers do).
+    pub async fn authority_states(&self, kind: SlotKind) -> AuthorityStates {
+        let j = self.journal.lock().await;
+        let of = |st: SlotState| {
+            j.slots
+                .iter()
+                .filter(|s| s.kind == kind && s.state == st)
+                .max_by_key(|s| s.not_before)
+                .map(Slot::state_view)
+        };
+        AuthorityStates {
+            active: of(SlotState::Active),
+            prepared: of(SlotState::Prepared),
+            old: of(SlotState::Old),
+        }
+    }
+
+    /// Applies an operator's change to the journal: the bundle first (so a key is published
+    /// before it signs, and a revoked one leaves every server's trust before the journal
+    /// forgets it), then the journal, then the signers.
+    async fn operate(
+        &self,
+        kind: SlotKind,
+        change: impl FnOnce(&mut Journal, i64) -> Result<(Slot, Vec<Slot>), CaError>,
+    ) -> Result<AuthorityState, CaError> {
+        let mut j = self.journal.lock().await;
+        let now = self.clock.now();
+        let mut next = j.clone();
+        let (subject, dropped) = change(&mut next, now)?;
+        let remove = dropped.iter().map(|s| (kind, s.authority_id())).collect();
+        self.publish_bundle(publications(&next)?, remove, now)
+            .await?;
+        let bytes = serde_json::to_vec(&next).map_err(|e| CaError::Journal(e.to_string()))?;
+        self.ds
+            .set_server_ca_journal(&self.cfg.instance_id, &bytes, now)
+            .await?;
+        *j = next;
+        self.rearm(&j)?;
+        for s in &dropped {
+            if let Err(e) = self.km.delete(&s.key_id) {
+                warn!(key_id = %s.key_id, error = %e, "cannot delete a dropped authority's key");
+            }
+        }
+        Ok(subject.state_view())
+    }
+
+    fn cmd(kind: SlotKind) -> &'static str {
+        match kind {
+            SlotKind::X509 => "x509",
+            SlotKind::Jwt => "jwt",
+        }
+    }
+
+    fn find(j: &Journal, kind: SlotKind, id: &str) -> Result<usize, CaError> {
+        if id.is_empty() {
+            return Err(AuthorityRefusal::NoAuthorityId(Self::cmd(kind)).into());
+        }
+        j.slots
+            .iter()
+            .position(|s| s.kind == kind && s.authority_id().eq_ignore_ascii_case(id))
+            .ok_or_else(|| {
+                AuthorityRefusal::Unknown {
+                    kind: kind.name(),
+                    cmd: Self::cmd(kind),
+                    id: id.to_string(),
+                }
+                .into()
+            })
+    }
+
+    /// Prepares a new authority of `kind` now (replacing a prepared one that never signed),
+    /// published in the bundle at once.
+    pub async fn prepare(&self, kind: SlotKind) -> Result<AuthorityState, CaError> {
+        let st = self
+            .operate(kind, |j, now| {
+                let mut dropped = Vec::new();
+                j.slots.retain(|s| {
+                    let replaced = s.kind == kind && s.state == SlotState::Prepared;
+                    if replaced {
+                        dropped.push(s.clone());
+                    }
+                    !replaced
+                });
+                let slot = self.new_slot(kind, SlotState::Prepared, now)?;
+                j.slots.push(slot.clone());
+                Ok((slot, dropped))
+            })
+            .await?;
+        info!(kind = kind.name(), authority_id = %st.authority_id, "operator prepared an authority");
+        Ok(st)
+    }
+
+    /// Makes the prepared authority `id` the active one; the active one becomes old.
+    pub async fn activate(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
+        let st = self
+            .operate(kind, |j, _| {
+                let p = Self::find(j, kind, id)?;
+                let state = j.slots[p].state;
+                if state != SlotState::Prepared {
+                    if !j
+                        .slots
+                        .iter()
+                        .any(|s| s.kind == kind && s.state == SlotState::Prepared)
+                    {
+                        return Err(AuthorityRefusal::NothingPrepared(
+                            kind.name(),
+                            Self::cmd(kind),
+                        )
+                        .into());
+                    }
+                    return Err(AuthorityRefusal::NotPrepared {
+                        id: id.to_string(),
+                        state: state.name(),
+                    }
+                    .into());
+                }
+                for s in j.slots.iter_mut() {
+                    if s.kind == kind && s.state == SlotState::Active {
+                        s.state = SlotState::Old;
+                    }
+                }
+                j.slots[p].state = SlotState::Active;
+                Ok((j.slots[p].clone(), Vec::new()))
+            })
+            .await?;
+        info!(kind = kind.name(), authority_id = %st.authority_id, "operator activated an authority");
+        Ok(st)
+    }
+
+    /// Taints the old authority `id`: it stays trusted, but every agent replaces the SVIDs it
+    /// signed at once (through whichever server it is connected to).
+    pub async fn taint(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
+        let st = self
+            .operate(kind, |j, _| {
+                let i = Self::old(j, kind, id)?;
+                if j.slots[i].tainted {
+                    return Err(AuthorityRefusal::AlreadyTainted(id.to_string()).into());
+                }
+                j.slots[i].tainted = true;
+                Ok((j.slots[i].clone(), Vec::new()))
+            })
+            .await?;
+        warn!(kind = kind.name(), authority_id = %st.authority_id, "operator tainted an authority: agents replace what it signed");
+        Ok(st)
+    }
+
+    /// Revokes the tainted authority `id`: removed from the bundle, so no server trusts what
+    /// it signed any more, and its key deleted.
+    pub async fn revoke(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
+        let st = self
+            .operate(kind, |j, _| {
+                let i = Self::old(j, kind, id)?;
+                if !j.slots[i].tainted {
+                    return Err(AuthorityRefusal::NotTainted(id.to_string()).into());
+                }
+                let slot = j.slots.remove(i);
+                Ok((slot.clone(), vec![slot]))
+            })
+            .await?;
+        warn!(kind = kind.name(), authority_id = %st.authority_id, "operator revoked an authority: removed from the trust bundle");
+        Ok(st)
+    }
+
+    fn old(j: &Journal, kind: SlotKind, id: &str) -> Result<usize, CaError> {
+        let i = Self::find(j, kind, id)?;
+        let state = j.slots[i].state;
+        if state != SlotState::Old {
+            return Err(AuthorityRefusal::NotOld {
+                id: id.to_string(),
+                state: state.name(),
+            }
+            .into());
+        }
+        Ok(i)
     }
 
     /// The current slots (for status and tests).

@@ -2,8 +2,8 @@
 //! and the admin API on its Unix socket, until a shutdown signal.
 
 use crate::api::{
-    AgentApi, AgentEndpoint, AgentEndpointV1, BundleApi, Core, EntryApi, HealthApi, MAX_MESSAGE,
-    SvidApi,
+    AgentApi, AgentEndpoint, AgentEndpointV1, BundleApi, Core, EntryApi, HealthApi,
+    LocalAuthorityApi, MAX_MESSAGE, SvidApi,
 };
 use crate::ca::{CaConfig, CaManager};
 use crate::clock::{Clock, SystemClock};
@@ -16,6 +16,7 @@ use ironpact_proto::health::v1::health_server::HealthServer;
 use ironpact_proto::server::v1::agent_service_server::AgentServiceServer;
 use ironpact_proto::server::v1::bundle_service_server::BundleServiceServer;
 use ironpact_proto::server::v1::entry_service_server::EntryServiceServer;
+use ironpact_proto::server::v1::local_authority_service_server::LocalAuthorityServiceServer;
 use ironpact_proto::server::v1::svid_service_server::SvidServiceServer;
 use ironpact_tls::{SharedRoots, SvidCell};
 use std::future::Future;
@@ -543,6 +544,9 @@ pub async fn run_with_reload(
         .add_service(
             SvidServiceServer::new(SvidApi(core.clone())).max_decoding_message_size(MAX_MESSAGE),
         )
+        .add_service(LocalAuthorityServiceServer::new(LocalAuthorityApi(
+            core.clone(),
+        )))
         .add_service(HealthServer::new(HealthApi(core.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
     let agents = tonic::transport::Server::builder()

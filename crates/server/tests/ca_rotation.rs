@@ -253,6 +253,216 @@ async fn two_servers_share_one_bundle(ds_a: DataStore, ds_b: DataStore) {
     assert_eq!(a2.slots().await, a_slots);
     assert_eq!(signer_of(&a2, &four.x509_authorities), ia);
     assert_ne!(a2.slots().await, b.slots().await);
+
+    // an operator rotates server A's X.509 CA and JWT key by hand, taints and revokes the
+    // old ones: the shared bundle says so for every server, and B's writes keep it that way
+    for kind in [SlotKind::X509, SlotKind::Jwt] {
+        let before = a2.authority_states(kind).await;
+        let old_id = before.active.clone().unwrap().authority_id;
+        let prepared = a2.prepare(kind).await.unwrap();
+        assert_ne!(
+            Some(&prepared),
+            before.prepared.as_ref(),
+            "prepare made nothing new"
+        );
+        a2.activate(kind, &prepared.authority_id).await.unwrap();
+        let now = a2.authority_states(kind).await;
+        assert_eq!(now.active.unwrap().authority_id, prepared.authority_id);
+        assert_eq!(now.old.unwrap().authority_id, old_id);
+        let tainted = a2.taint(kind, &old_id).await.unwrap();
+        assert!(tainted.tainted);
+        b.rotate().await.unwrap();
+        let shared = bundle(&ds_b).await;
+        let (marks, present) = match kind {
+            SlotKind::X509 => (
+                &shared.x509_tainted,
+                shared
+                    .x509_authorities
+                    .iter()
+                    .any(|d| ironpact_spiffe::x509::authority_id(d).as_ref() == Some(&old_id)),
+            ),
+            SlotKind::Jwt => (
+                &shared.jwt_tainted,
+                shared.jwt_authorities.iter().any(|k| k.key_id == old_id),
+            ),
+        };
+        assert!(
+            marks.contains(&old_id) && marks.len() == 1,
+            "{kind:?}: {marks:?}"
+        );
+        assert!(present, "a tainted authority stays trusted until revoked");
+        a2.revoke(kind, &old_id).await.unwrap();
+        b.rotate().await.unwrap();
+        clock.set(ironpact_spiffe::clock::Clock::now(&*clock) + 1);
+        b.rotate().await.unwrap();
+        let after = bundle(&ds_b).await;
+        assert!(after.x509_tainted.is_empty() && after.jwt_tainted.is_empty());
+        assert!(
+            !after
+                .x509_authorities
+                .iter()
+                .any(|d| ironpact_spiffe::x509::authority_id(d).as_ref() == Some(&old_id))
+                && !after.jwt_authorities.iter().any(|k| k.key_id == old_id),
+            "{kind:?}: a revoked authority came back"
+        );
+        assert!(
+            a2.authority_states(kind)
+                .await
+                .old
+                .is_none_or(|o| o.authority_id != old_id)
+        );
+    }
+    // B's own authorities were not touched
+    let b_ids: Vec<String> = b.slots().await.iter().map(|s| s.authority_id()).collect();
+    let last = bundle(&ds_a).await;
+    for id in b_ids.iter().filter(|i| !i.is_empty()) {
+        assert!(
+            last.x509_authorities
+                .iter()
+                .any(|d| ironpact_spiffe::x509::authority_id(d).as_ref() == Some(id))
+                || last.jwt_authorities.iter().any(|k| &k.key_id == id),
+            "server B's authority {id} left the bundle"
+        );
+    }
+}
+
+/// Every request the authorities' state does not allow is refused with what to do instead,
+/// and changes nothing.
+#[tokio::test]
+async fn local_authority_refusals_name_the_fix() {
+    use ironpact_server::ca::{AuthorityRefusal as R, CaError};
+    let dir = tempfile::tempdir().unwrap();
+    let ds = DataStore::open_sqlite(&dir.path().join("ds.sqlite3"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let km: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let ca = CaManager::load(cfg(), ds.clone(), km.clone(), clock.clone())
+        .await
+        .unwrap();
+    let refused = |r: Result<ironpact_server::ca::AuthorityState, CaError>| match r {
+        Err(CaError::Refused(r)) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let active = ca
+        .authority_states(SlotKind::X509)
+        .await
+        .active
+        .unwrap()
+        .authority_id;
+    assert_eq!(
+        active.len(),
+        40,
+        "X.509 authority IDs are SHA-1 subject key IDs in hex: {active}"
+    );
+    let bundle0 = bundle(&ds).await;
+    let slots0 = ca.slots().await;
+
+    assert!(matches!(
+        refused(ca.activate(SlotKind::X509, "").await),
+        R::NoAuthorityId(_)
+    ));
+    assert!(matches!(
+        refused(ca.taint(SlotKind::X509, "00ff").await),
+        R::Unknown { .. }
+    ));
+    assert!(matches!(
+        refused(ca.activate(SlotKind::X509, &active).await),
+        R::NothingPrepared(..)
+    ));
+    let r = refused(ca.taint(SlotKind::X509, &active).await);
+    assert!(
+        matches!(
+            r,
+            R::NotOld {
+                state: "active",
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert!(
+        r.to_string().contains("activate its successor first"),
+        "{r}"
+    );
+    assert!(matches!(
+        refused(ca.revoke(SlotKind::X509, &active).await),
+        R::NotOld { .. }
+    ));
+    // a JWT key ID is not an X.509 authority's
+    let kid = ca
+        .authority_states(SlotKind::Jwt)
+        .await
+        .active
+        .unwrap()
+        .authority_id;
+    assert!(matches!(
+        refused(ca.taint(SlotKind::X509, &kid).await),
+        R::Unknown { .. }
+    ));
+    assert_eq!(ca.slots().await, slots0, "a refusal changed the journal");
+    assert_eq!(bundle(&ds).await, bundle0, "a refusal changed the bundle");
+
+    let p = ca.prepare(SlotKind::X509).await.unwrap();
+    let r = refused(ca.taint(SlotKind::X509, &p.authority_id).await);
+    assert!(
+        matches!(
+            r,
+            R::NotOld {
+                state: "prepared",
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // preparing again replaces the unused prepared authority (its key and bundle entry go)
+    let p2 = ca.prepare(SlotKind::X509).await.unwrap();
+    assert_ne!(p2.authority_id, p.authority_id);
+    let b = bundle(&ds).await;
+    assert!(
+        !b.x509_authorities
+            .iter()
+            .any(|d| ironpact_spiffe::x509::authority_id(d).as_ref() == Some(&p.authority_id))
+    );
+    assert!(matches!(
+        refused(ca.activate(SlotKind::X509, &active).await),
+        R::NotPrepared {
+            state: "active",
+            ..
+        }
+    ));
+    // IDs are matched without regard to case, as operators paste them
+    ca.activate(SlotKind::X509, &p2.authority_id.to_uppercase())
+        .await
+        .unwrap();
+    let r = refused(ca.revoke(SlotKind::X509, &active).await);
+    assert!(matches!(r, R::NotTainted(_)), "{r:?}");
+    ca.taint(SlotKind::X509, &active).await.unwrap();
+    assert!(matches!(
+        refused(ca.taint(SlotKind::X509, &active).await),
+        R::AlreadyTainted(_)
+    ));
+    // the taint outlives a restart, and the new active authority signs
+    let slots = ca.slots().await;
+    drop(ca);
+    let ca = CaManager::load(cfg(), ds.clone(), km, clock.clone())
+        .await
+        .unwrap();
+    assert_eq!(ca.slots().await, slots);
+    let st = ca.authority_states(SlotKind::X509).await;
+    assert!(st.old.unwrap().tainted);
+    let b = bundle(&ds).await;
+    let i = signer_of(&ca, &b.x509_authorities);
+    assert_eq!(
+        ironpact_spiffe::x509::authority_id(&b.x509_authorities[i]),
+        Some(p2.authority_id.clone())
+    );
+    assert!(b.x509_tainted.contains(&active));
+    // the tainted authority expires on its schedule, and its mark goes with it
+    clock.set(T0 + TTL + 1);
+    ca.rotate().await.unwrap();
+    let b = bundle(&ds).await;
+    assert!(b.x509_tainted.is_empty(), "{:?}", b.x509_tainted);
 }
 
 #[tokio::test]

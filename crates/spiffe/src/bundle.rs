@@ -7,6 +7,7 @@ use crate::x509::{CertInfo, certs_from_pem, certs_to_pem};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Map, Value, json};
+use std::collections::BTreeSet;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -31,6 +32,12 @@ pub struct Bundle {
     /// Seconds; 0 means unset.
     pub refresh_hint: u64,
     pub sequence: u64,
+    /// Authority IDs (subject key IDs, lowercase hex) of X.509 authorities an operator
+    /// tainted: still trusted, but every SVID they signed is to be replaced now. Never part
+    /// of the SPIFFE bundle document; kept by the servers and sent to agents.
+    pub x509_tainted: BTreeSet<String>,
+    /// Key IDs of tainted JWT authorities.
+    pub jwt_tainted: BTreeSet<String>,
 }
 
 /// Converts a DER SubjectPublicKeyInfo to the JWK members (`kty`, `crv`/`x`/`y` or `n`/`e`).
@@ -141,7 +148,25 @@ impl Bundle {
             jwt_authorities: Vec::new(),
             refresh_hint: 0,
             sequence: 0,
+            x509_tainted: BTreeSet::new(),
+            jwt_tainted: BTreeSet::new(),
         }
+    }
+
+    /// Drops taint marks of authorities no longer in the bundle.
+    pub fn prune_tainted(&mut self) {
+        let ids: BTreeSet<String> = self
+            .x509_authorities
+            .iter()
+            .filter_map(|d| crate::x509::authority_id(d))
+            .collect();
+        self.x509_tainted.retain(|t| ids.contains(t));
+        let kids: BTreeSet<&str> = self
+            .jwt_authorities
+            .iter()
+            .map(|a| a.key_id.as_str())
+            .collect();
+        self.jwt_tainted.retain(|t| kids.contains(t.as_str()));
     }
 
     /// The SPIFFE bundle (JWKS) document.

@@ -257,6 +257,10 @@ pub struct CertInfo {
     pub spki_der: Vec<u8>,
     pub is_ca: bool,
     pub subject: String,
+    /// Subject key identifier, lowercase hex (an authority's ID, as SPIRE names it).
+    pub subject_key_id: Option<String>,
+    /// Authority key identifier: the subject key ID of the issuer, lowercase hex.
+    pub authority_key_id: Option<String>,
 }
 
 impl CertInfo {
@@ -283,8 +287,33 @@ impl CertInfo {
             spki_der: cert.public_key().raw.to_vec(),
             is_ca: cert.is_ca(),
             subject: cert.subject().to_string(),
+            subject_key_id: key_ids(&cert).0,
+            authority_key_id: key_ids(&cert).1,
         })
     }
+}
+
+/// The subject and authority key identifiers of a certificate, lowercase hex.
+fn key_ids(cert: &X509Certificate<'_>) -> (Option<String>, Option<String>) {
+    let mut ski = None;
+    let mut aki = None;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(hex::encode(k.0)),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                aki = a.key_identifier.as_ref().map(|k| hex::encode(k.0))
+            }
+            _ => {}
+        }
+    }
+    (ski, aki)
+}
+
+/// An X.509 authority's ID: its subject key identifier in lowercase hex, as SPIRE's
+/// `localauthority` commands show it. None for a certificate without one.
+pub fn authority_id(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    key_ids(&cert).0
 }
 
 fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, Error> {

@@ -130,6 +130,7 @@ impl Agent {
             key,
             not_before: info.not_before,
             expires_at: info.not_after,
+            authority_id: info.authority_key_id,
         })
     }
 

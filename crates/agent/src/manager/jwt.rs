@@ -3,6 +3,18 @@
 use super::*;
 
 impl Agent {
+    /// The token was signed by a JWT authority the bundle marks tainted: mint a new one.
+    fn jwt_key_tainted(&self, token: &str) -> bool {
+        let view = self.state.read();
+        let Some(b) = view.bundle.as_ref().filter(|b| !b.jwt_tainted.is_empty()) else {
+            return false;
+        };
+        jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .is_some_and(|kid| b.jwt_tainted.contains(&kid))
+    }
+
     /// A JWT-SVID for `entry_id`, cached until half of its life is gone.
     pub async fn jwt_svid(
         &self,
@@ -19,6 +31,7 @@ impl Agent {
             .ok()
             .and_then(|c| c.get(&key).cloned())
             && t < iat + (exp - iat) / 2
+            && !self.jwt_key_tainted(&tok)
         {
             return Ok((tok, String::new()));
         }

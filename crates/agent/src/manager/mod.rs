@@ -97,6 +97,8 @@ struct AgentSvid {
     key: Vec<u8>,
     not_before: i64,
     expires_at: i64,
+    /// The signing authority's ID (authority key ID, hex); tainted → renew now.
+    authority_id: Option<String>,
 }
 
 /// A fresh key with its CSR and DER SubjectPublicKeyInfo (what evidence binds to).
@@ -338,6 +340,7 @@ plugins {{
             key: key.serialize_der(),
             not_before: issued - ironpact_spiffe::x509::BACKDATE_SECS,
             expires_at: issued + ttl,
+            authority_id: None,
         }
     }
 
@@ -380,6 +383,7 @@ plugins {{
             received_at,
             expires_at,
             revision,
+            authority_id: None,
         })
     }
 
@@ -397,6 +401,22 @@ plugins {{
         assert_eq!(due(T0), ["b", "c"]);
         assert_eq!(due(T0 + 1799), ["b", "c"]);
         assert_eq!(due(T0 + 1800), ["a", "b", "c"]);
+        // a bundle marking a's authority tainted makes a due at once
+        a.state.update(|v| {
+            let mut s = (*cached(T0, T0 + 3600, 1)).clone();
+            s.authority_id = Some("aa".into());
+            v.svids.insert("a".into(), Arc::new(s));
+            let mut b = Bundle::new(TrustDomain::new("example.org").unwrap());
+            b.x509_tainted.insert("bb".into());
+            v.bundle = Some(b);
+        });
+        assert_eq!(due(T0), ["b", "c"], "another authority's taint");
+        a.state.update(|v| {
+            if let Some(b) = v.bundle.as_mut() {
+                b.x509_tainted.insert("aa".into());
+            }
+        });
+        assert_eq!(due(T0), ["a", "b", "c"]);
     }
 
     #[tokio::test]

@@ -5,11 +5,22 @@ use super::*;
 
 impl Agent {
     pub(super) fn renewal_due(&self) -> bool {
+        let tainted = self
+            .state
+            .read()
+            .bundle
+            .as_ref()
+            .map(|b| b.x509_tainted.clone());
         self.svid
             .read()
             .ok()
             .and_then(|g| {
                 g.as_ref().map(|s| {
+                    if let (Some(t), Some(id)) = (&tainted, &s.authority_id)
+                        && t.contains(id)
+                    {
+                        return true;
+                    }
                     // half-life from issuance: NotBefore is backdated for clock skew, and
                     // counting from it would renew short-lived SVIDs without pause
                     let issued =

@@ -26,11 +26,42 @@ impl Agent {
                     expires_at: k.expires_at,
                 })
                 .collect();
+            out.x509_tainted = b
+                .x509_authorities
+                .iter()
+                .filter(|c| c.tainted)
+                .filter_map(|c| ironpact_spiffe::x509::authority_id(&c.asn1))
+                .collect();
+            out.jwt_tainted = b
+                .jwt_authorities
+                .iter()
+                .filter(|k| k.tainted)
+                .map(|k| k.key_id.clone())
+                .collect();
             out.refresh_hint = b.refresh_hint.max(0) as u64;
             out.sequence = b.sequence_number;
             Some(out)
         };
         let bundle = upd.bundle.as_ref().and_then(to_bundle);
+        if let Some(b) = &bundle
+            && (!b.x509_tainted.is_empty() || !b.jwt_tainted.is_empty())
+        {
+            let view = self.state.read();
+            let known = view.bundle.as_ref();
+            let newly = |set: &std::collections::BTreeSet<String>,
+                         old: Option<&std::collections::BTreeSet<String>>| {
+                set.iter()
+                    .filter(|id| old.is_none_or(|o| !o.contains(*id)))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let x = newly(&b.x509_tainted, known.map(|k| &k.x509_tainted));
+            let j = newly(&b.jwt_tainted, known.map(|k| &k.jwt_tainted));
+            if !x.is_empty() || !j.is_empty() {
+                let svids = view.svids.values().filter(|s| s.tainted(Some(b))).count();
+                warn!(x509 = ?x, jwt = ?j, svids, "the server tainted authorities: replacing what they signed now");
+            }
+        }
         if let Some(b) = &bundle {
             self.roots.set(b.x509_authorities.clone());
             let path = self.cfg.data_dir.join("bundle.pem");
@@ -133,12 +164,13 @@ impl Agent {
     /// meanwhile would otherwise have to copy it.
     pub(super) fn due_entries(&self, t: i64) -> Vec<Arc<AgentEntry>> {
         let view = self.state.read();
+        let bundle = view.bundle.as_ref();
         view.entries()
             .iter()
             .filter(|e| {
                 view.svids
                     .get(&e.id)
-                    .is_none_or(|s| s.revision != e.revision || s.due(t))
+                    .is_none_or(|s| s.revision != e.revision || s.due(t) || s.tainted(bundle))
             })
             .cloned()
             .collect()
@@ -192,6 +224,7 @@ impl Agent {
                                 received_at: t,
                                 expires_at: info.not_after,
                                 revision,
+                                authority_id: info.authority_key_id,
                             },
                         ));
                     }

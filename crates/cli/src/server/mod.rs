@@ -2,6 +2,7 @@
 //! SPIRE's command and flag names.
 
 mod agent;
+mod authority;
 mod bundle;
 pub mod entry;
 mod mint;
@@ -43,6 +44,12 @@ enum Cmd {
     /// Manages trust bundles.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// Manages this server's X.509 CA and JWT signing authorities.
+    #[command(subcommand, name = "localauthority")]
+    LocalAuthority(authority::LocalAuthorityCmd),
+    /// Manages upstream authorities (ironpact's CA is self-signed: says so).
+    #[command(subcommand, name = "upstreamauthority")]
+    UpstreamAuthority(authority::UpstreamAuthorityCmd),
     /// Manages join tokens.
     #[command(subcommand)]
     Token(mint::TokenCmd),
@@ -160,6 +167,8 @@ pub fn main() -> std::process::ExitCode {
             Cmd::Entry(c) => entry::exec(c).await,
             Cmd::Agent(c) => agent::exec(c).await,
             Cmd::Bundle(c) => bundle::exec(c).await,
+            Cmd::LocalAuthority(c) => authority::local(c).await,
+            Cmd::UpstreamAuthority(c) => authority::upstream(c).await,
             Cmd::Token(c) => mint::token(c).await,
             Cmd::X509(c) => mint::x509(c).await,
             Cmd::Jwt(c) => mint::jwt(c).await,

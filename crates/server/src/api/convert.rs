@@ -70,6 +70,7 @@ pub fn jwt_key_pb(a: &ironpact_spiffe::bundle::JwtAuthority) -> pb::JwtKey {
         public_key: a.public_key_der.clone(),
         key_id: a.key_id.clone(),
         expires_at: a.expires_at,
+        tainted: false,
     }
 }
 
@@ -235,9 +236,21 @@ pub fn bundle_pb(b: &Bundle) -> pb::Bundle {
         x509_authorities: b
             .x509_authorities
             .iter()
-            .map(|d| pb::X509Certificate { asn1: d.clone() })
+            .map(|d| pb::X509Certificate {
+                asn1: d.clone(),
+                tainted: !b.x509_tainted.is_empty()
+                    && ironpact_spiffe::x509::authority_id(d)
+                        .is_some_and(|id| b.x509_tainted.contains(&id)),
+            })
             .collect(),
-        jwt_authorities: b.jwt_authorities.iter().map(jwt_key_pb).collect(),
+        jwt_authorities: b
+            .jwt_authorities
+            .iter()
+            .map(|a| pb::JwtKey {
+                tainted: b.jwt_tainted.contains(&a.key_id),
+                ..jwt_key_pb(a)
+            })
+            .collect(),
         refresh_hint: b.refresh_hint as i64,
         sequence_number: b.sequence,
     }

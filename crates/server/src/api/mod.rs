@@ -8,6 +8,7 @@ mod bundle;
 pub mod convert;
 mod entry;
 mod health;
+mod localauthority;
 mod svid;
 
 use crate::ca::{CaError, CaManager};
@@ -24,6 +25,7 @@ pub use agent_v1::AgentEndpointV1;
 pub use bundle::BundleApi;
 pub use entry::EntryApi;
 pub use health::HealthApi;
+pub use localauthority::LocalAuthorityApi;
 pub use svid::SvidApi;
 
 /// Largest number of items one batch call may carry.
@@ -161,6 +163,15 @@ pub(crate) fn ds_status(e: ironpact_datastore::Error) -> Status {
 pub(crate) fn ca_status(e: CaError) -> Status {
     match e {
         CaError::Spiffe(s) => Status::invalid_argument(s.to_string()),
+        CaError::Refused(r) => {
+            use crate::ca::AuthorityRefusal as R;
+            tracing::warn!(error = %r, "local authority request refused");
+            match r {
+                R::NoAuthorityId(_) => Status::invalid_argument(r.to_string()),
+                R::Unknown { .. } => Status::not_found(r.to_string()),
+                _ => Status::failed_precondition(r.to_string()),
+            }
+        }
         other => {
             tracing::error!(error = %other, "CA failure");
             Status::internal(format!("CA failure: {other}"))
