@@ -18,6 +18,9 @@ pub enum Error {
     TooLong(String),
     #[error("database error: {0}")]
     Db(sqlx::Error),
+    /// A read replica (`ro_connection_string`) that cannot serve this datastore.
+    #[error("ro_connection_string: {0}")]
+    ReadReplica(String),
     /// A datastore task ended without an answer (it panicked or was cancelled).
     #[error("internal datastore error: {0}")]
     Internal(String),

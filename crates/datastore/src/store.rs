@@ -119,6 +119,9 @@ pub struct DataStore {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// PostgreSQL: where committed changes are announced (NOTIFY) and heard (LISTEN).
     listen: Option<Listen>,
+    /// A read replica (`ro_connection_string`) for the reads that tolerate lag: the entry
+    /// cache's full loads. Never written, never migrated.
+    replica: Option<std::sync::Arc<DataStore>>,
 }
 
 #[derive(Clone, Debug)]
@@ -473,6 +476,76 @@ impl DataStore {
         }
     }
 
+    /// Attaches a read replica (`ro_connection_string`, as SPIRE names it): the entry cache's
+    /// full loads read from it ([`DataStore::snapshot_source`]); every write and every other
+    /// read stays on the primary, so what a caller wrote it reads back. The replica is never
+    /// written nor migrated: it must be at the primary's schema version.
+    pub async fn attach_read_replica(&mut self, connection_string: &str) -> Result<()> {
+        sqlx::any::install_default_drivers();
+        let opts = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10));
+        let pool = match self.dialect {
+            Dialect::Sqlite => {
+                return Err(Error::ReadReplica(
+                    "SQLite has no read replicas: remove ro_connection_string, or use                      postgres or mysql"
+                        .into(),
+                ));
+            }
+            Dialect::Postgres => opts.connect(connection_string).await?,
+            Dialect::MySql => {
+                opts.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(sqlx::raw_sql(
+                            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                        ))
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&mysql_url(connection_string)?)
+                .await?
+            }
+        };
+        let want = migrations(self.dialect).len() as i64;
+        let got = self
+            .dialect
+            .query("SELECT MAX(version) AS v FROM schema_version")
+            .fetch_one(&pool)
+            .await
+            .and_then(|r| r.try_get::<Option<i64>, _>("v"))
+            .map(|v| v.unwrap_or(0));
+        let got = got.map_err(|e| {
+            Error::ReadReplica(format!(
+                "the replica has no readable ironpact schema ({e}): point it at a replica of                  the primary's database"
+            ))
+        })?;
+        if got != want {
+            pool.close().await;
+            return Err(Error::ReadReplica(format!(
+                "the replica is at schema version {got}, this release needs {want}: wait until                  it has replicated the primary's migrations, then start again"
+            )));
+        }
+        self.replica = Some(std::sync::Arc::new(Self {
+            pool,
+            dialect: self.dialect,
+            writer: Default::default(),
+            listen: None,
+            replica: None,
+        }));
+        Ok(())
+    }
+
+    /// Where reads that tolerate lag go: the read replica when one is attached, else the
+    /// primary. (Whether it is the replica: [`DataStore::has_replica`].)
+    pub fn snapshot_source(&self) -> &DataStore {
+        self.replica.as_deref().unwrap_or(self)
+    }
+
+    pub fn has_replica(&self) -> bool {
+        self.replica.is_some()
+    }
+
     /// Connects to MySQL or MariaDB (`mysql://user:pass@host:port/database`). With
     /// `database`, it is created when missing and every connection uses it.
     pub async fn open_mysql(url: &str, database: Option<&str>) -> Result<Self> {
@@ -504,6 +577,7 @@ impl DataStore {
             dialect: Dialect::MySql,
             writer: Default::default(),
             listen: None,
+            replica: None,
         };
         ds.migrate().await?;
         Ok(ds)
@@ -548,6 +622,7 @@ impl DataStore {
             dialect: Dialect::Sqlite,
             writer: Default::default(),
             listen: None,
+            replica: None,
         };
         ds.migrate().await?;
         Ok(ds)
@@ -587,6 +662,7 @@ impl DataStore {
                 url: url.into(),
                 channel: channel.into(),
             }),
+            replica: None,
         };
         ds.migrate().await?;
         Ok(ds)
@@ -622,6 +698,9 @@ impl DataStore {
     }
 
     pub async fn close(&self) {
+        if let Some(r) = &self.replica {
+            r.pool.close().await;
+        }
         self.pool.close().await;
     }
 

@@ -936,3 +936,74 @@ async fn parallel_writers(ds: &DataStore) {
     }
     assert_eq!(ds.count_entries(&EntryFilter::default()).await.unwrap(), 50);
 }
+
+/// `ro_connection_string`: a replica is attached only when it can serve this schema; through
+/// a MariaDB user that may only SELECT, the snapshot reads work and a write is refused by
+/// the database (so nothing the cache loads could ever write there).
+#[tokio::test]
+async fn read_replica_on_mysql() {
+    use sqlx::Executor;
+    let Some(mut b) = Backend::mysql().await else {
+        return;
+    };
+    let db = b.mysql_db.clone().unwrap();
+    let user = format!("ro_{}", hex_rand());
+    let root = sqlx::MySqlPool::connect(&mysql_url()).await.unwrap();
+    root.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE USER '{user}'@'%'; GRANT SELECT ON {db}.* TO '{user}'@'%'; \
+         CREATE DATABASE {user}_empty"
+    ))))
+    .await
+    .unwrap();
+    let url = mysql_url();
+    let (scheme_host, _) = url.rsplit_once('/').unwrap();
+    let host = scheme_host.rsplit_once('@').map_or(scheme_host, |(_, h)| h);
+
+    // a database without the schema is not a replica of this one
+    let err =
+        b.ds.attach_read_replica(&format!("mysql://root@{host}/{user}_empty"))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, ironpact_datastore::Error::ReadReplica(_)),
+        "{err}"
+    );
+    assert!(!b.ds.has_replica());
+
+    b.ds.attach_read_replica(&format!("mysql://{user}@{host}/{db}"))
+        .await
+        .unwrap();
+    assert!(b.ds.has_replica());
+    b.ds.create_entry(&entry("spiffe://td/r", "spiffe://td/p", &["unix:uid:1"]))
+        .await
+        .unwrap();
+    let seen = b.ds.snapshot_source().list_all_entries().await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert!(b.ds.snapshot_source().last_change_id().await.unwrap() > 0);
+    let refused =
+        b.ds.snapshot_source()
+            .create_entry(&entry("spiffe://td/x", "spiffe://td/p", &["unix:uid:1"]))
+            .await;
+    assert!(
+        refused.is_err(),
+        "the read-only user wrote through the replica"
+    );
+
+    root.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP USER '{user}'@'%'; DROP DATABASE {user}_empty"
+    ))))
+    .await
+    .unwrap();
+    root.close().await;
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_has_no_read_replica() {
+    let mut b = Backend::sqlite().await;
+    let err = b.ds.attach_read_replica("whatever").await.unwrap_err();
+    assert!(
+        err.to_string().contains("SQLite has no read replicas"),
+        "{err}"
+    );
+}

@@ -142,6 +142,17 @@ pub struct Cache {
     views: std::sync::Mutex<(u64, HashMap<String, Memo>)>,
 }
 
+/// What one full load read.
+struct Snapshot {
+    last: i64,
+    recent: Vec<ironpact_datastore::Change>,
+    entries: Vec<ironpact_datastore::Entry>,
+    agents: Vec<ironpact_datastore::AgentRecord>,
+    bundles: Vec<ironpact_datastore::BundleRecord>,
+    entries_ms: u64,
+    read_ms: u64,
+}
+
 struct Memo {
     view: Arc<AgentView>,
     /// Until when (Unix seconds, exclusive) no entry of the view expires.
@@ -182,24 +193,36 @@ impl Cache {
     /// meanwhile is read again by the next refresh (applying a change twice is harmless).
     async fn reload(&self, poll: &mut Poll) -> Result<(), Error> {
         let t = Instant::now();
-        let last = self.ds.last_change_id().await?;
-        // transactions still in flight below `last` show up as holes
-        let recent = self
-            .ds
-            .changes_after((last - LOAD_LOOKBACK).max(0), LOAD_LOOKBACK as usize)
-            .await?;
+        // A read replica, when configured, takes this load (the heaviest read there is); the
+        // change log is followed on the primary from the position the replica had, so what
+        // the replica lagged behind arrives with the next refresh. A replica that fails is
+        // passed over for the primary: lag or an outage there costs time, never the load.
+        let (snap, source) = if self.ds.has_replica() {
+            match Self::read_snapshot(self.ds.snapshot_source()).await {
+                Ok(s) => (s, "replica"),
+                Err(e) => {
+                    warn!(error = %e, "reading the entry cache from the read replica failed; reading it from the primary");
+                    (Self::read_snapshot(&self.ds).await?, "primary")
+                }
+            }
+        } else {
+            (Self::read_snapshot(&self.ds).await?, "primary")
+        };
+        let Snapshot {
+            last,
+            recent,
+            entries,
+            agents,
+            bundles,
+            entries_ms,
+            read_ms,
+        } = snap;
         let seen: HashSet<i64> = recent.iter().map(|c| c.id).collect();
         let now = Instant::now();
         poll.skipped = ((last - LOAD_LOOKBACK).max(0) + 1..=last)
             .filter(|id| !seen.contains(id))
             .map(|id| (id, now))
             .collect();
-        let t_read = Instant::now();
-        let entries = self.ds.list_all_entries().await?;
-        let entries_ms = t_read.elapsed().as_millis() as u64;
-        let agents = self.ds.list_agents().await?;
-        let bundles = self.ds.list_bundles().await?;
-        let read_ms = t_read.elapsed().as_millis() as u64;
         self.queries.fetch_add(5, Ordering::Relaxed);
         let mut idx = Index::default();
         let (n_entries, n_agents) = (entries.len(), agents.len());
@@ -227,10 +250,35 @@ impl Cache {
             change_id = last,
             entries_ms,
             read_ms,
+            source,
             elapsed_ms = t.elapsed().as_millis() as u64,
             "loaded the entry cache"
         );
         Ok(())
+    }
+
+    /// Everything a full load reads, from one datastore: the change log position first.
+    async fn read_snapshot(ds: &DataStore) -> Result<Snapshot, Error> {
+        let last = ds.last_change_id().await?;
+        // transactions still in flight below `last` show up as holes
+        let recent = ds
+            .changes_after((last - LOAD_LOOKBACK).max(0), LOAD_LOOKBACK as usize)
+            .await?;
+        let t_read = Instant::now();
+        let entries = ds.list_all_entries().await?;
+        let entries_ms = t_read.elapsed().as_millis() as u64;
+        let agents = ds.list_agents().await?;
+        let bundles = ds.list_bundles().await?;
+        let read_ms = t_read.elapsed().as_millis() as u64;
+        Ok(Snapshot {
+            last,
+            recent,
+            entries,
+            agents,
+            bundles,
+            entries_ms,
+            read_ms,
+        })
     }
 
     /// Applies what the change log holds since the last refresh; returns whether anything

@@ -31,6 +31,8 @@ pub enum KeyManagerConfig {
 pub struct DataStoreConfig {
     pub database_type: String,
     pub connection_string: String,
+    /// A read replica for the entry cache's full loads (SPIRE's `ro_connection_string`).
+    pub ro_connection_string: Option<String>,
 }
 
 /// The validated server configuration.
@@ -266,6 +268,20 @@ impl ServerConfig {
                         ));
                     }
                 };
+                let ro = data
+                    .as_ref()
+                    .map(|d| d.string("ro_connection_string"))
+                    .transpose()?
+                    .flatten();
+                if let Some((_, line)) = &ro
+                    && database_type == "sqlite3"
+                {
+                    return Err(sec.err(
+                        *line,
+                        "DataStore \"sql\": ro_connection_string names a read replica, which \
+                         SQLite does not have: remove it, or use postgres or mysql",
+                    ));
+                }
                 if let Some(d) = data {
                     d.finish()?;
                 }
@@ -276,6 +292,7 @@ impl ServerConfig {
                 datastore = Some(DataStoreConfig {
                     database_type,
                     connection_string,
+                    ro_connection_string: ro.map(|v| v.0),
                 });
             }
             for (b, sec) in p.labelled("KeyManager") {

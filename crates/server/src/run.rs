@@ -169,7 +169,7 @@ fn instance_id(data_dir: &std::path::Path) -> Result<String, RunError> {
 pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<Core>, RunError> {
     // first: a data directory the server must refuse stops it before anything is migrated
     let instance = instance_id(&cfg.data_dir)?;
-    let ds = DataStore::connect(
+    let mut ds = DataStore::connect(
         &cfg.datastore.database_type,
         &cfg.datastore.connection_string,
     )
@@ -179,6 +179,16 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         source,
     })?;
     info!(database_type = %cfg.datastore.database_type, "datastore ready");
+    if let Some(ro) = &cfg.datastore.ro_connection_string {
+        // a replica that is down or behind must not keep the server from starting: the
+        // primary serves the reads it would have
+        match ds.attach_read_replica(ro).await {
+            Ok(()) => info!("read replica attached: the entry cache loads from it"),
+            Err(e) => {
+                warn!(error = %e, "the read replica is not usable; the entry cache loads from the primary (restart to try the replica again)")
+            }
+        }
+    }
     let km: Arc<dyn KeyManager> = match &cfg.key_manager {
         KeyManagerConfig::Disk { keys_path } => Arc::new(DiskKeyManager::new(keys_path)?),
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::default()),

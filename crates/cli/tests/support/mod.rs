@@ -191,6 +191,16 @@ impl TestServer {
 
     /// A server whose config adds `server_extra` to `server { }` and `plugins_extra` to `plugins { }`.
     pub fn start_with(backend: Backend, server_extra: &str, plugins_extra: &str) -> Self {
+        Self::start_full(backend, server_extra, plugins_extra, "")
+    }
+
+    /// As [`TestServer::start_with`], with `datastore_extra` added to the DataStore's plugin_data.
+    pub fn start_full(
+        backend: Backend,
+        server_extra: &str,
+        plugins_extra: &str,
+        datastore_extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // the kernel picks the port; the server's log says which (see `take_bound_port`)
         let port = 0;
@@ -227,6 +237,7 @@ plugins {{
         plugin_data {{
             database_type = "{db_type}"
             connection_string = "{conn}"
+            {datastore_extra}
         }}
     }}
     KeyManager "disk" {{
