@@ -17,7 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::imds::{AwsTestCa, Served, document};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
-use support::{Backend, TestAgent, TestServer, attest_by_hand, attest_refused, my_uid, runtime};
+use support::{
+    Backend, Block, Plugin, TestAgent, TestServer, attest_by_hand, attest_refused, my_uid, runtime,
+};
 
 const MEASUREMENT: [u8; 48] = [0x4d; 48];
 const ACCOUNT: &str = "123456789012";
@@ -41,52 +43,40 @@ fn platform() -> SimPlatform {
     }
 }
 
-fn server_attestor(certs: &Path, dir: &Path, dev: &SimulatedSnp, measurement: &[u8; 48]) -> String {
+fn server_attestor(certs: &Path, dir: &Path, dev: &SimulatedSnp, measurement: &[u8; 48]) -> Plugin {
     let pem = |d: &[u8]| ironpact_spiffe::x509::certs_to_pem([d]);
     std::fs::write(dir.join("ark.pem"), pem(&dev.ark_der)).unwrap();
     std::fs::write(dir.join("asvk.pem"), pem(&dev.ask_der)).unwrap();
-    format!(
-        r#"NodeAttestor "aws_iid" {{
-        plugin_data {{
-            certificates_path = "{certs}"
-            account_allowlist = ["{ACCOUNT}"]
-            sev_snp {{
-                measurements = ["{m}"]
-                signing_keys = ["vlek"]
-                fetch_vcek = false
-                test_roots {{
-                    product = "milan"
-                    ark = "{ark}"
-                    asvk = "{asvk}"
-                }}
-            }}
-        }}
-    }}"#,
-        certs = certs.display(),
-        m = hex::encode(measurement),
-        ark = dir.join("ark.pem").display(),
-        asvk = dir.join("asvk.pem").display(),
-    )
+    Plugin::new("NodeAttestor", "aws_iid")
+        .set("certificates_path", certs)
+        .set("account_allowlist", vec![ACCOUNT])
+        .block(
+            Block::new("sev_snp")
+                .set("measurements", vec![hex::encode(measurement)])
+                .set("signing_keys", vec!["vlek"])
+                .set("fetch_vcek", false)
+                .block(
+                    Block::new("test_roots")
+                        .set("product", "milan")
+                        .set("ark", dir.join("ark.pem"))
+                        .set("asvk", dir.join("asvk.pem")),
+                ),
+        )
 }
 
-fn agent_attestor(imds: &str, keys: &Path) -> String {
-    format!(
-        r#"NodeAttestor "aws_iid" {{
-        plugin_data {{
-            ec2_metadata_endpoint = "{imds}"
-            sev_snp {{
-                evidence_source = "simulated"
-                simulated {{
-                    keys_dir = "{keys}"
-                    signing_key = "vlek"
-                    measurement = "{m}"
-                }}
-            }}
-        }}
-    }}"#,
-        keys = keys.display(),
-        m = hex::encode(MEASUREMENT),
-    )
+fn agent_attestor(imds: &str, keys: &Path) -> Plugin {
+    Plugin::new("NodeAttestor", "aws_iid")
+        .set("ec2_metadata_endpoint", imds)
+        .block(
+            Block::new("sev_snp")
+                .set("evidence_source", "simulated")
+                .block(
+                    Block::new("simulated")
+                        .set("keys_dir", keys)
+                        .set("signing_key", "vlek")
+                        .set("measurement", hex::encode(MEASUREMENT)),
+                ),
+        )
 }
 
 fn vlek_evidence(dev: &SimulatedSnp, guest: &SimGuest, rd: [u8; 64]) -> Vec<u8> {
@@ -163,14 +153,17 @@ fn aws_iid_with_sev_snp_end_to_end() {
         200
     );
 
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "",
-        &server_attestor(&aws.cert_pem, dir.path(), &dev, &MEASUREMENT),
-    );
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.plugin(server_attestor(
+            &aws.cert_pem,
+            dir.path(),
+            &dev,
+            &MEASUREMENT,
+        ))
+    });
     let agent_id =
         format!("spiffe://example.org/spire/agent/aws_iid/{ACCOUNT}/{REGION}/{INSTANCE}");
-    let a = TestAgent::start_custom(&s, None, &agent_attestor(&imds.url, &keys), true);
+    let a = TestAgent::start_custom(&s, None, [agent_attestor(&imds.url, &keys)], true);
     let shown = s.agent_show(&agent_id);
     let m = hex::encode(MEASUREMENT);
     for sel in [
@@ -361,14 +354,9 @@ fn aws_iid_with_sev_snp_end_to_end() {
 fn aws_iid_alone_is_trust_on_first_use_and_unreachable_imds_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let aws = AwsTestCa::create(dir.path(), "aws-test-region");
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "",
-        &format!(
-            "NodeAttestor \"aws_iid\" {{\n plugin_data {{\n certificates_path = \"{}\"\n }}\n }}",
-            aws.cert_pem.display()
-        ),
-    );
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.plugin(Plugin::new("NodeAttestor", "aws_iid").set("certificates_path", &aws.cert_pem))
+    });
     let roots = s.bundle_roots();
     let addr = s.agent_addr();
     let doc = document(ACCOUNT, REGION, "i-0tofu", "ami-1");
@@ -407,9 +395,9 @@ fn aws_iid_alone_is_trust_on_first_use_and_unreachable_imds_is_explained() {
     let a = TestAgent::start_custom(
         &s,
         None,
-        &format!(
-            "NodeAttestor \"aws_iid\" {{\n plugin_data {{\n ec2_metadata_endpoint = \"{closed}\"\n timeout = \"1s\"\n }}\n }}"
-        ),
+        [Plugin::new("NodeAttestor", "aws_iid")
+            .set("ec2_metadata_endpoint", &closed)
+            .set("timeout", "1s")],
         false,
     );
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -451,45 +439,31 @@ fn aws_iid_with_tdx_end_to_end() {
         },
     );
     let m = hex::encode(MRTD);
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "default_x509_svid_ttl = \"8s\"",
-        &format!(
-            r#"NodeAttestor "aws_iid" {{
-        plugin_data {{
-            certificates_path = "{certs}"
-            account_allowlist = ["{ACCOUNT}"]
-            tdx {{
-                mrtds = ["{m}"]
-                test_root = "{root}"
-                pcs_url = "{url}"
-            }}
-        }}
-    }}"#,
-            certs = aws.cert_pem.display(),
-            root = dir.path().join("pki/root.pem").display(),
-            url = pcs.url,
-        ),
-    );
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.server("default_x509_svid_ttl", "8s").plugin(
+            Plugin::new("NodeAttestor", "aws_iid")
+                .set("certificates_path", &aws.cert_pem)
+                .set("account_allowlist", vec![ACCOUNT])
+                .block(
+                    Block::new("tdx")
+                        .set("mrtds", vec![m.clone()])
+                        .set("test_root", dir.path().join("pki/root.pem"))
+                        .set("pcs_url", &pcs.url),
+                ),
+        )
+    });
     let a = TestAgent::start_custom(
         &s,
         None,
-        &format!(
-            r#"NodeAttestor "aws_iid" {{
-        plugin_data {{
-            ec2_metadata_endpoint = "{imds}"
-            tdx {{
-                evidence_source = "simulated"
-                simulated {{
-                    pki_dir = "{pki}"
-                    mrtd = "{m}"
-                }}
-            }}
-        }}
-    }}"#,
-            imds = imds.url,
-            pki = dir.path().join("pki").display(),
-        ),
+        [Plugin::new("NodeAttestor", "aws_iid")
+            .set("ec2_metadata_endpoint", &imds.url)
+            .block(
+                Block::new("tdx").set("evidence_source", "simulated").block(
+                    Block::new("simulated")
+                        .set("pki_dir", dir.path().join("pki"))
+                        .set("mrtd", &m),
+                ),
+            )],
         true,
     );
     let agent_id =

@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{Backend, TestServer, openssl_verify, python_with_pyjwt};
+use support::{Backend, Block, Plugin, ServerConf, TestServer, openssl_verify, python_with_pyjwt};
 
 #[test]
 fn sqlite_round_trip() {
@@ -689,16 +689,15 @@ fn invalid_input(s: TestServer) {
 fn validate_reads_what_the_attestors_need() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-ark.pem");
-    let validate = |attestor: &str| {
+    let validate = |attestor: Plugin| {
         let conf = dir.path().join("attestors.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "server {{\n  trust_domain = \"example.org\"\n  data_dir = \"{d}\"\n}}\nplugins {{\n  DataStore \"sql\" {{}}\n  KeyManager \"memory\" {{}}\n  {attestor}\n}}\n",
-                d = dir.path().display()
-            ),
-        )
-        .unwrap();
+        ServerConf::new("example.org")
+            .server("data_dir", dir.path())
+            .plugin(Plugin::new("DataStore", "sql"))
+            .plugin(Plugin::new("KeyManager", "memory"))
+            .plugin(attestor)
+            .write(&conf)
+            .unwrap();
         support::Out::from(
             std::process::Command::new(support::BIN)
                 .args(["validate", "-config"])
@@ -707,53 +706,33 @@ fn validate_reads_what_the_attestors_need() {
                 .unwrap(),
         )
     };
-    let snp = format!(
-        r#"NodeAttestor "join_token" {{
-    plugin_data {{
-      sev_snp {{
-        measurements = ["{m}"]
-        fetch_vcek = false
-        test_roots {{
-          product = "milan"
-          ark = "{ark}"
-          ask = "{ark}"
-        }}
-      }}
-    }}
-  }}"#,
-        m = "ab".repeat(48),
-        ark = missing.display()
+    let snp = Plugin::new("NodeAttestor", "join_token").block(
+        Block::new("sev_snp")
+            .set("measurements", vec!["ab".repeat(48)])
+            .set("fetch_vcek", false)
+            .block(
+                Block::new("test_roots")
+                    .set("product", "milan")
+                    .set("ark", &missing)
+                    .set("ask", &missing),
+            ),
     );
-    validate(&snp).expect_error(&missing.display().to_string());
-    let aws = format!(
-        r#"NodeAttestor "aws_iid" {{
-    plugin_data {{
-      certificates_path = "{p}"
-    }}
-  }}"#,
-        p = missing.display()
-    );
-    validate(&aws).expect_error("aws_iid");
+    validate(snp).expect_error(&missing.display().to_string());
+    let aws = Plugin::new("NodeAttestor", "aws_iid").set("certificates_path", &missing);
+    validate(aws).expect_error("aws_iid");
     // the join_token attestor alone needs nothing but the datastore: valid
-    let o = validate("NodeAttestor \"join_token\" {\n    plugin_data {}\n  }");
+    let o = validate(Plugin::new("NodeAttestor", "join_token"));
     assert!(
         o.ok() && o.stdout.contains("Configuration is valid."),
         "{o:?}"
     );
     // validate creates nothing: a TDX collateral cache that is not there yet stays so
     let cache = dir.path().join("not-yet").join("cache");
-    let tdx = format!(
-        r#"NodeAttestor "tdx" {{
-    plugin_data {{
-      mrtds = ["{m}"]
-      pcs_url = "https://127.0.0.1:1/"
-      collateral_cache_dir = "{c}"
-    }}
-  }}"#,
-        m = "ab".repeat(48),
-        c = cache.display()
-    );
-    let o = validate(&tdx);
+    let tdx = Plugin::new("NodeAttestor", "tdx")
+        .set("mrtds", vec!["ab".repeat(48)])
+        .set("pcs_url", "https://127.0.0.1:1/")
+        .set("collateral_cache_dir", &cache);
+    let o = validate(tdx);
     assert!(o.ok(), "{o:?}");
     assert!(!dir.path().join("not-yet").exists());
 }

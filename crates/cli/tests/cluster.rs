@@ -18,9 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Backend, Haproxy, TestAgent, TestServer, haproxy, join_token, my_uid};
-
-const JOIN_TOKEN: &str = "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }";
+use support::{Backend, Haproxy, Plugin, TestAgent, TestServer, haproxy, join_token, my_uid};
 
 fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
@@ -120,9 +118,9 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
     let Some(hap) = haproxy() else {
         return skip("haproxy is not installed and could not be installed");
     };
-    let extra = "default_x509_svid_ttl = \"20s\"";
-    let mut a = TestServer::start_with(backend.clone(), extra, "");
-    let b = TestServer::start_with(backend.clone(), extra, "");
+    let ttl = |c: support::ServerConf| c.server("default_x509_svid_ttl", "20s");
+    let mut a = TestServer::start_conf(backend.clone(), ttl);
+    let b = TestServer::start_conf(backend.clone(), ttl);
     // each server its own CA, both in the one bundle
     wait_for("both CAs in the bundle", Duration::from_secs(10), || {
         a.bundle_roots().len() == 2 && b.bundle_roots().len() == 2
@@ -150,7 +148,13 @@ fn two_servers_behind_haproxy_survive_a_kill_and_a_database_restart() {
         ])
         .expect_ok();
         let port = if i == 0 { to_a.port } else { to_b.port };
-        let agent = TestAgent::start_at(&a, port, Some(&token), JOIN_TOKEN, true);
+        let agent = TestAgent::start_at(
+            &a,
+            port,
+            Some(&token),
+            [Plugin::new("NodeAttestor", "join_token")],
+            true,
+        );
         assert!(agent.fetch_until_ok(&[]).ok(), "{}", agent.log());
         agents.push(agent);
     }

@@ -9,7 +9,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{Backend, TestAgent, TestServer, join_token, my_uid};
+use support::{Backend, Plugin, ServerConf, TestAgent, TestServer, join_token, my_uid};
 
 #[test]
 fn reserved_ids_are_refused_as_workload_entries() {
@@ -100,36 +100,20 @@ fn a_corrupt_datastore_or_a_file_as_data_dir_is_named_at_once() {
         ),
     ] {
         let conf = dir.path().join("server.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"server {{
-    bind_address = "127.0.0.1"
-    bind_port = "{port}"
-    socket_path = "{sock}"
-    trust_domain = "example.org"
-    data_dir = "{data}"
-}}
-plugins {{
-    DataStore "sql" {{
-        plugin_data {{
-            database_type = "sqlite3"
-            connection_string = "{conn}"
-        }}
-    }}
-    KeyManager "memory" {{
-        plugin_data {{}}
-    }}
-    NodeAttestor "join_token" {{
-        plugin_data {{}}
-    }}
-}}"#,
-                port = support::free_port(),
-                sock = dir.path().join("admin/api.sock").display(),
-                data = dir.path().join("data").display(),
-            ),
-        )
-        .unwrap();
+        ServerConf::new("example.org")
+            .server("bind_address", "127.0.0.1")
+            .server("bind_port", support::free_port().to_string())
+            .server("socket_path", dir.path().join("admin/api.sock"))
+            .server("data_dir", dir.path().join("data"))
+            .plugin(
+                Plugin::new("DataStore", "sql")
+                    .set("database_type", "sqlite3")
+                    .set("connection_string", conn),
+            )
+            .plugin(Plugin::new("KeyManager", "memory"))
+            .plugin(Plugin::new("NodeAttestor", "join_token"))
+            .write(&conf)
+            .unwrap();
         let start = Instant::now();
         let o = Command::new(env!("CARGO_BIN_EXE_ironpact-server"))
             .args(["run", "-config"])

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
-use support::{TestAgent, TestServer, join_token};
+use support::{Block, Plugin, TestAgent, TestServer, join_token};
 
 const MEASUREMENT: [u8; 48] = [0x6d; 48];
 
@@ -77,45 +77,34 @@ fn workloads_talk_mutual_tls_by_spiffe_id_through_rotation() {
     std::fs::create_dir(&keys).unwrap();
     snp_chain(&keys);
     let m = hex::encode(MEASUREMENT);
-    let s = TestServer::start_with(
-        support::Backend::Sqlite,
-        "",
-        &format!(
-            r#"NodeAttestor "join_token" {{
-        plugin_data {{
-            sev_snp {{
-                measurements = ["{m}"]
-                fetch_vcek = false
-                test_roots {{
-                    product = "milan"
-                    ark = "{ark}"
-                    ask = "{ask}"
-                }}
-            }}
-        }}
-    }}"#,
-            ark = keys.join("ark.pem").display(),
-            ask = keys.join("ask.pem").display()
-        ),
-    );
+    let s = TestServer::start_conf(support::Backend::Sqlite, |c| {
+        c.plugin(
+            Plugin::new("NodeAttestor", "join_token").block(
+                Block::new("sev_snp")
+                    .set("measurements", vec![m.clone()])
+                    .set("fetch_vcek", false)
+                    .block(
+                        Block::new("test_roots")
+                            .set("product", "milan")
+                            .set("ark", keys.join("ark.pem"))
+                            .set("ask", keys.join("ask.pem")),
+                    ),
+            ),
+        )
+    });
     let token = join_token(&s, "spiffe://example.org/confidential-host");
     let a = TestAgent::start_custom(
         &s,
         Some(&token),
-        &format!(
-            r#"NodeAttestor "join_token" {{
-        plugin_data {{
-            sev_snp {{
-                evidence_source = "simulated"
-                simulated {{
-                    keys_dir = "{}"
-                    measurement = "{m}"
-                }}
-            }}
-        }}
-    }}"#,
-            keys.display()
-        ),
+        [Plugin::new("NodeAttestor", "join_token").block(
+            Block::new("sev_snp")
+                .set("evidence_source", "simulated")
+                .block(
+                    Block::new("simulated")
+                        .set("keys_dir", &keys)
+                        .set("measurement", &m),
+                ),
+        )],
         true,
     );
     let shown = s.cli(&["agent", "list"]).expect_ok().stdout.clone();

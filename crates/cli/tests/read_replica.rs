@@ -57,12 +57,12 @@ fn the_cache_loads_from_a_read_only_replica_and_writes_stay_on_the_primary() {
     let ro_url = format!("postgres://{role}@{host}/{db}?options=-c%20search_path%3D{schema}");
 
     // a second server of the cluster with the replica: it loads from there
-    let s = TestServer::start_full(
-        backend.clone(),
-        "",
-        "",
-        &format!("ro_connection_string = \"{ro_url}\""),
-    );
+    let s = TestServer::start_conf(backend.clone(), |mut c| {
+        if let Some(ds) = c.plugins.get_mut("DataStore", "sql") {
+            ds.data.put("ro_connection_string", &ro_url);
+        }
+        c
+    });
     let log = s.log();
     assert!(log.contains("read replica attached"), "{log}");
     let load = log
@@ -100,12 +100,15 @@ fn the_cache_loads_from_a_read_only_replica_and_writes_stay_on_the_primary() {
     drop(a);
 
     // a replica that cannot serve (a role that does not exist) is passed over with a warning
-    let broken = TestServer::start_full(
-        backend.clone(),
-        "",
-        "",
-        &format!("ro_connection_string = \"postgres://nobody_{role}@{host}/{db}\""),
-    );
+    let broken = TestServer::start_conf(backend.clone(), |mut c| {
+        if let Some(ds) = c.plugins.get_mut("DataStore", "sql") {
+            ds.data.put(
+                "ro_connection_string",
+                format!("postgres://nobody_{role}@{host}/{db}"),
+            );
+        }
+        c
+    });
     let log = broken.log();
     assert!(log.contains("the read replica is not usable"), "{log}");
     broken.cli(&["entry", "count"]).expect_ok();
@@ -118,36 +121,18 @@ fn the_cache_loads_from_a_read_only_replica_and_writes_stay_on_the_primary() {
 fn sqlite_has_no_replica_and_validate_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("server.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"server {{
-    trust_domain = "example.org"
-    data_dir = "{}"
-}}
-plugins {{
-    DataStore "sql" {{
-        plugin_data {{
-            database_type = "sqlite3"
-            connection_string = "{}/ds.sqlite3"
-            ro_connection_string = "x"
-        }}
-    }}
-    KeyManager "memory" {{
-        plugin_data {{
-        }}
-    }}
-    NodeAttestor "join_token" {{
-        plugin_data {{
-        }}
-    }}
-}}
-"#,
-            dir.path().display(),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    ServerConf::new("example.org")
+        .server("data_dir", dir.path())
+        .plugin(
+            Plugin::new("DataStore", "sql")
+                .set("database_type", "sqlite3")
+                .set("connection_string", dir.path().join("ds.sqlite3"))
+                .set("ro_connection_string", "x"),
+        )
+        .plugin(Plugin::new("KeyManager", "memory"))
+        .plugin(Plugin::new("NodeAttestor", "join_token"))
+        .write(&conf)
+        .unwrap();
     let o = Out::from(
         std::process::Command::new(BIN)
             .args(["validate", "-config"])

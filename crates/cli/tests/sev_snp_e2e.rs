@@ -14,7 +14,7 @@ use ironpact_testkit::http::{Availability, Emulator};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
-use support::{Backend, TestAgent, TestServer, my_uid, runtime};
+use support::{Backend, Block, Plugin, TestAgent, TestServer, Value, my_uid, runtime};
 
 const GOOD: [u8; 48] = [0x11; 48];
 
@@ -50,51 +50,38 @@ fn device(k: &Keys) -> SimulatedSnp {
     SimulatedSnp::new(platform, &k.ark, &k.ask, &k.vcek, 0, 4_000_000_000).unwrap()
 }
 
-fn server_plugins(k: &Keys, measurement: &[u8; 48]) -> String {
-    server_plugins_with(k, measurement, "fetch_vcek = false")
+/// The server's `sev_snp` attestor (beside the suites' default `join_token`).
+fn server_plugins(k: &Keys, measurement: &[u8; 48]) -> Plugin {
+    server_plugins_with(k, measurement, &[("fetch_vcek", false.into())])
 }
 
-fn server_plugins_with(k: &Keys, measurement: &[u8; 48], extra: &str) -> String {
+fn server_plugins_with(k: &Keys, measurement: &[u8; 48], extra: &[(&str, Value)]) -> Plugin {
     let dev = device(k);
     let pem = |d: &[u8]| ironpact_spiffe::x509::certs_to_pem([d]);
     std::fs::write(k.dir.path().join("ark.pem"), pem(&dev.ark_der)).unwrap();
     std::fs::write(k.dir.path().join("ask.pem"), pem(&dev.ask_der)).unwrap();
-    format!(
-        r#"NodeAttestor "join_token" {{
-        plugin_data {{}}
-    }}
-    NodeAttestor "sev_snp" {{
-        plugin_data {{
-            measurements = ["{m}"]
-            {extra}
-            test_roots {{
-                product = "milan"
-                ark = "{ark}"
-                ask = "{ask}"
-            }}
-        }}
-    }}"#,
-        m = hex::encode(measurement),
-        ark = k.dir.path().join("ark.pem").display(),
-        ask = k.dir.path().join("ask.pem").display(),
+    let mut p =
+        Plugin::new("NodeAttestor", "sev_snp").set("measurements", vec![hex::encode(measurement)]);
+    for (k, v) in extra {
+        p = p.set(k, v.clone());
+    }
+    p.block(
+        Block::new("test_roots")
+            .set("product", "milan")
+            .set("ark", k.dir.path().join("ark.pem"))
+            .set("ask", k.dir.path().join("ask.pem")),
     )
 }
 
-fn agent_block(keys_dir: &Path, measurement: &[u8; 48], debug: bool) -> String {
-    format!(
-        r#"NodeAttestor "sev_snp" {{
-        plugin_data {{
-            evidence_source = "simulated"
-            simulated {{
-                keys_dir = "{}"
-                measurement = "{}"
-                debug = {debug}
-            }}
-        }}
-    }}"#,
-        keys_dir.display(),
-        hex::encode(measurement)
-    )
+fn agent_block(keys_dir: &Path, measurement: &[u8; 48], debug: bool) -> [Plugin; 1] {
+    [Plugin::new("NodeAttestor", "sev_snp")
+        .set("evidence_source", "simulated")
+        .block(
+            Block::new("simulated")
+                .set("keys_dir", keys_dir)
+                .set("measurement", hex::encode(measurement))
+                .set("debug", debug),
+        )]
 }
 
 /// One `sev_snp` attestation by hand: `answer` turns the server's nonce and our SPKI into evidence.
@@ -117,12 +104,11 @@ fn evidence(dev: &SimulatedSnp, guest: &SimGuest, rd: [u8; 64]) -> Vec<u8> {
 #[test]
 fn sev_snp_attestation_end_to_end() {
     let k = keys();
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "default_x509_svid_ttl = \"20s\"",
-        &server_plugins(&k, &GOOD),
-    );
-    let a = TestAgent::start_custom(&s, None, &agent_block(k.dir.path(), &GOOD, false), true);
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.server("default_x509_svid_ttl", "20s")
+            .plugin(server_plugins(&k, &GOOD))
+    });
+    let a = TestAgent::start_custom(&s, None, agent_block(k.dir.path(), &GOOD, false), true);
 
     // the agent is attested with its measurement as a selector
     let agent_id = format!(
@@ -270,11 +256,11 @@ fn sev_snp_attestation_end_to_end() {
 #[test]
 fn an_agent_with_a_disallowed_measurement_gets_nothing() {
     let k = keys();
-    let s = TestServer::start_with(Backend::Sqlite, "", &server_plugins(&k, &GOOD));
+    let s = TestServer::start_conf(Backend::Sqlite, |c| c.plugin(server_plugins(&k, &GOOD)));
     let a = TestAgent::start_custom(
         &s,
         None,
-        &agent_block(k.dir.path(), &[0x99; 48], false),
+        agent_block(k.dir.path(), &[0x99; 48], false),
         false,
     );
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -316,11 +302,13 @@ fn the_server_fetches_a_missing_vcek_from_the_kds() {
         ..SimGuest::default()
     };
     let (base, _kds) = local_kds(vec![(vcek_path(&dev), dev.vcek_der.clone())]);
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "",
-        &server_plugins_with(&k, &GOOD, &format!("kds_base_url = \"{base}\"")),
-    );
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.plugin(server_plugins_with(
+            &k,
+            &GOOD,
+            &[("kds_base_url", (&base).into())],
+        ))
+    });
     let roots = s.bundle_roots();
     let addr = s.agent_addr();
     let rt = runtime();
@@ -362,18 +350,16 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
         ironpact_spiffe::x509::certs_to_pem([dev.vcek_der.as_slice()]),
     )
     .unwrap();
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "",
-        &server_plugins_with(
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.plugin(server_plugins_with(
             &k,
             &GOOD,
-            &format!(
-                "fetch_vcek = false\n certs_dir = \"{}\"",
-                certs.path().display()
-            ),
-        ),
-    );
+            &[
+                ("fetch_vcek", false.into()),
+                ("certs_dir", certs.path().into()),
+            ],
+        ))
+    });
     let roots = s.bundle_roots();
     let addr = s.agent_addr();
     let rt = runtime();
@@ -417,15 +403,13 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
             (crl_path.clone(), crl),
             (vcek_path.clone(), dev.vcek_der.clone()),
         ]);
-        let s = TestServer::start_with(
-            Backend::Sqlite,
-            "",
-            &server_plugins_with(
+        let s = TestServer::start_conf(Backend::Sqlite, |c| {
+            c.plugin(server_plugins_with(
                 &k,
                 &GOOD,
-                &format!("kds_base_url = \"{base}\"\n check_crl = true"),
-            ),
-        );
+                &[("kds_base_url", (&base).into()), ("check_crl", true.into())],
+            ))
+        });
         let roots = s.bundle_roots();
         let addr = s.agent_addr();
         rt.block_on(async {
@@ -465,16 +449,15 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
         ironpact_testkit::kds::crl_path("Milan", false),
         dev.crl(&[7], now - 60, now + 12).unwrap(),
     )]);
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "default_x509_svid_ttl = \"10s\"",
-        &server_plugins_with(
-            &k,
-            &GOOD,
-            &format!("kds_base_url = \"{base}\"\n check_crl = true"),
-        ),
-    );
-    let a = TestAgent::start_custom(&s, None, &agent_block(k.dir.path(), &GOOD, false), true);
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.server("default_x509_svid_ttl", "10s")
+            .plugin(server_plugins_with(
+                &k,
+                &GOOD,
+                &[("kds_base_url", (&base).into()), ("check_crl", true.into())],
+            ))
+    });
+    let a = TestAgent::start_custom(&s, None, agent_block(k.dir.path(), &GOOD, false), true);
     let agent_id = format!(
         "spiffe://example.org/spire/agent/sev_snp/{}",
         hex::encode([0x22u8; 32])

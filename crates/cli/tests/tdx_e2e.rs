@@ -14,7 +14,7 @@ use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collater
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::pcs::PcsEmulator;
-use support::{Backend, TestAgent, TestServer, join_token, my_uid, runtime};
+use support::{Backend, Block, Plugin, TestAgent, TestServer, join_token, my_uid, runtime};
 
 const GOOD: [u8; 48] = [0x7d; 48];
 const DAY: i64 = 86_400;
@@ -34,29 +34,22 @@ fn pki(dir: &Path) -> TestPki {
     pki
 }
 
-/// The agent's TDX evidence keys: the simulated quoting stack with the test PKI, MRTD `GOOD`.
-fn simulated_source(dir: &Path) -> String {
-    format!(
-        "evidence_source = \"simulated\"\nsimulated {{\n pki_dir = \"{}\"\n mrtd = \"{}\"\n }}",
-        dir.join("pki").display(),
-        hex::encode(GOOD)
+/// The agent's TDX evidence source: the simulated quoting stack with the test PKI, MRTD
+/// `GOOD`, as the keys of `block` (`tdx { … }` or the tdx attestor's `plugin_data`).
+fn simulated_source(dir: &Path, block: Block) -> Block {
+    block.set("evidence_source", "simulated").block(
+        Block::new("simulated")
+            .set("pki_dir", dir.join("pki"))
+            .set("mrtd", hex::encode(GOOD)),
     )
 }
 
-fn server_block(dir: &Path, mrtd: &[u8; 48]) -> String {
-    format!(
-        r#"NodeAttestor "join_token" {{
-        plugin_data {{
-            tdx {{
-                mrtds = ["{m}"]
-                test_root = "{root}"
-                collateral_dir = "{coll}"
-            }}
-        }}
-    }}"#,
-        m = hex::encode(mrtd),
-        root = dir.join("pki/root.pem").display(),
-        coll = dir.join("collateral").display(),
+fn server_block(dir: &Path, mrtd: &[u8; 48]) -> Plugin {
+    Plugin::new("NodeAttestor", "join_token").block(
+        Block::new("tdx")
+            .set("mrtds", vec![hex::encode(mrtd)])
+            .set("test_root", dir.join("pki/root.pem"))
+            .set("collateral_dir", dir.join("collateral")),
     )
 }
 
@@ -64,19 +57,16 @@ fn server_block(dir: &Path, mrtd: &[u8; 48]) -> String {
 fn tdx_attestation_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "default_x509_svid_ttl = \"20s\"",
-        &server_block(dir.path(), &GOOD),
-    );
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.server("default_x509_svid_ttl", "20s")
+            .plugin(server_block(dir.path(), &GOOD))
+    });
     let token = join_token(&s, "spiffe://example.org/td-host");
     let a = TestAgent::start_custom(
         &s,
         Some(&token),
-        &format!(
-            "NodeAttestor \"join_token\" {{\n plugin_data {{\n tdx {{\n{}\n }}\n }}\n }}",
-            simulated_source(dir.path())
-        ),
+        [Plugin::new("NodeAttestor", "join_token")
+            .block(simulated_source(dir.path(), Block::new("tdx")))],
         true,
     );
     let m = hex::encode(GOOD);
@@ -221,22 +211,14 @@ fn standalone_tdx_attestor_with_collateral_from_a_pcs() {
     support::write_tdx_pki(&pki, &dir.path().join("pki"));
     let pcs =
         PcsEmulator::serving(collateral(&pki, &p, now() - DAY, now() + 29 * DAY).unwrap()).unwrap();
-    let mut s = TestServer::start_with(
-        Backend::Sqlite,
-        "default_x509_svid_ttl = \"6s\"",
-        &format!(
-            r#"NodeAttestor "tdx" {{
-        plugin_data {{
-            mrtds = ["{m}"]
-            test_root = "{root}"
-            pcs_url = "{url}"
-        }}
-    }}"#,
-            m = hex::encode(GOOD),
-            root = dir.path().join("pki/root.pem").display(),
-            url = pcs.url,
-        ),
-    );
+    let mut s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.server("default_x509_svid_ttl", "6s").plugin(
+            Plugin::new("NodeAttestor", "tdx")
+                .set("mrtds", vec![hex::encode(GOOD)])
+                .set("test_root", dir.path().join("pki/root.pem"))
+                .set("pcs_url", &pcs.url),
+        )
+    });
     assert!(
         s.log().contains("tdx attestor ready") && s.log().contains(&pcs.url),
         "{}",
@@ -245,10 +227,10 @@ fn standalone_tdx_attestor_with_collateral_from_a_pcs() {
     let a = TestAgent::start_custom(
         &s,
         None,
-        &format!(
-            "NodeAttestor \"tdx\" {{\n plugin_data {{\n{}\n }}\n }}",
-            simulated_source(dir.path())
-        ),
+        [Plugin {
+            data: simulated_source(dir.path(), Block::new("plugin_data")),
+            ..Plugin::new("NodeAttestor", "tdx")
+        }],
         true,
     );
     let ids = agent_ids(&s, "tdx");

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use support::keys::{p384_pkcs8, rsa_pkcs8};
-use support::{Backend, TestAgent, TestServer, attest_by_hand, attest_refused, my_uid, runtime};
+use support::{
+    Backend, Block, Plugin, TestAgent, TestServer, attest_by_hand, attest_refused, my_uid, runtime,
+};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -192,20 +194,15 @@ fn payload(chain: &[Vec<u8>]) -> Vec<u8> {
     serde_json::to_vec(&Payload::new(chain)).unwrap()
 }
 
-fn agent_block(dir: &Path, tee: &str) -> String {
-    format!(
-        r#"NodeAttestor "x509pop" {{
-        plugin_data {{
-            private_key_path = "{key}"
-            certificate_path = "{cert}"
-            intermediates_path = "{int}"
-            {tee}
-        }}
-    }}"#,
-        key = dir.join("node-1.key").display(),
-        cert = dir.join("node-1.pem").display(),
-        int = dir.join("node-int.pem").display(),
-    )
+fn agent_block(dir: &Path, tee: Option<Block>) -> [Plugin; 1] {
+    let p = Plugin::new("NodeAttestor", "x509pop")
+        .set("private_key_path", dir.join("node-1.key"))
+        .set("certificate_path", dir.join("node-1.pem"))
+        .set("intermediates_path", dir.join("node-int.pem"));
+    [match tee {
+        Some(b) => p.block(b),
+        None => p,
+    }]
 }
 
 /// Root → intermediate → node-1 (valid), expired-node (expired), and stranger (another CA).
@@ -237,15 +234,11 @@ fn x509pop_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let root = pki(d);
-    let s = TestServer::start_with(
-        Backend::Sqlite,
-        "default_x509_svid_ttl = \"20s\"",
-        &format!(
-            "NodeAttestor \"x509pop\" {{\n        plugin_data {{\n            ca_bundle_path = \"{}\"\n        }}\n    }}",
-            root.pem().display()
-        ),
-    );
-    let a = TestAgent::start_custom(&s, None, &agent_block(d, ""), true);
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.server("default_x509_svid_ttl", "20s")
+            .plugin(Plugin::new("NodeAttestor", "x509pop").set("ca_bundle_path", root.pem()))
+    });
+    let a = TestAgent::start_custom(&s, None, agent_block(d, None), true);
 
     let fp = fingerprint(d, "node-1.pem");
     assert_eq!(fp.len(), 40, "{fp}");
@@ -455,34 +448,29 @@ fn x509pop_composed_with_sev_snp() {
     let pem = |b: &[u8]| ironpact_spiffe::x509::certs_to_pem([b]);
     std::fs::write(keys.join("ark.pem"), pem(&dev.ark_der)).unwrap();
     std::fs::write(keys.join("ask.pem"), pem(&dev.ask_der)).unwrap();
-    let server = format!(
-        r#"NodeAttestor "x509pop" {{
-        plugin_data {{
-            ca_bundle_paths = ["{root}"]
-            agent_path_template = "/cn/{{{{ .Subject.CommonName }}}}"
-            sev_snp {{
-                measurements = ["{m}"]
-                fetch_vcek = false
-                test_roots {{
-                    product = "milan"
-                    ark = "{ark}"
-                    ask = "{ask}"
-                }}
-            }}
-        }}
-    }}"#,
-        root = root.pem().display(),
-        m = hex::encode(GOOD),
-        ark = keys.join("ark.pem").display(),
-        ask = keys.join("ask.pem").display(),
-    );
-    let s = TestServer::start_with(Backend::Sqlite, "", &server);
-    let tee = format!(
-        "sev_snp {{\n evidence_source = \"simulated\"\n simulated {{\n keys_dir = \"{}\"\n measurement = \"{}\"\n }}\n }}",
-        keys.display(),
-        hex::encode(GOOD)
-    );
-    let _a = TestAgent::start_custom(&s, None, &agent_block(d, &tee), true);
+    let server = Plugin::new("NodeAttestor", "x509pop")
+        .set("ca_bundle_paths", vec![root.pem()])
+        .set("agent_path_template", "/cn/{{ .Subject.CommonName }}")
+        .block(
+            Block::new("sev_snp")
+                .set("measurements", vec![hex::encode(GOOD)])
+                .set("fetch_vcek", false)
+                .block(
+                    Block::new("test_roots")
+                        .set("product", "milan")
+                        .set("ark", keys.join("ark.pem"))
+                        .set("ask", keys.join("ask.pem")),
+                ),
+        );
+    let s = TestServer::start_conf(Backend::Sqlite, |c| c.plugin(server));
+    let tee = Block::new("sev_snp")
+        .set("evidence_source", "simulated")
+        .block(
+            Block::new("simulated")
+                .set("keys_dir", &keys)
+                .set("measurement", hex::encode(GOOD)),
+        );
+    let _a = TestAgent::start_custom(&s, None, agent_block(d, Some(tee)), true);
     let shown = s.agent_show("spiffe://example.org/spire/agent/cn/node-1");
     let m = hex::encode(GOOD);
     for sel in [

@@ -7,6 +7,7 @@
 //! parsing and URL encoding, so our clients are checked against an independent implementation
 //! of each wire format.
 
+pub mod conf;
 pub mod http;
 pub mod imds;
 pub mod kds;

@@ -4,6 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[allow(unused_imports)]
+pub use ironpact_testkit::conf::{AgentConf, Block, Plugin, ServerConf, Value};
+#[allow(unused_imports)]
 pub use ironpact_testkit::{imds, pcs};
 
 /// Fresh test keys (see `ironpact_testkit::keys`).
@@ -186,21 +188,13 @@ impl TestServer {
     }
 
     pub fn start(backend: Backend) -> Self {
-        Self::start_with(backend, "", "")
+        Self::start_conf(backend, |c| c)
     }
 
-    /// A server whose config adds `server_extra` to `server { }` and `plugins_extra` to `plugins { }`.
-    pub fn start_with(backend: Backend, server_extra: &str, plugins_extra: &str) -> Self {
-        Self::start_full(backend, server_extra, plugins_extra, "")
-    }
-
-    /// As [`TestServer::start_with`], with `datastore_extra` added to the DataStore's plugin_data.
-    pub fn start_full(
-        backend: Backend,
-        server_extra: &str,
-        plugins_extra: &str,
-        datastore_extra: &str,
-    ) -> Self {
+    /// A server whose config is the suites' default (SQLite or PostgreSQL datastore, disk
+    /// KeyManager, `join_token`, port 0) as changed by `f`: keys of the `server` block set,
+    /// plugins added or replaced (a suite that configures `join_token` itself replaces ours).
+    pub fn start_conf(backend: Backend, f: impl FnOnce(ServerConf) -> ServerConf) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // the kernel picks the port; the server's log says which (see `take_bound_port`)
         let port = 0;
@@ -219,47 +213,23 @@ impl TestServer {
                 format!("{}?options=-c%20search_path%3D{schema}", pg_url()),
             ),
         };
-        let text = format!(
-            r#"
-server {{
-    bind_address = "127.0.0.1"
-    bind_port = "{port}"
-    socket_path = "{socket}"
-    trust_domain = "example.org"
-    data_dir = "{data}"
-    log_level = "DEBUG"
-    ca_ttl = "24h"
-    {server_extra}
-}}
-plugins {{
-    {plugins_extra}
-    DataStore "sql" {{
-        plugin_data {{
-            database_type = "{db_type}"
-            connection_string = "{conn}"
-            {datastore_extra}
-        }}
-    }}
-    KeyManager "disk" {{
-        plugin_data {{
-            keys_path = "{keys}"
-        }}
-    }}
-    {join_token}
-}}
-"#,
-            // a suite that configures join_token itself (e.g. requiring a TEE) replaces ours
-            join_token = if plugins_extra.contains("NodeAttestor \"join_token\"") {
-                ""
-            } else {
-                "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }"
-            },
-            socket = socket.display(),
-            port = port,
-            data = dir.path().join("data").display(),
-            keys = dir.path().join("data/keys").display(),
-        );
-        std::fs::write(&config, text).unwrap();
+        let conf = ServerConf::new("example.org")
+            .server("bind_address", "127.0.0.1")
+            .server("bind_port", port.to_string())
+            .server("socket_path", &socket)
+            .server("data_dir", dir.path().join("data"))
+            .server("log_level", "DEBUG")
+            .server("ca_ttl", "24h")
+            .plugin(
+                Plugin::new("DataStore", "sql")
+                    .set("database_type", db_type)
+                    .set("connection_string", conn),
+            )
+            .plugin(
+                Plugin::new("KeyManager", "disk").set("keys_path", dir.path().join("data/keys")),
+            )
+            .plugin(Plugin::new("NodeAttestor", "join_token"));
+        f(conf).write(&config).unwrap();
         let mut s = Self {
             dir,
             port,
@@ -564,16 +534,16 @@ impl TestAgent {
         Self::start_custom(
             server,
             Some(token),
-            "NodeAttestor \"join_token\" {\n        plugin_data {}\n    }",
+            [Plugin::new("NodeAttestor", "join_token")],
             true,
         )
     }
 
-    /// An agent with `attestor` as its NodeAttestor block; `wait` for it to become healthy.
+    /// An agent with `attestor` as its NodeAttestor plugin(s); `wait` for it to become healthy.
     pub fn start_custom(
         server: &TestServer,
         token: Option<&str>,
-        attestor: &str,
+        attestor: impl IntoIterator<Item = Plugin>,
         wait: bool,
     ) -> Self {
         Self::start_at(server, server.port, token, attestor, wait)
@@ -585,7 +555,7 @@ impl TestAgent {
         server: &TestServer,
         port: u16,
         token: Option<&str>,
-        attestor: &str,
+        attestor: impl IntoIterator<Item = Plugin>,
         wait: bool,
     ) -> Self {
         use std::os::unix::fs::PermissionsExt;
@@ -605,43 +575,21 @@ impl TestAgent {
         .unwrap();
         let config = dir.path().join("agent.conf");
         let data = dir.path().join("data");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-agent {{
-    data_dir = "{data}"
-    log_level = "DEBUG"
-    server_address = "127.0.0.1"
-    server_port = "{port}"
-    socket_path = "{socket}"
-    trust_domain = "example.org"
-    trust_bundle_path = "{bundle}"
-    admin_socket_path = "{admin}"
-}}
-plugins {{
-    {attestor}
-    KeyManager "disk" {{
-        plugin_data {{
-            directory = "{data}"
-        }}
-    }}
-    WorkloadAttestor "unix" {{
-        plugin_data {{
-            discover_workload_path = true
-        }}
-    }}
-}}
-"#,
-                data = data.display(),
-                port = port,
-                socket = socket.display(),
-                bundle = bundle.display(),
-                admin = dir.path().join("private/admin.sock").display(),
-                attestor = attestor,
-            ),
-        )
-        .unwrap();
+        let mut conf = AgentConf::new("example.org")
+            .agent("data_dir", &data)
+            .agent("log_level", "DEBUG")
+            .agent("server_address", "127.0.0.1")
+            .agent("server_port", port.to_string())
+            .agent("socket_path", &socket)
+            .agent("trust_bundle_path", &bundle)
+            .agent("admin_socket_path", dir.path().join("private/admin.sock"));
+        for p in attestor {
+            conf = conf.plugin(p);
+        }
+        conf.plugin(Plugin::new("KeyManager", "disk").set("directory", &data))
+            .plugin(Plugin::new("WorkloadAttestor", "unix").set("discover_workload_path", true))
+            .write(&config)
+            .unwrap();
         let mut a = Self {
             dir,
             socket,
