@@ -488,7 +488,8 @@ impl DataStore {
         let pool = match self.dialect {
             Dialect::Sqlite => {
                 return Err(Error::ReadReplica(
-                    "SQLite has no read replicas: remove ro_connection_string, or use                      postgres or mysql"
+                    "SQLite has no read replicas: remove ro_connection_string, or use \
+                     postgres or mysql"
                         .into(),
                 ));
             }
@@ -517,13 +518,15 @@ impl DataStore {
             .map(|v| v.unwrap_or(0));
         let got = got.map_err(|e| {
             Error::ReadReplica(format!(
-                "the replica has no readable ironpact schema ({e}): point it at a replica of                  the primary's database"
+                "the replica has no readable ironpact schema ({e}): point it at a replica of \
+                 the primary's database"
             ))
         })?;
         if got != want {
             pool.close().await;
             return Err(Error::ReadReplica(format!(
-                "the replica is at schema version {got}, this release needs {want}: wait until                  it has replicated the primary's migrations, then start again"
+                "the replica is at schema version {got}, this release needs {want}: wait until \
+                 it has replicated the primary's migrations, then start again"
             )));
         }
         self.replica = Some(std::sync::Arc::new(Self {
@@ -1589,6 +1592,17 @@ impl DataStore {
         let row = self
             .dialect
             .query("SELECT MAX(id) AS m FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("m")?.unwrap_or(0))
+    }
+
+    /// The oldest change still in the log (0 when it is empty): a reader at a position
+    /// below it has missed pruned changes.
+    pub async fn first_change_id(&self) -> Result<i64> {
+        let row = self
+            .dialect
+            .query("SELECT MIN(id) AS m FROM changes")
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<Option<i64>, _>("m")?.unwrap_or(0))

@@ -124,6 +124,10 @@ pub struct Slot {
     /// Tainted by an operator: SVIDs it signed are to be replaced now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tainted: bool,
+    /// Revoked by an operator and journaled so before it leaves the bundle: whatever
+    /// happens next (a crash, a datastore outage), it is removed and never published again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 impl Slot {
@@ -173,6 +177,7 @@ enum Publication {
 fn publications(j: &Journal) -> Result<Vec<Publication>, CaError> {
     j.slots
         .iter()
+        .filter(|s| !s.revoked)
         .map(|s| {
             let public = hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
             Ok(match s.kind {
@@ -246,7 +251,9 @@ impl CaManager {
     ) -> Result<Self, CaError> {
         // This server's journal; a server upgraded from a release with one journal for the
         // datastore starts from that one (keeping the slots whose keys it holds).
-        let stored = match ds.get_server_ca_journal(&cfg.instance_id).await? {
+        let own = ds.get_server_ca_journal(&cfg.instance_id).await?;
+        let is_own = own.is_some();
+        let stored = match own {
             Some(b) => Some(b),
             None => ds.get_ca_journal().await?,
         };
@@ -256,12 +263,19 @@ impl CaManager {
             }
             None => Journal::default(),
         };
-        // Slots whose key is gone (memory KeyManager after a restart) cannot sign; their
-        // certificates stay in the stored bundle until they expire.
+        // Slots whose key is gone (memory KeyManager after a restart) cannot sign. In this
+        // server's own journal they stay as old authorities, still in the bundle until they
+        // expire and still ours to taint and revoke (a lost key is when that matters). From
+        // the journal of an earlier release, shared by every server, only the slots whose
+        // keys this server holds are taken: the others are another server's.
         let mut kept = Vec::new();
-        for s in journal.slots.drain(..) {
+        for mut s in journal.slots.drain(..) {
             let kt: KeyType = s.key_type.parse()?;
             if km.load(&s.key_id, kt)?.is_some() {
+                kept.push(s);
+            } else if is_own {
+                warn!(key_id = %s.key_id, kind = s.kind.name(), "CA key missing from the {} key manager; it stays trusted as an old authority until it expires, and is replaced", km.name());
+                s.state = SlotState::Old;
                 kept.push(s);
             } else {
                 warn!(key_id = %s.key_id, kind = s.kind.name(), "CA key missing from the {} key manager; it will be replaced", km.name());
@@ -365,6 +379,7 @@ impl CaManager {
             public,
             kid,
             tainted: false,
+            revoked: false,
         })
     }
 
@@ -439,6 +454,8 @@ impl CaManager {
     pub async fn rotate(&self) -> Result<bool, CaError> {
         let mut j = self.journal.lock().await;
         let now = self.clock.now();
+        // a revocation that did not finish (crash, datastore outage) finishes first
+        self.purge_revoked(&mut j, now).await?;
         let mut next = j.clone();
         let a = self.step(&mut next, SlotKind::X509, now)?;
         let b = self.step(&mut next, SlotKind::Jwt, now)?;
@@ -553,7 +570,7 @@ impl CaManager {
         let of = |st: SlotState| {
             j.slots
                 .iter()
-                .filter(|s| s.kind == kind && s.state == st)
+                .filter(|s| s.kind == kind && s.state == st && !s.revoked)
                 .max_by_key(|s| s.not_before)
                 .map(Slot::state_view)
         };
@@ -696,18 +713,52 @@ impl CaManager {
     /// Revokes the tainted authority `id`: removed from the bundle, so no server trusts what
     /// it signed any more, and its key deleted.
     pub async fn revoke(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
-        let st = self
-            .operate(kind, |j, _| {
-                let i = Self::old(j, kind, id)?;
-                if !j.slots[i].tainted {
-                    return Err(AuthorityRefusal::NotTainted(id.to_string()).into());
-                }
-                let slot = j.slots.remove(i);
-                Ok((slot.clone(), vec![slot]))
-            })
-            .await?;
+        let mut j = self.journal.lock().await;
+        let now = self.clock.now();
+        let i = Self::old(&j, kind, id)?;
+        if !j.slots[i].tainted {
+            return Err(AuthorityRefusal::NotTainted(id.to_string()).into());
+        }
+        // journaled as revoked first: from here on no path publishes it again (a crash
+        // before the bundle write is finished by the next rotation tick or start-up)
+        let mut next = j.clone();
+        next.slots[i].revoked = true;
+        let st = next.slots[i].state_view();
+        self.store_journal(&next, now).await?;
+        *j = next;
+        self.purge_revoked(&mut j, now).await?;
         warn!(kind = kind.name(), authority_id = %st.authority_id, "operator revoked an authority: removed from the trust bundle");
         Ok(st)
+    }
+
+    async fn store_journal(&self, j: &Journal, now: i64) -> Result<(), CaError> {
+        let bytes = serde_json::to_vec(j).map_err(|e| CaError::Journal(e.to_string()))?;
+        self.ds
+            .set_server_ca_journal(&self.cfg.instance_id, &bytes, now)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes revoked slots from the bundle, then from the journal, then deletes their keys.
+    async fn purge_revoked(&self, j: &mut Journal, now: i64) -> Result<(), CaError> {
+        let gone: Vec<Slot> = j.slots.iter().filter(|s| s.revoked).cloned().collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut next = j.clone();
+        next.slots.retain(|s| !s.revoked);
+        let remove = gone.iter().map(|s| (s.kind, s.authority_id())).collect();
+        self.publish_bundle(publications(&next)?, remove, now)
+            .await?;
+        self.store_journal(&next, now).await?;
+        *j = next;
+        self.rearm(j)?;
+        for s in &gone {
+            if let Err(e) = self.km.delete(&s.key_id) {
+                warn!(key_id = %s.key_id, error = %e, "cannot delete a revoked authority's key");
+            }
+        }
+        Ok(())
     }
 
     fn old(j: &Journal, kind: SlotKind, id: &str) -> Result<usize, CaError> {

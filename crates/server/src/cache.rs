@@ -197,8 +197,11 @@ impl Cache {
         // change log is followed on the primary from the position the replica had, so what
         // the replica lagged behind arrives with the next refresh. A replica that fails is
         // passed over for the primary: lag or an outage there costs time, never the load.
-        let (snap, source) = if self.ds.has_replica() {
-            match Self::read_snapshot(self.ds.snapshot_source()).await {
+        // Only the first load: a later one (after holes in the change log) must not go back
+        // to a state older than what the cache already serves, which a lagging replica could.
+        let first_load = *self.revision.borrow() == 0;
+        let (snap, source) = if first_load && self.ds.has_replica() {
+            match self.replica_snapshot().await {
                 Ok(s) => (s, "replica"),
                 Err(e) => {
                     warn!(error = %e, "reading the entry cache from the read replica failed; reading it from the primary");
@@ -255,6 +258,22 @@ impl Cache {
             "loaded the entry cache"
         );
         Ok(())
+    }
+
+    /// A full load from the read replica, usable only if the primary still holds every change
+    /// after the replica's position (a replica further behind than the change log is kept
+    /// would hide the pruned changes for good).
+    async fn replica_snapshot(&self) -> Result<Snapshot, Error> {
+        let snap = Self::read_snapshot(self.ds.snapshot_source()).await?;
+        let first = self.ds.first_change_id().await?;
+        if first > snap.last + 1 {
+            return Err(Error::ReadReplica(format!(
+                "the replica is at change {}, but the primary's change log starts at {first}: \
+                 it lags further than the log is kept",
+                snap.last
+            )));
+        }
+        Ok(snap)
     }
 
     /// Everything a full load reads, from one datastore: the change log position first.

@@ -191,6 +191,67 @@ async fn disk_ca_survives_restart_and_memory_ca_does_not() {
     );
     // the previous CA is still trusted until it expires
     assert!(bundle(&ds).await.x509_authorities.contains(&cert));
+    // and, its key lost, it is still this server's to taint and revoke (the case that needs it)
+    let lost = ironpact_spiffe::x509::authority_id(&cert).unwrap();
+    let st = ca2.authority_states(SlotKind::X509).await;
+    assert_eq!(st.old.unwrap().authority_id, lost);
+    ca2.taint(SlotKind::X509, &lost).await.unwrap();
+    ca2.revoke(SlotKind::X509, &lost).await.unwrap();
+    assert!(!bundle(&ds).await.x509_authorities.contains(&cert));
+}
+
+/// A revocation interrupted after its journal write (a crash, the datastore gone) is finished
+/// by the next start: the authority leaves the bundle and is never published again.
+#[tokio::test]
+async fn an_interrupted_revocation_is_finished_not_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = DataStore::open_sqlite(&dir.path().join("ds.sqlite3"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let km: Arc<dyn KeyManager> = Arc::new(DiskKeyManager::new(dir.path().join("keys")).unwrap());
+    let ca = CaManager::load(cfg(), ds.clone(), km.clone(), clock.clone())
+        .await
+        .unwrap();
+    let old = ca.authority_states(SlotKind::X509).await.active.unwrap();
+    let p = ca.prepare(SlotKind::X509).await.unwrap();
+    ca.activate(SlotKind::X509, &p.authority_id).await.unwrap();
+    ca.taint(SlotKind::X509, &old.authority_id).await.unwrap();
+    drop(ca);
+    // what `revoke` journals before it touches the bundle, and then the process dies
+    let raw = ds.get_server_ca_journal("server-a").await.unwrap().unwrap();
+    let mut j: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let mut marked = 0;
+    for slot in j["slots"].as_array_mut().unwrap() {
+        if slot["tainted"] == serde_json::json!(true) {
+            slot["revoked"] = serde_json::json!(true);
+            marked += 1;
+        }
+    }
+    assert_eq!(marked, 1);
+    ds.set_server_ca_journal("server-a", &serde_json::to_vec(&j).unwrap(), T0)
+        .await
+        .unwrap();
+    let in_bundle = |b: &ironpact_spiffe::Bundle| {
+        b.x509_authorities
+            .iter()
+            .any(|d| ironpact_spiffe::x509::authority_id(d).as_ref() == Some(&old.authority_id))
+    };
+    assert!(in_bundle(&bundle(&ds).await));
+    let ca = CaManager::load(cfg(), ds.clone(), km, clock.clone())
+        .await
+        .unwrap();
+    assert!(
+        !in_bundle(&bundle(&ds).await),
+        "the revocation was not finished"
+    );
+    assert!(ca.slots().await.iter().all(|s| !s.revoked && !s.tainted));
+    clock.advance(60);
+    ca.rotate().await.unwrap();
+    assert!(
+        !in_bundle(&bundle(&ds).await),
+        "a revoked authority came back"
+    );
 }
 
 /// Servers of one cluster share the datastore and the bundle, each with its own CA and JWT

@@ -278,6 +278,7 @@ impl CertInfo {
                 }
             }
         }
+        let (subject_key_id, authority_key_id) = key_ids(&cert);
         Ok(Self {
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
@@ -287,8 +288,8 @@ impl CertInfo {
             spki_der: cert.public_key().raw.to_vec(),
             is_ca: cert.is_ca(),
             subject: cert.subject().to_string(),
-            subject_key_id: key_ids(&cert).0,
-            authority_key_id: key_ids(&cert).1,
+            subject_key_id,
+            authority_key_id,
         })
     }
 }

@@ -35,14 +35,16 @@ fn no_upstream() -> Status {
 
 impl LocalAuthorityApi {
     /// After a change: the cache (and every open sync stream) sees the new bundle, this
-    /// server's trust follows it, and its own SVID is re-signed by the active authority (it
-    /// may have been signed by one now tainted or revoked).
-    async fn settle(&self, kind: SlotKind) {
+    /// server's trust follows it, and after a taint or revoke its own SVID is re-signed by
+    /// the active authority (it may have been signed by the one tainted or revoked).
+    async fn settle(&self, kind: SlotKind, resign: bool) {
         self.0.changed().await;
         if let Err(e) = self.0.refresh_roots().await {
             tracing::warn!(error = %e, "reloading the trust bundle failed; the periodic refresh retries");
         }
-        if kind == SlotKind::X509 {
+        // only on taint and revoke: an activated authority may not have reached every agent
+        // yet, and the server's SVID moves to it on its own schedule
+        if kind == SlotKind::X509 && resign {
             self.0
                 .server_svid_expiry
                 .store(0, std::sync::atomic::Ordering::SeqCst);
@@ -57,7 +59,7 @@ impl LocalAuthorityApi {
     }
     async fn prepare(&self, kind: SlotKind) -> Result<Option<pb::AuthorityState>, Status> {
         let s = self.0.ca.prepare(kind).await.map_err(ca_status)?;
-        self.settle(kind).await;
+        self.settle(kind, false).await;
         Ok(Some(state_pb(s)))
     }
     async fn activate(
@@ -66,17 +68,17 @@ impl LocalAuthorityApi {
         id: &str,
     ) -> Result<Option<pb::AuthorityState>, Status> {
         let s = self.0.ca.activate(kind, id).await.map_err(ca_status)?;
-        self.settle(kind).await;
+        self.settle(kind, false).await;
         Ok(Some(state_pb(s)))
     }
     async fn taint(&self, kind: SlotKind, id: &str) -> Result<Option<pb::AuthorityState>, Status> {
         let s = self.0.ca.taint(kind, id).await.map_err(ca_status)?;
-        self.settle(kind).await;
+        self.settle(kind, true).await;
         Ok(Some(state_pb(s)))
     }
     async fn revoke(&self, kind: SlotKind, id: &str) -> Result<Option<pb::AuthorityState>, Status> {
         let s = self.0.ca.revoke(kind, id).await.map_err(ca_status)?;
-        self.settle(kind).await;
+        self.settle(kind, true).await;
         Ok(Some(state_pb(s)))
     }
 }
