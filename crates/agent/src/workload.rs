@@ -383,10 +383,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     "invalid JWT-SVID: no known authority with key ID {kid:?}"
                 ))
             })?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = ironpact_spiffe::clock::process_clock().now();
         let v = ironpact_spiffe::jwt::validate(&r.svid, &owner.jwt_authorities, &r.audience, now)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !v.spiffe_id.is_member_of(&owner.trust_domain) {

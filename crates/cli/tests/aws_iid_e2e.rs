@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use support::imds::{AwsTestCa, Served, document};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
 use support::{
-    Backend, Block, Plugin, TestAgent, TestServer, attest_by_hand, attest_refused, my_uid, runtime,
+    Backend, Block, Plugin, TestAgent, TestClock, TestServer, attest_by_hand, attest_refused,
+    my_uid, runtime,
 };
 
 const MEASUREMENT: [u8; 48] = [0x4d; 48];
@@ -439,8 +440,10 @@ fn aws_iid_with_tdx_end_to_end() {
         },
     );
     let m = hex::encode(MRTD);
+    // one shifted clock for the server and the agent: the renewal comes by moving it
+    let clock = TestClock::install();
     let s = TestServer::start_conf(Backend::Sqlite, |c| {
-        c.server("default_x509_svid_ttl", "8s").plugin(
+        c.plugin(
             Plugin::new("NodeAttestor", "aws_iid")
                 .set("certificates_path", &aws.cert_pem)
                 .set("account_allowlist", vec![ACCOUNT])
@@ -508,13 +511,6 @@ fn aws_iid_with_tdx_end_to_end() {
         "{o:?}"
     );
 
-    // renewal presents the document and a fresh quote again (8 s SVIDs)
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.log().contains("renewed the agent SVID") {
-        assert!(Instant::now() < deadline, "no renewal:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-
     // refusals: an honest document with a TD the policy does not allow, or without a quote;
     // a tampered document with an honest quote
     let dev = SimulatedTdx::new(&pki, p.clone()).unwrap();
@@ -558,6 +554,20 @@ fn aws_iid_with_tdx_end_to_end() {
         .unwrap();
         assert!(svid.id.ends_with("/i-00000000000000009"), "{}", svid.id);
     });
+    // (last: from here the processes' time is ahead of this test's) renewal at half-life of
+    // the 1 h SVID presents the document and a fresh quote again, under the same agent ID
+    clock.advance(31 * 60);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.log().contains("renewed the agent SVID") {
+        assert!(Instant::now() < deadline, "no renewal:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s.agent_show(&agent_id)
+            .contains("Attestation type  : aws_iid"),
+        "the renewal lost the agent"
+    );
+    assert!(a.fetch_until_ok(&[]).ok());
     // fetched once for every attestation and renewal above
     assert_eq!(pcs.requests().len(), 4, "{:?}", pcs.requests());
     let seen = emulator.requests();

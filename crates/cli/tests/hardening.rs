@@ -233,6 +233,8 @@ fn exec_after_connect_gets_no_path_bound_svid() {
     let token = join_token(&s, "spiffe://example.org/host-exec");
     let a = TestAgent::start(&s, &token);
     let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
+    let signed = |a: &TestAgent| a.log().matches("received workload SVIDs").count();
+    let before = signed(&a);
     s.cli(&[
         "entry",
         "create",
@@ -244,8 +246,17 @@ fn exec_after_connect_gets_no_path_bound_svid() {
         &format!("unix:path:{}", sleep.display()),
     ])
     .expect_ok();
-    // wait for the entry to reach the agent: `sleep` itself cannot ask, so watch the log
-    std::thread::sleep(Duration::from_secs(2));
+    // wait for the entry to reach the agent (its SVID signed): `sleep` itself cannot ask, so
+    // watch the log
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while signed(&a) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the entry never reached the agent:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let addr = nix::sys::socket::UnixAddr::new(&a.socket).unwrap();

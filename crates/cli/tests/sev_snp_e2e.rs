@@ -14,7 +14,7 @@ use ironpact_testkit::http::{Availability, Emulator};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::keys::{p384_pkcs8, rsa_pkcs8};
-use support::{Backend, Block, Plugin, TestAgent, TestServer, Value, my_uid, runtime};
+use support::{Backend, Block, Plugin, TestAgent, TestClock, TestServer, Value, my_uid, runtime};
 
 const GOOD: [u8; 48] = [0x11; 48];
 
@@ -440,22 +440,20 @@ fn certificates_from_certs_dir_and_revocation_from_the_kds_crl() {
 fn kds_down_during_renewal_leaves_the_node_attested() {
     let k = keys();
     let dev = device(&k);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    // a CRL that is current for a few seconds only: renewals after that need the KDS
+    // one shifted clock for the server and the agent: time passes by moving it
+    let clock = TestClock::install();
+    let now = clock.now();
+    // a CRL current for ten minutes: the renewal at half-life of the 1 h SVID needs the KDS
     let (base, kds) = local_kds(vec![(
         ironpact_testkit::kds::crl_path("Milan", false),
-        dev.crl(&[7], now - 60, now + 12).unwrap(),
+        dev.crl(&[7], now - 60, now + 600).unwrap(),
     )]);
     let s = TestServer::start_conf(Backend::Sqlite, |c| {
-        c.server("default_x509_svid_ttl", "10s")
-            .plugin(server_plugins_with(
-                &k,
-                &GOOD,
-                &[("kds_base_url", (&base).into()), ("check_crl", true.into())],
-            ))
+        c.plugin(server_plugins_with(
+            &k,
+            &GOOD,
+            &[("kds_base_url", (&base).into()), ("check_crl", true.into())],
+        ))
     });
     let a = TestAgent::start_custom(&s, None, agent_block(k.dir.path(), &GOOD, false), true);
     let agent_id = format!(
@@ -475,8 +473,9 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
     .expect_ok();
     assert!(a.fetch_until_ok(&[]).ok(), "{}", a.log());
 
-    // the KDS goes away; once the CRL is past its nextUpdate every renewal needs the KDS
+    // the KDS goes away; the CRL is past its nextUpdate when the renewal comes
     kds.set_availability(Availability::Dropping);
+    clock.advance(31 * 60);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !s.log().contains("renewal could not be judged now") {
         assert!(
@@ -498,10 +497,7 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
     assert!(a.dir.path().join("data/agent_key.pem").exists());
 
     // the KDS comes back with a current CRL: the next renewal passes
-    let fresh = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let fresh = clock.now();
     kds.file(
         &ironpact_testkit::kds::crl_path("Milan", false),
         dev.crl(&[7], fresh - 60, fresh + 3600).unwrap(),

@@ -17,7 +17,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use support::keys::{p384_pkcs8, rsa_pkcs8};
 use support::{
-    Backend, Block, Plugin, TestAgent, TestServer, attest_by_hand, attest_refused, my_uid, runtime,
+    Backend, Block, Plugin, TestAgent, TestClock, TestServer, attest_by_hand, attest_refused,
+    my_uid, runtime,
 };
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -234,9 +235,10 @@ fn x509pop_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let root = pki(d);
+    // a shifted clock for the server and the agent: the renewal below comes by moving it
+    let clock = TestClock::install();
     let s = TestServer::start_conf(Backend::Sqlite, |c| {
-        c.server("default_x509_svid_ttl", "20s")
-            .plugin(Plugin::new("NodeAttestor", "x509pop").set("ca_bundle_path", root.pem()))
+        c.plugin(Plugin::new("NodeAttestor", "x509pop").set("ca_bundle_path", root.pem()))
     });
     let a = TestAgent::start_custom(&s, None, agent_block(d, None), true);
 
@@ -400,6 +402,8 @@ fn x509pop_end_to_end() {
         "spiffe://example.org/spire/agent/x509pop/{}",
         fingerprint(d, "node-1-renewed.pem")
     );
+    // (last: from here the processes' time is ahead of this test's) half-life of the 1 h SVID
+    clock.advance(31 * 60);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !s.cli(&["agent", "show", "-spiffeID", &renewed]).ok() {
         assert!(
@@ -407,7 +411,7 @@ fn x509pop_end_to_end() {
             "the agent did not attest afresh with its renewed certificate:\n{}",
             a.log()
         );
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(a.log().contains("attest afresh"), "{}", a.log());
     let o = a.fetch_until_ok(&[]);

@@ -198,10 +198,9 @@ pub struct Change {
 /// Largest number of values bound into one `IN (...)` list or multi-row insert.
 const CHUNK: usize = 300;
 
+/// When a change was logged: the process's clock (the one the server prunes the log by).
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    ironpact_spiffe::clock::process_clock().now()
 }
 
 async fn record_change(w: &mut WriteTx, kind: ChangeKind, key: &str) -> Result<()> {

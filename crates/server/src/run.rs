@@ -6,7 +6,7 @@ use crate::api::{
     LocalAuthorityApi, MAX_MESSAGE, SvidApi,
 };
 use crate::ca::{CaConfig, CaManager};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::{KeyManagerConfig, ServerConfig};
 use crate::keymanager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use ironpact_datastore::DataStore;
@@ -340,7 +340,13 @@ pub async fn run_with_reload(
         warn!("{w}");
     }
     let socket_path = cfg.socket_path.clone();
-    let core = build_core(cfg, Arc::new(SystemClock)).await?;
+    let clock = ironpact_spiffe::clock::process_clock();
+    if ironpact_spiffe::clock::is_test_clock() {
+        warn!(
+            "TEST CLOCK: this debug build runs on the shifted clock named by IRONPACT_TEST_CLOCK"
+        );
+    }
+    let core = build_core(cfg, clock).await?;
 
     let ticker = {
         let core = core.clone();

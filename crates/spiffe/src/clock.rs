@@ -41,3 +41,65 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The clock of this process: the system clock, except in debug builds started with
+/// `IRONPACT_TEST_CLOCK=<file>`, where it is the system clock shifted by the whole seconds
+/// that file holds (re-read every 50 ms). The end-to-end suites move a server and its agents
+/// through hours of SVID lifetimes in seconds this way, with every decision (rotation,
+/// renewal, expiry, TLS validity) taken on the one shifted time. Release builds never read
+/// the variable: production time is the system's.
+pub fn process_clock() -> std::sync::Arc<dyn Clock> {
+    static CLOCK: std::sync::OnceLock<std::sync::Arc<dyn Clock>> = std::sync::OnceLock::new();
+    CLOCK
+        .get_or_init(|| {
+            #[cfg(debug_assertions)]
+            if let Some(path) = std::env::var_os("IRONPACT_TEST_CLOCK") {
+                return std::sync::Arc::new(ShiftedClock::follow(path.into()));
+            }
+            std::sync::Arc::new(SystemClock)
+        })
+        .clone()
+}
+
+/// Whether this process runs on a shifted test clock (see [`process_clock`]).
+pub fn is_test_clock() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("IRONPACT_TEST_CLOCK").is_some()
+}
+
+/// The system clock plus an offset read from a file (see [`process_clock`]).
+#[cfg(debug_assertions)]
+struct ShiftedClock(std::sync::Arc<AtomicI64>);
+
+#[cfg(debug_assertions)]
+impl ShiftedClock {
+    fn follow(path: std::path::PathBuf) -> Self {
+        let offset = std::sync::Arc::new(AtomicI64::new(0));
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+        };
+        if let Some(o) = read(&path) {
+            offset.store(o, Ordering::SeqCst);
+        }
+        let shared = offset.clone();
+        let _ = std::thread::Builder::new()
+            .name("test-clock".into())
+            .spawn(move || {
+                loop {
+                    if let Some(o) = read(&path) {
+                        shared.store(o, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            });
+        Self(offset)
+    }
+}
+
+#[cfg(debug_assertions)]
+impl Clock for ShiftedClock {
+    fn now(&self) -> i64 {
+        SystemClock.now() + self.0.load(Ordering::SeqCst)
+    }
+}

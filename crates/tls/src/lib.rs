@@ -48,7 +48,12 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// rustls's time, or the shifted test clock of a debug build started with one (see
+/// `ironpact_spiffe::clock::process_clock`), so that peers on one shifted clock agree.
 fn now_secs(now: UnixTime) -> i64 {
+    if ironpact_spiffe::clock::is_test_clock() {
+        return ironpact_spiffe::clock::process_clock().now();
+    }
     now.as_secs() as i64
 }
 

@@ -189,7 +189,12 @@ pub use ironpact_spiffe::clock::{Clock, ManualClock, SystemClock};
 
 impl Agent {
     pub fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
-        Self::with_clock(cfg, Arc::new(SystemClock))
+        if ironpact_spiffe::clock::is_test_clock() {
+            warn!(
+                "TEST CLOCK: this debug build runs on the shifted clock named by IRONPACT_TEST_CLOCK"
+            );
+        }
+        Self::with_clock(cfg, ironpact_spiffe::clock::process_clock())
     }
 
     /// [`Agent::new`] reading time from `clock` (tests set it by hand).

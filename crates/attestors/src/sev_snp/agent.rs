@@ -99,10 +99,7 @@ fn pkcs8(path: &Path) -> Result<Vec<u8>, EvidenceError> {
 
 impl Simulated {
     pub fn load(c: &SimulatedConfig) -> Result<Self, EvidenceError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = ironpact_spiffe::clock::process_clock().now();
         let platform = SimPlatform {
             product: c.product,
             chip_id: c.chip_id,

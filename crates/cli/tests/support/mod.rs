@@ -130,6 +130,64 @@ fn sigterm_child(child: Option<Child>) -> Duration {
     }
 }
 
+/// A shifted clock for the server and agent processes a test starts (debug builds honour
+/// `IRONPACT_TEST_CLOCK`; see `ironpact_spiffe::clock::process_clock`): `advance` moves their
+/// time forward at once, so hours of SVID lifetimes pass in a second with no sleep. Installed
+/// for the test's thread: every TestServer and TestAgent spawned on it afterwards follows it.
+/// Time in the test process itself stays real: checks that verify certificates here must run
+/// before the clock is advanced.
+pub struct TestClock {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    offset: std::cell::Cell<i64>,
+}
+
+thread_local! {
+    static CLOCK_FILE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+impl TestClock {
+    pub fn install() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offset");
+        std::fs::write(&path, "0").unwrap();
+        CLOCK_FILE.with(|c| *c.borrow_mut() = Some(path.clone()));
+        Self {
+            _dir: dir,
+            path,
+            offset: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Moves the processes' time forward by `secs` (they read it within 50 ms).
+    pub fn advance(&self, secs: i64) {
+        self.offset.set(self.offset.get() + secs);
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, self.offset.get().to_string()).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+    }
+
+    /// The processes' time now (Unix seconds).
+    pub fn now(&self) -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp() + self.offset.get()
+    }
+
+    fn apply(cmd: &mut Command) {
+        CLOCK_FILE.with(|c| {
+            if let Some(p) = &*c.borrow() {
+                cmd.env("IRONPACT_TEST_CLOCK", p);
+            }
+        });
+    }
+}
+
+impl Drop for TestClock {
+    fn drop(&mut self) {
+        CLOCK_FILE.with(|c| *c.borrow_mut() = None);
+    }
+}
+
 /// A server process with its own directory, config and socket; killed on drop.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -284,7 +342,9 @@ impl TestServer {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        TestClock::apply(&mut cmd);
+        let child = cmd
             .current_dir(repo_root())
             .args(["run", "-config"])
             .arg(&self.config)
@@ -613,6 +673,7 @@ impl TestAgent {
             .open(self.dir.path().join("agent.log"))
             .unwrap();
         let mut cmd = Command::new(AGENT_BIN);
+        TestClock::apply(&mut cmd);
         cmd.current_dir(repo_root())
             .args(["run", "-config"])
             .arg(&self.config)
