@@ -31,6 +31,9 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// Response metadata of an unhealthy answer: why, in words.
+pub const UNHEALTHY_REASON: &str = "ironpact-unhealthy-reason";
+
 /// Healthy once the agent holds an SVID and a trust bundle.
 struct AgentHealth(Arc<Agent>);
 
@@ -47,9 +50,17 @@ impl Health for AgentHealth {
         } else {
             ServingStatus::NotServing
         };
-        Ok(Response::new(hpb::HealthCheckResponse {
+        let mut resp = Response::new(hpb::HealthCheckResponse {
             status: status as i32,
-        }))
+        });
+        // why it is not serving, when the server said (read by `healthcheck`)
+        if !ok
+            && let Some(r) = &self.0.state.read().refusal
+            && let Ok(v) = format!("the server refused this node: {r}").parse()
+        {
+            resp.metadata_mut().insert(UNHEALTHY_REASON, v);
+        }
+        Ok(resp)
     }
 
     type WatchStream =
@@ -96,6 +107,7 @@ pub async fn run(
             r
         })
     };
+    let expiry = tokio::spawn(agent.clone().expire_svids());
     tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
@@ -129,6 +141,7 @@ pub async fn run(
         manager.abort();
         None
     };
+    expiry.abort();
     let _ = std::fs::remove_file(&socket);
     if let Some((p, task)) = admin {
         task.abort();

@@ -60,6 +60,9 @@ pub struct View {
     /// which the match then checks in full).
     by_selector: HashMap<u64, Vec<usize>>,
     pub svids: HashMap<String, Arc<CachedSvid>>,
+    /// Why the server refused this node at its last renewal or attestation (cleared when one
+    /// passes): a workload whose SVIDs lapsed meanwhile is told so.
+    pub refusal: Option<String>,
 }
 
 impl View {

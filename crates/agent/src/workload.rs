@@ -207,7 +207,14 @@ fn matched<'a>(v: &'a View, sels: &[Selector]) -> Result<Vec<&'a AgentEntry>, St
     Ok(m)
 }
 
-fn x509_response(v: &View, sels: &[Selector]) -> Result<Option<pb::X509svidResponse>, Status> {
+/// The X509-SVIDs of the entries `sels` match, never one past its NotAfter: with none valid,
+/// the stream waits for the next signing, or, when the server refused this node, ends with
+/// PermissionDenied naming the refusal.
+fn x509_response(
+    v: &View,
+    sels: &[Selector],
+    now: i64,
+) -> Result<Option<pb::X509svidResponse>, Status> {
     let entries = matched(v, sels)?;
     let Some(bundle) = &v.bundle else {
         return Ok(None);
@@ -216,6 +223,7 @@ fn x509_response(v: &View, sels: &[Selector]) -> Result<Option<pb::X509svidRespo
     let svids: Vec<pb::X509svid> = entries
         .iter()
         .filter_map(|e| v.svids.get(&e.id).map(|s| (e, s)))
+        .filter(|(_, s)| s.expires_at > now)
         .map(|(e, s)| pb::X509svid {
             spiffe_id: s.spiffe_id.to_string(),
             x509_svid: concat(&s.chain),
@@ -225,6 +233,11 @@ fn x509_response(v: &View, sels: &[Selector]) -> Result<Option<pb::X509svidRespo
         })
         .collect();
     if svids.is_empty() {
+        if let Some(r) = &v.refusal {
+            return Err(Status::permission_denied(format!(
+                "no valid X509-SVID for this workload: the server refused this node ({r})"
+            )));
+        }
         return Ok(None);
     }
     let federated_bundles = v
@@ -280,7 +293,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let sels = self.selectors(&req).await?;
-        Ok(Response::new(self.watch(sels, x509_response)?))
+        let clock = self.agent.clock();
+        Ok(Response::new(self.watch(sels, move |v, s| {
+            x509_response(v, s, clock.now())
+        })?))
     }
 
     async fn fetch_x509_bundles(
@@ -383,7 +399,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     "invalid JWT-SVID: no known authority with key ID {kid:?}"
                 ))
             })?;
-        let now = ironpact_spiffe::clock::process_clock().now();
+        let now = self.agent.clock().now();
         let v = ironpact_spiffe::jwt::validate(&r.svid, &owner.jwt_authorities, &r.audience, now)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !v.spiffe_id.is_member_of(&owner.trust_domain) {
@@ -425,4 +441,64 @@ pub fn incoming(l: tokio::net::UnixListener) -> ReceiverStream<std::io::Result<W
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::state::CachedSvid;
+    use ironpact_spiffe::{SpiffeId, TrustDomain};
+
+    fn view(expires_at: i64, refusal: Option<&str>) -> View {
+        let mut v = View::default();
+        v.set_entries(vec![Arc::new(AgentEntry {
+            id: "e1".into(),
+            spiffe_id: SpiffeId::parse("spiffe://example.org/w").unwrap(),
+            selectors: vec![Selector::parse("unix:uid:1").unwrap()],
+            federates_with: vec![],
+            hint: String::new(),
+            revision: 1,
+            dns_names: vec![],
+        })]);
+        v.bundle = Some(Bundle::new(TrustDomain::new("example.org").unwrap()));
+        v.svids.insert(
+            "e1".into(),
+            Arc::new(CachedSvid {
+                spiffe_id: SpiffeId::parse("spiffe://example.org/w").unwrap(),
+                chain: vec![vec![1]],
+                key_pkcs8: vec![2],
+                received_at: 0,
+                expires_at,
+                revision: 1,
+                authority_id: None,
+            }),
+        );
+        v.refusal = refusal.map(str::to_string);
+        v
+    }
+
+    #[test]
+    fn an_expired_svid_is_never_served_and_a_refusal_is_named() {
+        let sels = [Selector::parse("unix:uid:1").unwrap()];
+        // valid: served
+        let r = x509_response(&view(100, None), &sels, 99).unwrap().unwrap();
+        assert_eq!(r.svids.len(), 1);
+        // at or past NotAfter: not served; the stream waits for the next signing
+        assert!(
+            x509_response(&view(100, None), &sels, 100)
+                .unwrap()
+                .is_none()
+        );
+        // and when the server refused this node, the workload is told why
+        let e = x509_response(&view(100, Some("measurement_not_allowed")), &sels, 100).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("measurement_not_allowed"), "{e:?}");
+        // a refusal does not take away an SVID that is still valid
+        assert!(
+            x509_response(&view(100, Some("x")), &sels, 50)
+                .unwrap()
+                .is_some()
+        );
+    }
 }

@@ -388,7 +388,7 @@ fn join_token_attestation_sync_and_signing() {
             .stdout
             .clone();
         let short = short.trim().strip_prefix("Token: ").unwrap().to_string();
-        clock.advance(2);
+        clock.advance(5);
         let (c3, _) = csr_and_key();
         let e = attest(&mut anon, params("join_token", short.as_bytes(), c3), false)
             .await

@@ -104,10 +104,9 @@ fn evidence(dev: &SimulatedSnp, guest: &SimGuest, rd: [u8; 64]) -> Vec<u8> {
 #[test]
 fn sev_snp_attestation_end_to_end() {
     let k = keys();
-    let s = TestServer::start_conf(Backend::Sqlite, |c| {
-        c.server("default_x509_svid_ttl", "20s")
-            .plugin(server_plugins(&k, &GOOD))
-    });
+    // a shifted clock for the server and the agent: renewals and expiry come by moving it
+    let clock = TestClock::install();
+    let s = TestServer::start_conf(Backend::Sqlite, |c| c.plugin(server_plugins(&k, &GOOD)));
     let a = TestAgent::start_custom(&s, None, agent_block(k.dir.path(), &GOOD, false), true);
 
     // the agent is attested with its measurement as a selector
@@ -215,19 +214,22 @@ fn sev_snp_attestation_end_to_end() {
         .unwrap();
     });
 
-    // tighten the allow-list at runtime: the agent's next renewal (20 s SVIDs: every ~10 s) is refused
-    s.tighten_until_refused(
-        &m,
-        &hex::encode([0x77u8; 48]),
-        &a,
-        "measurement_not_allowed",
-    );
-    assert!(
-        s.log().contains("reloaded the sev_snp policy"),
-        "{}",
-        s.log()
-    );
-    // a machine that does not pass gets no agent SVID, so it stops being healthy
+    // tighten the allow-list at runtime: the agent's next renewal (at half-life of its 1 h
+    // SVID) is refused. (From here the processes' time is ahead of this test's.)
+    s.tighten(&m, &hex::encode([0x77u8; 48]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.log().contains("reloaded the sev_snp policy") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    clock.advance(31 * 60);
+    s.wait_refused(&a, "measurement_not_allowed");
+    // the workload keeps its SVID while it is valid
+    assert!(a.fetch_until_ok(&[]).ok(), "{}", a.log());
+    // once every SVID has lapsed: a machine that does not pass gets no agent SVID, so it stops
+    // being healthy, and says why; its workloads are never handed an expired SVID, and are told
+    // why they get none
+    clock.advance(30 * 60);
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.cli(&["healthcheck"]).ok() {
         assert!(
@@ -251,6 +253,21 @@ fn sev_snp_attestation_end_to_end() {
     // refused, not evicted: the agent keeps its key and tries to renew again
     assert!(log.contains("the server refused this agent"), "{log}");
     assert!(!log.contains("deleting its key"), "{log}");
+    let health = a.cli(&["healthcheck"]);
+    health.expect_error("the server refused this node");
+    assert!(
+        health.stderr.contains("measurement_not_allowed"),
+        "{health:?}"
+    );
+    let o = a.cli(&["api", "fetch", "x509", "-timeout", "5"]);
+    o.expect_error("the server refused this node");
+    assert!(o.stderr.contains("measurement_not_allowed"), "{o:?}");
+    assert!(
+        a.log()
+            .contains("workload SVIDs expired before they could be renewed"),
+        "{}",
+        a.log()
+    );
 }
 
 #[test]

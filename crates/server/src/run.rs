@@ -342,9 +342,7 @@ pub async fn run_with_reload(
     let socket_path = cfg.socket_path.clone();
     let clock = ironpact_spiffe::clock::process_clock();
     if ironpact_spiffe::clock::is_test_clock() {
-        warn!(
-            "TEST CLOCK: this debug build runs on the shifted clock named by IRONPACT_TEST_CLOCK"
-        );
+        warn!("TEST CLOCK: this test build runs on the shifted clock named by IRONPACT_TEST_CLOCK");
     }
     let core = build_core(cfg, clock).await?;
 

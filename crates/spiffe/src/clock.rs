@@ -42,17 +42,18 @@ impl Clock for ManualClock {
     }
 }
 
-/// The clock of this process: the system clock, except in debug builds started with
+/// The clock of this process: the system clock, except in test builds (the `test-clock`
+/// feature, which only ironpact-cli's dev-dependencies turn on) started with
 /// `IRONPACT_TEST_CLOCK=<file>`, where it is the system clock shifted by the whole seconds
 /// that file holds (re-read every 50 ms). The end-to-end suites move a server and its agents
 /// through hours of SVID lifetimes in seconds this way, with every decision (rotation,
-/// renewal, expiry, TLS validity) taken on the one shifted time. Release builds never read
+/// renewal, expiry, TLS validity) taken on the one shifted time. Builds for use never read
 /// the variable: production time is the system's.
 pub fn process_clock() -> std::sync::Arc<dyn Clock> {
     static CLOCK: std::sync::OnceLock<std::sync::Arc<dyn Clock>> = std::sync::OnceLock::new();
     CLOCK
         .get_or_init(|| {
-            #[cfg(debug_assertions)]
+            #[cfg(feature = "test-clock")]
             if let Some(path) = std::env::var_os("IRONPACT_TEST_CLOCK") {
                 return std::sync::Arc::new(ShiftedClock::follow(path.into()));
             }
@@ -63,14 +64,14 @@ pub fn process_clock() -> std::sync::Arc<dyn Clock> {
 
 /// Whether this process runs on a shifted test clock (see [`process_clock`]).
 pub fn is_test_clock() -> bool {
-    cfg!(debug_assertions) && std::env::var_os("IRONPACT_TEST_CLOCK").is_some()
+    cfg!(feature = "test-clock") && std::env::var_os("IRONPACT_TEST_CLOCK").is_some()
 }
 
 /// The system clock plus an offset read from a file (see [`process_clock`]).
-#[cfg(debug_assertions)]
+#[cfg(feature = "test-clock")]
 struct ShiftedClock(std::sync::Arc<AtomicI64>);
 
-#[cfg(debug_assertions)]
+#[cfg(feature = "test-clock")]
 impl ShiftedClock {
     fn follow(path: std::path::PathBuf) -> Self {
         let offset = std::sync::Arc::new(AtomicI64::new(0));
@@ -83,7 +84,7 @@ impl ShiftedClock {
             offset.store(o, Ordering::SeqCst);
         }
         let shared = offset.clone();
-        let _ = std::thread::Builder::new()
+        if let Err(e) = std::thread::Builder::new()
             .name("test-clock".into())
             .spawn(move || {
                 loop {
@@ -92,14 +93,21 @@ impl ShiftedClock {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-            });
+            })
+        {
+            eprintln!(
+                "IRONPACT_TEST_CLOCK: cannot follow the offset file ({e}); time stays shifted by its first value"
+            );
+        }
         Self(offset)
     }
 }
 
-#[cfg(debug_assertions)]
+#[cfg(feature = "test-clock")]
 impl Clock for ShiftedClock {
     fn now(&self) -> i64 {
-        SystemClock.now() + self.0.load(Ordering::SeqCst)
+        SystemClock
+            .now()
+            .saturating_add(self.0.load(Ordering::SeqCst))
     }
 }

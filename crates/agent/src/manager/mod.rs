@@ -191,7 +191,7 @@ impl Agent {
     pub fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
         if ironpact_spiffe::clock::is_test_clock() {
             warn!(
-                "TEST CLOCK: this debug build runs on the shifted clock named by IRONPACT_TEST_CLOCK"
+                "TEST CLOCK: this test build runs on the shifted clock named by IRONPACT_TEST_CLOCK"
             );
         }
         Self::with_clock(cfg, ironpact_spiffe::clock::process_clock())
@@ -253,6 +253,43 @@ impl Agent {
             return Err(err("no certificates in it".into()));
         }
         Ok(certs)
+    }
+
+    /// The agent's clock (every "now" of its timing).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// Records why the server refused this node (or that it no longer does).
+    pub(super) fn set_refusal(&self, reason: Option<String>) {
+        if self.state.read().refusal != reason {
+            self.state.update(|v| v.refusal = reason);
+        }
+    }
+
+    /// Drops workload X509-SVIDs past their NotAfter, every second, so that no stream or
+    /// fetch hands one out and open streams learn of it. Runs until the process ends.
+    pub async fn expire_svids(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = self.clock.now();
+            let expired = self
+                .state
+                .read()
+                .svids
+                .values()
+                .filter(|s| s.expires_at <= now)
+                .count();
+            if expired > 0 {
+                self.state
+                    .update(|v| v.svids.retain(|_, s| s.expires_at > now));
+                warn!(
+                    count = expired,
+                    "workload SVIDs expired before they could be renewed; no longer served"
+                );
+            }
+        }
     }
 
     pub fn agent_id(&self) -> Option<SpiffeId> {

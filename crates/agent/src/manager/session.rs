@@ -107,9 +107,15 @@ impl Agent {
             }
             if self.agent_id().is_none() {
                 match self.attest().await {
-                    Ok(()) => backoff = Duration::from_secs(1),
+                    Ok(()) => {
+                        backoff = Duration::from_secs(1);
+                        self.set_refusal(None);
+                    }
                     Err(AgentError::Banned(m)) => return Err(self.banned(m)),
                     Err(e) => {
+                        if let AgentError::Refused(m) = &e {
+                            self.set_refusal(Some(m.clone()));
+                        }
                         let wait = next_backoff(&mut backoff);
                         error!(error = %e, retry_in = ?wait, "attestation failed");
                         tokio::time::sleep(wait).await;
@@ -121,7 +127,10 @@ impl Agent {
             let mut end = self.session().await;
             loop {
                 match end {
-                    SessionEnd::Renewed => backoff = Duration::from_secs(1),
+                    SessionEnd::Renewed => {
+                        backoff = Duration::from_secs(1);
+                        self.set_refusal(None);
+                    }
                     SessionEnd::Evicted(reason) => {
                         warn!(%reason, "the server evicted this agent; deleting its key and attesting again");
                         self.forget_svid();
@@ -143,6 +152,7 @@ impl Agent {
                         }
                     }
                     SessionEnd::Refused(reason) => {
+                        self.set_refusal(Some(reason.clone()));
                         let wait = next_backoff(&mut backoff);
                         warn!(%reason, retry_in = ?wait, "the server refused this agent; keeping its key and cached SVIDs, renewing again after a pause");
                         self.drop_client();

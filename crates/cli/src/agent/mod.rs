@@ -391,6 +391,13 @@ async fn healthcheck(s: SocketArg) -> Result<()> {
         .await
         .map_err(|e| anyhow!("agent is unhealthy: {}", e.message()))?;
     if r.get_ref().status != ServingStatus::Serving as i32 {
+        if let Some(why) = r
+            .metadata()
+            .get(ironpact_agent::run::UNHEALTHY_REASON)
+            .and_then(|v| v.to_str().ok())
+        {
+            bail!("agent is unhealthy: {why} (see its log and `ironpact-server agent show`)");
+        }
         bail!("agent is unhealthy: it has not attested or synced yet (see its log)");
     }
     println!("Agent is healthy.");

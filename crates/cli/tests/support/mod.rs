@@ -130,7 +130,7 @@ fn sigterm_child(child: Option<Child>) -> Duration {
     }
 }
 
-/// A shifted clock for the server and agent processes a test starts (debug builds honour
+/// A shifted clock for the server and agent processes a test starts (their test builds honour
 /// `IRONPACT_TEST_CLOCK`; see `ironpact_spiffe::clock::process_clock`): `advance` moves their
 /// time forward at once, so hours of SVID lifetimes pass in a second with no sleep. Installed
 /// for the test's thread: every TestServer and TestAgent spawned on it afterwards follows it.
@@ -165,7 +165,8 @@ impl TestClock {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, self.offset.get().to_string()).unwrap();
         std::fs::rename(&tmp, &self.path).unwrap();
-        std::thread::sleep(Duration::from_millis(120));
+        // the processes re-read it every 50 ms
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     /// The processes' time now (Unix seconds).
@@ -358,6 +359,13 @@ impl TestServer {
         loop {
             let o = self.cli(&["healthcheck"]);
             if o.ok() {
+                if CLOCK_FILE.with(|c| c.borrow().is_some()) {
+                    assert!(
+                        self.log().contains("TEST CLOCK"),
+                        "a TestClock is installed but the server does not follow it: its binary \
+                         was built without the test-clock feature (run the suites with cargo test)"
+                    );
+                }
                 return;
             }
             if Instant::now() > deadline {
@@ -374,6 +382,12 @@ impl TestServer {
     /// Replaces `from` with `to` in the config file and sends SIGHUP, then waits (up to 40 s)
     /// until `agent`'s log shows `refusal`: a tightened policy stopping its next renewal.
     pub fn tighten_until_refused(&self, from: &str, to: &str, agent: &TestAgent, refusal: &str) {
+        self.tighten(from, to);
+        self.wait_refused(agent, refusal);
+    }
+
+    /// Rewrites `from` to `to` in the config and sends SIGHUP (the policy reload).
+    pub fn tighten(&self, from: &str, to: &str) {
         let cfg = std::fs::read_to_string(&self.config)
             .unwrap()
             .replace(from, to);
@@ -385,6 +399,10 @@ impl TestServer {
                 .unwrap()
                 .success()
         );
+    }
+
+    /// Waits until the agent logs `refusal` (its renewal was refused).
+    pub fn wait_refused(&self, agent: &TestAgent, refusal: &str) {
         let deadline = Instant::now() + Duration::from_secs(40);
         while !agent.log().contains(refusal) {
             assert!(
