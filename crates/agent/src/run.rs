@@ -34,8 +34,10 @@ pub enum RunError {
 /// Response metadata of an unhealthy answer: why, in words.
 pub const UNHEALTHY_REASON: &str = "ironpact-unhealthy-reason";
 
-/// Healthy once the agent holds an SVID and a trust bundle.
-struct AgentHealth(Arc<Agent>);
+/// Healthy once the agent holds an SVID and a trust bundle. With `detailed` (the owner-only
+/// admin socket), an unhealthy answer says why in full; on the Workload API socket, which any
+/// local process reaches, only the refusal's kind.
+struct AgentHealth(Arc<Agent>, bool);
 
 #[tonic::async_trait]
 impl Health for AgentHealth {
@@ -54,11 +56,27 @@ impl Health for AgentHealth {
             status: status as i32,
         });
         // why it is not serving, when the server said (read by `healthcheck`)
-        if !ok
-            && let Some(r) = &self.0.state.read().refusal
-            && let Ok(v) = format!("the server refused this node: {r}").parse()
-        {
-            resp.metadata_mut().insert(UNHEALTHY_REASON, v);
+        if !ok && let Some(r) = &self.0.state.read().refusal {
+            let why = if self.1 {
+                r.clone()
+            } else {
+                crate::state::refusal_kind(r)
+            };
+            // printable ASCII only (metadata values are), at most 512 characters
+            let text: String = format!("the server refused this node: {why}")
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .take(512)
+                .collect();
+            if let Ok(v) = text.parse() {
+                resp.metadata_mut().insert(UNHEALTHY_REASON, v);
+            }
         }
         Ok(resp)
     }
@@ -118,7 +136,7 @@ pub async fn run(
     let admin = admin_listener.map(|(p, l)| {
         info!(path = %p.display(), "admin socket listening (owner only)");
         let server = tonic::transport::Server::builder()
-            .add_service(HealthServer::new(AgentHealth(agent.clone())))
+            .add_service(HealthServer::new(AgentHealth(agent.clone(), true)))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::UnixListenerStream::new(l),
                 stopped(stop_rx.clone()),
@@ -131,7 +149,7 @@ pub async fn run(
             attestor,
             stopping: stop_rx.clone(),
         }))
-        .add_service(HealthServer::new(AgentHealth(agent)))
+        .add_service(HealthServer::new(AgentHealth(agent, false)))
         .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()));
     // streams end as soon as the stop is set; what stays open is dropped after the grace
     let r = ironpact_tls::shutdown::serve_until_stopped(serving, stop_rx, "Workload API").await;

@@ -65,6 +65,25 @@ pub struct View {
     pub refusal: Option<String>,
 }
 
+/// The kind of a server refusal (`attestation rejected: <kind>: …` → `<kind>`), safe to tell
+/// any local workload: the details (agent ID, evidence, instance IDs) stay in the agent's log
+/// and its owner-only admin socket.
+pub fn refusal_kind(reason: &str) -> String {
+    let after = reason
+        .split_once("attestation rejected: ")
+        .map_or("", |(_, rest)| rest);
+    let kind: String = after
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    if kind.is_empty() {
+        "refused".into()
+    } else {
+        kind
+    }
+}
+
 impl View {
     /// The entries, ordered by ID.
     pub fn entries(&self) -> &[Arc<AgentEntry>] {

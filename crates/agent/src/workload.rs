@@ -235,7 +235,8 @@ fn x509_response(
     if svids.is_empty() {
         if let Some(r) = &v.refusal {
             return Err(Status::permission_denied(format!(
-                "no valid X509-SVID for this workload: the server refused this node ({r})"
+                "no valid X509-SVID for this workload: the server refused this node's attestation ({}); the agent's log has the details",
+                crate::state::refusal_kind(r)
             )));
         }
         return Ok(None);
@@ -490,10 +491,14 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        // and when the server refused this node, the workload is told why
-        let e = x509_response(&view(100, Some("measurement_not_allowed")), &sels, 100).unwrap_err();
+        // and when the server refused this node, the workload is told the kind, not the details
+        let reason = "attestation rejected: measurement_not_allowed: measurement ab is not in \
+                      the allow-list; agent spiffe://example.org/spire/agent/x (PermissionDenied)";
+        let e = x509_response(&view(100, Some(reason)), &sels, 100).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
-        assert!(e.message().contains("measurement_not_allowed"), "{e:?}");
+        assert!(e.message().contains("(measurement_not_allowed)"), "{e:?}");
+        assert!(!e.message().contains("spire/agent"), "{e:?}");
+        assert_eq!(crate::state::refusal_kind("server said no"), "refused");
         // a refusal does not take away an SVID that is still valid
         assert!(
             x509_response(&view(100, Some("x")), &sels, 50)

@@ -262,6 +262,8 @@ fn sev_snp_attestation_end_to_end() {
     let o = a.cli(&["api", "fetch", "x509", "-timeout", "5"]);
     o.expect_error("the server refused this node");
     assert!(o.stderr.contains("measurement_not_allowed"), "{o:?}");
+    // any local process reaches these: the kind only, never the agent's ID or evidence
+    assert!(!o.stderr.contains("spire/agent") && !health.stderr.contains("spire/agent"));
     assert!(
         a.log()
             .contains("workload SVIDs expired before they could be renewed"),

@@ -161,6 +161,7 @@ impl Agent {
         let svid = self.with_new_key(&mut client, payload, false).await?;
         info!(agent_id = %svid.id, expires_at = svid.expires_at, "node attested");
         self.install_svid(svid, true);
+        self.set_refusal(None);
         Ok(())
     }
 
@@ -170,6 +171,7 @@ impl Agent {
         let svid = self.with_new_key(&mut client, payload, true).await?;
         info!(agent_id = %svid.id, expires_at = svid.expires_at, "renewed the agent SVID");
         self.install_svid(svid, true);
+        self.set_refusal(None);
         Ok(())
     }
 }

@@ -107,10 +107,7 @@ impl Agent {
             }
             if self.agent_id().is_none() {
                 match self.attest().await {
-                    Ok(()) => {
-                        backoff = Duration::from_secs(1);
-                        self.set_refusal(None);
-                    }
+                    Ok(()) => backoff = Duration::from_secs(1),
                     Err(AgentError::Banned(m)) => return Err(self.banned(m)),
                     Err(e) => {
                         if let AgentError::Refused(m) = &e {
@@ -127,10 +124,7 @@ impl Agent {
             let mut end = self.session().await;
             loop {
                 match end {
-                    SessionEnd::Renewed => {
-                        backoff = Duration::from_secs(1);
-                        self.set_refusal(None);
-                    }
+                    SessionEnd::Renewed => backoff = Duration::from_secs(1),
                     SessionEnd::Evicted(reason) => {
                         warn!(%reason, "the server evicted this agent; deleting its key and attesting again");
                         self.forget_svid();
@@ -144,6 +138,9 @@ impl Agent {
                             Ok(()) => backoff = Duration::from_secs(1),
                             Err(AgentError::Banned(m)) => return Err(self.banned(m)),
                             Err(e) => {
+                                if let AgentError::Refused(m) = &e {
+                                    self.set_refusal(Some(m.clone()));
+                                }
                                 // the current SVID stays: renewal is tried again after a pause
                                 let wait = next_backoff(&mut backoff);
                                 warn!(error = %e, retry_in = ?wait, "attesting afresh failed; keeping the current key and SVIDs");

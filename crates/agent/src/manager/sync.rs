@@ -215,6 +215,11 @@ impl Agent {
                         let Ok(id) = SpiffeId::parse(&svid.id) else {
                             continue;
                         };
+                        if info.not_after <= t {
+                            // (clock skew between agent and server): never served anyway
+                            warn!(entry_id = %r.entry_id, not_after = info.not_after, now = t, "the server signed an SVID that is already expired here; check this node's clock");
+                            continue;
+                        }
                         fresh.push((
                             r.entry_id,
                             CachedSvid {
