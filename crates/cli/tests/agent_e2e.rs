@@ -120,8 +120,29 @@ fn workloads_get_identities_through_restarts_and_outages() {
     .expect_error("audience");
     a.cli(&["api", "fetch", "jwt"]).expect_error("audience");
 
-    // the agent restarts without a token and keeps its identity
+    // restarted with a join token for another identity, the agent stops and says which two
+    // identities, and what to remove for either; it does not silently keep the old one
+    let other = join_token(&s, "spiffe://example.org/host9");
     a.kill9();
+    a.spawn_nowait(Some(&other));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.running() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent ignored the new join token:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = a.log();
+    assert!(
+        log.contains(&format!("join_token/{other}"))
+            && log.contains(&format!("join_token/{token}"))
+            && log.contains("start without the join token")
+            && log.contains("agent_svid.pem"),
+        "{log}"
+    );
+    // the agent restarts without a token and keeps its identity
     a.spawn(None);
     let listed = s.cli(&["agent", "count"]).expect_ok().stdout.clone();
     assert!(listed.contains("1 attested agent"), "{listed}");

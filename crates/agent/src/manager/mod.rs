@@ -238,7 +238,7 @@ impl Agent {
             server_id,
             clock,
         });
-        agent.load_stored_svid();
+        agent.load_stored_svid()?;
         Ok(agent)
     }
 

@@ -31,21 +31,24 @@ impl Agent {
         std::fs::rename(&tmp, path)
     }
 
-    /// Reuses the SVID from a previous run while it is valid and chains to the bundle.
-    pub(super) fn load_stored_svid(&self) {
-        let Some(dir) = self.key_dir() else { return };
-        let (cert, key) = (dir.join("agent_svid.pem"), dir.join("agent_key.pem"));
+    /// Reuses the SVID from a previous run while it is valid and chains to the bundle. An
+    /// explicit join token for another identity is an error, never silently passed over.
+    pub(super) fn load_stored_svid(&self) -> Result<(), AgentError> {
+        let Some(dir) = self.key_dir() else {
+            return Ok(());
+        };
+        let (cert, key_path) = (dir.join("agent_svid.pem"), dir.join("agent_key.pem"));
         let (Ok(c), Ok(k)) = (
             std::fs::read_to_string(&cert),
-            std::fs::read_to_string(&key),
+            std::fs::read_to_string(&key_path),
         ) else {
-            return;
+            return Ok(());
         };
         let Ok(chain) = ironpact_spiffe::x509::certs_from_pem(&c) else {
-            return;
+            return Ok(());
         };
         let Ok(key) = pem::parse(k.as_bytes()).map(pem::Pem::into_contents) else {
-            return;
+            return Ok(());
         };
         let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
         match ironpact_spiffe::x509::verify_svid_chain(
@@ -54,6 +57,22 @@ impl Agent {
             self.clock.now() + 30,
         ) {
             Ok(id) => {
+                if let Some(token) = &self.cfg.join_token
+                    && let Ok(wanted) = self
+                        .cfg
+                        .trust_domain
+                        .id_with_path(&format!("/spire/agent/join_token/{token}"))
+                    && wanted != id
+                {
+                    return Err(AgentError::Local(format!(
+                        "a join token was given for {wanted}, but this agent already holds the \
+                         identity {id} ({}): to keep {id}, start without the join token; to \
+                         attest with the new token, delete {} and {} first",
+                        cert.display(),
+                        cert.display(),
+                        key_path.display()
+                    )));
+                }
                 let info = chain
                     .first()
                     .and_then(|c| ironpact_spiffe::x509::CertInfo::parse(c).ok());
@@ -74,6 +93,7 @@ impl Agent {
             }
             Err(e) => info!(reason = %e, "stored agent SVID is not usable; attesting again"),
         }
+        Ok(())
     }
 
     pub(super) fn install_svid(&self, s: AgentSvid, persist: bool) {

@@ -683,6 +683,13 @@ impl TestAgent {
         a
     }
 
+    /// Whether the agent process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Starts the agent without waiting for it.
     pub fn spawn_nowait(&mut self, token: Option<&str>) {
         let log = std::fs::OpenOptions::new()
