@@ -518,3 +518,52 @@ fn workload_api_refuses_bad_requests_and_keeps_serving() {
     assert!(a.cli(&["healthcheck"]).ok());
     assert!(a.cli(&["api", "fetch", "x509"]).ok());
 }
+
+/// `insecure_bootstrap = true` and no trust bundle: the agent attests trusting the server's
+/// SPIFFE ID alone, then pins the bundle its first sync brings (only if that bundle signs its
+/// own new SVID) and verifies the server against it from then on; its workloads are served.
+#[test]
+fn insecure_bootstrap_attests_then_pins_the_bundle() {
+    let s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host-tofu");
+    let a = TestAgent::start_conf(
+        &s,
+        s.port,
+        Some(&token),
+        [support::Plugin::new("NodeAttestor", "join_token")],
+        true,
+        |mut c| {
+            c.agent = c.agent.unset("trust_bundle_path");
+            c.agent("insecure_bootstrap", true)
+        },
+    );
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/tofu-app",
+        "-parentID",
+        "spiffe://example.org/host-tofu",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    let o = a.fetch_until_ok(&[]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/tofu-app"),
+        "{o:?}\n{}",
+        a.log()
+    );
+    let log = a.log();
+    assert!(
+        log.contains("insecure bootstrap: pinned the trust bundle"),
+        "{log}"
+    );
+    let pinned = std::fs::read_to_string(a.dir.path().join("data/bundle.pem")).unwrap();
+    assert_eq!(
+        ironpact_spiffe::x509::certs_from_pem(&pinned).unwrap(),
+        s.bundle_roots(),
+        "the pinned bundle is not the server's"
+    );
+    assert!(a.cli(&["healthcheck"]).ok(), "{}", a.log());
+}

@@ -438,19 +438,25 @@ impl tokio::io::AsyncWrite for TlsConn {
     }
 }
 
-/// A client config for the agent's first attestation without a trust bundle: the server's
-/// chain is not checked, only its SPIFFE ID. Dangerous by design; used only when the
-/// operator set `insecure_bootstrap = true`.
-pub fn client_config_insecure(expected: SpiffeId) -> Result<rustls::ClientConfig, rustls::Error> {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+/// A client config for an agent without a trust bundle (its first attestation, and the first
+/// sync that brings the bundle it then pins): the server's chain is not checked, only its
+/// SPIFFE ID. Dangerous by design; used only when the operator set `insecure_bootstrap = true`.
+pub fn client_config_insecure(
+    expected: SpiffeId,
+    svid: Option<Arc<SvidCell>>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let b = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
             roots: None,
             expected,
             provider: provider(),
-        }))
-        .with_no_client_auth();
+        }));
+    let mut cfg = match svid {
+        Some(cell) => b.with_client_cert_resolver(cell),
+        None => b.with_no_client_auth(),
+    };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }

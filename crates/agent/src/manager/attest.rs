@@ -149,7 +149,7 @@ impl Agent {
     pub(super) async fn attest(&self) -> Result<(), AgentError> {
         let payload = self.payload(false).await?;
         let cfg = if self.roots.x509_roots().is_empty() && self.cfg.insecure_bootstrap {
-            ironpact_tls::client_config_insecure(self.server_id.clone())
+            ironpact_tls::client_config_insecure(self.server_id.clone(), None)
         } else {
             ironpact_tls::client_config(self.roots.clone(), self.server_id.clone(), None)
         }

@@ -307,11 +307,17 @@ impl Agent {
         if let Some(c) = self.client.read().ok().and_then(|g| g.clone()) {
             return Ok(c);
         }
-        let cfg = ironpact_tls::client_config(
-            self.roots.clone(),
-            self.server_id.clone(),
-            Some(self.cell.clone()),
-        )
+        let cfg = if self.roots.x509_roots().is_empty() && self.cfg.insecure_bootstrap {
+            // insecure bootstrap: the first session brings the bundle the agent then pins
+            // (see `apply`); every connection after that verifies the server against it
+            ironpact_tls::client_config_insecure(self.server_id.clone(), Some(self.cell.clone()))
+        } else {
+            ironpact_tls::client_config(
+                self.roots.clone(),
+                self.server_id.clone(),
+                Some(self.cell.clone()),
+            )
+        }
         .map_err(|e| AgentError::Local(e.to_string()))?;
         let ch = ironpact_tls::channel(&self.addr(), cfg)
             .map_err(|e| AgentError::Local(e.to_string()))?;

@@ -62,8 +62,38 @@ impl Agent {
                 warn!(x509 = ?x, jwt = ?j, svids, "the server tainted authorities: replacing what they signed now");
             }
         }
+        // insecure bootstrap: the first bundle is pinned only if it signs this agent's SVID
+        let mut bundle = bundle;
+        let bootstrapping = self.roots.x509_roots().is_empty();
+        if bootstrapping && let Some(b) = &bundle {
+            let chain = self
+                .svid
+                .read()
+                .ok()
+                .and_then(|g| g.as_ref().map(|s| s.chain.clone()))
+                .unwrap_or_default();
+            let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+            match ironpact_spiffe::x509::verify_svid_chain(
+                &refs,
+                &b.x509_authorities,
+                self.clock.now(),
+            ) {
+                Ok(_) => info!(
+                    authorities = b.x509_authorities.len(),
+                    "insecure bootstrap: pinned the trust bundle the server sent; the server is verified against it from now on"
+                ),
+                Err(e) => {
+                    warn!(error = %e, "insecure bootstrap: the bundle the server sent does not sign this agent's SVID; not pinned");
+                    bundle = None;
+                }
+            }
+        }
         if let Some(b) = &bundle {
             self.roots.set(b.x509_authorities.clone());
+            if bootstrapping {
+                // the next connection is a verified one
+                self.drop_client();
+            }
             let path = self.cfg.data_dir.join("bundle.pem");
             if let Err(e) = Self::write_private(&path, b.to_pem().as_bytes(), 0o644) {
                 warn!(error = %e, path = %path.display(), "cannot store the trust bundle");

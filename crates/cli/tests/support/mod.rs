@@ -636,6 +636,18 @@ impl TestAgent {
         attestor: impl IntoIterator<Item = Plugin>,
         wait: bool,
     ) -> Self {
+        Self::start_conf(server, port, token, attestor, wait, |c| c)
+    }
+
+    /// [`TestAgent::start_at`] with its config changed by `f` before it starts.
+    pub fn start_conf(
+        server: &TestServer,
+        port: u16,
+        token: Option<&str>,
+        attestor: impl IntoIterator<Item = Plugin>,
+        wait: bool,
+        f: impl FnOnce(AgentConf) -> AgentConf,
+    ) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         // other users (the `nobody` test) must reach the socket
@@ -664,10 +676,11 @@ impl TestAgent {
         for p in attestor {
             conf = conf.plugin(p);
         }
-        conf.plugin(Plugin::new("KeyManager", "disk").set("directory", &data))
-            .plugin(Plugin::new("WorkloadAttestor", "unix").set("discover_workload_path", true))
-            .write(&config)
-            .unwrap();
+        f(conf
+            .plugin(Plugin::new("KeyManager", "disk").set("directory", &data))
+            .plugin(Plugin::new("WorkloadAttestor", "unix").set("discover_workload_path", true)))
+        .write(&config)
+        .unwrap();
         let mut a = Self {
             dir,
             socket,
