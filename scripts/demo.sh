@@ -9,9 +9,25 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 bin="$CARGO_TARGET_DIR/release"
 pids=".data/demo.pids"
 
-if [ "${1:-}" = "stop" ]; then
-    [ -f "$pids" ] && kill $(cat "$pids") 2>/dev/null || true
+# Stops what an earlier run started: only PIDs that are still an ironpact binary (a PID that
+# ended may have been reused by another process since).
+stop_ours() {
+    [ -f "$pids" ] || return 0
+    while read -r pid; do
+        [ -n "$pid" ] || continue
+        exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+        case "$exe" in
+            "") ;;
+            */ironpact-server | */ironpact-server" (deleted)" | */ironpact-agent | */ironpact-agent" (deleted)")
+                kill "$pid" 2>/dev/null || true ;;
+            *) echo "not stopping pid $pid: it is now $exe, not a process this script started" >&2 ;;
+        esac
+    done <"$pids"
     rm -f "$pids"
+}
+
+if [ "${1:-}" = "stop" ]; then
+    stop_ours
     echo "stopped"
     exit 0
 fi
@@ -19,7 +35,7 @@ fi
 echo "== building (release)"
 cargo build --release --locked -p ironpact-cli --bins
 mkdir -p .data
-[ -f "$pids" ] && { kill $(cat "$pids") 2>/dev/null || true; sleep 1; }
+[ -f "$pids" ] && { stop_ours; sleep 1; }
 
 wait_healthy() { # command... ; waits up to 30 s
     for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
