@@ -16,6 +16,14 @@ if [ -z "${IRONPACT_BIN_DIR:-}" ]; then
     IRONPACT_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/release"
 fi
 bin="$IRONPACT_BIN_DIR"
+for b in ironpact-server ironpact-agent examples/cloud_fixtures; do
+    if [ ! -x "$bin/$b" ]; then
+        echo "FAILED: $bin/$b is missing: build it with" >&2
+        echo "  cargo build --release -p ironpact-cli --bins --example cloud_fixtures" >&2
+        echo "(or leave IRONPACT_BIN_DIR unset and this script builds everything)" >&2
+        exit 1
+    fi
+done
 
 export WORK="$(mktemp -d)"
 pids=()
