@@ -489,10 +489,7 @@ impl CaManager {
             self.publish_bundle(ours, Vec::new(), now).await?;
         }
         if a || b {
-            let bytes = serde_json::to_vec(&next).map_err(|e| CaError::Journal(e.to_string()))?;
-            self.ds
-                .set_server_ca_journal(&self.cfg.instance_id, &bytes, now)
-                .await?;
+            self.store_journal(&next, now).await?;
             *j = next;
             self.rearm(&j)?;
         }
@@ -586,28 +583,37 @@ impl CaManager {
     /// forgets it), then the journal, then the signers.
     async fn operate(
         &self,
-        kind: SlotKind,
         change: impl FnOnce(&mut Journal, i64) -> Result<(Slot, Vec<Slot>), CaError>,
     ) -> Result<AuthorityState, CaError> {
         let mut j = self.journal.lock().await;
         let now = self.clock.now();
         let mut next = j.clone();
         let (subject, dropped) = change(&mut next, now)?;
-        let remove = dropped.iter().map(|s| (kind, s.authority_id())).collect();
+        self.commit(&mut j, next, &dropped, now).await?;
+        Ok(subject.state_view())
+    }
+
+    /// Makes `next` the journal: the bundle first (without the `dropped` slots), then the
+    /// stored journal, then the signers; the dropped slots' keys are deleted last.
+    async fn commit(
+        &self,
+        j: &mut Journal,
+        next: Journal,
+        dropped: &[Slot],
+        now: i64,
+    ) -> Result<(), CaError> {
+        let remove = dropped.iter().map(|s| (s.kind, s.authority_id())).collect();
         self.publish_bundle(publications(&next)?, remove, now)
             .await?;
-        let bytes = serde_json::to_vec(&next).map_err(|e| CaError::Journal(e.to_string()))?;
-        self.ds
-            .set_server_ca_journal(&self.cfg.instance_id, &bytes, now)
-            .await?;
+        self.store_journal(&next, now).await?;
         *j = next;
-        self.rearm(&j)?;
-        for s in &dropped {
+        self.rearm(j)?;
+        for s in dropped {
             if let Err(e) = self.km.delete(&s.key_id) {
-                warn!(key_id = %s.key_id, error = %e, "cannot delete a dropped authority's key");
+                warn!(key_id = %s.key_id, error = %e, "cannot delete a dropped or revoked authority's key");
             }
         }
-        Ok(subject.state_view())
+        Ok(())
     }
 
     fn cmd(kind: SlotKind) -> &'static str {
@@ -638,7 +644,7 @@ impl CaManager {
     /// published in the bundle at once.
     pub async fn prepare(&self, kind: SlotKind) -> Result<AuthorityState, CaError> {
         let st = self
-            .operate(kind, |j, now| {
+            .operate(|j, now| {
                 let mut dropped = Vec::new();
                 j.slots.retain(|s| {
                     let replaced = s.kind == kind && s.state == SlotState::Prepared;
@@ -659,7 +665,7 @@ impl CaManager {
     /// Makes the prepared authority `id` the active one; the active one becomes old.
     pub async fn activate(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
         let st = self
-            .operate(kind, |j, _| {
+            .operate(|j, _| {
                 let p = Self::find(j, kind, id)?;
                 let state = j.slots[p].state;
                 if state != SlotState::Prepared {
@@ -697,7 +703,7 @@ impl CaManager {
     /// signed at once (through whichever server it is connected to).
     pub async fn taint(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
         let st = self
-            .operate(kind, |j, _| {
+            .operate(|j, _| {
                 let i = Self::old(j, kind, id)?;
                 if j.slots[i].tainted {
                     return Err(AuthorityRefusal::AlreadyTainted(id.to_string()).into());
@@ -747,17 +753,7 @@ impl CaManager {
         }
         let mut next = j.clone();
         next.slots.retain(|s| !s.revoked);
-        let remove = gone.iter().map(|s| (s.kind, s.authority_id())).collect();
-        self.publish_bundle(publications(&next)?, remove, now)
-            .await?;
-        self.store_journal(&next, now).await?;
-        *j = next;
-        self.rearm(j)?;
-        for s in &gone {
-            if let Err(e) = self.km.delete(&s.key_id) {
-                warn!(key_id = %s.key_id, error = %e, "cannot delete a revoked authority's key");
-            }
-        }
+        self.commit(j, next, &gone, now).await?;
         Ok(())
     }
 
