@@ -177,19 +177,66 @@ impl BuildCtx<'_> {
 
 /// An attestor that cannot be built from its configuration (a file missing or unreadable).
 #[derive(Debug, thiserror::Error)]
-#[error("NodeAttestor \"{attestor}\": {message}")]
 pub struct BuildError {
     pub attestor: &'static str,
+    /// The `NodeAttestor` block whose plugin_data nests this TEE's block, when it is nested.
+    pub within: Option<&'static str>,
     pub message: String,
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.within {
+            Some(block) if block != self.attestor => write!(
+                f,
+                "NodeAttestor \"{block}\", its {} block: {}",
+                self.attestor, self.message
+            ),
+            _ => write!(f, "NodeAttestor \"{}\": {}", self.attestor, self.message),
+        }
+    }
 }
 
 impl BuildError {
     pub fn new(attestor: &'static str, message: impl Into<String>) -> Self {
         Self {
             attestor,
+            within: None,
             message: message.into(),
         }
     }
+
+    /// Names the `NodeAttestor` block the failing attestor's config sits in.
+    fn within(mut self, block: &'static str) -> Self {
+        self.within = Some(block);
+        self
+    }
+}
+
+/// Reads a file a config key names, for an attestor being built: an error names the key, the
+/// path, why it cannot be read, and `fix`.
+pub fn read_config_file(
+    attestor: &'static str,
+    key: &str,
+    path: &Path,
+    fix: &str,
+) -> Result<Vec<u8>, BuildError> {
+    std::fs::read(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied: the server's user must be able to read it".to_string()
+            }
+            _ => e.to_string(),
+        };
+        BuildError::new(
+            attestor,
+            format!(
+                "{key} = \"{}\" cannot be read ({why}): {fix}",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// A `NodeAttestor` block of the server's configuration: a base attestor, the TEE it
@@ -271,7 +318,12 @@ pub fn build(blocks: &[ServerAttestor], ctx: &BuildCtx<'_>) -> Result<NodeAttest
     let mut by_name: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
     let mut tees = Vec::new();
     for b in blocks {
-        let tee = b.tee.as_ref().map(|t| t.build(ctx)).transpose()?;
+        let tee = b
+            .tee
+            .as_ref()
+            .map(|t| t.build(ctx))
+            .transpose()
+            .map_err(|e| e.within(b.name))?;
         if let Some(t) = &tee {
             tees.push((b.name, t.clone()));
         }

@@ -43,15 +43,20 @@ pub fn status_err(s: tonic::Status) -> anyhow::Error {
 
 /// Parses a TTL: whole seconds (`3600`, as SPIRE's flags take) or a Go duration (`1h`).
 pub fn parse_ttl(flag: &str, raw: &str) -> Result<i32> {
-    let secs = if raw.bytes().all(|b| b.is_ascii_digit()) && !raw.is_empty() {
-        raw.parse::<u64>()
-            .map_err(|e| anyhow!("{flag} {raw:?}: {e}"))?
-    } else {
-        ironpact_spiffe::duration::parse(raw)
-            .map_err(|e| anyhow!("{flag}: {e}; give seconds (3600) or a duration (1h)"))?
-            .as_secs()
-    };
+    let secs = parse_duration(flag, raw)?.as_secs();
     i32::try_from(secs).map_err(|_| anyhow!("{flag} {raw:?} is too large"))
+}
+
+/// Parses a wait or timeout: whole seconds (`5`) or a Go duration (`1s`, `500ms`).
+pub fn parse_duration(flag: &str, raw: &str) -> Result<std::time::Duration> {
+    if raw.bytes().all(|b| b.is_ascii_digit()) && !raw.is_empty() {
+        let secs = raw
+            .parse::<u64>()
+            .map_err(|e| anyhow!("{flag} {raw:?}: {e}"))?;
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    ironpact_spiffe::duration::parse(raw)
+        .map_err(|e| anyhow!("{flag}: {e}; give seconds (5) or a duration (5s, 500ms)"))
 }
 
 /// Unix seconds as `2026-11-23 03:00:00 +0000 UTC`, like SPIRE's CLI.
@@ -115,18 +120,36 @@ pub fn finish(r: Result<()>) -> std::process::ExitCode {
 }
 
 /// Parses argv (after SPIRE's single-dash rewrite); help and version exit 0, errors print one
-/// line and exit 1.
+/// line and exit 1. A command group given no subcommand (the bare binary, `entry`) prints its
+/// help and exits 1.
 pub fn parse_args<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
-    match T::try_parse_from(crate::spire_argv(std::env::args())) {
+    use clap::error::ErrorKind;
+    let argv = crate::spire_argv(std::env::args());
+    let parsed = help_on_bare_groups(T::command())
+        .try_get_matches_from(argv)
+        .and_then(|m| T::from_arg_matches(&m));
+    match parsed {
         Ok(c) => Ok(c),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp) => {
+            print!("{}", spire_help(&e.render().to_string()));
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            eprint!("{}", spire_help(&e.render().to_string()));
+            Err(std::process::ExitCode::FAILURE)
+        }
         Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return Err(std::process::ExitCode::SUCCESS);
-            }
             // clap's own message names the flag; keep it to one line plus the usage hint.
-            let text = e.render().to_string();
+            let text = spire_help(&e.render().to_string());
             let first = text
                 .lines()
                 .next()
@@ -136,6 +159,51 @@ pub fn parse_args<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
             Err(std::process::ExitCode::FAILURE)
         }
     }
+}
+
+/// Every command that only groups subcommands prints its help when given none.
+pub fn help_on_bare_groups(cmd: clap::Command) -> clap::Command {
+    let cmd = if cmd.has_subcommands() {
+        cmd.arg_required_else_help(true)
+    } else {
+        cmd
+    };
+    cmd.mut_subcommands(help_on_bare_groups)
+}
+
+/// How flags are spelled in help, as in SPIRE's docs and ours.
+const SPELLING: &str = "Flags take one dash or two (-spiffeID, --spiffeID); the kebab-case aliases take two (--spiffe-id).";
+
+/// clap's help with flags spelled as SPIRE's docs and ours write them: `--spiffeID` becomes
+/// `-spiffeID`; kebab-case aliases (`--spiffe-id`) keep their two dashes; a note on the
+/// spellings ends a help page.
+pub fn spire_help(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len() + SPELLING.len() + 2);
+    let mut i = 0;
+    while i < b.len() {
+        let flag_start = b[i] == b'-'
+            && b.get(i + 1) == Some(&b'-')
+            && b.get(i + 2).is_some_and(u8::is_ascii_alphabetic)
+            && (i == 0 || matches!(b[i - 1], b' ' | b'[' | b'(' | b',' | b'`' | b'\'' | b'\n'));
+        if flag_start {
+            let end = (i + 2..b.len())
+                .find(|&j| !(b[j].is_ascii_alphanumeric() || b[j] == b'-'))
+                .unwrap_or(b.len());
+            let name = &text[i + 2..end];
+            out.push_str(if name.contains('-') { "--" } else { "-" });
+            out.push_str(name);
+            i = end;
+        } else {
+            let ch = text[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    if text.contains("Options:") {
+        out = format!("{}\n\n{SPELLING}\n", out.trim_end());
+    }
+    out
 }
 
 /// For the short-lived commands (everything but `run`): a closed stdout (`… | head`) ends the

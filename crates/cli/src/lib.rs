@@ -26,6 +26,49 @@ pub fn spire_argv(args: impl IntoIterator<Item = String>) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// Every command and every flag of both binaries says what it is for.
+    #[test]
+    fn help_is_complete() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && !path.contains(" help") {
+                missing.push(format!("{path}: no description"));
+            }
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!(
+                        "{path} --{}: no description",
+                        a.get_long().unwrap_or(id)
+                    ));
+                }
+            }
+            for s in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(s, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        for mut cmd in [server::command(), agent::command()] {
+            cmd.build();
+            walk(&cmd, "", &mut missing);
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    /// Help spells flags as the docs do: one dash, kebab-case aliases with two.
+    #[test]
+    fn help_spells_flags_as_the_docs() {
+        let raw = "  --spiffeID <ID>  The ID [alias: --spiffe-id]\n  -h, --help  Print help\nerror: unexpected argument '--bogus'\nOptions:\n";
+        let h = common::spire_help(raw);
+        assert!(
+            h.contains("  -spiffeID <ID>  The ID [alias: --spiffe-id]"),
+            "{h}"
+        );
+        assert!(h.contains("-h, -help"), "{h}");
+        assert!(h.contains("'-bogus'"), "{h}");
+        assert!(h.trim_end().ends_with("(--spiffe-id)."), "{h}");
+    }
+
     #[test]
     fn argv_rewrite() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();

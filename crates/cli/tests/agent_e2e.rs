@@ -567,3 +567,44 @@ fn insecure_bootstrap_attests_then_pins_the_bundle() {
     );
     assert!(a.cli(&["healthcheck"]).ok(), "{}", a.log());
 }
+
+/// A trust bundle that is not the server's: the agent says so in words, with the fix, not
+/// rustls's debug structure (`Other(OtherError(PeerRejected(…)))`).
+#[test]
+fn a_wrong_trust_bundle_is_named_with_its_fix() {
+    let s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host-wrong-bundle");
+    let other = rcgen::generate_simple_self_signed(vec!["other.example".into()]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = tmp.path().join("other-bundle.pem");
+    std::fs::write(&wrong, other.cert.pem()).unwrap();
+    let a = TestAgent::start_conf(
+        &s,
+        s.port,
+        Some(&token),
+        [support::Plugin::new("NodeAttestor", "join_token")],
+        false,
+        |c| c.agent("trust_bundle_path", &wrong),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = a.log();
+        if log.contains("does not lead to any trusted authority") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        log.contains("the peer's certificate was refused")
+            && log.contains("ironpact-server bundle show"),
+        "{log}"
+    );
+    // (tonic's own DEBUG lines print the error's debug form; what the agent reports does not)
+    let reported = log
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "));
+    assert!(reported.clone().count() > 0, "{log}");
+    for l in reported {
+        assert!(!l.contains("OtherError"), "{l}");
+    }
+}

@@ -765,3 +765,169 @@ fn validate_reports_file_and_line() {
         "{o:?}"
     );
 }
+
+fn server_cmd(args: &[&str]) -> support::Out {
+    support::Out::from(
+        std::process::Command::new(support::BIN)
+            .args(args)
+            .output()
+            .unwrap(),
+    )
+}
+
+/// `run` reads every file its attestors need before it creates anything: a missing test root
+/// stops it with the fix, and no data directory, datastore or CA key is left behind.
+#[test]
+fn run_refuses_a_missing_file_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let conf = dir.path().join("server.conf");
+    ServerConf::new("example.org")
+        .server("data_dir", &data)
+        .server("socket_path", dir.path().join("api.sock"))
+        .server("bind_port", "0")
+        .plugin(Plugin::new("DataStore", "sql"))
+        .plugin(Plugin::new("KeyManager", "disk"))
+        .plugin(
+            Plugin::new("NodeAttestor", "join_token").block(
+                Block::new("tdx")
+                    .set("mrtds", vec!["ab".repeat(48)])
+                    .set("collateral_dir", dir.path())
+                    .set("test_root", dir.path().join("missing-root.pem")),
+            ),
+        )
+        .write(&conf)
+        .unwrap();
+    for cmd in ["validate", "run"] {
+        let o = server_cmd(&[cmd, "-config", conf.to_str().unwrap()]);
+        o.expect_error("ironpact-server fixtures tdx");
+        assert!(
+            o.stderr.contains("its tdx block: test_root"),
+            "{cmd}: {o:?}"
+        );
+    }
+    assert!(
+        !data.exists(),
+        "run created {} before failing",
+        data.display()
+    );
+}
+
+/// The bare binary and a bare command group print their usage (exit 1); help spells flags
+/// with one dash, as the docs do, and says the other spellings work.
+#[test]
+fn usage_and_help() {
+    let o = server_cmd(&[]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("Usage: ironpact-server <COMMAND>"),
+        "{o:?}"
+    );
+    assert!(o.stderr.contains("fixtures"), "{o:?}");
+    let o = server_cmd(&["entry"]);
+    assert!(
+        o.code == 1 && o.stderr.contains("Usage: ironpact-server entry <COMMAND>"),
+        "{o:?}"
+    );
+    let o = server_cmd(&["entry", "create", "-h"]);
+    o.expect_ok();
+    assert!(o.stdout.contains(" -spiffeID <SPIFFE_ID>"), "{o:?}");
+    assert!(o.stdout.contains("--spiffe-id"), "{o:?}");
+    assert!(o.stdout.contains("Flags take one dash or two"), "{o:?}");
+    let o = support::Out::from(
+        std::process::Command::new(support::AGENT_BIN)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        o.code == 1 && o.stderr.contains("Usage: ironpact-agent <COMMAND>"),
+        "{o:?}"
+    );
+}
+
+/// `fixtures snp|tdx` write private test keys once (no silent overwrite), with the config
+/// blocks that use them; the blocks validate as a server config.
+#[test]
+fn fixtures_write_private_test_keys_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let snp = dir.path().join("snp");
+    let o = server_cmd(&[
+        "fixtures",
+        "snp",
+        "-dir",
+        snp.to_str().unwrap(),
+        "-output",
+        "json",
+    ]);
+    o.expect_ok();
+    let j = o.json();
+    assert_eq!(j["test_only"], true);
+    for f in ["ark.pk8", "ask.pk8", "vcek.pk8"] {
+        let mode = std::fs::metadata(snp.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let mode = std::fs::metadata(&snp).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    server_cmd(&["fixtures", "snp", "-dir", snp.to_str().unwrap()]).expect_error("-force");
+    let vlek = dir.path().join("vlek");
+    server_cmd(&["fixtures", "snp", "-dir", vlek.to_str().unwrap(), "-vlek"]).expect_ok();
+    assert!(vlek.join("asvk.pem").exists() && vlek.join("vlek.pk8").exists());
+    let tdx = dir.path().join("tdx");
+    let t = server_cmd(&[
+        "fixtures",
+        "tdx",
+        "-dir",
+        tdx.to_str().unwrap(),
+        "-output",
+        "json",
+    ]);
+    t.expect_ok();
+    assert!(tdx.join("collateral/current.json").exists() && tdx.join("pki/root.pem").exists());
+    // the server blocks they print validate
+    let conf = dir.path().join("server.conf");
+    let text = format!(
+        "server {{\n  trust_domain = \"example.org\"\n  data_dir = \"{}\"\n}}\nplugins {{\n  DataStore \"sql\" {{\n    plugin_data {{}}\n  }}\n  KeyManager \"memory\" {{\n    plugin_data {{}}\n  }}\n{}\n{}\n}}\n",
+        dir.path().join("data").display(),
+        j["server_plugin"].as_str().unwrap(),
+        t.json()["server_plugin"].as_str().unwrap()
+    );
+    std::fs::write(&conf, text).unwrap();
+    server_cmd(&["validate", "-config", conf.to_str().unwrap()]).expect_ok();
+}
+
+/// A selector type no attestor produces (`uid:1000` for `unix:uid:1000`) is created as
+/// SPIRE would, with a warning naming the likely fix.
+#[test]
+fn an_unknown_selector_type_is_warned_about() {
+    let s = TestServer::start(Backend::Sqlite);
+    let o = s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/typo",
+        "-parentID",
+        "spiffe://example.org/host",
+        "-selector",
+        "uid:1000",
+    ]);
+    o.expect_ok();
+    assert!(
+        o.stderr.contains("Warning:") && o.stderr.contains("did you mean -selector unix:uid:1000?"),
+        "{o:?}"
+    );
+    let o = s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/ok",
+        "-parentID",
+        "spiffe://example.org/host",
+        "-selector",
+        "unix:uid:1000",
+    ]);
+    assert!(o.ok() && !o.stderr.contains("Warning"), "{o:?}");
+    // healthcheck -output json, and -wait on a server that is up
+    let h = s.cli(&["healthcheck", "-wait", "5s", "-output", "json"]);
+    assert_eq!(h.json()["healthy"], true);
+}

@@ -167,7 +167,13 @@ fn instance_id(data_dir: &std::path::Path) -> Result<String, RunError> {
 
 /// Builds the shared core: opens the datastore and loads (or creates) the CA.
 pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<Core>, RunError> {
-    // first: a data directory the server must refuse stops it before anything is migrated
+    // first, as `validate` does: a file an attestor needs that is missing or unreadable stops
+    // the server before anything is created (data directory, datastore, CA keys)
+    // (quietly: the real build below logs what each attestor trusts)
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        build_attestors(&cfg, None)
+    })?;
+    // then: a data directory the server must refuse stops it before anything is migrated
     let instance = instance_id(&cfg.data_dir)?;
     let mut ds = DataStore::connect(
         &cfg.datastore.database_type,

@@ -120,6 +120,23 @@ impl RsaSigner {
     }
 }
 
+/// A new RSA-2048 key, PKCS#8 DER: an ARK, ASK or ASVK of a simulated chain.
+pub fn rsa_pkcs8() -> Result<Vec<u8>, SimError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let k = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(e)?;
+    Ok(k.to_pkcs8_der().map_err(e)?.as_bytes().to_vec())
+}
+
+/// A new P-384 key, PKCS#8 DER: a simulated VCEK or VLEK.
+pub fn p384_pkcs8() -> Result<Vec<u8>, SimError> {
+    EcdsaKeyPair::generate_pkcs8(
+        &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &SystemRandom::new(),
+    )
+    .map(|d| d.as_ref().to_vec())
+    .map_err(|_| e("cannot generate a P-384 key"))
+}
+
 /// TCB and identity the simulated platform reports.
 #[derive(Debug, Clone)]
 pub struct SimPlatform {

@@ -84,6 +84,37 @@ impl fmt::Display for PeerRejected {
 
 impl std::error::Error for PeerRejected {}
 
+/// The TLS failure in `err`'s chain of sources, in words: rustls prints a certificate that our
+/// checks refused as a debug structure (`Other(OtherError(PeerRejected(…)))`); this gives
+/// the reason instead. `None` when no TLS error is in the chain.
+pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        // io::Error's source() skips the error it wraps: look inside it too
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(t) = tls {
+            return Some(match t {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) => {
+                    match o.0.downcast_ref::<PeerRejected>() {
+                        Some(p) => format!("the peer's certificate was refused: {}", p.0),
+                        None => format!("the peer's certificate was refused: {}", o.0),
+                    }
+                }
+                rustls::Error::InvalidCertificate(c) => {
+                    format!("the peer's certificate was refused: {c:?}")
+                }
+                other => other.to_string(),
+            });
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Client side: accepts a server whose SVID chains to the trust source and carries the
 /// expected SPIFFE ID (the DNS name in the URL is not used).
 pub struct SpiffeServerVerifier {

@@ -145,7 +145,14 @@ fn classify(s: &tonic::Status) -> AgentError {
             "the server does not speak ironpact.agent.v2: upgrade the servers before the agents ({})",
             s.message()
         )),
-        (None, _) => AgentError::Unavailable(format!("{} ({:?})", s.message(), s.code())),
+        (None, _) => match ironpact_tls::tls_failure(s) {
+            // the server's SVID does not chain to our bundle: a stale or wrong bundle file,
+            // or another server at that address
+            Some(why) => AgentError::Unavailable(format!(
+                "cannot connect to the server: {why}: check that trust_bundle_path (or -trustBundle) holds this server's bundle (`ironpact-server bundle show`) and that server_address points at it"
+            )),
+            None => AgentError::Unavailable(format!("{} ({:?})", s.message(), s.code())),
+        },
     }
 }
 

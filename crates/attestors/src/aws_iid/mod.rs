@@ -54,7 +54,12 @@ impl BaseConfig for AwsIidConfig {
     fn build(&self, ctx: &BuildCtx<'_>) -> Result<Arc<dyn NodeAttestor>, BuildError> {
         let path = self.certificates_path.display();
         let fail = |e: String| BuildError::new("aws_iid", format!("{path}: {e}"));
-        let pem = std::fs::read(&self.certificates_path).map_err(|e| fail(e.to_string()))?;
+        let pem = crate::registry::read_config_file(
+            "aws_iid",
+            "certificates_path",
+            &self.certificates_path,
+            "point it at AWS's public certificate(s) for your regions (PEM)",
+        )?;
         let certificates = ironpact_spiffe::x509::certs_from_pem(&String::from_utf8_lossy(&pem))
             .map_err(|e| fail(e.to_string()))?;
         if certificates.is_empty() {

@@ -143,17 +143,22 @@ pub fn config(d: &Section<'_>) -> Result<SevSnpConfig, ConfigError> {
 fn build(snp: &SevSnpConfig, ctx: &BuildCtx<'_>) -> Result<SevSnpAttestor, BuildError> {
     let roots = match &snp.test_roots {
         Some(t) => {
-            let read = |p: &std::path::Path| -> Result<Vec<u8>, BuildError> {
-                let text = std::fs::read(p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
+            let read = |key: &str, p: &std::path::Path| -> Result<Vec<u8>, BuildError> {
+                let text = crate::registry::read_config_file(
+                    "sev_snp",
+                    &format!("test_roots.{key}"),
+                    p,
+                    "write the simulated chain with `ironpact-server fixtures snp -dir DIR` (tests only), or remove test_roots to trust AMD's roots",
+                )?;
                 ironpact_snp::certs::to_der(&text)
-                    .map_err(|e| fail(format!("{}: {e}", p.display())))
+                    .map_err(|e| fail(format!("test_roots.{key} = {:?}: {e}", p.display())))
             };
             warn!(product = %t.product, ark = %t.ark.display(), "sev_snp trusts TEST roots: simulated evidence only, never production");
-            let asvk = t.asvk.as_deref().map(read).transpose()?;
+            let asvk = t.asvk.as_deref().map(|p| read("asvk", p)).transpose()?;
             let pr = ironpact_snp::roots::ProductRoots::new(
                 t.product,
-                read(&t.ark)?,
-                read(&t.ask)?,
+                read("ark", &t.ark)?,
+                read("ask", &t.ask)?,
                 asvk,
             )
             .map_err(|e| fail(format!("test roots: {e}")))?;

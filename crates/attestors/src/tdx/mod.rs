@@ -121,7 +121,12 @@ fn build(t: &TdxConfig, ctx: &BuildCtx<'_>) -> Result<TdxAttestor, BuildError> {
     let check_only = ctx.check_only();
     let roots = match &t.test_root {
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
+            let bytes = crate::registry::read_config_file(
+                "tdx",
+                "test_root",
+                p,
+                "write the simulated PKI with `ironpact-server fixtures tdx -dir DIR` (tests only), or remove test_root to trust Intel's root",
+            )?;
             warn!(root = %p.display(), "tdx trusts a TEST root: simulated quotes only, never production");
             ironpact_tdx::Roots::from_bytes(&bytes)
                 .map_err(|e| fail(format!("{}: {e}", p.display())))?

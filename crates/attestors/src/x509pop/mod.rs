@@ -78,7 +78,12 @@ impl BaseConfig for X509PopConfig {
         let mut roots = Vec::new();
         for p in &self.ca_bundle_paths {
             let fail = |e: String| BuildError::new("x509pop", format!("{}: {e}", p.display()));
-            let text = std::fs::read(p).map_err(|e| fail(e.to_string()))?;
+            let text = crate::registry::read_config_file(
+                "x509pop",
+                "ca_bundle_path",
+                p,
+                "point it at the PEM certificates of the CA that issues your nodes' certificates",
+            )?;
             let certs = ironpact_spiffe::x509::certs_from_pem(&String::from_utf8_lossy(&text))
                 .map_err(|e| fail(e.to_string()))?;
             if certs.is_empty() {

@@ -1,12 +1,15 @@
 //! `ironpact-agent`: `run`, `healthcheck` and the Workload API client commands under `api`,
 //! with SPIRE's names and flags.
 
-use crate::common::{connect_uds, finish, fmt_time, init_logging, write_file};
+use crate::common::{connect_uds, finish, fmt_time, init_logging, parse_duration, write_file};
+use crate::server::Output;
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use ironpact_agent::config::{AgentConfig, DEFAULT_SOCKET_PATH, Overrides};
 use ironpact_proto::workload as pb;
 use ironpact_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -27,7 +30,7 @@ enum Cmd {
     /// Runs the agent.
     Run(RunArgs),
     /// Checks that the agent is up and holds an identity.
-    Healthcheck(SocketArg),
+    Healthcheck(HealthArgs),
     /// Talks to the Workload API as a workload would.
     #[command(subcommand)]
     Api(ApiCmd),
@@ -35,26 +38,34 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// Path to the agent configuration file.
     #[arg(long = "config", default_value = "conf/agent/agent.conf")]
     config: PathBuf,
+    /// Directory for the agent's data (overrides agent.data_dir).
     #[arg(long = "dataDir", visible_alias = "data-dir")]
     data_dir: Option<String>,
     /// A join token from `ironpact-server token generate`.
     #[arg(long = "joinToken", visible_alias = "join-token")]
     join_token: Option<String>,
+    /// The server's address (overrides agent.server_address).
     #[arg(long = "serverAddress", visible_alias = "server-address")]
     server_address: Option<String>,
+    /// The server's agent API port (overrides agent.server_port).
     #[arg(long = "serverPort", visible_alias = "server-port")]
     server_port: Option<u16>,
+    /// Path of the Workload API socket (overrides agent.socket_path).
     #[arg(long = "socketPath", visible_alias = "socket-path")]
     socket_path: Option<String>,
     /// PEM file with the server's trust bundle (`ironpact-server bundle show`).
     #[arg(long = "trustBundle", visible_alias = "trust-bundle")]
     trust_bundle: Option<String>,
+    /// Trust domain (overrides agent.trust_domain).
     #[arg(long = "trustDomain", visible_alias = "trust-domain")]
     trust_domain: Option<String>,
+    /// DEBUG, INFO, WARN or ERROR (overrides agent.log_level).
     #[arg(long = "logLevel", visible_alias = "log-level")]
     log_level: Option<String>,
+    /// Expand $VAR and ${VAR} in the config file from the environment.
     #[arg(long = "expandEnv", visible_alias = "expand-env")]
     expand_env: bool,
 }
@@ -66,6 +77,45 @@ struct SocketArg {
     socket_path: PathBuf,
 }
 
+/// How to print: pretty (text) or json.
+#[derive(Args, Debug, Clone)]
+struct OutputArg {
+    /// How to print: pretty (text) or json (the Workload API messages, bytes in base64).
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
+}
+
+impl OutputArg {
+    fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+#[derive(Args, Debug)]
+struct HealthArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Only check that the agent answers, not that it holds an identity.
+    #[arg(long = "shallow")]
+    shallow: bool,
+    /// Print what is checked.
+    #[arg(long = "verbose")]
+    verbose: bool,
+    /// Keep checking for up to this long (a duration such as 30s) until healthy.
+    #[arg(long = "wait")]
+    wait: Option<String>,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
+#[derive(Args, Debug)]
+struct WatchArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
 #[derive(Subcommand, Debug)]
 enum ApiCmd {
     /// Fetches SVIDs.
@@ -75,7 +125,7 @@ enum ApiCmd {
     #[command(subcommand)]
     Validate(ValidateCmd),
     /// Prints every X509-SVID update the Workload API pushes.
-    Watch(SocketArg),
+    Watch(WatchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +138,7 @@ enum FetchCmd {
 
 #[derive(Subcommand, Debug)]
 enum ValidateCmd {
+    /// Validates a JWT-SVID for an audience, as a workload that received it would.
     Jwt(ValidateArgs),
 }
 
@@ -96,33 +147,49 @@ struct X509Args {
     /// Directory to write svid.N.pem, svid.N.key, bundle.N.pem, federated_bundle.N.M.pem.
     #[arg(long = "write")]
     write: Option<PathBuf>,
-    /// Seconds to wait for an answer.
-    #[arg(long = "timeout", default_value = "5")]
-    timeout: u64,
+    /// How long to wait for an answer: seconds (5) or a duration (5s, 500ms).
+    #[arg(long = "timeout", default_value = "5s")]
+    timeout: String,
     #[command(flatten)]
     socket: SocketArg,
+    #[command(flatten)]
+    out: OutputArg,
 }
 
 #[derive(Args, Debug)]
 struct JwtArgs {
+    /// An audience the JWT-SVID is for; repeat for several.
     #[arg(long = "audience")]
     audience: Vec<String>,
+    /// Only the JWT-SVID of this SPIFFE ID (when the caller has several).
     #[arg(long = "spiffeID", visible_alias = "spiffe-id")]
     spiffe_id: Option<String>,
-    #[arg(long = "timeout", default_value = "5")]
-    timeout: u64,
+    /// How long to wait for an answer: seconds (5) or a duration (5s, 500ms).
+    #[arg(long = "timeout", default_value = "5s")]
+    timeout: String,
     #[command(flatten)]
     socket: SocketArg,
+    #[command(flatten)]
+    out: OutputArg,
 }
 
 #[derive(Args, Debug)]
 struct ValidateArgs {
+    /// The audience the JWT-SVID must carry.
     #[arg(long = "audience")]
     audience: Option<String>,
+    /// The JWT-SVID (token) to validate.
     #[arg(long = "svid")]
     svid: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
+/// The command tree, as `main` parses it (for the help checks).
+pub fn command() -> clap::Command {
+    crate::common::help_on_bare_groups(<Cli as clap::CommandFactory>::command())
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -146,11 +213,11 @@ pub fn main() -> std::process::ExitCode {
     finish(rt.block_on(async move {
         match cli.cmd {
             Cmd::Run(_) => Ok(()),
-            Cmd::Healthcheck(s) => healthcheck(s).await,
+            Cmd::Healthcheck(a) => healthcheck(a).await,
             Cmd::Api(ApiCmd::Fetch(FetchCmd::X509(a))) => fetch_x509(a).await,
             Cmd::Api(ApiCmd::Fetch(FetchCmd::Jwt(a))) => fetch_jwt(a).await,
             Cmd::Api(ApiCmd::Validate(ValidateCmd::Jwt(a))) => validate_jwt(a).await,
-            Cmd::Api(ApiCmd::Watch(s)) => watch(s).await,
+            Cmd::Api(ApiCmd::Watch(a)) => watch(a).await,
         }
     }))
 }
@@ -214,7 +281,8 @@ fn pem_of(ders: &[Vec<u8>]) -> String {
     ironpact_spiffe::x509::certs_to_pem(ders.iter().map(Vec::as_slice))
 }
 
-async fn first_x509(s: &SocketArg, timeout: u64) -> Result<pb::X509svidResponse> {
+async fn first_x509(s: &SocketArg, timeout: &str) -> Result<pb::X509svidResponse> {
+    let wait = parse_duration("-timeout", timeout)?;
     let mut c = client(s).await?;
     let fut = async {
         let mut stream = c
@@ -228,13 +296,9 @@ async fn first_x509(s: &SocketArg, timeout: u64) -> Result<pb::X509svidResponse>
             .map_err(status)?
             .ok_or_else(|| anyhow!("the agent closed the stream"))
     };
-    tokio::time::timeout(Duration::from_secs(timeout), fut)
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "no SVID within {timeout} s; is this workload registered? (-timeout waits longer)"
-            )
-        })?
+    tokio::time::timeout(wait, fut).await.map_err(|_| {
+        anyhow!("no SVID within {timeout}; is this workload registered? (-timeout waits longer)")
+    })?
 }
 
 fn describe(resp: &pb::X509svidResponse, started: Instant) -> Result<String> {
@@ -276,8 +340,12 @@ fn describe(resp: &pb::X509svidResponse, started: Instant) -> Result<String> {
 
 async fn fetch_x509(a: X509Args) -> Result<()> {
     let started = Instant::now();
-    let resp = first_x509(&a.socket, a.timeout).await?;
-    print!("{}", describe(&resp, started)?);
+    let resp = first_x509(&a.socket, &a.timeout).await?;
+    if a.out.json() {
+        println!("{}", x509_json(&resp));
+    } else {
+        print!("{}", describe(&resp, started)?);
+    }
     if let Some(dir) = &a.write {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (i, s) in resp.svids.iter().enumerate() {
@@ -303,42 +371,89 @@ async fn fetch_x509(a: X509Args) -> Result<()> {
                 )?;
             }
         }
-        println!("\nWriting SVIDs to {}", dir.display());
+        if !a.out.json() {
+            println!("\nWriting SVIDs to {}", dir.display());
+        }
     }
     Ok(())
 }
 
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An X509SVIDResponse in protojson's shape (proto field names, bytes in base64).
+fn x509_json(resp: &pb::X509svidResponse) -> serde_json::Value {
+    let fed: serde_json::Map<String, serde_json::Value> = resp
+        .federated_bundles
+        .iter()
+        .map(|(td, b)| (td.clone(), json!(b64(b))))
+        .collect();
+    json!({
+        "svids": resp.svids.iter().map(|s| json!({
+            "spiffe_id": s.spiffe_id,
+            "x509_svid": b64(&s.x509_svid),
+            "x509_svid_key": b64(&s.x509_svid_key),
+            "bundle": b64(&s.bundle),
+            "hint": s.hint,
+        })).collect::<Vec<_>>(),
+        "crl": resp.crl.iter().map(|c| b64(c)).collect::<Vec<_>>(),
+        "federated_bundles": fed,
+    })
+}
+
+/// Each -audience may hold several, comma-separated (as SPIRE splits them).
+fn audiences(raw: &[String]) -> Vec<String> {
+    raw.iter()
+        .flat_map(|a| a.split(','))
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 async fn fetch_jwt(a: JwtArgs) -> Result<()> {
-    if a.audience.is_empty() {
+    let audience = audiences(&a.audience);
+    if audience.is_empty() {
         bail!("an audience is required: pass -audience <name>");
     }
+    let wait = parse_duration("-timeout", &a.timeout)?;
     let mut c = client(&a.socket).await?;
     let req = pb::JwtsvidRequest {
-        audience: a.audience.clone(),
+        audience,
         spiffe_id: a.spiffe_id.clone().unwrap_or_default(),
     };
-    let resp = tokio::time::timeout(
-        Duration::from_secs(a.timeout),
-        c.fetch_jwtsvid(with_header(req)),
-    )
-    .await
-    .map_err(|_| anyhow!("no answer within {} s", a.timeout))?
-    .map_err(status)?
-    .into_inner();
-    for s in &resp.svids {
-        println!("token({}):\n\t{}", s.spiffe_id, s.svid);
-    }
+    let resp = tokio::time::timeout(wait, c.fetch_jwtsvid(with_header(req)))
+        .await
+        .map_err(|_| anyhow!("no answer within {} (-timeout waits longer)", a.timeout))?
+        .map_err(status)?
+        .into_inner();
     let mut stream = c
         .fetch_jwt_bundles(with_header(pb::JwtBundlesRequest {}))
         .await
         .map_err(status)?
         .into_inner();
-    if let Some(b) = stream.message().await.map_err(status)? {
-        let mut keys: Vec<_> = b.bundles.iter().collect();
-        keys.sort();
-        for (td, jwks) in keys {
-            println!("bundle({td}):\n\t{}", String::from_utf8_lossy(jwks));
-        }
+    let bundles = stream.message().await.map_err(status)?;
+    let mut keys: Vec<_> = bundles.iter().flat_map(|b| b.bundles.iter()).collect();
+    keys.sort();
+    if a.out.json() {
+        let svids: Vec<_> = resp
+            .svids
+            .iter()
+            .map(|s| json!({"spiffe_id": s.spiffe_id, "svid": s.svid, "hint": s.hint}))
+            .collect();
+        let b: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .map(|(td, jwks)| ((*td).clone(), json!(b64(jwks))))
+            .collect();
+        println!("{}", json!([{"svids": svids}, {"bundles": b}]));
+        return Ok(());
+    }
+    for s in &resp.svids {
+        println!("token({}):\n\t{}", s.spiffe_id, s.svid);
+    }
+    for (td, jwks) in keys {
+        println!("bundle({td}):\n\t{}", String::from_utf8_lossy(jwks));
     }
     Ok(())
 }
@@ -358,6 +473,11 @@ async fn validate_jwt(a: ValidateArgs) -> Result<()> {
         .await
         .map_err(status)?
         .into_inner();
+    if a.out.json() {
+        let claims = r.claims.as_ref().map(struct_json).unwrap_or_default();
+        println!("{}", json!({"spiffe_id": r.spiffe_id, "claims": claims}));
+        return Ok(());
+    }
     println!("SVID is valid.\nSPIFFE ID : {}", r.spiffe_id);
     if let Some(claims) = r.claims {
         let mut keys: Vec<_> = claims.fields.keys().cloned().collect();
@@ -367,25 +487,79 @@ async fn validate_jwt(a: ValidateArgs) -> Result<()> {
     Ok(())
 }
 
-async fn watch(s: SocketArg) -> Result<()> {
+/// A protobuf Struct as JSON: what the Workload API's claims were before they were packed.
+fn struct_json(s: &prost_types::Struct) -> serde_json::Value {
+    fn value(v: &prost_types::Value) -> serde_json::Value {
+        use prost_types::value::Kind;
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::NumberValue(n)) => json!(n),
+            Some(Kind::StringValue(s)) => json!(s),
+            Some(Kind::BoolValue(b)) => json!(b),
+            Some(Kind::StructValue(s)) => struct_json(s),
+            Some(Kind::ListValue(l)) => l.values.iter().map(value).collect(),
+        }
+    }
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+async fn watch(a: WatchArgs) -> Result<()> {
     let started = Instant::now();
-    let mut c = client(&s).await?;
+    let mut c = client(&a.socket).await?;
     let mut stream = c
         .fetch_x509svid(with_header(pb::X509svidRequest {}))
         .await
         .map_err(status)?
         .into_inner();
     while let Some(resp) = stream.message().await.map_err(status)? {
-        println!("{}", describe(&resp, started)?);
+        if a.out.json() {
+            println!("{}", x509_json(&resp));
+        } else {
+            println!("{}", describe(&resp, started)?);
+        }
     }
     Ok(())
 }
 
-async fn healthcheck(s: SocketArg) -> Result<()> {
+async fn healthcheck(a: HealthArgs) -> Result<()> {
+    let wait = match &a.wait {
+        Some(w) => parse_duration("-wait", w)?,
+        None => Duration::ZERO,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match check_once(&a).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    if a.out.json() {
+        println!("{}", json!({"healthy": true}));
+    } else {
+        println!("Agent is healthy.");
+    }
+    Ok(())
+}
+
+async fn check_once(a: &HealthArgs) -> Result<()> {
     use ironpact_proto::health::v1::health_check_response::ServingStatus;
-    let ch = connect_uds(&s.socket_path, "agent's Workload API", "-socketPath")
+    if a.verbose {
+        eprintln!(
+            "Checking agent health at {}...",
+            a.socket.socket_path.display()
+        );
+    }
+    let ch = connect_uds(&a.socket.socket_path, "agent's Workload API", "-socketPath")
         .await
         .map_err(|e| anyhow!("agent is unhealthy: {e:#}"))?;
+    if a.shallow {
+        return Ok(());
+    }
     let r = ironpact_proto::health::v1::health_client::HealthClient::new(ch)
         .check(ironpact_proto::health::v1::HealthCheckRequest::default())
         .await
@@ -400,6 +574,5 @@ async fn healthcheck(s: SocketArg) -> Result<()> {
         }
         bail!("agent is unhealthy: it has not attested or synced yet (see its log)");
     }
-    println!("Agent is healthy.");
     Ok(())
 }

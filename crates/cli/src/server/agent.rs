@@ -42,6 +42,7 @@ pub struct ListArgs {
     banned: Option<bool>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -53,6 +54,7 @@ pub struct IdArgs {
     spiffe_id: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }

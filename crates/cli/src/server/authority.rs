@@ -37,6 +37,7 @@ pub enum AuthorityCmd {
 pub struct Plain {
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -48,6 +49,7 @@ pub struct WithId {
     authority_id: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -67,6 +69,7 @@ pub struct Upstream {
     subject_key_id: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }

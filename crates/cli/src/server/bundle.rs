@@ -35,6 +35,7 @@ pub struct ShowArgs {
     format: Format,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -44,10 +45,12 @@ pub struct ListArgs {
     /// Only the bundle of this trust domain.
     #[arg(long = "id")]
     id: Option<String>,
+    /// How to print each bundle: pem or spiffe (a JWKS, as SPIFFE bundles are exchanged).
     #[arg(long = "format", value_enum, default_value_t)]
     format: Format,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -60,10 +63,12 @@ pub struct SetArgs {
     /// File with the bundle; standard input when absent.
     #[arg(long = "path")]
     path: Option<PathBuf>,
+    /// The format of -path (or stdin): pem or spiffe (a JWKS, as SPIFFE bundles are exchanged).
     #[arg(long = "format", value_enum, default_value_t)]
     format: Format,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -75,6 +80,7 @@ pub struct DeleteArgs {
     id: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }

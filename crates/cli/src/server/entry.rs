@@ -59,7 +59,8 @@ pub struct Fields {
     /// The entry describes nodes (its parent is the server), not workloads.
     #[arg(long = "node")]
     node: bool,
-    /// Store the SVID with a SVIDStore plugin instead of serving it.
+    /// Marks the entry for an SVIDStore (kept with the entry, as SPIRE does); ironpact has no
+    /// SVIDStore plugin yet, so agents serve such an entry like any other.
     #[arg(long = "storeSVID", visible_alias = "store-svid")]
     store_svid: bool,
     /// Unix time at which the entry expires.
@@ -79,6 +80,7 @@ pub struct CreateArgs {
     data: Option<PathBuf>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -86,10 +88,13 @@ pub struct CreateArgs {
 /// The filters shared by `entry show` and `entry count`.
 #[derive(Args, Debug)]
 pub struct FilterArgs {
+    /// Only entries with this SPIFFE ID.
     #[arg(long = "spiffeID", visible_alias = "spiffe-id")]
     spiffe_id: Option<String>,
+    /// Only entries with this parent ID.
     #[arg(long = "parentID", visible_alias = "parent-id")]
     parent_id: Option<String>,
+    /// A type:value selector to filter by; repeat for several (see -matchSelectorsOn).
     #[arg(long = "selector")]
     selectors: Vec<String>,
     /// How -selector matches: exact, subset, superset or any.
@@ -99,16 +104,20 @@ pub struct FilterArgs {
         default_value = "superset"
     )]
     match_selectors: String,
+    /// A trust domain to filter by; repeat for several (see -matchFederatesWithOn).
     #[arg(long = "federatesWith", visible_alias = "federates-with")]
     federates_with: Vec<String>,
+    /// How -federatesWith matches: exact, subset, superset or any.
     #[arg(
         long = "matchFederatesWithOn",
         visible_alias = "match-federates-with-on",
         default_value = "superset"
     )]
     match_federates: String,
+    /// Only entries with this hint.
     #[arg(long = "hint")]
     hint: Option<String>,
+    /// Only entries for downstream SPIFFE servers.
     #[arg(long = "downstream")]
     downstream: bool,
 }
@@ -142,12 +151,14 @@ impl FilterArgs {
 
 #[derive(Args, Debug)]
 pub struct ShowArgs {
+    /// Show only the entry with this ID.
     #[arg(long = "entryID", visible_alias = "entry-id")]
     entry_id: Option<String>,
     #[command(flatten)]
     filter: FilterArgs,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -161,6 +172,7 @@ pub struct UpdateArgs {
     fields: Fields,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -172,6 +184,7 @@ pub struct DeleteArgs {
     entry_ids: Vec<String>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -182,6 +195,7 @@ pub struct CountArgs {
     filter: FilterArgs,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }

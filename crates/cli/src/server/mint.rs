@@ -28,6 +28,7 @@ pub struct TokenArgs {
     ttl: String,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -54,6 +55,7 @@ pub struct X509Args {
     write: Option<PathBuf>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -66,11 +68,13 @@ pub enum JwtCmd {
 
 #[derive(Args, Debug)]
 pub struct JwtArgs {
+    /// The SPIFFE ID of the JWT-SVID.
     #[arg(long = "spiffeID", visible_alias = "spiffe-id")]
     spiffe_id: Option<String>,
     /// An audience; repeat for several.
     #[arg(long = "audience")]
     audience: Vec<String>,
+    /// TTL (seconds or a duration); the server default when absent.
     #[arg(long = "ttl")]
     ttl: Option<String>,
     /// File to write the token to.
@@ -78,6 +82,7 @@ pub struct JwtArgs {
     write: Option<PathBuf>,
     #[command(flatten)]
     socket: SocketArg,
+    /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }

@@ -5,6 +5,7 @@ mod agent;
 mod authority;
 mod bundle;
 pub mod entry;
+mod fixtures;
 mod mint;
 mod run;
 mod verify;
@@ -62,6 +63,9 @@ enum Cmd {
     /// Verifies attestation evidence offline and prints the verdict as JSON.
     #[command(subcommand)]
     Verify(verify::VerifyCmd),
+    /// Writes simulated SEV-SNP or TDX test keys and collateral (TEST ONLY: no hardware needed).
+    #[command(subcommand)]
+    Fixtures(fixtures::FixturesCmd),
 }
 
 /// Where the admin API listens.
@@ -78,11 +82,46 @@ impl SocketArg {
     }
 }
 
-/// Parses `type:value` flags into API selectors.
+/// Selector types ironpact's attestors produce: the unix workload attestor and the node
+/// attestors.
+const SELECTOR_TYPES: &[&str] = &["unix", "sev_snp", "tdx", "aws_iid", "x509pop"];
+/// Keys of the unix workload attestor, often written without their `unix:` type.
+const UNIX_KEYS: &[&str] = &[
+    "uid",
+    "gid",
+    "user",
+    "group",
+    "path",
+    "sha256",
+    "supplementary_gid",
+    "supplementary_group",
+];
+
+/// A warning for a selector whose type no attestor of ironpact produces (such an entry never
+/// matches a workload here), with the likely fix. `None` for the known types.
+pub(crate) fn selector_warning(sel: &ironpact_spiffe::Selector) -> Option<String> {
+    if SELECTOR_TYPES.contains(&sel.kind.as_str()) {
+        return None;
+    }
+    let hint = if UNIX_KEYS.contains(&sel.kind.as_str()) {
+        format!("did you mean -selector unix:{}:{}?", sel.kind, sel.value)
+    } else {
+        format!("ironpact's attestors produce {}", SELECTOR_TYPES.join(", "))
+    };
+    Some(format!(
+        "selector \"{}:{}\": no attestor of ironpact produces type \"{}\", so it matches nothing here; {hint}",
+        sel.kind, sel.value, sel.kind
+    ))
+}
+
+/// Parses `type:value` flags into API selectors; a type no attestor produces gets a warning.
 pub(crate) fn selectors_pb(raw: &[String]) -> Result<Vec<ironpact_proto::server::v1::Selector>> {
     raw.iter()
         .map(|s| {
             let sel = ironpact_spiffe::Selector::parse(s)?;
+            if let Some(w) = selector_warning(&sel) {
+                eprintln!("Warning: {w}");
+            }
             Ok(ironpact_proto::server::v1::Selector {
                 r#type: sel.kind,
                 value: sel.value,
@@ -140,6 +179,11 @@ pub enum Output {
     Json,
 }
 
+/// The command tree, as `main` parses it (for the help checks).
+pub fn command() -> clap::Command {
+    crate::common::help_on_bare_groups(<Cli as clap::CommandFactory>::command())
+}
+
 /// Entry point of the `ironpact-server` binary.
 pub fn main() -> std::process::ExitCode {
     let cli: Cli = match crate::common::parse_args() {
@@ -173,6 +217,7 @@ pub fn main() -> std::process::ExitCode {
             Cmd::X509(c) => mint::x509(c).await,
             Cmd::Jwt(c) => mint::jwt(c).await,
             Cmd::Verify(c) => verify::exec(c),
+            Cmd::Fixtures(c) => fixtures::exec(c),
         }
     }))
 }

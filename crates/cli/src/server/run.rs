@@ -1,6 +1,6 @@
 //! `run`, `validate` and `healthcheck`.
 
-use super::SocketArg;
+use super::{Output, SocketArg};
 use crate::common::init_logging;
 use anyhow::{Result, anyhow};
 use clap::Args;
@@ -40,10 +40,15 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
+    /// Path to the server configuration file.
     #[arg(long = "config", default_value = "conf/server/server.conf")]
     config: PathBuf,
+    /// Expand $VAR and ${VAR} in the config file from the environment.
     #[arg(long = "expandEnv", visible_alias = "expand-env")]
     expand_env: bool,
+    /// How to print: pretty (text) or json.
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +61,13 @@ pub struct HealthArgs {
     /// Print what is checked.
     #[arg(long = "verbose")]
     verbose: bool,
+    /// Keep checking for up to this long (a duration such as 30s) until healthy: for scripts
+    /// that start the server and go on once it serves.
+    #[arg(long = "wait")]
+    wait: Option<String>,
+    /// How to print: pretty (text) or json.
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -87,19 +99,48 @@ pub fn run(a: RunArgs) -> Result<()> {
 
 pub fn validate(a: ValidateArgs) -> Result<()> {
     let cfg = ServerConfig::load(&a.config, a.expand_env, &Overrides::default())?;
-    for w in cfg.warnings() {
-        eprintln!("Warning: {w}");
-    }
+    let warnings = cfg.warnings();
     // the attestors are built as `run` builds them: the files they read must be there
     ironpact_server::run::build_attestors(&cfg, None)
         .map_err(|e| anyhow!("{e} ({})", a.config.display()))?;
+    if a.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({"valid": true, "warnings": warnings})
+        );
+        return Ok(());
+    }
+    for w in warnings {
+        eprintln!("Warning: {w}");
+    }
     println!("Configuration is valid.");
     Ok(())
 }
 
 pub async fn healthcheck(a: HealthArgs) -> Result<()> {
+    let wait = match &a.wait {
+        Some(w) => crate::common::parse_duration("-wait", w)?,
+        None => std::time::Duration::ZERO,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match check_once(&a).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+    if a.output == Output::Json {
+        println!("{}", serde_json::json!({"healthy": true}));
+    } else {
+        println!("Server is healthy.");
+    }
+    Ok(())
+}
+
+async fn check_once(a: &HealthArgs) -> Result<()> {
     if a.verbose {
-        println!(
+        eprintln!(
             "Checking server health at {}...",
             a.socket.socket_path.display()
         );
@@ -120,6 +161,5 @@ pub async fn healthcheck(a: HealthArgs) -> Result<()> {
             ));
         }
     }
-    println!("Server is healthy.");
     Ok(())
 }
