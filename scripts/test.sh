@@ -2,7 +2,7 @@
 # Runs every check and test of ironpact: formatting, clippy, unit tests, the datastore suite on
 # SQLite, PostgreSQL and MariaDB, and the end-to-end suites that start real server processes
 # (among them a two-server cluster behind haproxy).
-# Installs what it needs (openssl, jq, haproxy, a Python venv with PyJWT) when it is missing.
+# Installs what it needs (openssl, jq, systemd-analyze, haproxy, a Python venv with PyJWT) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,8 @@ apt_install() {
 have cargo || { echo "cargo is required: install Rust (https://rustup.rs)" >&2; exit 1; }
 have openssl || apt_install openssl
 have jq || apt_install jq
+# the docs test checks the systemd units under packaging/ with systemd-analyze verify
+have systemd-analyze || apt_install systemd
 have setpriv || apt_install util-linux
 have python3 || apt_install python3 python3-venv
 # the cluster test puts haproxy in front of two servers

@@ -202,10 +202,8 @@ impl AgentConfig {
                 };
                 if let Some(d) = data {
                     u.discover_workload_path = d.bool("discover_workload_path")?.unwrap_or(false);
-                    if let Some((v, l)) = d.string("workload_size_limit")? {
-                        u.workload_size_limit = v.trim().parse().map_err(|_| {
-                            d.err(l, "workload_size_limit must be a number of bytes")
-                        })?;
+                    if let Some((v, _)) = d.i64("workload_size_limit")? {
+                        u.workload_size_limit = v;
                     }
                     d.finish()?;
                 }

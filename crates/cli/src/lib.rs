@@ -34,6 +34,14 @@ mod tests {
             if cmd.get_about().is_none() && !path.contains(" help") {
                 missing.push(format!("{path}: no description"));
             }
+            // every command that prints takes -output json (run only logs)
+            let leaf = !cmd.has_subcommands();
+            if leaf
+                && cmd.get_name() != "run"
+                && !cmd.get_arguments().any(|a| a.get_id() == "output")
+            {
+                missing.push(format!("{path}: no -output"));
+            }
             for a in cmd.get_arguments() {
                 let id = a.get_id().as_str();
                 if id != "help" && id != "version" && a.get_help().is_none() {

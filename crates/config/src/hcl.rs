@@ -340,6 +340,27 @@ impl<'a> Section<'a> {
         Ok(Some((n as u16, l)))
     }
 
+    /// A whole number (a byte count, say), written as SPIRE's configs do: `0` or `"0"`.
+    pub fn i64(&self, key: &str) -> Result<Option<(i64, usize)>, ConfigError> {
+        let bad = |l| {
+            self.err(
+                l,
+                format!("{} must be a whole number", self.child_path(key)),
+            )
+        };
+        match self.attr(key)? {
+            None | Some((Value::Null, _)) => Ok(None),
+            Some((Value::Number(n), l)) => {
+                if n.fract() != 0.0 || n.abs() > 9.0e15 {
+                    return Err(bad(l));
+                }
+                Ok(Some((*n as i64, l)))
+            }
+            Some((Value::Str(s), l)) => s.trim().parse().map(|n| Some((n, l))).map_err(|_| bad(l)),
+            Some((v, l)) => Err(self.type_err(key, l, "a number", v)),
+        }
+    }
+
     /// A Go-syntax duration string (`1h`, `90s`); a bare number means seconds.
     pub fn duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
         match self.attr(key)? {

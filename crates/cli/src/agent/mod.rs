@@ -281,24 +281,46 @@ fn pem_of(ders: &[Vec<u8>]) -> String {
     ironpact_spiffe::x509::certs_to_pem(ders.iter().map(Vec::as_slice))
 }
 
+/// The first X509-SVID response. A workload with no identity yet (its entry still on its
+/// way, or the agent still attesting) is asked again until `timeout`.
 async fn first_x509(s: &SocketArg, timeout: &str) -> Result<pb::X509svidResponse> {
     let wait = parse_duration("-timeout", timeout)?;
+    let deadline = tokio::time::Instant::now() + wait;
     let mut c = client(s).await?;
+    let mut last = None;
     let fut = async {
-        let mut stream = c
-            .fetch_x509svid(with_header(pb::X509svidRequest {}))
-            .await
-            .map_err(status)?
-            .into_inner();
-        stream
-            .message()
-            .await
-            .map_err(status)?
-            .ok_or_else(|| anyhow!("the agent closed the stream"))
+        loop {
+            let attempt = async {
+                let mut stream = c
+                    .fetch_x509svid(with_header(pb::X509svidRequest {}))
+                    .await?
+                    .into_inner();
+                stream.message().await
+            };
+            match attempt.await {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => bail!("the agent closed the stream"),
+                Err(st) if st.code() == tonic::Code::PermissionDenied => {
+                    last = Some(st);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(st) => return Err(status(st)),
+            }
+        }
     };
-    tokio::time::timeout(wait, fut).await.map_err(|_| {
-        anyhow!("no SVID within {timeout}; is this workload registered? (-timeout waits longer)")
-    })?
+    match tokio::time::timeout_at(deadline, fut).await {
+        Ok(r) => r,
+        Err(_) => match last {
+            Some(st) => Err(anyhow!(
+                "no SVID within {timeout}: {} ({:?}); is this workload registered? (-timeout waits longer)",
+                st.message(),
+                st.code()
+            )),
+            None => Err(anyhow!(
+                "no SVID within {timeout}; is this workload registered? (-timeout waits longer)"
+            )),
+        },
+    }
 }
 
 fn describe(resp: &pb::X509svidResponse, started: Instant) -> Result<String> {

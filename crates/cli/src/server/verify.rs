@@ -36,6 +36,9 @@ pub struct TdxArgs {
     /// A root certificate (PEM or DER) to use instead of the Intel SGX Root CA (test chains).
     #[arg(long = "root")]
     root: Option<PathBuf>,
+    /// The verdict is JSON either way: pretty indents it, json prints it on one line.
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: super::Output,
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +66,9 @@ pub struct SnpArgs {
     /// internal consistency and the debug bit are judged.
     #[arg(long = "policy")]
     policy: Option<PathBuf>,
+    /// The verdict is JSON either way: pretty indents it, json prints it on one line.
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: super::Output,
 }
 
 fn failure(kind: &str, message: impl Into<String>) -> Value {
@@ -304,17 +310,21 @@ fn tdx_verdict(a: &TdxArgs, policy: Option<&ironpact_tdx::Policy>) -> Value {
 }
 
 pub fn exec(cmd: VerifyCmd) -> Result<()> {
-    let v = match cmd {
-        VerifyCmd::Snp(a) => snp(&a)?,
+    let (v, output) = match cmd {
+        VerifyCmd::Snp(a) => (snp(&a)?, a.output),
         VerifyCmd::Tdx(a) => {
             let policy = read_policy(
                 a.policy.as_ref(),
                 ironpact_server::attest::tdx::policy::parse_file,
             )?;
-            tdx_verdict(&a, policy.as_ref())
+            (tdx_verdict(&a, policy.as_ref()), a.output)
         }
     };
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    if output == super::Output::Json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
     if v["ok"] == json!(true) {
         Ok(())
     } else {
