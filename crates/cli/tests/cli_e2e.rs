@@ -884,6 +884,36 @@ fn fixtures_write_private_test_keys_once() {
     ]);
     t.expect_ok();
     assert!(tdx.join("collateral/current.json").exists() && tdx.join("pki/root.pem").exists());
+    // -collateralOnly re-signs the collateral with the PKI already there: test_root unchanged
+    let root_before = std::fs::read(tdx.join("pki/root.pem")).unwrap();
+    let col_before = std::fs::read(tdx.join("collateral/current.json")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    server_cmd(&[
+        "fixtures",
+        "tdx",
+        "-dir",
+        tdx.to_str().unwrap(),
+        "-collateralOnly",
+        "-validDays",
+        "2",
+    ])
+    .expect_ok();
+    assert_eq!(
+        std::fs::read(tdx.join("pki/root.pem")).unwrap(),
+        root_before
+    );
+    assert_ne!(
+        std::fs::read(tdx.join("collateral/current.json")).unwrap(),
+        col_before
+    );
+    // an existing directory open to others is refused and left as it was
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    server_cmd(&["fixtures", "snp", "-dir", open.to_str().unwrap()]).expect_error("chmod 700");
+    let mode = std::fs::metadata(&open).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
     // the server blocks they print validate
     let conf = dir.path().join("server.conf");
     let text = format!(
@@ -930,4 +960,92 @@ fn an_unknown_selector_type_is_warned_about() {
     // healthcheck -output json, and -wait on a server that is up
     let h = s.cli(&["healthcheck", "-wait", "5s", "-output", "json"]);
     assert_eq!(h.json()["healthy"], true);
+}
+
+/// Under a strict umask (systemd's `UMask=0077`, as the shipped units set) the admin socket's
+/// directory still gets the mode the server asks for (0750: owner and group connect), and the
+/// agent's Workload API directory its 0755 (every user's workloads connect).
+#[test]
+fn socket_directories_keep_their_mode_under_a_strict_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("server.conf");
+    let sock = dir.path().join("run/private/api.sock");
+    ServerConf::new("example.org")
+        .server("data_dir", dir.path().join("data"))
+        .server("socket_path", &sock)
+        .server("bind_address", "127.0.0.1")
+        .server("bind_port", "0")
+        .plugin(Plugin::new("DataStore", "sql"))
+        .plugin(Plugin::new("KeyManager", "memory"))
+        .plugin(Plugin::new("NodeAttestor", "join_token"))
+        .write(&conf)
+        .unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "umask 077; exec \"$0\" run -config \"$1\""])
+        .arg(support::BIN)
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    let (own, parent) = (
+        mode(sock.parent().unwrap()),
+        mode(sock.parent().unwrap().parent().unwrap()),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(own.unwrap(), 0o750);
+    // a parent it had to create only leads there: traversable by all
+    assert_eq!(parent.unwrap(), 0o755);
+
+    // the agent: its Workload API directory is there before it attests
+    let bundle = dir.path().join("bundle.pem");
+    let ca = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    std::fs::write(&bundle, ca.cert.pem()).unwrap();
+    let wl = dir.path().join("agent-run/public/api.sock");
+    let aconf = dir.path().join("agent.conf");
+    support::AgentConf::new("example.org")
+        .agent("data_dir", dir.path().join("agent-data"))
+        .agent("server_address", "127.0.0.1")
+        .agent("server_port", "1")
+        .agent("socket_path", &wl)
+        .agent(
+            "admin_socket_path",
+            dir.path().join("agent-run/private/admin.sock"),
+        )
+        .agent("trust_bundle_path", &bundle)
+        .plugin(Plugin::new("NodeAttestor", "join_token"))
+        .plugin(Plugin::new("KeyManager", "memory"))
+        .plugin(Plugin::new("WorkloadAttestor", "unix"))
+        .write(&aconf)
+        .unwrap();
+    let mut agent = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "umask 077; exec \"$0\" run -config \"$1\" -joinToken x",
+        ])
+        .arg(support::AGENT_BIN)
+        .arg(&aconf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !wl.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (public, parent) = (
+        mode(wl.parent().unwrap()),
+        mode(wl.parent().unwrap().parent().unwrap()),
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(public.unwrap(), 0o755);
+    assert_eq!(parent.unwrap(), 0o755);
 }

@@ -78,6 +78,12 @@ fn fences(file: &Path) -> Vec<Fence> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < lines.len() {
+        assert!(
+            !lines[i].trim_start().starts_with("~~~"),
+            "{}:{}: write fences with backticks (the docs test reads those)",
+            file.display(),
+            i + 1
+        );
         if let Some(info) = lines[i].strip_prefix("```") {
             let start = i;
             i += 1;
@@ -110,6 +116,10 @@ fn fences(file: &Path) -> Vec<Fence> {
 fn all_fences() -> Vec<Fence> {
     doc_files().iter().flat_map(|f| fences(f)).collect()
 }
+
+/// The fence languages the docs use: `sh` blocks run, `hcl` blocks parse, `text` is prose.
+/// Anything else (`bash`, `console`, …) would slip past both checks, so it is refused.
+const KNOWN_LANGS: &[&str] = &["sh", "hcl", "text"];
 
 const PLUGIN_KINDS: &[&str] = &[
     "NodeAttestor",
@@ -176,6 +186,14 @@ fn every_hcl_block_parses() {
             ));
             continue;
         }
+        if !KNOWN_LANGS.contains(&f.lang.as_str()) {
+            problems.push(format!(
+                "{}: fence language {:?}: use sh (run by the docs test), hcl, or text",
+                f.at(),
+                f.lang
+            ));
+            continue;
+        }
         if f.lang != "hcl" || f.illustrative() {
             continue;
         }
@@ -230,8 +248,24 @@ fn every_shell_block_runs() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // the blocks use the default sockets and port, as an operator would: a server or agent
+    // already there (a tour left running) would answer in place of the ones the blocks start,
+    // and the blocks would change its data
+    for sock in [
+        "/tmp/ironpact-server/private/api.sock",
+        "/tmp/ironpact-agent/public/api.sock",
+    ] {
+        assert!(
+            std::os::unix::net::UnixStream::connect(sock).is_err(),
+            "{sock} answers: stop the server or agent using the default sockets before running the docs test"
+        );
+    }
     let mut ran = 0;
     for file in doc_files() {
+        assert!(
+            std::net::TcpListener::bind("0.0.0.0:8081").is_ok(),
+            "port 8081 is taken: stop what listens there before running the docs test"
+        );
         let fs = fences(&file);
         let blocks: Vec<&Fence> = fs
             .iter()

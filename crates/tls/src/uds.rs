@@ -70,16 +70,39 @@ fn check_directories(dir: &Path) -> Result<(), SocketError> {
     Ok(())
 }
 
-/// Creates `dir` with `mode` when missing (parents as the umask allows), then checks it.
+/// Creates the missing directories down to `dir` as 0755, whatever the umask: they only lead
+/// to the socket's own directory, which every user whose workloads connect must traverse.
+fn create_parents(dir: &Path) -> Result<(), SocketError> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d);
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o755).create(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                .map_err(io(d))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(d)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` with `mode` when missing (missing parents 0755), then checks it.
 fn prepare_directory(dir: &Path, mode: u32) -> Result<(), SocketError> {
     match std::fs::symlink_metadata(dir) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                create_parents(parent)?;
             }
             match std::fs::DirBuilder::new().mode(mode).create(dir) {
-                Ok(()) => {}
+                // the umask (systemd's UMask=0077, say) narrowed the mode asked for: a
+                // Workload API directory must still let every user's workloads in
+                Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                    .map_err(io(dir))?,
                 // another process created it meanwhile: it is checked like any existing one
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io(dir)(e)),

@@ -80,7 +80,8 @@ struct SocketArg {
 /// How to print: pretty (text) or json.
 #[derive(Args, Debug, Clone)]
 struct OutputArg {
-    /// How to print: pretty (text) or json (the Workload API messages, bytes in base64).
+    /// How to print: pretty (text) or json (fetch and watch print the Workload API's messages,
+    /// bytes in base64).
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
 }
@@ -281,8 +282,9 @@ fn pem_of(ders: &[Vec<u8>]) -> String {
     ironpact_spiffe::x509::certs_to_pem(ders.iter().map(Vec::as_slice))
 }
 
-/// The first X509-SVID response. A workload with no identity yet (its entry still on its
-/// way, or the agent still attesting) is asked again until `timeout`.
+/// The first X509-SVID response. A workload with no identity yet ("no identity issued": its
+/// entry still on its way, or the agent still attesting) is asked again until `timeout`; any
+/// other answer (a refused node's) is returned at once.
 async fn first_x509(s: &SocketArg, timeout: &str) -> Result<pb::X509svidResponse> {
     let wait = parse_duration("-timeout", timeout)?;
     let deadline = tokio::time::Instant::now() + wait;
@@ -300,7 +302,11 @@ async fn first_x509(s: &SocketArg, timeout: &str) -> Result<pb::X509svidResponse
             match attempt.await {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => bail!("the agent closed the stream"),
-                Err(st) if st.code() == tonic::Code::PermissionDenied => {
+                // only "not yet": a refused node's answer is final and returned at once
+                Err(st)
+                    if st.code() == tonic::Code::PermissionDenied
+                        && st.message().contains("no identity issued") =>
+                {
                     last = Some(st);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -553,6 +559,12 @@ async fn healthcheck(a: HealthArgs) -> Result<()> {
         None => Duration::ZERO,
     };
     let deadline = tokio::time::Instant::now() + wait;
+    if a.verbose {
+        println!(
+            "Checking agent health at {}...",
+            a.socket.socket_path.display()
+        );
+    }
     loop {
         match check_once(&a).await {
             Ok(()) => break,
@@ -570,12 +582,6 @@ async fn healthcheck(a: HealthArgs) -> Result<()> {
 
 async fn check_once(a: &HealthArgs) -> Result<()> {
     use ironpact_proto::health::v1::health_check_response::ServingStatus;
-    if a.verbose {
-        eprintln!(
-            "Checking agent health at {}...",
-            a.socket.socket_path.display()
-        );
-    }
     let ch = connect_uds(&a.socket.socket_path, "agent's Workload API", "-socketPath")
         .await
         .map_err(|e| anyhow!("agent is unhealthy: {e:#}"))?;

@@ -56,9 +56,9 @@ pub struct WithId {
 
 #[derive(Subcommand, Debug)]
 pub enum UpstreamAuthorityCmd {
-    /// Taints an upstream authority (needs an UpstreamAuthority).
+    /// SPIRE's upstream taint: ironpact's CA is its own root, so this says why it does not apply.
     Taint(Upstream),
-    /// Revokes an upstream authority (needs an UpstreamAuthority).
+    /// SPIRE's upstream revoke: ironpact's CA is its own root, so this says why it does not apply.
     Revoke(Upstream),
 }
 

@@ -42,9 +42,13 @@ pub struct TdxArgs {
     /// Directory to write to: pki/ (test PKI) and collateral/ (created 0700).
     #[arg(long = "dir")]
     dir: PathBuf,
-    /// Days the collateral stays current (run the command again to renew it).
+    /// Days the collateral stays current (renew it with -collateralOnly).
     #[arg(long = "validDays", visible_alias = "valid-days", default_value_t = 30)]
     valid_days: u32,
+    /// Only re-sign collateral/current.json with the PKI already in -dir (the PKI, and so the
+    /// server's test_root, stay as they are).
+    #[arg(long = "collateralOnly", visible_alias = "collateral-only")]
+    collateral_only: bool,
     /// Overwrite fixture files already in the directory.
     #[arg(long = "force")]
     force: bool,
@@ -66,20 +70,66 @@ pub fn exec(c: FixturesCmd) -> Result<()> {
     }
 }
 
-/// A directory for test keys: created 0700; an existing one must be a directory we own.
+/// A directory for test keys. A missing one is created 0700 (its missing parents as the umask
+/// allows); an existing one is used only if it is ours and private already (no group or other
+/// bits): nothing about an existing directory is changed.
 fn private_dir(dir: &Path) -> Result<PathBuf> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {} (pass another -dir)", dir.display()))?;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() {
-        bail!("{} is not a directory: pass another -dir", dir.display());
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!("cannot create {} (pass another -dir)", parent.display())
+                })?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {} (pass another -dir)", dir.display()))?;
+            // the umask cannot widen 0700, but set it anyway: what we made is exactly private
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot use {} (pass another -dir)", dir.display()));
+        }
+        Ok(meta) => {
+            if !meta.is_dir() {
+                bail!(
+                    "{} is not a directory: pass a new -dir (it is created 0700)",
+                    dir.display()
+                );
+            }
+            let me = nix::unistd::geteuid().as_raw();
+            if meta.uid() != me {
+                bail!(
+                    "{} belongs to uid {}, not to you (uid {me}): pass a new -dir (it is created 0700)",
+                    dir.display(),
+                    meta.uid()
+                );
+            }
+            if meta.mode() & 0o077 != 0 {
+                bail!(
+                    "{} is open to others (mode {:o}) and would hold private keys: pass a new -dir (it is created 0700), or chmod 700 it first",
+                    dir.display(),
+                    meta.mode() & 0o777
+                );
+            }
+        }
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot make {} private (pass another -dir)", dir.display()))?;
     Ok(std::fs::canonicalize(dir)?)
+}
+
+/// The printed config blocks name the directory in an HCL string: refuse what would need
+/// escaping there (quotes, backslashes, `${`) rather than print a block that does not parse.
+fn hcl_safe(dir: &Path) -> Result<()> {
+    let text = dir.display().to_string();
+    if text.contains(['"', '\\', '$']) || text.chars().any(char::is_control) {
+        bail!(
+            "-dir {text:?}: pick a path without quotes, backslashes, '$' or control characters (it goes into the printed config)"
+        );
+    }
+    Ok(())
 }
 
 /// Refuses when any of the files is already in `dir`.
@@ -128,6 +178,7 @@ fn snp(a: SnpArgs) -> Result<()> {
     use ironpact_snp::simulate::{SimPlatform, SimulatedSnp, p384_pkcs8, rsa_pkcs8};
     let product = ironpact_snp::Product::from_name(&a.product)
         .with_context(|| format!("-product {:?}: use milan, genoa or turin", a.product))?;
+    hcl_safe(&a.dir)?;
     let dir = private_dir(&a.dir)?;
     let (ark, mid, leaf) = (rsa_pkcs8()?, rsa_pkcs8()?, p384_pkcs8()?);
     let platform = SimPlatform {
@@ -159,7 +210,7 @@ fn snp(a: SnpArgs) -> Result<()> {
     let product = a.product.to_ascii_lowercase();
     let measurement = hex::encode(SNP_MEASUREMENT);
     let signing = if a.vlek {
-        "\n        signing_key = \"vlek\""
+        "\n            signing_key = \"vlek\""
     } else {
         ""
     };
@@ -183,11 +234,30 @@ fn tdx(a: TdxArgs) -> Result<()> {
     if a.valid_days == 0 {
         bail!("-validDays 0 makes collateral that is never current: pass 1 or more");
     }
+    hcl_safe(&a.dir)?;
     let dir = private_dir(&a.dir)?;
     let pki_dir = private_dir(&dir.join("pki"))?;
     let col_dir = private_dir(&dir.join("collateral"))?;
     let p = SimPlatform::default();
     let now = now();
+    if a.collateral_only {
+        let pki = TestPki::from_files(|name| {
+            std::fs::read(pki_dir.join(name)).map_err(|e| format!("{name}: {e}"))
+        })
+        .with_context(|| {
+            format!(
+                "no test PKI in {}: run without -collateralOnly first",
+                pki_dir.display()
+            )
+        })?;
+        let c = collateral(&pki, &p, now - 60, now + i64::from(a.valid_days) * DAY)?;
+        let col = vec![("current.json".to_string(), c.to_json().into_bytes(), 0o644)];
+        let written = write_all(&col_dir, &col, true)?;
+        for w in &written {
+            println!("Wrote {} (current for {} days)", w.display(), a.valid_days);
+        }
+        return Ok(());
+    }
     let pki = TestPki::generate(&p, now - DAY, now + 3650 * DAY)?;
     let files: Vec<_> = pki
         .to_files()

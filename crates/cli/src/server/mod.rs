@@ -83,8 +83,8 @@ impl SocketArg {
 }
 
 /// Selector types ironpact's attestors produce: the unix workload attestor and the node
-/// attestors.
-const SELECTOR_TYPES: &[&str] = &["unix", "sev_snp", "tdx", "aws_iid", "x509pop"];
+/// attestors, and `spiffe_id` (the server's alias entries for join-token nodes).
+const SELECTOR_TYPES: &[&str] = &["unix", "sev_snp", "tdx", "aws_iid", "x509pop", "spiffe_id"];
 /// Keys of the unix workload attestor, often written without their `unix:` type.
 const UNIX_KEYS: &[&str] = &[
     "uid",

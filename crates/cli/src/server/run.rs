@@ -123,6 +123,12 @@ pub async fn healthcheck(a: HealthArgs) -> Result<()> {
         None => std::time::Duration::ZERO,
     };
     let deadline = tokio::time::Instant::now() + wait;
+    if a.verbose {
+        println!(
+            "Checking server health at {}...",
+            a.socket.socket_path.display()
+        );
+    }
     loop {
         match check_once(&a).await {
             Ok(()) => break,
@@ -139,12 +145,6 @@ pub async fn healthcheck(a: HealthArgs) -> Result<()> {
 }
 
 async fn check_once(a: &HealthArgs) -> Result<()> {
-    if a.verbose {
-        eprintln!(
-            "Checking server health at {}...",
-            a.socket.socket_path.display()
-        );
-    }
     let ch = a
         .socket
         .channel()

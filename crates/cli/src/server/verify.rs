@@ -50,7 +50,7 @@ pub struct SnpArgs {
     #[arg(long = "cert")]
     cert: Option<PathBuf>,
     /// A directory holding vcek.der/vcek.pem or vlek.der/vlek.pem.
-    #[arg(long = "certs-dir", visible_alias = "certsDir")]
+    #[arg(long = "certsDir", visible_alias = "certs-dir")]
     certs_dir: Option<PathBuf>,
     /// Evaluate at this time (RFC 3339) instead of now.
     #[arg(long = "now")]
