@@ -163,7 +163,8 @@ pub fn parse_args<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
 
 /// Every command that only groups subcommands prints its help when given none.
 pub fn help_on_bare_groups(cmd: clap::Command) -> clap::Command {
-    let cmd = if cmd.has_subcommands() {
+    // (a command that also runs without a subcommand, as `api fetch`, is not a bare group)
+    let cmd = if cmd.has_subcommands() && !cmd.is_args_conflicts_with_subcommands_set() {
         cmd.arg_required_else_help(true)
     } else {
         cmd

@@ -608,3 +608,151 @@ fn a_wrong_trust_bundle_is_named_with_its_fix() {
         assert!(!l.contains("OtherError"), "{l}");
     }
 }
+
+/// `validate` reads what `run` would (the trust bundle here) and creates nothing; `api watch`
+/// started before the workload has an identity waits for it instead of exiting.
+#[test]
+fn agent_validate_and_watch_that_waits() {
+    let s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host-watch");
+    let a = TestAgent::start(&s, &token);
+    let validate = |conf: &std::path::Path| {
+        Out::from(
+            std::process::Command::new(AGENT_BIN)
+                .args(["validate", "-config"])
+                .arg(conf)
+                .output()
+                .unwrap(),
+        )
+    };
+    let o = validate(&a.config);
+    assert!(
+        o.ok() && o.stdout.contains("Configuration is valid."),
+        "{o:?}"
+    );
+    let text = std::fs::read_to_string(&a.config).unwrap();
+    let bad = a.dir.path().join("bad.conf");
+    let missing = a.dir.path().join("no-such-bundle.pem");
+    std::fs::write(
+        &bad,
+        text.replace(
+            &a.dir.path().join("bootstrap.pem").display().to_string(),
+            &missing.display().to_string(),
+        ),
+    )
+    .unwrap();
+    // (the agent's data dir holds the pinned bundle it prefers; a fresh one does not)
+    let fresh = a.dir.path().join("fresh-data");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&bad).unwrap().replace(
+            &a.dir.path().join("data").display().to_string(),
+            &fresh.display().to_string(),
+        ),
+    )
+    .unwrap();
+    validate(&bad).expect_error("bundle show");
+    assert!(!fresh.exists(), "validate created the data directory");
+
+    // watch before the entry exists: it waits, then prints the SVID once it is issued
+    let mut watch = std::process::Command::new(AGENT_BIN)
+        .args(["api", "watch", "-socketPath"])
+        .arg(&a.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        watch.try_wait().unwrap().is_none(),
+        "api watch exited before an identity came"
+    );
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/watched",
+        "-parentID",
+        "spiffe://example.org/host-watch",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    let mut out = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let mut seen = String::new();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains("spiffe://example.org/watched") {
+                let _ = tx.send(seen.clone());
+                break;
+            }
+        }
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(got.is_ok(), "api watch printed no SVID for the new entry");
+    // bare `api fetch` is `api fetch x509`, as in SPIRE
+    let o = a.cli(&["api", "fetch"]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/watched"),
+        "{o:?}"
+    );
+}
+
+/// A banned agent stops, as SPIRE's does, with SPIRE's log line (operators' alerts grep for
+/// it), and its key is gone.
+#[test]
+fn a_banned_agent_logs_spires_line_and_stops() {
+    let s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host-banned");
+    let mut a = TestAgent::start(&s, &token);
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    s.cli(&["agent", "ban", "-spiffeID", &agent_id]).expect_ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!a.running(), "a banned agent kept running:\n{}", a.log());
+    let log = a.log();
+    assert!(
+        log.contains("Agent is banned: removing SVID and shutting down"),
+        "{log}"
+    );
+    assert!(!a.dir.path().join("data/agent_key.pem").exists());
+}
+
+/// Join tokens are built in, as in SPIRE: a server with no `NodeAttestor "join_token"` block
+/// (here it names no node attestor at all) still attests an agent with a token from
+/// `token generate`.
+#[test]
+fn join_tokens_are_built_in() {
+    let s = TestServer::start_conf(Backend::Sqlite, |mut c| {
+        c.plugins.0.retain(|p| !p.is("NodeAttestor", "join_token"));
+        c
+    });
+    assert!(
+        !std::fs::read_to_string(&s.config)
+            .unwrap()
+            .contains("join_token"),
+        "the server's config still names join_token"
+    );
+    let token = join_token(&s, "spiffe://example.org/host-builtin");
+    let a = TestAgent::start(&s, &token);
+    assert!(a.cli(&["healthcheck"]).ok(), "{}", a.log());
+    // a join-token agent cannot attest again by itself: -canReattest filters on that
+    let count = |v: &str| {
+        s.cli(&["agent", "count", "-canReattest", v, "-output", "json"])
+            .json()["count"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!((count("false"), count("true")), (1, 0));
+}

@@ -53,8 +53,11 @@ pub struct ServerConfig {
     pub default_jwt_svid_ttl: Duration,
     pub datastore: DataStoreConfig,
     pub key_manager: KeyManagerConfig,
-    /// The `NodeAttestor` blocks, as the attestor registry parsed them.
+    /// The `NodeAttestor` blocks, as the attestor registry parsed them (join_token always
+    /// among them: built in, as in SPIRE).
     pub node_attestors: Vec<ServerAttestor>,
+    /// join_token is there without a block of its own.
+    pub join_token_builtin: bool,
 }
 
 /// Values given on the command line; each replaces the file's.
@@ -345,6 +348,17 @@ impl ServerConfig {
         if let Some(p) = plugins {
             p.finish()?;
         }
+        // join tokens are built in, as in SPIRE: a server without a NodeAttestor "join_token"
+        // block still honours the tokens `token generate` hands out
+        let join_token_builtin = !node_attestors.iter().any(|a| a.name == "join_token");
+        if join_token_builtin {
+            let empty = hcl::parse(file, "")?;
+            let block = Section::new(file, "plugins.NodeAttestor.join_token", &empty);
+            let ctx = ParseCtx {
+                data_dir: &data_dir,
+            };
+            node_attestors.push(registry::server_block("join_token", None, &block, 0, &ctx)?);
+        }
         let datastore = datastore.ok_or_else(|| ConfigError {
             file: file.into(),
             line: 0,
@@ -372,6 +386,7 @@ impl ServerConfig {
             datastore,
             key_manager,
             node_attestors,
+            join_token_builtin,
         })
     }
 
@@ -384,6 +399,27 @@ impl ServerConfig {
                  near a CA rotation will be cut short; lower the SVID TTL or raise ca_ttl",
                 ironpact_spiffe::duration::format(self.default_x509_svid_ttl),
                 ironpact_spiffe::duration::format(self.ca_ttl)
+            ));
+        }
+        let others: Vec<&ServerAttestor> = self
+            .node_attestors
+            .iter()
+            .filter(|a| a.name != "join_token")
+            .collect();
+        if self.join_token_builtin && !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|a| a.name).collect();
+            let fix = match others.iter().find(|a| a.base.is_none()) {
+                // a TEE alone: it can complete join_token instead
+                Some(tee) => format!(
+                    "; to require {0} evidence of token holders too, nest it: NodeAttestor \"join_token\" {{ plugin_data {{ {0} {{ … }} }} }}",
+                    tee.name
+                ),
+                None => String::new(),
+            };
+            w.push(format!(
+                "join tokens are accepted too (built in, as in SPIRE, beside {}): an agent with a \
+                 token from `token generate` attests with the token alone{fix}",
+                names.join(", ")
             ));
         }
         w

@@ -194,6 +194,13 @@ mod sync;
 
 pub use ironpact_spiffe::clock::{Clock, ManualClock, SystemClock};
 
+/// What an agent reads and builds from its configuration before it starts.
+struct Prepared {
+    roots: Vec<Vec<u8>>,
+    evidence: Option<Arc<dyn ironpact_attestors::tee_source::EvidenceSource>>,
+    base: Option<Arc<dyn ironpact_attestors::agent::BaseAgent>>,
+}
+
 impl Agent {
     pub fn new(cfg: AgentConfig) -> Result<Arc<Self>, AgentError> {
         if ironpact_spiffe::clock::is_test_clock() {
@@ -210,6 +217,35 @@ impl Agent {
             .trust_domain
             .id_with_path("/spire/server")
             .map_err(|e| AgentError::Local(e.to_string()))?;
+        let Prepared {
+            roots,
+            evidence,
+            base,
+        } = Self::prepare(&cfg)?;
+        let agent = Arc::new(Self {
+            evidence,
+            base,
+            cfg,
+            state: Arc::new(State::default()),
+            roots: Arc::new(SharedRoots::new(roots)),
+            cell: Arc::new(SvidCell::default()),
+            svid: RwLock::new(None),
+            client: RwLock::new(None),
+            jwt_cache: Mutex::new(HashMap::new()),
+            server_id,
+            clock,
+        });
+        agent.load_stored_svid()?;
+        Ok(agent)
+    }
+
+    /// Reads and builds what `cfg` names (the trust bundle, the node attestor's evidence source
+    /// and payload) as [`Agent::new`] does, creating nothing: `validate` runs it.
+    pub fn check(cfg: &AgentConfig) -> Result<(), AgentError> {
+        Self::prepare(cfg).map(|_| ())
+    }
+
+    fn prepare(cfg: &AgentConfig) -> Result<Prepared, AgentError> {
         let cached = cfg.data_dir.join("bundle.pem");
         let roots = if cached.exists() {
             Self::read_bundle(&cached)?
@@ -232,21 +268,11 @@ impl Agent {
             .map(|b| b.build())
             .transpose()
             .map_err(AgentError::from)?;
-        let agent = Arc::new(Self {
+        Ok(Prepared {
+            roots,
             evidence,
             base,
-            cfg,
-            state: Arc::new(State::default()),
-            roots: Arc::new(SharedRoots::new(roots)),
-            cell: Arc::new(SvidCell::default()),
-            svid: RwLock::new(None),
-            client: RwLock::new(None),
-            jwt_cache: Mutex::new(HashMap::new()),
-            server_id,
-            clock,
-        });
-        agent.load_stored_svid()?;
-        Ok(agent)
+        })
     }
 
     fn read_bundle(path: &std::path::Path) -> Result<Vec<Vec<u8>>, AgentError> {

@@ -181,7 +181,8 @@ impl Agent {
 
     pub(super) fn banned(&self, reason: String) -> AgentError {
         let e = AgentError::Banned(reason);
-        error!(error = %e, "banned by the server: stopping");
+        // SPIRE's line, which operators' alerts grep for
+        error!(error = %e, "Agent is banned: removing SVID and shutting down");
         self.forget_svid();
         self.drop_client();
         e

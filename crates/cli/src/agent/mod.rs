@@ -29,6 +29,8 @@ struct Cli {
 enum Cmd {
     /// Runs the agent.
     Run(RunArgs),
+    /// Validates a configuration file: reads every file it names, as `run` would.
+    Validate(ValidateConfigArgs),
     /// Checks that the agent is up and holds an identity.
     Healthcheck(HealthArgs),
     /// Talks to the Workload API as a workload would.
@@ -93,6 +95,18 @@ impl OutputArg {
 }
 
 #[derive(Args, Debug)]
+struct ValidateConfigArgs {
+    /// Path to the agent configuration file.
+    #[arg(long = "config", default_value = "conf/agent/agent.conf")]
+    config: PathBuf,
+    /// Expand $VAR and ${VAR} in the config file from the environment.
+    #[arg(long = "expandEnv", visible_alias = "expand-env")]
+    expand_env: bool,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
+#[derive(Args, Debug)]
 struct HealthArgs {
     #[command(flatten)]
     socket: SocketArg,
@@ -119,14 +133,23 @@ struct WatchArgs {
 
 #[derive(Subcommand, Debug)]
 enum ApiCmd {
-    /// Fetches SVIDs.
-    #[command(subcommand)]
-    Fetch(FetchCmd),
+    /// Fetches SVIDs: `fetch x509` (also bare `fetch`, as in SPIRE) or `fetch jwt`.
+    Fetch(FetchArgs),
     /// Validates a JWT-SVID.
     #[command(subcommand)]
     Validate(ValidateCmd),
     /// Prints every X509-SVID update the Workload API pushes.
     Watch(WatchArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct FetchArgs {
+    #[command(subcommand)]
+    cmd: Option<FetchCmd>,
+    /// `fetch` alone takes `fetch x509`'s flags
+    #[command(flatten)]
+    x509: X509Args,
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,8 +238,12 @@ pub fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Run(_) => Ok(()),
             Cmd::Healthcheck(a) => healthcheck(a).await,
-            Cmd::Api(ApiCmd::Fetch(FetchCmd::X509(a))) => fetch_x509(a).await,
-            Cmd::Api(ApiCmd::Fetch(FetchCmd::Jwt(a))) => fetch_jwt(a).await,
+            Cmd::Validate(a) => validate_config(a),
+            Cmd::Api(ApiCmd::Fetch(f)) => match f.cmd {
+                Some(FetchCmd::X509(a)) => fetch_x509(a).await,
+                Some(FetchCmd::Jwt(a)) => fetch_jwt(a).await,
+                None => fetch_x509(f.x509).await,
+            },
             Cmd::Api(ApiCmd::Validate(ValidateCmd::Jwt(a))) => validate_jwt(a).await,
             Cmd::Api(ApiCmd::Watch(a)) => watch(a).await,
         }
@@ -244,6 +271,18 @@ fn run(a: RunArgs) -> Result<()> {
         cfg,
         crate::common::shutdown_signal(),
     ))?;
+    Ok(())
+}
+
+fn validate_config(a: ValidateConfigArgs) -> Result<()> {
+    let cfg = AgentConfig::load(&a.config, a.expand_env, &Overrides::default())?;
+    ironpact_agent::manager::Agent::check(&cfg)
+        .map_err(|e| anyhow!("{e} ({})", a.config.display()))?;
+    if a.out.json() {
+        println!("{}", json!({"valid": true}));
+    } else {
+        println!("Configuration is valid.");
+    }
     Ok(())
 }
 
@@ -535,22 +574,48 @@ fn struct_json(s: &prost_types::Struct) -> serde_json::Value {
         .into()
 }
 
+/// Prints every update until the stream ends or Ctrl-C. A workload with no identity yet is
+/// not an end: it waits for one (asking again every second), as SPIRE's `api watch` does.
 async fn watch(a: WatchArgs) -> Result<()> {
     let started = Instant::now();
     let mut c = client(&a.socket).await?;
-    let mut stream = c
-        .fetch_x509svid(with_header(pb::X509svidRequest {}))
-        .await
-        .map_err(status)?
-        .into_inner();
-    while let Some(resp) = stream.message().await.map_err(status)? {
-        if a.out.json() {
-            println!("{}", x509_json(&resp));
-        } else {
-            println!("{}", describe(&resp, started)?);
+    let mut waiting = false;
+    loop {
+        let attempt = async {
+            let mut stream = c
+                .fetch_x509svid(with_header(pb::X509svidRequest {}))
+                .await?
+                .into_inner();
+            while let Some(resp) = stream.message().await? {
+                if a.out.json() {
+                    println!("{}", x509_json(&resp));
+                } else {
+                    println!(
+                        "{}",
+                        describe(&resp, started)
+                            .map_err(|e| tonic::Status::internal(e.to_string()))?
+                    );
+                }
+            }
+            Ok::<(), tonic::Status>(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(st)
+                if st.code() == tonic::Code::PermissionDenied
+                    && st.message().contains("no identity issued") =>
+            {
+                if !waiting {
+                    eprintln!(
+                        "No identity issued to this workload yet; waiting for one (Ctrl-C ends)"
+                    );
+                    waiting = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(st) => return Err(status(st)),
         }
     }
-    Ok(())
 }
 
 async fn healthcheck(a: HealthArgs) -> Result<()> {

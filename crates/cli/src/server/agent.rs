@@ -40,6 +40,9 @@ pub struct ListArgs {
     /// Only banned (true) or not banned (false) agents.
     #[arg(long = "banned")]
     banned: Option<bool>,
+    /// Only agents that can (true) or cannot (false) attest again by themselves.
+    #[arg(long = "canReattest", visible_alias = "can-reattest")]
+    can_reattest: Option<bool>,
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
@@ -102,7 +105,7 @@ fn filter(a: &ListArgs) -> Result<pb::AgentFilter> {
             r#match: m,
         }),
         by_banned: a.banned,
-        by_can_reattest: None,
+        by_can_reattest: a.can_reattest,
     })
 }
 

@@ -1,4 +1,4 @@
-//! `bundle show|list|set|delete`.
+//! `bundle show|list|set|delete|count`.
 
 use super::{Output, SocketArg};
 use crate::common::status_err;
@@ -19,6 +19,17 @@ pub enum BundleCmd {
     Set(SetArgs),
     /// Deletes a federated bundle.
     Delete(DeleteArgs),
+    /// Counts bundles: the server's own and the federated ones.
+    Count(CountArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CountArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// How to print: pretty (text) or json.
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -122,6 +133,25 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
             match a.output {
                 Output::Json => println!("{}", b.to_jwks_string()?),
                 Output::Pretty => print!("{}", render(&b, a.format)?),
+            }
+        }
+        BundleCmd::Count(a) => {
+            let mut c = BundleServiceClient::new(a.socket.channel().await?);
+            // the server's own bundle, and the federated ones (a handful: one per peer)
+            c.get_bundle(pb::GetBundleRequest {})
+                .await
+                .map_err(status_err)?;
+            let federated = c
+                .list_federated_bundles(pb::ListFederatedBundlesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .bundles
+                .len();
+            let n = federated + 1;
+            match a.output {
+                Output::Json => println!("{}", serde_json::json!({"count": n})),
+                Output::Pretty => println!("{n} bundle{}", if n == 1 { "" } else { "s" }),
             }
         }
         BundleCmd::List(a) => {

@@ -50,10 +50,12 @@ pub struct Fields {
     /// A hint that tells workloads apart when one caller gets several SVIDs.
     #[arg(long = "hint")]
     hint: Option<String>,
-    /// The workload may use the admin API.
+    /// Marks the entry admin (kept with the entry, as SPIRE does); ironpact's admin API is the
+    /// server's local socket only, so the mark grants nothing yet.
     #[arg(long = "admin")]
     admin: bool,
-    /// The workload is a downstream SPIFFE server.
+    /// Marks the entry as a downstream SPIFFE server (kept with the entry, as SPIRE does);
+    /// ironpact does not sign downstream CAs yet, so the mark grants nothing.
     #[arg(long = "downstream")]
     downstream: bool,
     /// The entry describes nodes (its parent is the server), not workloads.
