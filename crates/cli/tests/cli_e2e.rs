@@ -118,12 +118,25 @@ fn round_trip(s: TestServer) {
         "{shown}"
     );
 
+    // SPIRE's update replaces the whole entry: the fields it needs must be given, and a
+    // field whose flag is absent is cleared
+    s.cli(&["entry", "update", "-entryID", &id, "-jwtSVIDTTL", "5m"])
+        .expect_error("-spiffeID");
+    let before = s
+        .cli(&["entry", "show", "-entryID", &id, "-output", "json"])
+        .expect_ok()
+        .json();
+    let before = &before["entries"][0];
     let updated = s
         .cli(&[
             "entry",
             "update",
             "-entryID",
             &id,
+            "-spiffeID",
+            before["spiffe_id"].as_str().unwrap(),
+            "-parentID",
+            before["parent_id"].as_str().unwrap(),
             "-selector",
             "unix:uid:1001",
             "-jwtSVIDTTL",
@@ -137,9 +150,50 @@ fn round_trip(s: TestServer) {
     assert_eq!(e["revision_number"], 1);
     assert_eq!(e["jwt_svid_ttl"], 300);
     assert_eq!(
-        e["x509_svid_ttl"], 600,
-        "fields not given keep their values"
+        e["x509_svid_ttl"], 0,
+        "a field not given is cleared (the server default applies)"
     );
+    assert_eq!(
+        e["dns_names"],
+        serde_json::json!([]),
+        "-dns not given: cleared"
+    );
+    // -data: entries with their IDs, replaced whole too
+    let data = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        data.path(),
+        serde_json::json!({"entries": [{
+            "id": id,
+            "spiffe_id": before["spiffe_id"],
+            "parent_id": before["parent_id"],
+            "selectors": [{"type": "unix", "value": "uid:1001"}],
+            "hint": "via-data",
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    let u = s
+        .cli(&[
+            "entry",
+            "update",
+            "-data",
+            data.path().to_str().unwrap(),
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json();
+    assert_eq!(u["results"][0]["entry"]["hint"], "via-data");
+    assert_eq!(u["results"][0]["entry"]["jwt_svid_ttl"], 0);
+    s.cli(&[
+        "entry",
+        "update",
+        "-entryID",
+        &id,
+        "-selector",
+        "unix:uid:1001",
+    ])
+    .expect_error("-spiffeID");
     assert_eq!(
         e["selectors"],
         serde_json::json!([{"type": "unix", "value": "uid:1001"}])
@@ -610,7 +664,18 @@ fn invalid_input(s: TestServer) {
         ),
         (&["entry", "update", "-selector", "a:b"], "-entryID"),
         (
-            &["entry", "update", "-entryID", "nope", "-selector", "a:b"],
+            &[
+                "entry",
+                "update",
+                "-entryID",
+                "nope",
+                "-spiffeID",
+                "spiffe://example.org/x",
+                "-parentID",
+                "spiffe://example.org/y",
+                "-selector",
+                "a:b",
+            ],
             "not found",
         ),
         (&["entry", "delete", "-entryID", "nope"], "not found"),

@@ -167,11 +167,15 @@ pub struct ShowArgs {
 
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
-    /// The ID of the entry to update (required).
+    /// The ID of the entry to update (required with flags). As in SPIRE, the entry is replaced
+    /// whole: a field whose flag is not given is cleared (or back to the server default).
     #[arg(long = "entryID", visible_alias = "entry-id")]
     entry_id: Option<String>,
     #[command(flatten)]
     fields: Fields,
+    /// A JSON file of entries ({"entries": [...]}, each with its "id") to update; "-" reads stdin.
+    #[arg(long = "data")]
+    data: Option<PathBuf>,
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
@@ -678,40 +682,101 @@ async fn show(a: ShowArgs) -> Result<()> {
     Ok(())
 }
 
-async fn update(a: UpdateArgs) -> Result<()> {
-    let id = a.entry_id.clone().ok_or_else(|| {
-        anyhow!("the entry to update is required: pass -entryID <id> (see `entry show`)")
-    })?;
-    let (mut e, mask) = entry_from_fields(&a.fields, false)?;
-    if mask == pb::EntryMask::default() {
-        bail!("nothing to update: pass at least one field flag such as -selector or -x509SVIDTTL");
+/// Every field: SPIRE's `entry update` replaces the whole entry.
+fn full_mask() -> pb::EntryMask {
+    pb::EntryMask {
+        spiffe_id: true,
+        parent_id: true,
+        selectors: true,
+        x509_svid_ttl: true,
+        federates_with: true,
+        admin: true,
+        downstream: true,
+        expires_at: true,
+        dns_names: true,
+        store_svid: true,
+        jwt_svid_ttl: true,
+        hint: true,
     }
-    e.id = id;
+}
+
+async fn update(a: UpdateArgs) -> Result<()> {
+    let entries = match &a.data {
+        Some(p) => {
+            if a.entry_id.is_some()
+                || a.fields.spiffe_id.is_some()
+                || !a.fields.selectors.is_empty()
+            {
+                bail!(
+                    "-data and entry flags exclude each other: put every entry, with its id, in the file"
+                );
+            }
+            let entries = entries_from_data(p)?;
+            if let Some(i) = entries.iter().position(|e| e.id.is_empty()) {
+                bail!(
+                    "entry {i} of the -data file has no \"id\": give each entry to update its ID (see `entry show -output json`)"
+                );
+            }
+            entries
+        }
+        None => {
+            let id = a.entry_id.clone().ok_or_else(|| {
+                anyhow!("the entry to update is required: pass -entryID <id> (see `entry show`)")
+            })?;
+            // the whole entry, as SPIRE's update takes it: the same fields a new one needs
+            let (mut e, _) = entry_from_fields(&a.fields, true)?;
+            e.id = id;
+            vec![e]
+        }
+    };
     let mut client = EntryServiceClient::new(a.socket.channel().await?);
-    let resp = client
-        .batch_update_entry(pb::BatchUpdateEntryRequest {
-            entries: vec![e],
-            input_mask: Some(mask),
-        })
-        .await
-        .map_err(status_err)?
-        .into_inner();
-    let r = resp
-        .results
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("server returned no result"))?;
-    super::item_ok(r.status.as_ref())?;
+    let mut results = Vec::new();
+    for batch in entries.chunks(CREATE_BATCH) {
+        let resp = client
+            .batch_update_entry(pb::BatchUpdateEntryRequest {
+                entries: batch.to_vec(),
+                input_mask: Some(full_mask()),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        results.extend(resp.results);
+    }
+    let failed: Vec<&pb::Status> = results
+        .iter()
+        .filter_map(|r| r.status.as_ref().filter(|s| s.code != 0))
+        .collect();
     match a.output {
         Output::Json => println!(
             "{}",
-            json!({"results": [{"status": status_json(&r.status), "entry": r.entry.as_ref().map(entry_json)}]})
+            json!({"results": results.iter().map(|r| json!({
+                "status": status_json(&r.status),
+                "entry": r.entry.as_ref().map(entry_json),
+            })).collect::<Vec<_>>()})
         ),
         Output::Pretty => {
-            if let Some(e) = &r.entry {
-                print_entry(e);
+            for r in &results {
+                let s = r.status.clone().unwrap_or_default();
+                if s.code != 0 {
+                    eprintln!(
+                        "FAILED to update the following entry (code: {}, msg: {:?}):",
+                        code_name(s.code),
+                        s.message
+                    );
+                }
+                if let Some(e) = &r.entry {
+                    print_entry(e);
+                }
             }
         }
+    }
+    if let Some(first) = failed.first() {
+        bail!(
+            "{} of {} entries were not updated: {}",
+            failed.len(),
+            results.len(),
+            first.message
+        );
     }
     Ok(())
 }
