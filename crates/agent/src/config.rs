@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub log_level: String,
     pub log_json: bool,
+    /// Where the log goes (`log_file`, `-logFile`); stderr when absent.
+    pub log_file: Option<PathBuf>,
     pub server_address: String,
     pub server_port: u16,
     pub socket_path: PathBuf,
@@ -57,6 +59,10 @@ pub struct Overrides {
     pub trust_bundle: Option<String>,
     pub trust_domain: Option<String>,
     pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub log_file: Option<String>,
+    /// A file holding the join token (`-joinTokenFile`).
+    pub join_token_file: Option<String>,
 }
 
 impl AgentConfig {
@@ -141,22 +147,62 @@ impl AgentConfig {
                 format!("agent.log_level {log_level:?}: use DEBUG, INFO, WARN or ERROR"),
             ));
         }
-        let log_json = matches!(
-            a.string("log_format")?
-                .map(|v| v.0.to_ascii_lowercase())
-                .as_deref(),
-            Some("json")
-        );
+        let log_json = match ov
+            .log_format
+            .clone()
+            .map(|f| (f, line))
+            .or(a.string("log_format")?)
+        {
+            None => false,
+            Some((f, l)) => match f.to_ascii_lowercase().as_str() {
+                "text" | "" => false,
+                "json" => true,
+                _ => {
+                    return Err(a.err(
+                        l,
+                        format!("agent.log_format {f:?}: use \"text\" or \"json\""),
+                    ));
+                }
+            },
+        };
+        let log_file = ov
+            .log_file
+            .clone()
+            .or(a.string("log_file")?.map(|v| v.0))
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
         let trust_bundle_path = ov
             .trust_bundle
             .clone()
             .or(a.string("trust_bundle_path")?.map(|v| v.0))
             .map(PathBuf::from);
         let insecure_bootstrap = a.bool("insecure_bootstrap")?.unwrap_or(false);
-        let join_token = ov
-            .join_token
+        let file_token = a.string("join_token")?.map(|v| v.0);
+        let token_file = ov
+            .join_token_file
             .clone()
-            .or(a.string("join_token")?.map(|v| v.0));
+            .map(|f| (f, line))
+            .or(a.string("join_token_file")?);
+        let join_token = match (ov.join_token.clone(), token_file) {
+            (Some(t), _) => Some(t),
+            // a file, as SPIRE's join_token_file: the token is its content, trimmed
+            (None, Some((f, l))) => {
+                let t = std::fs::read_to_string(&f).map_err(|e| {
+                    a.err(
+                        l,
+                        format!(
+                            "join_token_file {f:?} cannot be read ({e}): write the token from `ironpact-server token generate` there"
+                        ),
+                    )
+                })?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(a.err(l, format!("join_token_file {f:?} is empty: write the token from `ironpact-server token generate` there")));
+                }
+                Some(t)
+            }
+            (None, None) => file_token,
+        };
         agent.finish()?;
 
         let mut key_manager = None;
@@ -236,6 +282,7 @@ impl AgentConfig {
             data_dir,
             log_level,
             log_json,
+            log_file,
             server_address,
             server_port,
             socket_path,

@@ -70,23 +70,50 @@ pub fn fmt_time(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-/// Initialises tracing on stderr at `level` (`debug`, `info`, …) as text or JSON.
-pub fn init_logging(level: &str, json: bool) {
+/// Initialises tracing at `level` (`debug`, `info`, …) as text or JSON, on stderr or appended
+/// to `file` (created 0640; a symlink there is refused).
+pub fn init_logging(level: &str, json: bool, file: Option<&Path>) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},h2=warn,tower=warn,hyper=warn,sqlx=warn"
         ))
     });
-    // colour codes only for a person at a terminal, never into a log file or a pipe
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        let _ = b.json().try_init();
-    } else {
-        let _ = b.try_init();
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "cannot open the log file {}: create its directory, or pick another log_file (-logFile)",
+                        path.display()
+                    )
+                })?;
+            let b = b.with_ansi(false).with_writer(std::sync::Mutex::new(f));
+            if json {
+                let _ = b.json().try_init();
+            } else {
+                let _ = b.try_init();
+            }
+        }
+        None => {
+            // colour codes only for a person at a terminal, never into a pipe
+            let b = b
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr);
+            if json {
+                let _ = b.json().try_init();
+            } else {
+                let _ = b.try_init();
+            }
+        }
     }
+    Ok(())
 }
 
 /// Writes a file with the given mode, replacing it atomically.

@@ -756,3 +756,50 @@ fn join_tokens_are_built_in() {
     };
     assert_eq!((count("false"), count("true")), (1, 0));
 }
+
+/// SPIRE's `join_token_file`, `log_file` and `log_format` (and their flags): the token read
+/// from a file, the log appended to a file (0640) as JSON lines, nothing on stderr.
+#[test]
+fn token_file_and_log_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host-files");
+    let tmp = tempfile::tempdir().unwrap();
+    let (token_file, log_file) = (tmp.path().join("token"), tmp.path().join("agent.json.log"));
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let a = TestAgent::start_conf(
+        &s,
+        s.port,
+        None,
+        [support::Plugin::new("NodeAttestor", "join_token")],
+        true,
+        |c| {
+            c.agent("join_token_file", &token_file)
+                .agent("log_file", &log_file)
+                .agent("log_format", "json")
+        },
+    );
+    assert!(a.cli(&["healthcheck"]).ok());
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(first["fields"]["message"].is_string(), "{first}");
+    assert!(log.contains("attested"), "{log}");
+    let mode = std::fs::metadata(&log_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
+    assert!(a.log().trim().is_empty(), "stderr: {}", a.log());
+    // an unreadable token file is named with the fix
+    let conf = std::fs::read_to_string(&a.config).unwrap().replace(
+        &token_file.display().to_string(),
+        &tmp.path().join("missing").display().to_string(),
+    );
+    let bad = tmp.path().join("bad.conf");
+    std::fs::write(&bad, conf).unwrap();
+    Out::from(
+        std::process::Command::new(AGENT_BIN)
+            .args(["validate", "-config"])
+            .arg(&bad)
+            .output()
+            .unwrap(),
+    )
+    .expect_error("token generate");
+}

@@ -1046,10 +1046,15 @@ fn socket_directories_keep_their_mode_under_a_strict_umask() {
         .plugin(Plugin::new("NodeAttestor", "join_token"))
         .write(&conf)
         .unwrap();
+    let server_log = dir.path().join("server.log");
     let mut child = std::process::Command::new("sh")
-        .args(["-c", "umask 077; exec \"$0\" run -config \"$1\""])
+        .args([
+            "-c",
+            "umask 077; exec \"$0\" run -config \"$1\" -logFile \"$2\" -logFormat json",
+        ])
         .arg(support::BIN)
         .arg(&conf)
+        .arg(&server_log)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1066,6 +1071,16 @@ fn socket_directories_keep_their_mode_under_a_strict_umask() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(own.unwrap(), 0o750);
+    // -logFile and -logFormat: JSON lines in the file
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(
+        first["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("starting ironpact-server"),
+        "{log}"
+    );
     // a parent it had to create only leads there: traversable by all
     assert_eq!(parent.unwrap(), 0o755);
 

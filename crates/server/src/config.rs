@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Where the log goes (`log_file`, `-logFile`); stderr when absent.
+    pub log_file: Option<PathBuf>,
     pub ca_key_type: KeyType,
     pub jwt_key_type: KeyType,
     pub ca_ttl: Duration,
@@ -69,6 +71,8 @@ pub struct Overrides {
     pub server_port: Option<u16>,
     pub trust_domain: Option<String>,
     pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub log_file: Option<String>,
 }
 
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
@@ -176,7 +180,8 @@ impl ServerConfig {
                 ),
             ));
         }
-        let log_format = match s.string("log_format")? {
+        let file_format = s.string("log_format")?;
+        let log_format = match ov.log_format.clone().map(|f| (f, line)).or(file_format) {
             None => LogFormat::Text,
             Some((f, l)) => match f.to_ascii_lowercase().as_str() {
                 "text" | "" => LogFormat::Text,
@@ -189,6 +194,12 @@ impl ServerConfig {
                 }
             },
         };
+        let log_file = ov
+            .log_file
+            .clone()
+            .or(s.string("log_file")?.map(|v| v.0))
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
         let key_type = |key: &str| -> Result<KeyType, ConfigError> {
             match s.string(key)? {
                 None => Ok(KeyType::EcP256),
@@ -377,6 +388,7 @@ impl ServerConfig {
             data_dir,
             log_level: log_level_lc,
             log_format,
+            log_file,
             ca_key_type,
             jwt_key_type,
             ca_ttl,

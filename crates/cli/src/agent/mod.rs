@@ -67,6 +67,15 @@ struct RunArgs {
     /// DEBUG, INFO, WARN or ERROR (overrides agent.log_level).
     #[arg(long = "logLevel", visible_alias = "log-level")]
     log_level: Option<String>,
+    /// text or json (overrides agent.log_format).
+    #[arg(long = "logFormat", visible_alias = "log-format")]
+    log_format: Option<String>,
+    /// Append the log to this file instead of stderr (overrides agent.log_file).
+    #[arg(long = "logFile", visible_alias = "log-file")]
+    log_file: Option<String>,
+    /// A file holding the join token (overrides agent.join_token_file); -joinToken wins.
+    #[arg(long = "joinTokenFile", visible_alias = "join-token-file")]
+    join_token_file: Option<String>,
     /// Expand $VAR and ${VAR} in the config file from the environment.
     #[arg(long = "expandEnv", visible_alias = "expand-env")]
     expand_env: bool,
@@ -260,9 +269,12 @@ fn run(a: RunArgs) -> Result<()> {
         trust_bundle: a.trust_bundle,
         trust_domain: a.trust_domain,
         log_level: a.log_level,
+        log_format: a.log_format,
+        log_file: a.log_file,
+        join_token_file: a.join_token_file,
     };
     let cfg = AgentConfig::load(&a.config, a.expand_env, &ov)?;
-    init_logging(&cfg.log_level, cfg.log_json);
+    init_logging(&cfg.log_level, cfg.log_json, cfg.log_file.as_deref())?;
     tracing::info!(config = %a.config.display(), trust_domain = %cfg.trust_domain, server = %format!("{}:{}", cfg.server_address, cfg.server_port), "starting ironpact-agent");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -33,6 +33,12 @@ pub struct RunArgs {
     /// DEBUG, INFO, WARN or ERROR (overrides server.log_level).
     #[arg(long = "logLevel", visible_alias = "log-level")]
     log_level: Option<String>,
+    /// text or json (overrides server.log_format).
+    #[arg(long = "logFormat", visible_alias = "log-format")]
+    log_format: Option<String>,
+    /// Append the log to this file instead of stderr (overrides server.log_file).
+    #[arg(long = "logFile", visible_alias = "log-file")]
+    log_file: Option<String>,
     /// Expand $VAR and ${VAR} in the config file from the environment.
     #[arg(long = "expandEnv", visible_alias = "expand-env")]
     expand_env: bool,
@@ -78,10 +84,16 @@ pub fn run(a: RunArgs) -> Result<()> {
         server_port: a.server_port,
         trust_domain: a.trust_domain,
         log_level: a.log_level,
+        log_format: a.log_format,
+        log_file: a.log_file,
     };
     let cfg = ServerConfig::load(&a.config, a.expand_env, &ov)?;
     let ov = ov.clone();
-    init_logging(&cfg.log_level, cfg.log_format == LogFormat::Json);
+    init_logging(
+        &cfg.log_level,
+        cfg.log_format == LogFormat::Json,
+        cfg.log_file.as_deref(),
+    )?;
     tracing::info!(config = %a.config.display(), trust_domain = %cfg.trust_domain, data_dir = %cfg.data_dir.display(), "starting ironpact-server");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
