@@ -88,6 +88,15 @@ impl AgentConfig {
             text.to_string()
         };
         let root = hcl::parse(file, &text)?;
+        // a config written as SPIRE's docs often write it: every change named in one error
+        let changes = hcl::spire_style_changes(
+            &root,
+            hcl::Side::Agent,
+            &ironpact_attestors::registry::names(),
+        );
+        if let Some(e) = hcl::spire_style_error(file, &changes) {
+            return Err(e);
+        }
         let top = Section::new(file, "", &root);
         let agent = top.section("agent")?.ok_or_else(|| ConfigError {
             file: file.into(),

@@ -1129,3 +1129,53 @@ fn socket_directories_keep_their_mode_under_a_strict_umask() {
     assert_eq!(public.unwrap(), 0o755);
     assert_eq!(parent.unwrap(), 0o755);
 }
+
+/// A config written as SPIRE's docs and blog posts write it takes one run to fix: every change
+/// in one error, a one-line nested block included (read as SPIRE's HCL 1 reads it).
+#[test]
+fn spire_style_configs_explain_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    let ca = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    std::fs::write(&bundle, ca.cert.pem()).unwrap();
+    let agent = |plugins: &str| {
+        let conf = dir.path().join("agent.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "agent {{\n    data_dir = \"{}\"\n    server_address = \"127.0.0.1\"\n    trust_domain = \"example.org\"\n    trust_bundle_path = \"{}\"\n    join_token = \"abc\"\n}}\n{plugins}",
+                dir.path().join("data").display(),
+                bundle.display()
+            ),
+        )
+        .unwrap();
+        support::Out::from(
+            std::process::Command::new(support::AGENT_BIN)
+                .args(["validate", "-config"])
+                .arg(&conf)
+                .output()
+                .unwrap(),
+        )
+    };
+    let o = agent(
+        "plugins {\n    node_attestor \"unix\" { plugin_data {} }\n    key_manager \"disk\" {\n        plugin_data {\n            keys_path = \"/tmp/k\"\n        }\n    }\n    workload_attestor \"unix\" {\n        plugin_data {}\n    }\n}\n",
+    );
+    o.expect_error("5 changes needed");
+    for want in [
+        "line 9: `node_attestor` → `NodeAttestor`",
+        "`key_manager` → `KeyManager`",
+        "unix is a workload attestor",
+        "`keys_path` → `directory`",
+        "`workload_attestor` → `WorkloadAttestor`",
+    ] {
+        assert!(o.stderr.contains(want), "{want}: {o:?}");
+    }
+    // fixed as the message says (the one-line block kept): valid
+    let o = agent(
+        "plugins {\n    NodeAttestor \"join_token\" { plugin_data {} }\n    KeyManager \"disk\" {\n        plugin_data {\n            directory = \"/tmp/k\"\n        }\n    }\n    WorkloadAttestor \"unix\" {\n        plugin_data {}\n    }\n}\n",
+    );
+    assert!(
+        o.ok() && o.stdout.contains("Configuration is valid."),
+        "{o:?}"
+    );
+}

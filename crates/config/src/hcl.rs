@@ -70,12 +70,26 @@ pub struct Block {
     pub line: usize,
 }
 
-struct Lines<'a>(&'a str);
+/// Line numbers of spans in the parsed text; `map` gives, for text [`relax`] rewrote, each
+/// of its lines' line in the original file.
+struct Lines<'a> {
+    text: &'a str,
+    map: Option<Vec<usize>>,
+}
 
 impl Lines<'_> {
     fn line(&self, span: Option<std::ops::Range<usize>>) -> usize {
         match span {
-            Some(r) => self.0[..r.start.min(self.0.len())].matches('\n').count() + 1,
+            Some(r) => {
+                let n = self.text[..r.start.min(self.text.len())]
+                    .matches('\n')
+                    .count()
+                    + 1;
+                match &self.map {
+                    Some(m) => m.get(n - 1).copied().unwrap_or(n),
+                    None => n,
+                }
+            }
             None => 0,
         }
     }
@@ -112,15 +126,132 @@ pub fn expand_env(text: &str) -> String {
     out
 }
 
-/// Parses HCL text into a [`Node`].
+/// Parses HCL text into a [`Node`]. Text HCL 2 refuses only because a block on one line holds
+/// more than one attribute or a nested block (`plugins { NodeAttestor "x" { plugin_data {} } }`,
+/// which SPIRE's HCL 1 reads) is read as if each brace were on a line of its own: the meaning
+/// is the same, and errors still name the original lines.
 pub fn parse(file: &str, text: &str) -> Result<Node, ConfigError> {
-    let body = hcl_edit::parser::parse_body(text).map_err(|e| ConfigError {
-        file: file.to_string(),
-        line: e.location().line(),
-        message: format!("HCL syntax error: {}", first_line(&e.to_string())),
-    })?;
-    let lines = Lines(text);
-    convert_body(file, &lines, &body, 1)
+    match hcl_edit::parser::parse_body(text) {
+        Ok(body) => convert_body(file, &Lines { text, map: None }, &body, 1),
+        Err(e) => {
+            let line = e.location().line();
+            if let Some((relaxed, map)) = relax(text)
+                && let Ok(body) = hcl_edit::parser::parse_body(&relaxed)
+            {
+                let lines = Lines {
+                    text: &relaxed,
+                    map: Some(map),
+                };
+                return convert_body(file, &lines, &body, 1);
+            }
+            Err(ConfigError {
+                file: file.to_string(),
+                line,
+                message: syntax_message(text, line, &e.to_string()),
+            })
+        }
+    }
+}
+
+/// hcl-edit's words for a syntax error, with the line's text and, for the mistakes SPIRE users
+/// make, what to write instead.
+fn syntax_message(text: &str, line: usize, err: &str) -> String {
+    let src = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .unwrap_or("")
+        .trim();
+    let what = first_line(err);
+    let what = what.trim_start_matches("= ").trim();
+    let mut m = format!("HCL syntax error: {what}, in `{src}`");
+    if src.matches('{').count() >= 1 && src.contains('=') && src.contains('}') {
+        m.push_str(
+            "; a block written on one line holds one attribute at most: put each attribute on a line of its own",
+        );
+    } else if what.contains("expected `=`") {
+        m.push_str("; an attribute is `key = value`, a block `name \"label\" { … }`");
+    }
+    m
+}
+
+/// The text with a line break after every `{` and before every `}` outside strings and
+/// comments, and for each of its lines the original line; `None` when the text holds a
+/// heredoc (whose body must not change).
+fn relax(text: &str) -> Option<(String, Vec<usize>)> {
+    if text.contains("<<") {
+        return None;
+    }
+    #[derive(PartialEq)]
+    enum St {
+        Code,
+        Str,
+        LineComment,
+        BlockComment,
+    }
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut map = vec![1usize];
+    let mut orig = 1usize;
+    let mut st = St::Code;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (&st, c) {
+            (_, '\n') => {
+                if st == St::LineComment {
+                    st = St::Code;
+                }
+                orig += 1;
+                out.push('\n');
+                map.push(orig);
+            }
+            (St::Code, '"') => {
+                st = St::Str;
+                out.push(c);
+            }
+            (St::Code, '#') => {
+                st = St::LineComment;
+                out.push(c);
+            }
+            (St::Code, '/') if matches!(chars.peek(), Some('/')) => {
+                st = St::LineComment;
+                out.push(c);
+            }
+            (St::Code, '/') if matches!(chars.peek(), Some('*')) => {
+                st = St::BlockComment;
+                out.push(c);
+            }
+            (St::Code, '{') => {
+                out.push_str("{\n");
+                map.push(orig);
+            }
+            (St::Code, '}') => {
+                out.push_str("\n}");
+                map.push(orig);
+            }
+            (St::Str, '\\') => {
+                out.push(c);
+                if let Some(n) = chars.next() {
+                    if n == '\n' {
+                        orig += 1;
+                        map.push(orig);
+                    }
+                    out.push(n);
+                }
+            }
+            (St::Str, '"') => {
+                st = St::Code;
+                out.push(c);
+            }
+            (St::BlockComment, '*') if matches!(chars.peek(), Some('/')) => {
+                out.push(c);
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+                st = St::Code;
+            }
+            _ => out.push(c),
+        }
+    }
+    Some((out, map))
 }
 
 fn first_line(s: &str) -> String {
@@ -528,4 +659,208 @@ pub fn plugin_data<'a>(
     }
     let _ = sec.bool("enabled")?;
     sec.section("plugin_data")
+}
+
+/// Which program a configuration file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Server,
+    Agent,
+}
+
+/// SPIRE's plugin kinds, as its config files spell them.
+const PLUGIN_KINDS: &[&str] = &[
+    "NodeAttestor",
+    "WorkloadAttestor",
+    "KeyManager",
+    "DataStore",
+    "UpstreamAuthority",
+    "Notifier",
+    "SVIDStore",
+    "BundlePublisher",
+    "CredentialComposer",
+];
+
+fn canonical_kind(ident: &str) -> Option<&'static str> {
+    let norm: String = ident
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect();
+    PLUGIN_KINDS
+        .iter()
+        .copied()
+        .find(|k| k.to_ascii_lowercase() == norm)
+}
+
+/// Every change a configuration written as SPIRE's docs and articles often write it needs, found
+/// in one pass so that one run names them all: (line, change). `node_attestors` are the node
+/// attestors ironpact has. Empty for a configuration in ironpact's form.
+pub fn spire_style_changes(
+    root: &Node,
+    side: Side,
+    node_attestors: &[&str],
+) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let (mine, other) = match side {
+        Side::Server => ("server", "agent"),
+        Side::Agent => ("agent", "server"),
+    };
+    let has = |n: &str| root.blocks.iter().find(|b| b.ident == n);
+    if has(mine).is_none()
+        && let Some(b) = has(other)
+    {
+        out.push((
+            b.line,
+            format!("this is an {other} configuration (it has an `{other}` block): run it with ironpact-{other}"),
+        ));
+        return out;
+    }
+    let nodes = node_attestors.join(", ");
+    let plugin = |b: &Block, out: &mut Vec<(usize, String)>| {
+        let Some(kind) = canonical_kind(&b.ident) else {
+            return;
+        };
+        if b.ident != kind {
+            out.push((b.line, format!("`{}` → `{kind}`", b.ident)));
+        }
+        let label = b.labels.first().map(String::as_str).unwrap_or("");
+        match kind {
+            "NodeAttestor" if label == "unix" => out.push((
+                b.line,
+                format!(
+                    "`{kind} \"unix\"`: unix is a workload attestor (`WorkloadAttestor \"unix\"`, agent side); nodes attest with {nodes}"
+                ),
+            )),
+            "NodeAttestor" if !node_attestors.contains(&label) => out.push((
+                b.line,
+                format!("`{kind} \"{label}\"`: not a node attestor of ironpact; use {nodes}"),
+            )),
+            "WorkloadAttestor" if side == Side::Server => out.push((
+                b.line,
+                format!("`{kind}` belongs in the agent's configuration, not the server's"),
+            )),
+            "WorkloadAttestor" if label != "unix" => out.push((
+                b.line,
+                format!("`{kind} \"{label}\"`: the agent's workload attestor is `unix`"),
+            )),
+            "KeyManager" if label == "disk" => {
+                let data = b.body.blocks.iter().find(|d| d.ident == "plugin_data");
+                let (wrong, right) = match side {
+                    Side::Agent => ("keys_path", "directory"),
+                    Side::Server => ("directory", "keys_path"),
+                };
+                if let Some((_, _, l)) = data
+                    .and_then(|d| d.body.attrs.iter().find(|(k, _, _)| k == wrong))
+                {
+                    out.push((
+                        *l,
+                        format!("`KeyManager \"disk\"`: `{wrong}` → `{right}` (the {mine}'s disk key manager takes `{right}`)"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    };
+    for b in &root.blocks {
+        if canonical_kind(&b.ident).is_some() {
+            out.push((
+                b.line,
+                format!("`{} \"…\"` belongs inside `plugins {{ … }}`", b.ident),
+            ));
+            continue;
+        }
+        if b.ident == "plugins" {
+            for p in &b.body.blocks {
+                plugin(p, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// The changes of [`spire_style_changes`] as one error, every change in it.
+pub fn spire_style_error(file: &str, changes: &[(usize, String)]) -> Option<ConfigError> {
+    let first = changes.first()?.0;
+    let list: Vec<String> = changes
+        .iter()
+        .map(|(l, c)| format!("line {l}: {c}"))
+        .collect();
+    Some(ConfigError {
+        file: file.to_string(),
+        line: first,
+        message: format!(
+            "{} change{} needed (SPIRE-style names ironpact reads differently): {}",
+            changes.len(),
+            if changes.len() == 1 { "" } else { "s" },
+            list.join("; ")
+        ),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// SPIRE's one-line nested blocks read as HCL 1 reads them, with the original lines.
+    #[test]
+    fn one_line_blocks_read_with_their_lines() {
+        let text = "# a comment { with braces }\nplugins { NodeAttestor \"unix\" { plugin_data { a = \"x{y}\" } } }\nserver {\n  b = 1\n}\n";
+        let n = parse("f", text).unwrap();
+        let plugins = &n.blocks[0];
+        assert_eq!((plugins.ident.as_str(), plugins.line), ("plugins", 2));
+        let na = &plugins.body.blocks[0];
+        assert_eq!(na.labels, vec!["unix".to_string()]);
+        assert_eq!(na.line, 2);
+        let pd = &na.body.blocks[0];
+        let (k, v, l) = &pd.body.attrs[0];
+        assert_eq!((k.as_str(), *l), ("a", 2));
+        assert!(matches!(v, Value::Str(s) if s == "x{y}"));
+        assert_eq!(n.blocks[1].body.attrs[0].2, 4);
+    }
+
+    /// Two attributes on one line stay an error, in words, with the line's text.
+    #[test]
+    fn syntax_errors_say_what_to_write() {
+        let e = parse("f", "server {\n  a = 1 b = 2\n}\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("`a = 1 b = 2`"), "{e}");
+        let e = parse("f", "server { a = 1 b = 2 }\n").unwrap_err();
+        assert!(e.message.contains("one attribute at most"), "{e}");
+        // a heredoc is never rewritten
+        assert!(relax("a = <<EOF\n{\nEOF\n").is_none());
+    }
+
+    /// The config the SPIRE articles write takes one run to fix: every change in one message.
+    #[test]
+    fn spire_style_changes_are_listed_at_once() {
+        let text = "agent {\n  trust_domain = \"example.org\"\n  join_token = \"t\"\n}\nplugins {\n  node_attestor \"unix\" {\n    plugin_data {}\n  }\n  key_manager \"disk\" {\n    plugin_data {\n      keys_path = \"/k\"\n    }\n  }\n  workload_attestor \"unix\" {\n    plugin_data {}\n  }\n}\n";
+        let n = parse("f", text).unwrap();
+        let c = spire_style_changes(&n, Side::Agent, &["join_token", "sev_snp"]);
+        let all: Vec<&str> = c.iter().map(|(_, m)| m.as_str()).collect();
+        assert_eq!(c.len(), 5, "{all:?}");
+        assert!(all[0].contains("`node_attestor` → `NodeAttestor`"));
+        assert!(all[1].contains("unix is a workload attestor"));
+        assert!(all[2].contains("`key_manager` → `KeyManager`"));
+        assert!(all[3].contains("`keys_path` → `directory`"));
+        assert!(all[4].contains("`workload_attestor` → `WorkloadAttestor`"));
+        let e = spire_style_error("f", &c).unwrap();
+        assert_eq!(e.line, 6);
+        assert!(e.message.starts_with("5 changes needed"), "{e}");
+        // ironpact's own form: nothing to change
+        let ok = parse(
+            "f",
+            "agent {\n}\nplugins {\n  NodeAttestor \"join_token\" {\n    plugin_data {}\n  }\n}\n",
+        )
+        .unwrap();
+        assert!(spire_style_changes(&ok, Side::Agent, &["join_token"]).is_empty());
+        // a server config given to the agent
+        let srv = parse("f", "server {\n}\n").unwrap();
+        assert!(
+            spire_style_changes(&srv, Side::Agent, &[])[0]
+                .1
+                .contains("ironpact-server")
+        );
+    }
 }

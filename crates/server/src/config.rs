@@ -114,6 +114,11 @@ impl ServerConfig {
             text.to_string()
         };
         let root = hcl::parse(file, &text)?;
+        // a config written as SPIRE's docs often write it: every change named in one error
+        let changes = hcl::spire_style_changes(&root, hcl::Side::Server, &registry::names());
+        if let Some(e) = hcl::spire_style_error(file, &changes) {
+            return Err(e);
+        }
         let top = Section::new(file, "", &root);
         let server = top.section("server")?.ok_or_else(|| ConfigError {
             file: file.into(),
