@@ -43,10 +43,61 @@ pub struct AgentConfig {
     pub trust_domain: TrustDomain,
     pub trust_bundle_path: Option<PathBuf>,
     pub insecure_bootstrap: bool,
-    pub join_token: Option<String>,
+    /// Where the join token comes from, when there is one (read only when the agent needs it).
+    pub join_token: Option<JoinTokenSource>,
     pub key_manager: AgentKeyManager,
     pub unix: UnixAttestorConfig,
     pub node_attestor: NodeAttestorConfig,
+}
+
+/// A join token given on the command line or in the config, or the file that holds one
+/// (`join_token_file`, read when the agent has no stored SVID to reuse). Debug output never
+/// shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JoinTokenSource {
+    Value(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for JoinTokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinTokenSource::Value(_) => f.write_str("Value(<redacted>)"),
+            JoinTokenSource::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+impl JoinTokenSource {
+    /// The token, read from its file when it is one. A token has the shape `token generate`
+    /// gives (letters, digits and `-`, at most 128): a file holding anything else (a symlink
+    /// to another secret, say) is refused rather than sent.
+    pub fn token(&self) -> Result<String, String> {
+        let fix = "write the token from `ironpact-server token generate` there";
+        let t = match self {
+            JoinTokenSource::Value(t) => return Ok(t.clone()),
+            JoinTokenSource::File(p) => std::fs::read_to_string(p).map_err(|e| {
+                format!(
+                    "join_token_file {} cannot be read ({e}): {fix}",
+                    p.display()
+                )
+            })?,
+        };
+        let t = t.trim();
+        let p = match self {
+            JoinTokenSource::File(p) => p.display().to_string(),
+            JoinTokenSource::Value(_) => String::new(),
+        };
+        if t.is_empty()
+            || t.len() > 128
+            || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "join_token_file {p} does not hold a join token (letters, digits and '-', at most 128): {fix}"
+            ));
+        }
+        Ok(t.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -186,31 +237,23 @@ impl AgentConfig {
             .or(a.string("trust_bundle_path")?.map(|v| v.0))
             .map(PathBuf::from);
         let insecure_bootstrap = a.bool("insecure_bootstrap")?.unwrap_or(false);
-        let file_token = a.string("join_token")?.map(|v| v.0);
-        let token_file = ov
-            .join_token_file
-            .clone()
-            .map(|f| (f, line))
-            .or(a.string("join_token_file")?);
-        let join_token = match (ov.join_token.clone(), token_file) {
-            (Some(t), _) => Some(t),
-            // a file, as SPIRE's join_token_file: the token is its content, trimmed
-            (None, Some((f, l))) => {
-                let t = std::fs::read_to_string(&f).map_err(|e| {
-                    a.err(
-                        l,
-                        format!(
-                            "join_token_file {f:?} cannot be read ({e}): write the token from `ironpact-server token generate` there"
-                        ),
-                    )
-                })?;
-                let t = t.trim().to_string();
-                if t.is_empty() {
-                    return Err(a.err(l, format!("join_token_file {f:?} is empty: write the token from `ironpact-server token generate` there")));
-                }
-                Some(t)
-            }
-            (None, None) => file_token,
+        let file_token = a.string("join_token")?;
+        let file_token_file = a.string("join_token_file")?;
+        if let (Some(_), Some((_, l))) = (&file_token, &file_token_file) {
+            return Err(a.err(*l, "join_token and join_token_file are both set: keep one"));
+        }
+        if ov.join_token.is_some() && ov.join_token_file.is_some() {
+            return Err(a.err(0, "-joinToken and -joinTokenFile are both given: pass one"));
+        }
+        // the command line wins over the file; -joinTokenFile over a join_token in the file
+        let join_token = match (&ov.join_token, &ov.join_token_file) {
+            (Some(t), _) => Some(JoinTokenSource::Value(t.clone())),
+            (None, Some(f)) => Some(JoinTokenSource::File(PathBuf::from(f))),
+            (None, None) => match (file_token, file_token_file) {
+                (Some((t, _)), _) if !t.is_empty() => Some(JoinTokenSource::Value(t)),
+                (_, Some((f, _))) if !f.is_empty() => Some(JoinTokenSource::File(PathBuf::from(f))),
+                _ => None,
+            },
         };
         agent.finish()?;
 
@@ -221,6 +264,9 @@ impl AgentConfig {
             for (b, sec) in p.labelled("NodeAttestor") {
                 let names = ironpact_attestors::registry::names();
                 let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &names)?;
+                if hcl::disabled(&sec)? {
+                    continue;
+                }
                 if node_attestor.is_some() {
                     return Err(sec.err(b.line, "only one NodeAttestor may be configured (a base attestor requires a TEE with a sev_snp { … } or tdx { … } block in its plugin_data)"));
                 }
@@ -374,7 +420,10 @@ plugins {
             ..Default::default()
         };
         let c = AgentConfig::parse("agent.conf", GOOD, false, &ov).unwrap();
-        assert_eq!((c.join_token.as_deref(), c.server_port), (Some("t"), 1));
+        assert_eq!(
+            (c.join_token, c.server_port),
+            (Some(JoinTokenSource::Value("t".into())), 1)
+        );
     }
 
     #[test]

@@ -86,14 +86,33 @@ pub fn init_logging(level: &str, json: bool, file: Option<&Path>) -> Result<()> 
                 .append(true)
                 .create(true)
                 .mode(0o640)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(path)
-                .with_context(|| {
-                    format!(
-                        "cannot open the log file {}: create its directory, or pick another log_file (-logFile)",
-                        path.display()
-                    )
+                .map_err(|e| {
+                    let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                        "it is a symbolic link: point log_file (-logFile) at the file itself"
+                            .to_string()
+                    } else {
+                        format!("{e}: create its directory, or pick another log_file (-logFile)")
+                    };
+                    anyhow::anyhow!("cannot open the log file {}: {why}", path.display())
                 })?;
+            // someone else's file, a FIFO or a device, or one others may write (and so forge
+            // lines in), is not ours to log to
+            {
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                let m = f.metadata()?;
+                let me = nix::unistd::geteuid().as_raw();
+                if !m.is_file() || m.uid() != me {
+                    anyhow::bail!(
+                        "the log file {} is not a regular file of this user (uid {me}): remove it, or pick another log_file (-logFile)",
+                        path.display()
+                    );
+                }
+                if m.mode() & 0o137 != 0 {
+                    f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+                }
+            }
             let b = b.with_ansi(false).with_writer(std::sync::Mutex::new(f));
             if json {
                 let _ = b.json().try_init();

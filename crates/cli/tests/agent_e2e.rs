@@ -755,6 +755,25 @@ fn join_tokens_are_built_in() {
             .unwrap()
     };
     assert_eq!((count("false"), count("true")), (1, 0));
+
+    // `enabled = false` refuses join tokens, and validate says nothing about them
+    let s2 = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.plugin(support::Plugin::new("NodeAttestor", "join_token").outer("enabled", false))
+    });
+    let token = join_token(&s2, "spiffe://example.org/host-refused");
+    let mut a2 = TestAgent::start_custom(
+        &s2,
+        Some(&token),
+        [support::Plugin::new("NodeAttestor", "join_token")],
+        false,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a2.log().contains("not configured") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(a2.log().contains("not configured"), "{}", a2.log());
+    assert!(!a2.cli(&["healthcheck"]).ok());
+    a2.kill9();
 }
 
 /// SPIRE's `join_token_file`, `log_file` and `log_format` (and their flags): the token read
@@ -787,11 +806,18 @@ fn token_file_and_log_file() {
     let mode = std::fs::metadata(&log_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o640);
     assert!(a.log().trim().is_empty(), "stderr: {}", a.log());
-    // an unreadable token file is named with the fix
-    let conf = std::fs::read_to_string(&a.config).unwrap().replace(
-        &token_file.display().to_string(),
-        &tmp.path().join("missing").display().to_string(),
-    );
+    // for a node that has not attested (a fresh data dir), an unreadable token file is named
+    // with the fix; one that has attested does not need it
+    let conf = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace(
+            &token_file.display().to_string(),
+            &tmp.path().join("missing").display().to_string(),
+        )
+        .replace(
+            &a.dir.path().join("data").display().to_string(),
+            &tmp.path().join("fresh").display().to_string(),
+        );
     let bad = tmp.path().join("bad.conf");
     std::fs::write(&bad, conf).unwrap();
     Out::from(
@@ -802,4 +828,25 @@ fn token_file_and_log_file() {
             .unwrap(),
     )
     .expect_error("token generate");
+    // once attested, the token file is not needed: gone, the agent restarts on its SVID
+    let mut a = a;
+    a.kill9();
+    std::fs::remove_file(&token_file).unwrap();
+    a.spawn(None);
+    assert!(a.cli(&["healthcheck"]).ok());
+    // a file that holds something else than a token is not sent
+    a.kill9();
+    std::fs::remove_dir_all(a.dir.path().join("data")).unwrap();
+    std::fs::write(&token_file, "-----BEGIN PRIVATE KEY-----\nsecret\n").unwrap();
+    a.spawn_nowait(None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains("does not hold a join token") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(log.contains("does not hold a join token"), "{log}");
+    assert!(!log.contains("secret"), "{log}");
 }

@@ -185,6 +185,45 @@ fn round_trip(s: TestServer) {
         .json();
     assert_eq!(u["results"][0]["entry"]["hint"], "via-data");
     assert_eq!(u["results"][0]["entry"]["jwt_svid_ttl"], 0);
+    // int64 fields as SPIRE's JSON writes them (strings) are read, a typo is refused, and
+    // field flags do not mix with -data
+    let write = |v: serde_json::Value| std::fs::write(data.path(), v.to_string()).unwrap();
+    let base = serde_json::json!({
+        "id": id,
+        "spiffe_id": before["spiffe_id"],
+        "parent_id": before["parent_id"],
+        "selectors": [{"type": "unix", "value": "uid:1001"}],
+    });
+    let mut v = base.clone();
+    v["expires_at"] = serde_json::json!("1900000000");
+    write(serde_json::json!({"entries": [v]}));
+    let u = s
+        .cli(&[
+            "entry",
+            "update",
+            "-data",
+            data.path().to_str().unwrap(),
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json();
+    assert_eq!(u["results"][0]["entry"]["expires_at"], 1900000000);
+    let mut v = base.clone();
+    v["expires_ta"] = serde_json::json!(1);
+    write(serde_json::json!({"entries": [v]}));
+    s.cli(&["entry", "update", "-data", data.path().to_str().unwrap()])
+        .expect_error("unknown key \"expires_ta\"");
+    write(serde_json::json!({"entries": [base]}));
+    s.cli(&[
+        "entry",
+        "update",
+        "-data",
+        data.path().to_str().unwrap(),
+        "-x509SVIDTTL",
+        "60",
+    ])
+    .expect_error("exclude each other");
     s.cli(&[
         "entry",
         "update",

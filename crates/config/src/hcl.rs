@@ -164,7 +164,10 @@ fn syntax_message(text: &str, line: usize, err: &str) -> String {
     let what = first_line(err);
     let what = what.trim_start_matches("= ").trim();
     let mut m = format!("HCL syntax error: {what}, in `{src}`");
-    if src.matches('{').count() >= 1 && src.contains('=') && src.contains('}') {
+    let code = !(src.starts_with('#') || src.starts_with("//") || src.starts_with("/*"));
+    let after_brace = src.split_once('{').map(|(_, r)| r).unwrap_or("");
+    let crowded = after_brace.matches('=').count() >= 2 || after_brace.contains('{');
+    if code && crowded && after_brace.contains('}') {
         m.push_str(
             "; a block written on one line holds one attribute at most: put each attribute on a line of its own",
         );
@@ -218,6 +221,10 @@ fn relax(text: &str) -> Option<(String, Vec<usize>)> {
             (St::Code, '/') if matches!(chars.peek(), Some('*')) => {
                 st = St::BlockComment;
                 out.push(c);
+                // the opening `*` is not also the start of a closing `*/` (`/*/`)
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
             }
             (St::Code, '{') => {
                 out.push_str("{\n");
@@ -657,8 +664,23 @@ pub fn plugin_data<'a>(
             ),
         ));
     }
-    let _ = sec.bool("enabled")?;
+    // SPIRE's `enabled`: `false` turns a NodeAttestor off (its caller skips it); elsewhere it
+    // would leave a required plugin out, so it is refused rather than silently ignored
+    if sec.bool("enabled")? == Some(false) && kind != "NodeAttestor" {
+        return Err(sec.err(
+            line,
+            format!(
+                "{kind} \"{}\": enabled = false is honoured for NodeAttestor blocks only; remove the block or the key",
+                labels[0]
+            ),
+        ));
+    }
     sec.section("plugin_data")
+}
+
+/// Whether a plugin block is switched off with SPIRE's `enabled = false`.
+pub fn disabled(sec: &Section<'_>) -> Result<bool, ConfigError> {
+    Ok(sec.bool("enabled")? == Some(false))
 }
 
 /// Which program a configuration file is for.
@@ -830,6 +852,15 @@ mod tests {
         assert!(e.message.contains("one attribute at most"), "{e}");
         // a heredoc is never rewritten
         assert!(relax("a = <<EOF\n{\nEOF\n").is_none());
+        // `/*/` opens a comment and does not close it
+        let n = parse(
+            "f",
+            "server { a = 1 }\n/*/ \" {\nb = \"x\" # }\n*/\nagent { c = 2 }\n",
+        )
+        .unwrap();
+        assert_eq!(n.blocks.len(), 2);
+        assert!(n.blocks[0].body.attrs.iter().all(|(k, _, _)| k != "b"));
+        assert_eq!(n.blocks[1].line, 5);
     }
 
     /// The config the SPIRE articles write takes one run to fix: every change in one message.

@@ -251,6 +251,7 @@ impl ServerConfig {
         let mut datastore = None;
         let mut key_manager = None;
         let mut node_attestors: Vec<ServerAttestor> = Vec::new();
+        let mut join_token_disabled = false;
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("DataStore") {
                 let data = plugin_data(&b.labels, b.line, &sec, "DataStore", &["sql"])?;
@@ -340,6 +341,13 @@ impl ServerConfig {
             for (b, sec) in p.labelled("NodeAttestor") {
                 let names = registry::names();
                 let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &names)?;
+                if hcl::disabled(&sec)? {
+                    // `enabled = false`: off; for join_token, the built-in one too
+                    if b.labels[0] == "join_token" {
+                        join_token_disabled = true;
+                    }
+                    continue;
+                }
                 let ctx = ParseCtx {
                     data_dir: &data_dir,
                 };
@@ -366,7 +374,8 @@ impl ServerConfig {
         }
         // join tokens are built in, as in SPIRE: a server without a NodeAttestor "join_token"
         // block still honours the tokens `token generate` hands out
-        let join_token_builtin = !node_attestors.iter().any(|a| a.name == "join_token");
+        let join_token_builtin =
+            !join_token_disabled && !node_attestors.iter().any(|a| a.name == "join_token");
         if join_token_builtin {
             let empty = hcl::parse(file, "")?;
             let block = Section::new(file, "plugins.NodeAttestor.join_token", &empty);
@@ -425,17 +434,18 @@ impl ServerConfig {
             .collect();
         if self.join_token_builtin && !others.is_empty() {
             let names: Vec<&str> = others.iter().map(|a| a.name).collect();
-            let fix = match others.iter().find(|a| a.base.is_none()) {
+            let nest = match others.iter().find(|a| a.base.is_none()) {
                 // a TEE alone: it can complete join_token instead
                 Some(tee) => format!(
-                    "; to require {0} evidence of token holders too, nest it: NodeAttestor \"join_token\" {{ plugin_data {{ {0} {{ … }} }} }}",
+                    ", or require {0} evidence of token holders too: NodeAttestor \"join_token\" {{ plugin_data {{ {0} {{ … }} }} }}",
                     tee.name
                 ),
                 None => String::new(),
             };
             w.push(format!(
                 "join tokens are accepted too (built in, as in SPIRE, beside {}): an agent with a \
-                 token from `token generate` attests with the token alone{fix}",
+                 token from `token generate` attests with the token alone; refuse them with \
+                 NodeAttestor \"join_token\" {{ enabled = false }}{nest}",
                 names.join(", ")
             ));
         }

@@ -313,6 +313,27 @@ pub fn apply_reload(core: &Core, reload: &Reload) {
             return;
         }
     };
+    // which attestors run (join_token switched off, an attestor added or removed, a TEE newly
+    // nested in a base) is fixed at start: say so rather than seem to have applied it
+    let names = |c: &ServerConfig| {
+        let mut v: Vec<String> = c
+            .node_attestors
+            .iter()
+            .map(|a| {
+                let tee = a.tee.as_ref().map(|t| t.name()).unwrap_or("-");
+                format!("{}+{tee}", a.name)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    if names(&new) != names(&core.cfg) {
+        warn!(
+            running = ?names(&core.cfg),
+            reloaded = ?names(&new),
+            "the reloaded configuration changes which node attestors run: that takes a restart; the running set stays"
+        );
+    }
     if core.tees.is_empty() {
         info!("configuration reloaded; nothing it changes applies at runtime");
     }

@@ -198,6 +198,8 @@ pub struct Plugin {
     pub kind: String,
     pub name: String,
     pub data: Block,
+    /// Keys of the plugin block itself, beside plugin_data (SPIRE's `enabled`).
+    pub attrs: Vec<(String, Value)>,
 }
 
 impl Plugin {
@@ -206,7 +208,14 @@ impl Plugin {
             kind: kind.to_string(),
             name: name.to_string(),
             data: Block::new("plugin_data"),
+            attrs: Vec::new(),
         }
+    }
+
+    /// Sets a key of the plugin block itself (`enabled = false`).
+    pub fn outer(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.attrs.push((key.to_string(), value.into()));
+        self
     }
 
     /// Sets a key of `plugin_data`.
@@ -222,7 +231,11 @@ impl Plugin {
     }
 
     fn to_block(&self) -> Block {
-        Block::labeled(&self.kind, &self.name).block(self.data.clone())
+        let mut b = Block::labeled(&self.kind, &self.name);
+        for (k, v) in &self.attrs {
+            b.put(k, v.clone());
+        }
+        b.block(self.data.clone())
     }
 
     pub fn is(&self, kind: &str, name: &str) -> bool {

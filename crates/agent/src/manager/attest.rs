@@ -32,7 +32,14 @@ impl Agent {
     /// challenges).
     pub(super) async fn payload(&self, renew: bool) -> Result<Vec<u8>, AgentError> {
         match &self.base {
-            Some(b) => Ok(b.payload(renew, self.cfg.join_token.as_deref()).await?),
+            Some(b) => {
+                // the token (from its file, if it is one) is read only for a first attestation
+                let token = match (&self.cfg.join_token, renew) {
+                    (Some(src), false) => Some(src.token().map_err(AgentError::Local)?),
+                    _ => None,
+                };
+                Ok(b.payload(renew, token.as_deref()).await?)
+            }
             None => Ok(Vec::new()),
         }
     }

@@ -242,7 +242,20 @@ impl Agent {
     /// Reads and builds what `cfg` names (the trust bundle, the node attestor's evidence source
     /// and payload) as [`Agent::new`] does, creating nothing: `validate` runs it.
     pub fn check(cfg: &AgentConfig) -> Result<(), AgentError> {
-        Self::prepare(cfg).map(|_| ())
+        Self::prepare(cfg)?;
+        // a node that has not attested yet needs its token (a token file is read then only)
+        let stored = match &cfg.key_manager {
+            crate::config::AgentKeyManager::Disk { directory } => {
+                directory.join("agent_svid.pem").exists()
+            }
+            crate::config::AgentKeyManager::Memory => false,
+        };
+        if let Some(src) = &cfg.join_token
+            && !stored
+        {
+            src.token().map_err(AgentError::Local)?;
+        }
+        Ok(())
     }
 
     fn prepare(cfg: &AgentConfig) -> Result<Prepared, AgentError> {

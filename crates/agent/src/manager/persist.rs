@@ -57,7 +57,8 @@ impl Agent {
             self.clock.now() + 30,
         ) {
             Ok(id) => {
-                if let Some(token) = &self.cfg.join_token
+                // a token file that is gone once the agent attested is not a conflict
+                if let Some(token) = self.cfg.join_token.as_ref().and_then(|s| s.token().ok())
                     && let Ok(wanted) = self
                         .cfg
                         .trust_domain

@@ -212,6 +212,40 @@ fn server_id_for(spiffe_id: &str) -> Result<String> {
     Ok(format!("spiffe://{}/spire/server", id.trust_domain_name()))
 }
 
+impl Fields {
+    /// No entry field flag was given.
+    fn is_empty(&self) -> bool {
+        let Fields {
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_ttl,
+            jwt_ttl,
+            dns,
+            federates_with,
+            hint,
+            admin,
+            downstream,
+            node,
+            store_svid,
+            entry_expiry,
+        } = self;
+        spiffe_id.is_none()
+            && parent_id.is_none()
+            && selectors.is_empty()
+            && x509_ttl.is_none()
+            && jwt_ttl.is_none()
+            && dns.is_empty()
+            && federates_with.is_empty()
+            && hint.is_none()
+            && !admin
+            && !downstream
+            && !node
+            && !store_svid
+            && entry_expiry.is_none()
+    }
+}
+
 /// Builds an entry from flags; `creating` requires the fields a new entry needs.
 fn entry_from_fields(f: &Fields, creating: bool) -> Result<(pb::Entry, pb::EntryMask)> {
     let mut e = pb::Entry::default();
@@ -324,6 +358,39 @@ fn entries_from_data(path: &PathBuf) -> Result<Vec<pb::Entry>> {
             _ => String::new(),
         }
     };
+    // every key SPIRE's and our JSON give an entry; anything else is a typo that, with
+    // update's whole-entry replacement, would clear a field without a word
+    const KNOWN: &[&str] = &[
+        "id",
+        "entry_id",
+        "spiffe_id",
+        "parent_id",
+        "selectors",
+        "x509_svid_ttl",
+        "ttl",
+        "jwt_svid_ttl",
+        "federates_with",
+        "admin",
+        "downstream",
+        "entry_expiry",
+        "expires_at",
+        "dns_names",
+        "store_svid",
+        "hint",
+        "revision_number",
+        "created_at",
+    ];
+    for (i, e) in list.iter().enumerate() {
+        let Some(o) = e.as_object() else {
+            bail!("entry {i} of the -data file is not an object");
+        };
+        if let Some(k) = o.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            bail!(
+                "entry {i} of the -data file: unknown key {k:?} (known: {})",
+                KNOWN.join(", ")
+            );
+        }
+    }
     let strs = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_array)
             .map(|a| {
@@ -358,10 +425,28 @@ fn entries_from_data(path: &PathBuf) -> Result<Vec<pb::Entry>> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let int = |k: &str| e.get(k).and_then(Value::as_i64).unwrap_or(0);
-            let flag = |k: &str| e.get(k).and_then(Value::as_bool).unwrap_or(false);
+            // int64 fields as numbers or, as SPIRE's protojson writes them, strings
+            let int = |k: &str| -> Result<i64> {
+                match e.get(k) {
+                    None | Some(Value::Null) => Ok(0),
+                    Some(Value::Number(n)) => n
+                        .as_i64()
+                        .ok_or_else(|| anyhow!("entry {i}: {k} must be a whole number")),
+                    Some(Value::String(s)) => s
+                        .parse()
+                        .map_err(|_| anyhow!("entry {i}: {k} {s:?} is not a whole number")),
+                    Some(_) => bail!("entry {i}: {k} must be a number"),
+                }
+            };
+            let flag = |k: &str| -> Result<bool> {
+                match e.get(k) {
+                    None | Some(Value::Null) => Ok(false),
+                    Some(Value::Bool(b)) => Ok(*b),
+                    Some(_) => bail!("entry {i}: {k} must be true or false"),
+                }
+            };
             let ttl = |a: &str, b: &str| -> Result<i32> {
-                i32::try_from(int(a).max(int(b)))
+                i32::try_from(int(a)?.max(int(b)?))
                     .map_err(|_| anyhow!("entry {i}: {a} is too large"))
             };
             Ok(pb::Entry {
@@ -377,11 +462,11 @@ fn entries_from_data(path: &PathBuf) -> Result<Vec<pb::Entry>> {
                 x509_svid_ttl: ttl("x509_svid_ttl", "ttl")?,
                 jwt_svid_ttl: ttl("jwt_svid_ttl", "jwt_svid_ttl")?,
                 federates_with: strs(e.get("federates_with")),
-                admin: flag("admin"),
-                downstream: flag("downstream"),
-                expires_at: int("entry_expiry").max(int("expires_at")),
+                admin: flag("admin")?,
+                downstream: flag("downstream")?,
+                expires_at: int("entry_expiry")?.max(int("expires_at")?),
                 dns_names: strs(e.get("dns_names")),
-                store_svid: flag("store_svid"),
+                store_svid: flag("store_svid")?,
                 hint: e
                     .get("hint")
                     .and_then(Value::as_str)
@@ -477,7 +562,7 @@ pub async fn exec(cmd: EntryCmd) -> Result<()> {
 async fn create(a: CreateArgs) -> Result<()> {
     let entries = match &a.data {
         Some(p) => {
-            if a.fields.spiffe_id.is_some() || !a.fields.selectors.is_empty() {
+            if !a.fields.is_empty() || a.entry_id.is_some() {
                 bail!("-data and entry flags exclude each other: put every entry in the file");
             }
             entries_from_data(p)?
@@ -703,10 +788,7 @@ fn full_mask() -> pb::EntryMask {
 async fn update(a: UpdateArgs) -> Result<()> {
     let entries = match &a.data {
         Some(p) => {
-            if a.entry_id.is_some()
-                || a.fields.spiffe_id.is_some()
-                || !a.fields.selectors.is_empty()
-            {
+            if a.entry_id.is_some() || !a.fields.is_empty() {
                 bail!(
                     "-data and entry flags exclude each other: put every entry, with its id, in the file"
                 );
