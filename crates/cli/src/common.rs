@@ -59,6 +59,60 @@ pub fn parse_duration(flag: &str, raw: &str) -> Result<std::time::Duration> {
         .map_err(|e| anyhow!("{flag}: {e}; give seconds (5) or a duration (5s, 500ms)"))
 }
 
+/// `healthcheck`'s flags, the same on server and agent (SPIRE's, and `-wait`).
+#[derive(clap::Args, Debug)]
+pub struct HealthFlags {
+    /// Only check that the process answers, not that it is ready to serve.
+    #[arg(long = "shallow")]
+    pub shallow: bool,
+    /// Print what is checked.
+    #[arg(long = "verbose")]
+    pub verbose: bool,
+    /// Keep checking for up to this long (a duration such as 30s) until healthy: for scripts
+    /// that start a process and go on once it serves.
+    #[arg(long = "wait")]
+    pub wait: Option<String>,
+}
+
+/// Runs `check` once, or (with `-wait`) every 200 ms until it passes or the wait is over;
+/// then prints `healthy` (or `{"healthy": true}`). `what` names the process and its socket.
+pub async fn healthcheck_loop<F, Fut>(
+    flags: &HealthFlags,
+    what: (&str, &Path),
+    json: bool,
+    mut check: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let wait = match &flags.wait {
+        Some(w) => parse_duration("-wait", w)?,
+        None => std::time::Duration::ZERO,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    if flags.verbose {
+        println!("Checking {} health at {}...", what.0, what.1.display());
+    }
+    loop {
+        match check().await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({"healthy": true}));
+    } else {
+        let mut name = what.0.to_string();
+        if let Some(f) = name.get_mut(..1) {
+            f.make_ascii_uppercase();
+        }
+        println!("{name} is healthy.");
+    }
+    Ok(())
+}
+
 /// Unix seconds as `2026-11-23 03:00:00 +0000 UTC`, like SPIRE's CLI.
 pub fn fmt_time(unix: i64) -> String {
     let fmt = time::macros::format_description!(

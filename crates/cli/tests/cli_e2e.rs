@@ -160,20 +160,9 @@ fn round_trip(s: TestServer) {
     );
     // -data: entries with their IDs, replaced whole too
     let data = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        data.path(),
-        serde_json::json!({"entries": [{
-            "id": id,
-            "spiffe_id": before["spiffe_id"],
-            "parent_id": before["parent_id"],
-            "selectors": [{"type": "unix", "value": "uid:1001"}],
-            "hint": "via-data",
-        }]})
-        .to_string(),
-    )
-    .unwrap();
-    let u = s
-        .cli(&[
+    let update_with = |v: serde_json::Value| {
+        std::fs::write(data.path(), serde_json::json!({"entries": [v]}).to_string()).unwrap();
+        s.cli(&[
             "entry",
             "update",
             "-data",
@@ -181,13 +170,7 @@ fn round_trip(s: TestServer) {
             "-output",
             "json",
         ])
-        .expect_ok()
-        .json();
-    assert_eq!(u["results"][0]["entry"]["hint"], "via-data");
-    assert_eq!(u["results"][0]["entry"]["jwt_svid_ttl"], 0);
-    // int64 fields as SPIRE's JSON writes them (strings) are read, a typo is refused, and
-    // field flags do not mix with -data
-    let write = |v: serde_json::Value| std::fs::write(data.path(), v.to_string()).unwrap();
+    };
     let base = serde_json::json!({
         "id": id,
         "spiffe_id": before["spiffe_id"],
@@ -195,26 +178,24 @@ fn round_trip(s: TestServer) {
         "selectors": [{"type": "unix", "value": "uid:1001"}],
     });
     let mut v = base.clone();
+    v["hint"] = serde_json::json!("via-data");
+    let u = update_with(v).expect_ok().json();
+    assert_eq!(u["results"][0]["entry"]["hint"], "via-data");
+    assert_eq!(u["results"][0]["entry"]["jwt_svid_ttl"], 0);
+    // int64 fields as SPIRE's JSON writes them (strings) are read, a typo is refused, and
+    // field flags do not mix with -data
+    let mut v = base.clone();
     v["expires_at"] = serde_json::json!("1900000000");
-    write(serde_json::json!({"entries": [v]}));
-    let u = s
-        .cli(&[
-            "entry",
-            "update",
-            "-data",
-            data.path().to_str().unwrap(),
-            "-output",
-            "json",
-        ])
-        .expect_ok()
-        .json();
+    let u = update_with(v).expect_ok().json();
     assert_eq!(u["results"][0]["entry"]["expires_at"], 1900000000);
     let mut v = base.clone();
     v["expires_ta"] = serde_json::json!(1);
-    write(serde_json::json!({"entries": [v]}));
-    s.cli(&["entry", "update", "-data", data.path().to_str().unwrap()])
-        .expect_error("unknown key \"expires_ta\"");
-    write(serde_json::json!({"entries": [base]}));
+    update_with(v).expect_error("unknown key \"expires_ta\"");
+    std::fs::write(
+        data.path(),
+        serde_json::json!({"entries": [base]}).to_string(),
+    )
+    .unwrap();
     s.cli(&[
         "entry",
         "update",
@@ -1066,6 +1047,27 @@ fn an_unknown_selector_type_is_warned_about() {
     assert_eq!(h.json()["healthy"], true);
 }
 
+/// Starts `bin args…` under umask 077 and waits (up to 20 s) until `until` exists.
+fn spawn_under_umask(
+    bin: &str,
+    args: &[&std::ffi::OsStr],
+    until: &std::path::Path,
+) -> std::process::Child {
+    let child = std::process::Command::new("sh")
+        .args(["-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(bin)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !until.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child
+}
+
 /// Under a strict umask (systemd's `UMask=0077`, as the shipped units set) the admin socket's
 /// directory still gets the mode the server asks for (0750: owner and group connect), and the
 /// agent's Workload API directory its 0755 (every user's workloads connect).
@@ -1086,22 +1088,19 @@ fn socket_directories_keep_their_mode_under_a_strict_umask() {
         .write(&conf)
         .unwrap();
     let server_log = dir.path().join("server.log");
-    let mut child = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "umask 077; exec \"$0\" run -config \"$1\" -logFile \"$2\" -logFormat json",
-        ])
-        .arg(support::BIN)
-        .arg(&conf)
-        .arg(&server_log)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !sock.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let mut child = spawn_under_umask(
+        support::BIN,
+        &[
+            "run".as_ref(),
+            "-config".as_ref(),
+            conf.as_os_str(),
+            "-logFile".as_ref(),
+            server_log.as_os_str(),
+            "-logFormat".as_ref(),
+            "json".as_ref(),
+        ],
+        &sock,
+    );
     let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
     let (own, parent) = (
         mode(sock.parent().unwrap()),
@@ -1144,21 +1143,17 @@ fn socket_directories_keep_their_mode_under_a_strict_umask() {
         .plugin(Plugin::new("WorkloadAttestor", "unix"))
         .write(&aconf)
         .unwrap();
-    let mut agent = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "umask 077; exec \"$0\" run -config \"$1\" -joinToken x",
-        ])
-        .arg(support::AGENT_BIN)
-        .arg(&aconf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !wl.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let mut agent = spawn_under_umask(
+        support::AGENT_BIN,
+        &[
+            "run".as_ref(),
+            "-config".as_ref(),
+            aconf.as_os_str(),
+            "-joinToken".as_ref(),
+            "x".as_ref(),
+        ],
+        &wl,
+    );
     let (public, parent) = (
         mode(wl.parent().unwrap()),
         mode(wl.parent().unwrap().parent().unwrap()),

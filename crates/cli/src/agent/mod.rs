@@ -119,15 +119,8 @@ struct ValidateConfigArgs {
 struct HealthArgs {
     #[command(flatten)]
     socket: SocketArg,
-    /// Only check that the agent answers, not that it holds an identity.
-    #[arg(long = "shallow")]
-    shallow: bool,
-    /// Print what is checked.
-    #[arg(long = "verbose")]
-    verbose: bool,
-    /// Keep checking for up to this long (a duration such as 30s) until healthy.
-    #[arg(long = "wait")]
-    wait: Option<String>,
+    #[command(flatten)]
+    flags: crate::common::HealthFlags,
     #[command(flatten)]
     out: OutputArg,
 }
@@ -312,6 +305,12 @@ fn with_header<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+/// The Workload API's "not yet" (no entry matches this caller, for now): worth asking again,
+/// unlike a refused node's answer.
+fn no_identity_yet(st: &tonic::Status) -> bool {
+    st.code() == tonic::Code::PermissionDenied && st.message().contains("no identity issued")
+}
+
 fn status(s: tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code())
 }
@@ -354,10 +353,7 @@ async fn first_x509(s: &SocketArg, timeout: &str) -> Result<pb::X509svidResponse
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => bail!("the agent closed the stream"),
                 // only "not yet": a refused node's answer is final and returned at once
-                Err(st)
-                    if st.code() == tonic::Code::PermissionDenied
-                        && st.message().contains("no identity issued") =>
-                {
+                Err(st) if no_identity_yet(&st) => {
                     last = Some(st);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -613,10 +609,7 @@ async fn watch(a: WatchArgs) -> Result<()> {
         };
         match attempt.await {
             Ok(()) => return Ok(()),
-            Err(st)
-                if st.code() == tonic::Code::PermissionDenied
-                    && st.message().contains("no identity issued") =>
-            {
+            Err(st) if no_identity_yet(&st) => {
                 if !waiting {
                     eprintln!(
                         "No identity issued to this workload yet; waiting for one (Ctrl-C ends)"
@@ -631,30 +624,13 @@ async fn watch(a: WatchArgs) -> Result<()> {
 }
 
 async fn healthcheck(a: HealthArgs) -> Result<()> {
-    let wait = match &a.wait {
-        Some(w) => parse_duration("-wait", w)?,
-        None => Duration::ZERO,
-    };
-    let deadline = tokio::time::Instant::now() + wait;
-    if a.verbose {
-        println!(
-            "Checking agent health at {}...",
-            a.socket.socket_path.display()
-        );
-    }
-    loop {
-        match check_once(&a).await {
-            Ok(()) => break,
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    if a.out.json() {
-        println!("{}", json!({"healthy": true}));
-    } else {
-        println!("Agent is healthy.");
-    }
-    Ok(())
+    crate::common::healthcheck_loop(
+        &a.flags,
+        ("agent", &a.socket.socket_path),
+        a.out.json(),
+        || check_once(&a),
+    )
+    .await
 }
 
 async fn check_once(a: &HealthArgs) -> Result<()> {
@@ -662,7 +638,7 @@ async fn check_once(a: &HealthArgs) -> Result<()> {
     let ch = connect_uds(&a.socket.socket_path, "agent's Workload API", "-socketPath")
         .await
         .map_err(|e| anyhow!("agent is unhealthy: {e:#}"))?;
-    if a.shallow {
+    if a.flags.shallow {
         return Ok(());
     }
     let r = ironpact_proto::health::v1::health_client::HealthClient::new(ch)

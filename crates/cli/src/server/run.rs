@@ -61,16 +61,8 @@ pub struct ValidateArgs {
 pub struct HealthArgs {
     #[command(flatten)]
     socket: SocketArg,
-    /// Only check that the server answers, not the datastore and CA.
-    #[arg(long = "shallow")]
-    shallow: bool,
-    /// Print what is checked.
-    #[arg(long = "verbose")]
-    verbose: bool,
-    /// Keep checking for up to this long (a duration such as 30s) until healthy: for scripts
-    /// that start the server and go on once it serves.
-    #[arg(long = "wait")]
-    wait: Option<String>,
+    #[command(flatten)]
+    flags: crate::common::HealthFlags,
     /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
@@ -130,30 +122,13 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
 }
 
 pub async fn healthcheck(a: HealthArgs) -> Result<()> {
-    let wait = match &a.wait {
-        Some(w) => crate::common::parse_duration("-wait", w)?,
-        None => std::time::Duration::ZERO,
-    };
-    let deadline = tokio::time::Instant::now() + wait;
-    if a.verbose {
-        println!(
-            "Checking server health at {}...",
-            a.socket.socket_path.display()
-        );
-    }
-    loop {
-        match check_once(&a).await {
-            Ok(()) => break,
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-        }
-    }
-    if a.output == Output::Json {
-        println!("{}", serde_json::json!({"healthy": true}));
-    } else {
-        println!("Server is healthy.");
-    }
-    Ok(())
+    crate::common::healthcheck_loop(
+        &a.flags,
+        ("server", &a.socket.socket_path),
+        a.output == Output::Json,
+        || check_once(&a),
+    )
+    .await
 }
 
 async fn check_once(a: &HealthArgs) -> Result<()> {
@@ -162,7 +137,7 @@ async fn check_once(a: &HealthArgs) -> Result<()> {
         .channel()
         .await
         .map_err(|e| anyhow!("server is unhealthy: {e:#}"))?;
-    if !a.shallow {
+    if !a.flags.shallow {
         let r = HealthClient::new(ch)
             .check(HealthCheckRequest::default())
             .await
