@@ -305,6 +305,15 @@ fn with_header<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+/// A FetchX509SVID stream, as a workload opens it.
+async fn x509_stream(
+    c: &mut SpiffeWorkloadApiClient<Channel>,
+) -> Result<tonic::Streaming<pb::X509svidResponse>, tonic::Status> {
+    Ok(c.fetch_x509svid(with_header(pb::X509svidRequest {}))
+        .await?
+        .into_inner())
+}
+
 /// The Workload API's "not yet" (no entry matches this caller, for now): worth asking again,
 /// unlike a refused node's answer.
 fn no_identity_yet(st: &tonic::Status) -> bool {
@@ -342,13 +351,7 @@ async fn first_x509(s: &SocketArg, timeout: &str) -> Result<pb::X509svidResponse
     let mut last = None;
     let fut = async {
         loop {
-            let attempt = async {
-                let mut stream = c
-                    .fetch_x509svid(with_header(pb::X509svidRequest {}))
-                    .await?
-                    .into_inner();
-                stream.message().await
-            };
+            let attempt = async { x509_stream(&mut c).await?.message().await };
             match attempt.await {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => bail!("the agent closed the stream"),
@@ -590,10 +593,7 @@ async fn watch(a: WatchArgs) -> Result<()> {
     let mut waiting = false;
     loop {
         let attempt = async {
-            let mut stream = c
-                .fetch_x509svid(with_header(pb::X509svidRequest {}))
-                .await?
-                .into_inner();
+            let mut stream = x509_stream(&mut c).await?;
             while let Some(resp) = stream.message().await? {
                 if a.out.json() {
                     println!("{}", x509_json(&resp));
