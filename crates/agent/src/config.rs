@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub log_json: bool,
     /// Where the log goes (`log_file`, `-logFile`); stderr when absent.
     pub log_file: Option<PathBuf>,
+    /// Log lines name their source file and line (`log_source_location`).
+    pub log_source_location: bool,
     pub server_address: String,
     pub server_port: u16,
     pub socket_path: PathBuf,
@@ -139,13 +141,14 @@ impl AgentConfig {
             text.to_string()
         };
         let root = hcl::parse(file, &text)?;
-        // a config written as SPIRE's docs often write it: every change named in one error
-        let changes = hcl::spire_style_changes(
+        // a config written as SPIRE's docs often write it, or setting what ironpact does not
+        // implement: every change needed, named in one error with why
+        if let Some(e) = hcl::spire_problems(
+            file,
             &root,
             hcl::Side::Agent,
             &ironpact_attestors::registry::names(),
-        );
-        if let Some(e) = hcl::spire_style_error(file, &changes) {
+        ) {
             return Err(e);
         }
         let top = Section::new(file, "", &root);
@@ -225,6 +228,7 @@ impl AgentConfig {
                 }
             },
         };
+        let log_source_location = a.bool("log_source_location")?.unwrap_or(false);
         let log_file = ov
             .log_file
             .clone()
@@ -338,6 +342,7 @@ impl AgentConfig {
             log_level,
             log_json,
             log_file,
+            log_source_location,
             server_address,
             server_port,
             socket_path,

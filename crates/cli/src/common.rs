@@ -125,15 +125,19 @@ pub fn fmt_time(unix: i64) -> String {
 }
 
 /// Initialises tracing at `level` (`debug`, `info`, …) as text or JSON, on stderr or appended
-/// to `file` (created 0640; a symlink there is refused).
-pub fn init_logging(level: &str, json: bool, file: Option<&Path>) -> Result<()> {
+/// to `file` (created 0640; a symlink there is refused); `source` adds each line's source file
+/// and line.
+pub fn init_logging(level: &str, json: bool, file: Option<&Path>, source: bool) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},h2=warn,tower=warn,hyper=warn,sqlx=warn"
         ))
     });
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_file(source)
+        .with_line_number(source);
     match file {
         Some(path) => {
             let f = std::fs::OpenOptions::new()

@@ -736,7 +736,8 @@ fn a_banned_agent_logs_spires_line_and_stops() {
 fn join_tokens_are_built_in() {
     let s = TestServer::start_conf(Backend::Sqlite, |mut c| {
         c.plugins.0.retain(|p| !p.is("NodeAttestor", "join_token"));
-        c
+        // SPIRE's agent_ttl: the agents' own SVIDs
+        c.server("agent_ttl", "50m")
     });
     assert!(
         !std::fs::read_to_string(&s.config)
@@ -755,6 +756,13 @@ fn join_tokens_are_built_in() {
             .unwrap()
     };
     assert_eq!((count("false"), count("true")), (1, 0));
+    let listed = s.cli(&["agent", "list", "-output", "json"]).json();
+    let left = listed["agents"][0]["x509svid_expires_at"].as_i64().unwrap()
+        - time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (2900..=3000).contains(&left),
+        "agent SVID lives {left} s, not agent_ttl"
+    );
 
     // `enabled = false` refuses join tokens, and validate says nothing about them
     let s2 = TestServer::start_conf(Backend::Sqlite, |c| {

@@ -1213,3 +1213,90 @@ fn spire_style_configs_explain_themselves() {
         "{o:?}"
     );
 }
+
+/// SPIRE's shipped configs: the agent's validates as written; the server's names its one
+/// setting ironpact does not implement (UpstreamAuthority) and validates without it; a file
+/// full of SPIRE settings ironpact lacks gets every one named, with why, in one run.
+#[test]
+fn spire_config_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let run = |bin: &str, name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        support::Out::from(
+            std::process::Command::new(bin)
+                .args(["validate", "-config"])
+                .arg(&p)
+                .output()
+                .unwrap(),
+        )
+    };
+    let agent = format!(
+        "agent {{\n    data_dir = \"{d}/agent\"\n    log_level = \"DEBUG\"\n    trust_domain = \"example.org\"\n    server_address = \"localhost\"\n    server_port = 8081\n\n    # Insecure bootstrap is NOT appropriate for production use\n    insecure_bootstrap = true\n}}\n\nplugins {{\n   KeyManager \"disk\" {{\n        plugin_data {{\n            directory = \"{d}/agent\"\n        }}\n    }}\n\n    NodeAttestor \"join_token\" {{\n        plugin_data {{}}\n    }}\n\n    WorkloadAttestor \"unix\" {{\n        plugin_data {{}}\n    }}\n}}\n"
+    );
+    let o = run(support::AGENT_BIN, "agent.conf", &agent);
+    assert!(
+        o.ok() && o.stdout.contains("Configuration is valid."),
+        "{o:?}"
+    );
+
+    let upstream = "    UpstreamAuthority \"disk\" {\n        plugin_data {\n            key_file_path = \"./conf/server/dummy_upstream_ca.key\"\n            cert_file_path = \"./conf/server/dummy_upstream_ca.crt\"\n        }\n    }\n";
+    let server = format!(
+        "server {{\n    bind_address = \"127.0.0.1\"\n    bind_port = \"8081\"\n    socket_path = \"{d}/api.sock\"\n    trust_domain = \"example.org\"\n    data_dir = \"{d}/server\"\n    log_level = \"DEBUG\"\n    ca_subject {{\n        country = [\"US\"]\n        organization = [\"SPIFFE\"]\n        common_name = \"\"\n    }}\n}}\n\nplugins {{\n    DataStore \"sql\" {{\n        plugin_data {{\n            database_type = \"sqlite3\"\n            connection_string = \"{d}/datastore.sqlite3\"\n        }}\n    }}\n\n    NodeAttestor \"join_token\" {{\n        plugin_data {{\n        }}\n    }}\n\n    KeyManager \"memory\" {{\n        plugin_data = {{}}\n    }}\n\n{upstream}}}\n"
+    );
+    let o = run(support::BIN, "server.conf", &server);
+    o.expect_error("1 change needed");
+    assert!(o.stderr.contains("UpstreamAuthority \"disk\""), "{o:?}");
+    let o = run(support::BIN, "server.conf", &server.replace(upstream, ""));
+    assert!(
+        o.ok() && o.stdout.contains("Configuration is valid."),
+        "{o:?}"
+    );
+
+    // a file that sets many of SPIRE's settings ironpact lacks: all of them, in one error
+    let full = server.replace(upstream, "").replacen(
+        "    log_level = \"DEBUG\"\n",
+        "    log_level = \"DEBUG\"\n    admin_ids = [\"spiffe://example.org/admin\"]\n    audit_log_enabled = true\n    jwt_issuer = \"https://oidc.example.org\"\n    ratelimit {\n        attestation = true\n    }\n    federation {\n        bundle_endpoint {\n            address = \"0.0.0.0\"\n            port = 8443\n        }\n    }\n    agent_ttl = \"2h\"\n    log_source_location = true\n",
+        1,
+    ) + "telemetry {\n    Prometheus {\n        port = 9988\n    }\n}\nhealth_checks {\n    listener_enabled = true\n}\n";
+    let o = run(support::BIN, "full.conf", &full);
+    o.expect_error("7 changes needed");
+    for key in [
+        "server.admin_ids",
+        "server.audit_log_enabled",
+        "server.jwt_issuer",
+        "server.ratelimit",
+        "server.federation",
+        "telemetry",
+        "health_checks",
+    ] {
+        assert!(o.stderr.contains(key), "{key}: {o:?}");
+    }
+    // agent_ttl and log_source_location are understood
+    assert!(!o.stderr.contains("agent_ttl") && !o.stderr.contains("log_source_location"));
+}
+
+/// Entries as SPIRE's `entry show -output json` prints them (IDs as {trust_domain, path},
+/// int64 values as strings) are created as they are, as docs/migrating-from-spire.md says.
+#[test]
+fn entries_from_spire_json() {
+    let s = TestServer::start(Backend::Sqlite);
+    let data = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        data.path(),
+        r#"{"entries":[{"id":"spire-1","spiffe_id":{"trust_domain":"example.org","path":"/web"},"parent_id":{"trust_domain":"example.org","path":"/node"},"selectors":[{"type":"unix","value":"uid:1000"}],"x509_svid_ttl":3600,"federates_with":[],"hint":"","admin":false,"created_at":"1678731397","downstream":false,"expires_at":"0","dns_names":["web.example.org"],"revision_number":"0","store_svid":false,"jwt_svid_ttl":300}],"next_page_token":""}"#,
+    )
+    .unwrap();
+    s.cli(&["entry", "create", "-data", data.path().to_str().unwrap()])
+        .expect_ok();
+    let e = s
+        .cli(&["entry", "show", "-entryID", "spire-1", "-output", "json"])
+        .expect_ok()
+        .json();
+    let e = &e["entries"][0];
+    assert_eq!(e["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(e["parent_id"], "spiffe://example.org/node");
+    assert_eq!(e["x509_svid_ttl"], 3600);
+    assert_eq!(e["dns_names"], serde_json::json!(["web.example.org"]));
+}

@@ -801,10 +801,427 @@ pub fn spire_style_changes(
     out
 }
 
-/// The changes of [`spire_style_changes`] as one error, every change in it.
-pub fn spire_style_error(file: &str, changes: &[(usize, String)]) -> Option<ConfigError> {
-    let first = changes.first()?.0;
-    let list: Vec<String> = changes
+/// Settings of SPIRE's full configuration files that ironpact does not implement, each with
+/// the reason and what to do instead: (where, key, reason). `where` is `server`, `agent`,
+/// `top` (the file's top level), `plugins` (a plugin kind) or `DataStore` (its plugin_data).
+const UNSUPPORTED: &[(Side, &str, &str, &str)] = &[
+    (
+        Side::Server,
+        "server",
+        "admin_ids",
+        "the admin API is the server's local socket (owner and group); there are no admin SVIDs: remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "audit_log_enabled",
+        "no separate audit log: admin API changes are logged at INFO; remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "federation",
+        "federation (bundle endpoint, federates_with) is not built yet: set a peer's bundle with `bundle set -id … -path …`",
+    ),
+    (
+        Side::Server,
+        "server",
+        "jwt_issuer",
+        "JWT-SVIDs carry no iss claim in ironpact yet: remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "ratelimit",
+        "attestations are limited by a fixed concurrency per server; nothing to tune: remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "experimental",
+        "ironpact has no experimental settings: remove the block",
+    ),
+    (
+        Side::Server,
+        "server",
+        "profiling_enabled",
+        "no profiling endpoint: remove the profiling_* keys",
+    ),
+    (
+        Side::Server,
+        "server",
+        "profiling_port",
+        "no profiling endpoint: remove the profiling_* keys",
+    ),
+    (
+        Side::Server,
+        "server",
+        "profiling_freq",
+        "no profiling endpoint: remove the profiling_* keys",
+    ),
+    (
+        Side::Server,
+        "server",
+        "profiling_names",
+        "no profiling endpoint: remove the profiling_* keys",
+    ),
+    (
+        Side::Server,
+        "server",
+        "use_legacy_downstream_x509_ca_ttl",
+        "ironpact signs no downstream CAs: remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "exclude_sn_from_ca_subject",
+        "ironpact's CA subject is ca_subject as written: remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "default_svid_ttl",
+        "SPIRE's old name: use default_x509_svid_ttl",
+    ),
+    (
+        Side::Server,
+        "server",
+        "registration_uds_path",
+        "SPIRE's old name: use socket_path",
+    ),
+    (
+        Side::Server,
+        "server",
+        "bind_http_port",
+        "there is no HTTP registration API: remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "plugin_dir",
+        "plugins are built in: remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "umask",
+        "the server makes its files private itself: remove it",
+    ),
+    (
+        Side::Server,
+        "server",
+        "upstream_bundle",
+        "ironpact's CA is its own root: remove it",
+    ),
+    (
+        Side::Server,
+        "plugins",
+        "UpstreamAuthority",
+        "ironpact's CA is its own root; an operator CA cannot sign it yet: remove the block",
+    ),
+    (
+        Side::Server,
+        "plugins",
+        "Notifier",
+        "no notifier plugins: remove the block",
+    ),
+    (
+        Side::Server,
+        "plugins",
+        "BundlePublisher",
+        "no bundle publishers: remove the block (the bundle is `bundle show`)",
+    ),
+    (
+        Side::Server,
+        "plugins",
+        "CredentialComposer",
+        "SVID contents are fixed by the SPIFFE profiles: remove the block",
+    ),
+    (
+        Side::Server,
+        "DataStore",
+        "max_open_conns",
+        "the connection pool is sized by ironpact: remove it",
+    ),
+    (
+        Side::Server,
+        "DataStore",
+        "max_idle_conns",
+        "the connection pool is sized by ironpact: remove it",
+    ),
+    (
+        Side::Server,
+        "DataStore",
+        "conn_max_lifetime",
+        "the connection pool is sized by ironpact: remove it",
+    ),
+    (
+        Side::Server,
+        "DataStore",
+        "disable_migration",
+        "each server migrates the schema at start-up in a transaction (PostgreSQL: under an advisory lock): remove it",
+    ),
+    (
+        Side::Server,
+        "DataStore",
+        "log_sql",
+        "SQL is not logged: remove it",
+    ),
+    (
+        Side::Server,
+        "DataStore",
+        "root_ca_path",
+        "TLS to MySQL comes from connection_string's parameters: remove it",
+    ),
+    (
+        Side::Server,
+        "DataStore",
+        "client_cert_path",
+        "TLS to MySQL comes from connection_string's parameters: remove it",
+    ),
+    (
+        Side::Server,
+        "DataStore",
+        "client_key_path",
+        "TLS to MySQL comes from connection_string's parameters: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "allow_unauthenticated_verifiers",
+        "JWT validation needs a registered workload: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "allowed_foreign_jwt_claims",
+        "JWT-SVIDs carry the standard claims only: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "authorized_delegates",
+        "no Delegated Identity API: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "experimental",
+        "ironpact has no experimental settings: remove the block",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "sds",
+        "no Envoy SDS yet: remove the block",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "trust_bundle_url",
+        "the bundle is read from trust_bundle_path (or taken once with insecure_bootstrap): write `ironpact-server bundle show` there",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "trust_bundle_format",
+        "trust_bundle_path is PEM: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "trust_bundle_unix_socket",
+        "the bundle is read from trust_bundle_path: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "workload_x509_svid_key_type",
+        "workload keys are EC P-256: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "availability_target",
+        "SVIDs are renewed at half their life: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "x509_svid_cache_max_size",
+        "the agent keeps one SVID per entry it serves: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "jwt_svid_cache_max_size",
+        "the JWT-SVID cache has a fixed bound: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "sync_interval",
+        "entries are pushed by the server as they change; there is no interval: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "retry_bootstrap",
+        "the agent always retries attestation with a backoff: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "profiling_enabled",
+        "no profiling endpoint: remove the profiling_* keys",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "profiling_port",
+        "no profiling endpoint: remove the profiling_* keys",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "profiling_freq",
+        "no profiling endpoint: remove the profiling_* keys",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "profiling_names",
+        "no profiling endpoint: remove the profiling_* keys",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "plugin_dir",
+        "plugins are built in: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "umask",
+        "the agent makes its files private itself: remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "bind_address",
+        "the Workload API is a Unix socket (socket_path): remove it",
+    ),
+    (
+        Side::Agent,
+        "agent",
+        "bind_port",
+        "the Workload API is a Unix socket (socket_path): remove it",
+    ),
+    (
+        Side::Agent,
+        "plugins",
+        "SVIDStore",
+        "no SVID stores: remove the block",
+    ),
+    (
+        Side::Server,
+        "top",
+        "telemetry",
+        "no metrics endpoint yet: remove the block",
+    ),
+    (
+        Side::Server,
+        "top",
+        "health_checks",
+        "no HTTP health endpoints yet: `ironpact-server healthcheck` checks the server",
+    ),
+    (
+        Side::Agent,
+        "top",
+        "telemetry",
+        "no metrics endpoint yet: remove the block",
+    ),
+    (
+        Side::Agent,
+        "top",
+        "health_checks",
+        "no HTTP health endpoints yet: `ironpact-agent healthcheck` checks the agent",
+    ),
+];
+
+/// Every setting of SPIRE's that ironpact does not implement, in one pass: (line, "key:
+/// reason"). A file that sets none gives nothing.
+pub fn spire_unsupported(root: &Node, side: Side) -> Vec<(usize, String)> {
+    let rows = UNSUPPORTED.iter().filter(|r| r.0 == side);
+    let mut out = Vec::new();
+    let attr_line = |n: &Node, key: &str| {
+        n.attrs
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, l)| *l)
+            .or_else(|| n.blocks.iter().find(|b| b.ident == key).map(|b| b.line))
+    };
+    let mine = match side {
+        Side::Server => "server",
+        Side::Agent => "agent",
+    };
+    for (_, place, key, why) in rows {
+        let found: Vec<(usize, String)> = match *place {
+            "top" => attr_line(root, key)
+                .map(|l| (l, (*key).to_string()))
+                .into_iter()
+                .collect(),
+            "plugins" => root
+                .blocks
+                .iter()
+                .filter(|b| b.ident == "plugins")
+                .flat_map(|p| p.body.blocks.iter())
+                .filter(|b| b.ident == *key)
+                .map(|b| (b.line, format!("{key} \"{}\"", b.labels.join("\" \""))))
+                .collect(),
+            "DataStore" => root
+                .blocks
+                .iter()
+                .filter(|b| b.ident == "plugins")
+                .flat_map(|p| p.body.blocks.iter())
+                .filter(|b| b.ident == "DataStore")
+                .flat_map(|d| d.body.blocks.iter().filter(|b| b.ident == "plugin_data"))
+                .filter_map(|d| attr_line(&d.body, key))
+                .map(|l| (l, format!("DataStore {key}")))
+                .collect(),
+            _ => root
+                .blocks
+                .iter()
+                .filter(|b| b.ident == mine)
+                .filter_map(|b| attr_line(&b.body, key))
+                .map(|l| (l, format!("{mine}.{key}")))
+                .collect(),
+        };
+        for (l, what) in found {
+            out.push((l, format!("{what}: {why}")));
+        }
+    }
+    out.sort_by_key(|(l, _)| *l);
+    out
+}
+
+/// Everything [`spire_style_changes`] and [`spire_unsupported`] find in a file, as one error
+/// listing each change with its line (`None` when there is nothing to change).
+pub fn spire_problems(
+    file: &str,
+    root: &Node,
+    side: Side,
+    node_attestors: &[&str],
+) -> Option<ConfigError> {
+    let mut all = spire_style_changes(root, side, node_attestors);
+    all.extend(spire_unsupported(root, side));
+    all.sort_by_key(|(l, _)| *l);
+    problems_error(file, &all)
+}
+
+fn problems_error(file: &str, found: &[(usize, String)]) -> Option<ConfigError> {
+    let first = found.first()?.0;
+    let list: Vec<String> = found
         .iter()
         .map(|(l, c)| format!("line {l}: {c}"))
         .collect();
@@ -812,9 +1229,9 @@ pub fn spire_style_error(file: &str, changes: &[(usize, String)]) -> Option<Conf
         file: file.to_string(),
         line: first,
         message: format!(
-            "{} change{} needed (SPIRE-style names ironpact reads differently): {}",
-            changes.len(),
-            if changes.len() == 1 { "" } else { "s" },
+            "{} change{} needed (written for SPIRE; each with what ironpact reads instead): {}",
+            found.len(),
+            if found.len() == 1 { "" } else { "s" },
             list.join("; ")
         ),
     })
@@ -876,7 +1293,7 @@ mod tests {
         assert!(all[2].contains("`key_manager` → `KeyManager`"));
         assert!(all[3].contains("`keys_path` → `directory`"));
         assert!(all[4].contains("`workload_attestor` → `WorkloadAttestor`"));
-        let e = spire_style_error("f", &c).unwrap();
+        let e = problems_error("f", &c).unwrap();
         assert_eq!(e.line, 6);
         assert!(e.message.starts_with("5 changes needed"), "{e}");
         // ironpact's own form: nothing to change

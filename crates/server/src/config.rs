@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub ca_ttl: Duration,
     pub ca_subject: CaSubject,
     pub default_x509_svid_ttl: Duration,
+    /// The agents' own X509-SVIDs (`agent_ttl`); `default_x509_svid_ttl` when absent.
+    pub agent_ttl: Option<Duration>,
+    /// Log lines name their source file and line (`log_source_location`).
+    pub log_source_location: bool,
     pub default_jwt_svid_ttl: Duration,
     pub datastore: DataStoreConfig,
     pub key_manager: KeyManagerConfig,
@@ -114,9 +118,9 @@ impl ServerConfig {
             text.to_string()
         };
         let root = hcl::parse(file, &text)?;
-        // a config written as SPIRE's docs often write it: every change named in one error
-        let changes = hcl::spire_style_changes(&root, hcl::Side::Server, &registry::names());
-        if let Some(e) = hcl::spire_style_error(file, &changes) {
+        // a config written as SPIRE's docs often write it, or setting what ironpact does not
+        // implement: every change needed, named in one error with why
+        if let Some(e) = hcl::spire_problems(file, &root, hcl::Side::Server, &registry::names()) {
             return Err(e);
         }
         let top = Section::new(file, "", &root);
@@ -233,6 +237,14 @@ impl ServerConfig {
         };
         let ca_ttl = positive("ca_ttl", Duration::from_secs(24 * 3600))?;
         let default_x509_svid_ttl = positive("default_x509_svid_ttl", Duration::from_secs(3600))?;
+        // SPIRE's agent_ttl: the agents' own SVIDs (default: default_x509_svid_ttl)
+        let agent_ttl = match s.duration("agent_ttl")? {
+            Some(d) if d.as_secs() == 0 => {
+                return Err(s.err(line, "server.agent_ttl must be at least 1s"));
+            }
+            d => d,
+        };
+        let log_source_location = s.bool("log_source_location")?.unwrap_or(false);
         let default_jwt_svid_ttl = positive("default_jwt_svid_ttl", Duration::from_secs(300))?;
         let ca_subject = match s.section("ca_subject")? {
             None => CaSubject::default(),
@@ -408,6 +420,8 @@ impl ServerConfig {
             ca_ttl,
             ca_subject,
             default_x509_svid_ttl,
+            agent_ttl,
+            log_source_location,
             default_jwt_svid_ttl,
             datastore,
             key_manager,

@@ -267,7 +267,12 @@ fn run(a: RunArgs) -> Result<()> {
         join_token_file: a.join_token_file,
     };
     let cfg = AgentConfig::load(&a.config, a.expand_env, &ov)?;
-    init_logging(&cfg.log_level, cfg.log_json, cfg.log_file.as_deref())?;
+    init_logging(
+        &cfg.log_level,
+        cfg.log_json,
+        cfg.log_file.as_deref(),
+        cfg.log_source_location,
+    )?;
     tracing::info!(config = %a.config.display(), trust_domain = %cfg.trust_domain, server = %format!("{}:{}", cfg.server_address, cfg.server_port), "starting ironpact-agent");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -85,6 +85,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         &cfg.log_level,
         cfg.log_format == LogFormat::Json,
         cfg.log_file.as_deref(),
+        cfg.log_source_location,
     )?;
     tracing::info!(config = %a.config.display(), trust_domain = %cfg.trust_domain, data_dir = %cfg.data_dir.display(), "starting ironpact-server");
     let rt = tokio::runtime::Builder::new_multi_thread()

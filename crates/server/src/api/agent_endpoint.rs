@@ -324,7 +324,7 @@ async fn attest_flow(
             &attested.agent_id,
             &csr.spki_der,
             &[],
-            core.cfg.default_x509_svid_ttl,
+            core.cfg.agent_ttl.unwrap_or(core.cfg.default_x509_svid_ttl),
         )
         .map_err(ca_status)?;
     let rec = AgentRecord {
