@@ -5,7 +5,8 @@
 //! blocks in order as one bash script, in a scratch directory holding a copy of conf/ and
 //! the files its `hcl … file=NAME` blocks write, with the freshly built binaries on PATH.
 //! `… illustrative` marks a block that cannot run here (hardware, a placeholder, the test suite
-//! itself); other languages (`text`, `haproxy`, `ini`) are not code we check.
+//! itself); `text` is prose. Any other fence language is refused, so that no code block slips
+//! past both checks.
 //!
 //! The shell blocks use the default sockets and port 8081, as an operator would: the files run
 //! one after another in one test, and each file's processes are stopped before the next.

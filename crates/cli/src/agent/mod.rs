@@ -73,7 +73,7 @@ struct RunArgs {
     /// Append the log to this file instead of stderr (overrides agent.log_file).
     #[arg(long = "logFile", visible_alias = "log-file")]
     log_file: Option<String>,
-    /// A file holding the join token (overrides agent.join_token_file); -joinToken wins.
+    /// A file holding the join token (overrides agent.join_token_file; not with -joinToken).
     #[arg(long = "joinTokenFile", visible_alias = "join-token-file")]
     join_token_file: Option<String>,
     /// Expand $VAR and ${VAR} in the config file from the environment.
