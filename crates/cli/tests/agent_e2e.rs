@@ -858,3 +858,66 @@ fn token_file_and_log_file() {
     assert!(log.contains("does not hold a join token"), "{log}");
     assert!(!log.contains("secret"), "{log}");
 }
+
+/// `agent purge` deletes the records of agents whose SVID expired more than `-expiredFor`
+/// ago (`-dryRun` only lists them); `agent list -expiresBefore` filters on the same time.
+#[test]
+fn agent_purge_and_expires_before() {
+    let s = TestServer::start_conf(Backend::Sqlite, |c| c.server("agent_ttl", "2s"));
+    let token = join_token(&s, "spiffe://example.org/host-gone");
+    let mut a = TestAgent::start(&s, &token);
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    a.kill9();
+    std::thread::sleep(Duration::from_millis(3500));
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let listed = s
+        .cli(&["agent", "list", "-expiresBefore", &soon, "-output", "json"])
+        .expect_ok()
+        .json();
+    assert_eq!(listed["agents"][0]["id"], agent_id.as_str());
+    s.cli(&[
+        "agent",
+        "list",
+        "-expiresBefore",
+        "2001-01-01 00:00:00 +0000 UTC",
+    ])
+    .expect_ok()
+    .stdout
+    .contains("No attested agents found")
+    .then_some(())
+    .expect("nothing expired before 2001");
+    let dry = s
+        .cli(&["agent", "purge", "-expiredFor", "1s", "-dryRun"])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(dry.contains(&agent_id), "{dry}");
+    assert_eq!(
+        s.cli(&["agent", "count", "-output", "json"]).json()["count"],
+        1
+    );
+    // an agent whose SVID lapsed a moment ago is kept with the default 720h
+    assert!(
+        s.cli(&["agent", "purge"])
+            .expect_ok()
+            .stdout
+            .contains("No agents to purge.")
+    );
+    let done = s
+        .cli(&["agent", "purge", "-expiredFor", "1s"])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(
+        done.contains("Agents purged:") && done.contains(&agent_id),
+        "{done}"
+    );
+    assert_eq!(
+        s.cli(&["agent", "count", "-output", "json"]).json()["count"],
+        0
+    );
+    s.cli(&["agent", "list", "-expiresBefore", "yesterday"])
+        .expect_error("-expiresBefore");
+}

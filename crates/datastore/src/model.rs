@@ -134,6 +134,8 @@ pub struct AgentFilter {
     pub by_selectors: Option<(Vec<Selector>, MatchBehavior)>,
     pub by_banned: Option<bool>,
     pub by_can_reattest: Option<bool>,
+    /// Only agents whose SVID expires before this Unix time.
+    pub by_expires_before: Option<i64>,
 }
 
 /// Filters of ListEntries / CountEntries; `None` means not filtered.

@@ -2144,6 +2144,10 @@ fn agent_conditions(f: &AgentFilter, binds: &mut Vec<Bind>) -> Vec<String> {
     if let Some(v) = f.by_can_reattest {
         push_eq(&mut conds, binds, "a.can_reattest", Bind::Int(b(v)));
     }
+    if let Some(t) = f.by_expires_before {
+        binds.push(Bind::Int(t));
+        conds.push(format!("a.expires_at < ${}", binds.len()));
+    }
     if let Some((sels, how)) = &f.by_selectors {
         conds.push(selector_condition(
             sels,

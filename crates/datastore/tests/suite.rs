@@ -751,7 +751,8 @@ async fn agent_filters_and_pages(ds: &DataStore) {
     for n in 0..40 {
         let sels = sel_pool(&mut rng, &pool, 3);
         let refs: Vec<&str> = sels.iter().map(String::as_str).collect();
-        let a = agent(n, &refs);
+        let mut a = agent(n, &refs);
+        a.expires_at = 5000 + n as i64 * 10;
         ds.create_agent(&a).await.unwrap();
         all.push(a);
     }
@@ -778,6 +779,11 @@ async fn agent_filters_and_pages(ds: &DataStore) {
             by_selectors: Some((vec![sel("a:2")], MatchBehavior::Exact)),
             ..Default::default()
         },
+        AgentFilter {
+            by_expires_before: Some(all[all.len() / 2].expires_at),
+            by_banned: Some(false),
+            ..Default::default()
+        },
     ];
     for f in &filters {
         let want: Vec<&AgentRecord> = all
@@ -788,6 +794,7 @@ async fn agent_filters_and_pages(ds: &DataStore) {
                     .is_none_or(|t| *t == a.attestation_type)
                     && f.by_banned.is_none_or(|b| b == a.banned)
                     && f.by_can_reattest.is_none_or(|b| b == a.can_reattest)
+                    && f.by_expires_before.is_none_or(|t| a.expires_at < t)
                     && f.by_selectors.as_ref().is_none_or(|(s, how)| {
                         how.matches(&s.iter().collect(), &a.selectors.iter().collect())
                     })

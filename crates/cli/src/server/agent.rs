@@ -20,6 +20,27 @@ pub enum AgentCmd {
     Ban(IdArgs),
     /// Counts attested agents.
     Count(ListArgs),
+    /// Deletes the records of agents whose SVID expired long ago (SPIRE's `agent purge`).
+    Purge(PurgeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PurgeArgs {
+    /// How long ago the SVID must have expired (a duration; SPIRE's default 720h).
+    #[arg(
+        long = "expiredFor",
+        visible_alias = "expired-for",
+        default_value = "720h"
+    )]
+    expired_for: String,
+    /// List what would be purged without deleting anything.
+    #[arg(long = "dryRun", visible_alias = "dry-run")]
+    dry_run: bool,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// How to print: pretty (text) or json.
+    #[arg(long = "output", value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +64,10 @@ pub struct ListArgs {
     /// Only agents that can (true) or cannot (false) attest again by themselves.
     #[arg(long = "canReattest", visible_alias = "can-reattest")]
     can_reattest: Option<bool>,
+    /// Only agents whose SVID expires before this time (RFC 3339, or SPIRE's
+    /// "2006-01-02 15:04:05 -0700 -07").
+    #[arg(long = "expiresBefore", visible_alias = "expires-before")]
+    expires_before: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
@@ -106,7 +131,36 @@ fn filter(a: &ListArgs) -> Result<pb::AgentFilter> {
         }),
         by_banned: a.banned,
         by_can_reattest: a.can_reattest,
+        by_expires_before: a
+            .expires_before
+            .as_deref()
+            .map(|t| parse_time("-expiresBefore", t))
+            .transpose()?
+            .unwrap_or(0),
     })
+}
+
+/// A point in time as RFC 3339 (`2026-12-06T10:00:00Z`) or as SPIRE prints and takes it
+/// (`2026-12-06 10:00:00 +0000 UTC`, `2006-01-02 15:04:05 -0700 -07`): Unix seconds.
+fn parse_time(flag: &str, raw: &str) -> Result<i64> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(raw, &Rfc3339) {
+        return Ok(t.unix_timestamp());
+    }
+    // SPIRE's Go layout: date, time, numeric offset, then a zone name we do not need
+    let mut parts = raw.split_whitespace();
+    let (date, clock, offset) = (parts.next(), parts.next(), parts.next());
+    if let (Some(d), Some(c), Some(o)) = (date, clock, offset) {
+        let fmt = time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]"
+        );
+        if let Ok(t) = time::OffsetDateTime::parse(&format!("{d} {c} {o}"), &fmt) {
+            return Ok(t.unix_timestamp());
+        }
+    }
+    anyhow::bail!(
+        "{flag} {raw:?}: give a time as 2026-12-06T10:00:00Z or \"2026-12-06 10:00:00 +0000 UTC\""
+    )
 }
 
 fn required_id(a: &IdArgs, verb: &str) -> Result<String> {
@@ -175,6 +229,7 @@ pub async fn exec(cmd: AgentCmd) -> Result<()> {
                 Output::Pretty => println!("{n} attested agent{}", if n == 1 { "" } else { "s" }),
             }
         }
+        AgentCmd::Purge(a) => purge(a).await?,
         AgentCmd::Show(a) => {
             let id = required_id(&a, "show")?;
             let mut c = AgentServiceClient::new(a.socket.channel().await?);
@@ -213,6 +268,87 @@ pub async fn exec(cmd: AgentCmd) -> Result<()> {
                 Output::Pretty => println!("Agent banned successfully"),
             }
         }
+    }
+    Ok(())
+}
+
+/// Lists the agents whose SVID expired more than `-expiredFor` ago (by the server's filter,
+/// a page at a time) and deletes their records, or only lists them with `-dryRun`.
+async fn purge(a: PurgeArgs) -> Result<()> {
+    let age = crate::common::parse_duration("-expiredFor", &a.expired_for)?;
+    let before = time::OffsetDateTime::now_utc().unix_timestamp() - age.as_secs() as i64;
+    let c = AgentServiceClient::new(a.socket.channel().await?);
+    let filter = pb::AgentFilter {
+        by_expires_before: before,
+        ..Default::default()
+    };
+    let expired = super::all_pages(|page_token| {
+        let (mut c, filter) = (c.clone(), Some(filter.clone()));
+        async move {
+            let r = c
+                .list_agents(pb::ListAgentsRequest {
+                    filter,
+                    page_size: 500,
+                    page_token,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            Ok((r.agents, r.next_page_token))
+        }
+    })
+    .await?;
+    let mut purged = Vec::new();
+    let mut failed = Vec::new();
+    if !a.dry_run {
+        let mut c = c.clone();
+        for ag in &expired {
+            match c
+                .delete_agent(pb::DeleteAgentRequest { id: ag.id.clone() })
+                .await
+            {
+                Ok(_) => purged.push(ag.id.clone()),
+                Err(s) => failed.push((ag.id.clone(), s.message().to_string())),
+            }
+        }
+    }
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "expired_agents": expired.iter().map(|x| &x.id).collect::<Vec<_>>(),
+                "purged": purged,
+                "failed": failed.iter().map(|(id, why)| json!({"id": id, "error": why})).collect::<Vec<_>>(),
+                "dry_run": a.dry_run,
+            })
+        ),
+        Output::Pretty => {
+            if expired.is_empty() {
+                println!("No agents to purge.");
+            } else if a.dry_run {
+                println!(
+                    "Found {} expired agent{}:
+",
+                    expired.len(),
+                    if expired.len() == 1 { "" } else { "s" }
+                );
+                for x in &expired {
+                    println!("SPIFFE ID         : {}", x.id);
+                }
+            } else {
+                println!("Agents purged:");
+                for id in &purged {
+                    println!("SPIFFE ID         : {id}");
+                }
+            }
+        }
+    }
+    if let Some((id, why)) = failed.first() {
+        anyhow::bail!(
+            "{} of {} expired agents were not purged (first: {id}: {why}); run the command again",
+            failed.len(),
+            expired.len()
+        );
     }
     Ok(())
 }

@@ -51,6 +51,7 @@ fn filter(f: Option<&pb::AgentFilter>) -> Result<AgentFilter, Status> {
         by_selectors,
         by_banned: f.by_banned,
         by_can_reattest: f.by_can_reattest,
+        by_expires_before: (f.by_expires_before > 0).then_some(f.by_expires_before),
     })
 }
 
