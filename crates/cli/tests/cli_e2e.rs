@@ -456,12 +456,72 @@ print("pyjwt ok")
         .stdout
         .clone();
     assert!(one.contains("\"x509-svid\""), "{one}");
+    // an entry federating with it: restrict (the default) refuses, dissociate drops the
+    // trust domain from the entry, delete deletes the entry
+    let fed_entry = |name: &str| {
+        s.cli(&[
+            "entry",
+            "create",
+            "-spiffeID",
+            &format!("spiffe://example.org/{name}"),
+            "-parentID",
+            "spiffe://example.org/host",
+            "-selector",
+            "unix:uid:4242",
+            "-federatesWith",
+            "spiffe://other.org",
+            "-output",
+            "json",
+        ])
+        .expect_ok()
+        .json()["results"][0]["entry"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let kept = fed_entry("fed-kept");
+    s.cli(&["bundle", "delete", "-id", "spiffe://other.org"])
+        .expect_error("-mode dissociate");
     assert!(
-        s.cli(&["bundle", "delete", "-id", "spiffe://other.org"])
-            .expect_ok()
-            .stdout
-            .contains("bundle deleted.")
+        s.cli(&[
+            "bundle",
+            "delete",
+            "-id",
+            "spiffe://other.org",
+            "-mode",
+            "dissociate"
+        ])
+        .expect_ok()
+        .stdout
+        .contains("bundle deleted.")
     );
+    let e = s
+        .cli(&["entry", "show", "-entryID", &kept, "-output", "json"])
+        .expect_ok()
+        .json();
+    assert_eq!(e["entries"][0]["federates_with"], serde_json::json!([]));
+    s.cli(&[
+        "bundle",
+        "set",
+        "-id",
+        "spiffe://other.org",
+        "-path",
+        fed.to_str().unwrap(),
+    ])
+    .expect_ok();
+    let gone = fed_entry("fed-gone");
+    s.cli(&[
+        "bundle",
+        "delete",
+        "-id",
+        "spiffe://other.org",
+        "-mode",
+        "delete",
+    ])
+    .expect_ok();
+    s.cli(&["entry", "show", "-entryID", &gone])
+        .expect_error("not found");
+    s.cli(&["entry", "delete", "-entryID", &kept]).expect_ok();
     s.cli(&["bundle", "delete", "-id", "spiffe://other.org"])
         .expect_error("not found");
     // the server's own bundle also round-trips through the SPIFFE format

@@ -461,6 +461,22 @@ impl Cache {
             .cloned()
     }
 
+    /// The entries that federate with `td` (a scan of the cached entries, for the rare admin
+    /// call that deletes a federated bundle; nothing on an agent's path uses it).
+    pub fn entries_federating_with(&self, td: &TrustDomain) -> Vec<Arc<Entry>> {
+        let Ok(i) = self.index.read() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Arc<Entry>> = i
+            .entries
+            .values()
+            .filter(|e| e.federates_with.contains(td))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
     pub fn entry_count(&self) -> usize {
         self.index.read().map(|i| i.entries.len()).unwrap_or(0)
     }

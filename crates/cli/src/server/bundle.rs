@@ -89,11 +89,23 @@ pub struct DeleteArgs {
     /// The federated trust domain to delete.
     #[arg(long = "id")]
     id: Option<String>,
+    /// Entries that federate with it: restrict (refuse while there are any), dissociate (drop
+    /// the trust domain from them) or delete (delete them).
+    #[arg(long = "mode", value_enum, default_value_t)]
+    mode: DeleteMode,
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
     #[arg(long = "output", value_enum, default_value_t)]
     output: Output,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeleteMode {
+    #[default]
+    Restrict,
+    Delete,
+    Dissociate,
 }
 
 pub fn from_pb(p: &pb::Bundle) -> Result<Bundle> {
@@ -232,6 +244,7 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
             }
         }
         BundleCmd::Delete(a) => {
+            use pb::batch_delete_federated_bundle_request::Mode;
             let id = a.id.clone().ok_or_else(|| {
                 anyhow!("the trust domain is required: pass -id spiffe://<trust domain>")
             })?;
@@ -240,6 +253,11 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
             let r = c
                 .batch_delete_federated_bundle(pb::BatchDeleteFederatedBundleRequest {
                     trust_domains: vec![td.to_string()],
+                    mode: match a.mode {
+                        DeleteMode::Restrict => Mode::Restrict,
+                        DeleteMode::Delete => Mode::Delete,
+                        DeleteMode::Dissociate => Mode::Dissociate,
+                    } as i32,
                 })
                 .await
                 .map_err(status_err)?

@@ -112,14 +112,43 @@ impl BundleService for BundleApi {
         &self,
         req: Request<pb::BatchDeleteFederatedBundleRequest>,
     ) -> Result<Response<pb::BatchDeleteFederatedBundleResponse>, Status> {
+        use pb::batch_delete_federated_bundle_request::Mode;
         let tds = &req.get_ref().trust_domains;
         check_batch(tds.len())?;
+        let mode = Mode::try_from(req.get_ref().mode)
+            .map_err(|_| Status::invalid_argument("mode: use RESTRICT, DELETE or DISSOCIATE"))?;
         let mut results = Vec::new();
         for raw in tds {
             let r = async {
                 let td = self.federated_td(raw)?;
+                // the entries that federate with it, as of every committed write
+                self.0.changed().await;
+                let fed = self.0.cache.entries_federating_with(&td);
+                match mode {
+                    Mode::Restrict if !fed.is_empty() => {
+                        return Err(Status::failed_precondition(format!(
+                            "{} entr{} federate with {td} (first: {}): delete them, or pass -mode dissociate (drop {td} from them) or -mode delete (delete them)",
+                            fed.len(),
+                            if fed.len() == 1 { "y" } else { "ies" },
+                            fed[0].id
+                        )));
+                    }
+                    Mode::Restrict => {}
+                    Mode::Dissociate => {
+                        for e in &fed {
+                            let mut e = (**e).clone();
+                            e.federates_with.retain(|t| *t != td);
+                            self.0.ds.update_entry(&e).await.map_err(ds_status)?;
+                        }
+                    }
+                    Mode::Delete => {
+                        for e in &fed {
+                            self.0.ds.delete_entry(&e.id).await.map_err(ds_status)?;
+                        }
+                    }
+                }
                 self.0.ds.delete_bundle(&td).await.map_err(ds_status)?;
-                info!(trust_domain = %td, "deleted federated bundle");
+                info!(trust_domain = %td, mode = ?mode, entries = fed.len(), "deleted federated bundle");
                 self.0.changed().await;
                 Ok::<_, Status>(())
             }
