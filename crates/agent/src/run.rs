@@ -137,6 +137,11 @@ pub async fn run(
         info!(path = %p.display(), "admin socket listening (owner only)");
         let server = tonic::transport::Server::builder()
             .add_service(HealthServer::new(AgentHealth(agent.clone(), true)))
+            .add_service(
+                ironpact_proto::logger::v1::logger_service_server::LoggerServiceServer::new(
+                    ironpact_proto::logger::LoggerApi,
+                ),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::UnixListenerStream::new(l),
                 stopped(stop_rx.clone()),

@@ -126,71 +126,123 @@ pub fn fmt_time(unix: i64) -> String {
 
 /// Initialises tracing at `level` (`debug`, `info`, …) as text or JSON, on stderr or appended
 /// to `file` (created 0640; a symlink there is refused); `source` adds each line's source file
-/// and line.
+/// and line. The level can then be changed at runtime through the admin socket's logger
+/// service (`logger set`); RUST_LOG, when set, wins at start.
 pub fn init_logging(level: &str, json: bool, file: Option<&Path>, source: bool) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},h2=warn,tower=warn,hyper=warn,sqlx=warn"
-        ))
-    });
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, reload};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives(level)));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_file(source)
         .with_line_number(source);
-    match file {
+    let output = match file {
         Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o640)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(path)
-                .map_err(|e| {
-                    let why = if e.raw_os_error() == Some(libc::ELOOP) {
-                        "it is a symbolic link: point log_file (-logFile) at the file itself"
-                            .to_string()
-                    } else {
-                        format!("{e}: create its directory, or pick another log_file (-logFile)")
-                    };
-                    anyhow::anyhow!("cannot open the log file {}: {why}", path.display())
-                })?;
-            // someone else's file, a FIFO or a device, or one others may write (and so forge
-            // lines in), is not ours to log to
-            {
-                use std::os::unix::fs::{MetadataExt, PermissionsExt};
-                let m = f.metadata()?;
-                let me = nix::unistd::geteuid().as_raw();
-                if !m.is_file() || m.uid() != me {
-                    anyhow::bail!(
-                        "the log file {} is not a regular file of this user (uid {me}): remove it, or pick another log_file (-logFile)",
-                        path.display()
-                    );
-                }
-                if m.mode() & 0o137 != 0 {
-                    f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
-                }
-            }
-            let b = b.with_ansi(false).with_writer(std::sync::Mutex::new(f));
+            let f = open_log_file(path)?;
+            let fmt = fmt.with_ansi(false).with_writer(std::sync::Mutex::new(f));
             if json {
-                let _ = b.json().try_init();
+                fmt.json().boxed()
             } else {
-                let _ = b.try_init();
+                fmt.boxed()
             }
         }
         None => {
             // colour codes only for a person at a terminal, never into a pipe
-            let b = b
+            let fmt = fmt
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr);
             if json {
-                let _ = b.json().try_init();
+                fmt.json().boxed()
             } else {
-                let _ = b.try_init();
+                fmt.boxed()
             }
         }
-    }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init();
+    ironpact_proto::logger::install(Box::new(LevelControl {
+        handle,
+        launch: level.to_ascii_lowercase(),
+        current: std::sync::Mutex::new(level.to_ascii_lowercase()),
+    }));
     Ok(())
+}
+
+/// The filter for `level`, with the chatty transport crates held at WARN.
+fn directives(level: &str) -> String {
+    format!("{level},h2=warn,tower=warn,hyper=warn,sqlx=warn")
+}
+
+/// `logger set|reset` on a running process: swaps the subscriber's filter.
+struct LevelControl {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    launch: String,
+    current: std::sync::Mutex<String>,
+}
+
+impl ironpact_proto::logger::LogControl for LevelControl {
+    fn current(&self) -> String {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| self.launch.clone())
+    }
+
+    fn launch(&self) -> String {
+        self.launch.clone()
+    }
+
+    fn set(&self, level: &str) -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::new(directives(level));
+        self.handle
+            .modify(|f| *f = filter)
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut c) = self.current.lock() {
+            *c = level.to_string();
+        }
+        tracing::warn!(level, "log level changed");
+        Ok(())
+    }
+}
+
+/// The log file, appended to: created 0640; it must be a regular file of this user (not a
+/// symlink, FIFO or device, nor someone else's), and is narrowed to 0640 if others could write
+/// (and so forge lines in) it.
+fn open_log_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                "it is a symbolic link: point log_file (-logFile) at the file itself".to_string()
+            } else {
+                format!("{e}: create its directory, or pick another log_file (-logFile)")
+            };
+            anyhow::anyhow!("cannot open the log file {}: {why}", path.display())
+        })?;
+    let m = f.metadata()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !m.is_file() || m.uid() != me {
+        anyhow::bail!(
+            "the log file {} is not a regular file of this user (uid {me}): remove it, or pick another log_file (-logFile)",
+            path.display()
+        );
+    }
+    if m.mode() & 0o137 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    }
+    Ok(f)
 }
 
 /// Writes a file with the given mode, replacing it atomically.

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod common;
 pub mod loadgen;
+pub mod logger;
 pub mod server;
 
 /// SPIRE spells long flags with one dash (`-spiffeID`); clap wants two. Rewrites

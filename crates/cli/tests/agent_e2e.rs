@@ -921,3 +921,82 @@ fn agent_purge_and_expires_before() {
     s.cli(&["agent", "list", "-expiresBefore", "yesterday"])
         .expect_error("-expiresBefore");
 }
+
+/// `logger get|set|reset` change a running server's and agent's log level (SPIRE's commands),
+/// through their admin sockets.
+#[test]
+fn logger_commands() {
+    let s = TestServer::start(Backend::Sqlite);
+    let got = s.cli(&["logger", "get"]).expect_ok().stdout.clone();
+    assert!(
+        got.contains("Logger Level : debug") && got.contains("Launch Level : debug"),
+        "{got}"
+    );
+    let set = s
+        .cli(&["logger", "set", "-level", "warn", "-output", "json"])
+        .expect_ok()
+        .json();
+    assert_eq!(set["current_level"], "WARN");
+    assert_eq!(set["launch_level"], "DEBUG");
+    s.cli(&["logger", "set", "-level", "loud"])
+        .expect_error("use DEBUG, INFO, WARN or ERROR");
+    // at WARN, nothing below WARN is logged while an entry is created
+    let before = s.log().lines().count();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/quiet",
+        "-parentID",
+        "spiffe://example.org/host",
+        "-selector",
+        "unix:uid:1",
+    ])
+    .expect_ok();
+    let log = s.log();
+    let quiet: Vec<&str> = log
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains(" INFO ") || l.contains(" DEBUG "))
+        .collect();
+    assert!(quiet.is_empty(), "{quiet:?}");
+    let reset = s.cli(&["logger", "reset"]).expect_ok().stdout.clone();
+    assert!(reset.contains("Logger Level : debug"), "{reset}");
+    assert!(s.log().contains("log level changed"), "{}", s.log());
+    // back at DEBUG, the same kind of write is logged again
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/loud",
+        "-parentID",
+        "spiffe://example.org/host",
+        "-selector",
+        "unix:uid:1",
+    ])
+    .expect_ok();
+    assert!(
+        s.log().contains("spiffe_id=spiffe://example.org/loud"),
+        "{}",
+        s.log()
+    );
+
+    let token = join_token(&s, "spiffe://example.org/host-logger");
+    let a = TestAgent::start(&s, &token);
+    let admin = a.dir.path().join("private/admin.sock");
+    let agent_logger = |args: &[&str]| {
+        Out::from(
+            std::process::Command::new(AGENT_BIN)
+                .args(["logger"])
+                .args(args)
+                .arg("-socketPath")
+                .arg(&admin)
+                .output()
+                .unwrap(),
+        )
+    };
+    let o = agent_logger(&["set", "-level", "error"]);
+    assert!(o.ok() && o.stdout.contains("Logger Level : error"), "{o:?}");
+    let o = agent_logger(&["get"]);
+    assert!(o.stdout.contains("Launch Level : debug"), "{o:?}");
+}

@@ -589,6 +589,11 @@ pub async fn run_with_reload(
             core.clone(),
         )))
         .add_service(HealthServer::new(HealthApi(core.clone())))
+        .add_service(
+            ironpact_proto::logger::v1::logger_service_server::LoggerServiceServer::new(
+                ironpact_proto::logger::LoggerApi,
+            ),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
     let agents = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -36,6 +36,9 @@ enum Cmd {
     /// Talks to the Workload API as a workload would.
     #[command(subcommand)]
     Api(ApiCmd),
+    /// Gets or changes the running agent's log level (through its admin socket).
+    #[command(subcommand)]
+    Logger(crate::logger::LoggerCmd),
 }
 
 #[derive(Args, Debug)]
@@ -241,6 +244,14 @@ pub fn main() -> std::process::ExitCode {
             Cmd::Run(_) => Ok(()),
             Cmd::Healthcheck(a) => healthcheck(a).await,
             Cmd::Validate(a) => validate_config(a),
+            Cmd::Logger(c) => {
+                crate::logger::exec(
+                    c,
+                    ironpact_agent::config::DEFAULT_ADMIN_SOCKET_PATH,
+                    "agent's admin socket (admin_socket_path)",
+                )
+                .await
+            }
             Cmd::Api(ApiCmd::Fetch(f)) => match f.cmd {
                 Some(FetchCmd::X509(a)) => fetch_x509(a).await,
                 Some(FetchCmd::Jwt(a)) => fetch_jwt(a).await,

@@ -66,6 +66,9 @@ enum Cmd {
     /// Writes simulated SEV-SNP or TDX test keys and collateral (TEST ONLY: no hardware needed).
     #[command(subcommand)]
     Fixtures(fixtures::FixturesCmd),
+    /// Gets or changes the running server's log level.
+    #[command(subcommand)]
+    Logger(crate::logger::LoggerCmd),
 }
 
 /// Where the admin API listens.
@@ -218,6 +221,7 @@ pub fn main() -> std::process::ExitCode {
             Cmd::Jwt(c) => mint::jwt(c).await,
             Cmd::Verify(c) => verify::exec(c),
             Cmd::Fixtures(c) => fixtures::exec(c),
+            Cmd::Logger(c) => crate::logger::exec(c, DEFAULT_SOCKET_PATH, "server admin API").await,
         }
     }))
 }
