@@ -176,24 +176,8 @@ fn required_id(a: &IdArgs, verb: &str) -> Result<String> {
 pub async fn exec(cmd: AgentCmd) -> Result<()> {
     match cmd {
         AgentCmd::List(a) => {
-            let f = filter(&a)?;
             let c = AgentServiceClient::new(a.socket.channel().await?);
-            let agents = super::all_pages(|page_token| {
-                let (mut c, filter) = (c.clone(), Some(f.clone()));
-                async move {
-                    let r = c
-                        .list_agents(pb::ListAgentsRequest {
-                            filter,
-                            page_size: 500,
-                            page_token,
-                        })
-                        .await
-                        .map_err(status_err)?
-                        .into_inner();
-                    Ok((r.agents, r.next_page_token))
-                }
-            })
-            .await?;
+            let agents = list_all(&c, filter(&a)?).await?;
             match a.output {
                 Output::Json => println!(
                     "{}",
@@ -272,17 +256,12 @@ pub async fn exec(cmd: AgentCmd) -> Result<()> {
     Ok(())
 }
 
-/// Lists the agents whose SVID expired more than `-expiredFor` ago (by the server's filter,
-/// a page at a time) and deletes their records, or only lists them with `-dryRun`.
-async fn purge(a: PurgeArgs) -> Result<()> {
-    let age = crate::common::parse_duration("-expiredFor", &a.expired_for)?;
-    let before = time::OffsetDateTime::now_utc().unix_timestamp() - age.as_secs() as i64;
-    let c = AgentServiceClient::new(a.socket.channel().await?);
-    let filter = pb::AgentFilter {
-        by_expires_before: before,
-        ..Default::default()
-    };
-    let expired = super::all_pages(|page_token| {
+/// Every agent `filter` passes, a page of 500 at a time.
+async fn list_all(
+    c: &AgentServiceClient<tonic::transport::Channel>,
+    filter: pb::AgentFilter,
+) -> Result<Vec<pb::Agent>> {
+    super::all_pages(|page_token| {
         let (mut c, filter) = (c.clone(), Some(filter.clone()));
         async move {
             let r = c
@@ -297,7 +276,20 @@ async fn purge(a: PurgeArgs) -> Result<()> {
             Ok((r.agents, r.next_page_token))
         }
     })
-    .await?;
+    .await
+}
+
+/// Lists the agents whose SVID expired more than `-expiredFor` ago (by the server's filter,
+/// a page at a time) and deletes their records, or only lists them with `-dryRun`.
+async fn purge(a: PurgeArgs) -> Result<()> {
+    let age = crate::common::parse_duration("-expiredFor", &a.expired_for)?;
+    let before = time::OffsetDateTime::now_utc().unix_timestamp() - age.as_secs() as i64;
+    let c = AgentServiceClient::new(a.socket.channel().await?);
+    let filter = pb::AgentFilter {
+        by_expires_before: before,
+        ..Default::default()
+    };
+    let expired = list_all(&c, filter).await?;
     let mut purged = Vec::new();
     let mut failed = Vec::new();
     if !a.dry_run {
