@@ -221,7 +221,7 @@ impl ServerConfig {
         let jwt_key_type = match s.string("jwt_key_type")? {
             None => match ca_key_type {
                 // SPIRE signs JWTs with the CA key type unless told otherwise; RSA CAs keep EC JWTs.
-                KeyType::Rsa2048 => KeyType::EcP256,
+                KeyType::Rsa2048 | KeyType::Rsa4096 => KeyType::EcP256,
                 other => other,
             },
             Some((v, l)) => v

@@ -1,4 +1,5 @@
-//! Private keys of the CA and JWT signers: EC P-256, EC P-384 and RSA-2048, held as PKCS#8.
+//! Private keys of the CA and JWT signers: EC P-256, EC P-384, RSA-2048 and RSA-4096, held as
+//! PKCS#8.
 
 use crate::error::Error;
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256};
@@ -10,6 +11,7 @@ pub enum KeyType {
     EcP256,
     EcP384,
     Rsa2048,
+    Rsa4096,
 }
 
 impl KeyType {
@@ -18,6 +20,7 @@ impl KeyType {
             KeyType::EcP256 => "ec-p256",
             KeyType::EcP384 => "ec-p384",
             KeyType::Rsa2048 => "rsa-2048",
+            KeyType::Rsa4096 => "rsa-4096",
         }
     }
 
@@ -25,7 +28,7 @@ impl KeyType {
         match self {
             KeyType::EcP256 => &PKCS_ECDSA_P256_SHA256,
             KeyType::EcP384 => &PKCS_ECDSA_P384_SHA384,
-            KeyType::Rsa2048 => &PKCS_RSA_SHA256,
+            KeyType::Rsa2048 | KeyType::Rsa4096 => &PKCS_RSA_SHA256,
         }
     }
 
@@ -34,7 +37,7 @@ impl KeyType {
         match self {
             KeyType::EcP256 => jsonwebtoken::Algorithm::ES256,
             KeyType::EcP384 => jsonwebtoken::Algorithm::ES384,
-            KeyType::Rsa2048 => jsonwebtoken::Algorithm::RS256,
+            KeyType::Rsa2048 | KeyType::Rsa4096 => jsonwebtoken::Algorithm::RS256,
         }
     }
 }
@@ -46,8 +49,9 @@ impl FromStr for KeyType {
             "ec-p256" => Ok(KeyType::EcP256),
             "ec-p384" => Ok(KeyType::EcP384),
             "rsa-2048" => Ok(KeyType::Rsa2048),
+            "rsa-4096" => Ok(KeyType::Rsa4096),
             other => Err(Error::InvalidKey(format!(
-                "unknown key type {other:?}; use ec-p256, ec-p384 or rsa-2048"
+                "unknown key type {other:?}; use ec-p256, ec-p384, rsa-2048 or rsa-4096"
             ))),
         }
     }
@@ -81,9 +85,14 @@ impl PrivateKey {
             KeyType::EcP256 | KeyType::EcP384 => KeyPair::generate_for(key_type.rcgen_alg())
                 .map_err(|e| Error::InvalidKey(e.to_string()))?
                 .serialize_der(),
-            KeyType::Rsa2048 => {
+            KeyType::Rsa2048 | KeyType::Rsa4096 => {
                 use rsa::pkcs8::EncodePrivateKey;
-                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+                let bits = if key_type == KeyType::Rsa4096 {
+                    4096
+                } else {
+                    2048
+                };
+                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)
                     .map_err(|e| Error::InvalidKey(e.to_string()))?;
                 key.to_pkcs8_der()
                     .map_err(|e| Error::InvalidKey(e.to_string()))?
@@ -131,7 +140,7 @@ impl PrivateKey {
             KeyType::EcP256 | KeyType::EcP384 => {
                 jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8)
             }
-            KeyType::Rsa2048 => {
+            KeyType::Rsa2048 | KeyType::Rsa4096 => {
                 use rsa::pkcs1::EncodeRsaPrivateKey;
                 use rsa::pkcs8::DecodePrivateKey;
                 let key = rsa::RsaPrivateKey::from_pkcs8_der(&self.pkcs8)
@@ -152,7 +161,12 @@ mod tests {
 
     #[test]
     fn roundtrip_all_types() {
-        for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
+        for kt in [
+            KeyType::EcP256,
+            KeyType::EcP384,
+            KeyType::Rsa2048,
+            KeyType::Rsa4096,
+        ] {
             let k = PrivateKey::generate(kt).unwrap();
             let k2 = PrivateKey::from_pkcs8(kt, k.pkcs8_der()).unwrap();
             assert_eq!(k.spki_der(), k2.spki_der());
