@@ -868,7 +868,19 @@ fn agent_purge_and_expires_before() {
     let mut a = TestAgent::start(&s, &token);
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     a.kill9();
-    std::thread::sleep(Duration::from_millis(3500));
+    // past the record's expiry (read again each time: the last renewal may land just after
+    // the kill) by three seconds, so that -expiredFor 1s finds it however the test is scheduled
+    let expires = || {
+        s.cli(&["agent", "list", "-output", "json"]).json()["agents"][0]["x509svid_expires_at"]
+            .as_i64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while time::OffsetDateTime::now_utc().unix_timestamp() < expires() + 3
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let soon = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
