@@ -18,6 +18,19 @@ pub enum AgentKeyManager {
     Memory,
 }
 
+impl AgentKeyManager {
+    /// Where `disk` keeps the agent's SVID and key: (`agent_svid.pem`, `agent_key.pem`).
+    pub fn stored_paths(&self) -> Option<(PathBuf, PathBuf)> {
+        match self {
+            AgentKeyManager::Disk { directory } => Some((
+                directory.join("agent_svid.pem"),
+                directory.join("agent_key.pem"),
+            )),
+            AgentKeyManager::Memory => None,
+        }
+    }
+}
+
 /// How this node attests: a base attestor, optionally completed by TEE evidence (`sev_snp { … }`
 /// or `tdx { … }` in its plugin_data), or a TEE alone, as the attestor registry parsed it.
 pub type NodeAttestorConfig = ironpact_attestors::registry::AgentAttestor;
@@ -75,27 +88,25 @@ impl JoinTokenSource {
     /// gives (letters, digits and `-`, at most 128): a file holding anything else (a symlink
     /// to another secret, say) is refused rather than sent.
     pub fn token(&self) -> Result<String, String> {
-        let fix = "write the token from `ironpact-server token generate` there";
-        let t = match self {
-            JoinTokenSource::Value(t) => return Ok(t.clone()),
-            JoinTokenSource::File(p) => std::fs::read_to_string(p).map_err(|e| {
-                format!(
-                    "join_token_file {} cannot be read ({e}): {fix}",
-                    p.display()
-                )
-            })?,
-        };
-        let t = t.trim();
         let p = match self {
-            JoinTokenSource::File(p) => p.display().to_string(),
-            JoinTokenSource::Value(_) => String::new(),
+            JoinTokenSource::Value(t) => return Ok(t.clone()),
+            JoinTokenSource::File(p) => p,
         };
+        let fix = "write the token from `ironpact-server token generate` there";
+        let text = std::fs::read_to_string(p).map_err(|e| {
+            format!(
+                "join_token_file {} cannot be read ({e}): {fix}",
+                p.display()
+            )
+        })?;
+        let t = text.trim();
         if t.is_empty()
             || t.len() > 128
             || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             return Err(format!(
-                "join_token_file {p} does not hold a join token (letters, digits and '-', at most 128): {fix}"
+                "join_token_file {} does not hold a join token (letters, digits and '-', at most 128): {fix}",
+                p.display()
             ));
         }
         Ok(t.to_string())
@@ -210,31 +221,7 @@ impl AgentConfig {
                 format!("agent.log_level {log_level:?}: use DEBUG, INFO, WARN or ERROR"),
             ));
         }
-        let log_json = match ov
-            .log_format
-            .clone()
-            .map(|f| (f, line))
-            .or(a.string("log_format")?)
-        {
-            None => false,
-            Some((f, l)) => match f.to_ascii_lowercase().as_str() {
-                "text" | "" => false,
-                "json" => true,
-                _ => {
-                    return Err(a.err(
-                        l,
-                        format!("agent.log_format {f:?}: use \"text\" or \"json\""),
-                    ));
-                }
-            },
-        };
-        let log_source_location = a.bool("log_source_location")?.unwrap_or(false);
-        let log_file = ov
-            .log_file
-            .clone()
-            .or(a.string("log_file")?.map(|v| v.0))
-            .filter(|f| !f.is_empty())
-            .map(PathBuf::from);
+        let logging = a.logging(ov.log_format.as_deref(), ov.log_file.as_deref())?;
         let trust_bundle_path = ov
             .trust_bundle
             .clone()
@@ -340,9 +327,9 @@ impl AgentConfig {
         Ok(Self {
             data_dir,
             log_level,
-            log_json,
-            log_file,
-            log_source_location,
+            log_json: logging.json,
+            log_file: logging.file,
+            log_source_location: logging.source_location,
             server_address,
             server_port,
             socket_path,

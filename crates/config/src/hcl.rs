@@ -30,6 +30,17 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// How a server or agent logs, from [`Section::logging`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// JSON lines (`log_format = "json"`) rather than text.
+    pub json: bool,
+    /// Appended to this file instead of stderr (`log_file`).
+    pub file: Option<std::path::PathBuf>,
+    /// Each line names its source file and line (`log_source_location`).
+    pub source_location: bool,
+}
+
 /// A value with the line it starts on.
 #[derive(Debug, Clone)]
 pub enum Value {
@@ -497,6 +508,45 @@ impl<'a> Section<'a> {
             Some((Value::Str(s), l)) => s.trim().parse().map(|n| Some((n, l))).map_err(|_| bad(l)),
             Some((v, l)) => Err(self.type_err(key, l, "a number", v)),
         }
+    }
+
+    /// The logging keys a server or agent block shares with SPIRE's (`log_format`, `log_file`,
+    /// `log_source_location`); `format` and `file` are the command line's `-logFormat` and
+    /// `-logFile`, which win over the file.
+    pub fn logging(
+        &self,
+        format: Option<&str>,
+        file: Option<&str>,
+    ) -> Result<Logging, ConfigError> {
+        let json = match format
+            .map(|f| (f.to_string(), self.line()))
+            .or(self.string("log_format")?)
+        {
+            None => false,
+            Some((f, l)) => match f.to_ascii_lowercase().as_str() {
+                "text" | "" => false,
+                "json" => true,
+                _ => {
+                    return Err(self.err(
+                        l,
+                        format!(
+                            "{} {f:?}: use \"text\" or \"json\"",
+                            self.child_path("log_format")
+                        ),
+                    ));
+                }
+            },
+        };
+        let file = file
+            .map(str::to_string)
+            .or(self.string("log_file")?.map(|v| v.0))
+            .filter(|f| !f.is_empty())
+            .map(std::path::PathBuf::from);
+        Ok(Logging {
+            json,
+            file,
+            source_location: self.bool("log_source_location")?.unwrap_or(false),
+        })
     }
 
     /// A Go-syntax duration string (`1h`, `90s`); a bare number means seconds.

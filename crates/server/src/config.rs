@@ -189,26 +189,12 @@ impl ServerConfig {
                 ),
             ));
         }
-        let file_format = s.string("log_format")?;
-        let log_format = match ov.log_format.clone().map(|f| (f, line)).or(file_format) {
-            None => LogFormat::Text,
-            Some((f, l)) => match f.to_ascii_lowercase().as_str() {
-                "text" | "" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                _ => {
-                    return Err(s.err(
-                        l,
-                        format!("server.log_format {f:?}: use \"text\" or \"json\""),
-                    ));
-                }
-            },
+        let logging = s.logging(ov.log_format.as_deref(), ov.log_file.as_deref())?;
+        let log_format = if logging.json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
         };
-        let log_file = ov
-            .log_file
-            .clone()
-            .or(s.string("log_file")?.map(|v| v.0))
-            .filter(|f| !f.is_empty())
-            .map(PathBuf::from);
         let key_type = |key: &str| -> Result<KeyType, ConfigError> {
             match s.string(key)? {
                 None => Ok(KeyType::EcP256),
@@ -244,7 +230,6 @@ impl ServerConfig {
             }
             d => d,
         };
-        let log_source_location = s.bool("log_source_location")?.unwrap_or(false);
         let default_jwt_svid_ttl = positive("default_jwt_svid_ttl", Duration::from_secs(300))?;
         let ca_subject = match s.section("ca_subject")? {
             None => CaSubject::default(),
@@ -414,14 +399,14 @@ impl ServerConfig {
             data_dir,
             log_level: log_level_lc,
             log_format,
-            log_file,
+            log_file: logging.file,
             ca_key_type,
             jwt_key_type,
             ca_ttl,
             ca_subject,
             default_x509_svid_ttl,
             agent_ttl,
-            log_source_location,
+            log_source_location: logging.source_location,
             default_jwt_svid_ttl,
             datastore,
             key_manager,

@@ -2,7 +2,7 @@
 //! stream, sign SVIDs for entries in batches, renew its own SVID at half-life, and retry with
 //! backoff while the server is away, serving what it already has.
 
-use crate::config::{AgentConfig, AgentKeyManager};
+use crate::config::AgentConfig;
 use crate::state::{AgentEntry, CachedSvid, State};
 use ironpact_proto::agent::v2 as pb;
 use ironpact_proto::agent::v2::agent_api_client::AgentApiClient;
@@ -11,7 +11,6 @@ use ironpact_tls::{SharedRoots, SvidCell, TrustSource};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tonic::Code;
@@ -244,12 +243,10 @@ impl Agent {
     pub fn check(cfg: &AgentConfig) -> Result<(), AgentError> {
         Self::prepare(cfg)?;
         // a node that has not attested yet needs its token (a token file is read then only)
-        let stored = match &cfg.key_manager {
-            crate::config::AgentKeyManager::Disk { directory } => {
-                directory.join("agent_svid.pem").exists()
-            }
-            crate::config::AgentKeyManager::Memory => false,
-        };
+        let stored = cfg
+            .key_manager
+            .stored_paths()
+            .is_some_and(|(svid, _)| svid.exists());
         if let Some(src) = &cfg.join_token
             && !stored
         {

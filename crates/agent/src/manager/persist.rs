@@ -4,13 +4,6 @@
 use super::*;
 
 impl Agent {
-    pub(super) fn key_dir(&self) -> Option<PathBuf> {
-        match &self.cfg.key_manager {
-            AgentKeyManager::Disk { directory } => Some(directory.clone()),
-            AgentKeyManager::Memory => None,
-        }
-    }
-
     pub(super) fn write_private(
         path: &std::path::Path,
         data: &[u8],
@@ -34,10 +27,9 @@ impl Agent {
     /// Reuses the SVID from a previous run while it is valid and chains to the bundle. An
     /// explicit join token for another identity is an error, never silently passed over.
     pub(super) fn load_stored_svid(&self) -> Result<(), AgentError> {
-        let Some(dir) = self.key_dir() else {
+        let Some((cert, key_path)) = self.cfg.key_manager.stored_paths() else {
             return Ok(());
         };
-        let (cert, key_path) = (dir.join("agent_svid.pem"), dir.join("agent_key.pem"));
         let (Ok(c), Ok(k)) = (
             std::fs::read_to_string(&cert),
             std::fs::read_to_string(&key_path),
@@ -102,18 +94,13 @@ impl Agent {
             error!(error = %e, "cannot use the agent SVID for TLS");
             return;
         }
-        if persist && let Some(dir) = self.key_dir() {
+        if persist && let Some((svid_path, key_path)) = self.cfg.key_manager.stored_paths() {
             let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", s.key.clone()));
-            let r = Self::write_private(&dir.join("agent_key.pem"), key_pem.as_bytes(), 0o600)
-                .and_then(|()| {
-                    Self::write_private(
-                        &dir.join("agent_svid.pem"),
-                        pem_certs(&s.chain).as_bytes(),
-                        0o644,
-                    )
-                });
+            let r = Self::write_private(&key_path, key_pem.as_bytes(), 0o600).and_then(|()| {
+                Self::write_private(&svid_path, pem_certs(&s.chain).as_bytes(), 0o644)
+            });
             if let Err(e) = r {
-                warn!(error = %e, dir = %dir.display(), "cannot store the agent SVID; a restart will need a new attestation");
+                warn!(error = %e, path = %svid_path.display(), "cannot store the agent SVID; a restart will need a new attestation");
             }
         }
         if let Ok(mut g) = self.svid.write() {
@@ -129,9 +116,9 @@ impl Agent {
         if let Ok(mut g) = self.svid.write() {
             *g = None;
         }
-        if let Some(dir) = self.key_dir() {
-            let _ = std::fs::remove_file(dir.join("agent_svid.pem"));
-            let _ = std::fs::remove_file(dir.join("agent_key.pem"));
+        if let Some((svid_path, key_path)) = self.cfg.key_manager.stored_paths() {
+            let _ = std::fs::remove_file(svid_path);
+            let _ = std::fs::remove_file(key_path);
         }
     }
 }
