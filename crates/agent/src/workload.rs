@@ -113,7 +113,9 @@ fn td_key(b: &Bundle) -> String {
     b.trust_domain.id().to_string()
 }
 
-const NO_IDENTITY: &str = "no identity issued";
+/// The Workload API's answer to a caller no entry matches (yet); clients that wait for an
+/// identity (`api fetch`, `api watch`) look for it.
+pub const NO_IDENTITY: &str = "no identity issued";
 
 impl WorkloadApi {
     async fn selectors<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
@@ -357,7 +359,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             entries.retain(|e| e.spiffe_id.as_str() == r.spiffe_id);
             if entries.is_empty() {
                 return Err(Status::permission_denied(format!(
-                    "no identity issued for {}",
+                    "{NO_IDENTITY} for {}",
                     r.spiffe_id
                 )));
             }

@@ -333,7 +333,8 @@ async fn x509_stream(
 /// The Workload API's "not yet" (no entry matches this caller, for now): worth asking again,
 /// unlike a refused node's answer.
 fn no_identity_yet(st: &tonic::Status) -> bool {
-    st.code() == tonic::Code::PermissionDenied && st.message().contains("no identity issued")
+    st.code() == tonic::Code::PermissionDenied
+        && st.message().contains(ironpact_agent::workload::NO_IDENTITY)
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {
