@@ -3,8 +3,10 @@
 
 pub mod agent;
 pub mod common;
+pub mod debug;
 pub mod loadgen;
 pub mod logger;
+pub mod protojson;
 pub mod server;
 
 /// SPIRE spells long flags with one dash (`-spiffeID`); clap wants two. Rewrites

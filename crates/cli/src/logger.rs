@@ -24,7 +24,7 @@ pub struct LoggerArgs {
     #[arg(long = "socketPath", visible_alias = "socket-path")]
     socket_path: Option<PathBuf>,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -67,9 +67,8 @@ pub async fn exec(cmd: LoggerCmd, default: &str, what: &str) -> Result<()> {
     .map_err(crate::common::status_err)?
     .into_inner();
     match args.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::json!({"current_level": r.current_level, "launch_level": r.launch_level})
+        Output::Json => crate::protojson::print(
+            &serde_json::json!({"current_level": r.current_level, "launch_level": r.launch_level}),
         ),
         Output::Pretty => println!(
             "Logger Level : {}\nLaunch Level : {}",

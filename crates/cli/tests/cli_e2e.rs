@@ -95,8 +95,14 @@ fn round_trip(s: TestServer) {
         .json();
     let entry = &created["results"][0]["entry"];
     let id = entry["id"].as_str().unwrap().to_string();
-    assert_eq!(entry["spiffe_id"], "spiffe://example.org/web");
+    // SPIRE's protojson: IDs as {trust_domain, path}, int32 as numbers, int64 as strings
+    assert_eq!(
+        entry["spiffe_id"],
+        serde_json::json!({"trust_domain": "example.org", "path": "/web"})
+    );
     assert_eq!(entry["x509_svid_ttl"], 600);
+    assert_eq!(entry["revision_number"], "0");
+    assert_eq!(entry["expires_at"], "0");
     assert_eq!(created["results"][0]["status"]["code"], 0);
 
     let shown = s
@@ -126,7 +132,16 @@ fn round_trip(s: TestServer) {
         .cli(&["entry", "show", "-entryID", &id, "-output", "json"])
         .expect_ok()
         .json();
+    assert_eq!(before["next_page_token"], "");
     let before = &before["entries"][0];
+    let id_of = |v: &serde_json::Value| {
+        format!(
+            "spiffe://{}{}",
+            v["trust_domain"].as_str().unwrap(),
+            v["path"].as_str().unwrap()
+        )
+    };
+    let (spiffe_id, parent_id) = (id_of(&before["spiffe_id"]), id_of(&before["parent_id"]));
     let updated = s
         .cli(&[
             "entry",
@@ -134,9 +149,9 @@ fn round_trip(s: TestServer) {
             "-entryID",
             &id,
             "-spiffeID",
-            before["spiffe_id"].as_str().unwrap(),
+            &spiffe_id,
             "-parentID",
-            before["parent_id"].as_str().unwrap(),
+            &parent_id,
             "-selector",
             "unix:uid:1001",
             "-jwtSVIDTTL",
@@ -147,7 +162,7 @@ fn round_trip(s: TestServer) {
         .expect_ok()
         .json();
     let e = &updated["results"][0]["entry"];
-    assert_eq!(e["revision_number"], 1);
+    assert_eq!(e["revision_number"], "1");
     assert_eq!(e["jwt_svid_ttl"], 300);
     assert_eq!(
         e["x509_svid_ttl"], 0,
@@ -187,7 +202,7 @@ fn round_trip(s: TestServer) {
     let mut v = base.clone();
     v["expires_at"] = serde_json::json!("1900000000");
     let u = update_with(v).expect_ok().json();
-    assert_eq!(u["results"][0]["entry"]["expires_at"], 1900000000);
+    assert_eq!(u["results"][0]["entry"]["expires_at"], "1900000000");
     let mut v = base.clone();
     v["expires_ta"] = serde_json::json!(1);
     update_with(v).expect_error("unknown key \"expires_ta\"");
@@ -405,7 +420,7 @@ print("pyjwt ok")
         .json();
     assert_eq!(
         alias["entries"][0]["spiffe_id"],
-        "spiffe://example.org/node1"
+        serde_json::json!({"trust_domain": "example.org", "path": "/node1"})
     );
 
     // agents: none yet
@@ -868,7 +883,7 @@ fn validate_reads_what_the_attestors_need() {
     // the join_token attestor alone needs nothing but the datastore: valid
     let o = validate(Plugin::new("NodeAttestor", "join_token"));
     assert!(
-        o.ok() && o.stdout.contains("Configuration is valid."),
+        o.ok() && o.stdout.contains("configuration file is valid."),
         "{o:?}"
     );
     // validate creates nothing: a TDX collateral cache that is not there yet stays so
@@ -906,7 +921,7 @@ fn validate_reports_file_and_line() {
             .unwrap(),
     );
     assert!(
-        o.ok() && o.stdout.contains("Configuration is valid."),
+        o.ok() && o.stdout.contains("configuration file is valid."),
         "{o:?}"
     );
 }
@@ -1269,7 +1284,7 @@ fn spire_style_configs_explain_themselves() {
         "plugins {\n    NodeAttestor \"join_token\" { plugin_data {} }\n    KeyManager \"disk\" {\n        plugin_data {\n            directory = \"/tmp/k\"\n        }\n    }\n    WorkloadAttestor \"unix\" {\n        plugin_data {}\n    }\n}\n",
     );
     assert!(
-        o.ok() && o.stdout.contains("Configuration is valid."),
+        o.ok() && o.stdout.contains("configuration file is valid."),
         "{o:?}"
     );
 }
@@ -1297,7 +1312,7 @@ fn spire_config_files() {
     );
     let o = run(support::AGENT_BIN, "agent.conf", &agent);
     assert!(
-        o.ok() && o.stdout.contains("Configuration is valid."),
+        o.ok() && o.stdout.contains("configuration file is valid."),
         "{o:?}"
     );
 
@@ -1310,7 +1325,7 @@ fn spire_config_files() {
     assert!(o.stderr.contains("UpstreamAuthority \"disk\""), "{o:?}");
     let o = run(support::BIN, "server.conf", &server.replace(upstream, ""));
     assert!(
-        o.ok() && o.stdout.contains("Configuration is valid."),
+        o.ok() && o.stdout.contains("configuration file is valid."),
         "{o:?}"
     );
 
@@ -1343,20 +1358,34 @@ fn spire_config_files() {
 fn entries_from_spire_json() {
     let s = TestServer::start(Backend::Sqlite);
     let data = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        data.path(),
-        r#"{"entries":[{"id":"spire-1","spiffe_id":{"trust_domain":"example.org","path":"/web"},"parent_id":{"trust_domain":"example.org","path":"/node"},"selectors":[{"type":"unix","value":"uid:1000"}],"x509_svid_ttl":3600,"federates_with":[],"hint":"","admin":false,"created_at":"1678731397","downstream":false,"expires_at":"0","dns_names":["web.example.org"],"revision_number":"0","store_svid":false,"jwt_svid_ttl":300}],"next_page_token":""}"#,
-    )
-    .unwrap();
+    let spire = r#"{"entries":[{"id":"spire-1","spiffe_id":{"trust_domain":"example.org","path":"/web"},"parent_id":{"trust_domain":"example.org","path":"/node"},"selectors":[{"type":"unix","value":"uid:1000"}],"x509_svid_ttl":3600,"federates_with":[],"hint":"","admin":false,"created_at":"1678731397","downstream":false,"expires_at":"0","dns_names":["web.example.org"],"revision_number":"0","store_svid":false,"jwt_svid_ttl":300}],"next_page_token":""}"#;
+    std::fs::write(data.path(), spire).unwrap();
     s.cli(&["entry", "create", "-data", data.path().to_str().unwrap()])
         .expect_ok();
-    let e = s
-        .cli(&["entry", "show", "-entryID", "spire-1", "-output", "json"])
-        .expect_ok()
-        .json();
-    let e = &e["entries"][0];
-    assert_eq!(e["spiffe_id"], "spiffe://example.org/web");
-    assert_eq!(e["parent_id"], "spiffe://example.org/node");
-    assert_eq!(e["x509_svid_ttl"], 3600);
-    assert_eq!(e["dns_names"], serde_json::json!(["web.example.org"]));
+    let shown = s.cli(&["entry", "show", "-entryID", "spire-1", "-output", "json"]);
+    shown.expect_ok();
+    // SPIRE's shape back, key for key (created_at is this server's clock), one line with
+    // the keys sorted as SPIRE's printer writes them
+    let mut want: serde_json::Value = serde_json::from_str(spire).unwrap();
+    let mut got = shown.json();
+    assert!(
+        got["entries"][0]["created_at"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+    for v in [&mut want, &mut got] {
+        v["entries"][0]["created_at"] = serde_json::json!("-");
+    }
+    assert_eq!(got, want);
+    assert_eq!(shown.stdout.trim().lines().count(), 1);
+    assert!(
+        shown
+            .stdout
+            .starts_with(r#"{"entries":[{"admin":false,"created_at":"#),
+        "{}",
+        shown.stdout
+    );
 }

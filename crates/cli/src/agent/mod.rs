@@ -39,6 +39,9 @@ enum Cmd {
     /// Gets or changes the running agent's log level (through its admin socket).
     #[command(subcommand)]
     Logger(crate::logger::LoggerCmd),
+    /// Prints what the running agent holds: uptime, last sync, caches, its SVID (admin socket).
+    #[command(subcommand)]
+    Debug(crate::debug::DebugCmd),
 }
 
 #[derive(Args, Debug)]
@@ -82,6 +85,12 @@ struct RunArgs {
     /// Expand $VAR and ${VAR} in the config file from the environment.
     #[arg(long = "expandEnv", visible_alias = "expand-env")]
     expand_env: bool,
+    /// SPIRE's bundle download at bootstrap: not in ironpact (the error says what to use).
+    #[arg(long = "trustBundleUrl", visible_alias = "trust-bundle-url")]
+    trust_bundle_url: Option<String>,
+    /// SPIRE's bundles for unauthenticated callers: not in ironpact (the error says why).
+    #[arg(long = "allowUnauthenticatedVerifiers")]
+    allow_unauthenticated_verifiers: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -96,7 +105,7 @@ struct SocketArg {
 struct OutputArg {
     /// How to print: pretty (text) or json (fetch and watch print the Workload API's messages,
     /// bytes in base64).
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -179,6 +188,9 @@ struct X509Args {
     /// How long to wait for an answer: seconds (5) or a duration (5s, 500ms).
     #[arg(long = "timeout", default_value = "5s")]
     timeout: String,
+    /// Print nothing (with -write, only the files are written).
+    #[arg(long = "silent")]
+    silent: bool,
     #[command(flatten)]
     socket: SocketArg,
     #[command(flatten)]
@@ -210,6 +222,9 @@ struct ValidateArgs {
     /// The JWT-SVID (token) to validate.
     #[arg(long = "svid")]
     svid: Option<String>,
+    /// How long to wait for an answer: seconds (5) or a duration (5s, 500ms).
+    #[arg(long = "timeout", default_value = "5s")]
+    timeout: String,
     #[command(flatten)]
     socket: SocketArg,
     #[command(flatten)]
@@ -244,6 +259,15 @@ pub fn main() -> std::process::ExitCode {
             Cmd::Run(_) => Ok(()),
             Cmd::Healthcheck(a) => healthcheck(a).await,
             Cmd::Validate(a) => validate_config(a),
+            Cmd::Debug(c) => {
+                crate::debug::exec(
+                    c,
+                    crate::debug::Side::Agent,
+                    ironpact_agent::config::DEFAULT_ADMIN_SOCKET_PATH,
+                    "agent's admin socket (admin_socket_path)",
+                )
+                .await
+            }
             Cmd::Logger(c) => {
                 crate::logger::exec(
                     c,
@@ -264,6 +288,26 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn run(a: RunArgs) -> Result<()> {
+    use ironpact_config::hcl::{Side, unsupported_reason};
+    for (set, flag, key) in [
+        (
+            a.trust_bundle_url.is_some(),
+            "-trustBundleUrl",
+            "trust_bundle_url",
+        ),
+        (
+            a.allow_unauthenticated_verifiers,
+            "-allowUnauthenticatedVerifiers",
+            "allow_unauthenticated_verifiers",
+        ),
+    ] {
+        if set {
+            bail!(
+                "{flag} is SPIRE's and not in ironpact: {}",
+                unsupported_reason(Side::Agent, key).unwrap_or("remove it")
+            );
+        }
+    }
     let ov = Overrides {
         data_dir: a.data_dir,
         join_token: a.join_token,
@@ -302,7 +346,7 @@ fn validate_config(a: ValidateConfigArgs) -> Result<()> {
     if a.out.json() {
         println!("{}", json!({"valid": true}));
     } else {
-        println!("Configuration is valid.");
+        println!("ironpact agent configuration file is valid.");
     }
     Ok(())
 }
@@ -436,8 +480,9 @@ fn describe(resp: &pb::X509svidResponse, started: Instant) -> Result<String> {
 async fn fetch_x509(a: X509Args) -> Result<()> {
     let started = Instant::now();
     let resp = first_x509(&a.socket, &a.timeout).await?;
-    if a.out.json() {
-        println!("{}", x509_json(&resp));
+    if a.silent {
+    } else if a.out.json() {
+        crate::protojson::print(&x509_json(&resp));
     } else {
         print!("{}", describe(&resp, started)?);
     }
@@ -466,7 +511,7 @@ async fn fetch_x509(a: X509Args) -> Result<()> {
                 )?;
             }
         }
-        if !a.out.json() {
+        if !a.out.json() && !a.silent {
             println!("\nWriting SVIDs to {}", dir.display());
         }
     }
@@ -541,7 +586,7 @@ async fn fetch_jwt(a: JwtArgs) -> Result<()> {
             .iter()
             .map(|(td, jwks)| ((*td).clone(), json!(b64(jwks))))
             .collect();
-        println!("{}", json!([{"svids": svids}, {"bundles": b}]));
+        crate::protojson::print(&json!([{"svids": svids}, {"bundles": b}]));
         return Ok(());
     }
     for s in &resp.svids {
@@ -562,15 +607,19 @@ async fn validate_jwt(a: ValidateArgs) -> Result<()> {
         .svid
         .clone()
         .ok_or_else(|| anyhow!("the token is required: pass -svid <JWT-SVID>"))?;
+    let wait = parse_duration("-timeout", &a.timeout)?;
     let mut c = client(&a.socket).await?;
-    let r = c
-        .validate_jwtsvid(with_header(pb::ValidateJwtsvidRequest { audience, svid }))
-        .await
-        .map_err(status)?
-        .into_inner();
+    let r = tokio::time::timeout(
+        wait,
+        c.validate_jwtsvid(with_header(pb::ValidateJwtsvidRequest { audience, svid })),
+    )
+    .await
+    .map_err(|_| anyhow!("no answer within {} (-timeout waits longer)", a.timeout))?
+    .map_err(status)?
+    .into_inner();
     if a.out.json() {
         let claims = r.claims.as_ref().map(struct_json).unwrap_or_default();
-        println!("{}", json!({"spiffe_id": r.spiffe_id, "claims": claims}));
+        crate::protojson::print(&json!({"spiffe_id": r.spiffe_id, "claims": claims}));
         return Ok(());
     }
     println!("SVID is valid.\nSPIFFE ID : {}", r.spiffe_id);
@@ -588,7 +637,7 @@ fn struct_json(s: &prost_types::Struct) -> serde_json::Value {
         use prost_types::value::Kind;
         match &v.kind {
             None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-            Some(Kind::NumberValue(n)) => json!(n),
+            Some(Kind::NumberValue(n)) => crate::protojson::number(*n),
             Some(Kind::StringValue(s)) => json!(s),
             Some(Kind::BoolValue(b)) => json!(b),
             Some(Kind::StructValue(s)) => struct_json(s),
@@ -613,7 +662,7 @@ async fn watch(a: WatchArgs) -> Result<()> {
             let mut stream = x509_stream(&mut c).await?;
             while let Some(resp) = stream.message().await? {
                 if a.out.json() {
-                    println!("{}", x509_json(&resp));
+                    crate::protojson::print(&x509_json(&resp));
                 } else {
                     println!(
                         "{}",

@@ -39,7 +39,7 @@ pub struct PurgeArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -71,7 +71,7 @@ pub struct ListArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -83,21 +83,27 @@ pub struct IdArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
+/// An agent as SPIRE's `spire.api.types.Agent` prints with `-output json` (and, beyond it,
+/// the last attestation refusal when there is one).
 fn agent_json(a: &pb::Agent) -> Value {
-    json!({
-        "id": a.id,
+    use crate::protojson::{id, int64};
+    let mut v = json!({
+        "id": id(&a.id),
         "attestation_type": a.attestation_type,
         "x509svid_serial_number": a.x509svid_serial_number,
-        "x509svid_expires_at": a.x509svid_expires_at,
+        "x509svid_expires_at": int64(a.x509svid_expires_at),
         "selectors": a.selectors.iter().map(|s| json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
         "banned": a.banned,
         "can_reattest": a.can_reattest,
-        "attestation_error": a.attestation_error,
-    })
+    });
+    if !a.attestation_error.is_empty() {
+        v["attestation_error"] = json!(a.attestation_error);
+    }
+    v
 }
 
 fn print_agent(a: &pb::Agent, with_selectors: bool) {
@@ -179,10 +185,10 @@ pub async fn exec(cmd: AgentCmd) -> Result<()> {
             let c = AgentServiceClient::new(a.socket.channel().await?);
             let agents = list_all(&c, filter(&a)?).await?;
             match a.output {
-                Output::Json => println!(
-                    "{}",
-                    json!({"agents": agents.iter().map(agent_json).collect::<Vec<_>>()})
-                ),
+                Output::Json => crate::protojson::print(&json!({
+                    "agents": agents.iter().map(agent_json).collect::<Vec<_>>(),
+                    "next_page_token": "",
+                })),
                 Output::Pretty => {
                     if agents.is_empty() {
                         println!("No attested agents found");
@@ -209,7 +215,7 @@ pub async fn exec(cmd: AgentCmd) -> Result<()> {
                 .into_inner()
                 .count;
             match a.output {
-                Output::Json => println!("{}", json!({"count": n})),
+                Output::Json => crate::protojson::print(&json!({"count": n})),
                 Output::Pretty => println!("{n} attested agent{}", if n == 1 { "" } else { "s" }),
             }
         }
@@ -223,7 +229,7 @@ pub async fn exec(cmd: AgentCmd) -> Result<()> {
                 .map_err(status_err)?
                 .into_inner();
             match a.output {
-                Output::Json => println!("{}", agent_json(&ag)),
+                Output::Json => crate::protojson::print(&agent_json(&ag)),
                 Output::Pretty => {
                     println!("Found an attested agent given its SPIFFE ID\n");
                     print_agent(&ag, true);
@@ -305,15 +311,34 @@ async fn purge(a: PurgeArgs) -> Result<()> {
         }
     }
     match a.output {
-        Output::Json => println!(
-            "{}",
-            json!({
-                "expired_agents": expired.iter().map(|x| &x.id).collect::<Vec<_>>(),
-                "purged": purged,
-                "failed": failed.iter().map(|(id, why)| json!({"id": id, "error": why})).collect::<Vec<_>>(),
-                "dry_run": a.dry_run,
-            })
-        ),
+        Output::Json => {
+            // SPIRE prints this one from a Go struct: fields in order, `error` only on failure
+            #[derive(serde::Serialize)]
+            struct Purged<'a> {
+                agent_id: &'a str,
+                deleted: bool,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                error: Option<&'a str>,
+            }
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                expired_agents: Vec<Purged<'a>>,
+            }
+            let out = Out {
+                expired_agents: expired
+                    .iter()
+                    .map(|x| Purged {
+                        agent_id: &x.id,
+                        deleted: purged.contains(&x.id),
+                        error: failed
+                            .iter()
+                            .find(|(id, _)| *id == x.id)
+                            .map(|(_, why)| why.as_str()),
+                    })
+                    .collect(),
+            };
+            println!("{}", crate::protojson::render_struct(&out)?);
+        }
         Output::Pretty => {
             if expired.is_empty() {
                 println!("No agents to purge.");

@@ -38,7 +38,7 @@ pub struct Plain {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -50,7 +50,7 @@ pub struct WithId {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -70,7 +70,7 @@ pub struct Upstream {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -117,7 +117,7 @@ fn show_output(label: &str, states: [(&str, Option<pb::AuthorityState>); 3], out
                     m.insert((*key).into(), state_json(s));
                 }
             }
-            println!("{}", Value::Object(m));
+            crate::protojson::print(&Value::Object(m));
         }
         Output::Pretty => {
             let blocks: Vec<String> = states
@@ -147,7 +147,7 @@ fn one_output(
 ) -> Result<()> {
     let s = s.context("the server returned no authority; report this as a bug")?;
     match output {
-        Output::Json => println!("{}", json!({ key: state_json(&s) })),
+        Output::Json => crate::protojson::print(&json!({ key: state_json(&s) })),
         Output::Pretty => print!("{verb} {label} authority:\n{}", state_text(&s)),
     }
     Ok(())
@@ -311,7 +311,9 @@ pub async fn upstream(cmd: UpstreamAuthorityCmd) -> Result<()> {
     };
     let verb = if taint { "Tainted" } else { "Revoked" };
     match a.output {
-        Output::Json => println!("{}", json!({ "upstream_authority_subject_key_id": ski })),
+        Output::Json => {
+            crate::protojson::print(&json!({ "upstream_authority_subject_key_id": ski }))
+        }
         Output::Pretty => println!("{verb} X.509 upstream authority\nSubject Key ID: {ski}"),
     }
     Ok(())

@@ -28,7 +28,7 @@ pub struct CountArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -47,7 +47,7 @@ pub struct ShowArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -62,7 +62,7 @@ pub struct ListArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -80,7 +80,7 @@ pub struct SetArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -96,7 +96,7 @@ pub struct DeleteArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -125,6 +125,26 @@ pub fn from_pb(p: &pb::Bundle) -> Result<Bundle> {
     Ok(b)
 }
 
+/// A bundle as SPIRE's `spire.api.types.Bundle` prints with `-output json`.
+fn bundle_json(p: &pb::Bundle) -> serde_json::Value {
+    use crate::protojson::{bytes, int64};
+    serde_json::json!({
+        "trust_domain": p.trust_domain,
+        "x509_authorities": p.x509_authorities.iter().map(|c| serde_json::json!({
+            "asn1": bytes(&c.asn1),
+            "tainted": c.tainted,
+        })).collect::<Vec<_>>(),
+        "jwt_authorities": p.jwt_authorities.iter().map(|k| serde_json::json!({
+            "public_key": bytes(&k.public_key),
+            "key_id": k.key_id,
+            "expires_at": int64(k.expires_at),
+            "tainted": k.tainted,
+        })).collect::<Vec<_>>(),
+        "refresh_hint": int64(p.refresh_hint),
+        "sequence_number": p.sequence_number.to_string(),
+    })
+}
+
 fn render(b: &Bundle, format: Format) -> Result<String> {
     Ok(match format {
         Format::Pem => b.to_pem(),
@@ -136,15 +156,14 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
     match cmd {
         BundleCmd::Show(a) => {
             let mut c = BundleServiceClient::new(a.socket.channel().await?);
-            let b = from_pb(
-                &c.get_bundle(pb::GetBundleRequest {})
-                    .await
-                    .map_err(status_err)?
-                    .into_inner(),
-            )?;
+            let p = c
+                .get_bundle(pb::GetBundleRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
             match a.output {
-                Output::Json => println!("{}", b.to_jwks_string()?),
-                Output::Pretty => print!("{}", render(&b, a.format)?),
+                Output::Json => crate::protojson::print(&bundle_json(&p)),
+                Output::Pretty => print!("{}", render(&from_pb(&p)?, a.format)?),
             }
         }
         BundleCmd::Count(a) => {
@@ -162,7 +181,7 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
                 .len();
             let n = federated + 1;
             match a.output {
-                Output::Json => println!("{}", serde_json::json!({"count": n})),
+                Output::Json => crate::protojson::print(&serde_json::json!({"count": n})),
                 Output::Pretty => println!("{n} bundle{}", if n == 1 { "" } else { "s" }),
             }
         }
@@ -190,13 +209,16 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
             };
             let parsed = bundles.iter().map(from_pb).collect::<Result<Vec<_>>>()?;
             match a.output {
-                Output::Json => {
-                    let docs = parsed
-                        .iter()
-                        .map(|b| Ok(serde_json::json!({"trust_domain": b.trust_domain.to_string(), "bundle": b.to_jwks()?})))
-                        .collect::<Result<Vec<_>>>()?;
-                    println!("{}", serde_json::json!({ "bundles": docs }));
+                // with -id, SPIRE prints the one bundle; without, the list response
+                Output::Json if a.id.is_some() => {
+                    crate::protojson::print(&bundle_json(&bundles[0]))
                 }
+                Output::Json => crate::protojson::print(&serde_json::json!({
+                    "bundles": bundles.iter().map(bundle_json).collect::<Vec<_>>(),
+                    "next_page_token": "",
+                })),
+                // with -id, the bundle alone (as SPIRE prints it, ready for a file)
+                Output::Pretty if a.id.is_some() => print!("{}", render(&parsed[0], a.format)?),
                 Output::Pretty => {
                     if parsed.is_empty() {
                         println!("No federated bundles found");
@@ -236,9 +258,15 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
                 .into_inner();
             super::item_ok(r.results.first().and_then(|r| r.status.as_ref()))?;
             match a.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({"trust_domain": b.trust_domain.to_string()})
+                Output::Json => crate::protojson::print(
+                    &serde_json::json!({"results": r.results.iter().map(|x| {
+                    let s = x.status.clone().unwrap_or_default();
+                    let mut v = serde_json::json!({"status": crate::protojson::status(s.code, &s.message)});
+                    if let Some(b) = &x.bundle {
+                        v["bundle"] = bundle_json(b);
+                    }
+                    v
+                }).collect::<Vec<_>>()}),
                 ),
                 Output::Pretty => println!("bundle set."),
             }
@@ -264,7 +292,15 @@ pub async fn exec(cmd: BundleCmd) -> Result<()> {
                 .into_inner();
             super::item_ok(r.results.first().and_then(|r| r.status.as_ref()))?;
             match a.output {
-                Output::Json => println!("{}", serde_json::json!({"trust_domain": td.to_string()})),
+                Output::Json => crate::protojson::print(
+                    &serde_json::json!({"results": r.results.iter().map(|x| {
+                    let s = x.status.clone().unwrap_or_default();
+                    serde_json::json!({
+                        "status": crate::protojson::status(s.code, &s.message),
+                        "trust_domain": x.trust_domain,
+                    })
+                }).collect::<Vec<_>>()}),
+                ),
                 Output::Pretty => println!("bundle deleted."),
             }
         }

@@ -83,7 +83,7 @@ pub struct CreateArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -161,7 +161,7 @@ pub struct ShowArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -179,7 +179,7 @@ pub struct UpdateArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -191,7 +191,7 @@ pub struct DeleteArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -202,7 +202,7 @@ pub struct CountArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -520,29 +520,43 @@ pub fn print_entry(e: &pb::Entry) {
     println!();
 }
 
+/// An entry as SPIRE's `spire.api.types.Entry` prints with `-output json`.
 pub fn entry_json(e: &pb::Entry) -> Value {
+    use crate::protojson::{id, int64};
     json!({
         "id": e.id,
-        "spiffe_id": e.spiffe_id,
-        "parent_id": e.parent_id,
+        "spiffe_id": id(&e.spiffe_id),
+        "parent_id": id(&e.parent_id),
         "selectors": e.selectors.iter().map(|s| json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
         "x509_svid_ttl": e.x509_svid_ttl,
         "jwt_svid_ttl": e.jwt_svid_ttl,
         "federates_with": e.federates_with,
         "admin": e.admin,
         "downstream": e.downstream,
-        "expires_at": e.expires_at,
+        "expires_at": int64(e.expires_at),
         "dns_names": e.dns_names,
-        "revision_number": e.revision_number,
+        "revision_number": int64(e.revision_number),
         "store_svid": e.store_svid,
         "hint": e.hint,
-        "created_at": e.created_at,
+        "created_at": int64(e.created_at),
     })
 }
 
 fn status_json(s: &Option<pb::Status>) -> Value {
     let s = s.clone().unwrap_or_default();
-    json!({"code": s.code, "message": s.message})
+    crate::protojson::status(s.code, &s.message)
+}
+
+/// SPIRE's BatchCreateEntryResponse/BatchUpdateEntryResponse: a failed result carries the
+/// entry as it was asked for, so a script can tell which one failed.
+fn entry_results(results: &[(Option<pb::Status>, Option<&pb::Entry>)]) -> Value {
+    json!({"results": results.iter().map(|(status, entry)| {
+        let mut r = json!({"status": status_json(status)});
+        if let Some(e) = entry {
+            r["entry"] = entry_json(e);
+        }
+        r
+    }).collect::<Vec<_>>()})
 }
 
 fn code_name(c: i32) -> String {
@@ -574,6 +588,7 @@ async fn create(a: CreateArgs) -> Result<()> {
         }
     };
     let mut client = EntryServiceClient::new(a.socket.channel().await?);
+    let asked = entries.clone();
     let resp = create_in_batches(&mut client, entries).await?;
     let failed = resp
         .results
@@ -581,13 +596,14 @@ async fn create(a: CreateArgs) -> Result<()> {
         .filter(|r| r.status.as_ref().is_some_and(|s| s.code != 0))
         .count();
     match a.output {
-        Output::Json => println!(
-            "{}",
-            json!({"results": resp.results.iter().map(|r| json!({
-                "status": status_json(&r.status),
-                "entry": r.entry.as_ref().map(entry_json),
-            })).collect::<Vec<_>>()})
-        ),
+        Output::Json => crate::protojson::print(&entry_results(
+            &resp
+                .results
+                .iter()
+                .zip(&asked)
+                .map(|(r, e)| (r.status.clone(), r.entry.as_ref().or(Some(e))))
+                .collect::<Vec<_>>(),
+        )),
         Output::Pretty => {
             for r in &resp.results {
                 let s = r.status.clone().unwrap_or_default();
@@ -749,10 +765,10 @@ async fn show(a: ShowArgs) -> Result<()> {
         .await?
     };
     match a.output {
-        Output::Json => println!(
-            "{}",
-            json!({"entries": entries.iter().map(entry_json).collect::<Vec<_>>()})
-        ),
+        Output::Json => crate::protojson::print(&json!({
+            "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+            "next_page_token": "",
+        })),
         Output::Pretty => {
             match entries.len() {
                 0 => println!("Found 0 entries"),
@@ -812,6 +828,7 @@ async fn update(a: UpdateArgs) -> Result<()> {
         }
     };
     let mut client = EntryServiceClient::new(a.socket.channel().await?);
+    let asked = &entries;
     let mut results = Vec::new();
     for batch in entries.chunks(CREATE_BATCH) {
         let resp = client
@@ -829,13 +846,13 @@ async fn update(a: UpdateArgs) -> Result<()> {
         .filter_map(|r| r.status.as_ref().filter(|s| s.code != 0))
         .collect();
     match a.output {
-        Output::Json => println!(
-            "{}",
-            json!({"results": results.iter().map(|r| json!({
-                "status": status_json(&r.status),
-                "entry": r.entry.as_ref().map(entry_json),
-            })).collect::<Vec<_>>()})
-        ),
+        Output::Json => crate::protojson::print(&entry_results(
+            &results
+                .iter()
+                .zip(asked)
+                .map(|(r, e)| (r.status.clone(), r.entry.as_ref().or(Some(e))))
+                .collect::<Vec<_>>(),
+        )),
         Output::Pretty => {
             for r in &results {
                 let s = r.status.clone().unwrap_or_default();
@@ -876,9 +893,8 @@ async fn delete(a: DeleteArgs) -> Result<()> {
         .map_err(status_err)?
         .into_inner();
     if a.output == Output::Json {
-        println!(
-            "{}",
-            json!({"results": resp.results.iter().map(|r| json!({"status": status_json(&r.status), "id": r.id})).collect::<Vec<_>>()})
+        crate::protojson::print(
+            &json!({"results": resp.results.iter().map(|r| json!({"status": status_json(&r.status), "id": r.id})).collect::<Vec<_>>()}),
         );
     }
     let mut errors = Vec::new();
@@ -910,7 +926,7 @@ async fn count(a: CountArgs) -> Result<()> {
         .into_inner()
         .count;
     match a.output {
-        Output::Json => println!("{}", json!({"count": n})),
+        Output::Json => crate::protojson::print(&json!({"count": n})),
         Output::Pretty => println!(
             "{n} registration {}",
             if n == 1 { "entry" } else { "entries" }

@@ -33,7 +33,7 @@ pub struct SnpArgs {
     #[arg(long = "force")]
     force: bool,
     /// pretty (the config blocks to paste) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -53,7 +53,7 @@ pub struct TdxArgs {
     #[arg(long = "force")]
     force: bool,
     /// pretty (the config blocks to paste) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 

@@ -3,6 +3,7 @@
 use super::{Output, SocketArg};
 use crate::common::{parse_ttl, status_err, write_file};
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
 use clap::{Args, Subcommand};
 use ironpact_proto::server::v1 as pb;
 use ironpact_proto::server::v1::agent_service_client::AgentServiceClient;
@@ -29,7 +30,7 @@ pub struct TokenArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -56,7 +57,7 @@ pub struct X509Args {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -83,7 +84,7 @@ pub struct JwtArgs {
     #[command(flatten)]
     socket: SocketArg,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -106,7 +107,9 @@ pub async fn token(cmd: TokenCmd) -> Result<()> {
         .map_err(status_err)?
         .into_inner();
     match a.output {
-        Output::Json => println!("{}", json!({"value": t.value, "expires_at": t.expires_at})),
+        Output::Json => crate::protojson::print(
+            &json!({"value": t.value, "expires_at": crate::protojson::int64(t.expires_at)}),
+        ),
         Output::Pretty => println!("Token: {}", t.value),
     }
     Ok(())
@@ -168,11 +171,24 @@ pub async fn x509(cmd: X509Cmd) -> Result<()> {
         write_file(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
     }
     match a.output {
-        Output::Json => println!(
-            "{}",
-            json!({"spiffe_id": svid.id, "expires_at": svid.expires_at, "svid": svid_pem, "key": key_pem, "bundle": bundle_pem})
-        ),
-        Output::Pretty => {
+        // as SPIRE: with -write, the lines saying where the files are, in either mode
+        Output::Json if a.write.is_none() => {
+            // SPIRE prints a Go struct here: DER in base64, fields in this order, in an array
+            #[derive(serde::Serialize)]
+            struct Minted {
+                x509_svid: Vec<String>,
+                private_key: String,
+                root_cas: Vec<String>,
+            }
+            let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+            let out = Minted {
+                x509_svid: svid.cert_chain.iter().map(|c| b64(c)).collect(),
+                private_key: b64(key.serialized_der()),
+                root_cas: bundle.x509_authorities.iter().map(|c| b64(c)).collect(),
+            };
+            println!("{}", crate::protojson::render_struct(&out)?);
+        }
+        Output::Json | Output::Pretty => {
             if let Some(dir) = &a.write {
                 println!("X509-SVID written to {}", dir.join("svid.pem").display());
                 println!("Private key written to {}", dir.join("key.pem").display());
@@ -214,16 +230,16 @@ pub async fn jwt(cmd: JwtCmd) -> Result<()> {
     if let Some(p) = &a.write {
         write_file(p, svid.token.as_bytes(), 0o600)?;
     }
-    match a.output {
-        Output::Json => println!(
-            "{}",
-            json!({"token": svid.token, "spiffe_id": svid.id, "expires_at": svid.expires_at, "issued_at": svid.issued_at})
-        ),
-        Output::Pretty => {
-            if a.write.is_none() {
-                println!("{}", svid.token);
-            }
-        }
+    match (&a.write, a.output) {
+        (Some(p), _) => println!("JWT-SVID written to {}", p.display()),
+        (None, Output::Json) => crate::protojson::print(&json!({"svid": {
+            "token": svid.token,
+            "id": crate::protojson::id(&svid.id),
+            "expires_at": crate::protojson::int64(svid.expires_at),
+            "issued_at": crate::protojson::int64(svid.issued_at),
+            "hint": "",
+        }})),
+        (None, Output::Pretty) => println!("{}", svid.token),
     }
     Ok(())
 }

@@ -69,6 +69,9 @@ enum Cmd {
     /// Gets or changes the running server's log level.
     #[command(subcommand)]
     Logger(crate::logger::LoggerCmd),
+    /// Prints what the running server holds: uptime, agents, entries, its SVID.
+    #[command(subcommand)]
+    Debug(crate::debug::DebugCmd),
 }
 
 /// Where the admin API listens.
@@ -177,7 +180,9 @@ pub(crate) fn item_ok(status: Option<&ironpact_proto::server::v1::Status>) -> Re
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Output {
+    /// Text (SPIRE's `pretty`, also spelled `prettyprint`).
     #[default]
+    #[value(alias = "prettyprint")]
     Pretty,
     Json,
 }
@@ -222,6 +227,15 @@ pub fn main() -> std::process::ExitCode {
             Cmd::Verify(c) => verify::exec(c),
             Cmd::Fixtures(c) => fixtures::exec(c),
             Cmd::Logger(c) => crate::logger::exec(c, DEFAULT_SOCKET_PATH, "server admin API").await,
+            Cmd::Debug(c) => {
+                crate::debug::exec(
+                    c,
+                    crate::debug::Side::Server,
+                    DEFAULT_SOCKET_PATH,
+                    "server admin API",
+                )
+                .await
+            }
         }
     }))
 }

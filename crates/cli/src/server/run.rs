@@ -53,7 +53,7 @@ pub struct ValidateArgs {
     #[arg(long = "expandEnv", visible_alias = "expand-env")]
     expand_env: bool,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -64,7 +64,7 @@ pub struct HealthArgs {
     #[command(flatten)]
     flags: crate::common::HealthFlags,
     /// How to print: pretty (text) or json.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: Output,
 }
 
@@ -118,7 +118,7 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
     for w in warnings {
         eprintln!("Warning: {w}");
     }
-    println!("Configuration is valid.");
+    println!("ironpact server configuration file is valid.");
     Ok(())
 }
 

@@ -37,7 +37,7 @@ pub struct TdxArgs {
     #[arg(long = "root")]
     root: Option<PathBuf>,
     /// The verdict is JSON either way: pretty indents it, json prints it on one line.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: super::Output,
 }
 
@@ -67,7 +67,7 @@ pub struct SnpArgs {
     #[arg(long = "policy")]
     policy: Option<PathBuf>,
     /// The verdict is JSON either way: pretty indents it, json prints it on one line.
-    #[arg(long = "output", value_enum, default_value_t)]
+    #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: super::Output,
 }
 
