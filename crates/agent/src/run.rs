@@ -39,6 +39,19 @@ pub const UNHEALTHY_REASON: &str = "ironpact-unhealthy-reason";
 /// local process reaches, only the refusal's kind.
 struct AgentHealth(Arc<Agent>, bool);
 
+/// `debug getinfo`, on the admin socket only (it names the agent's SVID).
+struct AgentDebug(Arc<Agent>);
+
+#[tonic::async_trait]
+impl ironpact_proto::debug::v1::agent_debug_server::AgentDebug for AgentDebug {
+    async fn get_info(
+        &self,
+        _: Request<ironpact_proto::debug::v1::GetInfoRequest>,
+    ) -> Result<Response<ironpact_proto::debug::v1::AgentInfo>, Status> {
+        Ok(Response::new(self.0.debug_info()))
+    }
+}
+
 #[tonic::async_trait]
 impl Health for AgentHealth {
     async fn check(
@@ -137,6 +150,11 @@ pub async fn run(
         info!(path = %p.display(), "admin socket listening (owner only)");
         let server = tonic::transport::Server::builder()
             .add_service(HealthServer::new(AgentHealth(agent.clone(), true)))
+            .add_service(
+                ironpact_proto::debug::v1::agent_debug_server::AgentDebugServer::new(AgentDebug(
+                    agent.clone(),
+                )),
+            )
             .add_service(
                 ironpact_proto::logger::v1::logger_service_server::LoggerServiceServer::new(
                     ironpact_proto::logger::LoggerApi,

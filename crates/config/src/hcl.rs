@@ -1199,6 +1199,15 @@ const UNSUPPORTED: &[(Side, &str, &str, &str)] = &[
     ),
 ];
 
+/// Why ironpact does not implement SPIRE's `key` of the `server`/`agent` block, and what to
+/// do instead (for the command-line flags that set the same thing).
+pub fn unsupported_reason(side: Side, key: &str) -> Option<&'static str> {
+    UNSUPPORTED
+        .iter()
+        .find(|r| r.0 == side && (r.1 == "server" || r.1 == "agent") && r.2 == key)
+        .map(|r| r.3)
+}
+
 /// Every setting of SPIRE's that ironpact does not implement, in one pass: (line, "key:
 /// reason"). A file that sets none gives nothing.
 pub fn spire_unsupported(root: &Node, side: Side) -> Vec<(usize, String)> {

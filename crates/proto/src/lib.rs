@@ -28,6 +28,13 @@ pub mod workload {
     tonic::include_proto!("_");
 }
 
+/// `debug getinfo` (SPIRE's debug API), on the server's and the agent's admin sockets.
+pub mod debug {
+    pub mod v1 {
+        tonic::include_proto!("ironpact.debug.v1");
+    }
+}
+
 /// The running process's log level (SPIRE's `logger get|set|reset`): the service both admin
 /// sockets serve, over a [`logger::LogControl`] the binary installs with its log subscriber.
 pub mod logger {

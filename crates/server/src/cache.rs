@@ -481,6 +481,17 @@ impl Cache {
         self.index.read().map(|i| i.entries.len()).unwrap_or(0)
     }
 
+    /// Agents, and bundles of other trust domains, as the cache holds them now.
+    pub fn counts(&self) -> (usize, usize) {
+        self.index
+            .read()
+            .map(|i| {
+                let own = i.bundles.contains_key(self.trust_domain.as_str());
+                (i.agents.len(), i.bundles.len() - usize::from(own))
+            })
+            .unwrap_or((0, 0))
+    }
+
     /// What `agent_id` may see now, or `None` when the cache holds no such agent. Entries:
     /// those parented by the agent, by a node alias that applies to it (an entry parented by
     /// the server whose selectors are all among the agent's) and, recursively, by any entry

@@ -363,6 +363,7 @@ pub async fn run_with_reload(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Option<Reload>,
 ) -> Result<(), RunError> {
+    let started = std::time::Instant::now();
     for w in cfg.warnings() {
         warn!("{w}");
     }
@@ -589,6 +590,11 @@ pub async fn run_with_reload(
             core.clone(),
         )))
         .add_service(HealthServer::new(HealthApi(core.clone())))
+        .add_service(
+            ironpact_proto::debug::v1::server_debug_server::ServerDebugServer::new(
+                crate::api::debug::DebugApi(core.clone(), started),
+            ),
+        )
         .add_service(
             ironpact_proto::logger::v1::logger_service_server::LoggerServiceServer::new(
                 ironpact_proto::logger::LoggerApi,

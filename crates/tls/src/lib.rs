@@ -328,6 +328,13 @@ impl SvidCell {
     fn get(&self) -> Option<Arc<CertifiedKey>> {
         self.0.read().ok().and_then(|g| g.clone())
     }
+
+    /// The chain presented now (leaf first, DER), empty before the first `set`.
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        self.get()
+            .map(|ck| ck.cert.iter().map(|c| c.to_vec()).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl rustls::server::ResolvesServerCert for SvidCell {

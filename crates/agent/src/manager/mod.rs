@@ -179,6 +179,10 @@ pub struct Agent {
     evidence: Option<Arc<dyn ironpact_attestors::tee_source::EvidenceSource>>,
     /// Every "now" of the agent's timing (renewal, SVID and JWT-SVID lifetimes) comes from it.
     clock: Arc<dyn Clock>,
+    /// When this agent started, and when a sync update last came in (unix seconds; 0: never):
+    /// for `debug getinfo`.
+    started: std::time::Instant,
+    last_sync: std::sync::atomic::AtomicI64,
 }
 
 fn pem_certs(chain: &[Vec<u8>]) -> String {
@@ -233,6 +237,8 @@ impl Agent {
             jwt_cache: Mutex::new(HashMap::new()),
             server_id,
             clock,
+            started: std::time::Instant::now(),
+            last_sync: std::sync::atomic::AtomicI64::new(0),
         });
         agent.load_stored_svid()?;
         Ok(agent)
@@ -332,6 +338,34 @@ impl Agent {
                     "workload SVIDs expired before they could be renewed; no longer served"
                 );
             }
+        }
+    }
+
+    /// What `debug getinfo` prints (SPIRE's agent debug API): uptime, the last sync, what
+    /// the caches hold, and this agent's own SVID chain.
+    pub fn debug_info(&self) -> ironpact_proto::debug::v1::AgentInfo {
+        let chain = self
+            .svid
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.chain.clone()))
+            .unwrap_or_default();
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        ironpact_proto::debug::v1::AgentInfo {
+            svid_chain: chain
+                .iter()
+                .filter_map(|der| ironpact_spiffe::x509::CertInfo::parse(der).ok())
+                .map(|c| ironpact_proto::debug::v1::Cert {
+                    id: c.uri_sans.first().cloned().unwrap_or_default(),
+                    expires_at: c.not_after,
+                    subject: c.subject,
+                })
+                .collect(),
+            uptime: count(self.started.elapsed().as_secs() as usize),
+            last_sync_success: self.last_sync.load(std::sync::atomic::Ordering::Relaxed),
+            cached_x509_svids_count: count(self.state.read().svids.len()),
+            cached_jwt_svids_count: count(self.jwt_cache.lock().map(|c| c.len()).unwrap_or(0)),
+            cached_svidstore_x509_svids_count: 0,
         }
     }
 

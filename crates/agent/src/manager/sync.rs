@@ -187,6 +187,8 @@ impl Agent {
                 .retain(|id, s| by_id.get(id).is_some_and(|e| e.revision == s.revision));
             v.set_entries(by_id.into_values().collect());
         });
+        self.last_sync
+            .store(self.clock.now(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Entries that need an SVID at `t`: none held, held for another revision, or past

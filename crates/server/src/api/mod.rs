@@ -6,6 +6,7 @@ pub mod agent_endpoint;
 mod agent_v1;
 mod bundle;
 pub mod convert;
+pub mod debug;
 mod entry;
 mod health;
 mod localauthority;
