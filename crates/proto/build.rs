@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ironpact/server/v1/bundle.proto",
         "proto/ironpact/server/v1/svid.proto",
         "proto/ironpact/server/v1/localauthority.proto",
+        "proto/ironpact/server/v1/trustdomain.proto",
         "proto/ironpact/logger/v1/logger.proto",
         "proto/ironpact/debug/v1/debug.proto",
         "proto/ironpact/agent/v2/agent.proto",

@@ -40,10 +40,23 @@ fn serial(der: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// The trust domains of the peers a side accepts: their bundles alone are used to verify
+/// (a peer in another trust domain needs that domain's bundle, which federation delivers).
+fn peer_domains<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<spiffe_rustls::TrustDomainPolicy, Error> {
+    let mut set = BTreeSet::new();
+    for id in ids {
+        let id: spiffe::SpiffeId = id.parse()?;
+        set.insert(id.trust_domain().clone());
+    }
+    Ok(spiffe_rustls::TrustDomainPolicy::AllowList(set))
+}
+
 async fn server(listen: &str, allowed: &str) -> Result<(), Error> {
     let source = spiffe::X509Source::new().await?;
     let config = spiffe_rustls::mtls_server(source)
-        .trust_domain_policy(spiffe_rustls::LocalOnly("example.org".parse()?))
+        .trust_domain_policy(peer_domains(allowed.split(','))?)
         .authorize(spiffe_rustls::authorizer::exact(allowed.split(','))?)
         .build()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -123,7 +136,7 @@ async fn client(
 ) -> Result<(), Error> {
     let source = spiffe::X509Source::new().await?;
     let config = spiffe_rustls::mtls_client(source)
-        .trust_domain_policy(spiffe_rustls::LocalOnly("example.org".parse()?))
+        .trust_domain_policy(peer_domains([server_id])?)
         .authorize(spiffe_rustls::authorizer::exact([server_id])?)
         .build()?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));

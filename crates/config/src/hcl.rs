@@ -870,12 +870,6 @@ const UNSUPPORTED: &[(Side, &str, &str, &str)] = &[
     (
         Side::Server,
         "server",
-        "federation",
-        "federation (bundle endpoint, federates_with) is not built yet: set a peer's bundle with `bundle set -id … -path …`",
-    ),
-    (
-        Side::Server,
-        "server",
         "jwt_issuer",
         "JWT-SVIDs carry no iss claim in ironpact yet: remove it",
     ),

@@ -16,6 +16,7 @@ mod store;
 
 pub use error::Error;
 pub use model::{
-    AgentFilter, AgentRecord, BundleRecord, Entry, EntryFilter, MatchBehavior, similarity_key,
+    AgentFilter, AgentRecord, BundleRecord, EndpointProfile, Entry, EntryFilter,
+    FederationRelationship, MatchBehavior, similarity_key,
 };
 pub use store::{Change, ChangeKind, ChangeListener, DataStore, Dialect, mysql_url, new_uuid};

@@ -105,6 +105,17 @@ CREATE TABLE ca_journals (
     r#"
 ALTER TABLE attested_agents ADD COLUMN previous_serial TEXT NOT NULL DEFAULT ''
 "#,
+    // Federation relationships made through the admin API (`federation create`); those of the
+    // config file are not stored. `endpoint_spiffe_id` is empty for https_web.
+    r#"
+CREATE TABLE federation_relationships (
+    trust_domain TEXT PRIMARY KEY,
+    bundle_endpoint_url TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    endpoint_spiffe_id TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+)
+"#,
 ];
 
 /// The migration after which `join_tokens.token` holds digests, not tokens.
@@ -202,6 +213,15 @@ CREATE TABLE ca_journals (
 "#,
     r#"
 ALTER TABLE attested_agents ADD COLUMN previous_serial VARCHAR(255) NOT NULL DEFAULT ''
+"#,
+    r#"
+CREATE TABLE federation_relationships (
+    trust_domain VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+    bundle_endpoint_url TEXT NOT NULL,
+    profile VARCHAR(32) NOT NULL,
+    endpoint_spiffe_id VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    updated_at BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll}
 "#,
 ];
 

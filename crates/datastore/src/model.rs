@@ -215,3 +215,32 @@ mod tests {
         );
     }
 }
+
+/// How a federated trust domain's bundle endpoint is authenticated (SPIFFE Federation's
+/// endpoint profiles).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointProfile {
+    /// WebPKI: the endpoint's certificate chains to a public (or configured) root and names
+    /// the URL's host.
+    HttpsWeb,
+    /// The endpoint presents an SVID of the peer's trust domain, chaining to the peer's
+    /// current bundle, with this SPIFFE ID.
+    HttpsSpiffe { endpoint_spiffe_id: SpiffeId },
+}
+
+impl EndpointProfile {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EndpointProfile::HttpsWeb => "https_web",
+            EndpointProfile::HttpsSpiffe { .. } => "https_spiffe",
+        }
+    }
+}
+
+/// A federation relationship: where a peer trust domain's bundle is fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationRelationship {
+    pub trust_domain: TrustDomain,
+    pub bundle_endpoint_url: String,
+    pub profile: EndpointProfile,
+}

@@ -3,7 +3,8 @@
 use crate::error::Error;
 use crate::migrate::{HASHED_TOKENS, migrations, statements};
 use crate::model::{
-    AgentFilter, AgentRecord, BundleRecord, Entry, EntryFilter, MatchBehavior, similarity_key,
+    AgentFilter, AgentRecord, BundleRecord, EndpointProfile, Entry, EntryFilter,
+    FederationRelationship, MatchBehavior, similarity_key,
 };
 use ironpact_spiffe::{Bundle, JwtAuthority, Selector, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
@@ -450,6 +451,13 @@ fn is_retryable(e: &sqlx::Error) -> bool {
 /// A few random bits for retry jitter.
 fn rand_jitter() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32
+}
+
+fn endpoint_id(p: &EndpointProfile) -> String {
+    match p {
+        EndpointProfile::HttpsWeb => String::new(),
+        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => endpoint_spiffe_id.to_string(),
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -1792,6 +1800,126 @@ impl DataStore {
             .map(|r| {
                 let td: String = r.try_get("trust_domain")?;
                 bundle_from_row(TrustDomain::new(&td)?, r)
+            })
+            .collect()
+    }
+
+    // ------------------------------------------------------- federation relationships
+
+    /// Stores a new relationship; AlreadyExists when its trust domain has one.
+    pub async fn create_federation_relationship(
+        &self,
+        r: &FederationRelationship,
+        now: i64,
+    ) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let res = self
+            .dialect
+            .query(
+                "INSERT INTO federation_relationships \
+                 (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(r.trust_domain.as_str())
+            .bind(r.bundle_endpoint_url.as_str())
+            .bind(r.profile.name())
+            .bind(endpoint_id(&r.profile))
+            .bind(now)
+            .execute(&mut *w.tx)
+            .await;
+        match res {
+            Ok(_) => w.commit().await,
+            Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
+                what: "federation relationship",
+                id: r.trust_domain.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces a stored relationship; NotFound when there is none for its trust domain.
+    pub async fn update_federation_relationship(
+        &self,
+        r: &FederationRelationship,
+        now: i64,
+    ) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let n = self
+            .dialect
+            .query(
+                "UPDATE federation_relationships SET bundle_endpoint_url = $1, profile = $2, \
+                 endpoint_spiffe_id = $3, updated_at = $4 WHERE trust_domain = $5",
+            )
+            .bind(r.bundle_endpoint_url.as_str())
+            .bind(r.profile.name())
+            .bind(endpoint_id(&r.profile))
+            .bind(now)
+            .bind(r.trust_domain.as_str())
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "federation relationship",
+                id: r.trust_domain.to_string(),
+            });
+        }
+        w.commit().await
+    }
+
+    pub async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let n = self
+            .dialect
+            .query("DELETE FROM federation_relationships WHERE trust_domain = $1")
+            .bind(td.as_str())
+            .execute(&mut *w.tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::NotFound {
+                what: "federation relationship",
+                id: td.to_string(),
+            });
+        }
+        w.commit().await
+    }
+
+    /// The stored relationships, by trust domain, at most `limit` (one per peer trust domain:
+    /// a handful, read every few seconds by each server to follow the others' changes).
+    pub async fn list_federation_relationships(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<FederationRelationship>> {
+        let rows = self
+            .dialect
+            .query(
+                "SELECT trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id \
+                 FROM federation_relationships ORDER BY trust_domain LIMIT $1",
+            )
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let td: String = r.try_get("trust_domain")?;
+                let profile: String = r.try_get("profile")?;
+                let endpoint: String = r.try_get("endpoint_spiffe_id")?;
+                Ok(FederationRelationship {
+                    trust_domain: TrustDomain::new(&td)?,
+                    bundle_endpoint_url: r.try_get("bundle_endpoint_url")?,
+                    profile: match profile.as_str() {
+                        "https_web" => EndpointProfile::HttpsWeb,
+                        "https_spiffe" => EndpointProfile::HttpsSpiffe {
+                            endpoint_spiffe_id: SpiffeId::parse(&endpoint)?,
+                        },
+                        other => {
+                            return Err(Error::Corrupt(format!(
+                                "federation relationship {td}: unknown profile {other:?}"
+                            )));
+                        }
+                    },
+                })
             })
             .collect()
     }

@@ -174,7 +174,65 @@ suite!(
     large_table_loads_whole,
     long_values,
     change_notifications,
+    federation_relationships,
 );
+
+/// Relationships made through the admin API: created once per trust domain, replaced,
+/// listed in order (bounded), deleted; the typed errors the API maps to status codes.
+async fn federation_relationships(ds: &DataStore) {
+    use ironpact_datastore::{EndpointProfile, Error, FederationRelationship};
+    let rel = |td: &str, profile: EndpointProfile| FederationRelationship {
+        trust_domain: TrustDomain::new(td).unwrap(),
+        bundle_endpoint_url: format!("https://{td}:8443/"),
+        profile,
+    };
+    let spiffe = EndpointProfile::HttpsSpiffe {
+        endpoint_spiffe_id: SpiffeId::parse("spiffe://b.test/spire/server").unwrap(),
+    };
+    ds.create_federation_relationship(&rel("b.test", spiffe.clone()), 1)
+        .await
+        .unwrap();
+    ds.create_federation_relationship(&rel("a.test", EndpointProfile::HttpsWeb), 1)
+        .await
+        .unwrap();
+    assert!(matches!(
+        ds.create_federation_relationship(&rel("a.test", EndpointProfile::HttpsWeb), 2)
+            .await,
+        Err(Error::AlreadyExists { .. })
+    ));
+    let all = ds.list_federation_relationships(10).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            rel("a.test", EndpointProfile::HttpsWeb),
+            rel("b.test", spiffe.clone())
+        ]
+    );
+    assert_eq!(ds.list_federation_relationships(1).await.unwrap().len(), 1);
+    let mut changed = rel("a.test", spiffe.clone());
+    changed.bundle_endpoint_url = "https://127.0.0.1:9/".into();
+    ds.update_federation_relationship(&changed, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        ds.list_federation_relationships(10).await.unwrap()[0],
+        changed
+    );
+    assert!(matches!(
+        ds.update_federation_relationship(&rel("c.test", EndpointProfile::HttpsWeb), 3)
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    ds.delete_federation_relationship(&TrustDomain::new("a.test").unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(
+        ds.delete_federation_relationship(&TrustDomain::new("a.test").unwrap())
+            .await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(ds.list_federation_relationships(10).await.unwrap().len(), 1);
+}
 
 /// PostgreSQL announces every committed change to listeners (a rolled-back or empty write
 /// announces nothing); the other engines have no listener (their readers poll).

@@ -5,7 +5,7 @@ use crate::hcl::{self, ConfigError, Section, plugin_data};
 pub use ironpact_attestors::TeeConfig;
 use ironpact_attestors::registry::{self, ParseCtx, ServerAttestor};
 use ironpact_spiffe::x509::CaSubject;
-use ironpact_spiffe::{KeyType, TrustDomain};
+use ironpact_spiffe::{KeyType, SpiffeId, TrustDomain};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +64,199 @@ pub struct ServerConfig {
     pub node_attestors: Vec<ServerAttestor>,
     /// join_token is there without a block of its own.
     pub join_token_builtin: bool,
+    /// SPIFFE Federation: this server's bundle endpoint and the peers of the config file.
+    pub federation: FederationConfig,
+}
+
+/// `server { federation { … } }`, as SPIRE writes it.
+#[derive(Debug, Clone, Default)]
+pub struct FederationConfig {
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// `federates_with "<td>" { … }`: relationships of the file (not stored, not changed by
+    /// the `federation` commands).
+    pub federates_with: Vec<ironpact_datastore::FederationRelationship>,
+    /// PEM roots that https_web peers' certificates must chain to, instead of the public
+    /// WebPKI roots (`https_web_ca_bundle_path`, an ironpact addition: private PKIs and tests).
+    pub web_roots: Option<PathBuf>,
+}
+
+/// `bundle_endpoint { address port refresh_hint profile "…" { … } }`.
+#[derive(Debug, Clone)]
+pub struct BundleEndpointConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    /// `spiffe_refresh_hint` of the served bundle: how often peers should fetch it.
+    pub refresh_hint: Duration,
+    pub serving: EndpointServing,
+}
+
+/// How the bundle endpoint authenticates itself.
+#[derive(Debug, Clone)]
+pub enum EndpointServing {
+    /// https_spiffe: the server's own SVID (`spiffe://<td>/spire/server`).
+    Spiffe,
+    /// https_web with `serving_cert_file`: a WebPKI certificate and key from files.
+    Web {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+}
+
+fn federation_config(fed: &Section<'_>) -> Result<FederationConfig, ConfigError> {
+    use ironpact_datastore::{EndpointProfile, FederationRelationship};
+    let mut out = FederationConfig::default();
+    if let Some(be) = fed.section("bundle_endpoint")? {
+        let address = match be.string("address")? {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some((a, l)) => a.parse().map_err(|_| {
+                be.err(
+                    l,
+                    format!("bundle_endpoint.address {a:?} is not an IP address"),
+                )
+            })?,
+        };
+        let port = be.u16("port")?.map(|p| p.0).unwrap_or(443);
+        let refresh_hint = be
+            .duration("refresh_hint")?
+            .unwrap_or(Duration::from_secs(300));
+        let mut serving = EndpointServing::Spiffe;
+        for (b, prof) in be.labelled("profile") {
+            match b.labels.first().map(String::as_str) {
+                Some("https_spiffe") => serving = EndpointServing::Spiffe,
+                Some("https_web") => {
+                    if prof.section("acme")?.is_some() {
+                        return Err(prof.err(
+                            b.line,
+                            "profile \"https_web\": acme is not in ironpact (it needs a public \
+                             port 443 and an ACME CA); use serving_cert_file { cert_file_path \
+                             key_file_path } or profile \"https_spiffe\"",
+                        ));
+                    }
+                    let f = prof.section("serving_cert_file")?.ok_or_else(|| {
+                        prof.err(
+                            b.line,
+                            "profile \"https_web\" needs serving_cert_file { cert_file_path = \
+                             \"…\" key_file_path = \"…\" }",
+                        )
+                    })?;
+                    let path = |k: &str| -> Result<PathBuf, ConfigError> {
+                        f.string(k)?.map(|v| PathBuf::from(v.0)).ok_or_else(|| {
+                            f.err(b.line, format!("serving_cert_file.{k} is required"))
+                        })
+                    };
+                    serving = EndpointServing::Web {
+                        cert_file: path("cert_file_path")?,
+                        key_file: path("key_file_path")?,
+                    };
+                    // read on each start; a SIGHUP-free reload is not needed for a file
+                    // an operator replaces with a restart
+                    let _ = f.duration("file_sync_interval")?;
+                    f.finish()?;
+                }
+                other => {
+                    return Err(prof.err(
+                        b.line,
+                        format!(
+                            "bundle_endpoint profile {:?}: use \"https_spiffe\" or \"https_web\"",
+                            other.unwrap_or("")
+                        ),
+                    ));
+                }
+            }
+            prof.finish()?;
+        }
+        be.finish()?;
+        out.bundle_endpoint = Some(BundleEndpointConfig {
+            address,
+            port,
+            refresh_hint,
+            serving,
+        });
+    }
+    for (b, rel) in fed.labelled("federates_with") {
+        let td_raw = b.labels.first().cloned().unwrap_or_default();
+        let trust_domain = TrustDomain::new(&td_raw)
+            .map_err(|e| rel.err(b.line, format!("federates_with {td_raw:?}: {e}")))?;
+        let url = rel.string("bundle_endpoint_url")?.ok_or_else(|| {
+            rel.err(
+                b.line,
+                format!("federates_with \"{trust_domain}\": bundle_endpoint_url is required"),
+            )
+        })?;
+        if !url.0.starts_with("https://") {
+            return Err(rel.err(
+                url.1,
+                format!("bundle_endpoint_url {:?} must be an https:// URL", url.0),
+            ));
+        }
+        let mut profile = None;
+        for (pb, p) in rel.labelled("bundle_endpoint_profile") {
+            profile = Some(match pb.labels.first().map(String::as_str) {
+                Some("https_web") => EndpointProfile::HttpsWeb,
+                Some("https_spiffe") => {
+                    let (id, l) = p.string("endpoint_spiffe_id")?.ok_or_else(|| {
+                        p.err(
+                            pb.line,
+                            "bundle_endpoint_profile \"https_spiffe\" needs endpoint_spiffe_id \
+                             (the peer server's ID, e.g. \"spiffe://<td>/spire/server\")",
+                        )
+                    })?;
+                    let id = SpiffeId::parse(&id)
+                        .map_err(|e| p.err(l, format!("endpoint_spiffe_id: {e}")))?;
+                    if id.trust_domain() != trust_domain {
+                        return Err(p.err(
+                            l,
+                            format!(
+                                "endpoint_spiffe_id {id} is not in trust domain {trust_domain}"
+                            ),
+                        ));
+                    }
+                    EndpointProfile::HttpsSpiffe {
+                        endpoint_spiffe_id: id,
+                    }
+                }
+                other => {
+                    return Err(p.err(
+                        pb.line,
+                        format!(
+                            "bundle_endpoint_profile {:?}: use \"https_spiffe\" or \"https_web\"",
+                            other.unwrap_or("")
+                        ),
+                    ));
+                }
+            });
+            p.finish()?;
+        }
+        let profile = profile.ok_or_else(|| {
+            rel.err(
+                b.line,
+                format!(
+                    "federates_with \"{trust_domain}\": add bundle_endpoint_profile \"https_spiffe\" \
+                     {{ endpoint_spiffe_id = \"…\" }} or bundle_endpoint_profile \"https_web\" {{}}"
+                ),
+            )
+        })?;
+        rel.finish()?;
+        if out
+            .federates_with
+            .iter()
+            .any(|r| r.trust_domain == trust_domain)
+        {
+            return Err(fed.err(
+                b.line,
+                format!("federates_with \"{trust_domain}\" is set twice"),
+            ));
+        }
+        out.federates_with.push(FederationRelationship {
+            trust_domain,
+            bundle_endpoint_url: url.0,
+            profile,
+        });
+    }
+    out.web_roots = fed
+        .string("https_web_ca_bundle_path")?
+        .map(|v| PathBuf::from(v.0));
+    Ok(out)
 }
 
 /// Values given on the command line; each replaces the file's.
@@ -243,6 +436,23 @@ impl ServerConfig {
                 c
             }
         };
+        let federation = match s.section("federation")? {
+            Some(f) => {
+                let c = federation_config(&f)?;
+                f.finish()?;
+                if c.federates_with
+                    .iter()
+                    .any(|r| r.trust_domain == trust_domain)
+                {
+                    return Err(s.err(
+                        line,
+                        format!("federates_with \"{trust_domain}\": that is this server's own trust domain"),
+                    ));
+                }
+                c
+            }
+            None => FederationConfig::default(),
+        };
         server.finish()?;
 
         let mut datastore = None;
@@ -412,6 +622,7 @@ impl ServerConfig {
             key_manager,
             node_attestors,
             join_token_builtin,
+            federation,
         })
     }
 

@@ -11,6 +11,7 @@ pub mod ca;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod federation;
 /// The HCL reader lives in `ironpact-config`; re-exported for existing users.
 pub use ironpact_config::hcl;
 pub mod keymanager;

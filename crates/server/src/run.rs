@@ -56,6 +56,8 @@ pub enum RunError {
     },
     #[error("agent API TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("federation: {0} (change federation.bundle_endpoint)")]
+    BundleEndpoint(String),
     #[error(transparent)]
     Attestor(#[from] ironpact_attestors::BuildError),
     #[error(
@@ -374,6 +376,18 @@ pub async fn run_with_reload(
     }
     let core = build_core(cfg, clock).await?;
 
+    // SPIFFE Federation: the bundle endpoint (bound now, so that a port in use stops the
+    // start), and the peers' bundles kept current
+    let endpoint = match core.cfg.federation.bundle_endpoint.clone() {
+        Some(be) => Some(
+            crate::federation::bundle_endpoint(core.clone(), be)
+                .await
+                .map_err(RunError::BundleEndpoint)?,
+        ),
+        None => None,
+    };
+    let refreshers = tokio::spawn(crate::federation::run_refreshers(core.clone()));
+
     let ticker = {
         let core = core.clone();
         let every = rotation_interval(&core.cfg);
@@ -591,6 +605,11 @@ pub async fn run_with_reload(
         )))
         .add_service(HealthServer::new(HealthApi(core.clone())))
         .add_service(
+            ironpact_proto::server::v1::trust_domain_service_server::TrustDomainServiceServer::new(
+                crate::api::TrustDomainApi(core.clone()),
+            ),
+        )
+        .add_service(
             ironpact_proto::debug::v1::server_debug_server::ServerDebugServer::new(
                 crate::api::debug::DebugApi(core.clone(), started),
             ),
@@ -621,6 +640,10 @@ pub async fn run_with_reload(
     .await;
     accept.abort();
     ticker.abort();
+    refreshers.abort();
+    if let Some(e) = endpoint {
+        e.abort();
+    }
     let _ = std::fs::remove_file(&socket_path);
     core.ds.close().await;
     info!("server stopped");

@@ -126,7 +126,7 @@ pub fn from_pb(p: &pb::Bundle) -> Result<Bundle> {
 }
 
 /// A bundle as SPIRE's `spire.api.types.Bundle` prints with `-output json`.
-fn bundle_json(p: &pb::Bundle) -> serde_json::Value {
+pub fn bundle_json(p: &pb::Bundle) -> serde_json::Value {
     use crate::protojson::{bytes, int64};
     serde_json::json!({
         "trust_domain": p.trust_domain,

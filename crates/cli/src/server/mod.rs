@@ -5,6 +5,7 @@ mod agent;
 mod authority;
 mod bundle;
 pub mod entry;
+mod federation;
 mod fixtures;
 mod mint;
 mod run;
@@ -45,6 +46,9 @@ enum Cmd {
     /// Manages trust bundles.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// Manages federation relationships with other trust domains.
+    #[command(subcommand)]
+    Federation(federation::FederationCmd),
     /// Manages this server's X.509 CA and JWT signing authorities.
     #[command(subcommand, name = "localauthority")]
     LocalAuthority(authority::LocalAuthorityCmd),
@@ -219,6 +223,7 @@ pub fn main() -> std::process::ExitCode {
             Cmd::Entry(c) => entry::exec(c).await,
             Cmd::Agent(c) => agent::exec(c).await,
             Cmd::Bundle(c) => bundle::exec(c).await,
+            Cmd::Federation(c) => federation::exec(c).await,
             Cmd::LocalAuthority(c) => authority::local(c).await,
             Cmd::UpstreamAuthority(c) => authority::upstream(c).await,
             Cmd::Token(c) => mint::token(c).await,

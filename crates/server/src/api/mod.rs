@@ -11,6 +11,7 @@ mod entry;
 mod health;
 mod localauthority;
 mod svid;
+mod trustdomain;
 
 use crate::ca::{CaError, CaManager};
 use crate::clock::Clock;
@@ -28,6 +29,7 @@ pub use entry::EntryApi;
 pub use health::HealthApi;
 pub use localauthority::LocalAuthorityApi;
 pub use svid::SvidApi;
+pub use trustdomain::TrustDomainApi;
 
 /// Largest number of items one batch call may carry.
 pub const MAX_BATCH: usize = 1000;
