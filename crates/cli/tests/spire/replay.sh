@@ -121,6 +121,23 @@ spire-server jwt mint "${S[@]}" -spiffeID spiffe://$TD/minted -audience a -audie
 spire-server jwt mint "${S[@]}" -spiffeID spiffe://$TD/minted -audience a -write token.jwt | has 'JWT-SVID written to'
 test -s token.jwt
 
+step federation
+spire-server federation create "${S[@]}" -trustDomain peer.test -bundleEndpointURL https://127.0.0.1:9/ \
+  -bundleEndpointProfile https_spiffe -endpointSpiffeID spiffe://peer.test/spire/server \
+  -trustDomainBundlePath other.pem -trustDomainBundleFormat pem | has 'Trust domain              : peer.test'
+echo '{"federation_relationships":[{"trust_domain":"web.test","bundle_endpoint_url":"https://127.0.0.1:9/","https_web":{}}]}' |
+  spire-server federation create "${S[@]}" -data - -output json | jq -e '.results[0].status.code == 0' >/dev/null
+spire-server federation list "${S[@]}" | has -x 'Found 2 federation relationships'
+spire-server federation list "${S[@]}" -output json |
+  jq -e '[.federation_relationships[].trust_domain] == ["peer.test", "web.test"] and .federation_relationships[0].https_spiffe.endpoint_spiffe_id == "spiffe://peer.test/spire/server"' >/dev/null
+spire-server federation show "${S[@]}" -trustDomain web.test -output json | jq -e '.https_web == {}' >/dev/null
+spire-server federation update "${S[@]}" -trustDomain web.test -bundleEndpointURL https://127.0.0.1:10/ \
+  -bundleEndpointProfile https_web | has 'https://127.0.0.1:10/'
+if spire-server federation refresh "${S[@]}" -id web.test 2>err.txt; then exit 1; fi
+grep -q 'last good bundle stays' err.txt
+spire-server federation delete "${S[@]}" -id web.test | has 'deleted'
+spire-server federation delete "${S[@]}" -id spiffe://peer.test -output json | jq -e '.results[0].status.code == 0' >/dev/null
+
 step authorities, logger, debug
 spire-server localauthority x509 show "${S[@]}" -output json | jq -e '.active.authority_id | length > 0' >/dev/null
 spire-server localauthority jwt show "${S[@]}" | has 'Active JWT authority:'
