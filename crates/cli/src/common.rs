@@ -268,7 +268,11 @@ pub fn finish(r: Result<()>) -> std::process::ExitCode {
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
+            // one line, unless it is a list meant to be read line by line
+            let msg = match e.downcast_ref::<Report>() {
+                Some(r) => r.0.clone(),
+                None => format!("{e:#}").replace('\n', " "),
+            };
             eprintln!("Error: {msg}");
             std::process::ExitCode::FAILURE
         }
@@ -392,3 +396,46 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("terminated; shutting down"),
     }
 }
+
+/// Reads a configuration file as `validate` does: every problem at once (see
+/// `hcl::all_problems`), each with its file:line and fix, or the configuration.
+pub fn validate_file<T>(
+    path: &std::path::Path,
+    parse: impl Fn(&str, &str) -> Result<T, ironpact_config::hcl::ConfigError>,
+) -> Result<T> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!("{file}: cannot read the config file: {e} (pass its path with -config)")
+    })?;
+    let (mut problems, complete) =
+        ironpact_config::hcl::all_problems(&file, &text, |t| parse(&file, t));
+    match problems.len() {
+        0 => parse(&file, &text).map_err(Into::into),
+        1 => Err(problems.remove(0).into()),
+        n => {
+            problems.sort_by_key(|p| p.line);
+            let mut msg = format!("{file}: {n} problems, each below with its line and the fix:");
+            for p in &problems {
+                msg.push_str(&format!("\n  {p}"));
+            }
+            if !complete {
+                msg.push_str(
+                    "\n  (later checks depend on these: run validate again once they are fixed)",
+                );
+            }
+            Err(Report(msg).into())
+        }
+    }
+}
+
+/// An error printed as written, one item per line (the first line says what it is).
+#[derive(Debug)]
+pub struct Report(pub String);
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Report {}

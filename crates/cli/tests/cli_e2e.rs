@@ -897,6 +897,79 @@ fn validate_reads_what_the_attestors_need() {
     assert!(!dir.path().join("not-yet").exists());
 }
 
+/// `validate` lists every problem of a file in one run, each at its line with the fix, SPIRE
+/// style changes and ordinary errors together (the agent's validate too).
+#[test]
+fn validate_reports_every_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("server.conf");
+    std::fs::write(
+        &conf,
+        r#"server {
+    bind_port = "eighty"
+    trust_domain = "example.org"
+    log_level = "LOUD"
+    colour = "blue"
+    federation {
+        federates_with "b.test" {
+            bundle_endpoint_url = "http://b.test/"
+        }
+    }
+}
+plugins {
+    DataStore "sql" {
+        plugin_data {
+            database_type = "oracle"
+        }
+    }
+    UpstreamAuthority "vault" {
+        plugin_data {}
+    }
+    KeyManager "memory" {
+        plugin_data {}
+    }
+}
+"#,
+    )
+    .unwrap();
+    let o = server_cmd(&["validate", "-config", conf.to_str().unwrap()]);
+    assert_eq!(o.code, 1, "{o:?}");
+    let c = conf.display();
+    let first = o.stderr.lines().next().unwrap();
+    assert!(
+        first.contains("6 problems, each below with its line and the fix"),
+        "{o:?}"
+    );
+    for want in [
+        format!("{c}:2: server.bind_port"),
+        format!("{c}:4: server.log_level \"LOUD\""),
+        format!("{c}:5: unknown key \"colour\""),
+        format!("{c}:8: bundle_endpoint_url"),
+        format!("{c}:13: database_type \"oracle\""),
+        "UpstreamAuthority".to_string(),
+    ] {
+        assert!(o.stderr.contains(&want), "{want}: {}", o.stderr);
+    }
+    // the agent's validate does the same
+    let conf = dir.path().join("agent.conf");
+    std::fs::write(
+        &conf,
+        "agent {\n  trust_domain = \"example.org\"\n  server_port = \"x\"\n  sync_interval = \"5s\"\n  colour = 1\n  server_address = \"127.0.0.1\"\n  insecure_bootstrap = true\n}\nplugins {\n  KeyManager \"memory\" {}\n  NodeAttestor \"join_token\" {}\n  WorkloadAttestor \"unix\" {}\n}\n",
+    )
+    .unwrap();
+    let o = support::Out::from(
+        std::process::Command::new(support::AGENT_BIN)
+            .args(["validate", "-config"])
+            .arg(&conf)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(o.code, 1, "{o:?}");
+    for want in ["3 problems", ":3: ", ":4: ", ":5: "] {
+        assert!(o.stderr.contains(want), "{want}: {}", o.stderr);
+    }
+}
+
 #[test]
 fn validate_reports_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -1336,13 +1409,14 @@ fn spire_config_files() {
         1,
     ) + "telemetry {\n    Prometheus {\n        port = 9988\n    }\n}\nhealth_checks {\n    listener_enabled = true\n}\n";
     let o = run(support::BIN, "full.conf", &full);
-    o.expect_error("7 changes needed");
+    // federation is built: its block is read, not refused
+    o.expect_error("6 changes needed");
+    assert!(!o.stderr.contains("server.federation"), "{o:?}");
     for key in [
         "server.admin_ids",
         "server.audit_log_enabled",
         "server.jwt_issuer",
         "server.ratelimit",
-        "server.federation",
         "telemetry",
         "health_checks",
     ] {

@@ -1272,6 +1272,110 @@ pub fn spire_problems(
     problems_error(file, &all)
 }
 
+/// Every problem of a configuration file, for `validate`: `check` (the whole reading of the
+/// file) runs, and each time it fails, the attribute or block its error points at is cut out
+/// of the text and it runs again, until it passes or nothing more can be cut. Each problem is
+/// reported once with its own line. It stops early, rather than report what the cuts caused,
+/// at a syntax error (the file cannot be read past it), at an error with no line, and at a
+/// "required"/"missing" error after a cut (it may be the cut's doing): `complete` says whether
+/// the list is known to be all.
+pub fn all_problems<T>(
+    file: &str,
+    text: &str,
+    mut check: impl FnMut(&str) -> Result<T, ConfigError>,
+) -> (Vec<ConfigError>, bool) {
+    if let Err(e) = parse(file, text) {
+        return (vec![e], false);
+    }
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut found: Vec<ConfigError> = Vec::new();
+    let (mut cuts, mut complete) = (0usize, true);
+    for _ in 0..64 {
+        let e = match check(&lines.join("\n")) {
+            Ok(_) => return (found, complete),
+            Err(e) => e,
+        };
+        let msg = e.message.to_ascii_lowercase();
+        if cuts > 0 && parse(file, &lines.join("\n")).is_err() {
+            return (found, false);
+        }
+        // something required is gone: maybe the cut's doing. Not reported; the block that
+        // misses it is cut too (what else is wrong inside it shows on the next run).
+        if cuts > 0 && (msg.contains("required") || msg.contains("missing")) {
+            complete = false;
+            if e.line > 0 && cut_item(&mut lines, e.line) {
+                cuts += 1;
+                continue;
+            }
+            return (found, false);
+        }
+        // the lines it names: SPIRE-style lists name several ("line N: …; line M: …")
+        let mut at: Vec<usize> = e
+            .message
+            .match_indices("line ")
+            .filter_map(|(i, _)| {
+                let rest = &e.message[i + 5..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                rest[digits.len()..]
+                    .starts_with(':')
+                    .then(|| digits.parse().ok())?
+            })
+            .collect();
+        if at.is_empty() && e.line > 0 {
+            at.push(e.line);
+        }
+        found.push(e);
+        at.sort_unstable();
+        at.dedup();
+        let mut cut = false;
+        for l in at.into_iter().rev() {
+            cut |= cut_item(&mut lines, l);
+        }
+        if !cut {
+            return (found, false);
+        }
+        cuts += 1;
+    }
+    (found, false)
+}
+
+/// Blanks the item that starts on 1-based `line`: the line itself, and on to the line that
+/// closes what it opens (`{`, `[`, `(`) when it spans several. Lines are blanked, not removed,
+/// so that every other line keeps its number.
+fn cut_item(lines: &mut [String], line: usize) -> bool {
+    let Some(first) = line.checked_sub(1).filter(|i| *i < lines.len()) else {
+        return false;
+    };
+    if lines[first].trim().is_empty() {
+        return false;
+    }
+    let mut depth = 0i64;
+    let mut last = first;
+    for (i, l) in lines.iter().enumerate().skip(first) {
+        let mut in_str = false;
+        let mut esc = false;
+        for c in l.chars() {
+            match c {
+                _ if esc => esc = false,
+                '\\' if in_str => esc = true,
+                '"' => in_str = !in_str,
+                '#' if !in_str => break,
+                '{' | '[' | '(' if !in_str => depth += 1,
+                '}' | ']' | ')' if !in_str => depth -= 1,
+                _ => {}
+            }
+        }
+        last = i;
+        if depth <= 0 {
+            break;
+        }
+    }
+    for l in &mut lines[first..=last] {
+        l.clear();
+    }
+    true
+}
+
 fn problems_error(file: &str, found: &[(usize, String)]) -> Option<ConfigError> {
     let first = found.first()?.0;
     let list: Vec<String> = found
@@ -1294,6 +1398,37 @@ fn problems_error(file: &str, found: &[(usize, String)]) -> Option<ConfigError> 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// `validate` lists every independent problem once, each at its own line, and stops
+    /// before what its own cuts would cause.
+    #[test]
+    fn all_problems_are_listed_once_each() {
+        let text = "server {\n  trust_domain = \"example.org\"\n  bad_one = 1\n  nested {\n    x = 1\n  }\n  port = \"eighty\"\n}\n";
+        let check = |t: &str| -> Result<(), ConfigError> {
+            let root = parse("f", t)?;
+            let top = Section::new("f", "", &root);
+            let s = top
+                .section("server")?
+                .ok_or_else(|| top.err(0, "missing server"))?;
+            top.finish()?;
+            s.string("trust_domain")?
+                .ok_or_else(|| s.err(1, "trust_domain is required"))?;
+            let _ = s.u16("port")?;
+            s.finish()
+        };
+        let (found, complete) = all_problems("f", text, check);
+        let lines: Vec<usize> = found.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![7, 3, 4], "{found:?}");
+        assert!(complete);
+        // a cut that takes away something required ends the list, unreported
+        let text = "server {\n  trust_domain = 5\n  bad = 1\n}\n";
+        let (found, complete) = all_problems("f", text, check);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(!complete);
+        // a syntax error is the only problem reported
+        let (found, _) = all_problems("f", "server {\n a = \n}", check);
+        assert_eq!(found.len(), 1);
+    }
 
     /// SPIRE's one-line nested blocks read as HCL 1 reads them, with the original lines.
     #[test]

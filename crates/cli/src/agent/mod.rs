@@ -340,7 +340,9 @@ fn run(a: RunArgs) -> Result<()> {
 }
 
 fn validate_config(a: ValidateConfigArgs) -> Result<()> {
-    let cfg = AgentConfig::load(&a.config, a.expand_env, &Overrides::default())?;
+    let cfg = crate::common::validate_file(&a.config, |file, text| {
+        AgentConfig::parse(file, text, a.expand_env, &Overrides::default())
+    })?;
     ironpact_agent::manager::Agent::check(&cfg)
         .map_err(|e| anyhow!("{e} ({})", a.config.display()))?;
     if a.out.json() {

@@ -103,7 +103,9 @@ pub fn run(a: RunArgs) -> Result<()> {
 }
 
 pub fn validate(a: ValidateArgs) -> Result<()> {
-    let cfg = ServerConfig::load(&a.config, a.expand_env, &Overrides::default())?;
+    let cfg = crate::common::validate_file(&a.config, |file, text| {
+        ServerConfig::parse(file, text, a.expand_env, &Overrides::default())
+    })?;
     let warnings = cfg.warnings();
     // the attestors are built as `run` builds them: the files they read must be there
     ironpact_server::run::build_attestors(&cfg, None)
