@@ -1172,3 +1172,94 @@ fn debug_getinfo() {
     let o = agent_debug(&a.socket, false);
     assert!(!o.ok(), "the public socket must not serve debug: {o:?}");
 }
+
+/// `UpstreamAuthority "disk"`: an operator's root signs the server's CA. Agents bootstrap from
+/// the root alone (the bundle holds nothing else), the agent-server mTLS carries the
+/// intermediate both ways, and a workload's SVID chain verifies to the root with openssl; a
+/// forced rotation of the local CA changes no bundle, and X.509 taint (which marks bundle
+/// entries) is refused with the way out.
+#[test]
+fn upstream_authority_disk_end_to_end() {
+    use ironpact_spiffe::{KeyType, PrivateKey, TrustDomain};
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let root = ironpact_spiffe::x509::self_signed_ca(
+        &key,
+        &TrustDomain::new("operator.example").unwrap(),
+        &ironpact_spiffe::x509::CaSubject::default(),
+        [9; 16],
+        now - 60,
+        now + 30 * 86400,
+    )
+    .unwrap();
+    let (crt, keyf) = (dir.path().join("root.crt"), dir.path().join("root.key"));
+    std::fs::write(&crt, ironpact_spiffe::x509::certs_to_pem([root.as_slice()])).unwrap();
+    std::fs::write(&keyf, key.pkcs8_pem()).unwrap();
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.plugin(
+            support::Plugin::new("UpstreamAuthority", "disk")
+                .set("cert_file_path", &crt)
+                .set("key_file_path", &keyf),
+        )
+    });
+    assert_eq!(
+        s.bundle_roots(),
+        vec![root.clone()],
+        "the bundle is the root alone"
+    );
+    let token = join_token(&s, "spiffe://example.org/host-upstream");
+    let a = TestAgent::start(&s, &token);
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/upstream-workload",
+        "-parentID",
+        "spiffe://example.org/host-upstream",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    let out = dir.path().join("svids");
+    let fetched = a.fetch_until_ok(&["-write", out.to_str().unwrap()]);
+    assert!(fetched.ok(), "{fetched:?}");
+    let svid = out.join("svid.0.pem");
+    let chain =
+        ironpact_spiffe::x509::certs_from_pem(&std::fs::read_to_string(&svid).unwrap()).unwrap();
+    assert_eq!(chain.len(), 2, "the SVID and the server's CA");
+    let v = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&crt)
+        .arg("-untrusted")
+        .arg(&svid)
+        .arg(&svid)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{v:?}");
+    // a forced rotation of the local CA: the bundle does not move; the workload's next SVID
+    // is signed by the new CA
+    let p = s
+        .cli(&["localauthority", "x509", "prepare", "-output", "json"])
+        .expect_ok()
+        .json();
+    let id = p["prepared_authority"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.cli(&["localauthority", "x509", "activate", "-authorityID", &id])
+        .expect_ok();
+    assert_eq!(s.bundle_roots(), vec![root]);
+    let old = s
+        .cli(&["localauthority", "x509", "show", "-output", "json"])
+        .expect_ok()
+        .json()["old"]["authority_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.cli(&["localauthority", "x509", "taint", "-authorityID", &old])
+        .expect_error("UpstreamAuthority");
+    // the agent itself stays connected through all this
+    assert!(a.cli(&["api", "fetch", "x509"]).ok());
+}

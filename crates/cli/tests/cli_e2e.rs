@@ -1376,6 +1376,7 @@ fn spire_config_files() {
             std::process::Command::new(bin)
                 .args(["validate", "-config"])
                 .arg(&p)
+                .current_dir(dir.path())
                 .output()
                 .unwrap(),
         )
@@ -1393,9 +1394,115 @@ fn spire_config_files() {
     let server = format!(
         "server {{\n    bind_address = \"127.0.0.1\"\n    bind_port = \"8081\"\n    socket_path = \"{d}/api.sock\"\n    trust_domain = \"example.org\"\n    data_dir = \"{d}/server\"\n    log_level = \"DEBUG\"\n    ca_subject {{\n        country = [\"US\"]\n        organization = [\"SPIFFE\"]\n        common_name = \"\"\n    }}\n}}\n\nplugins {{\n    DataStore \"sql\" {{\n        plugin_data {{\n            database_type = \"sqlite3\"\n            connection_string = \"{d}/datastore.sqlite3\"\n        }}\n    }}\n\n    NodeAttestor \"join_token\" {{\n        plugin_data {{\n        }}\n    }}\n\n    KeyManager \"memory\" {{\n        plugin_data = {{}}\n    }}\n\n{upstream}}}\n"
     );
+    // SPIRE's UpstreamAuthority "disk" with its dummy CA (made here by openssl as SPIRE's is:
+    // an EC key in SEC1 form, a self-signed CA certificate), relative to the working directory
+    let conf_dir = dir.path().join("conf/server");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let (ca_key, ca_crt) = (
+        conf_dir.join("dummy_upstream_ca.key"),
+        conf_dir.join("dummy_upstream_ca.crt"),
+    );
+    assert!(
+        std::process::Command::new("openssl")
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out"
+            ])
+            .arg(&ca_key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-new",
+                "-days",
+                "30",
+                "-subj",
+                "/C=US/O=SPIFFE",
+                "-key"
+            ])
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca_crt)
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
     let o = run(support::BIN, "server.conf", &server);
-    o.expect_error("1 change needed");
-    assert!(o.stderr.contains("UpstreamAuthority \"disk\""), "{o:?}");
+    assert!(
+        o.ok() && o.stdout.contains("configuration file is valid."),
+        "{o:?}"
+    );
+    // and it runs: the bundle is the operator's CA, a minted SVID chains to it through ours
+    let mut child = std::process::Command::new(support::BIN)
+        .args(["run", "-config", "server.conf", "-serverPort", "0"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let sock = format!("{d}/api.sock");
+    let cli = |args: &[&str]| {
+        support::Out::from(
+            std::process::Command::new(support::BIN)
+                .args(args)
+                .args(["-socketPath", &sock])
+                .output()
+                .unwrap(),
+        )
+    };
+    let up = cli(&["healthcheck", "-wait", "20s"]);
+    let shown = cli(&["bundle", "show"]);
+    let minted = dir.path().join("minted");
+    let mint = cli(&[
+        "x509",
+        "mint",
+        "-spiffeID",
+        "spiffe://example.org/m",
+        "-write",
+        minted.to_str().unwrap(),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    assert!(up.ok() && mint.ok(), "{up:?} {mint:?}\n{log}");
+    assert_eq!(
+        ironpact_spiffe::x509::certs_from_pem(&shown.stdout).unwrap(),
+        ironpact_spiffe::x509::certs_from_pem(&std::fs::read_to_string(&ca_crt).unwrap()).unwrap(),
+        "the bundle is the upstream CA alone"
+    );
+    let svid = minted.join("svid.pem");
+    let v = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&ca_crt)
+        .arg("-untrusted")
+        .arg(&svid)
+        .arg(&svid)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{v:?}");
+    // another UpstreamAuthority plugin is still refused, with the way out
+    let o = run(
+        support::BIN,
+        "vault.conf",
+        &server.replace("UpstreamAuthority \"disk\"", "UpstreamAuthority \"vault\""),
+    );
+    o.expect_error("only UpstreamAuthority \"disk\" is built in");
     let o = run(support::BIN, "server.conf", &server.replace(upstream, ""));
     assert!(
         o.ok() && o.stdout.contains("configuration file is valid."),

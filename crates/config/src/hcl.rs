@@ -961,7 +961,7 @@ const UNSUPPORTED: &[(Side, &str, &str, &str)] = &[
         Side::Server,
         "plugins",
         "UpstreamAuthority",
-        "ironpact's CA is its own root; an operator CA cannot sign it yet: remove the block",
+        "only UpstreamAuthority \"disk\" is built in (an operator CA from files): use it, or remove the block",
     ),
     (
         Side::Server,
@@ -1230,6 +1230,10 @@ pub fn spire_unsupported(root: &Node, side: Side) -> Vec<(usize, String)> {
                 .filter(|b| b.ident == "plugins")
                 .flat_map(|p| p.body.blocks.iter())
                 .filter(|b| b.ident == *key)
+                .filter(|b| {
+                    !(b.ident == "UpstreamAuthority"
+                        && b.labels.first().is_some_and(|l| l == "disk"))
+                })
                 .map(|b| (b.line, format!("{key} \"{}\"", b.labels.join("\" \""))))
                 .collect(),
             "DataStore" => root

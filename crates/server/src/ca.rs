@@ -9,7 +9,10 @@
 use crate::clock::Clock;
 use crate::keymanager::{KeyError, KeyManager};
 use ironpact_datastore::DataStore;
-use ironpact_spiffe::x509::{CaIssuer, CaSubject, SvidRequest, random_serial, self_signed_ca};
+use ironpact_spiffe::x509::{
+    CaIssuer, CaSubject, SvidRequest, intermediate_ca, is_self_signed, random_serial,
+    self_signed_ca,
+};
 use ironpact_spiffe::{Bundle, JwtAuthority, KeyType, PrivateKey, SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
@@ -60,6 +63,10 @@ pub enum AuthorityRefusal {
     NotOld { id: String, state: &'static str },
     #[error("authority {0} is already tainted")]
     AlreadyTainted(String),
+    #[error(
+        "X.509 authority {0} is signed by the UpstreamAuthority, whose roots are what the bundle trusts: rotate with `localauthority x509 prepare` and `activate` (SVIDs move to the new CA at their renewal), or replace the upstream CA itself"
+    )]
+    UnderUpstream(String),
     #[error(
         "authority {0} is not tainted; taint it first, so that every SVID it signed is replaced before it is revoked"
     )]
@@ -174,13 +181,25 @@ enum Publication {
     Jwt(JwtAuthority, bool),
 }
 
-fn publications(j: &Journal) -> Result<Vec<Publication>, CaError> {
+/// What the bundle must hold of ours: each slot's key, except X.509 CAs an upstream signed
+/// (their SVIDs chain to the upstream's roots, which are published instead).
+fn publications(j: &Journal, upstream: Option<&Upstream>) -> Result<Vec<Publication>, CaError> {
+    let roots = upstream
+        .into_iter()
+        .flat_map(|u| u.roots.iter())
+        .map(|r| Ok(Publication::X509(r.clone(), false)));
     j.slots
         .iter()
         .filter(|s| !s.revoked)
-        .map(|s| {
-            let public = hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
-            Ok(match s.kind {
+        .filter_map(|s| {
+            let public = match hex::decode(&s.public) {
+                Ok(p) => p,
+                Err(e) => return Some(Err(CaError::Journal(e.to_string()))),
+            };
+            if s.kind == SlotKind::X509 && !is_self_signed(&public) {
+                return None;
+            }
+            Some(Ok(match s.kind {
                 SlotKind::X509 => Publication::X509(public, s.tainted),
                 SlotKind::Jwt => Publication::Jwt(
                     JwtAuthority {
@@ -190,15 +209,85 @@ fn publications(j: &Journal) -> Result<Vec<Publication>, CaError> {
                     },
                     s.tainted,
                 ),
-            })
+            }))
         })
+        .chain(roots)
         .collect()
 }
 
+/// The active X.509 CA and the certificates an SVID it signs carries after itself.
+type X509Signer = (CaIssuer, Vec<Vec<u8>>);
+
 /// What signs right now.
 struct Signers {
-    x509: Option<Arc<CaIssuer>>,
+    x509: Option<Arc<X509Signer>>,
     jwt: Option<Arc<(String, PrivateKey, i64)>>,
+}
+
+/// An operator's CA that signs this server's X.509 CAs (SPIRE's `UpstreamAuthority "disk"`):
+/// SVID chains then carry our CA certificate (and the upstream's intermediates), and the
+/// trust bundle holds the upstream's roots instead of our certificates, so a rotation of our
+/// CA never changes the bundle.
+#[derive(Debug)]
+pub struct Upstream {
+    issuer: CaIssuer,
+    /// Between our CA and the roots: the upstream certificate when it is not a root, then
+    /// its own intermediates.
+    chain: Vec<Vec<u8>>,
+    /// What the bundle publishes.
+    roots: Vec<Vec<u8>>,
+}
+
+impl Upstream {
+    /// Reads the upstream CA: `cert_file` (its certificate, then any intermediates), its key,
+    /// and `bundle_file` (the roots; needed when the certificate is not self-signed).
+    pub fn load(
+        cert_file: &std::path::Path,
+        key_file: &std::path::Path,
+        bundle_file: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
+        use ironpact_spiffe::x509::{CertInfo, certs_from_pem, is_self_signed};
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let certs = certs_from_pem(&read(cert_file)?)
+            .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+        let first = certs
+            .first()
+            .ok_or_else(|| format!("{}: no certificate", cert_file.display()))?;
+        let info = CertInfo::parse(first).map_err(|e| e.to_string())?;
+        if !info.is_ca {
+            return Err(format!(
+                "{}: the certificate is not a CA (basicConstraints CA:TRUE)",
+                cert_file.display()
+            ));
+        }
+        let key = PrivateKey::from_pem_for(&read(key_file)?, &info.spki_der)
+            .map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let issuer = CaIssuer::new(first, &key).map_err(|e| e.to_string())?;
+        let roots = match bundle_file {
+            Some(b) => certs_from_pem(&read(b)?).map_err(|e| format!("{}: {e}", b.display()))?,
+            None if is_self_signed(first) => vec![first.clone()],
+            None => {
+                return Err(format!(
+                    "{}: the upstream certificate is not self-signed: set bundle_file_path to its roots",
+                    cert_file.display()
+                ));
+            }
+        };
+        if roots.is_empty() {
+            return Err("the upstream bundle holds no certificate".into());
+        }
+        let chain = certs
+            .into_iter()
+            .filter(|c| !roots.contains(c) && !is_self_signed(c))
+            .collect();
+        Ok(Self {
+            issuer,
+            chain,
+            roots,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +300,8 @@ pub struct CaConfig {
     /// This server's instance ID: servers of one cluster share the datastore and the bundle,
     /// but each has its own CA and JWT keys and its own journal of them.
     pub instance_id: String,
+    /// The operator's CA that signs ours, when configured.
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 pub struct CaManager {
@@ -226,6 +317,9 @@ pub struct CaManager {
 #[derive(Debug, Clone)]
 pub struct IssuedX509 {
     pub cert_der: Vec<u8>,
+    /// The SVID, then the certificates up to the bundle's roots (our CA and the upstream's
+    /// intermediates, with an UpstreamAuthority; the SVID alone otherwise).
+    pub chain: Vec<Vec<u8>>,
     pub expires_at: i64,
     pub serial_hex: String,
 }
@@ -323,7 +417,13 @@ impl CaManager {
                 SlotKind::X509 => {
                     let der =
                         hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
-                    x509 = Some(Arc::new(CaIssuer::new(&der, &key)?));
+                    let issuer = CaIssuer::new(&der, &key)?;
+                    let mut after = Vec::new();
+                    if let Some(up) = self.cfg.upstream.as_ref().filter(|_| !is_self_signed(&der)) {
+                        after.push(der);
+                        after.extend(up.chain.iter().cloned());
+                    }
+                    x509 = Some(Arc::new((issuer, after)));
                 }
                 SlotKind::Jwt => jwt = Some(Arc::new((s.kid.clone(), key, s.not_after))),
             }
@@ -344,14 +444,26 @@ impl CaManager {
         let not_after = now + self.cfg.ttl.as_secs() as i64;
         let (key_id, public, kid) = match kind {
             SlotKind::X509 => {
-                let der = self_signed_ca(
-                    &key,
-                    &self.cfg.trust_domain,
-                    &self.cfg.subject,
-                    random_serial(),
-                    now - ironpact_spiffe::x509::BACKDATE_SECS,
-                    not_after,
-                )?;
+                let not_before = now - ironpact_spiffe::x509::BACKDATE_SECS;
+                let der = match &self.cfg.upstream {
+                    None => self_signed_ca(
+                        &key,
+                        &self.cfg.trust_domain,
+                        &self.cfg.subject,
+                        random_serial(),
+                        not_before,
+                        not_after,
+                    )?,
+                    Some(up) => intermediate_ca(
+                        &key,
+                        &self.cfg.trust_domain,
+                        &self.cfg.subject,
+                        random_serial(),
+                        not_before,
+                        not_after,
+                        &up.issuer,
+                    )?,
+                };
                 (random_id("x509-ca"), hex::encode(der), String::new())
             }
             SlotKind::Jwt => (
@@ -386,6 +498,34 @@ impl CaManager {
     /// One step of the rotation state machine for one kind; true when anything changed.
     fn step(&self, j: &mut Journal, kind: SlotKind, now: i64) -> Result<bool, CaError> {
         let mut changed = false;
+        // An X.509 CA made for the other mode (self-signed while an UpstreamAuthority is
+        // configured, or the reverse: the config changed) signs nothing more: the active one
+        // becomes old (still trusted until it expires), a prepared one is dropped.
+        if kind == SlotKind::X509 {
+            let upstream = self.cfg.upstream.is_some();
+            let fits =
+                |s: &Slot| hex::decode(&s.public).is_ok_and(|der| is_self_signed(&der) != upstream);
+            let mut dropped = Vec::new();
+            j.slots.retain(|s| {
+                let drop = s.kind == kind && s.state == SlotState::Prepared && !fits(s);
+                if drop {
+                    dropped.push(s.key_id.clone());
+                }
+                !drop
+            });
+            for id in dropped {
+                info!(key_id = %id, "dropped a prepared X.509 CA made for the other upstream mode");
+                self.km.delete(&id)?;
+                changed = true;
+            }
+            for s in j.slots.iter_mut() {
+                if s.kind == kind && s.state == SlotState::Active && !fits(s) {
+                    info!(key_id = %s.key_id, upstream, "retiring the X.509 CA: the UpstreamAuthority setting changed");
+                    s.state = SlotState::Old;
+                    changed = true;
+                }
+            }
+        }
         let active = j
             .slots
             .iter()
@@ -466,7 +606,7 @@ impl CaManager {
         // once, on a first start or after the keys were lost, is published just before.)
         // Another server's write never removes our slots; a bundle restored from a backup
         // could, and is mended here.
-        let ours = publications(&next)?;
+        let ours = publications(&next, self.cfg.upstream.as_deref())?;
         let missing = |b: &Bundle| {
             ours.iter().any(|p| match p {
                 Publication::X509(der, tainted) => {
@@ -603,8 +743,12 @@ impl CaManager {
         now: i64,
     ) -> Result<(), CaError> {
         let remove = dropped.iter().map(|s| (s.kind, s.authority_id())).collect();
-        self.publish_bundle(publications(&next)?, remove, now)
-            .await?;
+        self.publish_bundle(
+            publications(&next, self.cfg.upstream.as_deref())?,
+            remove,
+            now,
+        )
+        .await?;
         self.store_journal(&next, now).await?;
         *j = next;
         self.rearm(j)?;
@@ -612,6 +756,15 @@ impl CaManager {
             if let Err(e) = self.km.delete(&s.key_id) {
                 warn!(key_id = %s.key_id, error = %e, "cannot delete a dropped or revoked authority's key");
             }
+        }
+        Ok(())
+    }
+
+    /// Under an UpstreamAuthority our X.509 CAs are not in the bundle (its roots are), so
+    /// there is nothing to mark or remove there: refused, with what to do instead.
+    fn upstream_allows(&self, kind: SlotKind, id: &str) -> Result<(), CaError> {
+        if kind == SlotKind::X509 && self.cfg.upstream.is_some() {
+            return Err(AuthorityRefusal::UnderUpstream(id.to_string()).into());
         }
         Ok(())
     }
@@ -702,6 +855,7 @@ impl CaManager {
     /// Taints the old authority `id`: it stays trusted, but every agent replaces the SVIDs it
     /// signed at once (through whichever server it is connected to).
     pub async fn taint(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
+        self.upstream_allows(kind, id)?;
         let st = self
             .operate(|j, _| {
                 let i = Self::old(j, kind, id)?;
@@ -719,6 +873,7 @@ impl CaManager {
     /// Revokes the tainted authority `id`: removed from the bundle, so no server trusts what
     /// it signed any more, and its key deleted.
     pub async fn revoke(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
+        self.upstream_allows(kind, id)?;
         let mut j = self.journal.lock().await;
         let now = self.clock.now();
         let i = Self::old(&j, kind, id)?;
@@ -777,10 +932,10 @@ impl CaManager {
 
     /// The active X.509 CA's certificate.
     pub fn x509_ca_cert(&self) -> Result<Vec<u8>, CaError> {
-        Ok(self.x509_issuer()?.cert_der().to_vec())
+        Ok(self.x509_issuer()?.0.cert_der().to_vec())
     }
 
-    fn x509_issuer(&self) -> Result<Arc<CaIssuer>, CaError> {
+    fn x509_issuer(&self) -> Result<Arc<X509Signer>, CaError> {
         self.signers
             .read()
             .ok()
@@ -796,7 +951,8 @@ impl CaManager {
         dns_names: &[String],
         ttl: Duration,
     ) -> Result<IssuedX509, CaError> {
-        let issuer = self.x509_issuer()?;
+        let signer = self.x509_issuer()?;
+        let (issuer, after) = (&signer.0, &signer.1);
         let serial = random_serial();
         let now = self.clock.now();
         let der = issuer.issue_svid(&SvidRequest {
@@ -807,8 +963,11 @@ impl CaManager {
             now,
             ttl_secs: ttl.as_secs() as i64,
         })?;
+        let mut chain = vec![der.clone()];
+        chain.extend(after.iter().cloned());
         Ok(IssuedX509 {
             cert_der: der,
+            chain,
             expires_at: (now + ttl.as_secs() as i64).min(issuer.not_after()),
             serial_hex: hex::encode(serial),
         })

@@ -66,6 +66,18 @@ pub struct ServerConfig {
     pub join_token_builtin: bool,
     /// SPIFFE Federation: this server's bundle endpoint and the peers of the config file.
     pub federation: FederationConfig,
+    /// `UpstreamAuthority "disk"`: an operator's CA signs this server's CAs.
+    pub upstream: Option<UpstreamConfig>,
+}
+
+/// SPIRE's `UpstreamAuthority "disk"` plugin data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// The upstream CA's certificate (then any intermediates up to its root).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Its roots, when the certificate is not self-signed.
+    pub bundle_file: Option<PathBuf>,
 }
 
 /// `server { federation { … } }`, as SPIRE writes it.
@@ -457,6 +469,7 @@ impl ServerConfig {
 
         let mut datastore = None;
         let mut key_manager = None;
+        let mut upstream = None;
         let mut node_attestors: Vec<ServerAttestor> = Vec::new();
         let mut join_token_disabled = false;
         if let Some(p) = &plugins {
@@ -545,6 +558,40 @@ impl ServerConfig {
                 sec.finish()?;
                 key_manager = Some(km);
             }
+            for (b, sec) in p.labelled("UpstreamAuthority") {
+                let data = plugin_data(&b.labels, b.line, &sec, "UpstreamAuthority", &["disk"])?
+                    .ok_or_else(|| {
+                        sec.err(
+                            b.line,
+                            "UpstreamAuthority \"disk\" needs plugin_data { cert_file_path key_file_path }",
+                        )
+                    })?;
+                let path = |k: &str| -> Result<Option<PathBuf>, ConfigError> {
+                    Ok(data.string(k)?.map(|v| PathBuf::from(v.0)))
+                };
+                let required = |k: &str| -> Result<PathBuf, ConfigError> {
+                    path(k)?.ok_or_else(|| {
+                        sec.err(
+                            b.line,
+                            format!("UpstreamAuthority \"disk\": {k} is required"),
+                        )
+                    })
+                };
+                let u = UpstreamConfig {
+                    cert_file: required("cert_file_path")?,
+                    key_file: required("key_file_path")?,
+                    bundle_file: path("bundle_file_path")?,
+                };
+                data.finish()?;
+                if upstream.is_some() {
+                    return Err(sec.err(
+                        b.line,
+                        "only one UpstreamAuthority plugin may be configured",
+                    ));
+                }
+                sec.finish()?;
+                upstream = Some(u);
+            }
             for (b, sec) in p.labelled("NodeAttestor") {
                 let names = registry::names();
                 let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &names)?;
@@ -623,6 +670,7 @@ impl ServerConfig {
             node_attestors,
             join_token_builtin,
             federation,
+            upstream,
         })
     }
 

@@ -56,6 +56,10 @@ pub enum RunError {
     },
     #[error("agent API TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(
+        "UpstreamAuthority \"disk\": {0} (fix cert_file_path, key_file_path or bundle_file_path)"
+    )]
+    Upstream(String),
     #[error("federation: {0} (change federation.bundle_endpoint)")]
     BundleEndpoint(String),
     #[error(transparent)]
@@ -201,8 +205,18 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         KeyManagerConfig::Disk { keys_path } => Arc::new(DiskKeyManager::new(keys_path)?),
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::default()),
     };
+    let upstream = match &cfg.upstream {
+        None => None,
+        Some(u) => {
+            let up = crate::ca::Upstream::load(&u.cert_file, &u.key_file, u.bundle_file.as_deref())
+                .map_err(RunError::Upstream)?;
+            info!(cert = %u.cert_file.display(), "UpstreamAuthority \"disk\": the operator's CA signs this server's CAs");
+            Some(Arc::new(up))
+        }
+    };
     let ca = CaManager::load(
         CaConfig {
+            upstream,
             trust_domain: cfg.trust_domain.clone(),
             x509_key_type: cfg.ca_key_type,
             jwt_key_type: cfg.jwt_key_type,

@@ -24,6 +24,7 @@ fn cfg() -> CaConfig {
         ttl: Duration::from_secs(TTL as u64),
         subject: CaSubject::default(),
         instance_id: "server-a".into(),
+        upstream: None,
     }
 }
 
@@ -583,4 +584,130 @@ async fn two_servers_share_one_bundle_on_mysql() {
     a.drop_schema_for_tests(&db).await.unwrap();
     a.close().await;
     b.close().await;
+}
+
+/// An operator's root, written as files (certificate, key) the way `UpstreamAuthority "disk"`
+/// reads them: PKCS#8 or SEC1 keys.
+fn upstream_files(
+    dir: &std::path::Path,
+    sec1: bool,
+) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let td = TrustDomain::new("upstream.example").unwrap();
+    let der = ironpact_spiffe::x509::self_signed_ca(
+        &key,
+        &td,
+        &CaSubject::default(),
+        [7; 16],
+        T0 - 100,
+        T0 + 100 * TTL,
+    )
+    .unwrap();
+    let cert = dir.join("upstream.crt");
+    let keyf = dir.join("upstream.key");
+    std::fs::write(&cert, ironpact_spiffe::x509::certs_to_pem([der.as_slice()])).unwrap();
+    let pem = if sec1 {
+        use p256::pkcs8::DecodePrivateKey;
+        let sk = p256::SecretKey::from_pkcs8_der(key.pkcs8_der()).unwrap();
+        ::pem::encode(&::pem::Pem::new(
+            "EC PRIVATE KEY",
+            sk.to_sec1_der().unwrap().to_vec(),
+        ))
+    } else {
+        key.pkcs8_pem()
+    };
+    std::fs::write(&keyf, pem).unwrap();
+    (cert, keyf, der)
+}
+
+/// With an UpstreamAuthority, our CAs are signed by the operator's root: the bundle holds the
+/// root only (through rotations), SVID chains carry our CA and verify to the root, and local
+/// X.509 taint/revoke is refused with the way out. A server that had a self-signed CA keeps
+/// it trusted (old) and signs with an upstream-signed one from the first start with it.
+#[tokio::test]
+async fn an_upstream_authority_signs_our_cas() {
+    use ironpact_server::ca::Upstream;
+    let dir = tempfile::tempdir().unwrap();
+    let ds = DataStore::open_sqlite(&dir.path().join("ds.sqlite3"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let km: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    // first without: a self-signed CA in the bundle
+    let ca = CaManager::load(cfg(), ds.clone(), km.clone(), clock.clone())
+        .await
+        .unwrap();
+    let self_signed = bundle(&ds).await.x509_authorities.clone();
+    assert_eq!(self_signed.len(), 1);
+    drop(ca);
+
+    let (cert, key, root) = upstream_files(dir.path(), true);
+    let mut c = cfg();
+    c.upstream = Some(Arc::new(Upstream::load(&cert, &key, None).unwrap()));
+    let ca = CaManager::load(c, ds.clone(), km.clone(), clock.clone())
+        .await
+        .unwrap();
+    let b = bundle(&ds).await;
+    assert!(b.x509_authorities.contains(&root), "the root is published");
+    assert!(
+        b.x509_authorities.contains(&self_signed[0]),
+        "the retired self-signed CA stays trusted until it expires"
+    );
+    assert_eq!(b.x509_authorities.len(), 2);
+    let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
+    let k = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let svid = ca
+        .sign_x509_svid(&id, &k.spki_der(), &[], Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(svid.chain.len(), 2, "the SVID, then our CA");
+    let chain: Vec<&[u8]> = svid.chain.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        ironpact_spiffe::x509::verify_svid_chain(&chain, std::slice::from_ref(&root), T0).unwrap(),
+        id
+    );
+    // not against our CA alone: it is not a root anyone trusts
+    assert!(ironpact_spiffe::x509::verify_svid_chain(&chain[..1], &self_signed, T0).is_err());
+    // rotations never change the bundle's X.509 part
+    for step in 1..=12 {
+        clock.set(T0 + step * TTL / 4);
+        ca.rotate().await.unwrap();
+        let now = bundle(&ds).await.x509_authorities;
+        assert!(now.contains(&root));
+        assert!(
+            now.iter().all(|c| *c == root || *c == self_signed[0]),
+            "step {step}"
+        );
+    }
+    let svid = ca
+        .sign_x509_svid(&id, &k.spki_der(), &[], Duration::from_secs(60))
+        .unwrap();
+    let chain: Vec<&[u8]> = svid.chain.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        ironpact_spiffe::x509::verify_svid_chain(&chain, std::slice::from_ref(&root), T0 + 3 * TTL)
+            .unwrap(),
+        id
+    );
+    // an operator's rotation works as without an upstream; the bundle still holds the root
+    let p = ca.prepare(SlotKind::X509).await.unwrap();
+    ca.activate(SlotKind::X509, &p.authority_id).await.unwrap();
+    assert!(bundle(&ds).await.x509_authorities.contains(&root));
+    let old = ca.authority_states(SlotKind::X509).await.old.unwrap();
+    let e = ca
+        .taint(SlotKind::X509, &old.authority_id)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("UpstreamAuthority"), "{e}");
+    // the key must match the certificate, and a non-root needs its roots
+    let other = dir.path().join("other.key");
+    std::fs::write(
+        &other,
+        PrivateKey::generate(KeyType::EcP256).unwrap().pkcs8_pem(),
+    )
+    .unwrap();
+    let e = Upstream::load(&cert, &other, None).unwrap_err();
+    assert!(e.contains("does not match"), "{e}");
+    let sub = dir.path().join("pkcs8");
+    std::fs::create_dir(&sub).unwrap();
+    let (cert2, key2, _) = upstream_files(&sub, false);
+    assert!(Upstream::load(&cert2, &key2, None).is_ok());
 }

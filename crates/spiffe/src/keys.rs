@@ -113,6 +113,53 @@ impl PrivateKey {
         })
     }
 
+    /// The private key in a PEM file (PKCS#8 `PRIVATE KEY`, or an `EC PRIVATE KEY` on P-256),
+    /// which must be the one whose public half is `spki_der` (a certificate's): its type is
+    /// found by trying each, so the file need not say it.
+    pub fn from_pem_for(text: &str, spki_der: &[u8]) -> Result<Self, Error> {
+        let block = pem::parse_many(text)
+            .map_err(|e| Error::InvalidKey(format!("not PEM: {e}")))?
+            .into_iter()
+            .find(|b| b.tag().ends_with("PRIVATE KEY"))
+            .ok_or_else(|| Error::InvalidKey("no PRIVATE KEY block".into()))?;
+        let pkcs8 = match block.tag() {
+            "PRIVATE KEY" => block.contents().to_vec(),
+            "EC PRIVATE KEY" => {
+                use p256::pkcs8::EncodePrivateKey;
+                p256::SecretKey::from_sec1_der(block.contents())
+                    .map_err(|_| {
+                        Error::InvalidKey(
+                            "an EC PRIVATE KEY that is not P-256: convert it with `openssl pkcs8 -topk8 -nocrypt`".into(),
+                        )
+                    })?
+                    .to_pkcs8_der()
+                    .map_err(|e| Error::InvalidKey(e.to_string()))?
+                    .as_bytes()
+                    .to_vec()
+            }
+            other => {
+                return Err(Error::InvalidKey(format!(
+                    "a {other} block: convert it to PKCS#8 with `openssl pkcs8 -topk8 -nocrypt`"
+                )));
+            }
+        };
+        for kt in [
+            KeyType::EcP256,
+            KeyType::EcP384,
+            KeyType::Rsa2048,
+            KeyType::Rsa4096,
+        ] {
+            if let Ok(k) = Self::from_pkcs8(kt, &pkcs8)
+                && k.spki_der() == spki_der
+            {
+                return Ok(k);
+            }
+        }
+        Err(Error::InvalidKey(
+            "the private key does not match the certificate (or is not EC P-256/P-384 or RSA 2048/4096)".into(),
+        ))
+    }
+
     pub fn key_type(&self) -> KeyType {
         self.key_type
     }

@@ -113,6 +113,37 @@ pub fn self_signed_ca(
     Ok(cert.der().to_vec())
 }
 
+/// Builds a CA certificate for `td` signed by `upstream` (an operator's CA: SPIRE's
+/// UpstreamAuthority). NotAfter is capped at the upstream certificate's.
+pub fn intermediate_ca(
+    key: &PrivateKey,
+    td: &TrustDomain,
+    subject: &CaSubject,
+    serial: [u8; 16],
+    not_before: i64,
+    not_after: i64,
+    upstream: &CaIssuer,
+) -> Result<Vec<u8>, Error> {
+    let mut params = ca_params(
+        td,
+        subject,
+        serial,
+        not_before,
+        not_after.min(upstream.not_after()),
+    )?;
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(key.rcgen(), &upstream.issuer)
+        .map_err(|e| Error::Signing(e.to_string()))?;
+    Ok(cert.der().to_vec())
+}
+
+/// Whether a certificate is its own issuer (a root), by name and signature.
+pub fn is_self_signed(der: &[u8]) -> bool {
+    X509Certificate::from_der(der)
+        .is_ok_and(|(_, c)| c.subject() == c.issuer() && c.verify_signature(None).is_ok())
+}
+
 fn ca_params(
     td: &TrustDomain,
     subject: &CaSubject,

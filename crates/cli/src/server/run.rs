@@ -110,6 +110,16 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
     // the attestors are built as `run` builds them: the files they read must be there
     ironpact_server::run::build_attestors(&cfg, None)
         .map_err(|e| anyhow!("{e} ({})", a.config.display()))?;
+    // and the upstream CA's files, as `run` reads them
+    if let Some(u) = &cfg.upstream {
+        ironpact_server::ca::Upstream::load(&u.cert_file, &u.key_file, u.bundle_file.as_deref())
+            .map_err(|e| {
+                anyhow!(
+                    "UpstreamAuthority \"disk\": {e} (fix cert_file_path, key_file_path or bundle_file_path in {})",
+                    a.config.display()
+                )
+            })?;
+    }
     if a.output == Output::Json {
         println!(
             "{}",

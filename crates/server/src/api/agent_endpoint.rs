@@ -384,7 +384,7 @@ async fn attest_flow(
     Ok(pb::attest_agent_response::Result {
         svid: Some(ironpact_proto::server::v1::X509svid {
             id: rec.spiffe_id.to_string(),
-            cert_chain: vec![issued.cert_der],
+            cert_chain: issued.chain,
             expires_at: issued.expires_at,
         }),
         reattestable: rec.can_reattest,
@@ -811,7 +811,7 @@ impl AgentApi for AgentEndpoint {
                     .map_err(ca_status)?;
                 Ok::<_, Status>(ironpact_proto::server::v1::X509svid {
                     id: e.spiffe_id.to_string(),
-                    cert_chain: vec![issued.cert_der],
+                    cert_chain: issued.chain,
                     expires_at: issued.expires_at,
                 })
             })();

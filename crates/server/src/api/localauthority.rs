@@ -26,7 +26,16 @@ fn states_pb(s: AuthorityStates) -> [Option<pb::AuthorityState>; 3] {
 }
 
 /// Ironpact's CA is its own root: there is no upstream authority to taint or revoke.
-fn no_upstream() -> Status {
+fn no_upstream(configured: bool) -> Status {
+    if configured {
+        // SPIRE taints and revokes an upstream CA that the plugin rotated; the disk plugin's
+        // CA is the operator's files, which only the operator changes
+        return Status::failed_precondition(
+            "the UpstreamAuthority \"disk\" CA is the operator's files, not rotated by the server: \
+             to replace it, add the new root to bundle_file_path, restart every server, then switch \
+             cert_file_path/key_file_path and restart again",
+        );
+    }
     Status::failed_precondition(
         "no upstream authority is configured: this server's X.509 CA is self-signed; use \
          `localauthority x509 taint|revoke` for its own authorities",
@@ -178,7 +187,7 @@ impl LocalAuthorityService for LocalAuthorityApi {
         &self,
         _: Request<pb::TaintX509UpstreamAuthorityRequest>,
     ) -> Result<Response<pb::TaintX509UpstreamAuthorityResponse>, Status> {
-        Err(no_upstream())
+        Err(no_upstream(self.0.cfg.upstream.is_some()))
     }
     async fn revoke_x509_authority(
         &self,
@@ -194,6 +203,6 @@ impl LocalAuthorityService for LocalAuthorityApi {
         &self,
         _: Request<pb::RevokeX509UpstreamAuthorityRequest>,
     ) -> Result<Response<pb::RevokeX509UpstreamAuthorityResponse>, Status> {
-        Err(no_upstream())
+        Err(no_upstream(self.0.cfg.upstream.is_some()))
     }
 }

@@ -133,7 +133,7 @@ impl Core {
             self.cfg.default_x509_svid_ttl,
         )?;
         self.server_svid
-            .set(vec![issued.cert_der], key.pkcs8_der())
+            .set(issued.chain, key.pkcs8_der())
             .map_err(|e| CaError::Journal(format!("server SVID: {e}")))?;
         self.server_svid_expiry
             .store(issued.expires_at, Ordering::SeqCst);

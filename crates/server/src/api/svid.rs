@@ -52,7 +52,7 @@ impl SvidService for SvidApi {
         Ok(Response::new(pb::MintX509svidResponse {
             svid: Some(pb::X509svid {
                 id: id.to_string(),
-                cert_chain: vec![issued.cert_der],
+                cert_chain: issued.chain,
                 expires_at: issued.expires_at,
             }),
         }))
