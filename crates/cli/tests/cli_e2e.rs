@@ -1476,10 +1476,60 @@ fn spire_config_files() {
         "-write",
         minted.to_str().unwrap(),
     ]);
+    // SPIRE's agent.conf runs against it: insecure bootstrap, then the upstream-signed chain
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    let port = log
+        .lines()
+        .filter(|l| l.contains("agent API listening"))
+        .find_map(|l| {
+            let rest = &l[l.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u16>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no agent API port in the log:\n{log}"));
+    let token = cli(&[
+        "token",
+        "generate",
+        "-spiffeID",
+        "spiffe://example.org/host",
+        "-output",
+        "json",
+    ])
+    .json()["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let agent_sock = format!("{d}/agent.sock");
+    let mut agent_child = std::process::Command::new(support::AGENT_BIN)
+        .args([
+            "run",
+            "-config",
+            "agent.conf",
+            "-serverPort",
+            &port.to_string(),
+        ])
+        .args(["-socketPath", &agent_sock, "-joinToken", &token])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let agent_up = support::Out::from(
+        std::process::Command::new(support::AGENT_BIN)
+            .args(["healthcheck", "-socketPath", &agent_sock, "-wait", "20s"])
+            .output()
+            .unwrap(),
+    );
+    let _ = agent_child.kill();
+    let _ = agent_child.wait();
     let _ = child.kill();
     let _ = child.wait();
-    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    let alog = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
     assert!(up.ok() && mint.ok(), "{up:?} {mint:?}\n{log}");
+    assert!(agent_up.ok(), "{agent_up:?}\n{alog}");
     assert_eq!(
         ironpact_spiffe::x509::certs_from_pem(&shown.stdout).unwrap(),
         ironpact_spiffe::x509::certs_from_pem(&std::fs::read_to_string(&ca_crt).unwrap()).unwrap(),
