@@ -1546,6 +1546,25 @@ fn spire_config_files() {
         .output()
         .unwrap();
     assert!(v.status.success(), "{v:?}");
+    // plugin_data_file: a plugin's data from a file of its own
+    std::fs::write(
+        dir.path().join("km.hcl"),
+        format!("keys_path = \"{d}/keys\"\n"),
+    )
+    .unwrap();
+    let pdf = server.replace(
+        "KeyManager \"memory\" {\n        plugin_data = {}\n    }",
+        "KeyManager \"disk\" {\n        plugin_data_file = \"km.hcl\"\n    }",
+    );
+    assert!(pdf.contains("plugin_data_file"));
+    let o = run(support::BIN, "pdf.conf", &pdf);
+    assert!(o.ok(), "{o:?}");
+    let o = run(
+        support::BIN,
+        "pdf.conf",
+        &pdf.replace("km.hcl", "missing.hcl"),
+    );
+    o.expect_error("plugin_data_file missing.hcl");
     // another UpstreamAuthority plugin is still refused, with the way out
     let o = run(
         support::BIN,

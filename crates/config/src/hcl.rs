@@ -142,6 +142,76 @@ pub fn expand_env(text: &str) -> String {
 /// which SPIRE's HCL 1 reads) is read as if each brace were on a line of its own: the meaning
 /// is the same, and errors still name the original lines.
 pub fn parse(file: &str, text: &str) -> Result<Node, ConfigError> {
+    let mut root = parse_text(file, text)?;
+    inline_plugin_data_files(file, &mut root)?;
+    Ok(root)
+}
+
+/// SPIRE's `plugin_data_file = "path"` in a plugin block: the file's HCL becomes the block's
+/// `plugin_data` (errors inside it point at the line of `plugin_data_file`, naming the file).
+fn inline_plugin_data_files(file: &str, root: &mut Node) -> Result<(), ConfigError> {
+    fn relines(n: &mut Node, line: usize) {
+        n.line = line;
+        for a in &mut n.attrs {
+            a.2 = line;
+            if let Value::Node(inner) = &mut a.1 {
+                relines(inner, line);
+            }
+        }
+        for b in &mut n.blocks {
+            b.line = line;
+            relines(&mut b.body, line);
+        }
+    }
+    for plugins in root.blocks.iter_mut().filter(|b| b.ident == "plugins") {
+        for plugin in &mut plugins.body.blocks {
+            let Some(i) = plugin
+                .body
+                .attrs
+                .iter()
+                .position(|(k, _, _)| k == "plugin_data_file")
+            else {
+                continue;
+            };
+            let (_, v, line) = plugin.body.attrs.remove(i);
+            let err = |message: String| ConfigError {
+                file: file.to_string(),
+                line,
+                message,
+            };
+            let Value::Str(path) = v else {
+                return Err(err("plugin_data_file must be a path (a string)".into()));
+            };
+            if plugin.body.blocks.iter().any(|b| b.ident == "plugin_data")
+                || plugin.body.attrs.iter().any(|(k, _, _)| k == "plugin_data")
+            {
+                return Err(err(format!(
+                    "{} \"{}\": plugin_data and plugin_data_file exclude each other: keep one",
+                    plugin.ident,
+                    plugin.labels.join("\" \"")
+                )));
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| err(format!("plugin_data_file {path}: {e}")))?;
+            let mut body = parse_text(&path, &text).map_err(|e| {
+                err(format!(
+                    "plugin_data_file {path}: line {}: {}",
+                    e.line, e.message
+                ))
+            })?;
+            relines(&mut body, line);
+            plugin.body.blocks.push(Block {
+                ident: "plugin_data".into(),
+                labels: Vec::new(),
+                body,
+                line,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn parse_text(file: &str, text: &str) -> Result<Node, ConfigError> {
     match hcl_edit::parser::parse_body(text) {
         Ok(body) => convert_body(file, &Lines { text, map: None }, &body, 1),
         Err(e) => {
@@ -1432,6 +1502,49 @@ mod tests {
         // a syntax error is the only problem reported
         let (found, _) = all_problems("f", "server {\n a = \n}", check);
         assert_eq!(found.len(), 1);
+    }
+
+    /// SPIRE's plugin_data_file: the file's HCL is the plugin's data; not both; a missing
+    /// file or bad HCL in it is named.
+    #[test]
+    fn plugin_data_file_is_the_plugins_data() {
+        let dir = std::env::temp_dir().join(format!("pdf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data.hcl");
+        std::fs::write(&data, "directory = \"/var/keys\"\nnested {\n  x = 1\n}\n").unwrap();
+        let conf = format!(
+            "plugins {{\n  KeyManager \"disk\" {{\n    plugin_data_file = \"{}\"\n  }}\n}}\n",
+            data.display()
+        );
+        let root = parse("f", &conf).unwrap();
+        let km = &root.blocks[0].body.blocks[0];
+        let pd = km
+            .body
+            .blocks
+            .iter()
+            .find(|b| b.ident == "plugin_data")
+            .unwrap();
+        assert_eq!(pd.line, 3);
+        assert!(matches!(&pd.body.attrs[0].1, Value::Str(s) if s == "/var/keys"));
+        assert!(km.body.attrs.is_empty());
+        let both = conf.replace("plugin_data_file", "plugin_data {}\n    plugin_data_file");
+        assert!(
+            parse("f", &both)
+                .unwrap_err()
+                .message
+                .contains("exclude each other")
+        );
+        let missing = conf.replace("data.hcl", "nope.hcl");
+        let e = parse("f", &missing).unwrap_err();
+        assert!(e.line == 3 && e.message.contains("nope.hcl"), "{e}");
+        std::fs::write(&data, "directory = \n").unwrap();
+        assert!(
+            parse("f", &conf)
+                .unwrap_err()
+                .message
+                .contains("plugin_data_file")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// SPIRE's one-line nested blocks read as HCL 1 reads them, with the original lines.

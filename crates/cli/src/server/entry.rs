@@ -65,6 +65,10 @@ pub struct Fields {
     /// SVIDStore plugin yet, so agents serve such an entry like any other.
     #[arg(long = "storeSVID", visible_alias = "store-svid")]
     store_svid: bool,
+    /// SPIRE's on-demand X509-SVIDs for this entry: not in ironpact, whose agents sign every
+    /// entry's SVID ahead of the first request (the error says so).
+    #[arg(long = "disableX509SVIDPrefetch")]
+    disable_x509_svid_prefetch: bool,
     /// Unix time at which the entry expires.
     #[arg(long = "entryExpiry", visible_alias = "entry-expiry")]
     entry_expiry: Option<i64>,
@@ -228,6 +232,7 @@ impl Fields {
             downstream,
             node,
             store_svid,
+            disable_x509_svid_prefetch,
             entry_expiry,
         } = self;
         spiffe_id.is_none()
@@ -242,12 +247,18 @@ impl Fields {
             && !downstream
             && !node
             && !store_svid
+            && !disable_x509_svid_prefetch
             && entry_expiry.is_none()
     }
 }
 
 /// Builds an entry from flags; `creating` requires the fields a new entry needs.
 fn entry_from_fields(f: &Fields, creating: bool) -> Result<(pb::Entry, pb::EntryMask)> {
+    if f.disable_x509_svid_prefetch {
+        bail!(
+            "-disableX509SVIDPrefetch is SPIRE's and not in ironpact: agents sign each entry's X509-SVID ahead of the first request (at most one per entry they serve); leave the flag out"
+        );
+    }
     let mut e = pb::Entry::default();
     let mut m = pb::EntryMask::default();
     match &f.spiffe_id {
