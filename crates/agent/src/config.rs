@@ -44,6 +44,8 @@ pub struct UnixAttestorConfig {
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// SPIRE's `health_checks`: HTTP live and ready endpoints, when enabled.
+    pub health_checks: Option<hcl::HealthChecks>,
     pub data_dir: PathBuf,
     pub log_level: String,
     pub log_json: bool,
@@ -169,6 +171,7 @@ impl AgentConfig {
             message: "missing the agent { … } block".into(),
         })?;
         let plugins = top.section("plugins")?;
+        let health_checks = hcl::health_checks(&top)?;
         top.finish()?;
         let a = &agent;
         let line = a.line();
@@ -325,6 +328,7 @@ impl AgentConfig {
             });
         }
         Ok(Self {
+            health_checks,
             data_dir,
             log_level,
             log_json: logging.json,

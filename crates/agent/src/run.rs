@@ -29,6 +29,12 @@ pub enum RunError {
     },
     #[error("Workload API: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("health checks on {addr}: {source} (change health_checks.bind_address/bind_port)")]
+    Health {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Response metadata of an unhealthy answer: why, in words.
@@ -146,6 +152,48 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    // SPIRE's health_checks: live while running; ready while it can serve workloads (an
+    // identity and a bundle; a server outage alone does not make it unready)
+    let health = match agent.cfg.health_checks.clone() {
+        Some(h) => {
+            let a = agent.clone();
+            let ready: ironpact_tls::health::ReadyCheck = Arc::new(move || {
+                let a = a.clone();
+                Box::pin(async move {
+                    if a.agent_id().is_none() {
+                        let why = a.state.read().refusal.clone();
+                        return Err(match why {
+                            // the kind only: any local process may ask (as on the
+                            // Workload API socket); details are in the log and admin socket
+                            Some(r) => format!(
+                                "no identity: the server refused this node: {}",
+                                crate::state::refusal_kind(&r)
+                            ),
+                            None => "no identity yet (attesting)".into(),
+                        });
+                    }
+                    if a.state.read().bundle.is_none() {
+                        return Err("no trust bundle yet".into());
+                    }
+                    Ok(())
+                })
+            });
+            let cfg = ironpact_tls::health::HealthConfig {
+                addr: h.addr,
+                live_path: h.live_path,
+                ready_path: h.ready_path,
+            };
+            Some(
+                ironpact_tls::health::serve(cfg, ready, stop_rx.clone())
+                    .await
+                    .map_err(|source| RunError::Health {
+                        addr: h.addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let admin = admin_listener.map(|(p, l)| {
         info!(path = %p.display(), "admin socket listening (owner only)");
         let server = tonic::transport::Server::builder()
@@ -183,6 +231,9 @@ pub async fn run(
         None
     };
     expiry.abort();
+    if let Some(h) = health {
+        h.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     if let Some((p, task)) = admin {
         task.abort();

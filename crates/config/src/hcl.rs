@@ -798,6 +798,69 @@ pub fn plugin_data<'a>(
     sec.section("plugin_data")
 }
 
+/// SPIRE's `health_checks { listener_enabled bind_address bind_port live_path ready_path }`
+/// (a top-level block of the server's and the agent's files): where the HTTP health
+/// endpoints answer, or None when `listener_enabled` is not true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChecks {
+    pub addr: std::net::SocketAddr,
+    pub live_path: String,
+    pub ready_path: String,
+}
+
+pub fn health_checks(top: &Section<'_>) -> Result<Option<HealthChecks>, ConfigError> {
+    let Some(h) = top.section("health_checks")? else {
+        return Ok(None);
+    };
+    let line = h.line();
+    let enabled = h.bool("listener_enabled")?.unwrap_or(false);
+    let address = h.string("bind_address")?;
+    let port = h.u16("bind_port")?.map(|p| p.0).unwrap_or(80);
+    let path = |k: &str, default: &str| -> Result<String, ConfigError> {
+        match h.string(k)? {
+            None => Ok(default.to_string()),
+            Some((p, l)) if p.starts_with('/') => {
+                let _ = l;
+                Ok(p)
+            }
+            Some((p, l)) => Err(h.err(l, format!("health_checks.{k} {p:?} must start with /"))),
+        }
+    };
+    let live_path = path("live_path", "/live")?;
+    let ready_path = path("ready_path", "/ready")?;
+    h.finish()?;
+    if !enabled {
+        return Ok(None);
+    }
+    let ip: std::net::IpAddr = match address {
+        None => std::net::IpAddr::from([127, 0, 0, 1]),
+        Some((a, _)) if a == "localhost" => std::net::IpAddr::from([127, 0, 0, 1]),
+        Some((a, l)) => a.parse().map_err(|_| {
+            h_err(
+                top,
+                l,
+                format!("health_checks.bind_address {a:?} is not an IP address (or localhost)"),
+            )
+        })?,
+    };
+    if live_path == ready_path {
+        return Err(h_err(
+            top,
+            line,
+            "health_checks: live_path and ready_path must differ".into(),
+        ));
+    }
+    Ok(Some(HealthChecks {
+        addr: std::net::SocketAddr::new(ip, port),
+        live_path,
+        ready_path,
+    }))
+}
+
+fn h_err(s: &Section<'_>, line: usize, message: String) -> ConfigError {
+    s.err(line, message)
+}
+
 /// Whether a plugin block is switched off with SPIRE's `enabled = false`.
 pub fn disabled(sec: &Section<'_>) -> Result<bool, ConfigError> {
     Ok(sec.bool("enabled")? == Some(false))
@@ -1244,22 +1307,10 @@ const UNSUPPORTED: &[(Side, &str, &str, &str)] = &[
         "no metrics endpoint yet: remove the block",
     ),
     (
-        Side::Server,
-        "top",
-        "health_checks",
-        "no HTTP health endpoints yet: `ironpact-server healthcheck` checks the server",
-    ),
-    (
         Side::Agent,
         "top",
         "telemetry",
         "no metrics endpoint yet: remove the block",
-    ),
-    (
-        Side::Agent,
-        "top",
-        "health_checks",
-        "no HTTP health endpoints yet: `ironpact-agent healthcheck` checks the agent",
     ),
 ];
 

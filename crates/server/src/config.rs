@@ -68,6 +68,8 @@ pub struct ServerConfig {
     pub federation: FederationConfig,
     /// `UpstreamAuthority "disk"`: an operator's CA signs this server's CAs.
     pub upstream: Option<UpstreamConfig>,
+    /// SPIRE's `health_checks`: HTTP live and ready endpoints, when enabled.
+    pub health_checks: Option<hcl::HealthChecks>,
 }
 
 /// SPIRE's `UpstreamAuthority "disk"` plugin data.
@@ -335,6 +337,7 @@ impl ServerConfig {
             message: "missing the server { … } block".into(),
         })?;
         let plugins = top.section("plugins")?;
+        let health_checks = hcl::health_checks(&top)?;
         top.finish()?;
 
         let s = &server;
@@ -671,6 +674,7 @@ impl ServerConfig {
             join_token_builtin,
             federation,
             upstream,
+            health_checks,
         })
     }
 

@@ -60,6 +60,12 @@ pub enum RunError {
         "UpstreamAuthority \"disk\": {0} (fix cert_file_path, key_file_path or bundle_file_path)"
     )]
     Upstream(String),
+    #[error("health checks on {addr}: {source} (change health_checks.bind_address/bind_port)")]
+    Health {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("federation: {0} (change federation.bundle_endpoint)")]
     BundleEndpoint(String),
     #[error(transparent)]
@@ -401,6 +407,35 @@ pub async fn run_with_reload(
         None => None,
     };
     let refreshers = tokio::spawn(crate::federation::run_refreshers(core.clone()));
+    // SPIRE's health_checks: live while running; ready while the datastore answers and the
+    // CA can sign
+    let health = match core.cfg.health_checks.clone() {
+        Some(h) => {
+            let c = core.clone();
+            let ready: ironpact_tls::health::ReadyCheck = Arc::new(move || {
+                let c = c.clone();
+                Box::pin(async move {
+                    c.ds.ping().await.map_err(|e| format!("datastore: {e}"))?;
+                    c.ca.x509_ca_cert().map_err(|e| format!("CA: {e}"))?;
+                    Ok(())
+                })
+            });
+            let cfg = ironpact_tls::health::HealthConfig {
+                addr: h.addr,
+                live_path: h.live_path,
+                ready_path: h.ready_path,
+            };
+            Some(
+                ironpact_tls::health::serve(cfg, ready, core.stopping.subscribe())
+                    .await
+                    .map_err(|source| RunError::Health {
+                        addr: h.addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
 
     let ticker = {
         let core = core.clone();
@@ -655,6 +690,9 @@ pub async fn run_with_reload(
     accept.abort();
     ticker.abort();
     refreshers.abort();
+    if let Some(h) = health {
+        h.abort();
+    }
     if let Some(e) = endpoint {
         e.abort();
     }

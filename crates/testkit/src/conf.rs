@@ -276,6 +276,8 @@ impl Plugins {
 pub struct ServerConf {
     pub server: Block,
     pub plugins: Plugins,
+    /// Other top-level blocks (`health_checks`, `telemetry`).
+    pub top: Vec<Block>,
 }
 
 impl ServerConf {
@@ -283,6 +285,7 @@ impl ServerConf {
         Self {
             server: Block::new("server").set("trust_domain", trust_domain),
             plugins: Plugins::default(),
+            top: Vec::new(),
         }
     }
 
@@ -298,8 +301,18 @@ impl ServerConf {
         self
     }
 
+    /// Adds a top-level block.
+    pub fn top(mut self, b: Block) -> Self {
+        self.top.push(b);
+        self
+    }
+
     pub fn render(&self) -> String {
-        self.server.render() + &self.plugins.block().render()
+        let mut out = self.server.render() + &self.plugins.block().render();
+        for b in &self.top {
+            out.push_str(&b.render());
+        }
+        out
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
@@ -312,6 +325,8 @@ impl ServerConf {
 pub struct AgentConf {
     pub agent: Block,
     pub plugins: Plugins,
+    /// Other top-level blocks (`health_checks`, `telemetry`).
+    pub top: Vec<Block>,
 }
 
 impl AgentConf {
@@ -319,6 +334,7 @@ impl AgentConf {
         Self {
             agent: Block::new("agent").set("trust_domain", trust_domain),
             plugins: Plugins::default(),
+            top: Vec::new(),
         }
     }
 
@@ -333,8 +349,18 @@ impl AgentConf {
         self
     }
 
+    /// Adds a top-level block.
+    pub fn top(mut self, b: Block) -> Self {
+        self.top.push(b);
+        self
+    }
+
     pub fn render(&self) -> String {
-        self.agent.render() + &self.plugins.block().render()
+        let mut out = self.agent.render() + &self.plugins.block().render();
+        for b in &self.top {
+            out.push_str(&b.render());
+        }
+        out
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {

@@ -1,0 +1,136 @@
+//! HTTP health endpoints (SPIRE's `health_checks { … }`) for the server and the agent: GET
+//! on the live path answers 200 while the process runs, on the ready path 200 when it can
+//! serve (what "ready" means is the caller's check) and 503 with the reason otherwise.
+//! Plain HTTP on an address the operator chooses (loopback by default), for probes of
+//! systemd, Kubernetes or a load balancer; nothing secret is in the answers.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// Whether the process can serve; Err says why not.
+pub type ReadyCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Where and on which paths the endpoints answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub addr: SocketAddr,
+    pub live_path: String,
+    pub ready_path: String,
+}
+
+/// Binds the listener (so that an address in use stops the start) and serves until `stop`
+/// turns true.
+pub async fn serve(
+    cfg: HealthConfig,
+    ready: ReadyCheck,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(cfg.addr).await?;
+    let bound = listener.local_addr()?;
+    info!(address = %bound, live = %cfg.live_path, ready = %cfg.ready_path, "health checks listening");
+    let cfg = Arc::new(cfg);
+    // at most this many probes at once; more wait in the listen queue
+    let slots = Arc::new(tokio::sync::Semaphore::new(64));
+    Ok(tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|v| *v) => return,
+            };
+            let (tcp, _) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "health listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (cfg, ready) = (cfg.clone(), ready.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (cfg, ready) = (cfg.clone(), ready.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                answer(&cfg, &ready, req.uri().path()).await,
+                            )
+                        }
+                    },
+                );
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+                match tokio::time::timeout(Duration::from_secs(10), conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(error = %e, "health probe connection failed"),
+                    Err(_) => debug!("health probe timed out"),
+                }
+            });
+        }
+    }))
+}
+
+async fn answer(
+    cfg: &HealthConfig,
+    ready: &ReadyCheck,
+    path: &str,
+) -> hyper::Response<Full<Bytes>> {
+    let reply = |status: u16, body: String| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    if path == cfg.live_path {
+        return reply(200, "{\"live\":true}\n".into());
+    }
+    if path == cfg.ready_path {
+        // a check that hangs (a datastore that does not answer) is "not ready", not a hang
+        let r = tokio::time::timeout(Duration::from_secs(5), ready())
+            .await
+            .unwrap_or_else(|_| Err("the readiness check did not finish within 5s".into()));
+        return match r {
+            Ok(()) => reply(200, "{\"ready\":true}\n".into()),
+            Err(why) => reply(
+                503,
+                format!("{{\"ready\":false,\"reason\":{}}}\n", json_string(&why)),
+            ),
+        };
+    }
+    reply(404, "{\"error\":\"not a health path\"}\n".into())
+}
+
+/// A JSON string literal (the one value these answers carry that is not fixed text).
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reasons_are_json_strings() {
+        assert_eq!(super::json_string("a \"b\"\n"), "\"a \\\"b\\\"\\u000a\"");
+    }
+}
