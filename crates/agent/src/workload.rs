@@ -389,17 +389,20 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let view = self.agent.state.read();
-        let header = jsonwebtoken::decode_header(&r.svid)
-            .map_err(|e| Status::invalid_argument(format!("invalid JWT-SVID: {e}")))?;
-        let kid = header.kid.unwrap_or_default();
+        // the bundle of the trust domain the token claims (its `sub`), and only that one: a
+        // key ID another trust domain also publishes must not decide which keys are tried
+        let claimed = ironpact_spiffe::jwt::claimed_subject(&r.svid).ok_or_else(|| {
+            Status::invalid_argument("invalid JWT-SVID: no SPIFFE ID in its sub claim")
+        })?;
         let owner = view
             .bundle
             .iter()
             .chain(view.federated.values())
-            .find(|b| b.jwt_authorities.iter().any(|a| a.key_id == kid))
+            .find(|b| b.trust_domain == claimed.trust_domain())
             .ok_or_else(|| {
                 Status::invalid_argument(format!(
-                    "invalid JWT-SVID: no known authority with key ID {kid:?}"
+                    "invalid JWT-SVID: no bundle of trust domain {} (sub {claimed})",
+                    claimed.trust_domain()
                 ))
             })?;
         let now = self.agent.clock().now();

@@ -1414,22 +1414,32 @@ pub fn all_problems<T>(
     }
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let mut found: Vec<ConfigError> = Vec::new();
-    let (mut cuts, mut complete) = (0usize, true);
+    let mut cut_ranges: Vec<(usize, usize)> = Vec::new();
+    let mut complete = true;
     for _ in 0..64 {
         let e = match check(&lines.join("\n")) {
             Ok(_) => return (found, complete),
             Err(e) => e,
         };
         let msg = e.message.to_ascii_lowercase();
-        if cuts > 0 && parse(file, &lines.join("\n")).is_err() {
+        // unreadable after a cut, or an error with no line (a whole block is missing): the
+        // cuts may have caused it, and nothing points at what to cut next
+        if !cut_ranges.is_empty() && (e.line == 0 || parse(file, &lines.join("\n")).is_err()) {
             return (found, false);
         }
-        // something required is gone: maybe the cut's doing. Not reported; the block that
-        // misses it is cut too (what else is wrong inside it shows on the next run).
-        if cuts > 0 && (msg.contains("required") || msg.contains("missing")) {
+        // an error about a block that encloses something cut, or that says something required
+        // is gone, may be the cut's doing: not reported; the block is cut too (what else is
+        // wrong inside it shows on the next run)
+        let encloses_cut = item_range(&lines, e.line)
+            .is_some_and(|(first, last)| cut_ranges.iter().any(|(a, b)| *a > first && *b <= last));
+        if !cut_ranges.is_empty()
+            && (encloses_cut || msg.contains("required") || msg.contains("missing"))
+        {
             complete = false;
-            if e.line > 0 && cut_item(&mut lines, e.line) {
-                cuts += 1;
+            if e.line > 0
+                && let Some(r) = cut_item(&mut lines, e.line)
+            {
+                cut_ranges.push(r);
                 continue;
             }
             return (found, false);
@@ -1454,25 +1464,24 @@ pub fn all_problems<T>(
         at.dedup();
         let mut cut = false;
         for l in at.into_iter().rev() {
-            cut |= cut_item(&mut lines, l);
+            if let Some(r) = cut_item(&mut lines, l) {
+                cut_ranges.push(r);
+                cut = true;
+            }
         }
         if !cut {
             return (found, false);
         }
-        cuts += 1;
     }
     (found, false)
 }
 
-/// Blanks the item that starts on 1-based `line`: the line itself, and on to the line that
-/// closes what it opens (`{`, `[`, `(`) when it spans several. Lines are blanked, not removed,
-/// so that every other line keeps its number.
-fn cut_item(lines: &mut [String], line: usize) -> bool {
-    let Some(first) = line.checked_sub(1).filter(|i| *i < lines.len()) else {
-        return false;
-    };
+/// The lines (0-based, inclusive) of the item that starts on 1-based `line`: the line
+/// itself, and on to the line that closes what it opens (`{`, `[`, `(`) when it spans several.
+fn item_range(lines: &[String], line: usize) -> Option<(usize, usize)> {
+    let first = line.checked_sub(1).filter(|i| *i < lines.len())?;
     if lines[first].trim().is_empty() {
-        return false;
+        return None;
     }
     let mut depth = 0i64;
     let mut last = first;
@@ -1495,10 +1504,17 @@ fn cut_item(lines: &mut [String], line: usize) -> bool {
             break;
         }
     }
+    Some((first, last))
+}
+
+/// Blanks the item that starts on 1-based `line` (see [`item_range`]); lines are blanked, not
+/// removed, so that every other line keeps its number. The range blanked, if any.
+fn cut_item(lines: &mut [String], line: usize) -> Option<(usize, usize)> {
+    let (first, last) = item_range(lines, line)?;
     for l in &mut lines[first..=last] {
         l.clear();
     }
-    true
+    Some((first, last))
 }
 
 fn problems_error(file: &str, found: &[(usize, String)]) -> Option<ConfigError> {
@@ -1553,6 +1569,22 @@ mod tests {
         // a syntax error is the only problem reported
         let (found, _) = all_problems("f", "server {\n a = \n}", check);
         assert_eq!(found.len(), 1);
+        // an error about the block that held a cut item ("needs …") is the cut's doing
+        let check = |t: &str| -> Result<(), ConfigError> {
+            let root = parse("f", t)?;
+            let top = Section::new("f", "", &root);
+            let b = top.section("b")?.ok_or_else(|| top.err(0, "no b"))?;
+            match b.string("x")? {
+                Some((v, l)) if v != "ok" => return Err(b.err(l, "x is bad")),
+                Some(_) => {}
+                None => return Err(b.err(1, "b needs x")),
+            }
+            top.finish()
+        };
+        let (found, complete) = all_problems("f", "b {\n  x = \"bad\"\n}\nextra = 1\n", check);
+        let msgs: Vec<&str> = found.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(msgs, vec!["x is bad"], "{found:?}");
+        assert!(!complete);
     }
 
     /// SPIRE's plugin_data_file: the file's HCL is the plugin's data; not both; a missing

@@ -1900,28 +1900,35 @@ impl DataStore {
             .bind(limit as i64)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let td: String = r.try_get("trust_domain")?;
-                let profile: String = r.try_get("profile")?;
-                let endpoint: String = r.try_get("endpoint_spiffe_id")?;
-                Ok(FederationRelationship {
-                    trust_domain: TrustDomain::new(&td)?,
-                    bundle_endpoint_url: r.try_get("bundle_endpoint_url")?,
-                    profile: match profile.as_str() {
-                        "https_web" => EndpointProfile::HttpsWeb,
-                        "https_spiffe" => EndpointProfile::HttpsSpiffe {
-                            endpoint_spiffe_id: SpiffeId::parse(&endpoint)?,
-                        },
-                        other => {
-                            return Err(Error::Corrupt(format!(
-                                "federation relationship {td}: unknown profile {other:?}"
-                            )));
-                        }
+        // a row that cannot be read is skipped (and said), not allowed to stop the others
+        let read = |r: &AnyRow| -> Result<FederationRelationship> {
+            let td: String = r.try_get("trust_domain")?;
+            let profile: String = r.try_get("profile")?;
+            let endpoint: String = r.try_get("endpoint_spiffe_id")?;
+            Ok(FederationRelationship {
+                trust_domain: TrustDomain::new(&td)?,
+                bundle_endpoint_url: r.try_get("bundle_endpoint_url")?,
+                profile: match profile.as_str() {
+                    "https_web" => EndpointProfile::HttpsWeb,
+                    "https_spiffe" => EndpointProfile::HttpsSpiffe {
+                        endpoint_spiffe_id: SpiffeId::parse(&endpoint)?,
                     },
-                })
+                    other => {
+                        return Err(Error::Corrupt(format!(
+                            "federation relationship {td}: unknown profile {other:?}"
+                        )));
+                    }
+                },
             })
-            .collect()
+        };
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                read(r)
+                    .map_err(|e| tracing::warn!(error = %e, "skipping an unreadable federation relationship"))
+                    .ok()
+            })
+            .collect())
     }
 
     // ---------------------------------------------------------------- CA journal

@@ -135,6 +135,13 @@ pub struct Slot {
     /// happens next (a crash, a datastore outage), it is removed and never published again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
+    /// An X.509 CA an upstream signed: the certificates between it and the roots, then those
+    /// roots (hex DER), as they were when it was made; the upstream's files may change later,
+    /// and its SVIDs keep the chain they need.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roots: Vec<String>,
 }
 
 impl Slot {
@@ -172,6 +179,29 @@ impl SlotState {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Journal {
     slots: Vec<Slot>,
+    /// Upstream roots this server put in the bundle (hex DER): removed once no CA of ours
+    /// chains to them and the UpstreamAuthority no longer names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    published_roots: Vec<String>,
+}
+
+/// The upstream roots the bundle must hold for this server: those its CAs chain to, and the
+/// configured UpstreamAuthority's (published before the first CA it signs is made).
+fn needed_roots(j: &Journal, upstream: Option<&Upstream>) -> Vec<String> {
+    let mut out: Vec<String> = j
+        .slots
+        .iter()
+        .filter(|s| !s.revoked)
+        .flat_map(|s| s.roots.iter().cloned())
+        .chain(
+            upstream
+                .into_iter()
+                .flat_map(|u| u.roots.iter().map(hex::encode)),
+        )
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What a slot puts in the bundle, and whether it is marked tainted there.
@@ -184,10 +214,11 @@ enum Publication {
 /// What the bundle must hold of ours: each slot's key, except X.509 CAs an upstream signed
 /// (their SVIDs chain to the upstream's roots, which are published instead).
 fn publications(j: &Journal, upstream: Option<&Upstream>) -> Result<Vec<Publication>, CaError> {
-    let roots = upstream
-        .into_iter()
-        .flat_map(|u| u.roots.iter())
-        .map(|r| Ok(Publication::X509(r.clone(), false)));
+    let roots = needed_roots(j, upstream).into_iter().map(|r| {
+        hex::decode(r)
+            .map(|der| Publication::X509(der, false))
+            .map_err(|e| CaError::Journal(e.to_string()))
+    });
     j.slots
         .iter()
         .filter(|s| !s.revoked)
@@ -240,11 +271,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// Reads the upstream CA: `cert_file` (its certificate, then any intermediates), its key,
-    /// and `bundle_file` (the roots; needed when the certificate is not self-signed).
+    /// and `bundle_file` (the roots; needed when the certificate is not self-signed), checked
+    /// at `now`.
     pub fn load(
         cert_file: &std::path::Path,
         key_file: &std::path::Path,
         bundle_file: Option<&std::path::Path>,
+        now: i64,
     ) -> Result<Self, String> {
         use ironpact_spiffe::x509::{CertInfo, certs_from_pem, is_self_signed};
         let read = |p: &std::path::Path| {
@@ -254,7 +287,9 @@ impl Upstream {
             .map_err(|e| format!("{}: {e}", cert_file.display()))?;
         let first = certs
             .first()
+            .cloned()
             .ok_or_else(|| format!("{}: no certificate", cert_file.display()))?;
+        let first = &first;
         let info = CertInfo::parse(first).map_err(|e| e.to_string())?;
         if !info.is_ca {
             return Err(format!(
@@ -278,14 +313,84 @@ impl Upstream {
         if roots.is_empty() {
             return Err("the upstream bundle holds no certificate".into());
         }
-        let chain = certs
+        let chain: Vec<Vec<u8>> = certs
             .into_iter()
             .filter(|c| !roots.contains(c) && !is_self_signed(c))
             .collect();
-        Ok(Self {
+        let up = Self {
             issuer,
             chain,
             roots,
+        };
+        up.check(first, now)?;
+        Ok(up)
+    }
+
+    /// When the upstream's certificate expires.
+    pub fn not_after(&self) -> i64 {
+        self.issuer.not_after()
+    }
+
+    /// Refuses an upstream that could not make chains that verify: expired, not allowed to
+    /// sign CAs, or whose names or roots do not line up, found by making a throwaway CA and
+    /// SVID under it and verifying them to the roots as any peer would.
+    fn check(&self, cert: &[u8], now: i64) -> Result<(), String> {
+        use x509_parser::prelude::*;
+        let (_, c) = X509Certificate::from_der(cert).map_err(|e| e.to_string())?;
+        let (nb, na) = (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        );
+        if now < nb || now >= na {
+            return Err(format!(
+                "the upstream certificate is not valid now (valid {nb}..{na}, now {now})"
+            ));
+        }
+        if let Ok(Some(ku)) = c.key_usage()
+            && !ku.value.key_cert_sign()
+        {
+            return Err(
+                "the upstream certificate may not sign certificates (keyUsage lacks keyCertSign)"
+                    .into(),
+            );
+        }
+        if let Ok(Some(bc)) = c.basic_constraints()
+            && bc.value.path_len_constraint == Some(0)
+        {
+            return Err(
+                "the upstream certificate's pathLenConstraint is 0: it may not sign a CA".into(),
+            );
+        }
+        let probe = (|| -> Result<(), ironpact_spiffe::Error> {
+            let td = TrustDomain::new("upstream-check.invalid")?;
+            let key = PrivateKey::generate(KeyType::EcP256)?;
+            let ca = intermediate_ca(
+                &key,
+                &td,
+                &CaSubject::default(),
+                random_serial(),
+                now - 60,
+                now + 600,
+                &self.issuer,
+            )?;
+            let leaf_key = PrivateKey::generate(KeyType::EcP256)?;
+            let id = td.id_with_path("/probe")?;
+            let leaf = CaIssuer::new(&ca, &key)?.issue_svid(&SvidRequest {
+                spiffe_id: &id,
+                spki_der: &leaf_key.spki_der(),
+                dns_names: &[],
+                serial: random_serial(),
+                now,
+                ttl_secs: 60,
+            })?;
+            let mut chain: Vec<&[u8]> = vec![&leaf, &ca];
+            chain.extend(self.chain.iter().map(Vec::as_slice));
+            ironpact_spiffe::x509::verify_svid_chain(&chain, &self.roots, now).map(|_| ())
+        })();
+        probe.map_err(|e| {
+            format!(
+                "a CA signed by the upstream does not verify to its roots ({e}): check that bundle_file_path holds the roots of cert_file_path, and that cert_file_path lists the intermediates after the CA"
+            )
         })
     }
 }
@@ -419,9 +524,12 @@ impl CaManager {
                         hex::decode(&s.public).map_err(|e| CaError::Journal(e.to_string()))?;
                     let issuer = CaIssuer::new(&der, &key)?;
                     let mut after = Vec::new();
-                    if let Some(up) = self.cfg.upstream.as_ref().filter(|_| !is_self_signed(&der)) {
+                    if !is_self_signed(&der) {
                         after.push(der);
-                        after.extend(up.chain.iter().cloned());
+                        for c in &s.chain {
+                            after
+                                .push(hex::decode(c).map_err(|e| CaError::Journal(e.to_string()))?);
+                        }
                     }
                     x509 = Some(Arc::new((issuer, after)));
                 }
@@ -441,7 +549,8 @@ impl CaManager {
             SlotKind::Jwt => self.cfg.jwt_key_type,
         };
         let key = PrivateKey::generate(kt)?;
-        let not_after = now + self.cfg.ttl.as_secs() as i64;
+        let mut not_after = now + self.cfg.ttl.as_secs() as i64;
+        let (mut chain, mut roots) = (Vec::new(), Vec::new());
         let (key_id, public, kid) = match kind {
             SlotKind::X509 => {
                 let not_before = now - ironpact_spiffe::x509::BACKDATE_SECS;
@@ -454,15 +563,22 @@ impl CaManager {
                         not_before,
                         not_after,
                     )?,
-                    Some(up) => intermediate_ca(
-                        &key,
-                        &self.cfg.trust_domain,
-                        &self.cfg.subject,
-                        random_serial(),
-                        not_before,
-                        not_after,
-                        &up.issuer,
-                    )?,
+                    Some(up) => {
+                        let der = intermediate_ca(
+                            &key,
+                            &self.cfg.trust_domain,
+                            &self.cfg.subject,
+                            random_serial(),
+                            not_before,
+                            not_after,
+                            &up.issuer,
+                        )?;
+                        // capped at the upstream's NotAfter: the slot's life is the cert's
+                        not_after = ironpact_spiffe::x509::CertInfo::parse(&der)?.not_after;
+                        chain = up.chain.iter().map(hex::encode).collect();
+                        roots = up.roots.iter().map(hex::encode).collect();
+                        der
+                    }
                 };
                 (random_id("x509-ca"), hex::encode(der), String::new())
             }
@@ -492,6 +608,8 @@ impl CaManager {
             kid,
             tainted: false,
             revoked: false,
+            chain,
+            roots,
         })
     }
 
@@ -518,12 +636,26 @@ impl CaManager {
                 self.km.delete(&id)?;
                 changed = true;
             }
-            for s in j.slots.iter_mut() {
-                if s.kind == kind && s.state == SlotState::Active && !fits(s) {
-                    info!(key_id = %s.key_id, upstream, "retiring the X.509 CA: the UpstreamAuthority setting changed");
-                    s.state = SlotState::Old;
-                    changed = true;
-                }
+            // the active one keeps signing (agents do not trust the new mode's CA until the
+            // bundle reaches them); its successor is made now, in the new mode, and takes
+            // over on the usual schedule
+            let active = j
+                .slots
+                .iter()
+                .position(|s| s.kind == kind && s.state == SlotState::Active);
+            let has_prepared = j
+                .slots
+                .iter()
+                .any(|s| s.kind == kind && s.state == SlotState::Prepared);
+            if let Some(a) = active
+                && !fits(&j.slots[a])
+                && !has_prepared
+                && j.slots[a].not_after > now
+            {
+                let slot = self.new_slot(kind, SlotState::Prepared, now)?;
+                info!(key_id = %slot.key_id, upstream, "the UpstreamAuthority setting changed: prepared a CA made the new way; it becomes active on the usual schedule (or with `localauthority x509 activate`)");
+                j.slots.push(slot);
+                changed = true;
             }
         }
         let active = j
@@ -621,14 +753,25 @@ impl CaManager {
                 }
             })
         };
+        // upstream roots no CA of ours needs any more (the UpstreamAuthority was removed or
+        // replaced, and the CAs it signed are gone) leave the bundle
+        let needed = needed_roots(&next, self.cfg.upstream.as_deref());
+        let stale: Vec<Vec<u8>> = next
+            .published_roots
+            .iter()
+            .filter(|r| !needed.contains(r))
+            .filter_map(|r| hex::decode(r).ok())
+            .collect();
+        let roots_changed = next.published_roots != needed;
+        next.published_roots = needed;
         let needs_bundle = match &stored {
             None => true,
-            Some(s) => a || b || missing(&s.bundle) || has_expired(&s.bundle, now),
+            Some(s) => a || b || roots_changed || missing(&s.bundle) || has_expired(&s.bundle, now),
         };
         if needs_bundle {
-            self.publish_bundle(ours, Vec::new(), now).await?;
+            self.publish_bundle(ours, Vec::new(), stale, now).await?;
         }
-        if a || b {
+        if a || b || roots_changed {
             self.store_journal(&next, now).await?;
             *j = next;
             self.rearm(&j)?;
@@ -643,6 +786,7 @@ impl CaManager {
         &self,
         ours: Vec<Publication>,
         remove: Vec<(SlotKind, String)>,
+        remove_der: Vec<Vec<u8>>,
         now: i64,
     ) -> Result<(), CaError> {
         let td = self.cfg.trust_domain.clone();
@@ -656,6 +800,7 @@ impl CaManager {
                 });
                 b.jwt_authorities
                     .retain(|a| a.expires_at == 0 || a.expires_at > now);
+                b.x509_authorities.retain(|der| !remove_der.contains(der));
                 for (kind, id) in &remove {
                     match kind {
                         SlotKind::X509 => b.x509_authorities.retain(|der| {
@@ -743,9 +888,19 @@ impl CaManager {
         now: i64,
     ) -> Result<(), CaError> {
         let remove = dropped.iter().map(|s| (s.kind, s.authority_id())).collect();
+        let mut next = next;
+        let needed = needed_roots(&next, self.cfg.upstream.as_deref());
+        let stale: Vec<Vec<u8>> = next
+            .published_roots
+            .iter()
+            .filter(|r| !needed.contains(r))
+            .filter_map(|r| hex::decode(r).ok())
+            .collect();
+        next.published_roots = needed;
         self.publish_bundle(
             publications(&next, self.cfg.upstream.as_deref())?,
             remove,
+            stale,
             now,
         )
         .await?;
@@ -762,8 +917,17 @@ impl CaManager {
 
     /// Under an UpstreamAuthority our X.509 CAs are not in the bundle (its roots are), so
     /// there is nothing to mark or remove there: refused, with what to do instead.
-    fn upstream_allows(&self, kind: SlotKind, id: &str) -> Result<(), CaError> {
-        if kind == SlotKind::X509 && self.cfg.upstream.is_some() {
+    async fn upstream_allows(&self, kind: SlotKind, id: &str) -> Result<(), CaError> {
+        if kind != SlotKind::X509 {
+            return Ok(());
+        }
+        let j = self.journal.lock().await;
+        let upstream_signed = j.slots.iter().any(|s| {
+            s.kind == kind
+                && s.authority_id() == id
+                && hex::decode(&s.public).is_ok_and(|der| !is_self_signed(&der))
+        });
+        if upstream_signed {
             return Err(AuthorityRefusal::UnderUpstream(id.to_string()).into());
         }
         Ok(())
@@ -855,7 +1019,7 @@ impl CaManager {
     /// Taints the old authority `id`: it stays trusted, but every agent replaces the SVIDs it
     /// signed at once (through whichever server it is connected to).
     pub async fn taint(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
-        self.upstream_allows(kind, id)?;
+        self.upstream_allows(kind, id).await?;
         let st = self
             .operate(|j, _| {
                 let i = Self::old(j, kind, id)?;
@@ -873,7 +1037,7 @@ impl CaManager {
     /// Revokes the tainted authority `id`: removed from the bundle, so no server trusts what
     /// it signed any more, and its key deleted.
     pub async fn revoke(&self, kind: SlotKind, id: &str) -> Result<AuthorityState, CaError> {
-        self.upstream_allows(kind, id)?;
+        self.upstream_allows(kind, id).await?;
         let mut j = self.journal.lock().await;
         let now = self.clock.now();
         let i = Self::old(&j, kind, id)?;

@@ -113,6 +113,9 @@ pub enum EndpointServing {
     Web {
         cert_file: PathBuf,
         key_file: PathBuf,
+        /// How often the files are read again (a renewed certificate is served without a
+        /// restart); None: read once at start.
+        file_sync_interval: Option<Duration>,
     },
 }
 
@@ -161,10 +164,10 @@ fn federation_config(fed: &Section<'_>) -> Result<FederationConfig, ConfigError>
                     serving = EndpointServing::Web {
                         cert_file: path("cert_file_path")?,
                         key_file: path("key_file_path")?,
+                        file_sync_interval: f
+                            .duration("file_sync_interval")?
+                            .filter(|d| !d.is_zero()),
                     };
-                    // read on each start; a SIGHUP-free reload is not needed for a file
-                    // an operator replaces with a restart
-                    let _ = f.duration("file_sync_interval")?;
                     f.finish()?;
                 }
                 other => {

@@ -48,6 +48,15 @@ pub enum FetchError {
     Status { url: String, status: u16 },
     #[error("{url} served a bundle that is not a SPIFFE bundle: {reason}")]
     Invalid { url: String, reason: String },
+    #[error(
+        "{url} served bundle sequence {got}, older than the {have} held: refused (if the peer was rebuilt, `ironpact-server bundle delete -id {trust_domain}` and set its new bundle)"
+    )]
+    Stale {
+        url: String,
+        got: u64,
+        have: u64,
+        trust_domain: TrustDomain,
+    },
     #[error("storing the bundle of {0} failed: {1}")]
     Datastore(TrustDomain, ironpact_datastore::Error),
     #[error("https_web roots {path}: {reason}")]
@@ -205,6 +214,18 @@ pub async fn fetch(core: &Core, rel: &FederationRelationship) -> Result<Fetched,
     if fetched.x509_authorities.is_empty() {
         return Err(invalid("it holds no X.509 authority".into()));
     }
+    // a peer's bundle only moves forward: an older one (a stale server of the peer's cluster,
+    // a replay) is refused, not flipped to and back
+    if let Some(c) = &current
+        && fetched.sequence < c.sequence
+    {
+        return Err(FetchError::Stale {
+            url: url.to_string(),
+            got: fetched.sequence,
+            have: c.sequence,
+            trust_domain: td.clone(),
+        });
+    }
     let refresh = match fetched.refresh_hint {
         0 => DEFAULT_REFRESH,
         s => Duration::from_secs(s).clamp(MIN_REFRESH, MAX_REFRESH),
@@ -299,7 +320,11 @@ pub async fn run_refreshers(core: Arc<Core>) {
 async fn refresh_loop(core: Arc<Core>, rel: FederationRelationship) {
     let mut backoff = MIN_REFRESH;
     loop {
-        let wait = match fetch(&core, &rel).await {
+        let attempt = tokio::select! {
+            r = fetch(&core, &rel) => r,
+            _ = core.stopped() => return,
+        };
+        let wait = match attempt {
             Ok(f) => {
                 backoff = MIN_REFRESH;
                 f.refresh
@@ -318,46 +343,75 @@ async fn refresh_loop(core: Arc<Core>, rel: FederationRelationship) {
     }
 }
 
-/// The rustls config of the bundle endpoint.
-fn endpoint_tls(core: &Core, cfg: &BundleEndpointConfig) -> Result<rustls::ServerConfig, String> {
+/// A certificate and key from files, as rustls serves them (the key as PKCS#8, or SEC1 on
+/// P-256, matching the certificate).
+fn read_serving_cert(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<(Vec<Vec<u8>>, ironpact_spiffe::PrivateKey), String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let chain = ironpact_spiffe::x509::certs_from_pem(&read(cert_file)?)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| format!("{}: no certificate", cert_file.display()))?;
+    let spki = ironpact_spiffe::x509::CertInfo::parse(leaf)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?
+        .spki_der;
+    let key = ironpact_spiffe::PrivateKey::from_pem_for(&read(key_file)?, &spki)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    Ok((chain, key))
+}
+
+/// The rustls config of the bundle endpoint, and for https_web with `file_sync_interval` the
+/// task that reads the files again on that interval.
+fn endpoint_tls(
+    core: &Arc<Core>,
+    cfg: &BundleEndpointConfig,
+) -> Result<(rustls::ServerConfig, Option<tokio::task::JoinHandle<()>>), String> {
     let b = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
     .with_no_client_auth();
-    let mut tls = match &cfg.serving {
-        EndpointServing::Spiffe => b.with_cert_resolver(core.server_svid.clone()),
+    let (mut tls, task) = match &cfg.serving {
+        EndpointServing::Spiffe => (b.with_cert_resolver(core.server_svid.clone()), None),
         EndpointServing::Web {
             cert_file,
             key_file,
+            file_sync_interval,
         } => {
-            let read = |p: &std::path::Path| {
-                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
-            };
-            let chain = ironpact_spiffe::x509::certs_from_pem(&read(cert_file)?)
-                .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-            let key_pem = read(key_file)?;
-            let key = pem::parse_many(&key_pem)
-                .map_err(|e| format!("{}: {e}", key_file.display()))?
-                .into_iter()
-                .find(|p| p.tag().ends_with("PRIVATE KEY"))
-                .ok_or_else(|| format!("{}: no private key", key_file.display()))?;
-            let key = match key.tag() {
-                "EC PRIVATE KEY" => {
-                    rustls::pki_types::PrivateKeyDer::Sec1(key.contents().to_vec().into())
-                }
-                "RSA PRIVATE KEY" => {
-                    rustls::pki_types::PrivateKeyDer::Pkcs1(key.contents().to_vec().into())
-                }
-                _ => rustls::pki_types::PrivateKeyDer::Pkcs8(key.contents().to_vec().into()),
-            };
-            b.with_single_cert(chain.into_iter().map(Into::into).collect(), key)
-                .map_err(|e| format!("serving_cert_file: {e}"))?
+            let cell = Arc::new(ironpact_tls::SvidCell::default());
+            let (chain, key) = read_serving_cert(cert_file, key_file)?;
+            cell.set(chain, key.pkcs8_der())
+                .map_err(|e| format!("serving_cert_file: {e}"))?;
+            let task = file_sync_interval.map(|every| {
+                let (cell, core) = (cell.clone(), core.clone());
+                let (cert_file, key_file) = (cert_file.clone(), key_file.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(every) => {}
+                            _ = core.stopped() => return,
+                        }
+                        // a file caught half-written, or gone, keeps the last good pair
+                        match read_serving_cert(&cert_file, &key_file).and_then(|(c, k)| {
+                            cell.set(c, k.pkcs8_der()).map_err(|e| e.to_string())
+                        }) {
+                            Ok(()) => debug!("bundle endpoint certificate read again"),
+                            Err(e) => warn!(error = %e, "reading the bundle endpoint certificate failed; serving the last one"),
+                        }
+                    }
+                })
+            });
+            (b.with_cert_resolver(cell), task)
         }
     };
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tls)
+    Ok((tls, task))
 }
 
 /// Binds the bundle endpoint (so that a port in use stops the start) and returns the task
@@ -366,7 +420,8 @@ pub async fn bundle_endpoint(
     core: Arc<Core>,
     cfg: BundleEndpointConfig,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let tls = endpoint_tls(&core, &cfg)?;
+    // the sync task (if any) ends on its own at shutdown
+    let (tls, _sync) = endpoint_tls(&core, &cfg)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let addr = std::net::SocketAddr::new(cfg.address, cfg.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -378,6 +433,15 @@ pub async fn bundle_endpoint(
     let slots = Arc::new(tokio::sync::Semaphore::new(256));
     Ok(tokio::spawn(async move {
         loop {
+            // a free slot first, then a connection: at most 256 at once, the rest wait in the
+            // kernel's listen queue; both waits end when the server stops
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = core.stopped() => return,
+            };
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = core.stopped() => return,
@@ -390,15 +454,17 @@ pub async fn bundle_endpoint(
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let (core, acceptor, hint) = (core.clone(), acceptor.clone(), cfg.refresh_hint);
+            let stop = core.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                // a slow or idle client is dropped: the whole exchange has 30 seconds
-                let served = tokio::time::timeout(Duration::from_secs(30), async {
-                    let tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+                // a slow or idle client is dropped: 5 seconds for the handshake, 10 for the
+                // whole exchange (a bundle is a few kilobytes); all of it ends at shutdown
+                let exchange = tokio::time::timeout(Duration::from_secs(10), async {
+                    let tls = tokio::time::timeout(Duration::from_secs(5), acceptor.accept(tcp))
+                        .await
+                        .map_err(|_| "TLS handshake timed out".to_string())?
+                        .map_err(|e| e.to_string())?;
                     let svc = hyper::service::service_fn(move |req| {
                         let core = core.clone();
                         async move { Ok::<_, std::convert::Infallible>(answer(&core, &req, hint)) }
@@ -408,8 +474,11 @@ pub async fn bundle_endpoint(
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                         .await
                         .map_err(|e| e.to_string())
-                })
-                .await;
+                });
+                let served = tokio::select! {
+                    r = exchange => r,
+                    _ = stop.stopped() => return,
+                };
                 match served {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {

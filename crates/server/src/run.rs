@@ -214,9 +214,21 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
     let upstream = match &cfg.upstream {
         None => None,
         Some(u) => {
-            let up = crate::ca::Upstream::load(&u.cert_file, &u.key_file, u.bundle_file.as_deref())
-                .map_err(RunError::Upstream)?;
+            let up = crate::ca::Upstream::load(
+                &u.cert_file,
+                &u.key_file,
+                u.bundle_file.as_deref(),
+                ironpact_spiffe::clock::process_clock().now(),
+            )
+            .map_err(RunError::Upstream)?;
             info!(cert = %u.cert_file.display(), "UpstreamAuthority \"disk\": the operator's CA signs this server's CAs");
+            let left = up.not_after() - ironpact_spiffe::clock::process_clock().now();
+            if left < cfg.ca_ttl.as_secs() as i64 {
+                warn!(
+                    expires_in_s = left,
+                    "the upstream CA expires within ca_ttl: the CAs it signs are cut short; renew cert_file_path"
+                );
+            }
             Some(Arc::new(up))
         }
     };

@@ -621,9 +621,11 @@ fn upstream_files(
 }
 
 /// With an UpstreamAuthority, our CAs are signed by the operator's root: the bundle holds the
-/// root only (through rotations), SVID chains carry our CA and verify to the root, and local
-/// X.509 taint/revoke is refused with the way out. A server that had a self-signed CA keeps
-/// it trusted (old) and signs with an upstream-signed one from the first start with it.
+/// root (from the first start with it, before any CA it signs is used), SVID chains carry our
+/// CA and verify to the root, and taint/revoke of an upstream-signed CA is refused with the way
+/// out. Switching modes never cuts agents off: the active CA keeps signing until its successor,
+/// made the new way at once, takes over on the schedule; switching back keeps the chains the
+/// upstream CAs need, and the root leaves the bundle once no CA of ours chains to it.
 #[tokio::test]
 async fn an_upstream_authority_signs_our_cas() {
     use ironpact_server::ca::Upstream;
@@ -633,6 +635,13 @@ async fn an_upstream_authority_signs_our_cas() {
         .unwrap();
     let clock = Arc::new(ManualClock::new(T0));
     let km: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
+    let k = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let chain_of = |ca: &CaManager| {
+        ca.sign_x509_svid(&id, &k.spki_der(), &[], Duration::from_secs(60))
+            .unwrap()
+            .chain
+    };
     // first without: a self-signed CA in the bundle
     let ca = CaManager::load(cfg(), ds.clone(), km.clone(), clock.clone())
         .await
@@ -642,48 +651,57 @@ async fn an_upstream_authority_signs_our_cas() {
     drop(ca);
 
     let (cert, key, root) = upstream_files(dir.path(), true);
+    let up = || Some(Arc::new(Upstream::load(&cert, &key, None, T0).unwrap()));
     let mut c = cfg();
-    c.upstream = Some(Arc::new(Upstream::load(&cert, &key, None).unwrap()));
+    c.upstream = up();
     let ca = CaManager::load(c, ds.clone(), km.clone(), clock.clone())
         .await
         .unwrap();
     let b = bundle(&ds).await;
-    assert!(b.x509_authorities.contains(&root), "the root is published");
     assert!(
-        b.x509_authorities.contains(&self_signed[0]),
-        "the retired self-signed CA stays trusted until it expires"
+        b.x509_authorities.contains(&root),
+        "the root is published at once"
     );
-    assert_eq!(b.x509_authorities.len(), 2);
-    let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
-    let k = PrivateKey::generate(KeyType::EcP256).unwrap();
-    let svid = ca
-        .sign_x509_svid(&id, &k.spki_der(), &[], Duration::from_secs(60))
-        .unwrap();
-    assert_eq!(svid.chain.len(), 2, "the SVID, then our CA");
-    let chain: Vec<&[u8]> = svid.chain.iter().map(Vec::as_slice).collect();
+    assert!(b.x509_authorities.contains(&self_signed[0]));
     assert_eq!(
-        ironpact_spiffe::x509::verify_svid_chain(&chain, std::slice::from_ref(&root), T0).unwrap(),
+        chain_of(&ca).len(),
+        1,
+        "the self-signed CA keeps signing: agents do not have the root yet"
+    );
+    let states = ca.authority_states(SlotKind::X509).await;
+    assert!(
+        states.prepared.is_some(),
+        "its successor is made the new way at once"
+    );
+    // on the schedule, the upstream-signed CA takes over
+    clock.set(T0 + TTL * 5 / 6 + 1);
+    ca.rotate().await.unwrap();
+    let chain = chain_of(&ca);
+    assert_eq!(chain.len(), 2, "the SVID, then our CA");
+    let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+    let now = T0 + TTL * 5 / 6 + 1;
+    assert_eq!(
+        ironpact_spiffe::x509::verify_svid_chain(&refs, std::slice::from_ref(&root), now).unwrap(),
         id
     );
-    // not against our CA alone: it is not a root anyone trusts
-    assert!(ironpact_spiffe::x509::verify_svid_chain(&chain[..1], &self_signed, T0).is_err());
-    // rotations never change the bundle's X.509 part
+    assert!(ironpact_spiffe::x509::verify_svid_chain(&refs[..1], &self_signed, now).is_err());
+    // rotations never remove the root; the self-signed CA leaves once expired
     for step in 1..=12 {
-        clock.set(T0 + step * TTL / 4);
+        clock.set(now + step * TTL / 4);
         ca.rotate().await.unwrap();
-        let now = bundle(&ds).await.x509_authorities;
-        assert!(now.contains(&root));
+        let x = bundle(&ds).await.x509_authorities;
+        assert!(x.contains(&root), "step {step}");
         assert!(
-            now.iter().all(|c| *c == root || *c == self_signed[0]),
+            x.iter().all(|c| *c == root || *c == self_signed[0]),
             "step {step}"
         );
     }
-    let svid = ca
-        .sign_x509_svid(&id, &k.spki_der(), &[], Duration::from_secs(60))
-        .unwrap();
-    let chain: Vec<&[u8]> = svid.chain.iter().map(Vec::as_slice).collect();
+    let later = now + 3 * TTL;
+    assert!(!bundle(&ds).await.x509_authorities.contains(&self_signed[0]));
+    let chain = chain_of(&ca);
+    let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
     assert_eq!(
-        ironpact_spiffe::x509::verify_svid_chain(&chain, std::slice::from_ref(&root), T0 + 3 * TTL)
+        ironpact_spiffe::x509::verify_svid_chain(&refs, std::slice::from_ref(&root), later)
             .unwrap(),
         id
     );
@@ -697,17 +715,45 @@ async fn an_upstream_authority_signs_our_cas() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("UpstreamAuthority"), "{e}");
-    // the key must match the certificate, and a non-root needs its roots
+    drop(ca);
+
+    // back to self-signed: the upstream-signed CA keeps signing with its stored chain until a
+    // self-signed successor takes over; the root stays while any CA of ours chains to it
+    let ca = CaManager::load(cfg(), ds.clone(), km.clone(), clock.clone())
+        .await
+        .unwrap();
+    assert_eq!(chain_of(&ca).len(), 2);
+    assert!(bundle(&ds).await.x509_authorities.contains(&root));
+    let mut t = later;
+    for _ in 0..16 {
+        t += TTL / 4;
+        clock.set(t);
+        ca.rotate().await.unwrap();
+    }
+    assert_eq!(chain_of(&ca).len(), 1, "a self-signed CA signs again");
+    let x = bundle(&ds).await.x509_authorities;
+    assert!(
+        !x.contains(&root),
+        "no CA of ours chains to the root any more"
+    );
+    assert!(!x.is_empty());
+
+    // the upstream's files are checked: the key must match, a non-root needs its roots
     let other = dir.path().join("other.key");
     std::fs::write(
         &other,
         PrivateKey::generate(KeyType::EcP256).unwrap().pkcs8_pem(),
     )
     .unwrap();
-    let e = Upstream::load(&cert, &other, None).unwrap_err();
+    let e = Upstream::load(&cert, &other, None, T0).unwrap_err();
     assert!(e.contains("does not match"), "{e}");
     let sub = dir.path().join("pkcs8");
     std::fs::create_dir(&sub).unwrap();
     let (cert2, key2, _) = upstream_files(&sub, false);
-    assert!(Upstream::load(&cert2, &key2, None).is_ok());
+    assert!(Upstream::load(&cert2, &key2, None, T0).is_ok());
+    // roots that are not this CA's: the probe chain does not verify
+    let wrong = dir.path().join("wrong-roots.pem");
+    std::fs::write(&wrong, std::fs::read_to_string(&cert2).unwrap()).unwrap();
+    let e = Upstream::load(&cert, &key, Some(&wrong), T0).unwrap_err();
+    assert!(e.contains("does not verify to its roots"), "{e}");
 }

@@ -112,7 +112,12 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
         .map_err(|e| anyhow!("{e} ({})", a.config.display()))?;
     // and the upstream CA's files, as `run` reads them
     if let Some(u) = &cfg.upstream {
-        ironpact_server::ca::Upstream::load(&u.cert_file, &u.key_file, u.bundle_file.as_deref())
+        ironpact_server::ca::Upstream::load(
+            &u.cert_file,
+            &u.key_file,
+            u.bundle_file.as_deref(),
+            ironpact_spiffe::clock::process_clock().now(),
+        )
             .map_err(|e| {
                 anyhow!(
                     "UpstreamAuthority \"disk\": {e} (fix cert_file_path, key_file_path or bundle_file_path in {})",

@@ -85,14 +85,14 @@ impl TrustDomainApi {
         })
     }
 
-    /// Stores the bundle a create or update carries, for the peer it names.
-    async fn set_bundle(
+    /// The bundle a create or update carries, checked (before anything is stored).
+    fn bundle_of(
         &self,
         td: &TrustDomain,
         p: &pb::FederationRelationship,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<ironpact_spiffe::Bundle>, Status> {
         let Some(b) = &p.trust_domain_bundle else {
-            return Ok(());
+            return Ok(None);
         };
         let mut b = b.clone();
         if b.trust_domain.is_empty() {
@@ -105,6 +105,19 @@ impl TrustDomainApi {
                 bundle.trust_domain
             )));
         }
+        if bundle.x509_authorities.is_empty() {
+            return Err(Status::invalid_argument(
+                "trust_domain_bundle holds no X.509 authority",
+            ));
+        }
+        Ok(Some(bundle))
+    }
+
+    /// Stores the peer's bundle a create or update carried.
+    async fn set_bundle(&self, bundle: Option<ironpact_spiffe::Bundle>) -> Result<(), Status> {
+        let Some(bundle) = bundle else {
+            return Ok(());
+        };
         self.0
             .ds
             .set_bundle(&bundle, self.0.clock.now())
@@ -182,16 +195,18 @@ impl TrustDomainService for TrustDomainApi {
         let items = &req.get_ref().federation_relationships;
         check_batch(items.len())?;
         let mut results = Vec::new();
+        // the bound, read once per batch (a handful of rows)
+        let mut n = self
+            .0
+            .ds
+            .list_federation_relationships(federation::MAX_RELATIONSHIPS)
+            .await
+            .map_err(ds_status)?
+            .len();
         for p in items {
             let r = async {
                 let rel = self.relationship(p)?;
-                let n = self
-                    .0
-                    .ds
-                    .list_federation_relationships(federation::MAX_RELATIONSHIPS)
-                    .await
-                    .map_err(ds_status)?
-                    .len();
+                let bundle = self.bundle_of(&rel.trust_domain, p)?;
                 if n >= federation::MAX_RELATIONSHIPS {
                     return Err(Status::resource_exhausted(format!(
                         "at most {} federation relationships",
@@ -203,7 +218,8 @@ impl TrustDomainService for TrustDomainApi {
                     .create_federation_relationship(&rel, self.0.clock.now())
                     .await
                     .map_err(ds_status)?;
-                self.set_bundle(&rel.trust_domain, p).await?;
+                n += 1;
+                self.set_bundle(bundle).await?;
                 info!(trust_domain = %rel.trust_domain, url = %rel.bundle_endpoint_url, profile = rel.profile.name(), "federation relationship created");
                 Ok::<_, Status>(
                     self.to_pb(&Relationship {
@@ -240,12 +256,13 @@ impl TrustDomainService for TrustDomainApi {
         for p in items {
             let r = async {
                 let rel = self.relationship(p)?;
+                let bundle = self.bundle_of(&rel.trust_domain, p)?;
                 self.0
                     .ds
                     .update_federation_relationship(&rel, self.0.clock.now())
                     .await
                     .map_err(ds_status)?;
-                self.set_bundle(&rel.trust_domain, p).await?;
+                self.set_bundle(bundle).await?;
                 info!(trust_domain = %rel.trust_domain, url = %rel.bundle_endpoint_url, profile = rel.profile.name(), "federation relationship updated");
                 Ok::<_, Status>(
                     self.to_pb(&Relationship {
