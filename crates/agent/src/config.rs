@@ -42,8 +42,21 @@ pub struct UnixAttestorConfig {
     pub workload_size_limit: i64,
 }
 
+/// Where the bootstrap bundle is downloaded from (SPIRE's `trust_bundle_url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustBundleUrl {
+    pub url: String,
+    /// A SPIFFE bundle (JWKS) rather than PEM (`trust_bundle_format = "spiffe"`).
+    pub spiffe: bool,
+    /// Fetched over this Unix socket (`trust_bundle_unix_socket`; the URL is then http://).
+    pub unix_socket: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// SPIRE's `trust_bundle_url` (with `trust_bundle_format` and `trust_bundle_unix_socket`):
+    /// where the bootstrap bundle is downloaded from, instead of `trust_bundle_path`.
+    pub trust_bundle_url: Option<TrustBundleUrl>,
     /// SPIRE's `health_checks`: HTTP live and ready endpoints, when enabled.
     pub health_checks: Option<hcl::HealthChecks>,
     pub data_dir: PathBuf,
@@ -123,6 +136,8 @@ pub struct Overrides {
     pub server_port: Option<u16>,
     pub socket_path: Option<String>,
     pub trust_bundle: Option<String>,
+    /// `-trustBundleUrl`.
+    pub trust_bundle_url: Option<String>,
     pub trust_domain: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -231,6 +246,62 @@ impl AgentConfig {
             .or(a.string("trust_bundle_path")?.map(|v| v.0))
             .map(PathBuf::from);
         let insecure_bootstrap = a.bool("insecure_bootstrap")?.unwrap_or(false);
+        let trust_bundle_url = match (ov.trust_bundle_url.clone(), a.string("trust_bundle_url")?) {
+            (Some(u), _) => Some((u, line)),
+            (None, f) => f,
+        };
+        let format = a.string("trust_bundle_format")?;
+        let uds = a.string("trust_bundle_unix_socket")?;
+        let trust_bundle_url = match trust_bundle_url {
+            None => {
+                if let Some((_, l)) = format.as_ref().or(uds.as_ref()) {
+                    return Err(a.err(
+                        *l,
+                        "trust_bundle_format and trust_bundle_unix_socket go with trust_bundle_url: set it, or remove them",
+                    ));
+                }
+                None
+            }
+            Some((url, l)) => {
+                if trust_bundle_path.is_some() || insecure_bootstrap {
+                    return Err(a.err(
+                        l,
+                        "trust_bundle_url excludes trust_bundle_path and insecure_bootstrap: keep one way to get the bootstrap bundle",
+                    ));
+                }
+                let spiffe = match format.as_ref().map(|f| f.0.as_str()) {
+                    None | Some("pem") => false,
+                    Some("spiffe") => true,
+                    Some(other) => {
+                        return Err(a.err(
+                            format.as_ref().map_or(l, |f| f.1),
+                            format!("trust_bundle_format {other:?}: use \"pem\" or \"spiffe\""),
+                        ));
+                    }
+                };
+                let unix_socket = uds.map(|u| PathBuf::from(u.0));
+                // over the network only HTTPS (the bundle is what every later check trusts);
+                // plain HTTP only over a local socket, as SPIRE allows
+                let ok = if unix_socket.is_some() {
+                    url.starts_with("http://")
+                } else {
+                    url.starts_with("https://")
+                };
+                if !ok {
+                    return Err(a.err(
+                        l,
+                        format!(
+                            "trust_bundle_url {url:?} must be https:// (or http:// with trust_bundle_unix_socket)"
+                        ),
+                    ));
+                }
+                Some(TrustBundleUrl {
+                    url,
+                    spiffe,
+                    unix_socket,
+                })
+            }
+        };
         let file_token = a.string("join_token")?;
         let file_token_file = a.string("join_token_file")?;
         if let (Some(_), Some((_, l))) = (&file_token, &file_token_file) {
@@ -317,17 +388,18 @@ impl AgentConfig {
                 ironpact_attestors::registry::names().join(", ")
             ),
         })?;
-        if trust_bundle_path.is_none() && !insecure_bootstrap {
+        if trust_bundle_path.is_none() && !insecure_bootstrap && trust_bundle_url.is_none() {
             return Err(ConfigError {
                 file: file.into(),
                 line,
                 message:
-                    "agent.trust_bundle_path (or -trustBundle) is required to check the server; \
+                    "agent.trust_bundle_path (or -trustBundle, or trust_bundle_url) is required to check the server; \
                           insecure_bootstrap = true skips that check for the first connection only"
                         .into(),
             });
         }
         Ok(Self {
+            trust_bundle_url,
             health_checks,
             data_dir,
             log_level,

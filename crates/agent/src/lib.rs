@@ -5,6 +5,7 @@
 //! snapshots, and it serves what it has while the server is away.
 
 pub mod authority;
+pub mod bootstrap;
 pub mod config;
 pub mod manager;
 pub mod run;

@@ -120,6 +120,26 @@ pub async fn run(
         path: cfg.data_dir.display().to_string(),
         source,
     })?;
+    // SPIRE's trust_bundle_url: a first start downloads its bootstrap bundle (later starts
+    // have the one the server sent, or an SVID to renew with)
+    let mut cfg = cfg;
+    if let Some(src) = cfg.trust_bundle_url.clone()
+        && !cfg.data_dir.join("bundle.pem").exists()
+    {
+        let pem = crate::bootstrap::fetch(&src, &cfg.trust_domain)
+            .await
+            .map_err(|reason| AgentError::Bundle {
+                path: src.url.clone(),
+                reason: format!("cannot download it: {reason}"),
+            })?;
+        let path = cfg.data_dir.join("bootstrap-bundle.pem");
+        std::fs::write(&path, pem).map_err(|source| RunError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        info!(url = %src.url, "downloaded the bootstrap trust bundle (trust_bundle_url)");
+        cfg.trust_bundle_path = Some(path);
+    }
     let socket = cfg.socket_path.clone();
     let attestor = UnixAttestor::new(
         cfg.unix.discover_workload_path,

@@ -1263,3 +1263,105 @@ fn upstream_authority_disk_end_to_end() {
     // the agent itself stays connected through all this
     assert!(a.cli(&["api", "fetch", "x509"]).ok());
 }
+
+/// SPIRE's `trust_bundle_url`: a first start downloads its bootstrap bundle (here over a Unix
+/// socket with `trust_bundle_unix_socket`, served by Python's http.server; the SPIFFE format
+/// too), attests with it, and a restart needs the URL no more; plain http:// over the network
+/// and a URL beside trust_bundle_path are refused, saying why.
+#[test]
+fn trust_bundle_url_bootstraps_the_agent() {
+    let s = TestServer::start(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("bundle.json");
+    std::fs::write(
+        &jwks,
+        s.cli(&["bundle", "show", "-format", "spiffe"])
+            .expect_ok()
+            .stdout
+            .as_bytes(),
+    )
+    .unwrap();
+    let sock = dir.path().join("bundle.sock");
+    let script = r#"
+import http.server, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = open(sys.argv[2], 'rb').read()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def address_string(self):
+        return 'uds'
+socketserver.UnixStreamServer(sys.argv[1], H).serve_forever()
+"#;
+    let mut web = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&sock)
+        .arg(&jwks)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the bundle server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = join_token(&s, "spiffe://example.org/host-url");
+    let sock2 = sock.clone();
+    let mut a = TestAgent::start_conf(
+        &s,
+        s.port,
+        Some(&token),
+        [support::Plugin::new("NodeAttestor", "join_token")],
+        true,
+        move |c| {
+            let mut c = c
+                .agent("trust_bundle_url", "http://localhost/bundle.json")
+                .agent("trust_bundle_format", "spiffe")
+                .agent("trust_bundle_unix_socket", &sock2);
+            c.agent = c.agent.unset("trust_bundle_path");
+            c
+        },
+    );
+    assert!(
+        a.log().contains("downloaded the bootstrap trust bundle"),
+        "{}",
+        a.log()
+    );
+    let _ = web.kill();
+    let _ = web.wait();
+    // the restart has the server's bundle: the URL is not needed (its server is gone)
+    a.kill9();
+    a.spawn(None);
+    assert!(a.cli(&["healthcheck"]).ok());
+    // refused, each with why
+    let conf = std::fs::read_to_string(&a.config).unwrap();
+    let bad = dir.path().join("bad.conf");
+    for (edit, want) in [
+        (
+            conf.replace("trust_bundle_unix_socket", "unused_key_x"),
+            "unused_key_x",
+        ),
+        (
+            conf.lines()
+                .filter(|l| !l.contains("trust_bundle_unix_socket"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "must be https://",
+        ),
+        (
+            conf.replacen("agent {", "agent {\n    trust_bundle_path = \"/x.pem\"", 1),
+            "excludes trust_bundle_path",
+        ),
+    ] {
+        std::fs::write(&bad, edit).unwrap();
+        let o = Out::from(
+            std::process::Command::new(AGENT_BIN)
+                .args(["validate", "-config"])
+                .arg(&bad)
+                .output()
+                .unwrap(),
+        );
+        assert!(!o.ok() && o.stderr.contains(want), "{want}: {o:?}");
+    }
+}

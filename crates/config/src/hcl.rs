@@ -1195,24 +1195,6 @@ const UNSUPPORTED: &[(Side, &str, &str, &str)] = &[
     (
         Side::Agent,
         "agent",
-        "trust_bundle_url",
-        "the bundle is read from trust_bundle_path (or taken once with insecure_bootstrap): write `ironpact-server bundle show` there",
-    ),
-    (
-        Side::Agent,
-        "agent",
-        "trust_bundle_format",
-        "trust_bundle_path is PEM: remove it",
-    ),
-    (
-        Side::Agent,
-        "agent",
-        "trust_bundle_unix_socket",
-        "the bundle is read from trust_bundle_path: remove it",
-    ),
-    (
-        Side::Agent,
-        "agent",
         "workload_x509_svid_key_type",
         "workload keys are EC P-256: remove it",
     ),

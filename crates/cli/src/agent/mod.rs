@@ -85,7 +85,8 @@ struct RunArgs {
     /// Expand $VAR and ${VAR} in the config file from the environment.
     #[arg(long = "expandEnv", visible_alias = "expand-env")]
     expand_env: bool,
-    /// SPIRE's bundle download at bootstrap: not in ironpact (the error says what to use).
+    /// URL of the bootstrap trust bundle, downloaded at the first start (overrides
+    /// agent.trust_bundle_url; https://, or http:// with trust_bundle_unix_socket).
     #[arg(long = "trustBundleUrl", visible_alias = "trust-bundle-url")]
     trust_bundle_url: Option<String>,
     /// SPIRE's bundles for unauthenticated callers: not in ironpact (the error says why).
@@ -289,24 +290,12 @@ pub fn main() -> std::process::ExitCode {
 
 fn run(a: RunArgs) -> Result<()> {
     use ironpact_config::hcl::{Side, unsupported_reason};
-    for (set, flag, key) in [
-        (
-            a.trust_bundle_url.is_some(),
-            "-trustBundleUrl",
-            "trust_bundle_url",
-        ),
-        (
-            a.allow_unauthenticated_verifiers,
-            "-allowUnauthenticatedVerifiers",
-            "allow_unauthenticated_verifiers",
-        ),
-    ] {
-        if set {
-            bail!(
-                "{flag} is SPIRE's and not in ironpact: {}",
-                unsupported_reason(Side::Agent, key).unwrap_or("remove it")
-            );
-        }
+    if a.allow_unauthenticated_verifiers {
+        bail!(
+            "-allowUnauthenticatedVerifiers is SPIRE's and not in ironpact: {}",
+            unsupported_reason(Side::Agent, "allow_unauthenticated_verifiers")
+                .unwrap_or("remove it")
+        );
     }
     let ov = Overrides {
         data_dir: a.data_dir,
@@ -315,6 +304,7 @@ fn run(a: RunArgs) -> Result<()> {
         server_port: a.server_port,
         socket_path: a.socket_path,
         trust_bundle: a.trust_bundle,
+        trust_bundle_url: a.trust_bundle_url,
         trust_domain: a.trust_domain,
         log_level: a.log_level,
         log_format: a.log_format,
