@@ -14,6 +14,8 @@ pub struct AgentEntry {
     pub hint: String,
     pub revision: i64,
     pub dns_names: Vec<String>,
+    /// Signed when a workload first asks, not ahead (`-disableX509SVIDPrefetch`).
+    pub lazy: bool,
 }
 
 /// An X509-SVID the agent holds for an entry.
@@ -182,6 +184,7 @@ mod tests {
 
     fn entry(id: &str, sels: &[&str]) -> Arc<AgentEntry> {
         Arc::new(AgentEntry {
+            lazy: false,
             id: id.into(),
             spiffe_id: SpiffeId::parse(&format!("spiffe://td/{id}")).unwrap(),
             selectors: sels.iter().map(|s| Selector::parse(s).unwrap()).collect(),

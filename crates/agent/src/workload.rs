@@ -297,7 +297,19 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let sels = self.selectors(&req).await?;
         let clock = self.agent.clock();
+        let agent = self.agent.clone();
         Ok(Response::new(self.watch(sels, move |v, s| {
+            // lazy entries (-disableX509SVIDPrefetch) this workload matches, and that have no
+            // SVID yet, are signed now; the stream waits for them like any other
+            let lazy: Vec<String> = v
+                .matching(s)
+                .into_iter()
+                .filter(|e| e.lazy && !v.svids.contains_key(&e.id))
+                .map(|e| e.id.clone())
+                .collect();
+            if !lazy.is_empty() {
+                agent.want(lazy);
+            }
             x509_response(v, s, clock.now())
         })?))
     }
@@ -459,6 +471,7 @@ mod tests {
     fn view(expires_at: i64, refusal: Option<&str>) -> View {
         let mut v = View::default();
         v.set_entries(vec![Arc::new(AgentEntry {
+            lazy: false,
             id: "e1".into(),
             spiffe_id: SpiffeId::parse("spiffe://example.org/w").unwrap(),
             selectors: vec![Selector::parse("unix:uid:1").unwrap()],

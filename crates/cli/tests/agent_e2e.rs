@@ -1365,3 +1365,64 @@ socketserver.UnixStreamServer(sys.argv[1], H).serve_forever()
         assert!(!o.ok() && o.stderr.contains(want), "{want}: {o:?}");
     }
 }
+
+/// SPIRE's `-disableX509SVIDPrefetch`: the agent signs no SVID for such an entry until a
+/// workload asks; the first fetch waits for it and gets it, and it is kept afterwards.
+#[test]
+fn an_entry_without_prefetch_is_signed_on_first_request() {
+    let s = TestServer::start(Backend::Sqlite);
+    let token = join_token(&s, "spiffe://example.org/host-lazy");
+    let a = TestAgent::start(&s, &token);
+    let admin = a.dir.path().join("private/admin.sock");
+    let cached = || {
+        Out::from(
+            std::process::Command::new(AGENT_BIN)
+                .args(["debug", "getinfo", "-output", "json", "-socketPath"])
+                .arg(&admin)
+                .output()
+                .unwrap(),
+        )
+        .json()["cached_x509_svids_count"]
+            .as_i64()
+            .unwrap()
+    };
+    // the join token's alias entry is signed ahead, as any entry is
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cached();
+    let synced = || a.log().matches("applied a sync update").count();
+    let n = synced();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/lazy",
+        "-parentID",
+        "spiffe://example.org/host-lazy",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+        "-disableX509SVIDPrefetch",
+    ])
+    .expect_ok();
+    // the entry reaches the agent (an eager one would be signed within a second)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while synced() == n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        cached(),
+        before,
+        "nothing signed before a workload asks: {}",
+        a.log()
+    );
+    let o = a.fetch_until_ok(&[]);
+    assert!(
+        o.ok() && o.stdout.contains("spiffe://example.org/lazy"),
+        "{o:?}"
+    );
+    assert_eq!(
+        cached(),
+        before + 1,
+        "signed on the first request, and kept"
+    );
+}

@@ -116,6 +116,10 @@ CREATE TABLE federation_relationships (
     updated_at BIGINT NOT NULL
 )
 "#,
+    // SPIRE's -disableX509SVIDPrefetch: agents sign on a workload's first request
+    r#"
+ALTER TABLE registered_entries ADD COLUMN disable_x509_svid_prefetch BIGINT NOT NULL DEFAULT 0
+"#,
 ];
 
 /// The migration after which `join_tokens.token` holds digests, not tokens.
@@ -222,6 +226,9 @@ CREATE TABLE federation_relationships (
     endpoint_spiffe_id VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     updated_at BIGINT NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={coll}
+"#,
+    r#"
+ALTER TABLE registered_entries ADD COLUMN disable_x509_svid_prefetch BIGINT NOT NULL DEFAULT 0
 "#,
 ];
 

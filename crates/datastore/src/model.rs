@@ -22,6 +22,9 @@ pub struct Entry {
     pub dns_names: Vec<String>,
     pub revision_number: i64,
     pub store_svid: bool,
+    /// Agents sign this entry's X509-SVID on a workload's first request, not ahead (SPIRE's
+    /// `-disableX509SVIDPrefetch`).
+    pub disable_x509_svid_prefetch: bool,
     pub hint: String,
     pub created_at: i64,
 }
@@ -44,6 +47,7 @@ impl Entry {
             dns_names: Vec::new(),
             revision_number: 0,
             store_svid: false,
+            disable_x509_svid_prefetch: false,
             hint: String::new(),
             created_at: 0,
         }

@@ -183,6 +183,8 @@ pub struct Agent {
     /// for `debug getinfo`.
     started: std::time::Instant,
     last_sync: std::sync::atomic::AtomicI64,
+    /// Lazy entries (`-disableX509SVIDPrefetch`) a workload has asked for.
+    wanted: Mutex<std::collections::HashSet<String>>,
 }
 
 fn pem_certs(chain: &[Vec<u8>]) -> String {
@@ -239,6 +241,7 @@ impl Agent {
             clock,
             started: std::time::Instant::now(),
             last_sync: std::sync::atomic::AtomicI64::new(0),
+            wanted: Mutex::new(std::collections::HashSet::new()),
         });
         agent.load_stored_svid()?;
         Ok(agent)
@@ -490,6 +493,7 @@ plugins {{
 
     fn entry(id: &str, revision: i64) -> Arc<AgentEntry> {
         Arc::new(AgentEntry {
+            lazy: false,
             id: id.into(),
             spiffe_id: SpiffeId::parse(&format!("spiffe://example.org/{id}")).unwrap(),
             selectors: vec![Selector::new("unix", "uid:1").unwrap()],

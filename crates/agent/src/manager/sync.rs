@@ -121,6 +121,7 @@ impl Agent {
                     hint: e.hint.clone(),
                     revision: e.revision_number,
                     dns_names: e.dns_names.clone(),
+                    lazy: e.disable_x509_svid_prefetch,
                 })
             })
             .collect();
@@ -187,6 +188,17 @@ impl Agent {
                 .retain(|id, s| by_id.get(id).is_some_and(|e| e.revision == s.revision));
             v.set_entries(by_id.into_values().collect());
         });
+        // what a workload asked for, of the entries still there (the set stays bounded)
+        if let Ok(mut w) = self.wanted.lock()
+            && !w.is_empty()
+        {
+            let view = self.state.read();
+            w.retain(|id| {
+                view.entries()
+                    .binary_search_by(|e| e.id.as_str().cmp(id.as_str()))
+                    .is_ok()
+            });
+        }
         self.last_sync
             .store(self.clock.now(), std::sync::atomic::Ordering::Relaxed);
     }
@@ -197,8 +209,11 @@ impl Agent {
     pub(super) fn due_entries(&self, t: i64) -> Vec<Arc<AgentEntry>> {
         let view = self.state.read();
         let bundle = view.bundle.as_ref();
+        let wanted = self.wanted.lock().map(|w| w.clone()).unwrap_or_default();
         view.entries()
             .iter()
+            // a lazy entry only once a workload has asked for it (then kept renewed)
+            .filter(|e| !e.lazy || wanted.contains(&e.id))
             .filter(|e| {
                 view.svids
                     .get(&e.id)
@@ -206,6 +221,14 @@ impl Agent {
             })
             .cloned()
             .collect()
+    }
+
+    /// A workload asked for these entries: lazy ones among them are signed at the next
+    /// signing pass (within a second), and renewed from then on.
+    pub fn want(&self, entry_ids: impl IntoIterator<Item = String>) {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.extend(entry_ids);
+        }
     }
 
     /// Signs SVIDs for entries that have none, whose entry changed, or past half-life.

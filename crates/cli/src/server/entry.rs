@@ -65,8 +65,8 @@ pub struct Fields {
     /// SVIDStore plugin yet, so agents serve such an entry like any other.
     #[arg(long = "storeSVID", visible_alias = "store-svid")]
     store_svid: bool,
-    /// SPIRE's on-demand X509-SVIDs for this entry: not in ironpact, whose agents sign every
-    /// entry's SVID ahead of the first request (the error says so).
+    /// Agents sign this entry's X509-SVID when a workload first asks for it, not ahead (for
+    /// entries many nodes match and few run).
     #[arg(long = "disableX509SVIDPrefetch")]
     disable_x509_svid_prefetch: bool,
     /// Unix time at which the entry expires.
@@ -254,13 +254,12 @@ impl Fields {
 
 /// Builds an entry from flags; `creating` requires the fields a new entry needs.
 fn entry_from_fields(f: &Fields, creating: bool) -> Result<(pb::Entry, pb::EntryMask)> {
-    if f.disable_x509_svid_prefetch {
-        bail!(
-            "-disableX509SVIDPrefetch is SPIRE's and not in ironpact: agents sign each entry's X509-SVID ahead of the first request (at most one per entry they serve); leave the flag out"
-        );
-    }
     let mut e = pb::Entry::default();
     let mut m = pb::EntryMask::default();
+    if f.disable_x509_svid_prefetch {
+        e.disable_x509_svid_prefetch = true;
+        m.disable_x509_svid_prefetch = true;
+    }
     match &f.spiffe_id {
         Some(s) => {
             SpiffeId::parse(s)?;
@@ -524,6 +523,9 @@ pub fn print_entry(e: &pb::Entry) {
     }
     if e.store_svid {
         println!("StoreSvid        : true");
+    }
+    if e.disable_x509_svid_prefetch {
+        println!("X509 prefetch    : false");
     }
     if !e.hint.is_empty() {
         println!("Hint             : {}", e.hint);
@@ -809,6 +811,7 @@ fn full_mask() -> pb::EntryMask {
         store_svid: true,
         jwt_svid_ttl: true,
         hint: true,
+        disable_x509_svid_prefetch: true,
     }
 }
 

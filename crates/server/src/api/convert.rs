@@ -178,6 +178,7 @@ pub fn entry(p: &pb::Entry, td: &TrustDomain) -> Result<Entry, Status> {
         dns_names: p.dns_names.clone(),
         revision_number: p.revision_number,
         store_svid: p.store_svid,
+        disable_x509_svid_prefetch: p.disable_x509_svid_prefetch,
         hint: p.hint.clone(),
         created_at: p.created_at,
     })
@@ -200,6 +201,7 @@ pub fn entry_pb(e: &Entry) -> pb::Entry {
         jwt_svid_ttl: e.jwt_svid_ttl.clamp(0, i64::from(i32::MAX)) as i32,
         hint: e.hint.clone(),
         created_at: e.created_at,
+        disable_x509_svid_prefetch: e.disable_x509_svid_prefetch,
     }
 }
 

@@ -106,6 +106,9 @@ fn masked(old: &Entry, new: &pb::Entry, mask: Option<&pb::EntryMask>) -> pb::Ent
     if m.hint {
         out.hint = new.hint.clone();
     }
+    if m.disable_x509_svid_prefetch {
+        out.disable_x509_svid_prefetch = new.disable_x509_svid_prefetch;
+    }
     out
 }
 
