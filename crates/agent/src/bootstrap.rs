@@ -60,6 +60,20 @@ async fn over_https(url: &str) -> Result<Vec<u8>, String> {
 /// HTTP/1.1 GET over a Unix socket (hyper's client connection on a UnixStream; reqwest has
 /// no Unix socket transport).
 async fn over_unix_socket(url: &str, sock: &std::path::Path) -> Result<Vec<u8>, String> {
+    // whoever owns the socket supplies the root of trust: root or this agent's user only
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta =
+            std::fs::symlink_metadata(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(format!(
+                "{} belongs to uid {}, not to root or this agent's user: refusing a bundle from it",
+                sock.display(),
+                meta.uid()
+            ));
+        }
+    }
     let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let exchange = async {
         let stream = tokio::net::UnixStream::connect(sock)
@@ -87,4 +101,22 @@ async fn over_unix_socket(url: &str, sock: &std::path::Path) -> Result<Vec<u8>, 
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| "no answer within 10s".to_string())?
+}
+
+/// Writes `text` to `path` as a new private file then renames it into place: a symlink
+/// planted at `path` is replaced, never followed.
+pub fn write_new(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

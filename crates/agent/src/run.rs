@@ -133,7 +133,7 @@ pub async fn run(
                 reason: format!("cannot download it: {reason}"),
             })?;
         let path = cfg.data_dir.join("bootstrap-bundle.pem");
-        std::fs::write(&path, pem).map_err(|source| RunError::DataDir {
+        crate::bootstrap::write_new(&path, &pem).map_err(|source| RunError::DataDir {
             path: path.display().to_string(),
             source,
         })?;

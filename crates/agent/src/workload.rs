@@ -299,12 +299,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let clock = self.agent.clock();
         let agent = self.agent.clone();
         Ok(Response::new(self.watch(sels, move |v, s| {
-            // lazy entries (-disableX509SVIDPrefetch) this workload matches, and that have no
-            // SVID yet, are signed now; the stream waits for them like any other
+            // lazy entries (-disableX509SVIDPrefetch) this workload matches are signed now
+            // (the stream waits for them like any other) and renewed while it keeps asking:
+            // this runs at every update of an open stream
             let lazy: Vec<String> = v
                 .matching(s)
                 .into_iter()
-                .filter(|e| e.lazy && !v.svids.contains_key(&e.id))
+                .filter(|e| e.lazy)
                 .map(|e| e.id.clone())
                 .collect();
             if !lazy.is_empty() {

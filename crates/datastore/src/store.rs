@@ -1944,6 +1944,20 @@ impl DataStore {
         Ok(row.map(|r| r.try_get::<Vec<u8>, _>("data")).transpose()?)
     }
 
+    /// Every server's CA journal (instance ID, data), at most `limit`: one per server of the
+    /// cluster, read when a server considers removing an upstream root from the shared bundle.
+    pub async fn list_server_ca_journals(&self, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows = self
+            .dialect
+            .query("SELECT server_id, data FROM ca_journals ORDER BY server_id LIMIT $1")
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("server_id")?, r.try_get("data")?)))
+            .collect()
+    }
+
     /// The CA journal of one server of the cluster (`server` is its instance ID).
     pub async fn get_server_ca_journal(&self, server: &str) -> Result<Option<Vec<u8>>> {
         let row = self

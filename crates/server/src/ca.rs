@@ -331,6 +331,18 @@ impl Upstream {
         self.issuer.not_after()
     }
 
+    /// Whether `der` was signed by this upstream's key.
+    fn signed(&self, der: &[u8]) -> bool {
+        use x509_parser::prelude::*;
+        let (Ok((_, c)), Ok((_, up))) = (
+            X509Certificate::from_der(der),
+            X509Certificate::from_der(self.issuer.cert_der()),
+        ) else {
+            return false;
+        };
+        c.verify_signature(Some(up.public_key())).is_ok()
+    }
+
     /// Refuses an upstream that could not make chains that verify: expired, not allowed to
     /// sign CAs, or whose names or roots do not line up, found by making a throwaway CA and
     /// SVID under it and verifying them to the roots as any peer would.
@@ -481,6 +493,23 @@ impl CaManager {
             }
         }
         journal.slots = kept;
+        // slots an upstream signed before their chain was journaled: the configured upstream's,
+        // when it is the one that signed them
+        if let Some(up) = &cfg.upstream {
+            for s in journal
+                .slots
+                .iter_mut()
+                .filter(|s| s.kind == SlotKind::X509)
+            {
+                let Ok(der) = hex::decode(&s.public) else {
+                    continue;
+                };
+                if s.roots.is_empty() && !is_self_signed(&der) && up.signed(&der) {
+                    s.chain = up.chain.iter().map(hex::encode).collect();
+                    s.roots = up.roots.iter().map(hex::encode).collect();
+                }
+            }
+        }
         let ca = Self {
             cfg,
             ds,
@@ -755,15 +784,7 @@ impl CaManager {
         };
         // upstream roots no CA of ours needs any more (the UpstreamAuthority was removed or
         // replaced, and the CAs it signed are gone) leave the bundle
-        let needed = needed_roots(&next, self.cfg.upstream.as_deref());
-        let stale: Vec<Vec<u8>> = next
-            .published_roots
-            .iter()
-            .filter(|r| !needed.contains(r))
-            .filter_map(|r| hex::decode(r).ok())
-            .collect();
-        let roots_changed = next.published_roots != needed;
-        next.published_roots = needed;
+        let (stale, roots_changed) = self.stale_roots(&mut next).await?;
         let needs_bundle = match &stored {
             None => true,
             Some(s) => a || b || roots_changed || missing(&s.bundle) || has_expired(&s.bundle, now),
@@ -889,14 +910,7 @@ impl CaManager {
     ) -> Result<(), CaError> {
         let remove = dropped.iter().map(|s| (s.kind, s.authority_id())).collect();
         let mut next = next;
-        let needed = needed_roots(&next, self.cfg.upstream.as_deref());
-        let stale: Vec<Vec<u8>> = next
-            .published_roots
-            .iter()
-            .filter(|r| !needed.contains(r))
-            .filter_map(|r| hex::decode(r).ok())
-            .collect();
-        next.published_roots = needed;
+        let (stale, _) = self.stale_roots(&mut next).await?;
         self.publish_bundle(
             publications(&next, self.cfg.upstream.as_deref())?,
             remove,
@@ -913,6 +927,43 @@ impl CaManager {
             }
         }
         Ok(())
+    }
+
+    /// The upstream roots this server published that nothing needs any more: none of its CAs
+    /// chains to them, its UpstreamAuthority does not name them, and no other server of the
+    /// cluster (by its journal) publishes or uses them. Records what it needs now in `next`;
+    /// true when that changed.
+    async fn stale_roots(&self, next: &mut Journal) -> Result<(Vec<Vec<u8>>, bool), CaError> {
+        let needed = needed_roots(next, self.cfg.upstream.as_deref());
+        let changed = next.published_roots != needed;
+        let candidates: Vec<String> = next
+            .published_roots
+            .iter()
+            .filter(|r| !needed.contains(r))
+            .cloned()
+            .collect();
+        next.published_roots = needed;
+        if candidates.is_empty() {
+            return Ok((Vec::new(), changed));
+        }
+        let mut others = std::collections::HashSet::new();
+        for (server, data) in self.ds.list_server_ca_journals(1000).await? {
+            if server == self.cfg.instance_id {
+                continue;
+            }
+            // an unreadable journal of another server keeps every root (never remove blindly)
+            let Ok(j) = serde_json::from_slice::<Journal>(&data) else {
+                return Ok((Vec::new(), changed));
+            };
+            others.extend(j.published_roots);
+            others.extend(j.slots.into_iter().flat_map(|s| s.roots));
+        }
+        let stale = candidates
+            .into_iter()
+            .filter(|r| !others.contains(r))
+            .filter_map(|r| hex::decode(r).ok())
+            .collect();
+        Ok((stale, changed))
     }
 
     /// Under an UpstreamAuthority our X.509 CAs are not in the bundle (its roots are), so

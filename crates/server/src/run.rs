@@ -427,8 +427,16 @@ pub async fn run_with_reload(
             let ready: ironpact_tls::health::ReadyCheck = Arc::new(move || {
                 let c = c.clone();
                 Box::pin(async move {
-                    c.ds.ping().await.map_err(|e| format!("datastore: {e}"))?;
-                    c.ca.x509_ca_cert().map_err(|e| format!("CA: {e}"))?;
+                    // the reason in general terms: anyone who reaches the port reads it
+                    // (the details go to the log)
+                    c.ds.ping().await.map_err(|e| {
+                        warn!(error = %e, "health check: the datastore does not answer");
+                        "the datastore does not answer".to_string()
+                    })?;
+                    c.ca.x509_ca_cert().map_err(|e| {
+                        warn!(error = %e, "health check: no active CA");
+                        "no active CA".to_string()
+                    })?;
                     Ok(())
                 })
             });

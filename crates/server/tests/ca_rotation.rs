@@ -757,3 +757,46 @@ async fn an_upstream_authority_signs_our_cas() {
     let e = Upstream::load(&cert, &key, Some(&wrong), T0).unwrap_err();
     assert!(e.contains("does not verify to its roots"), "{e}");
 }
+
+/// In a cluster, a server that leaves the UpstreamAuthority never takes the root out of the
+/// shared bundle while another server still signs under it.
+#[tokio::test]
+async fn a_root_another_server_needs_stays_in_the_bundle() {
+    use ironpact_server::ca::Upstream;
+    let dir = tempfile::tempdir().unwrap();
+    let ds = DataStore::open_sqlite(&dir.path().join("ds.sqlite3"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let (cert, key, root) = upstream_files(dir.path(), false);
+    let with = |instance: &str, upstream: bool| {
+        let mut c = cfg();
+        c.instance_id = instance.into();
+        if upstream {
+            c.upstream = Some(Arc::new(Upstream::load(&cert, &key, None, T0).unwrap()));
+        }
+        c
+    };
+    let km_a: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let km_b: Arc<dyn KeyManager> = Arc::new(MemoryKeyManager::default());
+    let a = CaManager::load(with("a", true), ds.clone(), km_a.clone(), clock.clone())
+        .await
+        .unwrap();
+    let b = CaManager::load(with("b", true), ds.clone(), km_b, clock.clone())
+        .await
+        .unwrap();
+    drop(a);
+    // A leaves the upstream; long after its upstream-signed CAs are gone, B still needs the root
+    let a = CaManager::load(with("a", false), ds.clone(), km_a, clock.clone())
+        .await
+        .unwrap();
+    let mut t = T0;
+    for _ in 0..20 {
+        t += TTL / 4;
+        clock.set(t);
+        // checked right after A's step (B would put the root back at its own)
+        a.rotate().await.unwrap();
+        assert!(bundle(&ds).await.x509_authorities.contains(&root), "at {t}");
+        b.rotate().await.unwrap();
+    }
+}

@@ -36,6 +36,8 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     info!(address = %bound, live = %cfg.live_path, ready = %cfg.ready_path, "health checks listening");
     let cfg = Arc::new(cfg);
+    // probes in a burst share one check a second (the server's pings its datastore)
+    let ready = cached(ready, Duration::from_secs(1));
     // at most this many probes at once; more wait in the listen queue
     let slots = Arc::new(tokio::sync::Semaphore::new(64));
     Ok(tokio::spawn(async move {
@@ -68,10 +70,14 @@ pub async fn serve(
                         }
                     },
                 );
+                // a probe sends its request at once: 2 s for the headers, 7 s in all (the
+                // ready check has 5), so idle connections cannot hold the slots
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(2))
                     .keep_alive(false)
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
-                match tokio::time::timeout(Duration::from_secs(10), conn).await {
+                match tokio::time::timeout(Duration::from_secs(7), conn).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => debug!(error = %e, "health probe connection failed"),
                     Err(_) => debug!("health probe timed out"),
@@ -79,6 +85,26 @@ pub async fn serve(
             });
         }
     }))
+}
+
+/// `check`, answered from its last result for `ttl`.
+fn cached(check: ReadyCheck, ttl: Duration) -> ReadyCheck {
+    type Last = Option<(std::time::Instant, Result<(), String>)>;
+    let last: Arc<tokio::sync::Mutex<Last>> = Arc::new(tokio::sync::Mutex::new(None));
+    Arc::new(move || {
+        let (check, last) = (check.clone(), last.clone());
+        Box::pin(async move {
+            let mut g = last.lock().await;
+            if let Some((at, r)) = g.as_ref()
+                && at.elapsed() < ttl
+            {
+                return r.clone();
+            }
+            let r = check().await;
+            *g = Some((std::time::Instant::now(), r.clone()));
+            r
+        })
+    })
 }
 
 async fn answer(

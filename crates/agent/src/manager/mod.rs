@@ -183,8 +183,8 @@ pub struct Agent {
     /// for `debug getinfo`.
     started: std::time::Instant,
     last_sync: std::sync::atomic::AtomicI64,
-    /// Lazy entries (`-disableX509SVIDPrefetch`) a workload has asked for.
-    wanted: Mutex<std::collections::HashSet<String>>,
+    /// Lazy entries (`-disableX509SVIDPrefetch`) a workload asked for, and when it last did.
+    wanted: Mutex<HashMap<String, i64>>,
 }
 
 fn pem_certs(chain: &[Vec<u8>]) -> String {
@@ -241,7 +241,7 @@ impl Agent {
             clock,
             started: std::time::Instant::now(),
             last_sync: std::sync::atomic::AtomicI64::new(0),
-            wanted: Mutex::new(std::collections::HashSet::new()),
+            wanted: Mutex::new(HashMap::new()),
         });
         agent.load_stored_svid()?;
         Ok(agent)

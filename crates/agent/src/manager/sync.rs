@@ -193,7 +193,7 @@ impl Agent {
             && !w.is_empty()
         {
             let view = self.state.read();
-            w.retain(|id| {
+            w.retain(|id, _| {
                 view.entries()
                     .binary_search_by(|e| e.id.as_str().cmp(id.as_str()))
                     .is_ok()
@@ -212,8 +212,17 @@ impl Agent {
         let wanted = self.wanted.lock().map(|w| w.clone()).unwrap_or_default();
         view.entries()
             .iter()
-            // a lazy entry only once a workload has asked for it (then kept renewed)
-            .filter(|e| !e.lazy || wanted.contains(&e.id))
+            // a lazy entry only when a workload has asked for it since its SVID was signed:
+            // a subscribed workload asks again at each update, one that left does not, and
+            // its SVID is then left to expire
+            .filter(|e| {
+                !e.lazy
+                    || wanted.get(&e.id).is_some_and(|asked| {
+                        view.svids
+                            .get(&e.id)
+                            .is_none_or(|s| *asked >= s.received_at)
+                    })
+            })
             .filter(|e| {
                 view.svids
                     .get(&e.id)
@@ -223,11 +232,14 @@ impl Agent {
             .collect()
     }
 
-    /// A workload asked for these entries: lazy ones among them are signed at the next
-    /// signing pass (within a second), and renewed from then on.
+    /// A workload asked for these entries now: lazy ones among them are signed at the next
+    /// signing pass (within a second), and renewed while workloads keep asking.
     pub fn want(&self, entry_ids: impl IntoIterator<Item = String>) {
+        let now = self.clock.now();
         if let Ok(mut w) = self.wanted.lock() {
-            w.extend(entry_ids);
+            for id in entry_ids {
+                w.insert(id, now);
+            }
         }
     }
 

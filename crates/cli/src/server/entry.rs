@@ -386,6 +386,7 @@ fn entries_from_data(path: &PathBuf) -> Result<Vec<pb::Entry>> {
         "expires_at",
         "dns_names",
         "store_svid",
+        "disable_x509_svid_prefetch",
         "hint",
         "revision_number",
         "created_at",
@@ -477,6 +478,7 @@ fn entries_from_data(path: &PathBuf) -> Result<Vec<pb::Entry>> {
                 expires_at: int("entry_expiry")?.max(int("expires_at")?),
                 dns_names: strs(e.get("dns_names")),
                 store_svid: flag("store_svid")?,
+                disable_x509_svid_prefetch: flag("disable_x509_svid_prefetch")?,
                 hint: e
                     .get("hint")
                     .and_then(Value::as_str)
@@ -536,7 +538,7 @@ pub fn print_entry(e: &pb::Entry) {
 /// An entry as SPIRE's `spire.api.types.Entry` prints with `-output json`.
 pub fn entry_json(e: &pb::Entry) -> Value {
     use crate::protojson::{id, int64};
-    json!({
+    let mut v = json!({
         "id": e.id,
         "spiffe_id": id(&e.spiffe_id),
         "parent_id": id(&e.parent_id),
@@ -552,7 +554,13 @@ pub fn entry_json(e: &pb::Entry) -> Value {
         "store_svid": e.store_svid,
         "hint": e.hint,
         "created_at": int64(e.created_at),
-    })
+    });
+    // beyond SPIRE's Entry message, only when set, so that `entry update -data` of a shown
+    // entry keeps it
+    if e.disable_x509_svid_prefetch {
+        v["disable_x509_svid_prefetch"] = json!(true);
+    }
+    v
 }
 
 fn status_json(s: &Option<pb::Status>) -> Value {

@@ -41,6 +41,10 @@ echo '{"entries":[{"spiffe_id":{"trust_domain":"example.org","path":"/from-stdin
 spire-server entry create "${S[@]}" -parentID "$NODE" -spiffeID spiffe://$TD/lazy -selector unix:uid:99996 \
   -disableX509SVIDPrefetch | has 'X509 prefetch    : false'
 
+spire-server entry show "${S[@]}" -spiffeID spiffe://$TD/lazy -output json > lazy.json
+jq -e '.entries[0].disable_x509_svid_prefetch == true' lazy.json >/dev/null
+spire-server entry update "${S[@]}" -data lazy.json -output json | jq -e '.results[0].entry.disable_x509_svid_prefetch == true' >/dev/null
+
 step entry show and count
 id=$(spire-server entry show "${S[@]}" -spiffeID "$WL" -output json | jq -r '.entries[0].id')
 spire-server entry show "${S[@]}" -entryID "$id" | has "Entry ID         : $id"
