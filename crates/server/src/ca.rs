@@ -185,6 +185,15 @@ struct Journal {
     published_roots: Vec<String>,
 }
 
+impl Journal {
+    /// The position of the slot of `kind` in `state` (at most one is active or prepared).
+    fn position(&self, kind: SlotKind, state: SlotState) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.kind == kind && s.state == state)
+    }
+}
+
 /// The upstream roots the bundle must hold for this server: those its CAs chain to, and the
 /// configured UpstreamAuthority's (published before the first CA it signs is made).
 fn needed_roots(j: &Journal, upstream: Option<&Upstream>) -> Vec<String> {
@@ -668,14 +677,8 @@ impl CaManager {
             // the active one keeps signing (agents do not trust the new mode's CA until the
             // bundle reaches them); its successor is made now, in the new mode, and takes
             // over on the usual schedule
-            let active = j
-                .slots
-                .iter()
-                .position(|s| s.kind == kind && s.state == SlotState::Active);
-            let has_prepared = j
-                .slots
-                .iter()
-                .any(|s| s.kind == kind && s.state == SlotState::Prepared);
+            let active = j.position(kind, SlotState::Active);
+            let has_prepared = j.position(kind, SlotState::Prepared).is_some();
             if let Some(a) = active
                 && !fits(&j.slots[a])
                 && !has_prepared
@@ -687,14 +690,8 @@ impl CaManager {
                 changed = true;
             }
         }
-        let active = j
-            .slots
-            .iter()
-            .position(|s| s.kind == kind && s.state == SlotState::Active);
-        let prepared = j
-            .slots
-            .iter()
-            .position(|s| s.kind == kind && s.state == SlotState::Prepared);
+        let active = j.position(kind, SlotState::Active);
+        let prepared = j.position(kind, SlotState::Prepared);
         match active {
             Some(a) if j.slots[a].not_after > now => {
                 let (nb, na) = (j.slots[a].not_before, j.slots[a].not_after);
@@ -705,10 +702,7 @@ impl CaManager {
                     j.slots.push(slot);
                     changed = true;
                 }
-                let prepared = j
-                    .slots
-                    .iter()
-                    .position(|s| s.kind == kind && s.state == SlotState::Prepared);
+                let prepared = j.position(kind, SlotState::Prepared);
                 if let Some(p) = prepared
                     && now >= nb + life * 5 / 6
                 {

@@ -329,46 +329,46 @@ fn finish_batch(
     Ok(())
 }
 
+/// `create` or `update`: the relationships asked for, sent as one batch, each result printed.
+async fn write(a: RelationshipArgs, create: bool) -> Result<()> {
+    let asked = requested(&a)?;
+    let mut c = TrustDomainServiceClient::new(a.socket.channel().await?);
+    let relationships = asked.clone();
+    let results: Vec<_> = if create {
+        c.batch_create_federation_relationship(pb::BatchCreateFederationRelationshipRequest {
+            federation_relationships: relationships,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|x| (x.status, x.federation_relationship))
+        .collect()
+    } else {
+        c.batch_update_federation_relationship(pb::BatchUpdateFederationRelationshipRequest {
+            federation_relationships: relationships,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|x| (x.status, x.federation_relationship))
+        .collect()
+    };
+    finish_batch(
+        if create { "create" } else { "update" },
+        a.output,
+        results,
+        &asked,
+    )
+}
+
 pub async fn exec(cmd: FederationCmd) -> Result<()> {
     match cmd {
-        FederationCmd::Create(a) => {
-            let asked = requested(&a)?;
-            let mut c = TrustDomainServiceClient::new(a.socket.channel().await?);
-            let r = c
-                .batch_create_federation_relationship(
-                    pb::BatchCreateFederationRelationshipRequest {
-                        federation_relationships: asked.clone(),
-                    },
-                )
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            let results = r
-                .results
-                .into_iter()
-                .map(|x| (x.status, x.federation_relationship))
-                .collect();
-            finish_batch("create", a.output, results, &asked)?;
-        }
-        FederationCmd::Update(a) => {
-            let asked = requested(&a)?;
-            let mut c = TrustDomainServiceClient::new(a.socket.channel().await?);
-            let r = c
-                .batch_update_federation_relationship(
-                    pb::BatchUpdateFederationRelationshipRequest {
-                        federation_relationships: asked.clone(),
-                    },
-                )
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            let results = r
-                .results
-                .into_iter()
-                .map(|x| (x.status, x.federation_relationship))
-                .collect();
-            finish_batch("update", a.output, results, &asked)?;
-        }
+        FederationCmd::Create(a) => write(a, true).await?,
+        FederationCmd::Update(a) => write(a, false).await?,
         FederationCmd::Delete(a) => {
             let td = td_name(a.id.as_deref().ok_or_else(|| {
                 anyhow!("the trust domain is required: pass -id <trust domain>")

@@ -12,17 +12,7 @@ pub struct BundleApi(pub SharedCore);
 
 impl BundleApi {
     fn federated_td(&self, raw: &str) -> Result<TrustDomain, Status> {
-        if raw.is_empty() {
-            return Err(Status::invalid_argument("trust_domain is required"));
-        }
-        let td = TrustDomain::new(raw)
-            .map_err(|e| Status::invalid_argument(format!("invalid trust_domain: {e}")))?;
-        if td == self.0.cfg.trust_domain {
-            return Err(Status::invalid_argument(format!(
-                "{td} is the server's own trust domain, not a federated one"
-            )));
-        }
-        Ok(td)
+        super::other_trust_domain(&self.0.cfg.trust_domain, raw)
     }
 }
 

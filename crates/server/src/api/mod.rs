@@ -183,6 +183,25 @@ pub(crate) fn ca_status(e: CaError) -> Status {
 }
 
 /// A per-item result status for batch calls.
+/// A trust domain named in a request that must be another than the server's own (a
+/// federated bundle's, a federation relationship's).
+pub(crate) fn other_trust_domain(
+    own: &ironpact_spiffe::TrustDomain,
+    raw: &str,
+) -> Result<ironpact_spiffe::TrustDomain, Status> {
+    if raw.is_empty() {
+        return Err(Status::invalid_argument("trust_domain is required"));
+    }
+    let td = ironpact_spiffe::TrustDomain::new(raw)
+        .map_err(|e| Status::invalid_argument(format!("invalid trust_domain: {e}")))?;
+    if &td == own {
+        return Err(Status::invalid_argument(format!(
+            "{td} is the server's own trust domain, not a federated one"
+        )));
+    }
+    Ok(td)
+}
+
 pub(crate) fn item_status(s: &Status) -> pb::Status {
     pb::Status {
         code: s.code() as i32,

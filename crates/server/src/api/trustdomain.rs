@@ -15,17 +15,7 @@ pub struct TrustDomainApi(pub SharedCore);
 
 impl TrustDomainApi {
     fn peer_td(&self, raw: &str) -> Result<TrustDomain, Status> {
-        if raw.is_empty() {
-            return Err(Status::invalid_argument("trust_domain is required"));
-        }
-        let td = TrustDomain::new(raw)
-            .map_err(|e| Status::invalid_argument(format!("invalid trust_domain: {e}")))?;
-        if td == self.0.cfg.trust_domain {
-            return Err(Status::invalid_argument(format!(
-                "{td} is the server's own trust domain: federate with another one"
-            )));
-        }
-        Ok(td)
+        super::other_trust_domain(&self.0.cfg.trust_domain, raw)
     }
 
     fn in_config(&self, td: &TrustDomain) -> bool {
@@ -127,6 +117,51 @@ impl TrustDomainApi {
         Ok(())
     }
 
+    /// Creates (with the count of stored relationships, to bound it) or replaces one
+    /// relationship, with the peer's bundle it carries; checked before anything is stored.
+    async fn write(
+        &self,
+        p: &pb::FederationRelationship,
+        create: Option<&mut usize>,
+    ) -> Result<pb::FederationRelationship, Status> {
+        let rel = self.relationship(p)?;
+        let bundle = self.bundle_of(&rel.trust_domain, p)?;
+        let now = self.0.clock.now();
+        let verb = match create {
+            Some(n) => {
+                if *n >= federation::MAX_RELATIONSHIPS {
+                    return Err(Status::resource_exhausted(format!(
+                        "at most {} federation relationships",
+                        federation::MAX_RELATIONSHIPS
+                    )));
+                }
+                self.0
+                    .ds
+                    .create_federation_relationship(&rel, now)
+                    .await
+                    .map_err(ds_status)?;
+                *n += 1;
+                "created"
+            }
+            None => {
+                self.0
+                    .ds
+                    .update_federation_relationship(&rel, now)
+                    .await
+                    .map_err(ds_status)?;
+                "updated"
+            }
+        };
+        self.set_bundle(bundle).await?;
+        info!(trust_domain = %rel.trust_domain, url = %rel.bundle_endpoint_url, profile = rel.profile.name(), "federation relationship {verb}");
+        Ok(self
+            .to_pb(&Relationship {
+                rel,
+                from_config: false,
+            })
+            .await)
+    }
+
     async fn to_pb(&self, r: &Relationship) -> pb::FederationRelationship {
         let bundle = self
             .0
@@ -204,32 +239,7 @@ impl TrustDomainService for TrustDomainApi {
             .map_err(ds_status)?
             .len();
         for p in items {
-            let r = async {
-                let rel = self.relationship(p)?;
-                let bundle = self.bundle_of(&rel.trust_domain, p)?;
-                if n >= federation::MAX_RELATIONSHIPS {
-                    return Err(Status::resource_exhausted(format!(
-                        "at most {} federation relationships",
-                        federation::MAX_RELATIONSHIPS
-                    )));
-                }
-                self.0
-                    .ds
-                    .create_federation_relationship(&rel, self.0.clock.now())
-                    .await
-                    .map_err(ds_status)?;
-                n += 1;
-                self.set_bundle(bundle).await?;
-                info!(trust_domain = %rel.trust_domain, url = %rel.bundle_endpoint_url, profile = rel.profile.name(), "federation relationship created");
-                Ok::<_, Status>(
-                    self.to_pb(&Relationship {
-                        rel,
-                        from_config: false,
-                    })
-                    .await,
-                )
-            }
-            .await;
+            let r = self.write(p, Some(&mut n)).await;
             results.push(match r {
                 Ok(f) => pb::batch_create_federation_relationship_response::Result {
                     status: Some(ok_status()),
@@ -254,25 +264,7 @@ impl TrustDomainService for TrustDomainApi {
         check_batch(items.len())?;
         let mut results = Vec::new();
         for p in items {
-            let r = async {
-                let rel = self.relationship(p)?;
-                let bundle = self.bundle_of(&rel.trust_domain, p)?;
-                self.0
-                    .ds
-                    .update_federation_relationship(&rel, self.0.clock.now())
-                    .await
-                    .map_err(ds_status)?;
-                self.set_bundle(bundle).await?;
-                info!(trust_domain = %rel.trust_domain, url = %rel.bundle_endpoint_url, profile = rel.profile.name(), "federation relationship updated");
-                Ok::<_, Status>(
-                    self.to_pb(&Relationship {
-                        rel,
-                        from_config: false,
-                    })
-                    .await,
-                )
-            }
-            .await;
+            let r = self.write(p, None).await;
             results.push(match r {
                 Ok(f) => pb::batch_update_federation_relationship_response::Result {
                     status: Some(ok_status()),
