@@ -1478,17 +1478,7 @@ fn spire_config_files() {
     ]);
     // SPIRE's agent.conf runs against it: insecure bootstrap, then the upstream-signed chain
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-    let port = log
-        .lines()
-        .filter(|l| l.contains("agent API listening"))
-        .find_map(|l| {
-            let rest = &l[l.find("127.0.0.1:")? + "127.0.0.1:".len()..];
-            rest.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse::<u16>()
-                .ok()
-        })
+    let port = support::logged_port(&log, "agent API listening")
         .unwrap_or_else(|| panic!("no agent API port in the log:\n{log}"));
     let token = cli(&[
         "token",

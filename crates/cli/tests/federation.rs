@@ -19,18 +19,7 @@ fn endpoint_port(s: &TestServer) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let log = s.log();
-        if let Some(p) = log
-            .lines()
-            .filter(|l| l.contains("bundle endpoint listening"))
-            .find_map(|l| {
-                let rest = &l[l.find("127.0.0.1:")? + "127.0.0.1:".len()..];
-                rest.chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse::<u16>()
-                    .ok()
-            })
-        {
+        if let Some(p) = support::logged_port(&log, "bundle endpoint listening") {
             return p;
         }
         assert!(Instant::now() < deadline, "no bundle endpoint:\n{log}");

@@ -202,6 +202,16 @@ pub struct TestServer {
     child: Option<Child>,
 }
 
+/// The port of the first 127.0.0.1 address on a log line containing `marker` (a process
+/// started on port 0 logs the one the kernel picked).
+pub fn logged_port(log: &str, marker: &str) -> Option<u16> {
+    log.lines().filter(|l| l.contains(marker)).find_map(|l| {
+        let rest = &l[l.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u16>().ok()
+    })
+}
+
 /// The repository root (the shipped configs use paths relative to it).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -310,14 +320,7 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         let port = loop {
             let log = self.log();
-            let found = log
-                .lines()
-                .filter(|l| l.contains("agent API listening"))
-                .find_map(|l| {
-                    let rest = &l[l.find("127.0.0.1:")? + "127.0.0.1:".len()..];
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    digits.parse::<u16>().ok()
-                });
+            let found = logged_port(&log, "agent API listening");
             if let Some(p) = found {
                 break p;
             }
