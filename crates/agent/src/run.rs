@@ -275,8 +275,16 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
             std::io::ErrorKind::AlreadyExists,
             "it is a file, not a directory: remove it or set data_dir elsewhere",
         )),
+        // another user's directory would let that user read the key and plant the bundle
+        Ok(m) if m.uid() != nix::unistd::geteuid().as_raw() => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it is owned by uid {}, not by this agent's user: chown it or set data_dir elsewhere",
+                m.uid()
+            ),
+        )),
         Ok(m) => {
-            if m.permissions().mode() & 0o077 != 0 && m.uid() == nix::unistd::geteuid().as_raw() {
+            if m.permissions().mode() & 0o077 != 0 {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
             }
             Ok(())

@@ -220,6 +220,24 @@ fn a_live_socket_is_kept_and_another_users_directory_refused() {
     assert!(err.contains("owned by uid 65534"), "{err}");
     assert!(!foreign.join("api.sock").exists());
     assert!(s.cli(&["healthcheck"]).ok());
+
+    // an agent whose data_dir (its key, its bundle) belongs to another user: refused
+    let o = Command::new(support::AGENT_BIN)
+        .args(["run", "-config"])
+        .arg(&a.config)
+        .arg("-dataDir")
+        .arg(&foreign)
+        .args(["-socketPath"])
+        .arg(dir.path().join("other-agent.sock"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("owned by uid 65534") && err.contains("data_dir"),
+        "{err}"
+    );
 }
 
 /// The attack: a process connects to the Workload API, hands the connection to a helper, then
