@@ -198,18 +198,11 @@ pub async fn run(
                     Ok(())
                 })
             });
-            let cfg = ironpact_tls::health::HealthConfig {
-                addr: h.addr,
-                live_path: h.live_path,
-                ready_path: h.ready_path,
-            };
+            let addr = h.addr;
             Some(
-                ironpact_tls::health::serve(cfg, ready, stop_rx.clone())
+                ironpact_tls::health::serve(h, ready, stop_rx.clone())
                     .await
-                    .map_err(|source| RunError::Health {
-                        addr: h.addr,
-                        source,
-                    })?,
+                    .map_err(|source| RunError::Health { addr, source })?,
             )
         }
         None => None,

@@ -7,7 +7,6 @@
 use http_body_util::Full;
 use hyper::body::Bytes;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +16,8 @@ use tracing::{debug, info, warn};
 pub type ReadyCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-/// Where and on which paths the endpoints answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthConfig {
-    pub addr: SocketAddr,
-    pub live_path: String,
-    pub ready_path: String,
-}
+/// Where and on which paths the endpoints answer (the `health_checks` block, as read).
+pub use ironpact_config::hcl::HealthChecks as HealthConfig;
 
 /// Binds the listener (so that an address in use stops the start) and serves until `stop`
 /// turns true.
@@ -131,32 +125,9 @@ async fn answer(
             Ok(()) => reply(200, "{\"ready\":true}\n".into()),
             Err(why) => reply(
                 503,
-                format!("{{\"ready\":false,\"reason\":{}}}\n", json_string(&why)),
+                serde_json::json!({"ready": false, "reason": why}).to_string() + "\n",
             ),
         };
     }
     reply(404, "{\"error\":\"not a health path\"}\n".into())
-}
-
-/// A JSON string literal (the one value these answers carry that is not fixed text).
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reasons_are_json_strings() {
-        assert_eq!(super::json_string("a \"b\"\n"), "\"a \\\"b\\\"\\u000a\"");
-    }
 }
