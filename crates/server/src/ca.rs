@@ -288,26 +288,18 @@ impl Upstream {
         bundle_file: Option<&std::path::Path>,
         now: i64,
     ) -> Result<Self, String> {
-        use ironpact_spiffe::x509::{CertInfo, certs_from_pem, is_self_signed};
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
-        };
-        let certs = certs_from_pem(&read(cert_file)?)
-            .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-        let first = certs
-            .first()
-            .cloned()
-            .ok_or_else(|| format!("{}: no certificate", cert_file.display()))?;
-        let first = &first;
-        let info = CertInfo::parse(first).map_err(|e| e.to_string())?;
+        use ironpact_spiffe::x509::{certs_from_pem, is_self_signed};
+        let (certs, info, key) = read_cert_and_key(cert_file, key_file)?;
+        let first = &certs[0].clone();
         if !info.is_ca {
             return Err(format!(
                 "{}: the certificate is not a CA (basicConstraints CA:TRUE)",
                 cert_file.display()
             ));
         }
-        let key = PrivateKey::from_pem_for(&read(key_file)?, &info.spki_der)
-            .map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+        };
         let issuer = CaIssuer::new(first, &key).map_err(|e| e.to_string())?;
         let roots = match bundle_file {
             Some(b) => certs_from_pem(&read(b)?).map_err(|e| format!("{}: {e}", b.display()))?,
@@ -414,6 +406,28 @@ impl Upstream {
             )
         })
     }
+}
+
+/// A PEM certificate chain from `cert_file` (at least one), the first one's facts, and the
+/// private key in `key_file` that matches it: the UpstreamAuthority's files and the bundle
+/// endpoint's serving_cert_file are read alike.
+pub(crate) fn read_cert_and_key(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<(Vec<Vec<u8>>, ironpact_spiffe::x509::CertInfo, PrivateKey), String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let certs = ironpact_spiffe::x509::certs_from_pem(&read(cert_file)?)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| format!("{}: no certificate", cert_file.display()))?;
+    let info = ironpact_spiffe::x509::CertInfo::parse(first)
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    let key = PrivateKey::from_pem_for(&read(key_file)?, &info.spki_der)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    Ok((certs, info, key))
 }
 
 #[derive(Debug, Clone)]

@@ -349,20 +349,7 @@ fn read_serving_cert(
     cert_file: &std::path::Path,
     key_file: &std::path::Path,
 ) -> Result<(Vec<Vec<u8>>, ironpact_spiffe::PrivateKey), String> {
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let chain = ironpact_spiffe::x509::certs_from_pem(&read(cert_file)?)
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| format!("{}: no certificate", cert_file.display()))?;
-    let spki = ironpact_spiffe::x509::CertInfo::parse(leaf)
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?
-        .spki_der;
-    let key = ironpact_spiffe::PrivateKey::from_pem_for(&read(key_file)?, &spki)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
-    Ok((chain, key))
+    crate::ca::read_cert_and_key(cert_file, key_file).map(|(chain, _, key)| (chain, key))
 }
 
 /// The rustls config of the bundle endpoint, and for https_web with `file_sync_interval` the
