@@ -42,6 +42,28 @@ pub struct UnixAttestorConfig {
     pub workload_size_limit: i64,
 }
 
+/// SPIRE's `sds` block: the names Envoy asks for when it wants "this workload's SVID", "our
+/// trust domain's bundle" and "every bundle this workload trusts", and whether validation
+/// contexts use Envoy's SPIFFE certificate validator (Envoy 1.18 and later) or plain roots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SdsConfig {
+    pub default_svid_name: String,
+    pub default_bundle_name: String,
+    pub default_all_bundles_name: String,
+    pub disable_spiffe_cert_validation: bool,
+}
+
+impl Default for SdsConfig {
+    fn default() -> Self {
+        Self {
+            default_svid_name: "default".into(),
+            default_bundle_name: "ROOTCA".into(),
+            default_all_bundles_name: "ALL".into(),
+            disable_spiffe_cert_validation: false,
+        }
+    }
+}
+
 /// Where the bootstrap bundle is downloaded from (SPIRE's `trust_bundle_url`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustBundleUrl {
@@ -54,6 +76,8 @@ pub struct TrustBundleUrl {
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// Envoy SDS on the Workload API socket (SPIRE's `agent { sds { … } }`).
+    pub sds: SdsConfig,
     /// SPIRE's `trust_bundle_url` (with `trust_bundle_format` and `trust_bundle_unix_socket`):
     /// where the bootstrap bundle is downloaded from, instead of `trust_bundle_path`.
     pub trust_bundle_url: Option<TrustBundleUrl>,
@@ -320,6 +344,45 @@ impl AgentConfig {
                 _ => None,
             },
         };
+        let sds = match a.section("sds")? {
+            None => SdsConfig::default(),
+            Some(b) => {
+                let d = SdsConfig::default();
+                let name = |k: &str, default: String| -> Result<String, ConfigError> {
+                    match b.string(k)? {
+                        None => Ok(default),
+                        Some((v, l)) if v.is_empty() => {
+                            Err(b.err(l, format!("sds.{k} is empty: give a name, or remove it")))
+                        }
+                        Some((v, _)) => Ok(v),
+                    }
+                };
+                let c = SdsConfig {
+                    default_svid_name: name("default_svid_name", d.default_svid_name)?,
+                    default_bundle_name: name("default_bundle_name", d.default_bundle_name)?,
+                    default_all_bundles_name: name(
+                        "default_all_bundles_name",
+                        d.default_all_bundles_name,
+                    )?,
+                    disable_spiffe_cert_validation: b
+                        .bool("disable_spiffe_cert_validation")?
+                        .unwrap_or(false),
+                };
+                let names = [
+                    &c.default_svid_name,
+                    &c.default_bundle_name,
+                    &c.default_all_bundles_name,
+                ];
+                if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
+                    return Err(b.err(
+                        b.line(),
+                        "sds: default_svid_name, default_bundle_name and default_all_bundles_name must differ",
+                    ));
+                }
+                b.finish()?;
+                c
+            }
+        };
         agent.finish()?;
 
         let mut key_manager = None;
@@ -399,6 +462,7 @@ impl AgentConfig {
             });
         }
         Ok(Self {
+            sds,
             trust_bundle_url,
             health_checks,
             data_dir,
@@ -492,6 +556,45 @@ plugins {
             (c.join_token, c.server_port),
             (Some(JoinTokenSource::Value("t".into())), 1)
         );
+    }
+
+    #[test]
+    fn sds_block_as_spire() {
+        let parse = |sds: &str| {
+            AgentConfig::parse(
+                "agent.conf",
+                &GOOD.replace(
+                    "    trust_domain = \"example.org\"\n",
+                    &format!("    trust_domain = \"example.org\"\n{sds}"),
+                ),
+                false,
+                &Overrides::default(),
+            )
+        };
+        assert_eq!(parse("").unwrap().sds, SdsConfig::default());
+        let c = parse(
+            r#"    sds {
+        default_svid_name = "my_svid"
+        default_bundle_name = "my_root"
+        default_all_bundles_name = "my_all"
+        disable_spiffe_cert_validation = true
+    }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.sds,
+            SdsConfig {
+                default_svid_name: "my_svid".into(),
+                default_bundle_name: "my_root".into(),
+                default_all_bundles_name: "my_all".into(),
+                disable_spiffe_cert_validation: true,
+            }
+        );
+        let e = parse("    sds {\n        default_bundle_name = \"default\"\n    }\n").unwrap_err();
+        assert!(e.message.contains("must differ"), "{e}");
+        let e = parse("    sds {\n        default_svid_nme = \"x\"\n    }\n").unwrap_err();
+        assert!(e.message.contains("default_svid_nme"), "{e}");
     }
 
     #[test]

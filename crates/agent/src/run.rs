@@ -5,6 +5,7 @@ use crate::config::AgentConfig;
 use crate::manager::{Agent, AgentError};
 use crate::unix::UnixAttestor;
 use crate::workload::{WorkloadApi, incoming};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use ironpact_proto::health::v1 as hpb;
 use ironpact_proto::health::v1::health_server::{Health, HealthServer};
 use ironpact_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -227,12 +228,18 @@ pub async fn run(
             );
         (p, tokio::spawn(server))
     });
+    let api = Arc::new(WorkloadApi {
+        agent: agent.clone(),
+        attestor,
+        stopping: stop_rx.clone(),
+    });
+    let sds = crate::sds::Sds {
+        api: api.clone(),
+        cfg: agent.cfg.sds.clone(),
+    };
     let serving = tonic::transport::Server::builder()
-        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi {
-            agent: agent.clone(),
-            attestor,
-            stopping: stop_rx.clone(),
-        }))
+        .add_service(SpiffeWorkloadApiServer::from_arc(api))
+        .add_service(SecretDiscoveryServiceServer::new(sds))
         .add_service(HealthServer::new(AgentHealth(agent, false)))
         .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()));
     // streams end as soon as the stop is set; what stays open is dropped after the grace

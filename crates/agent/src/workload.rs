@@ -120,6 +120,12 @@ pub const NO_IDENTITY: &str = "no identity issued";
 impl WorkloadApi {
     async fn selectors<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
         check_header(req)?;
+        self.attest_caller(req).await
+    }
+
+    /// The caller's selectors, from its kernel credentials and the process pinned when it
+    /// connected (no header check: Envoy's SDS calls carry none).
+    pub async fn attest_caller<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
         let (caller, pin) = req
             .extensions()
             .get::<Caller>()
@@ -197,7 +203,7 @@ impl WorkloadApi {
 }
 
 /// Resolves once `rx` holds true (the agent is stopping).
-async fn until_stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn until_stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 

@@ -1189,12 +1189,6 @@ const UNSUPPORTED: &[(Side, &str, &str, &str)] = &[
     (
         Side::Agent,
         "agent",
-        "sds",
-        "no Envoy SDS yet: remove the block",
-    ),
-    (
-        Side::Agent,
-        "agent",
         "workload_x509_svid_key_type",
         "workload keys are EC P-256: remove it",
     ),
