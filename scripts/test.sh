@@ -2,7 +2,8 @@
 # Runs every check and test of ironpact: formatting, clippy, unit tests, the datastore suite on
 # SQLite, PostgreSQL and MariaDB, and the end-to-end suites that start real server processes
 # (among them a two-server cluster behind haproxy).
-# Installs what it needs (openssl, jq, systemd-analyze, haproxy, a Python venv with PyJWT) when it is missing.
+# Installs what it needs (openssl, jq, systemd-analyze, haproxy, nginx, a Python venv with PyJWT,
+# py-spiffe and prometheus_client) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,11 +30,15 @@ have python3 || apt_install python3 python3-venv
 # the cluster test puts haproxy in front of two servers
 have haproxy || [ -x /usr/sbin/haproxy ] || apt_install haproxy
 
-# PyJWT checks our JWT-SVIDs independently; py-spiffe (a grpcio client) uses the Workload API.
+# the file helper's test serves mutual TLS with nginx from the files it keeps current
+have nginx || [ -x /usr/sbin/nginx ] || apt_install nginx
+
+# PyJWT checks our JWT-SVIDs independently; py-spiffe (a grpcio client) uses the Workload API;
+# prometheus_client's OpenMetrics parser reads our /metrics.
 venv="${IRONPACT_VENV:-$CARGO_TARGET_DIR/pyvenv}"
-if ! "$venv/bin/python" -c 'import jwt, cryptography, spiffe' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import jwt, cryptography, spiffe, prometheus_client' >/dev/null 2>&1; then
     python3 -m venv "$venv" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$venv"; }
-    "$venv/bin/pip" install -q --disable-pip-version-check pyjwt cryptography spiffe
+    "$venv/bin/pip" install -q --disable-pip-version-check pyjwt cryptography spiffe prometheus-client
 fi
 export IRONPACT_PYTHON="$venv/bin/python"
 

@@ -83,6 +83,8 @@ pub struct AgentConfig {
     pub trust_bundle_url: Option<TrustBundleUrl>,
     /// SPIRE's `health_checks`: HTTP live and ready endpoints, when enabled.
     pub health_checks: Option<hcl::HealthChecks>,
+    /// SPIRE's `telemetry { Prometheus { … } }`: where `/metrics` answers, when set.
+    pub telemetry: Option<hcl::Telemetry>,
     pub data_dir: PathBuf,
     pub log_level: String,
     pub log_json: bool,
@@ -211,6 +213,7 @@ impl AgentConfig {
         })?;
         let plugins = top.section("plugins")?;
         let health_checks = hcl::health_checks(&top)?;
+        let telemetry = hcl::telemetry(&top)?;
         top.finish()?;
         let a = &agent;
         let line = a.line();
@@ -465,6 +468,7 @@ impl AgentConfig {
             sds,
             trust_bundle_url,
             health_checks,
+            telemetry,
             data_dir,
             log_level,
             log_json: logging.json,

@@ -8,6 +8,7 @@ pub mod authority;
 pub mod bootstrap;
 pub mod config;
 pub mod manager;
+pub mod metrics;
 pub mod run;
 pub mod sds;
 pub mod state;

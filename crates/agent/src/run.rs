@@ -36,6 +36,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Prometheus metrics on {addr}: {source} (change telemetry.Prometheus.host/port)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Response metadata of an unhealthy answer: why, in words.
@@ -208,6 +214,19 @@ pub async fn run(
         }
         None => None,
     };
+    // SPIRE's telemetry { Prometheus { … } }: /metrics, read from memory at each scrape
+    let metrics = match agent.cfg.telemetry.clone() {
+        Some(t) => {
+            let addr = t.addr;
+            let registry = Arc::new(crate::metrics::registry(agent.clone()));
+            Some(
+                ironpact_tls::metrics::serve(t, registry, stop_rx.clone())
+                    .await
+                    .map_err(|source| RunError::Metrics { addr, source })?,
+            )
+        }
+        None => None,
+    };
     let admin = admin_listener.map(|(p, l)| {
         info!(path = %p.display(), "admin socket listening (owner only)");
         let server = tonic::transport::Server::builder()
@@ -238,6 +257,10 @@ pub async fn run(
         cfg: agent.cfg.sds.clone(),
     };
     let serving = tonic::transport::Server::builder()
+        .layer(ironpact_tls::metrics::CallsLayer::new(
+            crate::metrics::METRICS.workload_api.clone(),
+            crate::metrics::WORKLOAD_API_METHODS,
+        ))
         .add_service(SpiffeWorkloadApiServer::from_arc(api))
         .add_service(SecretDiscoveryServiceServer::new(sds))
         .add_service(HealthServer::new(AgentHealth(agent, false)))
@@ -253,6 +276,9 @@ pub async fn run(
     expiry.abort();
     if let Some(h) = health {
         h.abort();
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     let _ = std::fs::remove_file(&socket);
     if let Some((p, task)) = admin {

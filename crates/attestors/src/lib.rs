@@ -170,6 +170,32 @@ impl AttestError {
         AttestError::Rejected(Refusal::new(kind, message))
     }
 
+    /// A short, stable name of what failed (the refusal's kind, or the kind of failure), for
+    /// metrics labels and logs: one of a fixed set.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            AttestError::Malformed(_) => "malformed",
+            AttestError::UnknownToken => "unknown_token",
+            AttestError::ExpiredToken { .. } => "expired_token",
+            AttestError::Rejected(r) => r.kind.as_str(),
+            AttestError::InstanceMismatch { .. } => "instance_mismatch",
+            AttestError::Challenge(_) => "challenge",
+            AttestError::Unavailable(_) => "unavailable",
+            AttestError::Datastore(_) => "datastore",
+        }
+    }
+
+    /// "refused" (a verdict), "invalid" (a malformed request) or "error" (nothing judged).
+    pub fn outcome_str(&self) -> &'static str {
+        if self.is_refusal() {
+            "refused"
+        } else if self.is_client_error() {
+            "invalid"
+        } else {
+            "error"
+        }
+    }
+
     /// The node or its evidence was judged and found wanting: only these invalidate an agent
     /// on renewal. Timeouts, outages and datastore errors are not verdicts.
     pub fn is_refusal(&self) -> bool {

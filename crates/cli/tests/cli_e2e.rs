@@ -1575,15 +1575,15 @@ fn spire_config_files() {
         1,
     ) + "telemetry {\n    Prometheus {\n        port = 9988\n    }\n}\nhealth_checks {\n    listener_enabled = true\n}\n";
     let o = run(support::BIN, "full.conf", &full);
-    // federation and health_checks are built: their blocks are read, not refused
-    o.expect_error("5 changes needed");
+    // federation, health_checks and telemetry are built: their blocks are read, not refused
+    o.expect_error("4 changes needed");
     assert!(!o.stderr.contains("server.federation"), "{o:?}");
+    assert!(!o.stderr.contains("telemetry"), "{o:?}");
     for key in [
         "server.admin_ids",
         "server.audit_log_enabled",
         "server.jwt_issuer",
         "server.ratelimit",
-        "telemetry",
     ] {
         assert!(o.stderr.contains(key), "{key}: {o:?}");
     }

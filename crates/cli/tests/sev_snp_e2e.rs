@@ -528,3 +528,214 @@ fn kds_down_during_renewal_leaves_the_node_attested() {
     }
     assert!(a.fetch_until_ok(&[]).ok(), "{}", a.log());
 }
+
+fn telemetry(port: u16) -> Block {
+    Block::new("telemetry").block(
+        Block::new("Prometheus")
+            .set("host", "127.0.0.1")
+            .set("port", port.to_string()),
+    )
+}
+
+/// Prometheus metrics (`telemetry { Prometheus { … } }`) of the server and the agent, scraped
+/// and parsed by Prometheus' Python client (its OpenMetrics parser): before a refusal, after a
+/// node with a disallowed measurement is refused, and after a tightened policy stops a renewal.
+/// Each refusal is counted with its kind as a label, on the server and on the refused agent.
+#[test]
+fn metrics_before_and_after_an_attestation_refusal() {
+    use support::{metric, scrape};
+    let Some(py) = support::python_with_prometheus() else {
+        return;
+    };
+    let k = keys();
+    let clock = TestClock::install();
+    let (sp, ap) = (support::free_port(), support::free_port());
+    let s = TestServer::start_conf(Backend::Sqlite, |c| {
+        c.plugin(server_plugins(&k, &GOOD)).top(telemetry(sp))
+    });
+    let a = TestAgent::start_conf(
+        &s,
+        s.port,
+        None,
+        agent_block(k.dir.path(), &GOOD, false),
+        true,
+        |c| c.top(telemetry(ap)),
+    );
+    let m = hex::encode(GOOD);
+    s.cli(&[
+        "entry",
+        "create",
+        "-node",
+        "-spiffeID",
+        "spiffe://example.org/snp-nodes",
+        "-selector",
+        &format!("sev_snp:measurement:{m}"),
+    ])
+    .expect_ok();
+    s.cli(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/metered",
+        "-parentID",
+        "spiffe://example.org/snp-nodes",
+        "-selector",
+        &format!("unix:uid:{}", my_uid()),
+    ])
+    .expect_ok();
+    assert!(a.fetch_until_ok(&[]).ok(), "{}", a.log());
+    // a caller with no entry: counted by its status
+    support::fetch_as_nobody(&a).expect_error("no identity issued");
+
+    let accepted = [
+        ("attestor", "sev_snp"),
+        ("op", "attest"),
+        ("outcome", "accepted"),
+        ("kind", "none"),
+    ];
+    let before = scrape(&py, sp);
+    let att = "ironpact_server_attestations_total";
+    assert_eq!(metric(&before, att, &accepted), Some(1.0), "{before:#?}");
+    assert_eq!(metric(&before, att, &[("outcome", "refused")]), None);
+    assert!(
+        metric(
+            &before,
+            "ironpact_server_svids_issued_total",
+            &[("svid_type", "x509")]
+        )
+        .unwrap()
+            >= 2.0,
+        "the agent's SVID and the workload's"
+    );
+    assert_eq!(metric(&before, "ironpact_server_agents", &[]), Some(1.0));
+    assert_eq!(metric(&before, "ironpact_server_entries", &[]), Some(2.0));
+    let ca_expiry = metric(
+        &before,
+        "ironpact_server_x509_ca_expiry_timestamp_seconds",
+        &[],
+    );
+    assert!(ca_expiry.unwrap() > clock.now() as f64);
+    assert!(
+        metric(
+            &before,
+            "ironpact_server_datastore_query_duration_seconds_count",
+            &[("op", "create_entries")]
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{:?}",
+        before
+            .iter()
+            .filter(|s| s.name.starts_with("ironpact_server_datastore"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        metric(
+            &before,
+            "ironpact_server_agent_api_calls_total",
+            &[("method", "AttestAgent"), ("code", "OK")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    let agent = scrape(&py, ap);
+    assert_eq!(
+        metric(
+            &agent,
+            "ironpact_agent_attestations_total",
+            &[("op", "attest"), ("outcome", "accepted")]
+        ),
+        Some(1.0),
+        "{agent:#?}"
+    );
+    assert_eq!(metric(&agent, "ironpact_agent_refused", &[]), Some(0.0));
+    assert_eq!(metric(&agent, "ironpact_agent_entries", &[]), Some(1.0));
+    assert_eq!(metric(&agent, "ironpact_agent_x509_svids", &[]), Some(1.0));
+    assert!(metric(&agent, "ironpact_agent_sync_lag_seconds", &[]).unwrap() < 60.0);
+    assert!(metric(&agent, "ironpact_agent_svid_expiry_timestamp_seconds", &[]).is_some());
+    assert!(
+        metric(
+            &agent,
+            "ironpact_agent_workload_api_calls_total",
+            &[("method", "FetchX509SVID"), ("code", "OK")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &agent,
+            "ironpact_agent_workload_api_calls_total",
+            &[("method", "FetchX509SVID"), ("code", "PermissionDenied")]
+        )
+        .unwrap()
+            >= 1.0,
+        "{agent:#?}"
+    );
+
+    // a node with a measurement the policy does not allow: refused, counted with its kind
+    let bad = TestAgent::start_custom(
+        &s,
+        None,
+        agent_block(k.dir.path(), &[0x99; 48], false),
+        false,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bad.log().contains("measurement_not_allowed") {
+        assert!(Instant::now() < deadline, "no refusal:\n{}", bad.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = scrape(&py, sp);
+    let refused = [
+        ("attestor", "sev_snp"),
+        ("op", "attest"),
+        ("outcome", "refused"),
+        ("kind", "measurement_not_allowed"),
+    ];
+    assert!(metric(&after, att, &refused).unwrap() >= 1.0, "{after:#?}");
+    assert_eq!(metric(&after, att, &accepted), Some(1.0));
+    assert_eq!(metric(&after, "ironpact_server_agents", &[]), Some(1.0));
+    drop(bad);
+
+    // a tightened policy stops the attested agent's next renewal: counted as a renewal
+    // refusal on the server, and on the agent, which now reports itself refused
+    s.tighten(&m, &hex::encode([0x77u8; 48]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.log().contains("reloaded the sev_snp policy") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    clock.advance(31 * 60);
+    s.wait_refused(&a, "measurement_not_allowed");
+    let renewal = scrape(&py, sp);
+    assert!(
+        metric(
+            &renewal,
+            att,
+            &[
+                ("op", "renew"),
+                ("outcome", "refused"),
+                ("kind", "measurement_not_allowed")
+            ]
+        )
+        .unwrap()
+            >= 1.0,
+        "{renewal:#?}"
+    );
+    let agent = scrape(&py, ap);
+    assert_eq!(metric(&agent, "ironpact_agent_refused", &[]), Some(1.0));
+    assert!(
+        metric(
+            &agent,
+            "ironpact_agent_attestations_total",
+            &[
+                ("op", "renew"),
+                ("outcome", "refused"),
+                ("kind", "measurement_not_allowed")
+            ]
+        )
+        .unwrap()
+            >= 1.0,
+        "{agent:#?}"
+    );
+}

@@ -857,6 +857,90 @@ pub fn health_checks(top: &Section<'_>) -> Result<Option<HealthChecks>, ConfigEr
     }))
 }
 
+/// SPIRE's `telemetry { Prometheus { host port } }` (a top-level block of the server's and the
+/// agent's files): where the Prometheus endpoint (`/metrics`) answers, or None without a
+/// `Prometheus` block. SPIRE's other sinks and label filters are refused with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Telemetry {
+    pub addr: std::net::SocketAddr,
+}
+
+/// SPIRE's telemetry settings other than the Prometheus sink.
+const OTHER_TELEMETRY: &[&str] = &[
+    "DogStatsd",
+    "Statsd",
+    "M3",
+    "AllowedPrefixes",
+    "BlockedPrefixes",
+    "AllowedLabels",
+    "BlockedLabels",
+    "MetricPrefix",
+    "EnableTrustDomainLabel",
+    "EnableHostnameLabel",
+];
+
+pub fn telemetry(top: &Section<'_>) -> Result<Option<Telemetry>, ConfigError> {
+    let Some(t) = top.section("telemetry")? else {
+        return Ok(None);
+    };
+    for key in OTHER_TELEMETRY {
+        let line = t
+            .node
+            .attrs
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, _, l)| *l)
+            .or_else(|| {
+                t.node
+                    .blocks
+                    .iter()
+                    .find(|b| b.ident == *key)
+                    .map(|b| b.line)
+            });
+        if let Some(l) = line {
+            return Err(t.err(
+                l,
+                format!(
+                    "telemetry.{key}: only the Prometheus sink is served (Prometheus {{ host port }}): scrape its /metrics, or remove {key}"
+                ),
+            ));
+        }
+    }
+    // SPIRE's in-memory sink (a debugging aid, off in its examples): nothing to serve
+    if let Some(m) = t.section("InMem")? {
+        let _ = m.bool("enabled")?;
+        m.finish()?;
+    }
+    let prom = t.section("Prometheus")?;
+    t.finish()?;
+    let Some(p) = prom else {
+        return Ok(None);
+    };
+    let line = p.line();
+    let host = p.string("host")?;
+    let port = p.u16("port")?.map(|v| v.0);
+    p.finish()?;
+    let Some(port) = port else {
+        return Err(top.err(
+            line,
+            "telemetry.Prometheus.port is required (e.g. port = 9988)",
+        ));
+    };
+    let ip: std::net::IpAddr = match host {
+        None => std::net::IpAddr::from([127, 0, 0, 1]),
+        Some((h, _)) if h == "localhost" => std::net::IpAddr::from([127, 0, 0, 1]),
+        Some((h, l)) => h.parse().map_err(|_| {
+            top.err(
+                l,
+                format!("telemetry.Prometheus.host {h:?} is not an IP address (or localhost)"),
+            )
+        })?,
+    };
+    Ok(Some(Telemetry {
+        addr: std::net::SocketAddr::new(ip, port),
+    }))
+}
+
 fn h_err(s: &Section<'_>, line: usize, message: String) -> ConfigError {
     s.err(line, message)
 }
@@ -1276,18 +1360,6 @@ const UNSUPPORTED: &[(Side, &str, &str, &str)] = &[
         "SVIDStore",
         "no SVID stores: remove the block",
     ),
-    (
-        Side::Server,
-        "top",
-        "telemetry",
-        "no metrics endpoint yet: remove the block",
-    ),
-    (
-        Side::Agent,
-        "top",
-        "telemetry",
-        "no metrics endpoint yet: remove the block",
-    ),
 ];
 
 /// Why ironpact does not implement SPIRE's `key` of the `server`/`agent` block, and what to
@@ -1515,6 +1587,42 @@ fn problems_error(file: &str, found: &[(usize, String)]) -> Option<ConfigError> 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn telemetry_as_spire_writes_it() {
+        let read = |t: &str| {
+            let root = parse("f", t)?;
+            let top = Section::new("f", "", &root);
+            telemetry(&top)
+        };
+        assert_eq!(read("").unwrap(), None);
+        assert_eq!(
+            read("telemetry {\n  Prometheus {\n    port = 9988\n  }\n  InMem {\n    enabled = false\n  }\n}\n")
+                .unwrap()
+                .unwrap()
+                .addr,
+            "127.0.0.1:9988".parse().unwrap()
+        );
+        assert_eq!(
+            read(
+                "telemetry {\n  Prometheus {\n    host = \"0.0.0.0\"\n    port = \"9100\"\n  }\n}\n"
+            )
+            .unwrap()
+            .unwrap()
+            .addr,
+            "0.0.0.0:9100".parse().unwrap()
+        );
+        let e = read(
+            "telemetry {\n  Prometheus {\n    host = \"metrics.local\"\n    port = 1\n  }\n}\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("not an IP address"), "{e}");
+        let e = read("telemetry {\n  Prometheus {}\n}\n").unwrap_err();
+        assert!(e.message.contains("port is required"), "{e}");
+        let e = read("telemetry {\n  Prometheus {\n    port = 1\n  }\n  DogStatsd = [{ address = \"localhost:8125\" }]\n}\n").unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.message.contains("only the Prometheus sink"), "{e}");
+    }
 
     /// `validate` lists every independent problem once, each at its own line, and stops
     /// before what its own cuts would cause.

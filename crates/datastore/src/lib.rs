@@ -19,4 +19,6 @@ pub use model::{
     AgentFilter, AgentRecord, BundleRecord, EndpointProfile, Entry, EntryFilter,
     FederationRelationship, MatchBehavior, similarity_key,
 };
-pub use store::{Change, ChangeKind, ChangeListener, DataStore, Dialect, mysql_url, new_uuid};
+pub use store::{
+    Change, ChangeKind, ChangeListener, DataStore, Dialect, mysql_url, new_uuid, observe_latency,
+};

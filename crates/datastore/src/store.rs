@@ -109,6 +109,33 @@ impl Dialect {
     }
 }
 
+/// Where each datastore call's time goes (the server's latency histogram), when set.
+type LatencyObserver = Box<dyn Fn(&'static str, Duration) + Send + Sync>;
+static OBSERVER: std::sync::OnceLock<LatencyObserver> = std::sync::OnceLock::new();
+
+/// Sets where the time of every datastore call goes, by operation (`get_entry`, …): the
+/// server's Prometheus histogram. Once per process; later calls change nothing.
+pub fn observe_latency(f: impl Fn(&'static str, Duration) + Send + Sync + 'static) {
+    let _ = OBSERVER.set(Box::new(f));
+}
+
+/// Times one call, errors included, from its start until it returns (or is dropped).
+struct Timed(&'static str, std::time::Instant);
+
+impl Timed {
+    fn start(op: &'static str) -> Self {
+        Self(op, std::time::Instant::now())
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        if let Some(f) = OBSERVER.get() {
+            f(self.0, self.1.elapsed());
+        }
+    }
+}
+
 /// The server's datastore. Cheap to clone (a pool handle).
 #[derive(Clone, Debug)]
 pub struct DataStore {
@@ -716,6 +743,7 @@ impl DataStore {
 
     /// Checks the database answers.
     pub async fn ping(&self) -> Result<()> {
+        let _timed = Timed::start("ping");
         self.dialect.query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -827,6 +855,7 @@ impl DataStore {
 
     /// Creates an entry; assigns an ID when `e.id` is empty. Revision starts at 0.
     pub async fn create_entry(&self, e: &Entry) -> Result<Entry> {
+        let _timed = Timed::start("create_entry");
         self.create_entries(std::slice::from_ref(e))
             .await?
             .pop()
@@ -839,6 +868,7 @@ impl DataStore {
     /// with two indexed lookups for the whole batch and rows go in multi-row statements, so
     /// a batch of 1,000 is a few dozen statements.
     pub async fn create_entries(&self, entries: &[Entry]) -> Result<Vec<Result<Entry>>> {
+        let _timed = Timed::start("create_entries");
         let prepared: Vec<(Entry, String)> = entries
             .iter()
             .map(|e| {
@@ -962,6 +992,7 @@ impl DataStore {
     }
 
     pub async fn get_entry(&self, id: &str) -> Result<Entry> {
+        let _timed = Timed::start("get_entry");
         self.get_entries(&[id.to_string()])
             .await?
             .into_iter()
@@ -974,6 +1005,7 @@ impl DataStore {
 
     /// The entries with these IDs that exist, ordered by ID.
     pub async fn get_entries(&self, ids: &[String]) -> Result<Vec<Entry>> {
+        let _timed = Timed::start("get_entries");
         let mut out = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
@@ -995,6 +1027,7 @@ impl DataStore {
     /// Every entry, ordered by ID, in two sequential scans (entries, then selectors) merged in
     /// order: the cache's start-up load, without a join that repeats each entry per selector.
     pub async fn list_all_entries(&self) -> Result<Vec<Entry>> {
+        let _timed = Timed::start("list_all_entries");
         use futures_util::TryStreamExt;
         // The scans run at once, each on its own connection and its own task (rows are decoded
         // on the runtime's threads while SQLite reads on its own), their rows streamed: only
@@ -1083,6 +1116,7 @@ impl DataStore {
     /// Lists entries ordered by ID, every filter applied in SQL except `by_federates_with`
     /// (a rare filter, applied to the rows).
     pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>> {
+        let _timed = Timed::start("list_entries");
         Ok(self.list_entries_page(filter, "", 0).await?.0)
     }
 
@@ -1094,6 +1128,7 @@ impl DataStore {
         after: &str,
         limit: usize,
     ) -> Result<(Vec<Entry>, String)> {
+        let _timed = Timed::start("list_entries_page");
         let mut binds = Vec::new();
         let mut conds = entry_conditions(filter, &mut binds);
         if !after.is_empty() {
@@ -1132,6 +1167,7 @@ impl DataStore {
 
     /// How many entries pass `filter`, counted in SQL (with `by_federates_with`, on the rows).
     pub async fn count_entries(&self, filter: &EntryFilter) -> Result<u64> {
+        let _timed = Timed::start("count_entries");
         if filter.by_federates_with.is_some() {
             return Ok(self.list_entries(filter).await?.len() as u64);
         }
@@ -1151,6 +1187,7 @@ impl DataStore {
 
     /// Replaces an entry's fields (the ID stays); bumps its revision number.
     pub async fn update_entry(&self, e: &Entry) -> Result<Entry> {
+        let _timed = Timed::start("update_entry");
         let key = similarity_key(&e.spiffe_id, &e.parent_id, &e.selectors);
         let mut w = self.begin_write().await?;
         if self
@@ -1227,6 +1264,7 @@ impl DataStore {
 
     /// Deletes an entry and returns what it was.
     pub async fn delete_entry(&self, id: &str) -> Result<Entry> {
+        let _timed = Timed::start("delete_entry");
         let e = self.get_entry(id).await?;
         let mut w = self.begin_write().await?;
         self.dialect
@@ -1255,6 +1293,7 @@ impl DataStore {
     // ---------------------------------------------------------------- agents
 
     pub async fn create_agent(&self, a: &AgentRecord) -> Result<()> {
+        let _timed = Timed::start("create_agent");
         let mut w = self.begin_write().await?;
         let r = self.dialect.query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
@@ -1300,6 +1339,7 @@ impl DataStore {
 
     /// Rewrites an agent's record and selectors.
     pub async fn update_agent(&self, a: &AgentRecord) -> Result<()> {
+        let _timed = Timed::start("update_agent");
         self.write_agent(a, None).await
     }
 
@@ -1307,6 +1347,7 @@ impl DataStore {
     /// banned: a renewal that raced an eviction, a ban or another renewal writes nothing and
     /// gets `NotFound`.
     pub async fn update_agent_if_current(&self, a: &AgentRecord, serial: &str) -> Result<()> {
+        let _timed = Timed::start("update_agent_if_current");
         self.write_agent(a, Some((serial, None))).await
     }
 
@@ -1319,6 +1360,7 @@ impl DataStore {
         serial: &str,
         previous: &str,
     ) -> Result<()> {
+        let _timed = Timed::start("update_agent_if_previous");
         self.write_agent(a, Some((serial, Some(previous)))).await
     }
 
@@ -1397,6 +1439,7 @@ impl DataStore {
         why: &str,
         now: i64,
     ) -> Result<bool> {
+        let _timed = Timed::start("suspend_agent");
         let mut w = self.begin_write().await?;
         let n = self
             .dialect
@@ -1421,6 +1464,7 @@ impl DataStore {
     /// The agent presented its renewed SVID `serial`: the one it replaced is retired (no
     /// longer accepted). Returns whether anything changed.
     pub async fn confirm_agent_serial(&self, id: &SpiffeId, serial: &str) -> Result<bool> {
+        let _timed = Timed::start("confirm_agent_serial");
         let mut w = self.begin_write().await?;
         let n = self
             .dialect
@@ -1441,6 +1485,7 @@ impl DataStore {
     }
 
     pub async fn get_agent(&self, id: &SpiffeId) -> Result<AgentRecord> {
+        let _timed = Timed::start("get_agent");
         self.get_agents(&[id.to_string()])
             .await?
             .into_iter()
@@ -1453,6 +1498,7 @@ impl DataStore {
 
     /// The agents with these SPIFFE IDs that exist, ordered by ID.
     pub async fn get_agents(&self, ids: &[String]) -> Result<Vec<AgentRecord>> {
+        let _timed = Timed::start("get_agents");
         let mut out = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let cond = format!("a.spiffe_id IN ({})", placeholders(1, chunk.len()));
@@ -1464,6 +1510,7 @@ impl DataStore {
     }
 
     pub async fn list_agents(&self) -> Result<Vec<AgentRecord>> {
+        let _timed = Timed::start("list_agents");
         Ok(self
             .list_agents_page(&AgentFilter::default(), "", 0)
             .await?
@@ -1478,6 +1525,7 @@ impl DataStore {
         after: &str,
         limit: usize,
     ) -> Result<(Vec<AgentRecord>, String)> {
+        let _timed = Timed::start("list_agents_page");
         let mut binds = Vec::new();
         let mut conds = agent_conditions(filter, &mut binds);
         if !after.is_empty() {
@@ -1503,6 +1551,7 @@ impl DataStore {
 
     /// How many agents pass `filter`, counted in SQL.
     pub async fn count_agents(&self, filter: &AgentFilter) -> Result<u64> {
+        let _timed = Timed::start("count_agents");
         let mut binds = Vec::new();
         let conds = agent_conditions(filter, &mut binds);
         let sql = format!(
@@ -1570,6 +1619,7 @@ impl DataStore {
 
     /// Removes an agent (evict): it may attest again.
     pub async fn delete_agent(&self, id: &SpiffeId) -> Result<()> {
+        let _timed = Timed::start("delete_agent");
         let mut w = self.begin_write().await?;
         self.dialect
             .query("DELETE FROM agent_selectors WHERE spiffe_id = $1")
@@ -1598,6 +1648,7 @@ impl DataStore {
 
     /// The highest change ID written so far (0 when none).
     pub async fn last_change_id(&self) -> Result<i64> {
+        let _timed = Timed::start("last_change_id");
         let row = self
             .dialect
             .query("SELECT MAX(id) AS m FROM changes")
@@ -1609,6 +1660,7 @@ impl DataStore {
     /// The oldest change still in the log (0 when it is empty): a reader at a position
     /// below it has missed pruned changes.
     pub async fn first_change_id(&self) -> Result<i64> {
+        let _timed = Timed::start("first_change_id");
         let row = self
             .dialect
             .query("SELECT MIN(id) AS m FROM changes")
@@ -1619,6 +1671,7 @@ impl DataStore {
 
     /// Changes with IDs above `after`, in ID order, at most `limit`.
     pub async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<Change>> {
+        let _timed = Timed::start("changes_after");
         let sql = format!(
             "SELECT id, kind, change_key FROM changes WHERE id > $1 ORDER BY id LIMIT {}",
             limit.max(1)
@@ -1635,6 +1688,7 @@ impl DataStore {
     /// The changes among `ids` that are visible now (a skipped ID whose transaction has since
     /// committed).
     pub async fn changes_by_id(&self, ids: &[i64]) -> Result<Vec<Change>> {
+        let _timed = Timed::start("changes_by_id");
         let mut out = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
@@ -1654,6 +1708,7 @@ impl DataStore {
 
     /// Deletes change-log rows written before `before` (Unix seconds); returns how many.
     pub async fn prune_changes(&self, before: i64) -> Result<u64> {
+        let _timed = Timed::start("prune_changes");
         self.delete_before("DELETE FROM changes WHERE created_at < $1", before)
             .await
     }
@@ -1675,6 +1730,7 @@ impl DataStore {
     // ---------------------------------------------------------------- join tokens
 
     pub async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {
+        let _timed = Timed::start("create_join_token");
         let mut w = self.begin_write().await?;
         let r = self
             .dialect
@@ -1695,6 +1751,7 @@ impl DataStore {
 
     /// Consumes a join token (single use) and returns its expiry; the caller checks it.
     pub async fn take_join_token(&self, token: &str) -> Result<i64> {
+        let _timed = Timed::start("take_join_token");
         let mut w = self.begin_write().await?;
         let digest = token_digest(token);
         let missing = || Error::NotFound {
@@ -1737,6 +1794,7 @@ impl DataStore {
 
     /// Deletes join tokens that expired before `now`; returns how many.
     pub async fn prune_join_tokens(&self, now: i64) -> Result<u64> {
+        let _timed = Timed::start("prune_join_tokens");
         self.delete_before("DELETE FROM join_tokens WHERE expires_at < $1", now)
             .await
     }
@@ -1744,6 +1802,7 @@ impl DataStore {
     // ---------------------------------------------------------------- bundles
 
     pub async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<BundleRecord>> {
+        let _timed = Timed::start("get_bundle");
         let row = self
             .dialect
             .query("SELECT data, updated_at FROM bundles WHERE trust_domain = $1")
@@ -1755,6 +1814,7 @@ impl DataStore {
 
     /// Inserts or replaces the bundle of its trust domain.
     pub async fn set_bundle(&self, bundle: &Bundle, now: i64) -> Result<()> {
+        let _timed = Timed::start("set_bundle");
         let data = StoredBundle::from(bundle);
         let bytes = serde_json::to_vec(&data).map_err(|e| Error::Corrupt(e.to_string()))?;
         let mut w = self.begin_write().await?;
@@ -1774,6 +1834,7 @@ impl DataStore {
     }
 
     pub async fn delete_bundle(&self, td: &TrustDomain) -> Result<()> {
+        let _timed = Timed::start("delete_bundle");
         let mut w = self.begin_write().await?;
         let n = self
             .dialect
@@ -1793,6 +1854,7 @@ impl DataStore {
     }
 
     pub async fn list_bundles(&self) -> Result<Vec<BundleRecord>> {
+        let _timed = Timed::start("list_bundles");
         let rows = self
             .dialect
             .query("SELECT trust_domain, data, updated_at FROM bundles ORDER BY trust_domain")
@@ -1814,6 +1876,7 @@ impl DataStore {
         r: &FederationRelationship,
         now: i64,
     ) -> Result<()> {
+        let _timed = Timed::start("create_federation_relationship");
         let mut w = self.begin_write().await?;
         let res = self
             .dialect
@@ -1845,6 +1908,7 @@ impl DataStore {
         r: &FederationRelationship,
         now: i64,
     ) -> Result<()> {
+        let _timed = Timed::start("update_federation_relationship");
         let mut w = self.begin_write().await?;
         let n = self
             .dialect
@@ -1870,6 +1934,7 @@ impl DataStore {
     }
 
     pub async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<()> {
+        let _timed = Timed::start("delete_federation_relationship");
         let mut w = self.begin_write().await?;
         let n = self
             .dialect
@@ -1893,6 +1958,7 @@ impl DataStore {
         &self,
         limit: usize,
     ) -> Result<Vec<FederationRelationship>> {
+        let _timed = Timed::start("list_federation_relationships");
         let rows = self
             .dialect
             .query(
@@ -1936,6 +2002,7 @@ impl DataStore {
     // ---------------------------------------------------------------- CA journal
 
     pub async fn get_ca_journal(&self) -> Result<Option<Vec<u8>>> {
+        let _timed = Timed::start("get_ca_journal");
         let row = self
             .dialect
             .query("SELECT data FROM ca_journal WHERE id = 1")
@@ -1947,6 +2014,7 @@ impl DataStore {
     /// Every server's CA journal (instance ID, data), at most `limit`: one per server of the
     /// cluster, read when a server considers removing an upstream root from the shared bundle.
     pub async fn list_server_ca_journals(&self, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        let _timed = Timed::start("list_server_ca_journals");
         let rows = self
             .dialect
             .query("SELECT server_id, data FROM ca_journals ORDER BY server_id LIMIT $1")
@@ -1960,6 +2028,7 @@ impl DataStore {
 
     /// The CA journal of one server of the cluster (`server` is its instance ID).
     pub async fn get_server_ca_journal(&self, server: &str) -> Result<Option<Vec<u8>>> {
+        let _timed = Timed::start("get_server_ca_journal");
         let row = self
             .dialect
             .query("SELECT data FROM ca_journals WHERE server_id = $1")
@@ -1971,6 +2040,7 @@ impl DataStore {
     }
 
     pub async fn set_server_ca_journal(&self, server: &str, data: &[u8], now: i64) -> Result<()> {
+        let _timed = Timed::start("set_server_ca_journal");
         let mut w = self.begin_write().await?;
         self.dialect
             .query(&self.dialect.upsert(
@@ -1997,6 +2067,7 @@ impl DataStore {
         now: i64,
         f: impl Fn(Option<Bundle>) -> Bundle,
     ) -> Result<Bundle> {
+        let _timed = Timed::start("update_bundle");
         let mut attempt = 0u32;
         loop {
             match self.update_bundle_once(td, now, &f).await {
@@ -2074,6 +2145,7 @@ impl DataStore {
     }
 
     pub async fn set_ca_journal(&self, data: &[u8], now: i64) -> Result<()> {
+        let _timed = Timed::start("set_ca_journal");
         let mut w = self.begin_write().await?;
         self.dialect
             .query(&self.dialect.upsert(

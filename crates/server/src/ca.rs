@@ -1153,6 +1153,17 @@ impl CaManager {
         self.journal.lock().await.slots.clone()
     }
 
+    /// When the active X.509 CA and JWT key expire (Unix time), for the metrics.
+    pub fn active_expiry(&self) -> (Option<i64>, Option<i64>) {
+        let Ok(g) = self.signers.read() else {
+            return (None, None);
+        };
+        (
+            g.x509.as_ref().map(|s| s.0.not_after()),
+            g.jwt.as_ref().map(|s| s.2),
+        )
+    }
+
     /// The active X.509 CA's certificate.
     pub fn x509_ca_cert(&self) -> Result<Vec<u8>, CaError> {
         Ok(self.x509_issuer()?.0.cert_der().to_vec())
@@ -1188,6 +1199,7 @@ impl CaManager {
         })?;
         let mut chain = vec![der.clone()];
         chain.extend(after.iter().cloned());
+        crate::metrics::svid_issued("x509");
         Ok(IssuedX509 {
             cert_der: der,
             chain,
@@ -1213,6 +1225,7 @@ impl CaManager {
         let iat = self.clock.now();
         let exp = (iat + ttl.as_secs() as i64).min(key_not_after);
         let token = ironpact_spiffe::jwt::mint(key, kid, spiffe_id, audience, iat, exp)?;
+        crate::metrics::svid_issued("jwt");
         Ok((token, iat, exp))
     }
 }

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub upstream: Option<UpstreamConfig>,
     /// SPIRE's `health_checks`: HTTP live and ready endpoints, when enabled.
     pub health_checks: Option<hcl::HealthChecks>,
+    /// SPIRE's `telemetry { Prometheus { … } }`: where `/metrics` answers, when set.
+    pub telemetry: Option<hcl::Telemetry>,
 }
 
 /// SPIRE's `UpstreamAuthority "disk"` plugin data.
@@ -341,6 +343,7 @@ impl ServerConfig {
         })?;
         let plugins = top.section("plugins")?;
         let health_checks = hcl::health_checks(&top)?;
+        let telemetry = hcl::telemetry(&top)?;
         top.finish()?;
 
         let s = &server;
@@ -678,6 +681,7 @@ impl ServerConfig {
             federation,
             upstream,
             health_checks,
+            telemetry,
         })
     }
 

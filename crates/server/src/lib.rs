@@ -15,4 +15,5 @@ pub mod federation;
 /// The HCL reader lives in `ironpact-config`; re-exported for existing users.
 pub use ironpact_config::hcl;
 pub mod keymanager;
+pub mod metrics;
 pub mod run;

@@ -66,6 +66,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Prometheus metrics on {addr}: {source} (change telemetry.Prometheus.host/port)")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("federation: {0} (change federation.bundle_endpoint)")]
     BundleEndpoint(String),
     #[error(transparent)]
@@ -450,6 +456,21 @@ pub async fn run_with_reload(
         None => None,
     };
 
+    // SPIRE's telemetry { Prometheus { … } }: /metrics, read from memory at each scrape
+    let metrics = match core.cfg.telemetry.clone() {
+        Some(t) => {
+            crate::metrics::observe_datastore();
+            let addr = t.addr;
+            let registry = Arc::new(crate::metrics::registry(core.clone()));
+            Some(
+                ironpact_tls::metrics::serve(t, registry, core.stopping.subscribe())
+                    .await
+                    .map_err(|source| RunError::Metrics { addr, source })?,
+            )
+        }
+        None => None,
+    };
+
     let ticker = {
         let core = core.clone();
         let every = rotation_interval(&core.cfg);
@@ -684,6 +705,10 @@ pub async fn run_with_reload(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
     let agents = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(ironpact_tls::metrics::CallsLayer::new(
+            crate::metrics::METRICS.agent_api.clone(),
+            crate::metrics::AGENT_API_METHODS,
+        ))
         .add_service(
             AgentApiServer::new(AgentEndpoint(core.clone())).max_decoding_message_size(MAX_MESSAGE),
         )
@@ -705,6 +730,9 @@ pub async fn run_with_reload(
     refreshers.abort();
     if let Some(h) = health {
         h.abort();
+    }
+    if let Some(m) = metrics {
+        m.abort();
     }
     if let Some(e) = endpoint {
         e.abort();

@@ -24,7 +24,7 @@ pub use ironpact_config::hcl::HealthChecks as HealthConfig;
 pub async fn serve(
     cfg: HealthConfig,
     ready: ReadyCheck,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(cfg.addr).await?;
     let bound = listener.local_addr()?;
@@ -32,9 +32,27 @@ pub async fn serve(
     let cfg = Arc::new(cfg);
     // probes in a burst share one check a second (the server's pings its datastore)
     let ready = cached(ready, Duration::from_secs(1));
-    // at most this many probes at once; more wait in the listen queue
+    Ok(serve_http(listener, stop, "health probe", move |path| {
+        let (cfg, ready) = (cfg.clone(), ready.clone());
+        async move { answer(&cfg, &ready, &path).await }
+    }))
+}
+
+/// A plain-HTTP GET endpoint (health, metrics) on `listener` until `stop` turns true: at most
+/// 64 requests at once (more wait in the listen queue), one request per connection, 2 s for
+/// the headers and 7 s in all, so idle connections cannot hold the slots.
+pub(crate) fn serve_http<F, Fut>(
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    handler: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<Full<Bytes>>> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(64));
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -43,7 +61,7 @@ pub async fn serve(
             let (tcp, _) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    warn!(error = %e, "health listener accept failed");
+                    warn!(error = %e, "{what} listener accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -51,21 +69,19 @@ pub async fn serve(
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (cfg, ready) = (cfg.clone(), ready.clone());
+            let handler = handler.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (cfg, ready) = (cfg.clone(), ready.clone());
+                        let handler = handler.clone();
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                answer(&cfg, &ready, req.uri().path()).await,
+                                handler(req.uri().path().to_string()).await,
                             )
                         }
                     },
                 );
-                // a probe sends its request at once: 2 s for the headers, 7 s in all (the
-                // ready check has 5), so idle connections cannot hold the slots
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(2))
@@ -73,12 +89,12 @@ pub async fn serve(
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
                 match tokio::time::timeout(Duration::from_secs(7), conn).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(error = %e, "health probe connection failed"),
-                    Err(_) => debug!("health probe timed out"),
+                    Ok(Err(e)) => debug!(error = %e, "{what} connection failed"),
+                    Err(_) => debug!("{what} timed out"),
                 }
             });
         }
-    }))
+    })
 }
 
 /// `check`, answered from its last result for `ttl`.

@@ -6,6 +6,7 @@
 //! `ironpact_spiffe::x509::verify_svid_chain`; here is only what rustls needs around it.
 
 pub mod health;
+pub mod metrics;
 pub mod shutdown;
 pub mod uds;
 

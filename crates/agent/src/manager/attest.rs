@@ -167,6 +167,7 @@ impl Agent {
         info!(server = %self.addr(), attestor = self.attestor_kind(), "attesting this node");
         let svid = self.with_new_key(&mut client, payload, false).await?;
         info!(agent_id = %svid.id, expires_at = svid.expires_at, "node attested");
+        crate::metrics::attestation(false, None);
         self.install_svid(svid, true);
         self.set_refusal(None);
         Ok(())
@@ -177,6 +178,7 @@ impl Agent {
         let payload = self.payload(true).await?;
         let svid = self.with_new_key(&mut client, payload, true).await?;
         info!(agent_id = %svid.id, expires_at = svid.expires_at, "renewed the agent SVID");
+        crate::metrics::attestation(true, None);
         self.install_svid(svid, true);
         self.set_refusal(None);
         Ok(())

@@ -89,6 +89,19 @@ pub fn merge_page(
 const JWT_CACHE_MAX: usize = 10_000;
 
 /// The agent's own SVID.
+/// See [`Agent::gauges`].
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    pub last_sync: i64,
+    pub entries: usize,
+    pub x509_svids: usize,
+    pub jwt_svids: usize,
+    pub federated: usize,
+    pub refused: bool,
+    pub svid_expiry: Option<i64>,
+    pub first_workload_expiry: Option<i64>,
+}
+
 #[derive(Clone)]
 struct AgentSvid {
     id: SpiffeId,
@@ -314,6 +327,10 @@ impl Agent {
 
     /// Records why the server refused this node (or that it no longer does).
     pub(super) fn set_refusal(&self, reason: Option<String>) {
+        if let Some(r) = &reason {
+            let renewing = self.agent_id().is_some();
+            crate::metrics::attestation(renewing, Some(&crate::state::refusal_kind(r)));
+        }
         if self.state.read().refusal != reason {
             self.state.update(|v| v.refusal = reason);
         }
@@ -369,6 +386,25 @@ impl Agent {
             cached_x509_svids_count: count(self.state.read().svids.len()),
             cached_jwt_svids_count: count(self.jwt_cache.lock().map(|c| c.len()).unwrap_or(0)),
             cached_svidstore_x509_svids_count: 0,
+        }
+    }
+
+    /// What the metrics' gauges show, read from memory.
+    pub fn gauges(&self) -> Gauges {
+        let v = self.state.read();
+        Gauges {
+            last_sync: self.last_sync.load(std::sync::atomic::Ordering::Relaxed),
+            entries: v.entries().len(),
+            x509_svids: v.svids.len(),
+            jwt_svids: self.jwt_cache.lock().map(|c| c.len()).unwrap_or(0),
+            federated: v.federated.len(),
+            refused: v.refusal.is_some(),
+            svid_expiry: self
+                .svid
+                .read()
+                .ok()
+                .and_then(|g| g.as_ref().map(|s| s.expires_at)),
+            first_workload_expiry: v.svids.values().map(|s| s.expires_at).min(),
         }
     }
 

@@ -1034,3 +1034,80 @@ impl Drop for Haproxy {
         let _ = self.child.wait();
     }
 }
+
+/// One sample of a `/metrics` scrape, as Prometheus' own Python client parsed it.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+const SCRAPE: &str = r#"
+import sys, json, urllib.request
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+r = urllib.request.urlopen(sys.argv[1], timeout=10)
+ct = r.headers.get("Content-Type", "")
+assert ct.startswith("application/openmetrics-text"), ct
+out = []
+for fam in text_string_to_metric_families(r.read().decode()):
+    for s in fam.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+
+/// Python with prometheus_client (the OpenMetrics parser of Prometheus' Python client), or None
+/// (SKIPPED; a failure under CI=true, where .ci/run installs it).
+pub fn python_with_prometheus() -> Option<String> {
+    let py = std::env::var("IRONPACT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import prometheus_client"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Some(py)
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{py} lacks prometheus_client (CI=true requires it; .ci/run installs it)");
+    } else {
+        println!("SKIPPED: prometheus_client not installed for {py}");
+        None
+    }
+}
+
+/// GET http://127.0.0.1:`port`/metrics, parsed by an independent OpenMetrics parser.
+pub fn scrape(py: &str, port: u16) -> Vec<Sample> {
+    let out = Command::new(py)
+        .args(["-c", SCRAPE, &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scrape failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<(String, std::collections::BTreeMap<String, String>, f64)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    v.into_iter()
+        .map(|(name, labels, value)| Sample {
+            name,
+            labels,
+            value,
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include `labels` (None when there is none).
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let m: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .collect();
+    (!m.is_empty()).then(|| m.iter().sum())
+}

@@ -229,6 +229,12 @@ async fn attest_flow(
             let a = match result {
                 Ok(a) => a,
                 Err(e) => {
+                    crate::metrics::attestation(
+                        attestor.name(),
+                        renewing.is_some(),
+                        e.outcome_str(),
+                        e.kind_str(),
+                    );
                     if let Some(rec) = &renewing {
                         return Err(renewal_failed(core, rec, e, now).await);
                     }
@@ -275,7 +281,11 @@ async fn attest_flow(
         Err(ironpact_datastore::Error::NotFound { .. }) => None,
         Err(e) => return Err(ds_status(e)),
     };
+    let refused = |kind: &str| {
+        crate::metrics::attestation(attestor.name(), renewing.is_some(), "refused", kind);
+    };
     if existing.as_ref().is_some_and(|r| r.banned) {
+        refused("banned");
         warn!(agent_id = %attested.agent_id, "banned agent tried to attest");
         return Err(agent_state::status(
             agent_state::BANNED,
@@ -288,6 +298,7 @@ async fn attest_flow(
         && let Some(r) = &existing
         && r.attestation_type != attestor.name()
     {
+        refused("another_attestors_id");
         warn!(agent_id = %attested.agent_id, attestor = attestor.name(), was = %r.attestation_type, "attestation under another attestor's agent ID refused");
         return Err(Status::permission_denied(format!(
             "{} was attested with {:?}, not {:?}: evict it first (ironpact-server agent evict -spiffeID {})",
@@ -304,12 +315,14 @@ async fn attest_flow(
         && let Some(r) = &existing
         && let Err(e) = same_instance(r, &attested)
     {
+        refused(e.kind_str());
         warn!(agent_id = %attested.agent_id, attestor = attestor.name(), error = %e, "re-attestation from another TEE instance refused");
         return Err(attest_status(e));
     }
     // Trust on first use: evidence that never changes (an instance identity document) attests
     // once; the node must be evicted before it can attest again.
     if renewing.is_none() && existing.as_ref().is_some_and(|r| !r.can_reattest) {
+        refused("already_attested");
         warn!(agent_id = %attested.agent_id, attestor = attestor.name(), "attestation data already used");
         return Err(Status::permission_denied(format!(
             "{} has already attested with this {} evidence and cannot attest again: evict it first (ironpact-server agent evict -spiffeID {})",
@@ -374,6 +387,7 @@ async fn attest_flow(
         (None, None) => core.ds.create_agent(&rec).await.map_err(ds_status)?,
     }
     core.changed().await;
+    crate::metrics::attestation(attestor.name(), renewing.is_some(), "accepted", "none");
     info!(
         agent_id = %rec.spiffe_id,
         attestor = attestor.name(),
