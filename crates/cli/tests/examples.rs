@@ -55,7 +55,6 @@ fn documented_scripts_are_executable() {
         "scripts/demo.sh",
         "scripts/test.sh",
         "scripts/bench.sh",
-        "examples/mtls/openssl-peer.sh",
         "examples/confidential-node/run.sh",
     ] {
         let mode = std::fs::metadata(root().join(s))

@@ -3,8 +3,8 @@
 //! bound to the measurement. Server and client authorize each other by SPIFFE ID; a client with
 //! another ID is refused; SVIDs rotate (8 s TTL) under an open connection pool with zero failed
 //! requests; a non-Rust client (`openssl s_client` with files from `api fetch x509 -write`) works,
-//! and a non-Rust server (`openssl s_server`) is restarted on its rotated files by
-//! `examples/mtls/openssl-peer.sh`.
+//! and a non-Rust server (`openssl s_server`) is restarted on its rotated files by the agent's
+//! file helper (`api fetch x509 -write DIR -watch -exec CMD`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -257,8 +257,8 @@ fn workloads_talk_mutual_tls_by_spiffe_id_through_rotation() {
     openssl_server_reloaded_on_rotation(&s, &a, dir.path());
 }
 
-/// The non-Rust server: `openssl s_server` run by `examples/mtls/openssl-peer.sh`, which keeps
-/// its files current with `api fetch x509 -write` and restarts it on every rotation. An
+/// The non-Rust server: `openssl s_server` run by the file helper (`api fetch x509 -write DIR
+/// -watch -exec CMD`), which keeps its files current and restarts it on every rotation. An
 /// `openssl s_client` with its own SVID files checks each handshake against the bundle, for
 /// longer than the first server SVID lives.
 fn openssl_server_reloaded_on_rotation(s: &TestServer, a: &TestAgent, dir: &Path) {
@@ -280,20 +280,19 @@ fn openssl_server_reloaded_on_rotation(s: &TestServer, a: &TestAgent, dir: &Path
     .expect_ok();
     let files = dir.join("openssl-server");
     let port = support::free_port();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mtls/openssl-peer.sh");
     let peer_log = dir.join("openssl-peer.log");
     let f = |n: &str| files.join(n).display().to_string();
-    let mut peer = Command::new("bash")
-        .arg(&script)
+    let s_server = format!(
+        "openssl s_server -quiet -www -Verify 1 -verify_return_error -accept {port} -cert {} -key {} -CAfile {}",
+        f("svid.0.pem"),
+        f("svid.0.key"),
+        f("bundle.0.pem")
+    );
+    let mut peer = Command::new(&fetcher)
+        .args(["api", "fetch", "x509", "-write"])
         .arg(&files)
-        .arg("--")
-        .args(["openssl", "s_server", "-quiet", "-www", "-Verify", "1"])
-        .args(["-verify_return_error", "-accept", &port.to_string()])
-        .args(["-cert", &f("svid.0.pem"), "-key", &f("svid.0.key")])
-        .args(["-CAfile", &f("bundle.0.pem")])
-        .env("IRONPACT_AGENT", &fetcher)
-        .env("AGENT_SOCKET", &a.socket)
-        .env("POLL_SECONDS", "1")
+        .args(["-watch", "-exec", &s_server, "-socketPath"])
+        .arg(&a.socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&peer_log).unwrap())
@@ -410,8 +409,19 @@ fn openssl_server_reloaded_on_rotation(s: &TestServer, a: &TestAgent, dir: &Path
     let _ = peer.wait();
     let peer_text = std::fs::read_to_string(&peer_log).unwrap();
     println!("{peer_text}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "s_server outlived the helper"
+    );
     assert!(serials.len() >= 2, "s_server was not reloaded: {peer_text}");
-    assert!(peer_text.contains("rotated to SVID serial"), "{peer_text}");
+    assert!(
+        peer_text.contains("restarting \"openssl s_server"),
+        "{peer_text}"
+    );
+    assert!(
+        peer_text.contains("stopping the program too"),
+        "SIGTERM stops the helper and its program: {peer_text}"
+    );
     // the first certificate has expired, the last one served is current
     assert!(
         !cert_info(&first, &["-checkend", "0"]).0,

@@ -1,6 +1,8 @@
 //! `ironpact-agent`: `run`, `healthcheck` and the Workload API client commands under `api`,
 //! with SPIRE's names and flags.
 
+mod helper;
+
 use crate::common::{connect_uds, finish, fmt_time, init_logging, parse_duration, write_file};
 use crate::server::Output;
 use anyhow::{Context, Result, anyhow, bail};
@@ -192,6 +194,22 @@ struct X509Args {
     /// Print nothing (with -write, only the files are written).
     #[arg(long = "silent")]
     silent: bool,
+    /// With -write: keep running, and keep the files current on every rotation (replaced
+    /// atomically), restarting or signalling the program that reads them.
+    #[arg(long = "watch", requires = "write")]
+    watch: bool,
+    /// With -watch: run this command (with sh -c) once the files exist, and restart it on each
+    /// change (or send it -signal).
+    #[arg(long = "exec", requires = "watch")]
+    exec: Option<String>,
+    /// With -watch: the signal (HUP, USR1, …) sent on each change to the -exec program, or to
+    /// the process in -pidFile, instead of a restart.
+    #[arg(long = "signal", requires = "watch")]
+    signal: Option<String>,
+    /// With -watch and -signal: the file holding the PID of the program to signal (a daemon
+    /// started elsewhere, such as nginx's pid file).
+    #[arg(long = "pidFile", visible_alias = "pid-file", requires = "watch")]
+    pid_file: Option<PathBuf>,
     #[command(flatten)]
     socket: SocketArg,
     #[command(flatten)]
@@ -470,6 +488,11 @@ fn describe(resp: &pb::X509svidResponse, started: Instant) -> Result<String> {
 }
 
 async fn fetch_x509(a: X509Args) -> Result<()> {
+    if a.watch {
+        let reload = helper::Reload::from_flags(a.exec, a.signal, a.pid_file)?;
+        let dir = a.write.as_deref().unwrap_or(std::path::Path::new("."));
+        return helper::watch(&a.socket, dir, reload).await;
+    }
     let started = Instant::now();
     let resp = first_x509(&a.socket, &a.timeout).await?;
     if a.silent {
