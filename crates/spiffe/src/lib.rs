@@ -6,6 +6,7 @@
 //! configuration files.
 
 pub mod bundle;
+pub mod claims;
 pub mod clock;
 pub mod duration;
 mod error;

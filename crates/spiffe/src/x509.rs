@@ -183,6 +183,9 @@ pub struct CaIssuer {
     cert_der: Vec<u8>,
     not_after: i64,
     issuer: Issuer<'static, KeyPair>,
+    /// The same key, to sign again an SVID whose claims OID was put in after rcgen signed it
+    /// (see [`put_claims_oid`]).
+    signer: KeyPair,
 }
 
 impl std::fmt::Debug for CaIssuer {
@@ -203,6 +206,119 @@ pub struct SvidRequest<'a> {
     /// Issuance time; NotBefore is backdated by [`BACKDATE_SECS`].
     pub now: i64,
     pub ttl_secs: i64,
+    /// The DER of the attestation claims to carry (see [`crate::claims`]), if any.
+    pub claims: Option<&'a [u8]>,
+}
+
+/// rcgen writes OID arcs as u64, and the claims OID's arc (a UUID under 2.25) is 128 bits;
+/// no maintained Rust X.509 builder writes arcs that large (rcgen/yasna: u64, x509-cert and
+/// const-oid: u32). So the extension is written under this placeholder OID, whose DER is as
+/// long as the real one's, and [`put_claims_oid`] swaps the bytes and signs the TBS again.
+const PLACEHOLDER_ARCS: [u64; 4] = [2, 25, 0x7ead_beef_face_feed, 0x7ead_beef_face_feed];
+
+/// DER content bytes of an OID given as arcs (the first two folded into one byte, then base
+/// 128 with continuation bits).
+fn oid_content(arcs: &[u64]) -> Vec<u8> {
+    let mut out = vec![(arcs[0] * 40 + arcs[1]) as u8];
+    for &a in &arcs[2..] {
+        let mut groups = vec![(a & 0x7f) as u8];
+        let mut v = a >> 7;
+        while v > 0 {
+            groups.push((v & 0x7f) as u8 | 0x80);
+            v >>= 7;
+        }
+        groups.reverse();
+        out.extend(groups);
+    }
+    out
+}
+
+/// A DER length.
+fn der_len(n: usize) -> Vec<u8> {
+    if n < 0x80 {
+        return vec![n as u8];
+    }
+    let bytes: Vec<u8> = n
+        .to_be_bytes()
+        .iter()
+        .copied()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let mut out = vec![0x80 | bytes.len() as u8];
+    out.extend(bytes);
+    out
+}
+
+/// (header length, content length) of the DER element at the start of `b`.
+fn der_header(b: &[u8]) -> Result<(usize, usize), Error> {
+    let bad = || Error::InvalidCertificate("re-signing: not DER".into());
+    let first = *b.get(1).ok_or_else(bad)?;
+    if first < 0x80 {
+        return Ok((2, usize::from(first)));
+    }
+    let n = usize::from(first & 0x7f);
+    if n == 0 || n > 4 {
+        return Err(bad());
+    }
+    let len = b
+        .get(2..2 + n)
+        .ok_or_else(bad)?
+        .iter()
+        .fold(0usize, |acc, x| (acc << 8) | usize::from(*x));
+    Ok((2 + n, len))
+}
+
+/// Swaps the placeholder OID for [`crate::claims::OID`] in a certificate rcgen signed, and
+/// signs its TBSCertificate again with `signer` (the algorithm rcgen used: the signature
+/// algorithm field is kept as it is).
+fn put_claims_oid(cert: &[u8], signer: &KeyPair) -> Result<Vec<u8>, Error> {
+    use rcgen::SigningKey;
+    let bad = |m: &str| Error::InvalidCertificate(format!("re-signing: {m}"));
+    let placeholder = oid_content(&PLACEHOLDER_ARCS);
+    let real = crate::claims::OID_DER;
+    if placeholder.len() != real.len() {
+        return Err(bad("placeholder and claims OID differ in length"));
+    }
+    let (outer_h, outer_len) = der_header(cert)?;
+    let body = cert
+        .get(outer_h..outer_h + outer_len)
+        .ok_or_else(|| bad("truncated"))?;
+    let (tbs_h, tbs_len) = der_header(body)?;
+    let mut tbs = body
+        .get(..tbs_h + tbs_len)
+        .ok_or_else(|| bad("truncated TBS"))?
+        .to_vec();
+    let rest = &body[tbs_h + tbs_len..];
+    let (alg_h, alg_len) = der_header(rest)?;
+    let alg = rest
+        .get(..alg_h + alg_len)
+        .ok_or_else(|| bad("truncated algorithm"))?;
+    let mut tagged = vec![0x06, placeholder.len() as u8];
+    tagged.extend(&placeholder);
+    let at: Vec<usize> = tbs
+        .windows(tagged.len())
+        .enumerate()
+        .filter(|(_, w)| *w == tagged.as_slice())
+        .map(|(i, _)| i)
+        .collect();
+    let [at] = at.as_slice() else {
+        return Err(bad("the placeholder OID is not there exactly once"));
+    };
+    tbs[at + 2..at + 2 + real.len()].copy_from_slice(real);
+    let sig = signer
+        .sign(&tbs)
+        .map_err(|e| Error::Signing(e.to_string()))?;
+    let mut bits = vec![0x03];
+    bits.extend(der_len(sig.len() + 1));
+    bits.push(0);
+    bits.extend(sig);
+    let mut content = tbs;
+    content.extend(alg);
+    content.extend(bits);
+    let mut out = vec![0x30];
+    out.extend(der_len(content.len()));
+    out.extend(content);
+    Ok(out)
 }
 
 impl CaIssuer {
@@ -219,10 +335,14 @@ impl CaIssuer {
                 .map_err(|e| Error::InvalidKey(e.to_string()))?;
         let issuer = Issuer::from_ca_cert_der(&cert_der.to_vec().into(), pair)
             .map_err(|e| Error::InvalidCertificate(e.to_string()))?;
+        let signer =
+            KeyPair::from_pkcs8_der_and_sign_algo(&key.pkcs8_der().into(), key.rcgen().algorithm())
+                .map_err(|e| Error::InvalidKey(e.to_string()))?;
         Ok(Self {
             cert_der: cert_der.to_vec(),
             not_after: info.not_after,
             issuer,
+            signer,
         })
     }
 
@@ -268,11 +388,20 @@ impl CaIssuer {
         p.use_authority_key_identifier_extension = true;
         p.not_before = dt(req.now - BACKDATE_SECS)?;
         p.not_after = dt((req.now.saturating_add(req.ttl_secs)).min(self.not_after))?;
+        if let Some(claims) = req.claims {
+            p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+                &PLACEHOLDER_ARCS,
+                claims.to_vec(),
+            )];
+        }
         let spki = SubjectPublicKeyInfo::from_der(req.spki_der)
             .map_err(|e| Error::InvalidKey(format!("public key: {e}")))?;
         let cert = p
             .signed_by(&spki, &self.issuer)
             .map_err(|e| Error::Signing(e.to_string()))?;
+        if req.claims.is_some() {
+            return put_claims_oid(cert.der(), &self.signer);
+        }
         Ok(cert.der().to_vec())
     }
 }
@@ -477,6 +606,7 @@ mod tests {
                 serial: random_serial(),
                 now,
                 ttl_secs: 7200,
+                claims: None,
             })
             .unwrap();
         let (_, c) = X509Certificate::from_der(&der).unwrap();
@@ -528,11 +658,53 @@ mod tests {
                     serial: random_serial(),
                     now: 1_000_000,
                     ttl_secs: 60,
+                    claims: None,
                 })
                 .unwrap();
             let (_, c) = X509Certificate::from_der(&der).unwrap();
             c.verify_signature(Some(ca.public_key())).unwrap();
+            assert_eq!(crate::claims::from_certificate(&der).unwrap(), None);
+            // with attestation claims: the extension under the 2.25 OID, non-critical, and
+            // the certificate signed again so it still verifies
+            let claims = crate::claims::tests::sample();
+            let claims_der = claims.to_der().unwrap();
+            let der = issuer
+                .issue_svid(&SvidRequest {
+                    spiffe_id: &SpiffeId::parse("spiffe://example.org/w").unwrap(),
+                    spki_der: &leaf.spki_der(),
+                    dns_names: &[],
+                    serial: random_serial(),
+                    now: 1_000_000,
+                    ttl_secs: 60,
+                    claims: Some(&claims_der),
+                })
+                .unwrap();
+            let (_, c) = X509Certificate::from_der(&der).unwrap();
+            c.verify_signature(Some(ca.public_key())).unwrap();
+            let ext = c
+                .extensions()
+                .iter()
+                .find(|e| e.oid.as_bytes() == crate::claims::OID_DER)
+                .unwrap();
+            assert!(!ext.critical);
+            assert_eq!(crate::claims::from_certificate(&der).unwrap(), Some(claims));
+            assert_eq!(
+                CertInfo::parse(&der).unwrap().uri_sans,
+                ["spiffe://example.org/w"]
+            );
         }
+    }
+
+    #[test]
+    fn the_placeholder_oid_is_as_long_as_the_claims_oid() {
+        assert_eq!(
+            oid_content(&PLACEHOLDER_ARCS).len(),
+            crate::claims::OID_DER.len()
+        );
+        assert_eq!(oid_content(&[2, 5, 29, 17]), [0x55, 0x1d, 0x11]);
+        assert_eq!(der_len(0x7f), [0x7f]);
+        assert_eq!(der_len(0x80), [0x81, 0x80]);
+        assert_eq!(der_len(0x1234), [0x82, 0x12, 0x34]);
     }
 
     #[test]
@@ -569,6 +741,7 @@ mod tests {
                 serial: random_serial(),
                 now: 100,
                 ttl_secs: 1000,
+                claims: None,
             })
             .unwrap();
         assert_eq!(
