@@ -31,18 +31,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     workload_api: Family::default(),
 });
 
-/// The Workload API's and SDS's methods (the call counter's only method labels).
+/// The Workload API's and SDS's methods, as full gRPC paths (the call counter's only method
+/// labels: their last part).
 pub const WORKLOAD_API_METHODS: &[&str] = &[
-    "FetchX509SVID",
-    "FetchX509Bundles",
-    "FetchJWTSVID",
-    "FetchJWTBundles",
-    "ValidateJWTSVID",
-    "StreamSecrets",
-    "FetchSecrets",
-    "DeltaSecrets",
-    "Check",
-    "Watch",
+    "/SpiffeWorkloadAPI/FetchX509SVID",
+    "/SpiffeWorkloadAPI/FetchX509Bundles",
+    "/SpiffeWorkloadAPI/FetchJWTSVID",
+    "/SpiffeWorkloadAPI/FetchJWTBundles",
+    "/SpiffeWorkloadAPI/ValidateJWTSVID",
+    "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
+    "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets",
+    "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
 ];
 
 /// Counts the server's verdict on this node: accepted, or refused with the kind it named.

@@ -262,7 +262,8 @@ pub async fn run(
             crate::metrics::WORKLOAD_API_METHODS,
         ))
         .add_service(SpiffeWorkloadApiServer::from_arc(api))
-        .add_service(SecretDiscoveryServiceServer::new(sds))
+        // SDS requests are names: 64 KiB is plenty, and bounds what one costs to read
+        .add_service(SecretDiscoveryServiceServer::new(sds).max_decoding_message_size(64 << 10))
         .add_service(HealthServer::new(AgentHealth(agent, false)))
         .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()));
     // streams end as soon as the stop is set; what stays open is dropped after the grace

@@ -83,24 +83,22 @@ fn secret_any(s: &Secret) -> Any {
 /// agent's config or the Envoy's node metadata (`disable_spiffe_cert_validation: true`) says no.
 fn spiffe_validator(req: &DiscoveryRequest, cfg: &SdsConfig) -> bool {
     use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
-    if cfg.disable_spiffe_cert_validation {
-        return false;
-    }
+    use envoy_types::pb::google::protobuf::value::Kind;
     let Some(node) = &req.node else {
         return false;
     };
-    let disabled = node
+    // the Envoy's node metadata overrides the agent's setting, either way (a bool, or a
+    // string "true"/"false"), as SPIRE reads it
+    let from_node = node
         .metadata
         .as_ref()
         .and_then(|m| m.fields.get("disable_spiffe_cert_validation"))
-        .and_then(|v| v.kind.as_ref())
-        .is_some_and(|k| {
-            matches!(
-                k,
-                envoy_types::pb::google::protobuf::value::Kind::BoolValue(true)
-            )
+        .and_then(|v| match v.kind.as_ref()? {
+            Kind::BoolValue(b) => Some(*b),
+            Kind::StringValue(s) => s.trim().to_ascii_lowercase().parse::<bool>().ok(),
+            _ => None,
         });
-    if disabled {
+    if from_node.unwrap_or(cfg.disable_spiffe_cert_validation) {
         return false;
     }
     match &node.user_agent_version_type {
@@ -197,6 +195,14 @@ pub fn build(
         out.push(validation_context(&cfg.default_bundle_name, &[own], spiffe));
     }
     if names.remove(cfg.default_all_bundles_name.as_str()) {
+        // one trusted_ca holding every trust domain's roots would let a federated CA vouch for
+        // our own SPIFFE IDs: only the SPIFFE validator keeps each domain to its roots
+        if !spiffe {
+            return Err(Status::invalid_argument(format!(
+                "{:?} needs Envoy's SPIFFE certificate validator (Envoy 1.18 or later, disable_spiffe_cert_validation off): ask for each trust domain's bundle by name instead",
+                cfg.default_all_bundles_name
+            )));
+        }
         let mut every = vec![own];
         every.extend(federated.iter().copied());
         out.push(validation_context(
@@ -211,8 +217,8 @@ pub fn build(
             out.push(validation_context(&id, &[b], spiffe));
         }
     }
-    // a name that is one of the caller's identities, whose SVID is still being signed
-    let mut pending = false;
+    // names that are the caller's identities whose SVIDs are still being signed
+    let mut waiting: HashSet<String> = HashSet::new();
     let mut svids = 0;
     for (i, e) in entries.iter().enumerate() {
         let id = e.spiffe_id.to_string();
@@ -220,7 +226,12 @@ pub fn build(
         let by_id = all || names.contains(id.as_str());
         let by_default = i == 0 && names.contains(cfg.default_svid_name.as_str());
         let Some(s) = svid else {
-            pending |= by_id || by_default;
+            if by_id {
+                waiting.insert(id);
+            }
+            if by_default {
+                waiting.insert(cfg.default_svid_name.clone());
+            }
             continue;
         };
         svids += 1;
@@ -237,6 +248,12 @@ pub fn build(
             ));
         }
     }
+    // still asked for and still being signed (another entry of the same ID may have served it)
+    let pending = if all {
+        !waiting.is_empty() && svids == 0
+    } else {
+        names.iter().any(|n| waiting.contains(*n))
+    };
     // SVIDs asked for and none valid: when the server refused this node, say so (the kind
     // only, as on the Workload API: the details are in the agent's log)
     if pending
@@ -248,7 +265,7 @@ pub fn build(
             crate::state::refusal_kind(r)
         )));
     }
-    if pending && (!all || svids == 0) {
+    if pending {
         return Ok(None);
     }
     if !names.is_empty() {
@@ -325,6 +342,7 @@ impl SecretDiscoveryService for Sds {
         };
         tokio::spawn(async move {
             let mut version: u64 = 0;
+            let mut nacked: u64 = 0;
             let mut last_nonce: Option<String> = None;
             let mut last_req: Option<DiscoveryRequest> = None;
             let mut last_sent: Option<Vec<Any>> = None;
@@ -344,17 +362,23 @@ impl SecretDiscoveryService for Sds {
                             let _ = tx.send(Err(s)).await;
                             return;
                         }
-                        debug!(names = ?r.resource_names, version = %r.version_info, nonce = %r.response_nonce, "SDS request");
-                        if let Some(e) = &r.error_detail {
-                            warn!(names = ?r.resource_names, error = %e.message, "Envoy could not apply the secrets sent (NACK)");
-                        }
+                        debug!(names = r.resource_names.len(), version = %r.version_info, nonce = %r.response_nonce, "SDS request");
                         if let Some(n) = &last_nonce {
                             if r.response_nonce != *n {
                                 debug!(nonce = %r.response_nonce, expected = %n, "SDS request with a stale nonce: ignored");
                                 continue;
                             }
-                            if r.version_info != version.to_string() {
-                                warn!(version = %r.version_info, expected = version, "Envoy kept an older version of the secrets (NACK)");
+                            // a NACK answers the last response: logged once per version, its
+                            // text cut short (any local process may send one)
+                            let nack = r.error_detail.is_some() || r.version_info != version.to_string();
+                            if nack && nacked != version {
+                                nacked = version;
+                                let why: String = r
+                                    .error_detail
+                                    .as_ref()
+                                    .map(|e| e.message.chars().take(200).collect())
+                                    .unwrap_or_default();
+                                warn!(version, kept = %r.version_info.chars().take(20).collect::<String>(), error = %why, "Envoy did not apply the secrets sent (NACK)");
                             }
                         }
                         let changed = last_req.as_ref().is_none_or(|l| !same_names(l, &r));

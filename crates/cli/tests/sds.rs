@@ -367,6 +367,32 @@ fn envoy_sds_through_a_third_party_client() {
         let (uri_f, _) = tls_cert(&got_f["default"]);
         assert_eq!(uri_f, "spiffe://example.org/envoy");
 
+        // "ALL" in one trusted_ca list is refused, as SPIRE refuses it
+        let e = c
+            .fetch_secrets(request(&["ALL"], "", "", 17))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        // the Envoy's node metadata turns the SPIFFE validator off (as a string, as SPIRE
+        // reads it)
+        let mut off = request(&["ROOTCA"], "", "", 30);
+        off.node.as_mut().unwrap().metadata = Some(envoy_types::pb::google::protobuf::Struct {
+            fields: [(
+                "disable_spiffe_cert_validation".to_string(),
+                envoy_types::pb::google::protobuf::Value {
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                        "true".into(),
+                    )),
+                },
+            )]
+            .into(),
+        });
+        let got_off = secrets(&c.fetch_secrets(off).await.unwrap().into_inner());
+        let secret::Type::ValidationContext(v) = &got_off["ROOTCA"] else {
+            panic!("{got_off:?}")
+        };
+        assert_eq!(pem_ders(&inline(&v.trusted_ca)), own_roots);
+
         // incremental SDS is not served
         let (_txd, rxd) = mpsc::channel(1);
         let e = c.delta_secrets(ReceiverStream::new(rxd)).await.unwrap_err();

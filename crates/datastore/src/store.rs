@@ -113,8 +113,10 @@ impl Dialect {
 type LatencyObserver = Box<dyn Fn(&'static str, Duration) + Send + Sync>;
 static OBSERVER: std::sync::OnceLock<LatencyObserver> = std::sync::OnceLock::new();
 
-/// Sets where the time of every datastore call goes, by operation (`get_entry`, …): the
-/// server's Prometheus histogram. Once per process; later calls change nothing.
+/// Sets where the time of every datastore call goes, by operation (`get_entries`, …): the
+/// server's Prometheus histogram. Once per process; later calls change nothing. Thin
+/// wrappers (`get_entry` over `get_entries`, …) are not timed themselves; an operation that
+/// calls another (`delete_entry` reads the entry first) includes its time.
 pub fn observe_latency(f: impl Fn(&'static str, Duration) + Send + Sync + 'static) {
     let _ = OBSERVER.set(Box::new(f));
 }
@@ -855,7 +857,6 @@ impl DataStore {
 
     /// Creates an entry; assigns an ID when `e.id` is empty. Revision starts at 0.
     pub async fn create_entry(&self, e: &Entry) -> Result<Entry> {
-        let _timed = Timed::start("create_entry");
         self.create_entries(std::slice::from_ref(e))
             .await?
             .pop()
@@ -992,7 +993,6 @@ impl DataStore {
     }
 
     pub async fn get_entry(&self, id: &str) -> Result<Entry> {
-        let _timed = Timed::start("get_entry");
         self.get_entries(&[id.to_string()])
             .await?
             .into_iter()
@@ -1116,7 +1116,6 @@ impl DataStore {
     /// Lists entries ordered by ID, every filter applied in SQL except `by_federates_with`
     /// (a rare filter, applied to the rows).
     pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>> {
-        let _timed = Timed::start("list_entries");
         Ok(self.list_entries_page(filter, "", 0).await?.0)
     }
 
@@ -1485,7 +1484,6 @@ impl DataStore {
     }
 
     pub async fn get_agent(&self, id: &SpiffeId) -> Result<AgentRecord> {
-        let _timed = Timed::start("get_agent");
         self.get_agents(&[id.to_string()])
             .await?
             .into_iter()

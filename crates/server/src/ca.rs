@@ -395,6 +395,7 @@ impl Upstream {
                 serial: random_serial(),
                 now,
                 ttl_secs: 60,
+                claims: None,
             })?;
             let mut chain: Vec<&[u8]> = vec![&leaf, &ca];
             chain.extend(self.chain.iter().map(Vec::as_slice));
@@ -1196,6 +1197,7 @@ impl CaManager {
             serial,
             now,
             ttl_secs: ttl.as_secs() as i64,
+            claims: None,
         })?;
         let mut chain = vec![der.clone()];
         chain.extend(after.iter().cloned());

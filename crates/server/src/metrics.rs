@@ -81,15 +81,19 @@ pub fn svid_issued(svid_type: &'static str) {
         .inc();
 }
 
-/// The agent API's methods (the call counter's only method labels).
+/// The agent API's methods (v2, and v1 for agents of earlier releases), as full gRPC paths:
+/// the call counter's only method labels (their last part).
 pub const AGENT_API_METHODS: &[&str] = &[
-    "AttestAgent",
-    "RenewAgent",
-    "SyncAuthorized",
-    "BatchNewX509SVID",
-    "NewJWTSVID",
-    "Check",
-    "Watch",
+    "/ironpact.agent.v2.AgentAPI/AttestAgent",
+    "/ironpact.agent.v2.AgentAPI/RenewAgent",
+    "/ironpact.agent.v2.AgentAPI/SyncAuthorized",
+    "/ironpact.agent.v2.AgentAPI/BatchNewX509SVID",
+    "/ironpact.agent.v2.AgentAPI/NewJWTSVID",
+    "/ironpact.agent.v1.AgentAPI/AttestAgent",
+    "/ironpact.agent.v1.AgentAPI/RenewAgent",
+    "/ironpact.agent.v1.AgentAPI/SyncAuthorized",
+    "/ironpact.agent.v1.AgentAPI/BatchNewX509SVID",
+    "/ironpact.agent.v1.AgentAPI/NewJWTSVID",
 ];
 
 /// Gauges read from memory at each scrape.

@@ -94,13 +94,15 @@ pub fn bounded_label(v: &str) -> String {
 pub struct CallLabels {
     /// The gRPC method (`FetchX509SVID`), or "unknown" for a path no service has.
     pub method: String,
-    /// The call's status as gRPC names it (`OK`, `PermissionDenied`, …) when its response
-    /// starts: a stream that starts well counts as OK.
+    /// The call's final status as gRPC names it (`OK`, `PermissionDenied`, …): from the
+    /// trailers, so a stream that ends with an error counts as that error; `Cancelled` when the
+    /// client went away first.
     pub code: String,
 }
 
-/// A tower layer counting gRPC calls by method and status into `family`; `methods` are the
-/// method names the server has (any other path counts as "unknown").
+/// A tower layer counting gRPC calls by method and final status into `family`; `methods` are
+/// the full paths the server has (`/SpiffeWorkloadAPI/FetchX509SVID`), labelled by their last
+/// part; any other path counts as "unknown".
 #[derive(Clone)]
 pub struct CallsLayer {
     family: Family<CallLabels, Counter>,
@@ -113,6 +115,65 @@ impl CallsLayer {
             family,
             methods: Arc::new(methods.iter().copied().collect()),
         }
+    }
+}
+
+/// The response body of a counted call: counts the call once, at its trailers (or at its
+/// end, or when dropped unfinished).
+pub struct CountedBody<B> {
+    inner: Pin<Box<B>>,
+    pending: Option<(Family<CallLabels, Counter>, String)>,
+}
+
+impl<B> CountedBody<B> {
+    fn count(&mut self, code: String) {
+        if let Some((family, method)) = self.pending.take() {
+            family.get_or_create(&CallLabels { method, code }).inc();
+        }
+    }
+}
+
+fn status_of(h: &http::HeaderMap) -> Option<String> {
+    h.get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(code_name)
+}
+
+impl<B: http_body::Body> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = self.inner.as_mut().poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(code) = f.trailers_ref().and_then(status_of) {
+                    self.count(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.count("TransportError".into()),
+            Poll::Ready(None) => self.count("OK".into()),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for CountedBody<B> {
+    fn drop(&mut self) {
+        self.count("Cancelled".into());
     }
 }
 
@@ -149,7 +210,7 @@ where
     S::Error: Send + 'static,
     RB: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<RB>>;
     type Error = S::Error;
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
@@ -159,26 +220,39 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let last = req.uri().path().rsplit('/').next().unwrap_or_default();
-        let method = match self.methods.get(last) {
-            Some(m) => (*m).to_string(),
+        let method = match self.methods.get(req.uri().path()) {
+            Some(m) => m.rsplit('/').next().unwrap_or(m).to_string(),
             None => "unknown".to_string(),
         };
         let family = self.family.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
-            let code = match &r {
-                Ok(resp) => resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or_else(|| "OK".to_string(), code_name),
-                Err(_) => "TransportError".to_string(),
-            };
-            family.get_or_create(&CallLabels { method, code }).inc();
-            r
+            match r {
+                Ok(resp) => {
+                    // an error answered at once travels in the headers (trailers-only)
+                    let at_once = status_of(resp.headers());
+                    Ok(resp.map(|b| {
+                        let mut body = CountedBody {
+                            inner: Box::pin(b),
+                            pending: Some((family, method)),
+                        };
+                        if let Some(code) = at_once {
+                            body.count(code);
+                        }
+                        body
+                    }))
+                }
+                Err(e) => {
+                    family
+                        .get_or_create(&CallLabels {
+                            method,
+                            code: "TransportError".into(),
+                        })
+                        .inc();
+                    Err(e)
+                }
+            }
         })
     }
 }

@@ -327,10 +327,6 @@ impl Agent {
 
     /// Records why the server refused this node (or that it no longer does).
     pub(super) fn set_refusal(&self, reason: Option<String>) {
-        if let Some(r) = &reason {
-            let renewing = self.agent_id().is_some();
-            crate::metrics::attestation(renewing, Some(&crate::state::refusal_kind(r)));
-        }
         if self.state.read().refusal != reason {
             self.state.update(|v| v.refusal = reason);
         }

@@ -63,7 +63,15 @@ impl Agent {
                     if self.renewal_due() {
                         return match self.renew().await {
                             Ok(()) => SessionEnd::Renewed,
-                            Err(e) => Self::end_of(e),
+                            Err(e) => {
+                                if let AgentError::Refused(m) = &e {
+                                    crate::metrics::attestation(
+                                        true,
+                                        Some(&crate::state::refusal_kind(m)),
+                                    );
+                                }
+                                Self::end_of(e)
+                            }
                         };
                     }
                     if let Err(e) = self.sign_due().await {
@@ -111,6 +119,10 @@ impl Agent {
                     Err(AgentError::Banned(m)) => return Err(self.banned(m)),
                     Err(e) => {
                         if let AgentError::Refused(m) = &e {
+                            crate::metrics::attestation(
+                                false,
+                                Some(&crate::state::refusal_kind(m)),
+                            );
                             self.set_refusal(Some(m.clone()));
                         }
                         let wait = next_backoff(&mut backoff);
@@ -139,6 +151,10 @@ impl Agent {
                             Err(AgentError::Banned(m)) => return Err(self.banned(m)),
                             Err(e) => {
                                 if let AgentError::Refused(m) = &e {
+                                    crate::metrics::attestation(
+                                        false,
+                                        Some(&crate::state::refusal_kind(m)),
+                                    );
                                     self.set_refusal(Some(m.clone()));
                                 }
                                 // the current SVID stays: renewal is tried again after a pause

@@ -10,7 +10,6 @@
 //! (its service manager sees that) and on SIGTERM/SIGINT, stopping the program too.
 
 use super::{pem_of, split_ders, x509_stream};
-use crate::common::write_file;
 use anyhow::{Context, Result, anyhow, bail};
 use ironpact_proto::workload as pb;
 use nix::sys::signal::Signal;
@@ -143,19 +142,93 @@ pub fn files_of(resp: &pb::X509svidResponse) -> Result<Vec<(String, Vec<u8>, u32
     Ok(out)
 }
 
-/// Writes the files whose content differs from what is on disk (each replaced atomically);
-/// whether any did.
-fn write_changed(dir: &Path, resp: &pb::X509svidResponse) -> Result<bool> {
-    let mut changed = false;
-    for (name, data, mode) in files_of(resp)? {
-        let path = dir.join(&name);
-        if std::fs::read(&path).is_ok_and(|old| old == data) {
-            continue;
-        }
-        write_file(&path, &data, mode)?;
-        changed = true;
+/// Whether `name` is one of the files the helper writes (`svid.N.pem`, `svid.N.key`,
+/// `bundle.N.pem`, `federated_bundle.N.M.pem`).
+fn ours(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        ["svid", n, "pem" | "key"] | ["bundle", n, "pem"] => digits(n),
+        ["federated_bundle", n, m, "pem"] => digits(n) && digits(m),
+        _ => false,
     }
-    Ok(changed)
+}
+
+/// Temporary copies a crash may have left (`.svid.0.key.<random>.tmp`: a private key too).
+fn remove_leftovers(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp"))
+            && inner.rsplit_once('.').is_some_and(|(f, _)| ours(f))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Writes the set of files of `resp` when any differs from what is on disk: every new
+/// content goes to a temporary file first (created new, never through a link), then all are
+/// renamed into place and the directory synced, so a failure part-way leaves the old set
+/// whole. Files of an earlier set that this one no longer has (an SVID or a federated bundle
+/// gone) are removed. Whether anything changed.
+fn write_set(dir: &Path, resp: &pb::X509svidResponse) -> Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let files = files_of(resp)?;
+    let wanted: std::collections::HashSet<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    let stale: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| ours(n) && !wanted.contains(n.as_str()))
+        .map(|n| dir.join(n))
+        .collect();
+    let changed: Vec<&(String, Vec<u8>, u32)> = files
+        .iter()
+        .filter(|(name, data, _)| !std::fs::read(dir.join(name)).is_ok_and(|old| old == *data))
+        .collect();
+    if changed.is_empty() && stale.is_empty() {
+        return Ok(false);
+    }
+    let mut staged = Vec::new();
+    let stage = |name: &str, data: &[u8], mode: u32| -> Result<PathBuf> {
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(data)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        Ok(tmp)
+    };
+    for (name, data, mode) in &changed {
+        match stage(name, data, *mode) {
+            Ok(tmp) => staged.push((tmp, dir.join(name))),
+            Err(e) => {
+                for (tmp, _) in &staged {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (tmp, path) in &staged {
+        std::fs::rename(tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    }
+    for p in &stale {
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    Ok(true)
 }
 
 fn summary(resp: &pb::X509svidResponse) -> String {
@@ -175,7 +248,19 @@ fn summary(resp: &pb::X509svidResponse) -> String {
         .unwrap_or_else(|| "no SVID".into())
 }
 
-fn spawn(cmd: &str) -> Result<Child> {
+/// The program the helper runs, in its own process group; dropped, the group is sent
+/// SIGTERM (the helper ending on an error must not leave it behind).
+struct Program(Child);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+}
+
+fn spawn(cmd: &str) -> Result<Program> {
     // its own process group: a restart stops the program and whatever it started
     let child = Command::new("/bin/sh")
         .arg("-c")
@@ -188,11 +273,12 @@ fn spawn(cmd: &str) -> Result<Child> {
         "started {cmd:?} (pid {})",
         child.id().unwrap_or_default()
     ));
-    Ok(child)
+    Ok(Program(child))
 }
 
 /// Stops the program's process group: SIGTERM, then SIGKILL after 10 s.
-async fn stop(child: &mut Child) {
+async fn stop(p: &mut Program) {
+    let child = &mut p.0;
     let Some(pid) = child.id() else { return };
     let pgid = Pid::from_raw(pid as i32);
     let _ = nix::sys::signal::killpg(pgid, Signal::SIGTERM);
@@ -213,9 +299,31 @@ fn signal_pid(pid: i32, sig: Signal, what: &str) {
     }
 }
 
-/// The PID a daemon wrote to `path` (a positive number other than 1).
+/// The PID a daemon wrote to `path` (a positive number other than 1). The file is read only
+/// if no one but this user or root could have written it (owned by one of them, not group- or
+/// world-writable, not a link): otherwise anyone able to write it could make the helper
+/// signal any process.
 fn read_pid(path: &Path) -> Result<i32> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot read the PID file {}", path.display()))?;
+    let m = f.metadata()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if (m.uid() != me && m.uid() != 0) || m.mode() & 0o022 != 0 {
+        bail!(
+            "the PID file {} is owned by uid {} or writable by others: not trusted (it must be this user's or root's, mode 644 or stricter)",
+            path.display(),
+            m.uid()
+        );
+    }
+    let mut text = String::new();
+    f.by_ref()
+        .take(64)
+        .read_to_string(&mut text)
         .with_context(|| format!("cannot read the PID file {}", path.display()))?;
     match text.trim().parse::<i32>() {
         Ok(p) if p > 1 => Ok(p),
@@ -223,80 +331,128 @@ fn read_pid(path: &Path) -> Result<i32> {
     }
 }
 
-async fn child_exit(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+async fn child_exit(child: &mut Option<Program>) -> std::io::Result<std::process::ExitStatus> {
     match child {
-        Some(c) => c.wait().await,
+        Some(c) => c.0.wait().await,
         None => std::future::pending().await,
     }
 }
 
-/// Runs until SIGTERM/SIGINT, or until the program it runs exits on its own (an error).
+/// How the wait for something to happen ended.
+enum Event {
+    Stop,
+    Exited(std::io::Result<std::process::ExitStatus>),
+}
+
+/// Runs until SIGTERM, SIGINT or SIGHUP, or until the program it runs exits on its own (an
+/// error).
 pub async fn watch(socket: &super::SocketArg, dir: &Path, reload: Reload) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     prepare_dir(dir)?;
+    remove_leftovers(dir);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut child: Option<Child> = None;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut child: Option<Program> = None;
     let mut backoff = Duration::from_millis(500);
     log(format!(
         "keeping {} current from {}",
         dir.display(),
         socket.socket_path.display()
     ));
-    loop {
+    // what ends the helper, whatever it is waiting for
+    macro_rules! or_stop {
+        ($fut:expr) => {
+            tokio::select! {
+                r = $fut => Ok(r),
+                _ = term.recv() => Err(Event::Stop),
+                _ = int.recv() => Err(Event::Stop),
+                _ = hup.recv() => Err(Event::Stop),
+                s = child_exit(&mut child) => Err(Event::Exited(s)),
+            }
+        };
+    }
+    let end = 'outer: loop {
         // (re)open the stream; the program and the files stay as they are meanwhile
         let opened = async {
             let mut c = super::client(socket).await?;
             x509_stream(&mut c).await.map_err(super::status)
         };
-        let mut stream = tokio::select! {
-            r = opened => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    log(format!("no SVID stream: {e:#}; again in {backoff:?}"));
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = term.recv() => return shutdown(&mut child).await,
-                        _ = int.recv() => return shutdown(&mut child).await,
-                        s = child_exit(&mut child) => return exited(&reload, s),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue;
+        let mut stream = match or_stop!(opened) {
+            Err(ev) => break ev,
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                log(format!("no SVID stream: {e:#}; again in {backoff:?}"));
+                if let Err(ev) = or_stop!(tokio::time::sleep(backoff)) {
+                    break ev;
                 }
-            },
-            _ = term.recv() => return shutdown(&mut child).await,
-            _ = int.recv() => return shutdown(&mut child).await,
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
         };
         loop {
-            tokio::select! {
-                m = stream.message() => match m {
-                    Ok(Some(resp)) => {
-                        backoff = Duration::from_millis(500);
-                        if !write_changed(dir, &resp)? {
-                            continue;
-                        }
-                        log(format!("wrote {}", summary(&resp)));
+            let m = match or_stop!(stream.message()) {
+                Err(ev) => break 'outer ev,
+                Ok(m) => m,
+            };
+            let resp = match m {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    log("the agent closed the stream; opening it again");
+                    break;
+                }
+                Err(st) => {
+                    log(format!(
+                        "the stream ended: {} ({:?}); opening it again in {backoff:?}",
+                        st.message(),
+                        st.code()
+                    ));
+                    if let Err(ev) = or_stop!(tokio::time::sleep(backoff)) {
+                        break 'outer ev;
+                    }
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(500);
+            match write_set(dir, &resp) {
+                Ok(true) => {
+                    log(format!("wrote {}", summary(&resp)));
+                    after_change(&reload, &mut child).await?;
+                }
+                // the files on disk are current (a restarted helper): the program still has
+                // to be started
+                Ok(false) => {
+                    if child.is_none() && reload.command().is_some() {
                         after_change(&reload, &mut child).await?;
                     }
-                    Ok(None) => {
-                        log("the agent closed the stream; opening it again");
-                        break;
+                }
+                // the old set stays whole; the stream is opened again, which resends it
+                Err(e) => {
+                    log(format!(
+                        "writing the files failed: {e:#}; the previous files stay, trying again in {backoff:?}"
+                    ));
+                    if let Err(ev) = or_stop!(tokio::time::sleep(backoff)) {
+                        break 'outer ev;
                     }
-                    Err(st) => {
-                        log(format!("the stream ended: {} ({:?}); opening it again", st.message(), st.code()));
-                        tokio::time::sleep(backoff).await;
-                        break;
-                    }
-                },
-                _ = term.recv() => return shutdown(&mut child).await,
-                _ = int.recv() => return shutdown(&mut child).await,
-                s = child_exit(&mut child) => return exited(&reload, s),
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    break;
+                }
             }
+        }
+    };
+    match end {
+        Event::Stop => shutdown(&mut child).await,
+        Event::Exited(s) => {
+            // what it started in its group (a daemon that forked) goes with it
+            if let Some(p) = child.as_mut() {
+                stop(p).await;
+            }
+            exited(&reload, s)
         }
     }
 }
 
-async fn after_change(reload: &Reload, child: &mut Option<Child>) -> Result<()> {
+async fn after_change(reload: &Reload, child: &mut Option<Program>) -> Result<()> {
     match reload {
         Reload::Nothing => {}
         Reload::Restart(cmd) => {
@@ -306,7 +462,7 @@ async fn after_change(reload: &Reload, child: &mut Option<Child>) -> Result<()> 
             }
             *child = Some(spawn(cmd)?);
         }
-        Reload::SignalChild(cmd, sig) => match child.as_ref().and_then(Child::id) {
+        Reload::SignalChild(cmd, sig) => match child.as_ref().and_then(|p| p.0.id()) {
             Some(pid) => signal_pid(pid as i32, *sig, cmd),
             None => *child = Some(spawn(cmd)?),
         },
@@ -319,7 +475,7 @@ async fn after_change(reload: &Reload, child: &mut Option<Child>) -> Result<()> 
     Ok(())
 }
 
-async fn shutdown(child: &mut Option<Child>) -> Result<()> {
+async fn shutdown(child: &mut Option<Program>) -> Result<()> {
     if let Some(c) = child.as_mut() {
         log("stopping: stopping the program too");
         stop(c).await;
@@ -333,7 +489,7 @@ fn exited(reload: &Reload, s: std::io::Result<std::process::ExitStatus>) -> Resu
     let cmd = reload.command().unwrap_or_default();
     match s {
         Ok(st) => Err(anyhow!(
-            "{cmd:?} exited on its own ({st}): the helper stops with it; check the program's output"
+            "{cmd:?} exited on its own ({st}): the helper stops with it (run the program in the foreground, e.g. nginx -g 'daemon off;'); check the program's output"
         )),
         Err(e) => Err(anyhow!("waiting for {cmd:?} failed: {e}")),
     }
@@ -368,6 +524,56 @@ mod tests {
         assert!(e.to_string().contains("exclude"), "{e}");
         assert!(parse_signal("NOPE").is_err());
         assert_eq!(parse_signal("1").unwrap(), Signal::SIGHUP);
+    }
+
+    #[test]
+    fn only_the_helpers_own_files_are_removed() {
+        for n in [
+            "svid.0.pem",
+            "svid.12.key",
+            "bundle.3.pem",
+            "federated_bundle.0.1.pem",
+        ] {
+            assert!(ours(n), "{n}");
+        }
+        for n in [
+            "nginx.conf",
+            "svid.pem",
+            "svid.a.key",
+            "bundle.0.crt",
+            ".svid.0.key",
+        ] {
+            assert!(!ours(n), "{n}");
+        }
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join(".svid.0.key.00ff.tmp"), "k").unwrap();
+        std::fs::write(t.path().join(".nginx.conf.00ff.tmp"), "c").unwrap();
+        remove_leftovers(t.path());
+        assert!(!t.path().join(".svid.0.key.00ff.tmp").exists());
+        assert!(t.path().join(".nginx.conf.00ff.tmp").exists());
+    }
+
+    #[test]
+    fn a_pid_file_others_could_write_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.pid");
+        std::fs::write(&p, "4242\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_pid(&p).unwrap(), 4242);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(
+            read_pid(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("not trusted")
+        );
+        let link = t.path().join("link.pid");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(read_pid(&link).is_err());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&p, "1").unwrap();
+        assert!(read_pid(&p).is_err());
     }
 
     #[test]

@@ -170,11 +170,52 @@ async fn view_of(core: &SharedCore, agent_id: &str) -> Result<Arc<AgentView>, St
 }
 
 /// Runs one attestation (or renewal, when `renewing` holds the caller's record).
+/// The metrics' record of one attestation: counted once, by the step that decided it, or
+/// at the end from the answer's status.
+#[derive(Default)]
+struct Counted {
+    attestor: Option<&'static str>,
+    done: bool,
+}
+
+impl Counted {
+    fn record(&mut self, renewing: bool, outcome: &str, kind: &str) {
+        if !self.done {
+            self.done = true;
+            crate::metrics::attestation(
+                self.attestor.unwrap_or("unknown"),
+                renewing,
+                outcome,
+                kind,
+            );
+        }
+    }
+
+    /// What no step recorded: a malformed request, a datastore or CA failure after the
+    /// verdict, renewal evidence for another agent, a shutdown.
+    fn finish(&mut self, renewing: bool, r: &Result<pb::attest_agent_response::Result, Status>) {
+        let Err(st) = r else {
+            return self.record(renewing, "accepted", "none");
+        };
+        let (outcome, kind) = match st.code() {
+            tonic::Code::InvalidArgument => ("invalid", "invalid_request"),
+            tonic::Code::PermissionDenied => ("refused", "permission_denied"),
+            tonic::Code::FailedPrecondition => ("refused", "failed_precondition"),
+            tonic::Code::NotFound => ("refused", "not_found"),
+            tonic::Code::DeadlineExceeded => ("error", "deadline_exceeded"),
+            tonic::Code::Unavailable => ("error", "unavailable"),
+            _ => ("error", "internal"),
+        };
+        self.record(renewing, outcome, kind);
+    }
+}
+
 async fn attest_flow(
     core: &SharedCore,
     inbound: &mut Streaming<pb::AttestAgentRequest>,
     tx: &mpsc::Sender<Result<pb::AttestAgentResponse, Status>>,
     renewing: Option<AgentRecord>,
+    counted: &mut Counted,
 ) -> Result<pb::attest_agent_response::Result, Status> {
     let first = tokio::time::timeout(STEP_TIMEOUT, inbound.message())
         .await
@@ -207,6 +248,7 @@ async fn attest_flow(
                     .join(", ")
             ))
         })?;
+    counted.attestor = Some(attestor.name());
     let now = core.clock.now();
     let ev = Evidence {
         payload: &data.payload,
@@ -229,12 +271,7 @@ async fn attest_flow(
             let a = match result {
                 Ok(a) => a,
                 Err(e) => {
-                    crate::metrics::attestation(
-                        attestor.name(),
-                        renewing.is_some(),
-                        e.outcome_str(),
-                        e.kind_str(),
-                    );
+                    counted.record(renewing.is_some(), e.outcome_str(), e.kind_str());
                     if let Some(rec) = &renewing {
                         return Err(renewal_failed(core, rec, e, now).await);
                     }
@@ -258,6 +295,7 @@ async fn attest_flow(
                             format!("{msg}: attest afresh"),
                         ));
                     }
+                    counted.record(true, "refused", "another_agents_evidence");
                     return Err(Status::permission_denied(msg));
                 }
                 // A renewal is made with the agent's current key: a new instance here is the
@@ -281,9 +319,8 @@ async fn attest_flow(
         Err(ironpact_datastore::Error::NotFound { .. }) => None,
         Err(e) => return Err(ds_status(e)),
     };
-    let refused = |kind: &str| {
-        crate::metrics::attestation(attestor.name(), renewing.is_some(), "refused", kind);
-    };
+    let is_renewal = renewing.is_some();
+    let mut refused = |kind: &str| counted.record(is_renewal, "refused", kind);
     if existing.as_ref().is_some_and(|r| r.banned) {
         refused("banned");
         warn!(agent_id = %attested.agent_id, "banned agent tried to attest");
@@ -387,7 +424,6 @@ async fn attest_flow(
         (None, None) => core.ds.create_agent(&rec).await.map_err(ds_status)?,
     }
     core.changed().await;
-    crate::metrics::attestation(attestor.name(), renewing.is_some(), "accepted", "none");
     info!(
         agent_id = %rec.spiffe_id,
         attestor = attestor.name(),
@@ -539,10 +575,13 @@ fn attest_stream(
                 .await;
             return;
         };
+        let is_renewal = renewing.is_some();
+        let mut counted = Counted::default();
         let r = tokio::select! {
-            r = attest_flow(&core, &mut inbound, &tx, renewing) => r,
+            r = attest_flow(&core, &mut inbound, &tx, renewing, &mut counted) => r,
             () = core.stopped() => Err(Status::unavailable("the server is shutting down; attest again")),
         };
+        counted.finish(is_renewal, &r);
         let msg = r.map(|res| pb::AttestAgentResponse {
             step: Some(pb::attest_agent_response::Step::Result(res)),
         });
