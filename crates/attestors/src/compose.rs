@@ -52,6 +52,7 @@ impl WithTee {
         // copied into another TD of the same image): attest once, as the base.
         a.can_reattest = t.instance.is_some();
         a.tee_instance = t.instance;
+        a.claims = Some(t.claims);
         Ok(a)
     }
 }
@@ -98,6 +99,7 @@ impl NodeAttestor for WithTee {
                     .collect(),
                 can_reattest: rec.can_reattest,
                 tee_instance: None,
+                claims: None,
             }
         } else {
             self.base.attest(ev, challenger).await?

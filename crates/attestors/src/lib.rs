@@ -30,6 +30,7 @@ pub use sev_snp::server::SevSnpAttestor;
 pub use tdx::server::TdxAttestor;
 
 use ironpact_datastore::AgentRecord;
+use ironpact_spiffe::claims::AttestationClaims;
 
 use ironpact_spiffe::{Selector, SpiffeId, TrustDomain};
 
@@ -52,6 +53,9 @@ pub struct Attested {
     pub can_reattest: bool,
     /// The TEE instance the evidence came from, where it names one (SEV-SNP).
     pub tee_instance: Option<String>,
+    /// What the TEE evidence proved, for the SVIDs of this node and its workloads; None for
+    /// a node attested without TEE evidence.
+    pub claims: Option<AttestationClaims>,
 }
 
 /// The stable kind of a refusal: what a log query, a test or a peer can match on. SEV-SNP and
@@ -258,6 +262,15 @@ pub struct TeeOutcome {
     pub measurement: String,
     /// `sev_snp:*` (or later `tdx:*`) selectors.
     pub selectors: Vec<Selector>,
+    /// What the evidence proved, as SVIDs carry it.
+    pub claims: AttestationClaims,
+}
+
+/// SHA-256 of a policy as the server holds it (its Debug rendering, without the per-attestation
+/// REPORT_DATA): the attestation claims' `policyDigest`, which changes when the policy does.
+pub fn policy_digest(policy: &impl std::fmt::Debug) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("{policy:?}").as_bytes()).to_vec()
 }
 
 /// A TEE attestor: challenges the agent for fresh evidence and judges it with its policy.
@@ -323,6 +336,7 @@ impl TeeOutcome {
             selectors: self.selectors,
             can_reattest: true,
             tee_instance: self.instance,
+            claims: Some(self.claims),
         })
     }
 }
@@ -378,6 +392,7 @@ pub trait NodeAttestor: Send + Sync + 'static {
             selectors: rec.selectors.clone(),
             can_reattest: rec.can_reattest,
             tee_instance: Some(rec.tee_instance.clone()).filter(|i| !i.is_empty()),
+            claims: None,
         })
     }
 }

@@ -741,3 +741,147 @@ fn metrics_before_and_after_an_attestation_refusal() {
         "{agent:#?}"
     );
 }
+
+/// The attestation claims travel with the identity: a workload on the simulated SEV-SNP node
+/// gets an X509-SVID whose extension openssl shows and our parser reads back with the
+/// evidence's measurement, `x509 inspect` and `api fetch x509` print it in words, and its
+/// JWT-SVID has the `tee` claim (still accepted by the Rust spiffe crate); a workload of a
+/// join_token-only node on the same server gets no claims.
+#[test]
+fn workload_svids_carry_the_attestation_claims() {
+    use ironpact_spiffe::claims::{OID, from_certificate};
+    let k = keys();
+    let s = TestServer::start_conf(Backend::Sqlite, |c| c.plugin(server_plugins(&k, &GOOD)));
+    let a = TestAgent::start_custom(&s, None, agent_block(k.dir.path(), &GOOD, false), true);
+    let m = hex::encode(GOOD);
+    let uid = my_uid().to_string();
+    for args in [
+        vec![
+            "-node",
+            "-spiffeID",
+            "spiffe://example.org/snp-claims",
+            "-selector",
+        ],
+        vec![
+            "-parentID",
+            "spiffe://example.org/snp-claims",
+            "-spiffeID",
+            "spiffe://example.org/attested-web",
+            "-selector",
+        ],
+    ] {
+        let sel = if args[0] == "-node" {
+            format!("sev_snp:measurement:{m}")
+        } else {
+            format!("unix:uid:{uid}")
+        };
+        let mut full = vec!["entry", "create"];
+        full.extend(args);
+        full.push(&sel);
+        s.cli(&full).expect_ok();
+    }
+    let dir = a.dir.path().join("claims");
+    let fetched = a.fetch_until_ok(&["-write", dir.to_str().unwrap()]);
+    assert!(fetched.ok(), "{}", a.log());
+    assert!(
+        fetched.stdout.contains("Attestation claims:")
+            && fetched.stdout.contains(&format!("measurement:\t{m}")),
+        "{}",
+        fetched.stdout
+    );
+    let pem = std::fs::read_to_string(dir.join("svid.0.pem")).unwrap();
+    let leaf = ironpact_spiffe::x509::certs_from_pem(&pem).unwrap()[0].clone();
+    let c = from_certificate(&leaf)
+        .unwrap()
+        .expect("the SVID carries claims");
+    assert_eq!(c.tee, "sev_snp");
+    assert_eq!(c.measurement("measurement"), Some(&GOOD[..]));
+    assert_eq!(c.signing_key, "vcek");
+    assert!(!c.debug);
+    assert_eq!(c.tcb_version, "bl=4,tee=0,snp=24,ucode=219");
+    assert_eq!(c.policy_digest.len(), 32);
+    // openssl shows the extension under its OID
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(dir.join("svid.0.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(OID), "{text}");
+    // and our CLI reads it from the file (no server needed)
+    let inspect = |path: &std::path::Path, json: bool| {
+        let mut cmd = std::process::Command::new(support::BIN);
+        cmd.args(["x509", "inspect", "-path"]).arg(path);
+        if json {
+            cmd.args(["-output", "json"]);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let shown = inspect(&dir.join("svid.0.pem"), false);
+    assert!(
+        shown.contains("TEE:\t\t\tsev_snp") && shown.contains(&m),
+        "{shown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&inspect(&dir.join("svid.0.pem"), true)).unwrap();
+    assert_eq!(
+        json["attestation_claims"]["measurements"]["measurement"],
+        serde_json::json!(m)
+    );
+
+    // the JWT-SVID has the tee claim, and the Rust spiffe crate still takes it
+    let endpoint = a.endpoint();
+    let token = runtime().block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(&endpoint)
+            .await
+            .unwrap();
+        let jwt = client.fetch_jwt_svid(["db"], None).await.unwrap();
+        assert_eq!(
+            jwt.spiffe_id().to_string(),
+            "spiffe://example.org/attested-web"
+        );
+        let checked = client.validate_jwt_token("db", jwt.token()).await.unwrap();
+        assert_eq!(
+            checked.spiffe_id().to_string(),
+            "spiffe://example.org/attested-web"
+        );
+        jwt.token().to_string()
+    });
+    let payload = token.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["tee"]["type"], "sev_snp", "{claims}");
+    assert_eq!(
+        claims["tee"]["measurements"]["measurement"],
+        serde_json::json!(m)
+    );
+
+    // a join_token-only node on the same server: its workload gets no claims
+    let token = support::join_token(&s, "spiffe://example.org/plain-node");
+    let b = TestAgent::start(&s, &token);
+    s.cli(&[
+        "entry",
+        "create",
+        "-parentID",
+        "spiffe://example.org/plain-node",
+        "-spiffeID",
+        "spiffe://example.org/plain-web",
+        "-selector",
+        &format!("unix:uid:{uid}"),
+    ])
+    .expect_ok();
+    let plain = b.dir.path().join("plain");
+    assert!(b.fetch_until_ok(&["-write", plain.to_str().unwrap()]).ok());
+    let pem = std::fs::read_to_string(plain.join("svid.0.pem")).unwrap();
+    let leaf = ironpact_spiffe::x509::certs_from_pem(&pem).unwrap()[0].clone();
+    assert_eq!(from_certificate(&leaf).unwrap(), None);
+    let shown = inspect(&plain.join("svid.0.pem"), false);
+    assert!(shown.contains("Attestation claims:\tnone"), "{shown}");
+}

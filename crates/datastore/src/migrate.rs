@@ -120,6 +120,10 @@ CREATE TABLE federation_relationships (
     r#"
 ALTER TABLE registered_entries ADD COLUMN disable_x509_svid_prefetch BIGINT NOT NULL DEFAULT 0
 "#,
+    // what the agent's TEE evidence proved (the DER of AttestationClaims, hex), for its SVIDs
+    r#"
+ALTER TABLE attested_agents ADD COLUMN attestation_claims TEXT NOT NULL DEFAULT ''
+"#,
 ];
 
 /// The migration after which `join_tokens.token` holds digests, not tokens.
@@ -229,6 +233,10 @@ CREATE TABLE federation_relationships (
 "#,
     r#"
 ALTER TABLE registered_entries ADD COLUMN disable_x509_svid_prefetch BIGINT NOT NULL DEFAULT 0
+"#,
+    // MySQL gives TEXT no default: NULL reads as none
+    r#"
+ALTER TABLE attested_agents ADD COLUMN attestation_claims TEXT CHARACTER SET ascii COLLATE ascii_bin NULL
 "#,
 ];
 

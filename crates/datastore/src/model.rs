@@ -97,6 +97,9 @@ pub struct AgentRecord {
     /// the new one; empty otherwise. Until then the agent may still present it (the renewal's
     /// answer may never have reached it: a server died between commit and reply).
     pub previous_serial: String,
+    /// What the agent's TEE evidence proved at its last attestation or renewal (the DER of
+    /// `ironpact_spiffe::claims::AttestationClaims`); empty without TEE evidence.
+    pub attestation_claims: Vec<u8>,
 }
 
 /// A bundle and when it was last written.

@@ -1297,7 +1297,7 @@ impl DataStore {
         let r = self.dialect.query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
              banned, can_reattest, created_at, updated_at, attestation_error, tee_instance, \
-             previous_serial) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+             previous_serial, attestation_claims) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.attestation_type)
@@ -1310,6 +1310,7 @@ impl DataStore {
         .bind(&a.attestation_error)
         .bind(&a.tee_instance)
         .bind(&a.previous_serial)
+        .bind(hex::encode(&a.attestation_claims))
         .execute(&mut *w.tx)
         .await;
         if let Err(err) = r {
@@ -1374,13 +1375,13 @@ impl DataStore {
         let mut sql = String::from(
             "UPDATE attested_agents SET spiffe_id=$1, attestation_type=$2, serial_number=$3, \
              expires_at=$4, banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8, \
-             tee_instance=$9, previous_serial=$10 WHERE spiffe_id=$11",
+             tee_instance=$9, previous_serial=$10, attestation_claims=$11 WHERE spiffe_id=$12",
         );
         if current_serial.is_some() {
-            sql.push_str(" AND serial_number=$12 AND banned=0");
+            sql.push_str(" AND serial_number=$13 AND banned=0");
         }
         if previous.is_some() {
-            sql.push_str(" AND previous_serial=$13 AND previous_serial <> ''");
+            sql.push_str(" AND previous_serial=$14 AND previous_serial <> ''");
         }
         let mut q = self
             .dialect
@@ -1395,6 +1396,7 @@ impl DataStore {
             .bind(&a.attestation_error)
             .bind(&a.tee_instance)
             .bind(&a.previous_serial)
+            .bind(hex::encode(&a.attestation_claims))
             .bind(a.spiffe_id.as_str());
         if let Some(s) = current_serial {
             q = q.bind(s);
@@ -1573,7 +1575,7 @@ impl DataStore {
         let sql = format!(
             "SELECT a.spiffe_id, a.attestation_type, a.serial_number, a.expires_at, a.banned, \
              a.can_reattest, a.created_at, a.updated_at, a.attestation_error, a.tee_instance, \
-             a.previous_serial, \
+             a.previous_serial, a.attestation_claims, \
              s.type, s.value FROM \
              (SELECT * FROM attested_agents a{} ORDER BY a.spiffe_id{limit}) a \
              LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id ORDER BY a.spiffe_id",
@@ -1601,6 +1603,10 @@ impl DataStore {
                     attestation_error: row.try_get("attestation_error")?,
                     tee_instance: row.try_get("tee_instance")?,
                     previous_serial: row.try_get("previous_serial")?,
+                    attestation_claims: row
+                        .try_get::<Option<String>, _>("attestation_claims")?
+                        .and_then(|h| hex::decode(h).ok())
+                        .unwrap_or_default(),
                 });
             }
             if let Some(sel) = selector_from_row(row)?

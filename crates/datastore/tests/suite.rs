@@ -480,6 +480,7 @@ async fn agents(ds: &DataStore) {
         updated_at: 1,
         tee_instance: String::new(),
         previous_serial: String::new(),
+        attestation_claims: Vec::new(),
         attestation_error: String::new(),
     };
     ds.create_agent(&a).await.unwrap();
@@ -798,6 +799,7 @@ fn agent(n: usize, sels: &[&str]) -> AgentRecord {
         updated_at: 1,
         tee_instance: String::new(),
         previous_serial: String::new(),
+        attestation_claims: Vec::new(),
         attestation_error: String::new(),
     }
 }

@@ -1186,6 +1186,19 @@ impl CaManager {
         dns_names: &[String],
         ttl: Duration,
     ) -> Result<IssuedX509, CaError> {
+        self.sign_x509_svid_with(spiffe_id, spki_der, dns_names, ttl, None)
+    }
+
+    /// [`Self::sign_x509_svid`], carrying `claims` (the DER of the attestation claims) as the
+    /// SVID's attestation claims extension.
+    pub fn sign_x509_svid_with(
+        &self,
+        spiffe_id: &SpiffeId,
+        spki_der: &[u8],
+        dns_names: &[String],
+        ttl: Duration,
+        claims: Option<&[u8]>,
+    ) -> Result<IssuedX509, CaError> {
         let signer = self.x509_issuer()?;
         let (issuer, after) = (&signer.0, &signer.1);
         let serial = random_serial();
@@ -1197,7 +1210,7 @@ impl CaManager {
             serial,
             now,
             ttl_secs: ttl.as_secs() as i64,
-            claims: None,
+            claims,
         })?;
         let mut chain = vec![der.clone()];
         chain.extend(after.iter().cloned());
@@ -1217,6 +1230,17 @@ impl CaManager {
         audience: &[String],
         ttl: Duration,
     ) -> Result<(String, i64, i64), CaError> {
+        self.sign_jwt_svid_with(spiffe_id, audience, ttl, None)
+    }
+
+    /// [`Self::sign_jwt_svid`], with the attestation claims as the `tee` claim.
+    pub fn sign_jwt_svid_with(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl: Duration,
+        tee: Option<&ironpact_spiffe::claims::AttestationClaims>,
+    ) -> Result<(String, i64, i64), CaError> {
         let signer = self
             .signers
             .read()
@@ -1226,7 +1250,7 @@ impl CaManager {
         let (kid, key, key_not_after) = (&signer.0, &signer.1, signer.2);
         let iat = self.clock.now();
         let exp = (iat + ttl.as_secs() as i64).min(key_not_after);
-        let token = ironpact_spiffe::jwt::mint(key, kid, spiffe_id, audience, iat, exp)?;
+        let token = ironpact_spiffe::jwt::mint_with(key, kid, spiffe_id, audience, iat, exp, tee)?;
         crate::metrics::svid_issued("jwt");
         Ok((token, iat, exp))
     }

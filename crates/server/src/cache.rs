@@ -631,6 +631,7 @@ pub(crate) mod tests {
             attestation_error: String::new(),
             tee_instance: String::new(),
             previous_serial: String::new(),
+            attestation_claims: Vec::new(),
         }
     }
 

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub default_x509_svid_ttl: Duration,
     /// The agents' own X509-SVIDs (`agent_ttl`); `default_x509_svid_ttl` when absent.
     pub agent_ttl: Option<Duration>,
+    /// Whether SVIDs of TEE-attested nodes and their workloads carry the attestation claims
+    /// (`attestation_claims`, on by default; see docs/attestation-claims.md).
+    pub attestation_claims: bool,
     /// Log lines name their source file and line (`log_source_location`).
     pub log_source_location: bool,
     pub default_jwt_svid_ttl: Duration,
@@ -445,6 +448,7 @@ impl ServerConfig {
             d => d,
         };
         let default_jwt_svid_ttl = positive("default_jwt_svid_ttl", Duration::from_secs(300))?;
+        let attestation_claims = s.bool("attestation_claims")?.unwrap_or(true);
         let ca_subject = match s.section("ca_subject")? {
             None => CaSubject::default(),
             Some(sub) => {
@@ -672,6 +676,7 @@ impl ServerConfig {
             ca_subject,
             default_x509_svid_ttl,
             agent_ttl,
+            attestation_claims,
             log_source_location: logging.source_location,
             default_jwt_svid_ttl,
             datastore,

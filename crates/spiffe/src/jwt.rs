@@ -16,6 +16,10 @@ pub struct Claims {
     pub aud: Audience,
     pub exp: i64,
     pub iat: i64,
+    /// The attestation claims of a workload on a TEE-attested node
+    /// ([`crate::claims::AttestationClaims::to_json`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tee: Option<serde_json::Value>,
 }
 
 /// `aud` may be a string or an array of strings; we always emit an array.
@@ -50,6 +54,19 @@ pub fn mint(
     iat: i64,
     exp: i64,
 ) -> Result<String, Error> {
+    mint_with(key, kid, sub, audience, iat, exp, None)
+}
+
+/// [`mint`], with the attestation claims as the `tee` claim.
+pub fn mint_with(
+    key: &PrivateKey,
+    kid: &str,
+    sub: &SpiffeId,
+    audience: &[String],
+    iat: i64,
+    exp: i64,
+    tee: Option<&crate::claims::AttestationClaims>,
+) -> Result<String, Error> {
     if audience.is_empty() || audience.iter().any(String::is_empty) {
         return Err(Error::InvalidJwt(
             "at least one non-empty audience is required".into(),
@@ -63,6 +80,7 @@ pub fn mint(
         aud: Audience::Many(audience.to_vec()),
         exp,
         iat,
+        tee: tee.map(crate::claims::AttestationClaims::to_json),
     };
     jsonwebtoken::encode(&header, &claims, &key.jwt_encoding_key()?)
         .map_err(|e| Error::Signing(e.to_string()))

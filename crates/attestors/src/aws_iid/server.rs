@@ -211,6 +211,7 @@ impl NodeAttestor for AwsIidAttestor {
             selectors,
             can_reattest: false,
             tee_instance: None,
+            claims: None,
         })
     }
 

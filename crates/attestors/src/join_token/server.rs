@@ -60,6 +60,7 @@ impl NodeAttestor for JoinTokenAttestor {
             selectors: Vec::new(),
             can_reattest: false,
             tee_instance: None,
+            claims: None,
         })
     }
 }

@@ -162,6 +162,7 @@ impl TeeAttestor for SevSnpAttestor {
             self.check_revocation(&verified, ev.now).await?;
         }
         let mut policy = self.policy.current()?;
+        let digest = crate::policy_digest(&policy);
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
         policy.check(&verified).map_err(rejected)?;
         let selectors = verified
@@ -177,11 +178,43 @@ impl TeeAttestor for SevSnpAttestor {
         } else {
             format!("ma-{}", hex::encode(ma))
         };
+        let r = verified.report();
+        let tcb = verified.reported_tcb();
+        let m = |name: &str, v: &[u8]| ironpact_spiffe::claims::Measurement {
+            name: name.into(),
+            value: v.to_vec(),
+        };
+        let claims = ironpact_spiffe::claims::AttestationClaims {
+            tee: "sev_snp".into(),
+            measurements: vec![
+                m("measurement", &r.measurement),
+                m("host_data", &r.host_data),
+                m("id_key_digest", &r.id_key_digest),
+                m("author_key_digest", &r.author_key_digest),
+            ],
+            // the reported TCB is at or above the policy's minimum (or the policy sets none)
+            tcb_status: "meets_policy".into(),
+            tcb_version: match tcb.fmc {
+                Some(f) => format!(
+                    "fmc={f},bl={},tee={},snp={},ucode={}",
+                    tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode
+                ),
+                None => format!(
+                    "bl={},tee={},snp={},ucode={}",
+                    tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode
+                ),
+            },
+            debug: r.debug(),
+            signing_key: verified.signing_key().as_str().into(),
+            attested_at: ev.now,
+            policy_digest: digest,
+        };
         Ok(TeeOutcome {
             appraisal: instance.clone(),
             instance: Some(instance),
-            measurement: hex::encode(verified.report().measurement),
+            measurement: hex::encode(r.measurement),
             selectors,
+            claims,
         })
     }
 }

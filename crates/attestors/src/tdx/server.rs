@@ -83,6 +83,7 @@ impl TeeAttestor for TdxAttestor {
             ))
         })?;
         let mut policy = self.policy.current()?;
+        let digest = crate::policy_digest(&policy);
         let verified = ironpact_tdx::verify(
             &quote,
             &collateral,
@@ -106,11 +107,33 @@ impl TeeAttestor for TdxAttestor {
             .collect();
         // a TD 1.0 quote names no launch; the quote's signed part identifies this appraisal
         let appraisal = hex::encode(&Sha256::digest(verified.quote().signed_bytes())[..16]);
+        let m = |name: &str, v: &[u8]| ironpact_spiffe::claims::Measurement {
+            name: name.into(),
+            value: v.to_vec(),
+        };
+        let claims = ironpact_spiffe::claims::AttestationClaims {
+            tee: "tdx".into(),
+            measurements: vec![
+                m("mrtd", &td.mr_td),
+                m("rtmr0", &td.rt_mr0),
+                m("rtmr1", &td.rt_mr1),
+                m("rtmr2", &td.rt_mr2),
+                m("rtmr3", &td.rt_mr3),
+                m("mrseam", &td.mr_seam),
+            ],
+            tcb_status: snake(verified.tcb_status().unwrap_or("unknown")),
+            tcb_version: hex::encode(td.tee_tcb_svn),
+            debug: verified.quote().debug(),
+            signing_key: "pck".into(),
+            attested_at: ev.now,
+            policy_digest: digest,
+        };
         Ok(TeeOutcome {
             instance: None,
             appraisal,
             measurement: hex::encode(td.mr_td),
             selectors,
+            claims,
         })
     }
 
@@ -150,8 +173,25 @@ impl TeeAttestor for TdxAttestor {
             selectors: t.selectors,
             can_reattest: true,
             tee_instance: None,
+            claims: Some(t.claims),
         })
     }
+}
+
+/// Intel's TCB status (`UpToDate`, `SWHardeningNeeded`) in snake case (`up_to_date`).
+fn snake(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -242,6 +282,7 @@ mod tests {
             attestation_error: String::new(),
             tee_instance: String::new(),
             previous_serial: String::new(),
+            attestation_claims: Vec::new(),
         };
         let renewed = a.renew(&rec, ev, &mut td(1)).await.unwrap();
         assert_eq!(renewed.agent_id, first.agent_id);

@@ -394,6 +394,7 @@ impl NodeAttestor for X509PopAttestor {
             selectors,
             can_reattest: true,
             tee_instance: None,
+            claims: None,
         })
     }
 }

@@ -473,6 +473,17 @@ fn describe(resp: &pb::X509svidResponse, started: Instant) -> Result<String> {
         if !s.hint.is_empty() {
             out.push_str(&format!("Hint:\t\t\t{}\n", s.hint));
         }
+        // what the hardware proved about this node, when its attestation had TEE evidence
+        if let Some(leaf) = chain.first() {
+            match ironpact_spiffe::claims::from_certificate(leaf) {
+                Ok(Some(c)) => {
+                    out.push_str("Attestation claims:\n");
+                    out.push_str(&c.describe());
+                }
+                Ok(None) => {}
+                Err(e) => out.push_str(&format!("Attestation claims:\t{e}\n")),
+            }
+        }
         for (i, ca) in split_ders(&s.bundle)?.iter().enumerate() {
             let info = ironpact_spiffe::x509::CertInfo::parse(ca)?;
             out.push_str(&format!(

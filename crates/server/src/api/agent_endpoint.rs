@@ -368,13 +368,25 @@ async fn attest_flow(
             attested.agent_id
         )));
     }
+    // what the TEE evidence proved travels in the agent's SVID (and its workloads')
+    let claims_der = match attested
+        .claims
+        .as_ref()
+        .filter(|_| core.cfg.attestation_claims)
+    {
+        Some(c) => Some(c.to_der().map_err(|e| {
+            Status::internal(format!("encoding the attestation claims failed: {e}"))
+        })?),
+        None => None,
+    };
     let issued = core
         .ca
-        .sign_x509_svid(
+        .sign_x509_svid_with(
             &attested.agent_id,
             &csr.spki_der,
             &[],
             core.cfg.agent_ttl.unwrap_or(core.cfg.default_x509_svid_ttl),
+            claims_der.as_deref(),
         )
         .map_err(ca_status)?;
     let rec = AgentRecord {
@@ -393,6 +405,7 @@ async fn attest_flow(
             .as_ref()
             .map(|was| was.previous_serial.clone())
             .unwrap_or_default(),
+        attestation_claims: claims_der.clone().unwrap_or_default(),
     };
     match (&renewing, &existing) {
         // a renewal replaces the record only if it is still the one the caller presented: an
@@ -841,6 +854,9 @@ impl AgentApi for AgentEndpoint {
         let view = self.authorized_for(&agent).await?;
         let entries: HashMap<&str, &Arc<Entry>> =
             view.entries.iter().map(|e| (e.id.as_str(), e)).collect();
+        // the claims the agent's last attestation established go into its workloads' SVIDs
+        let claims = Some(agent.attestation_claims.as_slice())
+            .filter(|c| !c.is_empty() && self.0.cfg.attestation_claims);
         let mut results = Vec::with_capacity(params.len());
         for p in params {
             let r = (|| {
@@ -860,7 +876,7 @@ impl AgentApi for AgentEndpoint {
                 let issued = self
                     .0
                     .ca
-                    .sign_x509_svid(&e.spiffe_id, &csr.spki_der, &e.dns_names, ttl)
+                    .sign_x509_svid_with(&e.spiffe_id, &csr.spki_der, &e.dns_names, ttl, claims)
                     .map_err(ca_status)?;
                 Ok::<_, Status>(ironpact_proto::server::v1::X509svid {
                     id: e.spiffe_id.to_string(),
@@ -913,10 +929,16 @@ impl AgentApi for AgentEndpoint {
             0 => self.0.cfg.default_jwt_svid_ttl,
             n => Duration::from_secs(n as u64),
         };
+        // a workload of a TEE-attested node: its JWT-SVID says so (the `tee` claim)
+        let tee = if agent.attestation_claims.is_empty() || !self.0.cfg.attestation_claims {
+            None
+        } else {
+            ironpact_spiffe::claims::AttestationClaims::from_der(&agent.attestation_claims).ok()
+        };
         let (token, iat, exp) = self
             .0
             .ca
-            .sign_jwt_svid(&e.spiffe_id, &r.audience, ttl)
+            .sign_jwt_svid_with(&e.spiffe_id, &r.audience, ttl, tee.as_ref())
             .map_err(ca_status)?;
         Ok(Response::new(pb::NewJwtsvidResponse {
             token,
