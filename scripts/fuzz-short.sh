@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-20}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || { echo "cargo fuzz needs a nightly toolchain (rustup toolchain install nightly)"; exit 1; }
-for t in snp_report snp_cert_table snp_endorsement tdx_quote csr jwt hcl aws_iid h2_authority x509pop; do
+for t in snp_report snp_cert_table snp_endorsement tdx_quote csr jwt hcl aws_iid h2_authority x509pop claims; do
     corpus="fuzz/corpus/$t"
     mkdir -p "$corpus"
     vectors="../shared/vectors/snp"
@@ -23,6 +23,9 @@ for t in snp_report snp_cert_table snp_endorsement tdx_quote csr jwt hcl aws_iid
         cert=$(ls ../shared/vectors/snp/*/vcek.der 2>/dev/null | head -1 || true)
         [ -n "$cert" ] && printf '{"certificates":["%s"]}' "$(base64 -w0 "$cert")" > "$corpus/one-cert.json"
         printf '\x00{{ .PluginName}}/{{ .Fingerprint }}' > "$corpus/template"
+    elif [ "$t" = claims ]; then
+        # a JWT tee claim as the server writes it
+        printf '{"type":"sev_snp","measurements":{"measurement":"11"},"tcb_status":"meets_policy","tcb_version":"bl=4","debug":false,"signing_key":"vcek","attested_at":1,"policy_digest":"00"}' > "$corpus/tee.json"
     elif [ "$t" = csr ] || [ "$t" = jwt ] || [ "$t" = aws_iid ]; then
         : # grown from scratch
     elif [ -d "$vectors" ]; then

@@ -3,9 +3,15 @@
 //! rotations) and talks TLS through `spiffe-rustls`, authorizing the peer by SPIFFE ID.
 //!
 //! ```text
-//! mtls server LISTEN_ADDR ALLOWED_CLIENT_ID[,ID…]
+//! mtls server LISTEN_ADDR ALLOWED_CLIENT_ID[,ID…] [REQUIRED_CLAIMS]
 //! mtls client SERVER_ADDR SERVER_ID REQUESTS [POOL_SIZE] [RECONNECT_EVERY]
 //! ```
+//!
+//! With REQUIRED_CLAIMS (`tee=sev_snp;measurement=HEX;debug=false`, see
+//! `ironpact_spiffe::claims::ClaimsPolicy::parse`) the server also requires the client's SVID
+//! to carry attestation claims that pass it, with `ironpact_tls::claims::AttestedClientVerifier`
+//! in a rustls config built from the same X509Source: a client with the right SPIFFE ID but no
+//! (or other) claims fails the handshake.
 //!
 //! The Workload API socket comes from `SPIFFE_ENDPOINT_SOCKET` (`unix:/path/api.sock`).
 //! The protocol is one line each way: `ping N` → `pong N <client id>`. The client keeps a pool
@@ -53,15 +59,108 @@ fn peer_domains<'a>(
     Ok(spiffe_rustls::TrustDomainPolicy::AllowList(set))
 }
 
-async fn server(listen: &str, allowed: &str) -> Result<(), Error> {
+/// The allowed clients' trust domains' roots, read from the X509Source at each handshake.
+struct SourceRoots {
+    source: spiffe::X509Source,
+    domains: Vec<spiffe::TrustDomain>,
+}
+
+impl ironpact_tls::TrustSource for SourceRoots {
+    fn x509_roots(&self) -> Vec<Vec<u8>> {
+        let Ok(set) = self.source.bundle_set() else {
+            return Vec::new();
+        };
+        self.domains
+            .iter()
+            .filter_map(|td| set.get(td))
+            .flat_map(|b| {
+                b.authorities()
+                    .iter()
+                    .map(|c| c.as_bytes().to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// A rustls server config requiring attested clients: the SVID of the X509Source (kept
+/// current as it rotates), and [`ironpact_tls::claims::AttestedClientVerifier`].
+async fn attested_config(
+    source: spiffe::X509Source,
+    allowed: &str,
+    required: &str,
+) -> Result<rustls::ServerConfig, Error> {
+    let policy = ironpact_spiffe::claims::ClaimsPolicy::parse(required)?;
+    let ids = allowed
+        .split(',')
+        .map(ironpact_spiffe::SpiffeId::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut domains = Vec::new();
+    for id in allowed.split(',') {
+        let id: spiffe::SpiffeId = id.parse()?;
+        domains.push(id.trust_domain().clone());
+    }
+    let svid = Arc::new(ironpact_tls::SvidCell::default());
+    let install = |s: &spiffe::X509Svid| {
+        let chain = s
+            .cert_chain()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        svid.set(chain, s.private_key().as_bytes())
+    };
+    install(&*source.svid()?)?;
+    {
+        let (svid, source) = (svid.clone(), source.clone());
+        let mut updates = source.updated();
+        tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                if let Ok(s) = source.svid() {
+                    let chain = s
+                        .cert_chain()
+                        .iter()
+                        .map(|c| c.as_bytes().to_vec())
+                        .collect();
+                    let _ = svid.set(chain, s.private_key().as_bytes());
+                }
+            }
+        });
+    }
+    let verifier = ironpact_tls::claims::AttestedClientVerifier::new(
+        Arc::new(SourceRoots { source, domains }),
+        ids,
+        policy,
+    );
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_client_cert_verifier(Arc::new(verifier))
+    .with_cert_resolver(svid);
+    // no resumption: each connection is judged on the claims it shows now
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
+}
+
+async fn server(listen: &str, allowed: &str, required: Option<&str>) -> Result<(), Error> {
     let source = spiffe::X509Source::new().await?;
-    let config = spiffe_rustls::mtls_server(source)
-        .trust_domain_policy(peer_domains(allowed.split(','))?)
-        .authorize(spiffe_rustls::authorizer::exact(allowed.split(','))?)
-        .build()?;
+    let config = match required {
+        Some(r) => attested_config(source, allowed, r).await?,
+        None => spiffe_rustls::mtls_server(source)
+            .trust_domain_policy(peer_domains(allowed.split(','))?)
+            .authorize(spiffe_rustls::authorizer::exact(allowed.split(','))?)
+            .build()?,
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let l = TcpListener::bind(listen).await?;
-    println!("listening on {} (allowing {allowed})", l.local_addr()?);
+    println!(
+        "listening on {} (allowing {allowed}{})",
+        l.local_addr()?,
+        required
+            .map(|r| format!(" with claims {r}"))
+            .unwrap_or_default()
+    );
     loop {
         let (sock, peer) = l.accept().await?;
         let acceptor = acceptor.clone();
@@ -203,11 +302,11 @@ async fn main() {
     let arg = |i: usize| a.get(i).cloned().unwrap_or_default();
     let num = |i: usize, d: usize| a.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
     let r = match arg(0).as_str() {
-        "server" => server(&arg(1), &arg(2)).await,
+        "server" => server(&arg(1), &arg(2), a.get(3).map(String::as_str)).await,
         "client" => client(&arg(1), &arg(2), num(3, 100), num(4, 4), num(5, 50)).await,
         _ => {
             eprintln!(
-                "usage: mtls server LISTEN ALLOWED_CLIENT_ID | mtls client ADDR SERVER_ID REQUESTS [POOL] [RECONNECT_EVERY]"
+                "usage: mtls server LISTEN ALLOWED_CLIENT_ID [REQUIRED_CLAIMS] | mtls client ADDR SERVER_ID REQUESTS [POOL] [RECONNECT_EVERY]"
             );
             std::process::exit(2);
         }

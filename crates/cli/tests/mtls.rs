@@ -197,6 +197,8 @@ fn workloads_talk_mutual_tls_by_spiffe_id_through_rotation() {
     );
     assert!(!ok, "{out}");
 
+    attested_peers_only(&s, &a, &srv, &cli, dir.path(), &m);
+
     // a non-Rust client with the files `api fetch x509 -write` gives it
     let files = dir.path().join("openssl-client");
     assert!(
@@ -255,6 +257,106 @@ fn workloads_talk_mutual_tls_by_spiffe_id_through_rotation() {
     let _ = server.wait();
 
     openssl_server_reloaded_on_rotation(&s, &a, dir.path());
+}
+
+/// The example server in its attested mode (REQUIRED_CLAIMS): the attested client (its SVID
+/// carries the node's SEV-SNP claims) is served; a client with the right SPIFFE ID but no
+/// claims (an SVID minted by the admin API) is refused at the handshake, and so is the attested
+/// client when the policy names another measurement, each refusal naming the field.
+fn attested_peers_only(s: &TestServer, a: &TestAgent, srv: &Path, cli: &Path, dir: &Path, m: &str) {
+    let server_id = "spiffe://example.org/mtls-server";
+    let start = |policy: &str, log: &Path| {
+        let port = support::free_port();
+        let child = Command::new(srv)
+            .args([
+                "server",
+                &format!("127.0.0.1:{port}"),
+                "spiffe://example.org/mtls-client",
+                policy,
+            ])
+            .env(
+                "SPIFFE_ENDPOINT_SOCKET",
+                format!("unix:{}", a.socket.display()),
+            )
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("listening on")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the attested server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (child, format!("127.0.0.1:{port}"))
+    };
+    let log = dir.join("attested-server.log");
+    let (mut server, addr) = start(&format!("tee=sev_snp;measurement={m};debug=false"), &log);
+    let (ok, out) = run_client(cli, &a.socket, &addr, &[server_id, "5", "1", "0"]);
+    assert!(
+        ok,
+        "{out}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        out.contains("pong 4 spiffe://example.org/mtls-client"),
+        "{out}"
+    );
+
+    // the right SPIFFE ID, minted by the admin API: no attestation claims, refused
+    let minted = dir.join("minted");
+    s.cli(&[
+        "x509",
+        "mint",
+        "-spiffeID",
+        "spiffe://example.org/mtls-client",
+        "-write",
+        minted.to_str().unwrap(),
+    ])
+    .expect_ok();
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr, "-verify_return_error"])
+        .arg("-cert")
+        .arg(minted.join("svid.pem"))
+        .arg("-key")
+        .arg(minted.join("key.pem"))
+        .arg("-CAfile")
+        .arg(minted.join("bundle.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!said.contains("pong"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("no attestation claims") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal logged:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // a policy naming another measurement refuses the attested client, saying which differs
+    let other = "ab".repeat(48);
+    let log2 = dir.join("attested-server-2.log");
+    let (mut server, addr) = start(&format!("tee=sev_snp;measurement={other}"), &log2);
+    let (ok, out) = run_client(cli, &a.socket, &addr, &[server_id, "3", "1", "0"]);
+    assert!(!ok, "{out}");
+    let text = std::fs::read_to_string(&log2).unwrap_or_default();
+    assert!(
+        text.contains(&format!("measurement is {m}")) && text.contains(&other),
+        "{text}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
 }
 
 /// The non-Rust server: `openssl s_server` run by the file helper (`api fetch x509 -write DIR

@@ -3,7 +3,8 @@
 //! `tdx` quote, an agent with the simulated source, a workload SVID behind a node alias bound to
 //! `tdx:mrtd`; wrong MRTD, debug TD, replayed nonce, another key's REPORT_DATA and expired
 //! collateral refused with their kinds; tightening the MRTD allow-list at runtime (SIGHUP) stops
-//! the agent's renewals. And `NodeAttestor "tdx"` alone, with collateral fetched from a PCS
+//! the agent's renewals; the workload's SVID carries the TD's attestation claims (MRTD, RTMRs,
+//! TCB status). And `NodeAttestor "tdx"` alone, with collateral fetched from a PCS
 //! (loopback emulator), cached on disk and used after a restart while the PCS is down.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -118,6 +119,36 @@ fn tdx_attestation_end_to_end() {
         o.ok() && o.stdout.contains("spiffe://example.org/td-app"),
         "{o:?}\n{}",
         a.log()
+    );
+    // its SVID carries what the TD quote proved: the attestation claims extension
+    let files = dir.path().join("td-app");
+    assert!(a.fetch_until_ok(&["-write", files.to_str().unwrap()]).ok());
+    let pem = std::fs::read_to_string(files.join("svid.0.pem")).unwrap();
+    let leaf = ironpact_spiffe::x509::certs_from_pem(&pem).unwrap()[0].clone();
+    let c = ironpact_spiffe::claims::from_certificate(&leaf)
+        .unwrap()
+        .expect("the SVID carries claims");
+    assert_eq!(
+        (
+            c.tee.as_str(),
+            c.tcb_status.as_str(),
+            c.signing_key.as_str(),
+            c.debug
+        ),
+        ("tdx", "up_to_date", "pck", false)
+    );
+    assert_eq!(c.measurement("mrtd"), Some(&GOOD[..]));
+    for r in ["rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam"] {
+        assert_eq!(c.measurement(r).map(<[u8]>::len), Some(48), "{r}");
+    }
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(files.join("svid.0.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(ironpact_spiffe::claims::OID),
+        "openssl does not show the extension"
     );
 
     // refusals, each with its kind; every attempt uses a fresh join token

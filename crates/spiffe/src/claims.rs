@@ -299,6 +299,102 @@ struct JsonClaims {
     policy_digest: String,
 }
 
+/// What a peer requires of the attestation claims of the SVID it is shown: any of the listed
+/// values for each field that lists some. Written `tee=sev_snp;measurement=HEX|HEX;tcb=up_to_date;debug=false`
+/// ([`ClaimsPolicy::parse`]); an empty policy still requires claims to be present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimsPolicy {
+    /// Allowed TEE types (`sev_snp`, `tdx`, `sgx`).
+    pub tee: Vec<String>,
+    /// Per measurement name (`measurement`, `mrtd`, `rtmr0`, …), the allowed values.
+    pub measurements: Vec<(String, Vec<Vec<u8>>)>,
+    /// Allowed TCB verdicts (`up_to_date`, `meets_policy`, …).
+    pub tcb_status: Vec<String>,
+    /// Whether a debug TEE is acceptable (no by default).
+    pub allow_debug: bool,
+    /// Allowed signing key types (`vcek`, `vlek`, `pck`).
+    pub signing_key: Vec<String>,
+}
+
+impl ClaimsPolicy {
+    /// `key=value|value;key=value…` with keys `tee`, `tcb`, `debug`, `signing_key`, and any
+    /// measurement name with hex values.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut p = Self::default();
+        for part in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: write key=value (e.g. tee=sev_snp)"))?;
+            let values: Vec<String> = v.split('|').map(|x| x.trim().to_string()).collect();
+            match k.trim() {
+                "tee" => p.tee = values,
+                "tcb" | "tcb_status" => p.tcb_status = values,
+                "signing_key" => p.signing_key = values,
+                "debug" => {
+                    p.allow_debug = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("debug={v:?}: write debug=true or debug=false"))?;
+                }
+                name => {
+                    let hexes = values
+                        .iter()
+                        .map(|h| hex::decode(h).map_err(|e| format!("{name}={h:?}: not hex ({e})")))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    p.measurements.push((name.to_string(), hexes));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Whether `claims` pass; the refusal names the field, the value seen and what is allowed.
+    pub fn check(&self, claims: Option<&AttestationClaims>) -> Result<(), String> {
+        let Some(c) = claims else {
+            return Err(
+                "the SVID carries no attestation claims (its node was not attested with TEE evidence)"
+                    .into(),
+            );
+        };
+        let one_of = |field: &str, seen: &str, allowed: &[String]| {
+            if allowed.is_empty() || allowed.iter().any(|a| a == seen) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "attestation claim {field} is {seen:?}, allowed: {}",
+                    allowed.join(", ")
+                ))
+            }
+        };
+        one_of("tee", &c.tee, &self.tee)?;
+        one_of("tcb_status", &c.tcb_status, &self.tcb_status)?;
+        one_of("signing_key", &c.signing_key, &self.signing_key)?;
+        if c.debug && !self.allow_debug {
+            return Err("attestation claim debug is true: a debug TEE is not allowed".into());
+        }
+        for (name, allowed) in &self.measurements {
+            let Some(seen) = c.measurement(name) else {
+                return Err(format!(
+                    "attestation claims have no {name} (the {} TEE does not report one)",
+                    c.tee
+                ));
+            };
+            if !allowed.iter().any(|a| a.as_slice() == seen) {
+                return Err(format!(
+                    "attestation claim {name} is {}, allowed: {}",
+                    hex::encode(seen),
+                    allowed
+                        .iter()
+                        .map(hex::encode)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The attestation claims a certificate carries: None when it has no such extension; an error
 /// when the extension is there but malformed, critical or doubled (a peer requiring claims
 /// must then refuse, not ignore).
@@ -396,5 +492,44 @@ pub(crate) mod tests {
             Err(ClaimsError::TooLarge(_))
         ));
         assert!(c.describe().contains("measurement:\t1111"));
+    }
+
+    #[test]
+    fn a_claims_policy_names_what_differs() {
+        let c = sample();
+        let ok = ClaimsPolicy::parse(&format!(
+            "tee=sev_snp|tdx; measurement={}; tcb=meets_policy|up_to_date; debug=false",
+            hex::encode([0x11; 48])
+        ))
+        .unwrap();
+        assert_eq!(ok.check(Some(&c)), Ok(()));
+        assert!(
+            ok.check(None)
+                .unwrap_err()
+                .contains("no attestation claims")
+        );
+        let wrong =
+            ClaimsPolicy::parse(&format!("measurement={}", hex::encode([0x22; 48]))).unwrap();
+        let e = wrong.check(Some(&c)).unwrap_err();
+        assert!(
+            e.contains("measurement is 1111") && e.contains("allowed: 2222"),
+            "{e}"
+        );
+        let e = ClaimsPolicy::parse("tee=tdx")
+            .unwrap()
+            .check(Some(&c))
+            .unwrap_err();
+        assert!(e.contains("tee is \"sev_snp\", allowed: tdx"), "{e}");
+        let mut debug = c.clone();
+        debug.debug = true;
+        assert!(ClaimsPolicy::default().check(Some(&debug)).is_err());
+        let e = ClaimsPolicy::parse("mrtd=00")
+            .unwrap()
+            .check(Some(&c))
+            .unwrap_err();
+        assert!(e.contains("no mrtd"), "{e}");
+        assert!(ClaimsPolicy::parse("measurement=zz").is_err());
+        assert!(ClaimsPolicy::parse("debug=maybe").is_err());
+        assert!(ClaimsPolicy::parse("tee").is_err());
     }
 }

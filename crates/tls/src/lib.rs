@@ -5,6 +5,7 @@
 //! presents and can be swapped while connections are open. Chain checking itself is
 //! `ironpact_spiffe::x509::verify_svid_chain`; here is only what rustls needs around it.
 
+pub mod claims;
 pub mod health;
 pub mod metrics;
 pub mod shutdown;
