@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironpact-server");
@@ -194,4 +194,63 @@ fn certificates_from_the_evidence_table() {
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "untrusted_chain");
+}
+
+/// `policy from-report --report` on a vector's report writes a policy that `verify snp
+/// --policy` accepts for that report and refuses for a report of another launch.
+#[test]
+fn policy_from_a_report_admits_exactly_that_launch() {
+    let vectors = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/snp");
+    if !vectors.is_dir() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "vectors missing"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("from-report.hcl");
+    let case = vectors.join("oak-milan-oc-release");
+    let out = Command::new(BIN)
+        .args(["policy", "from-report", "--report"])
+        .arg(case.join("report.bin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(&p, &out.stdout).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let verify = |case: &Path| -> Value {
+        let out = Command::new(BIN)
+            .args(["verify", "snp", "--certs-dir"])
+            .arg(case)
+            .arg("--report")
+            .arg(case.join("report.bin"))
+            .args(["--now", "2026-11-23T00:00:00Z", "--policy"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    assert_eq!(verify(&case)["ok"], true, "{text}");
+    let other = verify(&vectors.join("trustee-milan-vcek"));
+    assert_eq!(other["ok"], false, "{other}");
+    assert_eq!(other["error"]["kind"], "measurement_not_allowed", "{other}");
+    // a version 2 report does not name its product: asked for, with the fix
+    let out = Command::new(BIN)
+        .args(["policy", "from-report", "--report"])
+        .arg(vectors.join("trustee-milan-vcek/report.bin"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--product"),
+        "{out:?}"
+    );
+    let out = Command::new(BIN)
+        .args(["policy", "from-report", "--product", "milan", "--report"])
+        .arg(vectors.join("trustee-milan-vcek/report.bin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }

@@ -140,3 +140,50 @@ fn a_policy_judges_what_the_quote_shows() {
     );
     assert!(!ok, "{v}");
 }
+
+/// `policy from-report --quote` on a vector's quote writes a policy that `verify tdx --policy`
+/// accepts for that quote and refuses for another TD's.
+#[test]
+fn policy_from_a_quote_admits_exactly_that_td() {
+    let Some(dir) = vectors() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let case = dir.join("tdx/dcap-qvl-tdx-v4-uptodate");
+    let p = tmp.path().join("from-quote.hcl");
+    let out = Command::new(BIN)
+        .args(["policy", "from-report", "--quote"])
+        .arg(case.join("quote.bin"))
+        .arg("--write")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(
+        text.starts_with("# written by") && text.contains("tdx {"),
+        "{text}"
+    );
+    let policy = p.display().to_string();
+    let (ok, v) = run(&case, &["--policy", &policy]);
+    assert!(ok, "{v}\n{text}");
+    let mrtd = |c: &Path| -> String {
+        let meta: Value =
+            serde_json::from_str(&std::fs::read_to_string(c.join("case.json")).unwrap()).unwrap();
+        meta["mrtd"].as_str().unwrap().to_string()
+    };
+    assert!(
+        text.contains(&format!("mrtds = [\"{}\"]", mrtd(&case))),
+        "{text}"
+    );
+    // another TD (the only other genuine quotes come without collateral, so the verdict
+    // stops at the TCB status; its MRTD is not the one admitted either)
+    let other = dir.join("tdx/go-tdx-guest-v4-spr-e4");
+    assert!(!text.contains(&mrtd(&other)));
+    let (ok, v) = run(&other, &["--policy", &policy]);
+    assert!(!ok, "{v}");
+    // the tampered quote of the same vector (MRTD flipped) is refused on its signature
+    let (ok, _) = run(
+        &dir.join("tdx/tamper-tdx-mrtd-flip"),
+        &["--policy", &policy],
+    );
+    assert!(!ok);
+}

@@ -8,6 +8,7 @@ pub mod entry;
 mod federation;
 mod fixtures;
 mod mint;
+mod policy;
 mod run;
 mod verify;
 
@@ -67,6 +68,9 @@ enum Cmd {
     /// Verifies attestation evidence offline and prints the verdict as JSON.
     #[command(subcommand)]
     Verify(verify::VerifyCmd),
+    /// Writes TEE policy blocks from known-good evidence.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Writes simulated SEV-SNP or TDX test keys and collateral (TEST ONLY: no hardware needed).
     #[command(subcommand)]
     Fixtures(fixtures::FixturesCmd),
@@ -230,6 +234,7 @@ pub fn main() -> std::process::ExitCode {
             Cmd::X509(c) => mint::x509(c).await,
             Cmd::Jwt(c) => mint::jwt(c).await,
             Cmd::Verify(c) => verify::exec(c),
+            Cmd::Policy(c) => policy::exec(c),
             Cmd::Fixtures(c) => fixtures::exec(c),
             Cmd::Logger(c) => crate::logger::exec(c, DEFAULT_SOCKET_PATH, "server admin API").await,
             Cmd::Debug(c) => {
