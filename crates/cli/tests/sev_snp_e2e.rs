@@ -245,6 +245,14 @@ fn sev_snp_attestation_end_to_end() {
         shown.contains("Attestation error : attestation rejected: measurement_not_allowed"),
         "{shown}"
     );
+    // which field, the value seen, what the policy allows
+    assert!(
+        shown.contains(&format!(
+            "measurement {m} (allowed: {})",
+            hex::encode([0x77u8; 48])
+        )),
+        "{shown}"
+    );
     let log = a.log();
     assert!(
         !log.contains("presented an SVID that is not its current one"),
@@ -281,6 +289,14 @@ fn an_agent_with_a_disallowed_measurement_gets_nothing() {
         assert!(Instant::now() < deadline, "no refusal logged:\n{}", a.log());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // the agent's log and the server's name the field, the value seen and what is allowed
+    let why = format!(
+        "differs from the policy: measurement {} (allowed: {})",
+        hex::encode([0x99u8; 48]),
+        hex::encode(GOOD)
+    );
+    assert!(a.log().contains(&why), "{}", a.log());
+    assert!(s.log().contains(&why), "{}", s.log());
     assert!(!a.cli(&["healthcheck"]).ok());
     assert!(
         s.cli(&["agent", "list"])

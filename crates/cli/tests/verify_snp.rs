@@ -236,6 +236,30 @@ fn policy_from_a_report_admits_exactly_that_launch() {
     let other = verify(&vectors.join("trustee-milan-vcek"));
     assert_eq!(other["ok"], false, "{other}");
     assert_eq!(other["error"]["kind"], "measurement_not_allowed", "{other}");
+    // field by field against the policy: every field that differs, seen and allowed
+    let diff = other["diff"].as_array().unwrap();
+    let m = |f: &str| diff.iter().find(|d| d["field"] == f).cloned();
+    let meas = m("measurement").unwrap();
+    let c: Value =
+        serde_json::from_str(&std::fs::read_to_string(case.join("case.json")).unwrap()).unwrap();
+    assert_eq!(meas["allowed"], c["measurement"], "{other}");
+    assert_ne!(meas["seen"], c["measurement"]);
+    // the same report against an edited policy: VMPL and guest SVN differ too
+    std::fs::write(
+        &p,
+        text.replace("vmpls = [0]", "vmpls = [2]")
+            .replace("min_guest_svn = 0", "min_guest_svn = 9"),
+    )
+    .unwrap();
+    let edited = verify(&case);
+    let fields: Vec<&str> = edited["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["vmpl", "guest_svn"], "{edited}");
+    std::fs::write(&p, &text).unwrap();
     // a version 2 report does not name its product: asked for, with the fix
     let out = Command::new(BIN)
         .args(["policy", "from-report", "--report"])

@@ -209,3 +209,140 @@ impl Policy {
         }
     }
 }
+
+/// One field of a report that the policy does not admit: what the report says and what the
+/// policy allows, in words (`verify snp --policy` prints them all; a refusal names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub field: &'static str,
+    pub seen: String,
+    pub allowed: String,
+}
+
+/// A list of hex values, the first few of them.
+pub fn hex_list_short(list: &[Vec<u8>]) -> String {
+    let shown: Vec<String> = list.iter().take(3).map(hex::encode).collect();
+    match list.len() {
+        0 => "any".into(),
+        n if n > 3 => format!("{} (+{} more)", shown.join(", "), n - 3),
+        _ => shown.join(", "),
+    }
+}
+
+fn tcb_words(t: Tcb) -> String {
+    let mut s = format!(
+        "bl={},tee={},snp={},ucode={}",
+        t.bootloader, t.tee, t.snp, t.microcode
+    );
+    if let Some(f) = t.fmc {
+        s = format!("fmc={f},{s}");
+    }
+    s
+}
+
+impl Policy {
+    /// Every field of `v` this policy does not admit (REPORT_DATA, which binds one challenge,
+    /// aside), in the order [`Policy::check`] looks at them; empty when it admits the report.
+    pub fn diff(&self, v: &Verified) -> Vec<Mismatch> {
+        let r = v.report();
+        let mut out = Vec::new();
+        let mut add = |field: &'static str, seen: String, allowed: String| {
+            out.push(Mismatch {
+                field,
+                seen,
+                allowed,
+            })
+        };
+        if r.debug() && !self.allow_debug {
+            add("debug", "true".into(), "false".into());
+        }
+        if !self.allow_any_measurement
+            && !self
+                .measurements
+                .iter()
+                .any(|m| m.as_slice() == r.measurement)
+        {
+            add(
+                "measurement",
+                hex::encode(r.measurement),
+                hex_list_short(&self.measurements),
+            );
+        }
+        if let Some(min) = self.min_reported_tcb
+            && !tcb_below(v.reported_tcb(), min).is_empty()
+        {
+            add(
+                "reported_tcb",
+                tcb_words(v.reported_tcb()),
+                format!("at least {}", tcb_words(min)),
+            );
+        }
+        if let Some(min) = self.min_committed_tcb {
+            let committed = Tcb::decode(r.committed_tcb, v.product());
+            if !tcb_below(committed, min).is_empty() {
+                add(
+                    "committed_tcb",
+                    tcb_words(committed),
+                    format!("at least {}", tcb_words(min)),
+                );
+            }
+        }
+        if !self.vmpls.is_empty() && !self.vmpls.contains(&r.vmpl) {
+            add("vmpl", r.vmpl.to_string(), format!("{:?}", self.vmpls));
+        }
+        if r.smt_allowed() && !self.allow_smt {
+            add("smt", "allowed".into(), "not allowed".into());
+        }
+        if r.migrate_ma() && !self.allow_migration_agent {
+            add("migration_agent", "allowed".into(), "not allowed".into());
+        }
+        if self.require_single_socket && !r.single_socket() {
+            add("single_socket", "not required".into(), "required".into());
+        }
+        for (name, list, value) in [
+            ("host_data", &self.host_data, &r.host_data[..]),
+            ("family_id", &self.family_ids, &r.family_id[..]),
+            ("image_id", &self.image_ids, &r.image_id[..]),
+            ("id_key_digest", &self.id_key_digests, &r.id_key_digest[..]),
+            (
+                "author_key_digest",
+                &self.author_key_digests,
+                &r.author_key_digest[..],
+            ),
+        ] {
+            if !allowed(list, value) {
+                add(name, hex::encode(value), hex_list_short(list));
+            }
+        }
+        if r.guest_svn < self.min_guest_svn {
+            add(
+                "guest_svn",
+                r.guest_svn.to_string(),
+                format!("at least {}", self.min_guest_svn),
+            );
+        }
+        if !self.allow_provisional_firmware
+            && (r.current_tcb != r.committed_tcb || r.current_version != r.committed_version)
+        {
+            add("firmware", "provisional".into(), "committed".into());
+        }
+        match v.signing_key() {
+            SigningKey::Vcek if !self.accept_vcek => {
+                add("signing_key", "vcek".into(), "vlek".into())
+            }
+            SigningKey::Vlek if !self.accept_vlek => {
+                add("signing_key", "vlek".into(), "vcek".into())
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// The mismatches in one line: `measurement 11… (allowed: 22…); vmpl 1 (allowed: [0])`.
+pub fn describe(diff: &[Mismatch]) -> String {
+    diff.iter()
+        .map(|m| format!("{} {} (allowed: {})", m.field, m.seen, m.allowed))
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -227,3 +227,106 @@ impl Policy {
         Ok(())
     }
 }
+
+/// One field of a quote that the policy does not admit: what the quote says and what the
+/// policy allows, in words (`verify tdx --policy` prints them all; a refusal names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub field: String,
+    pub seen: String,
+    pub allowed: String,
+}
+
+fn short(list: &[Measurement]) -> String {
+    let shown: Vec<String> = list.iter().take(3).map(hex::encode).collect();
+    match list.len() {
+        0 => "any".into(),
+        n if n > 3 => format!("{} (+{} more)", shown.join(", "), n - 3),
+        _ => shown.join(", "),
+    }
+}
+
+impl Policy {
+    /// Every field of `v` this policy does not admit (REPORT_DATA aside), in the order
+    /// [`Policy::check`] looks at them; empty when it admits the quote.
+    pub fn diff(&self, v: &Verified) -> Vec<Mismatch> {
+        let mut out = Vec::new();
+        let Some(td) = v.quote().td() else {
+            return out;
+        };
+        let mut add = |field: &str, seen: String, allowed: String| {
+            out.push(Mismatch {
+                field: field.into(),
+                seen,
+                allowed,
+            })
+        };
+        let status = v.tcb_status();
+        if !status.is_some_and(|s| self.allowed_tcb_statuses.iter().any(|a| a == s)) {
+            add(
+                "tcb_status",
+                status.unwrap_or("unknown (no collateral)").into(),
+                self.allowed_tcb_statuses.join(", "),
+            );
+        }
+        if let Some(a) = v
+            .advisories()
+            .iter()
+            .find(|a| self.denied_advisories.contains(a))
+        {
+            add("advisory", a.clone(), "not in denied_advisories".into());
+        }
+        if v.quote().debug() && !self.allow_debug {
+            add("debug", "true".into(), "false".into());
+        }
+        let masked: Vec<u8> = td
+            .xfam
+            .iter()
+            .zip(self.xfam_mask)
+            .map(|(x, m)| x & m)
+            .collect();
+        if masked != self.xfam_value {
+            add(
+                "xfam",
+                hex::encode(td.xfam),
+                format!(
+                    "& {} = {}",
+                    hex::encode(self.xfam_mask),
+                    hex::encode(self.xfam_value)
+                ),
+            );
+        }
+        let rtmrs = [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3];
+        let mut registers: Vec<(String, &[Measurement], &Measurement)> =
+            vec![("MRTD".into(), &self.mrtds, &td.mr_td)];
+        for (i, r) in rtmrs.iter().enumerate() {
+            registers.push((format!("RTMR{i}"), &self.rtmrs[i], r));
+        }
+        registers.push(("MRSEAM".into(), &self.mrseams, &td.mr_seam));
+        registers.push(("MRCONFIGID".into(), &self.mrconfigids, &td.mr_config_id));
+        registers.push(("MROWNER".into(), &self.mrowners, &td.mr_owner));
+        for (name, list, value) in registers {
+            if !listed(list, value) {
+                add(&name, hex::encode(value), short(list));
+            }
+        }
+        if let Some(min) = self.min_seam_svn
+            && td.tee_tcb_svn[0] < min
+        {
+            add(
+                "seam_svn",
+                td.tee_tcb_svn[0].to_string(),
+                format!("at least {min}"),
+            );
+        }
+        out
+    }
+}
+
+/// The mismatches in one line: `MRTD 11… (allowed: 22…); debug true (allowed: false)`.
+pub fn describe(diff: &[Mismatch]) -> String {
+    diff.iter()
+        .map(|m| format!("{} {} (allowed: {})", m.field, m.seen, m.allowed))
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -164,7 +164,19 @@ impl TeeAttestor for SevSnpAttestor {
         let mut policy = self.policy.current()?;
         let digest = crate::policy_digest(&policy);
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
-        policy.check(&verified).map_err(rejected)?;
+        policy.check(&verified).map_err(|mut e| {
+            // every field the policy does not admit, with what it allows: the refusal the
+            // agent logs, `agent show` keeps and the server logs names them all
+            let diff = policy.diff(&verified);
+            if !diff.is_empty() {
+                e.message = format!(
+                    "{}; differs from the policy: {}",
+                    e.message,
+                    ironpact_snp::policy::describe(&diff)
+                );
+            }
+            rejected(e)
+        })?;
         let selectors = verified
             .selectors()
             .into_iter()

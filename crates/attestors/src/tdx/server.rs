@@ -93,7 +93,18 @@ impl TeeAttestor for TdxAttestor {
         )
         .map_err(rejected)?;
         policy.report_data = Some(ironpact_tdx::binding::report_data(&nonce, ev.csr_spki));
-        policy.check(&verified).map_err(rejected)?;
+        policy.check(&verified).map_err(|mut e| {
+            // every field the policy does not admit, with what it allows (see sev_snp)
+            let diff = policy.diff(&verified);
+            if !diff.is_empty() {
+                e.message = format!(
+                    "{}; differs from the policy: {}",
+                    e.message,
+                    ironpact_tdx::policy::describe(&diff)
+                );
+            }
+            rejected(e)
+        })?;
         let td = verified.quote().td().ok_or_else(|| {
             AttestError::rejected(
                 RefusalKind::Tdx(ironpact_tdx::ErrorKind::Unparseable),

@@ -203,9 +203,15 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
             Err(e) => from_error(&e),
         };
     };
+    // with a policy: every field it does not admit, beside the first failure's kind
+    let mut diff = Vec::new();
     let checked = match policy {
-        Some(p) => ironpact_snp::verify_authentic(&report, &cert, &roots, now, hint)
-            .and_then(|v| p.check(&v).map(|()| v)),
+        Some(p) => {
+            ironpact_snp::verify_authentic(&report, &cert, &roots, now, hint).and_then(|v| {
+                diff = p.diff(&v);
+                p.check(&v).map(|()| v)
+            })
+        }
         None => ironpact_snp::verify(&report, &cert, &roots, now, hint),
     };
     let checked = checked.and_then(|v| match &a.crl {
@@ -222,8 +228,24 @@ fn verdict(a: &SnpArgs, policy: Option<&ironpact_snp::Policy>) -> Value {
     });
     match checked {
         Ok(v) => success(&v),
-        Err(e) => from_error(&e),
+        Err(e) => with_diff(
+            from_error(&e),
+            diff.iter()
+                .map(|m| json!({"field": m.field, "seen": m.seen, "allowed": m.allowed}))
+                .collect(),
+        ),
     }
+}
+
+/// A failure verdict with the policy's field-by-field differences (`"diff": [{field, seen,
+/// allowed}]`), when there are some.
+fn with_diff(mut v: Value, diff: Vec<Value>) -> Value {
+    if !diff.is_empty()
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert("diff".into(), Value::Array(diff));
+    }
+    v
 }
 
 fn tdx_success(v: &ironpact_tdx::Verified) -> Value {
@@ -293,6 +315,7 @@ fn tdx_verdict(a: &TdxArgs, policy: Option<&ironpact_tdx::Policy>) -> Value {
         Some(Err(v)) => return v,
     };
     let grace = policy.map_or(0, |p| p.collateral_grace_seconds);
+    let mut diff = Vec::new();
     let checked = ironpact_tdx::Quote::parse(&quote)
         .and_then(|q| match &collateral {
             Some(c) => ironpact_tdx::Collateral::from_json(c)
@@ -300,12 +323,20 @@ fn tdx_verdict(a: &TdxArgs, policy: Option<&ironpact_tdx::Policy>) -> Value {
             None => ironpact_tdx::verify_quote(&q, &roots, now),
         })
         .and_then(|v| match policy {
-            Some(p) => p.check(&v).map(|()| v),
+            Some(p) => {
+                diff = p.diff(&v);
+                p.check(&v).map(|()| v)
+            }
             None => Ok(v),
         });
     match checked {
         Ok(v) => tdx_success(&v),
-        Err(e) => failure(e.kind.as_str(), e.message),
+        Err(e) => with_diff(
+            failure(e.kind.as_str(), e.message),
+            diff.iter()
+                .map(|m| json!({"field": m.field, "seen": m.seen, "allowed": m.allowed}))
+                .collect(),
+        ),
     }
 }
 
