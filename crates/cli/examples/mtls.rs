@@ -81,6 +81,26 @@ impl ironpact_tls::TrustSource for SourceRoots {
             })
             .collect()
     }
+
+    fn x509_roots_for(&self, td: &ironpact_spiffe::TrustDomain) -> Vec<Vec<u8>> {
+        let (Ok(set), Ok(td)) = (
+            self.source.bundle_set(),
+            spiffe::TrustDomain::new(td.as_str()),
+        ) else {
+            return Vec::new();
+        };
+        if !self.domains.contains(&td) {
+            return Vec::new();
+        }
+        set.get(&td)
+            .map(|b| {
+                b.authorities()
+                    .iter()
+                    .map(|c| c.as_bytes().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// A rustls server config requiring attested clients: the SVID of the X509Source (kept

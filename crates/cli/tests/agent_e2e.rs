@@ -251,24 +251,7 @@ fn shipped_configs_serve_a_workload() {
 }
 
 fn partner_ca_pem() -> String {
-    use ironpact_spiffe::x509::{CaSubject, certs_to_pem, random_serial, self_signed_ca};
-    use std::sync::OnceLock;
-    static PEM: OnceLock<String> = OnceLock::new();
-    PEM.get_or_init(|| {
-        let td = ironpact_spiffe::TrustDomain::new("partner.org").unwrap();
-        let key = ironpact_spiffe::PrivateKey::generate(ironpact_spiffe::KeyType::EcP256).unwrap();
-        let der = self_signed_ca(
-            &key,
-            &td,
-            &CaSubject::default(),
-            random_serial(),
-            0,
-            4_000_000_000,
-        )
-        .unwrap();
-        certs_to_pem([der.as_slice()])
-    })
-    .clone()
+    support::partner_ca().0
 }
 
 #[test]

@@ -175,28 +175,12 @@ async fn quiet(s: &mut tonic::Streaming<DiscoveryResponse>, for_: Duration) {
     }
 }
 
-fn partner_ca() -> (String, Vec<u8>) {
-    use ironpact_spiffe::x509::{CaSubject, certs_to_pem, random_serial, self_signed_ca};
-    let td = ironpact_spiffe::TrustDomain::new("partner.org").unwrap();
-    let key = ironpact_spiffe::PrivateKey::generate(ironpact_spiffe::KeyType::EcP256).unwrap();
-    let der = self_signed_ca(
-        &key,
-        &td,
-        &CaSubject::default(),
-        random_serial(),
-        0,
-        4_000_000_000,
-    )
-    .unwrap();
-    (certs_to_pem([der.as_slice()]), der)
-}
-
 #[test]
 fn envoy_sds_through_a_third_party_client() {
     let s = TestServer::start(Backend::Sqlite);
     let token = join_token(&s, "spiffe://example.org/envoy-node");
     let a = TestAgent::start(&s, &token);
-    let (partner_pem, partner_der) = partner_ca();
+    let (partner_pem, partner_der) = support::partner_ca();
     let partner = a.dir.path().join("partner.pem");
     std::fs::write(&partner, partner_pem).unwrap();
     s.cli(&[

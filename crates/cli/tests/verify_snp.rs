@@ -271,10 +271,62 @@ fn policy_from_a_report_admits_exactly_that_launch() {
         String::from_utf8_lossy(&out.stderr).contains("--product"),
         "{out:?}"
     );
+    // its platform ran provisional firmware: written only when asked for
     let out = Command::new(BIN)
         .args(["policy", "from-report", "--product", "milan", "--report"])
         .arg(vectors.join("trustee-milan-vcek/report.bin"))
         .output()
         .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--allowProvisional"),
+        "{out:?}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "policy",
+            "from-report",
+            "--product",
+            "milan",
+            "--allowProvisional",
+            "--report",
+        ])
+        .arg(vectors.join("trustee-milan-vcek/report.bin"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("allow_provisional_firmware = true"));
+    // a debug launch is not written into an allow-list unless asked for
+    let debug = vectors.join("go-sev-guest-milan-debug/report.bin");
+    let out = Command::new(BIN)
+        .args([
+            "policy",
+            "from-report",
+            "--product",
+            "milan",
+            "--allowProvisional",
+            "--report",
+        ])
+        .arg(&debug)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--allowDebug"),
+        "{out:?}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "policy",
+            "from-report",
+            "--product",
+            "milan",
+            "--allowDebug",
+            "--report",
+        ])
+        .arg(&debug)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("allow_debug = true"));
 }

@@ -246,9 +246,12 @@ impl AttestationClaims {
                 .measurements
                 .iter()
                 .map(|(k, v)| {
+                    let h = v.as_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+                        ClaimsError::Malformed(format!("measurement {k} is not a hex string"))
+                    })?;
                     Ok(Measurement {
                         name: k.clone(),
-                        value: hex_of(v.as_str().unwrap_or_default())?,
+                        value: hex_of(h)?,
                     })
                 })
                 .collect::<Result<_, ClaimsError>>()?,
@@ -267,11 +270,11 @@ impl AttestationClaims {
     pub fn describe(&self) -> String {
         let mut out = format!(
             "TEE:\t\t\t{}\nTCB:\t\t\t{} ({})\nDebug:\t\t\t{}\nSigning key:\t\t{}\nAttested at:\t\t{}\nPolicy digest:\t\t{}\n",
-            self.tee,
-            self.tcb_status,
-            self.tcb_version,
+            self.tee.escape_debug(),
+            self.tcb_status.escape_debug(),
+            self.tcb_version.escape_debug(),
             self.debug,
-            self.signing_key,
+            self.signing_key.escape_debug(),
             time::OffsetDateTime::from_unix_timestamp(self.attested_at)
                 .ok()
                 .and_then(|t| t
@@ -281,7 +284,11 @@ impl AttestationClaims {
             hex::encode(&self.policy_digest),
         );
         for m in &self.measurements {
-            out.push_str(&format!("{}:\t{}\n", m.name, hex::encode(&m.value)));
+            out.push_str(&format!(
+                "{}:\t{}\n",
+                m.name.escape_debug(),
+                hex::encode(&m.value)
+            ));
         }
         out
     }
@@ -326,6 +333,11 @@ impl ClaimsPolicy {
                 .split_once('=')
                 .ok_or_else(|| format!("{part:?}: write key=value (e.g. tee=sev_snp)"))?;
             let values: Vec<String> = v.split('|').map(|x| x.trim().to_string()).collect();
+            if values.iter().any(String::is_empty) {
+                return Err(format!(
+                    "{part:?}: an empty value would match nothing meaningful: list values, or leave {k} out"
+                ));
+            }
             match k.trim() {
                 "tee" => p.tee = values,
                 "tcb" | "tcb_status" => p.tcb_status = values,
@@ -531,5 +543,10 @@ pub(crate) mod tests {
         assert!(ClaimsPolicy::parse("measurement=zz").is_err());
         assert!(ClaimsPolicy::parse("debug=maybe").is_err());
         assert!(ClaimsPolicy::parse("tee").is_err());
+        assert!(ClaimsPolicy::parse("tee=").is_err());
+        assert!(ClaimsPolicy::parse("measurement=|00").is_err());
+        let mut j = c.to_json();
+        j["measurements"]["measurement"] = serde_json::json!(1);
+        assert!(AttestationClaims::from_json(&j).is_err());
     }
 }

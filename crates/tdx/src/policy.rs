@@ -74,7 +74,24 @@ fn listed(list: &[Measurement], v: &Measurement) -> bool {
     list.is_empty() || list.contains(v)
 }
 
+/// The TD's registers by name, with this policy's allow-list for each and the value.
+type Register<'a> = (String, &'a [Measurement], Measurement);
+
 impl Policy {
+    fn registers<'a>(&'a self, td: &crate::quote::TDReport10) -> Vec<Register<'a>> {
+        let mut out: Vec<Register<'a>> = vec![("MRTD".into(), &self.mrtds, td.mr_td)];
+        for (i, r) in [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3]
+            .into_iter()
+            .enumerate()
+        {
+            out.push((format!("RTMR{i}"), &self.rtmrs[i], r));
+        }
+        out.push(("MRSEAM".into(), &self.mrseams, td.mr_seam));
+        out.push(("MRCONFIGID".into(), &self.mrconfigids, td.mr_config_id));
+        out.push(("MROWNER".into(), &self.mrowners, td.mr_owner));
+        out
+    }
+
     /// No MRTD or RTMR list and no explicit `allow_any_measurement`: a policy that would admit
     /// any TD image by accident. `validate` refuses to load it and `check` admits nothing by it.
     fn admits_no_measurement(&self) -> bool {
@@ -183,17 +200,8 @@ impl Policy {
                 ),
             ));
         }
-        let rtmrs = [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3];
-        let mut registers: Vec<(String, &[Measurement], &Measurement)> =
-            vec![("MRTD".into(), &self.mrtds, &td.mr_td)];
-        for (i, r) in rtmrs.iter().enumerate() {
-            registers.push((format!("RTMR{i}"), &self.rtmrs[i], r));
-        }
-        registers.push(("MRSEAM".into(), &self.mrseams, &td.mr_seam));
-        registers.push(("MRCONFIGID".into(), &self.mrconfigids, &td.mr_config_id));
-        registers.push(("MROWNER".into(), &self.mrowners, &td.mr_owner));
-        for (name, list, value) in registers {
-            if !listed(list, value) {
+        for (name, list, value) in self.registers(td) {
+            if !listed(list, &value) {
                 return Err(err(
                     ErrorKind::MeasurementNotAllowed,
                     format!(
@@ -296,17 +304,8 @@ impl Policy {
                 ),
             );
         }
-        let rtmrs = [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3];
-        let mut registers: Vec<(String, &[Measurement], &Measurement)> =
-            vec![("MRTD".into(), &self.mrtds, &td.mr_td)];
-        for (i, r) in rtmrs.iter().enumerate() {
-            registers.push((format!("RTMR{i}"), &self.rtmrs[i], r));
-        }
-        registers.push(("MRSEAM".into(), &self.mrseams, &td.mr_seam));
-        registers.push(("MRCONFIGID".into(), &self.mrconfigids, &td.mr_config_id));
-        registers.push(("MROWNER".into(), &self.mrowners, &td.mr_owner));
-        for (name, list, value) in registers {
-            if !listed(list, value) {
+        for (name, list, value) in self.registers(td) {
+            if !listed(list, &value) {
                 add(&name, hex::encode(value), short(list));
             }
         }

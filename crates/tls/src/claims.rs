@@ -28,7 +28,13 @@ fn check(
 ) -> Result<SpiffeId, rustls::Error> {
     let mut chain: Vec<&[u8]> = vec![end_entity.as_ref()];
     chain.extend(intermediates.iter().map(|c| c.as_ref()));
-    let id = ironpact_spiffe::x509::verify_svid_chain(&chain, &roots.x509_roots(), now_secs(now))
+    // the roots of the trust domain the certificate claims, and only those
+    let claimed = ironpact_spiffe::x509::CertInfo::parse(end_entity.as_ref())
+        .ok()
+        .and_then(|i| i.uri_sans.first().and_then(|u| SpiffeId::parse(u).ok()))
+        .ok_or_else(|| rejected("the peer's certificate carries no SPIFFE ID".into()))?;
+    let anchors = roots.x509_roots_for(&claimed.trust_domain());
+    let id = ironpact_spiffe::x509::verify_svid_chain(&chain, &anchors, now_secs(now))
         .map_err(|e| rejected(e.to_string()))?;
     if !allowed.is_empty() && !allowed.contains(&id) {
         return Err(rejected(format!(

@@ -24,6 +24,12 @@ use std::sync::{Arc, RwLock};
 /// The current X.509 trust anchors (DER CA certificates) of a trust domain.
 pub trait TrustSource: Send + Sync + 'static {
     fn x509_roots(&self) -> Vec<Vec<u8>>;
+
+    /// The roots of one trust domain only (a source holding several, e.g. federated ones,
+    /// answers with that domain's bundle, so that no domain's CA vouches for another's IDs).
+    fn x509_roots_for(&self, _td: &ironpact_spiffe::TrustDomain) -> Vec<Vec<u8>> {
+        self.x509_roots()
+    }
 }
 
 /// A trust source that is a plain shared list, updated by its owner.

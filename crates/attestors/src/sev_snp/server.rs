@@ -163,11 +163,19 @@ impl TeeAttestor for SevSnpAttestor {
         }
         let mut policy = self.policy.current()?;
         let digest = crate::policy_digest(&policy);
+        let digest_policy_has_min_tcb = policy.min_reported_tcb.is_some();
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
         policy.check(&verified).map_err(|mut e| {
             // every field the policy does not admit, with what it allows: the refusal the
             // agent logs, `agent show` keeps and the server logs names them all
-            let diff = policy.diff(&verified);
+            // only for evidence bound to this challenge: a replayed report (anyone may hold
+            // one) learns nothing of the policy
+            let bound = policy.report_data == Some(verified.report().report_data);
+            let diff = if bound {
+                policy.diff(&verified)
+            } else {
+                Vec::new()
+            };
             if !diff.is_empty() {
                 e.message = format!(
                     "{}; differs from the policy: {}",
@@ -204,8 +212,13 @@ impl TeeAttestor for SevSnpAttestor {
                 m("id_key_digest", &r.id_key_digest),
                 m("author_key_digest", &r.author_key_digest),
             ],
-            // the reported TCB is at or above the policy's minimum (or the policy sets none)
-            tcb_status: "meets_policy".into(),
+            // the reported TCB is at or above the policy's minimum; "unchecked" when the
+            // policy sets none (a peer requiring meets_policy then refuses)
+            tcb_status: if digest_policy_has_min_tcb {
+                "meets_policy".into()
+            } else {
+                "unchecked".into()
+            },
             tcb_version: match tcb.fmc {
                 Some(f) => format!(
                     "fmc={f},bl={},tee={},snp={},ucode={}",

@@ -95,7 +95,16 @@ impl TeeAttestor for TdxAttestor {
         policy.report_data = Some(ironpact_tdx::binding::report_data(&nonce, ev.csr_spki));
         policy.check(&verified).map_err(|mut e| {
             // every field the policy does not admit, with what it allows (see sev_snp)
-            let diff = policy.diff(&verified);
+            // only for evidence bound to this challenge (see sev_snp)
+            let bound = verified
+                .quote()
+                .td()
+                .is_some_and(|td| policy.report_data == Some(td.report_data));
+            let diff = if bound {
+                policy.diff(&verified)
+            } else {
+                Vec::new()
+            };
             if !diff.is_empty() {
                 e.message = format!(
                     "{}; differs from the policy: {}",
@@ -189,18 +198,20 @@ impl TeeAttestor for TdxAttestor {
     }
 }
 
-/// Intel's TCB status (`UpToDate`, `SWHardeningNeeded`) in snake case (`up_to_date`).
+/// Intel's TCB status (`UpToDate`, `SWHardeningNeeded`, `TDRelaunchAdvised`) in snake case
+/// (`up_to_date`, `sw_hardening_needed`, `td_relaunch_advised`): a run of capitals is one word.
 fn snake(s: &str) -> String {
+    let c: Vec<char> = s.chars().collect();
     let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
+    for (i, ch) in c.iter().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            let prev_lower = c[i - 1].is_ascii_lowercase();
+            let next_lower = c.get(i + 1).is_some_and(char::is_ascii_lowercase);
+            if prev_lower || (c[i - 1].is_ascii_uppercase() && next_lower) {
                 out.push('_');
             }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
         }
+        out.push(ch.to_ascii_lowercase());
     }
     out
 }
@@ -209,6 +220,26 @@ fn snake(s: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intels_statuses_in_snake_case() {
+        for (from, to) in [
+            ("UpToDate", "up_to_date"),
+            ("SWHardeningNeeded", "sw_hardening_needed"),
+            (
+                "ConfigurationAndSWHardeningNeeded",
+                "configuration_and_sw_hardening_needed",
+            ),
+            (
+                "OutOfDateConfigurationNeeded",
+                "out_of_date_configuration_needed",
+            ),
+            ("TDRelaunchAdvised", "td_relaunch_advised"),
+            ("Revoked", "revoked"),
+        ] {
+            assert_eq!(snake(from), to);
+        }
+    }
     use crate::NodeAttestor;
     use ironpact_tdx::simulate::{SimPlatform, SimTd, SimulatedTdx, TestPki, collateral};
 

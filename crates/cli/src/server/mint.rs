@@ -40,7 +40,7 @@ pub enum X509Cmd {
     Mint(X509Args),
     /// Prints an X509-SVID in words: its SPIFFE ID, validity and the attestation claims it
     /// carries (what the hardware proved about the node it was issued to). Reads a file; no
-    /// server needed.
+    /// server needed, and no chain verified (a peer verifies it).
     Inspect(InspectArgs),
 }
 
@@ -102,7 +102,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             );
             match claims {
                 Some(c) => print!(
-                    "Attestation claims ({}):\n{}",
+                    "Attestation claims ({}; as the file says: this does not verify its chain, a peer must):\n{}",
                     ironpact_spiffe::claims::OID,
                     c.describe()
                 ),

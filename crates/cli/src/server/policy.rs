@@ -1,7 +1,8 @@
 //! `policy from-report --report F` / `--quote F`: the policy block that admits exactly the
 //! launch a known-good VM's evidence describes, so that an operator derives the allow-list
 //! from the machine instead of copying hex by hand. The evidence's signature is not checked
-//! here (`verify snp|tdx` does that); what it says is written down.
+//! here: verify it first (`verify snp|tdx`); what it says is written down. Debug launches and
+//! provisional firmware are refused unless asked for.
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
@@ -29,6 +30,13 @@ pub struct FromReportArgs {
     /// Write the block to this file instead of stdout.
     #[arg(long = "write")]
     write: Option<PathBuf>,
+    /// Admit a debug launch (its memory is open to the host): refused otherwise.
+    #[arg(long = "allowDebug", visible_alias = "allow-debug")]
+    allow_debug: bool,
+    /// Admit provisional (uncommitted) firmware, as the report's platform ran: refused
+    /// otherwise (take a report after the firmware is committed).
+    #[arg(long = "allowProvisional", visible_alias = "allow-provisional")]
+    allow_provisional: bool,
     /// Only `pretty` (the HCL block) is printed; json is refused.
     #[arg(long = "output", value_enum, default_value_t, ignore_case = true)]
     output: super::Output,
@@ -39,7 +47,13 @@ fn list(v: &[u8]) -> String {
 }
 
 /// The `sev_snp { … }` block admitting exactly this report's launch.
-pub fn snp_policy(bytes: &[u8], product: Option<&str>, from: &str) -> Result<String> {
+pub fn snp_policy(
+    bytes: &[u8],
+    product: Option<&str>,
+    from: &str,
+    allow_debug: bool,
+    allow_provisional: bool,
+) -> Result<String> {
     use ironpact_snp::{Product, Report, SigningKey, Tcb};
     let r = Report::parse(bytes).map_err(|e| anyhow!("{from}: {e}"))?;
     let hint = product
@@ -54,6 +68,22 @@ pub fn snp_policy(bytes: &[u8], product: Option<&str>, from: &str) -> Result<Str
             r.version
         )
     })?;
+    if let (Some(named), Some(hinted)) = (r.cpuid_product(), hint)
+        && named != hinted
+    {
+        bail!("{from} names {named} in its CPUID, not {hinted}: drop --product");
+    }
+    if r.debug() && !allow_debug {
+        bail!(
+            "{from} is a debug launch (guest policy bit 19: its memory is open to the host): take a report of a release launch, or pass --allowDebug"
+        );
+    }
+    let provisional = r.current_tcb != r.committed_tcb || r.current_version != r.committed_version;
+    if provisional && !allow_provisional {
+        bail!(
+            "{from} was made on provisional (uncommitted) firmware: take a report after the firmware is committed, or pass --allowProvisional"
+        );
+    }
     let tcb = Tcb::decode(r.reported_tcb, product);
     let mut o = String::new();
     let _ = writeln!(
@@ -89,7 +119,7 @@ pub fn snp_policy(bytes: &[u8], product: Option<&str>, from: &str) -> Result<Str
     let _ = writeln!(o, "  id_key_digests = {}", list(&r.id_key_digest));
     let _ = writeln!(o, "  author_key_digests = {}", list(&r.author_key_digest));
     let _ = writeln!(o, "  min_guest_svn = {}", r.guest_svn);
-    if r.current_tcb != r.committed_tcb || r.current_version != r.committed_version {
+    if provisional {
         let _ = writeln!(
             o,
             "  # the platform ran firmware it had not committed when this report was made"
@@ -110,11 +140,16 @@ pub fn snp_policy(bytes: &[u8], product: Option<&str>, from: &str) -> Result<Str
 }
 
 /// The `tdx { … }` block admitting exactly this quote's TD.
-pub fn tdx_policy(bytes: &[u8], from: &str) -> Result<String> {
+pub fn tdx_policy(bytes: &[u8], from: &str, allow_debug: bool) -> Result<String> {
     let q = ironpact_tdx::Quote::parse(bytes).map_err(|e| anyhow!("{from}: {e}"))?;
     let td = q
         .td()
         .ok_or_else(|| anyhow!("{from} is an SGX quote, not a TD quote"))?;
+    if q.debug() && !allow_debug {
+        bail!(
+            "{from} comes from a debug TD (its memory is open to the host): take a quote of a release TD, or pass --allowDebug"
+        );
+    }
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -158,13 +193,22 @@ pub fn exec(cmd: PolicyCmd) -> Result<()> {
                 .with_context(|| format!("cannot read --report {}", p.display()))?;
             (
                 p,
-                snp_policy(&bytes, a.product.as_deref(), &p.display().to_string())?,
+                snp_policy(
+                    &bytes,
+                    a.product.as_deref(),
+                    &p.display().to_string(),
+                    a.allow_debug,
+                    a.allow_provisional,
+                )?,
             )
         }
         (None, Some(p)) => {
             let bytes =
                 std::fs::read(p).with_context(|| format!("cannot read --quote {}", p.display()))?;
-            (p, tdx_policy(&bytes, &p.display().to_string())?)
+            (
+                p,
+                tdx_policy(&bytes, &p.display().to_string(), a.allow_debug)?,
+            )
         }
         _ => bail!("give the evidence: --report report.bin (SEV-SNP) or --quote quote.bin (TDX)"),
     };

@@ -526,18 +526,25 @@ impl Out {
 
 /// The python interpreter with PyJWT, if any (IRONPACT_PYTHON, else python3).
 pub fn python_with_pyjwt() -> Option<String> {
+    python_with("jwt, cryptography", "PyJWT/cryptography")
+}
+
+/// `$IRONPACT_PYTHON` (or python3) when it can import `modules`; otherwise None, printing
+/// SKIPPED, or a failure under CI=true (.ci/run installs them).
+pub fn python_with(modules: &str, what: &str) -> Option<String> {
     let py = std::env::var("IRONPACT_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&py)
-        .args(["-c", "import jwt, cryptography"])
+        .args(["-c", &format!("import {modules}")])
+        .stderr(Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     if ok {
         Some(py)
     } else if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{py} lacks PyJWT/cryptography (CI=true requires them; .ci/run installs them)");
+        panic!("{py} lacks {what} (CI=true requires it; .ci/run installs it)");
     } else {
-        println!("SKIPPED: PyJWT not installed for {py}");
+        println!("SKIPPED: {what} not installed for {py}");
         None
     }
 }
@@ -1059,20 +1066,7 @@ print(json.dumps(out))
 /// Python with prometheus_client (the OpenMetrics parser of Prometheus' Python client), or None
 /// (SKIPPED; a failure under CI=true, where .ci/run installs it).
 pub fn python_with_prometheus() -> Option<String> {
-    let py = std::env::var("IRONPACT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
-    } else if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{py} lacks prometheus_client (CI=true requires it; .ci/run installs it)");
-    } else {
-        println!("SKIPPED: prometheus_client not installed for {py}");
-        None
-    }
+    python_with("prometheus_client", "prometheus_client")
 }
 
 /// GET http://127.0.0.1:`port`/metrics, parsed by an independent OpenMetrics parser.
@@ -1110,4 +1104,26 @@ pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option
         .map(|s| s.value)
         .collect();
     (!m.is_empty()).then(|| m.iter().sum())
+}
+
+/// A CA of another trust domain (`partner.org`): (PEM, DER), made once per test process.
+pub fn partner_ca() -> (String, Vec<u8>) {
+    use ironpact_spiffe::x509::{CaSubject, certs_to_pem, random_serial, self_signed_ca};
+    use std::sync::OnceLock;
+    static CA: OnceLock<(String, Vec<u8>)> = OnceLock::new();
+    CA.get_or_init(|| {
+        let td = ironpact_spiffe::TrustDomain::new("partner.org").unwrap();
+        let key = ironpact_spiffe::PrivateKey::generate(ironpact_spiffe::KeyType::EcP256).unwrap();
+        let der = self_signed_ca(
+            &key,
+            &td,
+            &CaSubject::default(),
+            random_serial(),
+            0,
+            4_000_000_000,
+        )
+        .unwrap();
+        (certs_to_pem([der.as_slice()]), der)
+    })
+    .clone()
 }

@@ -856,7 +856,15 @@ impl AgentApi for AgentEndpoint {
             view.entries.iter().map(|e| (e.id.as_str(), e)).collect();
         // the claims the agent's last attestation established go into its workloads' SVIDs
         let claims = Some(agent.attestation_claims.as_slice())
-            .filter(|c| !c.is_empty() && self.0.cfg.attestation_claims);
+            .filter(|c| !c.is_empty() && self.0.cfg.attestation_claims)
+            .filter(|c| {
+                // what the datastore holds is read back before a peer has to trust it
+                let ok = ironpact_spiffe::claims::AttestationClaims::from_der(c).is_ok();
+                if !ok {
+                    warn!(agent_id = %agent.spiffe_id, "the agent's stored attestation claims do not parse; its workloads' SVIDs go without");
+                }
+                ok
+            });
         let mut results = Vec::with_capacity(params.len());
         for p in params {
             let r = (|| {
