@@ -54,11 +54,9 @@ pub struct Sds {
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn pem_of(label: &str, ders: &[Vec<u8>]) -> Vec<u8> {
-    ders.iter()
-        .map(|d| pem::encode(&pem::Pem::new(label, d.clone())))
-        .collect::<String>()
-        .into_bytes()
+/// Certificates as PEM bytes, for inline data sources.
+fn certs_pem(ders: &[Vec<u8>]) -> Vec<u8> {
+    ironpact_spiffe::x509::certs_to_pem(ders.iter().map(Vec::as_slice)).into_bytes()
 }
 
 fn inline(bytes: Vec<u8>) -> Option<DataSource> {
@@ -118,7 +116,7 @@ fn validation_context(name: &str, bundles: &[&Bundle], spiffe: bool) -> Any {
             .iter()
             .map(|b| spiffe_cert_validator_config::TrustDomain {
                 name: b.trust_domain.to_string(),
-                trust_bundle: inline(pem_of("CERTIFICATE", &b.x509_authorities)),
+                trust_bundle: inline(certs_pem(&b.x509_authorities)),
                 ..Default::default()
             })
             .collect();
@@ -140,7 +138,7 @@ fn validation_context(name: &str, bundles: &[&Bundle], spiffe: bool) -> Any {
             .flat_map(|b| b.x509_authorities.iter().cloned())
             .collect();
         CertificateValidationContext {
-            trusted_ca: inline(pem_of("CERTIFICATE", &roots)),
+            trusted_ca: inline(certs_pem(&roots)),
             ..Default::default()
         }
     };
@@ -154,8 +152,10 @@ fn tls_certificate(name: &str, chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Any {
     secret_any(&Secret {
         name: name.into(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: inline(pem_of("CERTIFICATE", chain)),
-            private_key: inline(pem_of("PRIVATE KEY", &[key_pkcs8.to_vec()])),
+            certificate_chain: inline(certs_pem(chain)),
+            private_key: inline(
+                pem::encode(&pem::Pem::new("PRIVATE KEY", key_pkcs8.to_vec())).into_bytes(),
+            ),
             ..Default::default()
         })),
     })

@@ -514,28 +514,9 @@ async fn fetch_x509(a: X509Args) -> Result<()> {
     }
     if let Some(dir) = &a.write {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for (i, s) in resp.svids.iter().enumerate() {
-            write_file(
-                &dir.join(format!("svid.{i}.pem")),
-                pem_of(&split_ders(&s.x509_svid)?).as_bytes(),
-                0o644,
-            )?;
-            let key = pem::encode(&pem::Pem::new("PRIVATE KEY", s.x509_svid_key.clone()));
-            write_file(&dir.join(format!("svid.{i}.key")), key.as_bytes(), 0o600)?;
-            write_file(
-                &dir.join(format!("bundle.{i}.pem")),
-                pem_of(&split_ders(&s.bundle)?).as_bytes(),
-                0o644,
-            )?;
-            let mut fed: Vec<_> = resp.federated_bundles.iter().collect();
-            fed.sort();
-            for (j, (_, ders)) in fed.iter().enumerate() {
-                write_file(
-                    &dir.join(format!("federated_bundle.{i}.{j}.pem")),
-                    pem_of(&split_ders(ders)?).as_bytes(),
-                    0o644,
-                )?;
-            }
+        // the same files, named as SPIRE names them, as `-watch` keeps current
+        for (name, data, mode) in helper::files_of(&resp)? {
+            write_file(&dir.join(name), &data, mode)?;
         }
         if !a.out.json() && !a.silent {
             println!("\nWriting SVIDs to {}", dir.display());
