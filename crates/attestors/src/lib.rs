@@ -117,6 +117,25 @@ impl From<ironpact_snp::SnpError> for Refusal {
     }
 }
 
+/// A TEE policy's refusal of `kind`, naming every field the policy does not admit
+/// (`described`: the diff in words, empty when none) when the evidence is `bound` to this
+/// challenge: the refusal the agent logs, `agent show` keeps and the server logs names them
+/// all, while a replayed report (anyone may hold one) learns nothing of the policy.
+pub(crate) fn policy_refusal(
+    kind: RefusalKind,
+    message: String,
+    bound: bool,
+    described: impl FnOnce() -> String,
+) -> AttestError {
+    let diff = if bound { described() } else { String::new() };
+    let message = if diff.is_empty() {
+        message
+    } else {
+        format!("{message}; differs from the policy: {diff}")
+    };
+    AttestError::rejected(kind, message)
+}
+
 impl From<ironpact_tdx::TdxError> for Refusal {
     fn from(e: ironpact_tdx::TdxError) -> Self {
         Refusal::new(RefusalKind::Tdx(e.kind), e.message)

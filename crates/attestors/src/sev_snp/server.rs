@@ -165,25 +165,13 @@ impl TeeAttestor for SevSnpAttestor {
         let digest = crate::policy_digest(&policy);
         let digest_policy_has_min_tcb = policy.min_reported_tcb.is_some();
         policy.report_data = Some(report_data(&nonce, ev.csr_spki));
-        policy.check(&verified).map_err(|mut e| {
-            // every field the policy does not admit, with what it allows: the refusal the
-            // agent logs, `agent show` keeps and the server logs names them all
-            // only for evidence bound to this challenge: a replayed report (anyone may hold
-            // one) learns nothing of the policy
-            let bound = policy.report_data == Some(verified.report().report_data);
-            let diff = if bound {
-                policy.diff(&verified)
-            } else {
-                Vec::new()
-            };
-            if !diff.is_empty() {
-                e.message = format!(
-                    "{}; differs from the policy: {}",
-                    e.message,
-                    ironpact_snp::policy::describe(&diff)
-                );
-            }
-            rejected(e)
+        policy.check(&verified).map_err(|e| {
+            crate::policy_refusal(
+                RefusalKind::SevSnp(e.kind),
+                e.message,
+                policy.report_data == Some(verified.report().report_data),
+                || ironpact_snp::policy::describe(&policy.diff(&verified)),
+            )
         })?;
         let selectors = verified
             .selectors()

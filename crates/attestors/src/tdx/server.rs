@@ -93,26 +93,16 @@ impl TeeAttestor for TdxAttestor {
         )
         .map_err(rejected)?;
         policy.report_data = Some(ironpact_tdx::binding::report_data(&nonce, ev.csr_spki));
-        policy.check(&verified).map_err(|mut e| {
-            // every field the policy does not admit, with what it allows (see sev_snp)
-            // only for evidence bound to this challenge (see sev_snp)
-            let bound = verified
-                .quote()
-                .td()
-                .is_some_and(|td| policy.report_data == Some(td.report_data));
-            let diff = if bound {
-                policy.diff(&verified)
-            } else {
-                Vec::new()
-            };
-            if !diff.is_empty() {
-                e.message = format!(
-                    "{}; differs from the policy: {}",
-                    e.message,
-                    ironpact_tdx::policy::describe(&diff)
-                );
-            }
-            rejected(e)
+        policy.check(&verified).map_err(|e| {
+            crate::policy_refusal(
+                RefusalKind::Tdx(e.kind),
+                e.message,
+                verified
+                    .quote()
+                    .td()
+                    .is_some_and(|td| policy.report_data == Some(td.report_data)),
+                || ironpact_tdx::policy::describe(&policy.diff(&verified)),
+            )
         })?;
         let td = verified.quote().td().ok_or_else(|| {
             AttestError::rejected(
