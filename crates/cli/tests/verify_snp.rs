@@ -212,14 +212,24 @@ fn policy_from_a_report_admits_exactly_that_launch() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("from-report.hcl");
     let case = vectors.join("oak-milan-oc-release");
-    let out = Command::new(BIN)
-        .args(["policy", "from-report", "--report"])
-        .arg(case.join("report.bin"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    std::fs::write(&p, &out.stdout).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // `policy from-report FLAGS --report REPORT`: (succeeded, stdout, stderr)
+    let from_report = |flags: &[&str], report: &Path| {
+        let out = Command::new(BIN)
+            .args(["policy", "from-report"])
+            .args(flags)
+            .arg("--report")
+            .arg(report)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, text, err) = from_report(&[], &case.join("report.bin"));
+    assert!(ok, "{err}");
+    std::fs::write(&p, &text).unwrap();
     let verify = |case: &Path| -> Value {
         let out = Command::new(BIN)
             .args(["verify", "snp", "--certs-dir"])
@@ -261,72 +271,23 @@ fn policy_from_a_report_admits_exactly_that_launch() {
     assert_eq!(fields, ["vmpl", "guest_svn"], "{edited}");
     std::fs::write(&p, &text).unwrap();
     // a version 2 report does not name its product: asked for, with the fix
-    let out = Command::new(BIN)
-        .args(["policy", "from-report", "--report"])
-        .arg(vectors.join("trustee-milan-vcek/report.bin"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--product"),
-        "{out:?}"
-    );
+    let v2 = vectors.join("trustee-milan-vcek/report.bin");
+    let (ok, _, err) = from_report(&[], &v2);
+    assert!(!ok);
+    assert!(err.contains("--product"), "{err}");
     // its platform ran provisional firmware: written only when asked for
-    let out = Command::new(BIN)
-        .args(["policy", "from-report", "--product", "milan", "--report"])
-        .arg(vectors.join("trustee-milan-vcek/report.bin"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--allowProvisional"),
-        "{out:?}"
-    );
-    let out = Command::new(BIN)
-        .args([
-            "policy",
-            "from-report",
-            "--product",
-            "milan",
-            "--allowProvisional",
-            "--report",
-        ])
-        .arg(vectors.join("trustee-milan-vcek/report.bin"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("allow_provisional_firmware = true"));
+    let (ok, _, err) = from_report(&["--product", "milan"], &v2);
+    assert!(!ok);
+    assert!(err.contains("--allowProvisional"), "{err}");
+    let (ok, text, err) = from_report(&["--product", "milan", "--allowProvisional"], &v2);
+    assert!(ok, "{err}");
+    assert!(text.contains("allow_provisional_firmware = true"));
     // a debug launch is not written into an allow-list unless asked for
     let debug = vectors.join("go-sev-guest-milan-debug/report.bin");
-    let out = Command::new(BIN)
-        .args([
-            "policy",
-            "from-report",
-            "--product",
-            "milan",
-            "--allowProvisional",
-            "--report",
-        ])
-        .arg(&debug)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--allowDebug"),
-        "{out:?}"
-    );
-    let out = Command::new(BIN)
-        .args([
-            "policy",
-            "from-report",
-            "--product",
-            "milan",
-            "--allowDebug",
-            "--report",
-        ])
-        .arg(&debug)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("allow_debug = true"));
+    let (ok, _, err) = from_report(&["--product", "milan", "--allowProvisional"], &debug);
+    assert!(!ok);
+    assert!(err.contains("--allowDebug"), "{err}");
+    let (ok, text, err) = from_report(&["--product", "milan", "--allowDebug"], &debug);
+    assert!(ok, "{err}");
+    assert!(text.contains("allow_debug = true"));
 }
