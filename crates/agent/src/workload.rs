@@ -385,7 +385,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         let mut svids = Vec::new();
         for e in entries {
-            let (token, _) = self.agent.jwt_svid(&e.id, &r.audience).await?;
+            let (token, _) = self.agent.jwt_svid(&e.id, e.revision, &r.audience).await?;
             svids.push(pb::Jwtsvid {
                 spiffe_id: e.spiffe_id.to_string(),
                 svid: token,

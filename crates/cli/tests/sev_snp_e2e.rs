@@ -879,6 +879,75 @@ fn workload_svids_carry_the_attestation_claims() {
         serde_json::json!(m)
     );
 
+    // an entry that opts out (-disableAttestationClaims): on the same attested node, its
+    // SVIDs go without the extension and its JWT-SVIDs without the tee claim
+    let shown = s
+        .cli(&[
+            "entry",
+            "show",
+            "-spiffeID",
+            "spiffe://example.org/attested-web",
+            "-output",
+            "json",
+        ])
+        .json();
+    let entry_id = shown["entries"][0]["id"].as_str().unwrap().to_string();
+    s.cli(&[
+        "entry",
+        "update",
+        "-entryID",
+        &entry_id,
+        "-parentID",
+        "spiffe://example.org/snp-claims",
+        "-spiffeID",
+        "spiffe://example.org/attested-web",
+        "-selector",
+        &format!("unix:uid:{uid}"),
+        "-disableAttestationClaims",
+    ])
+    .expect_ok();
+    let shown = s
+        .cli(&["entry", "show", "-entryID", &entry_id, "-output", "json"])
+        .json();
+    assert_eq!(
+        shown["entries"][0]["disable_attestation_claims"],
+        serde_json::json!(true),
+        "{shown}"
+    );
+    let opted_out = a.dir.path().join("opted-out");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(
+            a.fetch_until_ok(&["-write", opted_out.to_str().unwrap()])
+                .ok()
+        );
+        let pem = std::fs::read_to_string(opted_out.join("svid.0.pem")).unwrap();
+        let leaf = ironpact_spiffe::x509::certs_from_pem(&pem).unwrap()[0].clone();
+        if from_certificate(&leaf).unwrap().is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the opted-out entry's SVID still carries claims:\n{}",
+            a.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let token = runtime().block_on(async {
+        let client = spiffe::WorkloadApiClient::connect_to(&endpoint)
+            .await
+            .unwrap();
+        let jwt = client.fetch_jwt_svid(["db"], None).await.unwrap();
+        jwt.token().to_string()
+    });
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(claims.get("tee").is_none(), "{claims}");
+
     // a join_token-only node on the same server: its workload gets no claims
     let token = support::join_token(&s, "spiffe://example.org/plain-node");
     let b = TestAgent::start(&s, &token);

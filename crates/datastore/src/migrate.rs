@@ -124,6 +124,10 @@ ALTER TABLE registered_entries ADD COLUMN disable_x509_svid_prefetch BIGINT NOT 
     r#"
 ALTER TABLE attested_agents ADD COLUMN attestation_claims TEXT NOT NULL DEFAULT ''
 "#,
+    // entries whose SVIDs go without attestation claims
+    r#"
+ALTER TABLE registered_entries ADD COLUMN disable_attestation_claims BIGINT NOT NULL DEFAULT 0
+"#,
 ];
 
 /// The migration after which `join_tokens.token` holds digests, not tokens.
@@ -237,6 +241,9 @@ ALTER TABLE registered_entries ADD COLUMN disable_x509_svid_prefetch BIGINT NOT 
     // MySQL gives TEXT no default: NULL reads as none
     r#"
 ALTER TABLE attested_agents ADD COLUMN attestation_claims TEXT CHARACTER SET ascii COLLATE ascii_bin NULL
+"#,
+    r#"
+ALTER TABLE registered_entries ADD COLUMN disable_attestation_claims BIGINT NOT NULL DEFAULT 0
 "#,
 ];
 

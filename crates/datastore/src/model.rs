@@ -25,6 +25,9 @@ pub struct Entry {
     /// Agents sign this entry's X509-SVID on a workload's first request, not ahead (SPIRE's
     /// `-disableX509SVIDPrefetch`).
     pub disable_x509_svid_prefetch: bool,
+    /// This entry's SVIDs go without the attestation claims extension (and JWT `tee` claim)
+    /// even when the agent's node was attested with TEE evidence.
+    pub disable_attestation_claims: bool,
     pub hint: String,
     pub created_at: i64,
 }
@@ -48,6 +51,7 @@ impl Entry {
             revision_number: 0,
             store_svid: false,
             disable_x509_svid_prefetch: false,
+            disable_attestation_claims: false,
             hint: String::new(),
             created_at: 0,
         }

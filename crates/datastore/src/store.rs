@@ -263,7 +263,8 @@ fn placeholders(first: usize, n: usize) -> String {
 
 const ENTRY_COLUMNS: &str = "e.entry_id, e.spiffe_id, e.parent_id, e.x509_svid_ttl, \
     e.jwt_svid_ttl, e.admin, e.downstream, e.expires_at, e.store_svid, e.hint, e.dns_names, \
-    e.federates_with, e.disable_x509_svid_prefetch, e.revision_number, e.created_at";
+    e.federates_with, e.disable_x509_svid_prefetch, e.disable_attestation_claims, \
+    e.revision_number, e.created_at";
 
 /// A random (version 4) UUID, the form SPIRE uses for entry IDs and join tokens (from the
 /// operating system's CSPRNG: a join token is a secret).
@@ -928,13 +929,13 @@ impl DataStore {
             out.push(Ok(e.clone()));
             accepted.push((e, key));
         }
-        const ENTRY_COLS: usize = 16;
+        const ENTRY_COLS: usize = 17;
         for chunk in accepted.chunks(CHUNK * 3 / ENTRY_COLS) {
             let sql = format!(
                 "INSERT INTO registered_entries (entry_id, spiffe_id, parent_id, x509_svid_ttl, \
                  jwt_svid_ttl, admin, downstream, expires_at, store_svid, hint, dns_names, \
-                 federates_with, disable_x509_svid_prefetch, revision_number, created_at, \
-                 similarity_key) VALUES {}",
+                 federates_with, disable_x509_svid_prefetch, disable_attestation_claims, \
+                 revision_number, created_at, similarity_key) VALUES {}",
                 values_rows(chunk.len(), ENTRY_COLS)
             );
             let mut q = self.dialect.query(&sql);
@@ -1215,8 +1216,8 @@ impl DataStore {
                 "UPDATE registered_entries SET entry_id=$1, spiffe_id=$2, parent_id=$3, \
              x509_svid_ttl=$4, jwt_svid_ttl=$5, admin=$6, downstream=$7, expires_at=$8, \
              store_svid=$9, hint=$10, dns_names=$11, federates_with=$12, \
-             disable_x509_svid_prefetch=$13, revision_number=revision_number + 1, \
-             similarity_key=$14 WHERE entry_id=$15",
+             disable_x509_svid_prefetch=$13, disable_attestation_claims=$14, \
+             revision_number=revision_number + 1, similarity_key=$15 WHERE entry_id=$16",
             ),
             e,
         )
@@ -2167,7 +2168,7 @@ impl DataStore {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// Binds $1..$13, the entry columns that INSERT and UPDATE share, in table order.
+/// Binds $1..$14, the entry columns that INSERT and UPDATE share, in table order.
 fn bind_entry_columns<'q>(q: AnyQuery<'q>, e: &'q Entry) -> AnyQuery<'q> {
     q.bind(e.id.as_str())
         .bind(e.spiffe_id.as_str())
@@ -2182,6 +2183,7 @@ fn bind_entry_columns<'q>(q: AnyQuery<'q>, e: &'q Entry) -> AnyQuery<'q> {
         .bind(json_list(e.dns_names.iter()))
         .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
         .bind(b(e.disable_x509_svid_prefetch))
+        .bind(b(e.disable_attestation_claims))
 }
 
 fn json_list<'a>(items: impl Iterator<Item = &'a (impl AsRef<str> + ?Sized + 'a)>) -> String {
@@ -2453,6 +2455,7 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry> {
         revision_number: row.try_get("revision_number")?,
         store_svid: row.try_get::<i64, _>("store_svid")? != 0,
         disable_x509_svid_prefetch: row.try_get::<i64, _>("disable_x509_svid_prefetch")? != 0,
+        disable_attestation_claims: row.try_get::<i64, _>("disable_attestation_claims")? != 0,
         hint: row.try_get("hint")?,
         created_at: row.try_get("created_at")?,
     })

@@ -317,15 +317,18 @@ async fn entry_crud(ds: &DataStore) {
     );
     assert!(got.admin && !got.downstream);
     assert_eq!(got.x509_svid_ttl, 600);
+    assert!(!got.disable_attestation_claims);
 
     let mut upd = got.clone();
     upd.selectors = vec![sel("unix:uid:1001")];
     upd.hint = "web2".into();
+    upd.disable_attestation_claims = true;
     let updated = ds.update_entry(&upd).await.unwrap();
     assert_eq!(updated.revision_number, 1);
     let got = ds.get_entry(&created.id).await.unwrap();
     assert_eq!(got.selectors, vec![sel("unix:uid:1001")]);
     assert_eq!(got.hint, "web2");
+    assert!(got.disable_attestation_claims);
     assert_eq!(got.revision_number, 1);
 
     let deleted = ds.delete_entry(&created.id).await.unwrap();

@@ -15,15 +15,17 @@ impl Agent {
             .is_some_and(|kid| b.jwt_tainted.contains(&kid))
     }
 
-    /// A JWT-SVID for `entry_id`, cached until half of its life is gone.
+    /// A JWT-SVID for `entry_id` at `revision`, cached until half of its life is gone (an
+    /// entry changed since, say one that opted out of attestation claims, gets a new one).
     pub async fn jwt_svid(
         &self,
         entry_id: &str,
+        revision: i64,
         audience: &[String],
     ) -> Result<(String, String), tonic::Status> {
         let mut aud = audience.to_vec();
         aud.sort();
-        let key = (entry_id.to_string(), aud);
+        let key = (entry_id.to_string(), revision, aud);
         let t = self.clock.now();
         if let Some((tok, iat, exp)) = self
             .jwt_cache

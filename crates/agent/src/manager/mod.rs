@@ -121,7 +121,7 @@ struct NewKey {
 }
 
 /// (entry ID, sorted audience).
-type JwtKey = (String, Vec<String>);
+type JwtKey = (String, i64, Vec<String>);
 /// (token, issued at, expires at).
 type CachedJwt = (String, i64, i64);
 
@@ -586,17 +586,20 @@ plugins {{
         let (a, _dir) = agent(clock.clone());
         let aud = vec!["b".to_string(), "a".to_string()];
         a.jwt_cache.lock().unwrap().insert(
-            ("e1".into(), vec!["a".into(), "b".into()]),
+            ("e1".into(), 3, vec!["a".into(), "b".into()]),
             ("token".into(), T0, T0 + 300),
         );
         // the audience set in any order is the same key
-        let (tok, _) = a.jwt_svid("e1", &aud).await.unwrap();
+        let (tok, _) = a.jwt_svid("e1", 3, &aud).await.unwrap();
         assert_eq!(tok, "token");
+        // another revision of the entry is not served the old token
+        let e = a.jwt_svid("e1", 4, &aud).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         clock.set(T0 + 149);
-        assert_eq!(a.jwt_svid("e1", &aud).await.unwrap().0, "token");
+        assert_eq!(a.jwt_svid("e1", 3, &aud).await.unwrap().0, "token");
         // at half-life the server is asked (here: nobody listens)
         clock.set(T0 + 150);
-        let e = a.jwt_svid("e1", &aud).await.unwrap_err();
+        let e = a.jwt_svid("e1", 3, &aud).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     }
 

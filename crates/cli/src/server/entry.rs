@@ -69,6 +69,10 @@ pub struct Fields {
     /// entries many nodes match and few run).
     #[arg(long = "disableX509SVIDPrefetch")]
     disable_x509_svid_prefetch: bool,
+    /// This entry's SVIDs go without the attestation claims extension (and JWT `tee` claim),
+    /// even on a node attested with TEE evidence.
+    #[arg(long = "disableAttestationClaims")]
+    disable_attestation_claims: bool,
     /// Unix time at which the entry expires.
     #[arg(long = "entryExpiry", visible_alias = "entry-expiry")]
     entry_expiry: Option<i64>,
@@ -233,6 +237,7 @@ impl Fields {
             node,
             store_svid,
             disable_x509_svid_prefetch,
+            disable_attestation_claims,
             entry_expiry,
         } = self;
         spiffe_id.is_none()
@@ -248,6 +253,7 @@ impl Fields {
             && !node
             && !store_svid
             && !disable_x509_svid_prefetch
+            && !disable_attestation_claims
             && entry_expiry.is_none()
     }
 }
@@ -259,6 +265,10 @@ fn entry_from_fields(f: &Fields, creating: bool) -> Result<(pb::Entry, pb::Entry
     if f.disable_x509_svid_prefetch {
         e.disable_x509_svid_prefetch = true;
         m.disable_x509_svid_prefetch = true;
+    }
+    if f.disable_attestation_claims {
+        e.disable_attestation_claims = true;
+        m.disable_attestation_claims = true;
     }
     match &f.spiffe_id {
         Some(s) => {
@@ -387,6 +397,7 @@ fn entries_from_data(path: &PathBuf) -> Result<Vec<pb::Entry>> {
         "dns_names",
         "store_svid",
         "disable_x509_svid_prefetch",
+        "disable_attestation_claims",
         "hint",
         "revision_number",
         "created_at",
@@ -479,6 +490,7 @@ fn entries_from_data(path: &PathBuf) -> Result<Vec<pb::Entry>> {
                 dns_names: strs(e.get("dns_names")),
                 store_svid: flag("store_svid")?,
                 disable_x509_svid_prefetch: flag("disable_x509_svid_prefetch")?,
+                disable_attestation_claims: flag("disable_attestation_claims")?,
                 hint: e
                     .get("hint")
                     .and_then(Value::as_str)
@@ -529,6 +541,9 @@ pub fn print_entry(e: &pb::Entry) {
     if e.disable_x509_svid_prefetch {
         println!("X509 prefetch    : false");
     }
+    if e.disable_attestation_claims {
+        println!("Attest. claims   : false");
+    }
     if !e.hint.is_empty() {
         println!("Hint             : {}", e.hint);
     }
@@ -559,6 +574,9 @@ pub fn entry_json(e: &pb::Entry) -> Value {
     // entry keeps it
     if e.disable_x509_svid_prefetch {
         v["disable_x509_svid_prefetch"] = json!(true);
+    }
+    if e.disable_attestation_claims {
+        v["disable_attestation_claims"] = json!(true);
     }
     v
 }
@@ -820,6 +838,7 @@ fn full_mask() -> pb::EntryMask {
         jwt_svid_ttl: true,
         hint: true,
         disable_x509_svid_prefetch: true,
+        disable_attestation_claims: true,
     }
 }
 

@@ -884,7 +884,13 @@ impl AgentApi for AgentEndpoint {
                 let issued = self
                     .0
                     .ca
-                    .sign_x509_svid_with(&e.spiffe_id, &csr.spki_der, &e.dns_names, ttl, claims)
+                    .sign_x509_svid_with(
+                        &e.spiffe_id,
+                        &csr.spki_der,
+                        &e.dns_names,
+                        ttl,
+                        claims.filter(|_| !e.disable_attestation_claims),
+                    )
                     .map_err(ca_status)?;
                 Ok::<_, Status>(ironpact_proto::server::v1::X509svid {
                     id: e.spiffe_id.to_string(),
@@ -938,7 +944,10 @@ impl AgentApi for AgentEndpoint {
             n => Duration::from_secs(n as u64),
         };
         // a workload of a TEE-attested node: its JWT-SVID says so (the `tee` claim)
-        let tee = if agent.attestation_claims.is_empty() || !self.0.cfg.attestation_claims {
+        let tee = if agent.attestation_claims.is_empty()
+            || !self.0.cfg.attestation_claims
+            || e.disable_attestation_claims
+        {
             None
         } else {
             ironpact_spiffe::claims::AttestationClaims::from_der(&agent.attestation_claims).ok()

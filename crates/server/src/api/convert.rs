@@ -179,6 +179,7 @@ pub fn entry(p: &pb::Entry, td: &TrustDomain) -> Result<Entry, Status> {
         revision_number: p.revision_number,
         store_svid: p.store_svid,
         disable_x509_svid_prefetch: p.disable_x509_svid_prefetch,
+        disable_attestation_claims: p.disable_attestation_claims,
         hint: p.hint.clone(),
         created_at: p.created_at,
     })
@@ -202,6 +203,7 @@ pub fn entry_pb(e: &Entry) -> pb::Entry {
         hint: e.hint.clone(),
         created_at: e.created_at,
         disable_x509_svid_prefetch: e.disable_x509_svid_prefetch,
+        disable_attestation_claims: e.disable_attestation_claims,
     }
 }
 

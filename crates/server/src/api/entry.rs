@@ -109,6 +109,9 @@ fn masked(old: &Entry, new: &pb::Entry, mask: Option<&pb::EntryMask>) -> pb::Ent
     if m.disable_x509_svid_prefetch {
         out.disable_x509_svid_prefetch = new.disable_x509_svid_prefetch;
     }
+    if m.disable_attestation_claims {
+        out.disable_attestation_claims = new.disable_attestation_claims;
+    }
     out
 }
 
