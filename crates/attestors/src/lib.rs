@@ -90,6 +90,20 @@ pub struct Refusal {
     pub kind: RefusalKind,
     pub message: String,
     pub required_by: Option<String>,
+    /// Each field that differed from the policy (also in `message`, in words); empty when the
+    /// refusal is not a policy's (a bad signature, say) or the evidence was not bound to this
+    /// challenge.
+    pub differences: Vec<Difference>,
+}
+
+/// One field of the evidence the policy does not admit: its name (`measurement`,
+/// `reported_tcb`, `rtmr2`, `reference.guest_svn` for an input of a measured launch that
+/// differs from the policy's reference launch), the value seen and what the policy allows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Difference {
+    pub field: String,
+    pub seen: String,
+    pub allowed: String,
 }
 
 impl Refusal {
@@ -98,7 +112,20 @@ impl Refusal {
             kind,
             message: message.into(),
             required_by: None,
+            differences: Vec::new(),
         }
+    }
+
+    /// The verdict as one JSON object (`{"kind", "message", "differences": [{"field", "seen",
+    /// "allowed"}]}`): what the server logs and keeps for `agent show`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "kind": self.kind.as_str(),
+            "required_by": self.required_by,
+            "message": self.message,
+            "differences": self.differences,
+        })
+        .to_string()
     }
 }
 
@@ -111,6 +138,26 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+impl From<ironpact_snp::policy::Mismatch> for Difference {
+    fn from(m: ironpact_snp::policy::Mismatch) -> Self {
+        Difference {
+            field: m.field.to_string(),
+            seen: m.seen,
+            allowed: m.allowed,
+        }
+    }
+}
+
+impl From<ironpact_tdx::policy::Mismatch> for Difference {
+    fn from(m: ironpact_tdx::policy::Mismatch) -> Self {
+        Difference {
+            field: m.field,
+            seen: m.seen,
+            allowed: m.allowed,
+        }
+    }
+}
+
 impl From<ironpact_snp::SnpError> for Refusal {
     fn from(e: ironpact_snp::SnpError) -> Self {
         Refusal::new(RefusalKind::SevSnp(e.kind), e.message)
@@ -118,22 +165,29 @@ impl From<ironpact_snp::SnpError> for Refusal {
 }
 
 /// A TEE policy's refusal of `kind`, naming every field the policy does not admit
-/// (`described`: the diff in words, empty when none) when the evidence is `bound` to this
-/// challenge: the refusal the agent logs, `agent show` keeps and the server logs names them
-/// all, while a replayed report (anyone may hold one) learns nothing of the policy.
+/// (`diff`, empty when none) when the evidence is `bound` to this challenge: the refusal the
+/// agent logs, `agent show` keeps and the server logs names them all (in words and as
+/// fields), while a replayed report (anyone may hold one) learns nothing of the policy.
 pub(crate) fn policy_refusal(
     kind: RefusalKind,
     message: String,
     bound: bool,
-    described: impl FnOnce() -> String,
+    diff: impl FnOnce() -> Vec<Difference>,
 ) -> AttestError {
-    let diff = if bound { described() } else { String::new() };
-    let message = if diff.is_empty() {
+    let differences = if bound { diff() } else { Vec::new() };
+    let message = if differences.is_empty() {
         message
     } else {
-        format!("{message}; differs from the policy: {diff}")
+        let words: Vec<String> = differences
+            .iter()
+            .map(|d| format!("{} {} (allowed: {})", d.field, d.seen, d.allowed))
+            .collect();
+        format!("{message}; differs from the policy: {}", words.join("; "))
     };
-    AttestError::rejected(kind, message)
+    AttestError::Rejected(Refusal {
+        differences,
+        ..Refusal::new(kind, message)
+    })
 }
 
 impl From<ironpact_tdx::TdxError> for Refusal {
@@ -191,6 +245,28 @@ impl AttestError {
     /// A refusal of `kind`.
     pub fn rejected(kind: RefusalKind, message: impl Into<String>) -> Self {
         AttestError::Rejected(Refusal::new(kind, message))
+    }
+
+    /// A refusal as one JSON object (see [`Refusal::to_json`]; a refusal that is not a
+    /// policy's has no differences).
+    pub fn refusal_json(&self) -> String {
+        match self {
+            AttestError::Rejected(r) => r.to_json(),
+            other => serde_json::json!({
+                "kind": other.kind_str(),
+                "message": other.to_string(),
+                "differences": [],
+            })
+            .to_string(),
+        }
+    }
+
+    /// The fields that differed from the policy, when this is a policy's refusal.
+    pub fn differences(&self) -> &[Difference] {
+        match self {
+            AttestError::Rejected(r) => &r.differences,
+            _ => &[],
+        }
     }
 
     /// A short, stable name of what failed (the refusal's kind, or the kind of failure), for

@@ -155,6 +155,22 @@ pub fn hex_array<const N: usize>(
 }
 
 /// A list of hex strings of `len` bytes each (policy allow-lists).
+/// One hex value of `len` bytes under `key` (required), in a block
+/// such as `reference { … }`.
+pub fn hex_value(s: &Section<'_>, key: &str, len: usize) -> Result<Vec<u8>, ConfigError> {
+    let Some((h, line)) = s.string(key)? else {
+        return Err(s.err(s.line(), format!("reference: {key} is missing")));
+    };
+    let b = hex::decode(h.trim()).map_err(|_| s.err(line, format!("{key}: {h:?} is not hex")))?;
+    if b.len() != len {
+        return Err(s.err(
+            line,
+            format!("{key}: {h:?} is {} bytes, expected {len}", b.len()),
+        ));
+    }
+    Ok(b)
+}
+
 pub fn hex_list(s: &Section<'_>, key: &str, len: usize) -> Result<Vec<Vec<u8>>, ConfigError> {
     let line = s.line();
     s.strings(key)?

@@ -253,6 +253,39 @@ fn sev_snp_attestation_end_to_end() {
         )),
         "{shown}"
     );
+    // ... and as fields: in words, and in `-output json` as SPIRE operators script against
+    assert!(
+        shown.contains("Refusal kind      : measurement_not_allowed")
+            && shown.contains("Differs           : measurement")
+            && shown.contains(&format!("  seen            : {m}"))
+            && shown.contains(&format!(
+                "  allowed         : {}",
+                hex::encode([0x77u8; 48])
+            )),
+        "{shown}"
+    );
+    let json = s
+        .cli(&["agent", "show", "-spiffeID", &agent_id, "-output", "json"])
+        .expect_ok()
+        .json();
+    let refusal = &json["attestation_refusal"];
+    assert_eq!(refusal["kind"], "measurement_not_allowed", "{json}");
+    assert_eq!(
+        refusal["differences"],
+        serde_json::json!([{
+            "field": "measurement",
+            "seen": m,
+            "allowed": hex::encode([0x77u8; 48]),
+        }]),
+        "{json}"
+    );
+    // the server logged it as one line with the differences as a field
+    assert!(
+        s.log().lines().any(|l| l.contains("re-attestation refused")
+            && l.contains(r#"differences=[{"field":"measurement""#)),
+        "{}",
+        s.log()
+    );
     let log = a.log();
     assert!(
         !log.contains("presented an SVID that is not its current one"),

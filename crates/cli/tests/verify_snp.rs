@@ -254,6 +254,36 @@ fn policy_from_a_report_admits_exactly_that_launch() {
         serde_json::from_str(&std::fs::read_to_string(case.join("case.json")).unwrap()).unwrap();
     assert_eq!(meas["allowed"], c["measurement"], "{other}");
     assert_ne!(meas["seen"], c["measurement"]);
+    // the policy names the launch it was written from (its reference): the refused
+    // measurement is explained by which of its launch inputs differ from that launch
+    let reference = |f: &str| m(&format!("reference.{f}")).map(|d| d["seen"].clone());
+    assert_eq!(
+        reference("guest_policy"),
+        Some(Value::from("0x3001f")),
+        "{other}"
+    );
+    assert_eq!(reference("guest_svn"), Some(Value::from("4")), "{other}");
+    assert!(
+        reference("family_id").is_some() && reference("image_id").is_some(),
+        "{other}"
+    );
+    assert_eq!(
+        reference("vmpl"),
+        None,
+        "the same VMPL is not named: {other}"
+    );
+    // a reference with the same inputs and another measurement: what was launched (its
+    // image: firmware, kernel, command line) differs
+    let measured = c["measurement"].as_str().unwrap();
+    std::fs::write(&p, text.replace(measured, &"ab".repeat(48))).unwrap();
+    let relaunched = verify(&case);
+    let fields: Vec<&str> = relaunched["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["measurement", "reference.launch"], "{relaunched}");
     // the same report against an edited policy: VMPL and guest SVN differ too
     std::fs::write(
         &p,

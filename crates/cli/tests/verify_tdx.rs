@@ -174,6 +174,28 @@ fn policy_from_a_quote_admits_exactly_that_td() {
         text.contains(&format!("mrtds = [\"{}\"]", mrtd(&case))),
         "{text}"
     );
+    // the policy names this TD as its reference: a TD refused for its MRTD is told which
+    // registers differ from that known-good TD (here: a policy whose MRTD and reference
+    // RTMR2 are another TD's)
+    let edited = text.replace(&mrtd(&case), &"ab".repeat(48));
+    let rtmr2 = edited
+        .lines()
+        .find(|l| l.trim_start().starts_with("rtmr2 = \""))
+        .unwrap()
+        .to_string();
+    let edited = edited.replace(&rtmr2, &format!("    rtmr2 = \"{}\"", "cd".repeat(48)));
+    let edited_path = tmp.path().join("edited.hcl");
+    std::fs::write(&edited_path, edited).unwrap();
+    let (ok, v) = run(&case, &["--policy", edited_path.to_str().unwrap()]);
+    assert!(!ok, "{v}");
+    let fields: Vec<&str> = v["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["MRTD", "reference.MRTD", "reference.RTMR2"], "{v}");
+    assert_eq!(v["diff"][1]["seen"], mrtd(&case), "{v}");
     // another TD (the only other genuine quotes come without collateral, so the verdict
     // stops at the TCB status; its MRTD is not the one admitted either)
     let other = dir.join("tdx/go-tdx-guest-v4-spr-e4");

@@ -128,6 +128,10 @@ ALTER TABLE attested_agents ADD COLUMN attestation_claims TEXT NOT NULL DEFAULT 
     r#"
 ALTER TABLE registered_entries ADD COLUMN disable_attestation_claims BIGINT NOT NULL DEFAULT 0
 "#,
+    // the last refusal as structured data (JSON), beside its text in attestation_error
+    r#"
+ALTER TABLE attested_agents ADD COLUMN attestation_refusal TEXT NOT NULL DEFAULT ''
+"#,
 ];
 
 /// The migration after which `join_tokens.token` holds digests, not tokens.
@@ -244,6 +248,10 @@ ALTER TABLE attested_agents ADD COLUMN attestation_claims TEXT CHARACTER SET asc
 "#,
     r#"
 ALTER TABLE registered_entries ADD COLUMN disable_attestation_claims BIGINT NOT NULL DEFAULT 0
+"#,
+    // MySQL gives TEXT no default: NULL reads as none
+    r#"
+ALTER TABLE attested_agents ADD COLUMN attestation_refusal TEXT NULL
 "#,
 ];
 

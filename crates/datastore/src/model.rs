@@ -93,6 +93,9 @@ pub struct AgentRecord {
     /// agent gets nothing (no sync, no SVIDs) but may renew, so a node that passes again (a
     /// policy relaxed, a firmware fixed) comes back without an operator.
     pub attestation_error: String,
+    /// The same refusal as structured data (JSON: its kind and each field that differed from
+    /// the policy, with the value seen and the values allowed); empty when none.
+    pub attestation_refusal: String,
     /// The TEE instance the agent first attested from (SEV-SNP: report ID, or the migration
     /// agent's); empty where the evidence names none. Re-attestation under this agent ID must
     /// come from the same instance.

@@ -1298,7 +1298,8 @@ impl DataStore {
         let r = self.dialect.query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, serial_number, expires_at, \
              banned, can_reattest, created_at, updated_at, attestation_error, tee_instance, \
-             previous_serial, attestation_claims) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+             previous_serial, attestation_claims, attestation_refusal) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
         )
         .bind(a.spiffe_id.as_str())
         .bind(&a.attestation_type)
@@ -1312,6 +1313,7 @@ impl DataStore {
         .bind(&a.tee_instance)
         .bind(&a.previous_serial)
         .bind(hex::encode(&a.attestation_claims))
+        .bind(&a.attestation_refusal)
         .execute(&mut *w.tx)
         .await;
         if let Err(err) = r {
@@ -1376,13 +1378,14 @@ impl DataStore {
         let mut sql = String::from(
             "UPDATE attested_agents SET spiffe_id=$1, attestation_type=$2, serial_number=$3, \
              expires_at=$4, banned=$5, can_reattest=$6, updated_at=$7, attestation_error=$8, \
-             tee_instance=$9, previous_serial=$10, attestation_claims=$11 WHERE spiffe_id=$12",
+             tee_instance=$9, previous_serial=$10, attestation_claims=$11, \
+             attestation_refusal=$12 WHERE spiffe_id=$13",
         );
         if current_serial.is_some() {
-            sql.push_str(" AND serial_number=$13 AND banned=0");
+            sql.push_str(" AND serial_number=$14 AND banned=0");
         }
         if previous.is_some() {
-            sql.push_str(" AND previous_serial=$14 AND previous_serial <> ''");
+            sql.push_str(" AND previous_serial=$15 AND previous_serial <> ''");
         }
         let mut q = self
             .dialect
@@ -1398,6 +1401,7 @@ impl DataStore {
             .bind(&a.tee_instance)
             .bind(&a.previous_serial)
             .bind(hex::encode(&a.attestation_claims))
+            .bind(&a.attestation_refusal)
             .bind(a.spiffe_id.as_str());
         if let Some(s) = current_serial {
             q = q.bind(s);
@@ -1439,6 +1443,7 @@ impl DataStore {
         id: &SpiffeId,
         serial: &str,
         why: &str,
+        refusal: &str,
         now: i64,
     ) -> Result<bool> {
         let _timed = Timed::start("suspend_agent");
@@ -1446,10 +1451,11 @@ impl DataStore {
         let n = self
             .dialect
             .query(
-                "UPDATE attested_agents SET attestation_error=$1, updated_at=$2 \
-             WHERE spiffe_id=$3 AND serial_number=$4 AND banned=0",
+                "UPDATE attested_agents SET attestation_error=$1, attestation_refusal=$2, \
+                 updated_at=$3 WHERE spiffe_id=$4 AND serial_number=$5 AND banned=0",
             )
             .bind(why)
+            .bind(refusal)
             .bind(now)
             .bind(id.as_str())
             .bind(serial)
@@ -1576,7 +1582,7 @@ impl DataStore {
         let sql = format!(
             "SELECT a.spiffe_id, a.attestation_type, a.serial_number, a.expires_at, a.banned, \
              a.can_reattest, a.created_at, a.updated_at, a.attestation_error, a.tee_instance, \
-             a.previous_serial, a.attestation_claims, \
+             a.previous_serial, a.attestation_claims, a.attestation_refusal, \
              s.type, s.value FROM \
              (SELECT * FROM attested_agents a{} ORDER BY a.spiffe_id{limit}) a \
              LEFT JOIN agent_selectors s ON s.spiffe_id = a.spiffe_id ORDER BY a.spiffe_id",
@@ -1607,6 +1613,9 @@ impl DataStore {
                     attestation_claims: row
                         .try_get::<Option<String>, _>("attestation_claims")?
                         .and_then(|h| hex::decode(h).ok())
+                        .unwrap_or_default(),
+                    attestation_refusal: row
+                        .try_get::<Option<String>, _>("attestation_refusal")?
                         .unwrap_or_default(),
                 });
             }

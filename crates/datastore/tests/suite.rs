@@ -485,6 +485,7 @@ async fn agents(ds: &DataStore) {
         previous_serial: String::new(),
         attestation_claims: Vec::new(),
         attestation_error: String::new(),
+        attestation_refusal: String::new(),
     };
     ds.create_agent(&a).await.unwrap();
     assert!(matches!(
@@ -499,7 +500,7 @@ async fn agents(ds: &DataStore) {
     banned.attestation_error = "measurement_not_allowed: no".into();
     // a suspension or a conditional rewrite holding a stale serial changes nothing
     assert!(
-        !ds.suspend_agent(&a.spiffe_id, "stale", "x", 2)
+        !ds.suspend_agent(&a.spiffe_id, "stale", "x", "{}", 2)
             .await
             .unwrap()
     );
@@ -508,14 +509,13 @@ async fn agents(ds: &DataStore) {
         Err(Error::NotFound { .. })
     ));
     assert!(
-        ds.suspend_agent(&a.spiffe_id, "01ab", "refused", 2)
+        ds.suspend_agent(&a.spiffe_id, "01ab", "refused", r#"{"kind":"k"}"#, 2)
             .await
             .unwrap()
     );
-    assert_eq!(
-        ds.get_agent(&a.spiffe_id).await.unwrap().attestation_error,
-        "refused"
-    );
+    let suspended = ds.get_agent(&a.spiffe_id).await.unwrap();
+    assert_eq!(suspended.attestation_error, "refused");
+    assert_eq!(suspended.attestation_refusal, r#"{"kind":"k"}"#);
     ds.update_agent_if_current(&a, "01ab").await.unwrap();
     // a renewal keeps the serial it replaced until the agent confirms the new one
     let mut renewed = a.clone();
@@ -545,7 +545,11 @@ async fn agents(ds: &DataStore) {
     ));
     ds.update_agent(&banned).await.unwrap();
     // a banned agent is neither suspended nor rewritten by a renewal
-    assert!(!ds.suspend_agent(&a.spiffe_id, "", "x", 3).await.unwrap());
+    assert!(
+        !ds.suspend_agent(&a.spiffe_id, "", "x", "", 3)
+            .await
+            .unwrap()
+    );
     assert!(ds.update_agent_if_current(&a, "").await.is_err());
     let got = ds.get_agent(&a.spiffe_id).await.unwrap();
     assert!(got.banned);
@@ -804,6 +808,7 @@ fn agent(n: usize, sels: &[&str]) -> AgentRecord {
         previous_serial: String::new(),
         attestation_claims: Vec::new(),
         attestation_error: String::new(),
+        attestation_refusal: String::new(),
     }
 }
 

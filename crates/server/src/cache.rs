@@ -629,6 +629,7 @@ pub(crate) mod tests {
             created_at: 0,
             updated_at: 0,
             attestation_error: String::new(),
+            attestation_refusal: String::new(),
             tee_instance: String::new(),
             previous_serial: String::new(),
             attestation_claims: Vec::new(),

@@ -33,6 +33,22 @@ pub struct Policy {
     pub accept_vlek: bool,
     /// REPORT_DATA the report must carry (set by the attestor from its nonce and key).
     pub report_data: Option<[u8; 64]>,
+    /// A known-good launch: when a measurement is not allowed, the refusal names which of
+    /// its launch inputs differ from this one. It admits nothing by itself.
+    pub reference: Option<Reference>,
+}
+
+/// The inputs of a known-good launch the report states (as `policy from-report` writes
+/// them): what differs from them explains a measurement that is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reference {
+    pub measurement: Vec<u8>,
+    /// The guest policy (its bits: debug, SMT, migration agent, ABI version, ...).
+    pub guest_policy: u64,
+    pub family_id: Vec<u8>,
+    pub image_id: Vec<u8>,
+    pub vmpl: u32,
+    pub guest_svn: u32,
 }
 
 impl Default for Policy {
@@ -58,6 +74,7 @@ impl Default for Policy {
             accept_vcek: true,
             accept_vlek: true,
             report_data: None,
+            reference: None,
         }
     }
 }
@@ -267,6 +284,11 @@ impl Policy {
                 hex::encode(r.measurement),
                 hex_list_short(&self.measurements),
             );
+            if let Some(reference) = &self.reference {
+                for (field, seen, allowed) in reference.inputs_differing(r) {
+                    add(field, seen, allowed);
+                }
+            }
         }
         if let Some(min) = self.min_reported_tcb
             && !tcb_below(v.reported_tcb(), min).is_empty()
@@ -334,6 +356,60 @@ impl Policy {
                 add("signing_key", "vlek".into(), "vcek".into())
             }
             _ => {}
+        }
+        out
+    }
+}
+
+impl Reference {
+    /// The launch inputs of `r` that differ from this reference launch (`reference.<input>`,
+    /// seen, the reference's value); when none does, one line saying that what was launched
+    /// (firmware, kernel, initrd, command line, vCPUs) differs, since the measurement does.
+    fn inputs_differing(&self, r: &crate::report::Report) -> Vec<(&'static str, String, String)> {
+        if r.measurement[..] == self.measurement[..] {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut bytes = |name, seen: &[u8], reference: &[u8]| {
+            if seen != reference {
+                out.push((
+                    name,
+                    hex::encode(seen),
+                    format!("{} (reference launch)", hex::encode(reference)),
+                ));
+            }
+        };
+        bytes("reference.family_id", &r.family_id, &self.family_id);
+        bytes("reference.image_id", &r.image_id, &self.image_id);
+        if r.policy != self.guest_policy {
+            out.push((
+                "reference.guest_policy",
+                format!("{:#x}", r.policy),
+                format!(
+                    "{:#x} (reference launch; bits that differ: {:#x})",
+                    self.guest_policy,
+                    r.policy ^ self.guest_policy
+                ),
+            ));
+        }
+        for (name, seen, reference) in [
+            ("reference.vmpl", r.vmpl, self.vmpl),
+            ("reference.guest_svn", r.guest_svn, self.guest_svn),
+        ] {
+            if seen != reference {
+                out.push((
+                    name,
+                    seen.to_string(),
+                    format!("{reference} (reference launch)"),
+                ));
+            }
+        }
+        if out.is_empty() {
+            out.push((
+                "reference.launch",
+                "same guest policy, family and image ID, VMPL and guest SVN".into(),
+                "the reference launch's image: the firmware, kernel, initrd, command line or vCPU count/type launched differ".into(),
+            ));
         }
         out
     }

@@ -35,6 +35,46 @@ pub struct Policy {
     pub mrowners: Vec<Measurement>,
     /// The REPORT_DATA the challenge expects (set per attestation, not in configuration).
     pub report_data: Option<[u8; 64]>,
+    /// A known-good TD: when a measurement register is not allowed, the refusal names which
+    /// of MRTD, RTMR0-3, MRSEAM and the attributes differ from it. It admits nothing itself.
+    pub reference: Option<Reference>,
+}
+
+/// The measurements and attributes of a known-good TD (as `policy from-report` writes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub mrtd: Measurement,
+    pub rtmrs: [Measurement; 4],
+    pub mrseam: Measurement,
+    pub td_attributes: [u8; 8],
+    pub xfam: [u8; 8],
+}
+
+impl Reference {
+    /// What of `td` differs from this reference (`reference.<name>`, seen, reference value).
+    fn differing(&self, td: &crate::quote::TDReport10) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let mut cmp = |name: &str, seen: &[u8], reference: &[u8]| {
+            if seen != reference {
+                out.push((
+                    format!("reference.{name}"),
+                    hex::encode(seen),
+                    format!("{} (reference TD)", hex::encode(reference)),
+                ));
+            }
+        };
+        cmp("MRTD", &td.mr_td, &self.mrtd);
+        for (i, r) in [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3]
+            .iter()
+            .enumerate()
+        {
+            cmp(&format!("RTMR{i}"), r, &self.rtmrs[i]);
+        }
+        cmp("MRSEAM", &td.mr_seam, &self.mrseam);
+        cmp("td_attributes", &td.td_attributes, &self.td_attributes);
+        cmp("xfam", &td.xfam, &self.xfam);
+        out
+    }
 }
 
 impl Default for Policy {
@@ -54,6 +94,7 @@ impl Default for Policy {
             mrconfigids: Vec::new(),
             mrowners: Vec::new(),
             report_data: None,
+            reference: None,
         }
     }
 }
@@ -304,9 +345,16 @@ impl Policy {
                 ),
             );
         }
+        let mut measured_differs = false;
         for (name, list, value) in self.registers(td) {
             if !listed(list, &value) {
+                measured_differs |= !matches!(name.as_str(), "MRCONFIGID" | "MROWNER");
                 add(&name, hex::encode(value), short(list));
+            }
+        }
+        if measured_differs && let Some(reference) = &self.reference {
+            for (field, seen, allowed) in reference.differing(td) {
+                add(&field, seen, allowed);
             }
         }
         if let Some(min) = self.min_seam_svn

@@ -14,11 +14,40 @@
 //! min_guest_svn = 0
 //! allow_provisional_firmware = false
 //! signing_keys = ["vcek", "vlek"]
+//! reference {                  # a known-good launch (policy from-report writes it): a refused
+//!   measurement = "<96 hex>"   # measurement then names which of its inputs differ
+//!   guest_policy = "0x30000"
+//!   family_id = "<32 hex>"  image_id = "<32 hex>"  vmpl = 0  guest_svn = 0
+//! }
 //! ```
 
-use crate::tee_source::hex_list;
+use crate::tee_source::{hex_list, hex_value};
 use ironpact_config::hcl::{self, ConfigError, Section};
+use ironpact_snp::policy::Reference;
 use ironpact_snp::{Policy, Tcb};
+
+fn reference(s: &Section<'_>) -> Result<Option<Reference>, ConfigError> {
+    let Some(t) = s.section("reference")? else {
+        return Ok(None);
+    };
+    let guest_policy = match t.string("guest_policy")? {
+        Some((v, line)) => u64::from_str_radix(v.trim().trim_start_matches("0x"), 16)
+            .map_err(|_| t.err(line, format!("reference.guest_policy: {v:?} is not hex")))?,
+        None => return Err(t.err(t.line(), "reference: guest_policy is missing")),
+    };
+    let out = Reference {
+        measurement: hex_value(&t, "measurement", 48)?,
+        guest_policy,
+        family_id: hex_value(&t, "family_id", 16)?,
+        image_id: hex_value(&t, "image_id", 16)?,
+        vmpl: t.u16("vmpl")?.map_or(0, |v| u32::from(v.0)),
+        guest_svn: t
+            .i64("guest_svn")?
+            .map_or(0, |v| v.0.clamp(0, i64::from(u32::MAX)) as u32),
+    };
+    t.finish()?;
+    Ok(Some(out))
+}
 
 fn tcb(s: &Section<'_>, key: &str) -> Result<Option<Tcb>, ConfigError> {
     let Some(t) = s.section(key)? else {
@@ -77,6 +106,7 @@ pub fn from_section(s: &Section<'_>) -> Result<Policy, ConfigError> {
         accept_vcek: true,
         accept_vlek: true,
         report_data: None,
+        reference: reference(s)?,
     };
     if let Some(keys) = s.strings("signing_keys")? {
         p.accept_vcek = keys.iter().any(|k| k == "vcek");

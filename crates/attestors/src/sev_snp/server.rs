@@ -170,7 +170,7 @@ impl TeeAttestor for SevSnpAttestor {
                 RefusalKind::SevSnp(e.kind),
                 e.message,
                 policy.report_data == Some(verified.report().report_data),
-                || ironpact_snp::policy::describe(&policy.diff(&verified)),
+                || policy.diff(&verified).into_iter().map(Into::into).collect(),
             )
         })?;
         let selectors = verified

@@ -10,12 +10,17 @@
 //! allow_debug = false
 //! xfam_mask = "<16 hex>"  xfam_value = "<16 hex>"
 //! mrconfigids = […]  mrowners = […]
+//! reference {                 # a known-good TD (policy from-report writes it): a refused
+//!   mrtd = "<96 hex>"         # measurement then names which registers differ from it
+//!   rtmr0 = "…"  rtmr1 = "…"  rtmr2 = "…"  rtmr3 = "…"  mrseam = "…"
+//!   td_attributes = "<16 hex>"  xfam = "<16 hex>"
+//! }
 //! ```
 
-use crate::tee_source::hex_list;
+use crate::tee_source::{hex_list, hex_value};
 use ironpact_config::hcl::{self, ConfigError, Section};
 use ironpact_tdx::Policy;
-use ironpact_tdx::policy::Measurement;
+use ironpact_tdx::policy::{Measurement, Reference};
 
 fn measurements(s: &Section<'_>, key: &str) -> Result<Vec<Measurement>, ConfigError> {
     Ok(hex_list(s, key, 48)?
@@ -39,6 +44,27 @@ fn bytes8(s: &Section<'_>, key: &str) -> Result<[u8; 8], ConfigError> {
                 )
             }),
     }
+}
+
+fn reference(s: &Section<'_>) -> Result<Option<Reference>, ConfigError> {
+    let Some(t) = s.section("reference")? else {
+        return Ok(None);
+    };
+    let m = |key: &str| -> Result<Measurement, ConfigError> {
+        Ok(hex_value(&t, key, 48)?.try_into().unwrap_or([0; 48]))
+    };
+    let b8 = |key: &str| -> Result<[u8; 8], ConfigError> {
+        Ok(hex_value(&t, key, 8)?.try_into().unwrap_or([0; 8]))
+    };
+    let out = Reference {
+        mrtd: m("mrtd")?,
+        rtmrs: [m("rtmr0")?, m("rtmr1")?, m("rtmr2")?, m("rtmr3")?],
+        mrseam: m("mrseam")?,
+        td_attributes: b8("td_attributes")?,
+        xfam: b8("xfam")?,
+    };
+    t.finish()?;
+    Ok(Some(out))
 }
 
 /// Reads a policy from a section holding the keys above.
@@ -75,6 +101,7 @@ pub fn from_section(s: &Section<'_>) -> Result<Policy, ConfigError> {
         mrconfigids: measurements(s, "mrconfigids")?,
         mrowners: measurements(s, "mrowners")?,
         report_data: None,
+        reference: reference(s)?,
     };
     p.validate()
         .map_err(|m| s.err(line, format!("tdx policy: {m}")))?;

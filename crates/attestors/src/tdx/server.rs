@@ -101,7 +101,7 @@ impl TeeAttestor for TdxAttestor {
                     .quote()
                     .td()
                     .is_some_and(|td| policy.report_data == Some(td.report_data)),
-                || ironpact_tdx::policy::describe(&policy.diff(&verified)),
+                || policy.diff(&verified).into_iter().map(Into::into).collect(),
             )
         })?;
         let td = verified.quote().td().ok_or_else(|| {
@@ -312,6 +312,7 @@ mod tests {
             created_at: NOW,
             updated_at: NOW,
             attestation_error: String::new(),
+            attestation_refusal: String::new(),
             tee_instance: String::new(),
             previous_serial: String::new(),
             attestation_claims: Vec::new(),

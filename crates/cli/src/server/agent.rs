@@ -103,6 +103,17 @@ fn agent_json(a: &pb::Agent) -> Value {
     if !a.attestation_error.is_empty() {
         v["attestation_error"] = json!(a.attestation_error);
     }
+    if let Some(r) = &a.attestation_refusal {
+        v["attestation_refusal"] = json!({
+            "kind": r.kind,
+            "message": r.message,
+            "differences": r.differences.iter().map(|d| json!({
+                "field": d.field,
+                "seen": d.seen,
+                "allowed": d.allowed,
+            })).collect::<Vec<_>>(),
+        });
+    }
     v
 }
 
@@ -117,6 +128,14 @@ fn print_agent(a: &pb::Agent, with_selectors: bool) {
     }
     if !a.attestation_error.is_empty() {
         println!("Attestation error : {}", a.attestation_error);
+    }
+    if let Some(r) = &a.attestation_refusal {
+        println!("Refusal kind      : {}", r.kind);
+        for d in &r.differences {
+            println!("Differs           : {}", d.field);
+            println!("  seen            : {}", d.seen);
+            println!("  allowed         : {}", d.allowed);
+        }
     }
     if with_selectors {
         for s in &a.selectors {

@@ -135,6 +135,20 @@ pub fn snp_policy(
         ),
     };
     let _ = writeln!(o, "  signing_keys = [\"{key}\"]");
+    let _ = writeln!(
+        o,
+        "  # this launch's inputs: a measurement refused later is explained against them"
+    );
+    let _ = writeln!(
+        o,
+        "  reference {{\n    measurement = \"{}\"\n    guest_policy = \"{:#x}\"\n    family_id = \"{}\"\n    image_id = \"{}\"\n    vmpl = {}\n    guest_svn = {}\n  }}",
+        hex::encode(r.measurement),
+        r.policy,
+        hex::encode(r.family_id),
+        hex::encode(r.image_id),
+        r.vmpl,
+        r.guest_svn
+    );
     let _ = writeln!(o, "}}");
     Ok(o)
 }
@@ -178,6 +192,25 @@ pub fn tdx_policy(bytes: &[u8], from: &str, allow_debug: bool) -> Result<String>
     );
     let _ = writeln!(o, "  mrconfigids = {}", list(&td.mr_config_id));
     let _ = writeln!(o, "  mrowners = {}", list(&td.mr_owner));
+    let _ = writeln!(
+        o,
+        "  # this TD's registers: a measurement refused later is explained against them"
+    );
+    let _ = writeln!(o, "  reference {{");
+    let _ = writeln!(o, "    mrtd = \"{}\"", hex::encode(td.mr_td));
+    for (i, r) in [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3]
+        .iter()
+        .enumerate()
+    {
+        let _ = writeln!(o, "    rtmr{i} = \"{}\"", hex::encode(r));
+    }
+    let _ = writeln!(o, "    mrseam = \"{}\"", hex::encode(td.mr_seam));
+    let _ = writeln!(
+        o,
+        "    td_attributes = \"{}\"\n    xfam = \"{}\"\n  }}",
+        hex::encode(td.td_attributes),
+        hex::encode(td.xfam)
+    );
     let _ = writeln!(o, "}}");
     Ok(o)
 }

@@ -35,6 +35,11 @@ pub struct AgentEndpoint(pub SharedCore);
 type AttestStream = Pin<Box<dyn Stream<Item = Result<pb::AttestAgentResponse, Status>> + Send>>;
 type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::SyncAuthorizedResponse, Status>> + Send>>;
 
+/// The fields a refusal found differing from the policy, as a JSON array for the log line.
+fn differences(e: &AttestError) -> String {
+    serde_json::to_string(e.differences()).unwrap_or_else(|_| "[]".into())
+}
+
 fn attest_status(e: AttestError) -> Status {
     if e.is_client_error() {
         Status::invalid_argument(e.to_string())
@@ -275,7 +280,13 @@ async fn attest_flow(
                     if let Some(rec) = &renewing {
                         return Err(renewal_failed(core, rec, e, now).await);
                     }
-                    warn!(attestor = attestor.name(), error = %e, "node attestation failed");
+                    warn!(
+                        attestor = attestor.name(),
+                        kind = e.kind_str(),
+                        differences = %differences(&e),
+                        error = %e,
+                        "node attestation failed"
+                    );
                     return Err(attest_status(e));
                 }
             };
@@ -400,6 +411,7 @@ async fn attest_flow(
         created_at: existing.as_ref().map_or(now, |r| r.created_at),
         updated_at: now,
         attestation_error: String::new(),
+        attestation_refusal: String::new(),
         tee_instance: recorded_instance(existing.as_ref(), &attested, renewing.is_some()),
         previous_serial: renewing
             .as_ref()
@@ -553,12 +565,24 @@ async fn renewal_failed(core: &SharedCore, rec: &AgentRecord, e: AttestError, no
         // suspend the agent that uses the current one
         warn!(agent_id = %rec.spiffe_id, error = %e, "re-attestation with the agent's previous SVID refused");
     } else if e.is_refusal() {
-        warn!(agent_id = %rec.spiffe_id, error = %e, "re-attestation refused; the agent is suspended until it passes");
+        warn!(
+            agent_id = %rec.spiffe_id,
+            kind = e.kind_str(),
+            differences = %differences(&e),
+            error = %e,
+            "re-attestation refused; the agent is suspended until it passes"
+        );
         // only the suspension is written, and only onto the record the caller presented: an
         // eviction or ban made while it was judged stays as it is
         match core
             .ds
-            .suspend_agent(&rec.spiffe_id, &rec.serial_number, &e.to_string(), now)
+            .suspend_agent(
+                &rec.spiffe_id,
+                &rec.serial_number,
+                &e.to_string(),
+                &e.refusal_json(),
+                now,
+            )
             .await
         {
             Ok(true) => core.changed().await,

@@ -231,7 +231,34 @@ pub fn agent_pb(a: &AgentRecord) -> pb::Agent {
         banned: a.banned,
         can_reattest: a.can_reattest,
         attestation_error: a.attestation_error.clone(),
+        attestation_refusal: refusal_pb(&a.attestation_refusal),
     }
+}
+
+/// The stored refusal (JSON, as `Refusal::to_json` wrote it), or none.
+fn refusal_pb(json: &str) -> Option<pb::AttestationRefusal> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        kind: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        differences: Vec<ironpact_attestors::Difference>,
+    }
+    let s: Stored = serde_json::from_str(json).ok()?;
+    Some(pb::AttestationRefusal {
+        kind: s.kind,
+        message: s.message,
+        differences: s
+            .differences
+            .into_iter()
+            .map(|d| pb::PolicyDifference {
+                field: d.field,
+                seen: d.seen,
+                allowed: d.allowed,
+            })
+            .collect(),
+    })
 }
 
 pub fn bundle_pb(b: &Bundle) -> pb::Bundle {
