@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ironpact/agent/v1/agent.proto",
         "proto/grpc/health/v1/health.proto",
         "proto/workload.proto",
+        "proto/ironpact/enclave/v1/enclave.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -103,6 +103,9 @@ pub struct AgentConfig {
     pub join_token: Option<JoinTokenSource>,
     pub key_manager: AgentKeyManager,
     pub unix: UnixAttestorConfig,
+    /// `WorkloadAttestor "sgx"`: the enclave identity API is served on the Workload API
+    /// socket (docs/enclave-workloads.md).
+    pub enclaves: bool,
     pub node_attestor: NodeAttestorConfig,
 }
 
@@ -390,6 +393,7 @@ impl AgentConfig {
 
         let mut key_manager = None;
         let mut unix = None;
+        let mut enclaves = false;
         let mut node_attestor = None;
         if let Some(p) = &plugins {
             for (b, sec) in p.labelled("NodeAttestor") {
@@ -427,7 +431,22 @@ impl AgentConfig {
                 key_manager = Some(km);
             }
             for (b, sec) in p.labelled("WorkloadAttestor") {
-                let data = plugin_data(&b.labels, b.line, &sec, "WorkloadAttestor", &["unix"])?;
+                let data = plugin_data(
+                    &b.labels,
+                    b.line,
+                    &sec,
+                    "WorkloadAttestor",
+                    &["unix", "sgx"],
+                )?;
+                if b.labels[0] == "sgx" {
+                    // the server verifies enclaves' quotes: the agent needs no settings
+                    if let Some(d) = data {
+                        d.finish()?;
+                    }
+                    sec.finish()?;
+                    enclaves = true;
+                    continue;
+                }
                 let mut u = UnixAttestorConfig {
                     discover_workload_path: false,
                     workload_size_limit: 0,
@@ -484,6 +503,7 @@ impl AgentConfig {
             join_token,
             key_manager: key_manager.unwrap_or(AgentKeyManager::Memory),
             node_attestor,
+            enclaves,
             unix: unix.unwrap_or(UnixAttestorConfig {
                 discover_workload_path: false,
                 workload_size_limit: 0,

@@ -7,6 +7,7 @@
 pub mod authority;
 pub mod bootstrap;
 pub mod config;
+pub mod enclave;
 pub mod manager;
 pub mod metrics;
 pub mod run;

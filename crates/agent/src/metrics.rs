@@ -42,6 +42,7 @@ pub const WORKLOAD_API_METHODS: &[&str] = &[
     "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
     "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets",
     "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
+    "/ironpact.enclave.v1.EnclaveIdentity/Attest",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
 ];

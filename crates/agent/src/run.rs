@@ -252,6 +252,7 @@ pub async fn run(
         attestor,
         stopping: stop_rx.clone(),
     });
+    let enclaves = agent.cfg.enclaves;
     let sds = crate::sds::Sds {
         api: api.clone(),
         cfg: agent.cfg.sds.clone(),
@@ -261,9 +262,15 @@ pub async fn run(
             crate::metrics::METRICS.workload_api.clone(),
             crate::metrics::WORKLOAD_API_METHODS,
         ))
-        .add_service(SpiffeWorkloadApiServer::from_arc(api))
+        .add_service(SpiffeWorkloadApiServer::from_arc(api.clone()))
         // SDS requests are names: 64 KiB is plenty, and bounds what one costs to read
         .add_service(SecretDiscoveryServiceServer::new(sds).max_decoding_message_size(64 << 10))
+        .add_optional_service(enclaves.then(|| {
+            ironpact_proto::enclave::v1::enclave_identity_server::EnclaveIdentityServer::new(
+                crate::enclave::EnclaveApi(api.clone()),
+            )
+            .max_decoding_message_size(crate::enclave::MAX_MESSAGE)
+        }))
         .add_service(HealthServer::new(AgentHealth(agent, false)))
         .serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()));
     // streams end as soon as the stop is set; what stays open is dropped after the grace

@@ -92,7 +92,7 @@ pub struct WorkloadApi {
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+pub(crate) fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
     match req
         .metadata()
         .get("workload.spiffe.io")

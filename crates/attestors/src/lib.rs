@@ -18,6 +18,7 @@ mod fetch;
 pub mod join_token;
 pub mod registry;
 pub mod sev_snp;
+pub mod sgx;
 pub mod tdx;
 pub mod tee_source;
 pub mod x509pop;

@@ -323,6 +323,66 @@ fn join_token_attestation_sync_and_signing() {
         let v = ironpact_spiffe::jwt::validate(&jwt.token, &jwks, "db", jwt.issued_at).unwrap();
         assert_eq!(v.spiffe_id.as_str(), "spiffe://example.org/web");
 
+        // an enclave entry (sgx: selectors) authorized for this agent is still never signed
+        // for a key the agent names: only for one a verified quote binds (the enclave API)
+        let enclave = s
+            .cli(&[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://example.org/enclave",
+                "-parentID",
+                "spiffe://example.org/node1",
+                "-selector",
+                &format!("sgx:mrenclave:{}", "e1".repeat(32)),
+                "-output",
+                "json",
+            ])
+            .expect_ok()
+            .json();
+        let enclave_id = enclave["results"][0]["entry"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (ecsr, _) = csr_and_key();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let refused = loop {
+            let r = client
+                .batch_new_x509svid(pb::BatchNewX509svidRequest {
+                    params: vec![pb::NewX509svidParams {
+                        entry_id: enclave_id.clone(),
+                        csr: ecsr.clone(),
+                    }],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            // until the cache has the entry it is "not authorized"; then "selects an enclave"
+            if r.results[0].message.contains("SGX enclave") || std::time::Instant::now() > deadline
+            {
+                break r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            refused.results[0].code,
+            Code::PermissionDenied as i32,
+            "{refused:?}"
+        );
+        assert!(
+            refused.results[0].message.contains("SGX enclave"),
+            "{refused:?}"
+        );
+        let e = client
+            .new_jwtsvid(pb::NewJwtsvidRequest {
+                entry_id: enclave_id.clone(),
+                audience: vec!["db".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("SGX enclave"), "{e:?}");
+
         // the operator sees the agent
         let shown = s.agent_show(&agent_id);
         assert!(shown.contains("Attestation type  : join_token"), "{shown}");

@@ -1025,14 +1025,17 @@ pub fn spire_style_changes(
                 b.line,
                 format!("`{kind} \"{label}\"`: not a node attestor of ironpact; use {nodes}"),
             )),
-            "WorkloadAttestor" if side == Side::Server => out.push((
+            // `sgx` has both halves: the server verifies enclaves' quotes, agents relay them
+            "WorkloadAttestor" if side == Side::Server && label != "sgx" => out.push((
                 b.line,
-                format!("`{kind}` belongs in the agent's configuration, not the server's"),
+                format!("`{kind} \"{label}\"` belongs in the agent's configuration, not the server's (the server's only workload attestor is `sgx`)"),
             )),
-            "WorkloadAttestor" if label != "unix" => out.push((
-                b.line,
-                format!("`{kind} \"{label}\"`: the agent's workload attestor is `unix`"),
-            )),
+            "WorkloadAttestor" if side == Side::Agent && label != "unix" && label != "sgx" => {
+                out.push((
+                    b.line,
+                    format!("`{kind} \"{label}\"`: the agent's workload attestors are `unix` and `sgx`"),
+                ))
+            }
             "KeyManager" if label == "disk" => {
                 let data = b.body.blocks.iter().find(|d| d.ident == "plugin_data");
                 let (wrong, right) = match side {

@@ -23,6 +23,13 @@ pub mod agent {
     }
 }
 
+/// Enclave workloads: the enclave's service on the agent socket and the agent's on the server.
+pub mod enclave {
+    pub mod v1 {
+        tonic::include_proto!("ironpact.enclave.v1");
+    }
+}
+
 /// The SPIFFE Workload API (no proto package).
 pub mod workload {
     tonic::include_proto!("_");

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub health_checks: Option<hcl::HealthChecks>,
     /// SPIRE's `telemetry { Prometheus { … } }`: where `/metrics` answers, when set.
     pub telemetry: Option<hcl::Telemetry>,
+    /// `WorkloadAttestor "sgx"`: the server verifies SGX enclaves' quotes and signs SVIDs for
+    /// their keys (docs/enclave-workloads.md); none without it.
+    pub sgx: Option<ironpact_attestors::sgx::SgxConfig>,
 }
 
 /// SPIRE's `UpstreamAuthority "disk"` plugin data.
@@ -483,6 +486,7 @@ impl ServerConfig {
         let mut datastore = None;
         let mut key_manager = None;
         let mut upstream = None;
+        let mut sgx = None;
         let mut node_attestors: Vec<ServerAttestor> = Vec::new();
         let mut join_token_disabled = false;
         if let Some(p) = &plugins {
@@ -605,6 +609,24 @@ impl ServerConfig {
                 sec.finish()?;
                 upstream = Some(u);
             }
+            for (b, sec) in p.labelled("WorkloadAttestor") {
+                let data = plugin_data(&b.labels, b.line, &sec, "WorkloadAttestor", &["sgx"])?
+                    .ok_or_else(|| {
+                        sec.err(
+                            b.line,
+                            "WorkloadAttestor \"sgx\" needs plugin_data { pcs_url and/or collateral_dir }",
+                        )
+                    })?;
+                if sgx.is_some() {
+                    return Err(sec.err(
+                        b.line,
+                        "WorkloadAttestor \"sgx\" is configured twice: keep one",
+                    ));
+                }
+                sgx = Some(ironpact_attestors::sgx::config(&data, &data_dir)?);
+                data.finish()?;
+                sec.finish()?;
+            }
             for (b, sec) in p.labelled("NodeAttestor") {
                 let names = registry::names();
                 let data = plugin_data(&b.labels, b.line, &sec, "NodeAttestor", &names)?;
@@ -687,6 +709,7 @@ impl ServerConfig {
             upstream,
             health_checks,
             telemetry,
+            sgx,
         })
     }
 

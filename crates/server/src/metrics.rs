@@ -94,6 +94,7 @@ pub const AGENT_API_METHODS: &[&str] = &[
     "/ironpact.agent.v1.AgentAPI/SyncAuthorized",
     "/ironpact.agent.v1.AgentAPI/BatchNewX509SVID",
     "/ironpact.agent.v1.AgentAPI/NewJWTSVID",
+    "/ironpact.enclave.v1.EnclaveAttestation/AttestEnclave",
 ];
 
 /// Gauges read from memory at each scrape.

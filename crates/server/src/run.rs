@@ -258,6 +258,11 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         by_name: attestors,
         tees,
     } = build_attestors(&cfg, Some(&ds))?;
+    let sgx = cfg
+        .sgx
+        .as_ref()
+        .map(|c| ironpact_attestors::sgx::EnclaveVerifier::build(c, false).map(Arc::new))
+        .transpose()?;
     let server_id = cfg
         .trust_domain
         .id_with_path("/spire/server")
@@ -282,6 +287,7 @@ pub async fn build_core(cfg: ServerConfig, clock: Arc<dyn Clock>) -> Result<Arc<
         stopping: tokio::sync::watch::channel(false).0,
         attest_slots: tokio::sync::Semaphore::new(crate::api::ATTEST_CONCURRENCY),
         refresh_pending: Default::default(),
+        sgx,
     });
     core.refresh_roots()
         .await
@@ -308,10 +314,14 @@ pub fn build_attestors(
         data_dir: &cfg.data_dir,
         ds,
     };
-    Ok(ironpact_attestors::registry::build(
-        &cfg.node_attestors,
-        &ctx,
-    )?)
+    let built = ironpact_attestors::registry::build(&cfg.node_attestors, &ctx)?;
+    // `WorkloadAttestor "sgx"` reads its root and collateral directory as a TEE attestor does
+    if ds.is_none()
+        && let Some(c) = &cfg.sgx
+    {
+        ironpact_attestors::sgx::EnclaveVerifier::build(c, true)?;
+    }
+    Ok(built)
 }
 
 /// The admin socket: its directory 0750 and the socket 0770 (owner and group connect), bound
@@ -711,6 +721,12 @@ pub async fn run_with_reload(
         ))
         .add_service(
             AgentApiServer::new(AgentEndpoint(core.clone())).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ironpact_proto::enclave::v1::enclave_attestation_server::EnclaveAttestationServer::new(
+                crate::api::enclave::EnclaveEndpoint(core.clone()),
+            )
+            .max_decoding_message_size(MAX_MESSAGE),
         )
         // for agents of earlier releases
         .add_service(

@@ -8,8 +8,8 @@
 use crate::collateral::{Collateral, QuoteCollateralV3};
 use crate::error::{ErrorKind, TdxError, err};
 use dcap_qvl::quote::{
-    AuthData, AuthDataV4, CertificationData, Data, Header, QEReportCertificationData, Report,
-    TDReport10,
+    AuthData, AuthDataV3, AuthDataV4, CertificationData, Data, EnclaveReport, Header,
+    QEReportCertificationData, Report, TDReport10,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
@@ -272,6 +272,25 @@ impl SimTd {
     }
 }
 
+/// The SGX enclave a simulated quote describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimEnclave {
+    pub mrenclave: [u8; 32],
+    pub mrsigner: [u8; 32],
+    pub isv_prod_id: u16,
+    pub isv_svn: u16,
+    pub debug: bool,
+}
+
+/// An enclave's ATTRIBUTES: INIT and MODE64BIT (DEBUG, bit 1, when `debug`), XFRM x87/SSE/AVX
+/// and the AVX-512 states, as production enclaves have them.
+fn enclave_attributes(debug: bool) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = if debug { 0x07 } else { 0x05 };
+    a[8] = 0xe7;
+    a
+}
+
 /// A quoting stack on one platform: its PCK chain and key, and an attestation key of its own.
 pub struct SimulatedTdx {
     chain_pem: String,
@@ -293,8 +312,63 @@ impl SimulatedTdx {
         })
     }
 
-    /// A v4 TDX quote over `td` with `report_data`, signed as Intel's TD QE signs.
-    pub fn quote(&self, td: &SimTd, report_data: [u8; 64]) -> Result<Vec<u8>, TdxError> {
+    /// A v3 SGX quote over `enclave` with `report_data`, signed as Intel's SGX QE signs:
+    /// what `/dev/attestation/quote` gives an enclave under Gramine or Occlum.
+    pub fn sgx_quote(
+        &self,
+        enclave: &SimEnclave,
+        report_data: [u8; 64],
+    ) -> Result<Vec<u8>, TdxError> {
+        let (ak, auth_data, qe, qe_sig) = self.qe_report()?;
+        let report = EnclaveReport {
+            cpu_svn: self.platform.cpusvn,
+            misc_select: 0,
+            reserved1: [0; 28],
+            attributes: enclave_attributes(enclave.debug),
+            mr_enclave: enclave.mrenclave,
+            reserved2: [0; 32],
+            mr_signer: enclave.mrsigner,
+            reserved3: [0; 96],
+            isv_prod_id: enclave.isv_prod_id,
+            isv_svn: enclave.isv_svn,
+            reserved4: [0; 60],
+            report_data,
+        };
+        let mut quote = dcap_qvl::quote::Quote {
+            header: Header {
+                version: 3,
+                attestation_key_type: 2,
+                tee_type: 0,
+                qe_svn: QE_ISVSVN,
+                pce_svn: self.platform.pcesvn,
+                qe_vendor_id: dcap_qvl::INTEL_QE_VENDOR_ID,
+                user_data: [0; 20],
+            },
+            report: Report::SgxEnclave(report),
+            auth_data: AuthData::V3(AuthDataV3 {
+                ecdsa_signature: [0; 64],
+                ecdsa_attestation_key: ak,
+                qe_report: qe,
+                qe_report_signature: qe_sig,
+                qe_auth_data: Data::new(auth_data),
+                certification_data: CertificationData {
+                    cert_type: crate::quote::CERT_DATA_PCK_CHAIN,
+                    body: Data::new(self.chain_pem.as_bytes().to_vec()),
+                },
+            }),
+        };
+        let unsigned = quote.encode();
+        let sig = sign(&self.attestation_key, &unsigned[..48 + 384])?;
+        if let AuthData::V3(a) = &mut quote.auth_data {
+            a.ecdsa_signature = sig;
+        }
+        Ok(quote.encode())
+    }
+
+    /// The quoting enclave's report binding the attestation key, signed by the PCK key: the
+    /// key, the QE auth data, the report and its signature.
+    #[allow(clippy::type_complexity)]
+    fn qe_report(&self) -> Result<([u8; 64], Vec<u8>, [u8; 384], [u8; 64]), TdxError> {
         let ak: [u8; 64] = self.attestation_key.public_key().as_ref()[1..]
             .try_into()
             .map_err(sim)?;
@@ -311,7 +385,12 @@ impl SimulatedTdx {
         h.update(&auth_data);
         qe[320..352].copy_from_slice(&h.finalize());
         let qe_sig = sign(&self.pck_key, &qe)?;
+        Ok((ak, auth_data, qe, qe_sig))
+    }
 
+    /// A v4 TDX quote over `td` with `report_data`, signed as Intel's TD QE signs.
+    pub fn quote(&self, td: &SimTd, report_data: [u8; 64]) -> Result<Vec<u8>, TdxError> {
+        let (ak, auth_data, qe, qe_sig) = self.qe_report()?;
         let mut td_attributes = [0u8; 8];
         td_attributes[3] = 0x10; // SEPT_VE_DISABLE, as production TDs set it
         if td.debug {
@@ -384,23 +463,48 @@ pub fn collateral(
     issued: i64,
     next_update: i64,
 ) -> Result<Collateral, TdxError> {
+    collateral_for(crate::Tee::Tdx, pki, platform, issued, next_update)
+}
+
+/// Collateral for SGX quotes of `platform` (TCB info `SGX`, QE identity `QE`), as
+/// [`collateral`] makes it for TD quotes.
+pub fn sgx_collateral(
+    pki: &TestPki,
+    platform: &SimPlatform,
+    issued: i64,
+    next_update: i64,
+) -> Result<Collateral, TdxError> {
+    collateral_for(crate::Tee::Sgx, pki, platform, issued, next_update)
+}
+
+fn collateral_for(
+    tee: crate::Tee,
+    pki: &TestPki,
+    platform: &SimPlatform,
+    issued: i64,
+    next_update: i64,
+) -> Result<Collateral, TdxError> {
     let comps = |svns: &[u8]| -> Vec<serde_json::Value> {
         svns.iter().map(|s| serde_json::json!({"svn": s})).collect()
     };
+    let tdx = tee == crate::Tee::Tdx;
+    let mut tcb = serde_json::json!({
+        "sgxtcbcomponents": comps(&platform.cpusvn),
+        "pcesvn": platform.pcesvn,
+    });
+    if tdx {
+        tcb["tdxtcbcomponents"] = serde_json::json!(comps(&platform.tee_tcb_svn));
+    }
     let mut level = serde_json::json!({
-        "tcb": {
-            "sgxtcbcomponents": comps(&platform.cpusvn),
-            "pcesvn": platform.pcesvn,
-            "tdxtcbcomponents": comps(&platform.tee_tcb_svn),
-        },
+        "tcb": tcb,
         "tcbDate": rfc3339(issued - 86_400)?,
         "tcbStatus": platform.tcb_status,
     });
     if !platform.advisories.is_empty() {
         level["advisoryIDs"] = serde_json::json!(platform.advisories);
     }
-    let tcb_info = serde_json::json!({
-        "id": "TDX",
+    let mut tcb_info = serde_json::json!({
+        "id": tee.name(),
         "version": 3,
         "issueDate": rfc3339(issued)?,
         "nextUpdate": rfc3339(next_update)?,
@@ -408,16 +512,18 @@ pub fn collateral(
         "pceId": "0000",
         "tcbType": 0,
         "tcbEvaluationDataNumber": 17,
-        "tdxModule": {
+        "tcbLevels": [level],
+    });
+    if tdx {
+        tcb_info["tdxModule"] = serde_json::json!({
             "mrsigner": "00".repeat(48),
             "attributes": "0000000000000000",
             "attributesMask": "FFFFFFFFFFFFFFFF",
-        },
-        "tcbLevels": [level],
-    })
-    .to_string();
+        });
+    }
+    let tcb_info = tcb_info.to_string();
     let qe_identity = serde_json::json!({
-        "id": "TD_QE",
+        "id": if tdx { "TD_QE" } else { "QE" },
         "version": 2,
         "issueDate": rfc3339(issued)?,
         "nextUpdate": rfc3339(next_update)?,

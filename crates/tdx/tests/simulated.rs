@@ -172,3 +172,42 @@ fn the_pki_round_trips_through_files() {
     let e = TestPki::from_files(|n| Err(format!("{n}: missing"))).unwrap_err();
     assert!(e.to_string().contains("root.pem: missing"), "{e}");
 }
+
+#[test]
+fn a_simulated_sgx_quote_verifies_with_sgx_collateral_only() {
+    use ironpact_tdx::simulate::{SimEnclave, sgx_collateral};
+    let p = SimPlatform::default();
+    let (pki, dev, tdx_collateral, roots) = stack(&p);
+    let sgx = sgx_collateral(&pki, &p, NOW - DAY, NOW + 29 * DAY).unwrap();
+    let enclave = SimEnclave {
+        mrenclave: [0xe1; 32],
+        mrsigner: [0x51; 32],
+        isv_prod_id: 7,
+        isv_svn: 3,
+        debug: false,
+    };
+    let rd = [0x42; 64];
+    let q = Quote::parse(&dev.sgx_quote(&enclave, rd).unwrap()).unwrap();
+    assert_eq!(q.tee(), ironpact_tdx::Tee::Sgx);
+    let r = q.enclave().unwrap();
+    assert_eq!(
+        (r.mr_enclave, r.mr_signer, r.isv_prod_id, r.isv_svn),
+        ([0xe1; 32], [0x51; 32], 7, 3)
+    );
+    assert_eq!(q.report_data(), rd);
+    assert!(!q.debug());
+    let v = verify(&q, &sgx, &roots, NOW, 0).unwrap();
+    assert_eq!(v.tcb_status(), Some("UpToDate"));
+    // TD collateral is not an SGX platform's
+    assert!(verify(&q, &tdx_collateral, &roots, NOW, 0).is_err());
+    // a debug enclave says so
+    let dbg = SimEnclave {
+        debug: true,
+        ..enclave
+    };
+    assert!(
+        Quote::parse(&dev.sgx_quote(&dbg, rd).unwrap())
+            .unwrap()
+            .debug()
+    );
+}

@@ -13,3 +13,4 @@ pub mod imds;
 pub mod kds;
 pub mod keys;
 pub mod pcs;
+pub mod sgx_device;

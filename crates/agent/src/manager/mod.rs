@@ -419,6 +419,41 @@ impl Agent {
         if let Some(c) = self.client.read().ok().and_then(|g| g.clone()) {
             return Ok(c);
         }
+        let ch = self.channel()?;
+        let c =
+            AgentApiClient::new(ch).max_decoding_message_size(ironpact_proto::SYNC_MESSAGE_LIMIT);
+        if let Ok(mut g) = self.client.write() {
+            *g = Some(c.clone());
+        }
+        Ok(c)
+    }
+
+    /// The server's enclave attestation service, on a connection of its own (an enclave
+    /// exchange is rare: one per enclave and SVID half-life), authenticated with this agent's
+    /// SVID.
+    pub fn enclave_client(
+        &self,
+    ) -> Result<
+        ironpact_proto::enclave::v1::enclave_attestation_client::EnclaveAttestationClient<Channel>,
+        tonic::Status,
+    > {
+        if self.roots.x509_roots().is_empty() {
+            return Err(tonic::Status::unavailable(
+                "the agent has no trust bundle yet (it has not attested): retry shortly",
+            ));
+        }
+        let ch = self
+            .channel()
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(
+            ironpact_proto::enclave::v1::enclave_attestation_client::EnclaveAttestationClient::new(
+                ch,
+            ),
+        )
+    }
+
+    /// A TLS channel to the server that presents this agent's SVID.
+    fn channel(&self) -> Result<Channel, AgentError> {
         let cfg = if self.roots.x509_roots().is_empty() && self.cfg.insecure_bootstrap {
             // insecure bootstrap: the first session brings the bundle the agent then pins
             // (see `apply`); every connection after that verifies the server against it
@@ -431,14 +466,7 @@ impl Agent {
             )
         }
         .map_err(|e| AgentError::Local(e.to_string()))?;
-        let ch = ironpact_tls::channel(&self.addr(), cfg)
-            .map_err(|e| AgentError::Local(e.to_string()))?;
-        let c =
-            AgentApiClient::new(ch).max_decoding_message_size(ironpact_proto::SYNC_MESSAGE_LIMIT);
-        if let Ok(mut g) = self.client.write() {
-            *g = Some(c.clone());
-        }
-        Ok(c)
+        ironpact_tls::channel(&self.addr(), cfg).map_err(|e| AgentError::Local(e.to_string()))
     }
 
     fn drop_client(&self) {

@@ -121,7 +121,10 @@ impl Agent {
                     hint: e.hint.clone(),
                     revision: e.revision_number,
                     dns_names: e.dns_names.clone(),
-                    lazy: e.disable_x509_svid_prefetch,
+                    // an enclave entry is signed by the server for an enclave's own key, never
+                    // for one of this agent's: nothing to prefetch
+                    lazy: e.disable_x509_svid_prefetch
+                        || e.selectors.iter().any(|s| s.r#type == "sgx"),
                 })
             })
             .collect();

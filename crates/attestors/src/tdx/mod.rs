@@ -36,10 +36,6 @@ fn server_config(b: &Block<'_, '_>, ctx: &ParseCtx<'_>) -> Result<Arc<dyn TeeCon
     Ok(Arc::new(config(d, ctx.data_dir)?))
 }
 
-fn fail(message: impl Into<String>) -> BuildError {
-    BuildError::new("tdx", message)
-}
-
 /// A `tdx { … }` block: the policy, the root, where collateral comes from.
 #[derive(Debug, Clone)]
 pub struct TdxConfig {
@@ -59,15 +55,31 @@ pub struct TdxConfig {
     pub refresh: Duration,
 }
 
-/// The `tdx` block's settings and policy (`data_dir`: where the collateral cache goes by default).
-pub fn config(d: &Section<'_>, data_dir: &std::path::Path) -> Result<TdxConfig, ConfigError> {
+/// Where a DCAP verifier finds its root and collateral: the settings `tdx` and `sgx` share.
+#[derive(Debug, Clone)]
+pub struct CollateralSettings {
+    pub test_root: Option<PathBuf>,
+    pub collateral_dir: Option<PathBuf>,
+    pub pcs_url: Option<String>,
+    pub cache_dir: PathBuf,
+    pub refresh: Duration,
+}
+
+/// `test_root`, `collateral_dir`, `pcs_url`, `collateral_cache_dir` (default
+/// `<data_dir>/<cache_name>`) and `collateral_refresh` of a `who` block.
+pub fn collateral_settings(
+    d: &Section<'_>,
+    data_dir: &std::path::Path,
+    who: &str,
+    cache_name: &str,
+) -> Result<CollateralSettings, ConfigError> {
     let test_root = d.string("test_root")?.map(|v| PathBuf::from(v.0));
     let collateral_dir = d.string("collateral_dir")?.map(|v| PathBuf::from(v.0));
     let pcs_url = match d.string("pcs_url")? {
         Some((u, line)) if !(u.starts_with("https://") || u.starts_with("http://")) => {
             return Err(d.err(
                 line,
-                format!("tdx.pcs_url {u:?} must be an http(s) URL, e.g. \"https://api.trustedservices.intel.com\" or your PCCS"),
+                format!("{who}.pcs_url {u:?} must be an http(s) URL, e.g. \"https://api.trustedservices.intel.com\" or your PCCS"),
             ));
         }
         other => other.map(|v| v.0),
@@ -75,22 +87,40 @@ pub fn config(d: &Section<'_>, data_dir: &std::path::Path) -> Result<TdxConfig, 
     if collateral_dir.is_none() && pcs_url.is_none() {
         return Err(d.err(
             d.line(),
-            "tdx needs collateral: set pcs_url (Intel's PCS, \"https://api.trustedservices.intel.com\", or your PCCS) and/or collateral_dir (a directory of collateral JSON files)",
+            format!("{who} needs collateral: set pcs_url (Intel's PCS, \"https://api.trustedservices.intel.com\", or your PCCS) and/or collateral_dir (a directory of collateral JSON files)"),
         ));
     }
     let cache_dir = d
         .string("collateral_cache_dir")?
         .map(|v| PathBuf::from(v.0))
-        .unwrap_or_else(|| data_dir.join("tdx-collateral"));
+        .unwrap_or_else(|| data_dir.join(cache_name));
     let refresh = d
         .duration("collateral_refresh")?
         .unwrap_or(Duration::from_secs(24 * 3600));
     if refresh.is_zero() {
         return Err(d.err(
             d.line(),
-            "tdx.collateral_refresh must be more than 0s (e.g. \"24h\")",
+            format!("{who}.collateral_refresh must be more than 0s (e.g. \"24h\")"),
         ));
     }
+    Ok(CollateralSettings {
+        test_root,
+        collateral_dir,
+        pcs_url,
+        cache_dir,
+        refresh,
+    })
+}
+
+/// The `tdx` block's settings and policy (`data_dir`: where the collateral cache goes by default).
+pub fn config(d: &Section<'_>, data_dir: &std::path::Path) -> Result<TdxConfig, ConfigError> {
+    let CollateralSettings {
+        test_root,
+        collateral_dir,
+        pcs_url,
+        cache_dir,
+        refresh,
+    } = collateral_settings(d, data_dir, "tdx", "tdx-collateral")?;
     let policy = policy::from_section(d)?;
     Ok(TdxConfig {
         policy,
@@ -117,58 +147,87 @@ impl TeeConfig for TdxConfig {
 }
 
 /// Builds the `tdx` TEE attestor (standalone, or completing a base).
-fn build(t: &TdxConfig, ctx: &BuildCtx<'_>) -> Result<TdxAttestor, BuildError> {
-    let check_only = ctx.check_only();
+/// The collateral store `who` verifies with: the pinned root (Intel's, or a test root), the
+/// operator's directory and/or a PCS/PCCS with its cache (`check_only`: create nothing).
+pub fn collateral_store(
+    who: &'static str,
+    t: &CollateralSettings,
+    check_only: bool,
+) -> Result<Arc<pcs::CollateralStore>, BuildError> {
     let roots = match &t.test_root {
         Some(p) => {
             let bytes = crate::registry::read_config_file(
-                "tdx",
+                who,
                 "test_root",
                 p,
                 "write the simulated PKI with `ironpact-server fixtures tdx -dir DIR` (tests only), or remove test_root to trust Intel's root",
             )?;
-            warn!(root = %p.display(), "tdx trusts a TEST root: simulated quotes only, never production");
+            warn!(root = %p.display(), attestor = who, "trusting a TEST root: simulated quotes only, never production");
             ironpact_tdx::Roots::from_bytes(&bytes)
-                .map_err(|e| fail(format!("{}: {e}", p.display())))?
+                .map_err(|e| BuildError::new(who, format!("{}: {e}", p.display())))?
         }
         None => ironpact_tdx::Roots::intel(),
     };
     if let Some(d) = &t.collateral_dir
         && !d.is_dir()
     {
-        return Err(fail(format!(
-            "collateral_dir {} is not a directory: create it and put your platforms' collateral JSON there",
-            d.display()
-        )));
+        return Err(BuildError::new(
+            who,
+            format!(
+                "collateral_dir {} is not a directory: create it and put your platforms' collateral JSON there",
+                d.display()
+            ),
+        ));
     }
     let pcs = match &t.pcs_url {
         Some(url) => {
-            let client = pcs::PcsClient::new(url).map_err(|e| fail(e.to_string()))?;
+            let client =
+                pcs::PcsClient::new(url).map_err(|e| BuildError::new(who, e.to_string()))?;
             // `validate` creates nothing: a cache directory that is missing is made by `run`
             if check_only {
                 if t.cache_dir.exists() && !t.cache_dir.is_dir() {
-                    return Err(fail(format!(
-                        "collateral_cache_dir {} is a file: remove it or set another",
-                        t.cache_dir.display()
-                    )));
+                    return Err(BuildError::new(
+                        who,
+                        format!(
+                            "collateral_cache_dir {} is a file: remove it or set another",
+                            t.cache_dir.display()
+                        ),
+                    ));
                 }
             } else {
                 std::fs::create_dir_all(&t.cache_dir).map_err(|e| {
-                    fail(format!(
-                        "collateral_cache_dir {}: {e}: make it writable or set another",
-                        t.cache_dir.display()
-                    ))
+                    BuildError::new(
+                        who,
+                        format!(
+                            "collateral_cache_dir {}: {e}: make it writable or set another",
+                            t.cache_dir.display()
+                        ),
+                    )
                 })?;
             }
             Some((client, t.cache_dir.clone(), pcs::Refresh::new(t.refresh)))
         }
         None => None,
     };
-    let collateral = Arc::new(pcs::CollateralStore::new(
+    Ok(Arc::new(pcs::CollateralStore::new(
         roots,
         t.collateral_dir.clone(),
         pcs,
-    ));
+    )))
+}
+
+fn build(t: &TdxConfig, ctx: &BuildCtx<'_>) -> Result<TdxAttestor, BuildError> {
+    let collateral = collateral_store(
+        "tdx",
+        &CollateralSettings {
+            test_root: t.test_root.clone(),
+            collateral_dir: t.collateral_dir.clone(),
+            pcs_url: t.pcs_url.clone(),
+            cache_dir: t.cache_dir.clone(),
+            refresh: t.refresh,
+        },
+        ctx.check_only(),
+    )?;
     info!(
         mrtds = t.policy.mrtds.len(),
         statuses = ?t.policy.allowed_tcb_statuses,

@@ -190,7 +190,7 @@ impl TeeAttestor for TdxAttestor {
 
 /// Intel's TCB status (`UpToDate`, `SWHardeningNeeded`, `TDRelaunchAdvised`) in snake case
 /// (`up_to_date`, `sw_hardening_needed`, `td_relaunch_advised`): a run of capitals is one word.
-fn snake(s: &str) -> String {
+pub(crate) fn snake(s: &str) -> String {
     let c: Vec<char> = s.chars().collect();
     let mut out = String::new();
     for (i, ch) in c.iter().enumerate() {

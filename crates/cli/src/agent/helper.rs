@@ -174,7 +174,7 @@ fn remove_leftovers(dir: &Path) {
 /// renamed into place and the directory synced, so a failure part-way leaves the old set
 /// whole. Files of an earlier set that this one no longer has (an SVID or a federated bundle
 /// gone) are removed. Whether anything changed.
-fn write_set(dir: &Path, resp: &pb::X509svidResponse) -> Result<bool> {
+pub(super) fn write_set(dir: &Path, resp: &pb::X509svidResponse) -> Result<bool> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let files = files_of(resp)?;

@@ -1,6 +1,7 @@
 //! `ironpact-agent`: `run`, `healthcheck` and the Workload API client commands under `api`,
 //! with SPIRE's names and flags.
 
+pub mod enclave;
 mod helper;
 
 use crate::common::{connect_uds, finish, fmt_time, init_logging, parse_duration, write_file};
@@ -157,6 +158,33 @@ enum ApiCmd {
     Validate(ValidateCmd),
     /// Prints every X509-SVID update the Workload API pushes.
     Watch(WatchArgs),
+    /// An SGX enclave's identity: a new key, a quote from -quoteDevice bound to the agent's
+    /// nonce and that key, and the SVIDs the server signs for it, written to -write.
+    Enclave(EnclaveArgs),
+}
+
+#[derive(Args, Debug)]
+struct EnclaveArgs {
+    /// The SGX runtime's attestation directory: user_report_data is written, quote read
+    /// (Gramine's and Occlum's /dev/attestation).
+    #[arg(
+        long = "quoteDevice",
+        visible_alias = "quote-device",
+        default_value = "/dev/attestation"
+    )]
+    quote_device: PathBuf,
+    /// Directory to write svid.N.pem, svid.N.key (the enclave's key, 0600), bundle.N.pem
+    /// and, with -audience, jwt_svid.N.token.
+    #[arg(long = "write")]
+    write: PathBuf,
+    /// Also get JWT-SVIDs for this audience; repeat for several.
+    #[arg(long = "audience")]
+    audience: Vec<String>,
+    /// Keep running: at half the SVIDs' life, a new key and a fresh quote get new ones.
+    #[arg(long = "watch")]
+    watch: bool,
+    #[command(flatten)]
+    socket: SocketArg,
 }
 
 #[derive(Args, Debug)]
@@ -302,6 +330,7 @@ pub fn main() -> std::process::ExitCode {
             },
             Cmd::Api(ApiCmd::Validate(ValidateCmd::Jwt(a))) => validate_jwt(a).await,
             Cmd::Api(ApiCmd::Watch(a)) => watch(a).await,
+            Cmd::Api(ApiCmd::Enclave(a)) => enclave_identity(a).await,
         }
     }))
 }
@@ -373,6 +402,52 @@ fn with_header<T>(msg: T) -> tonic::Request<T> {
         tonic::metadata::MetadataValue::from_static("true"),
     );
     r
+}
+
+/// `api enclave`: attests the enclave and writes its SVIDs; with -watch, again at each
+/// half-life (a failure is retried every 5 s while the SVIDs held are still valid).
+async fn enclave_identity(a: EnclaveArgs) -> Result<()> {
+    let device = enclave::QuoteDevice {
+        dir: a.quote_device.clone(),
+    };
+    helper::prepare_dir(&a.write)?;
+    let mut valid_until = 0i64;
+    loop {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let got = enclave::attest(&a.socket.socket_path, &device, &a.audience).await;
+        let (resp, jwts, expires) = match got {
+            Ok(g) => g,
+            Err(e) if a.watch && now < valid_until => {
+                eprintln!("api enclave: renewal failed, retrying in 5 s: {e:#}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        helper::write_set(&a.write, &resp)?;
+        for (i, (_, token)) in jwts.iter().enumerate() {
+            write_file(
+                &a.write.join(format!("jwt_svid.{i}.token")),
+                token.as_bytes(),
+                0o600,
+            )?;
+        }
+        for s in &resp.svids {
+            eprintln!(
+                "api enclave: {} for this enclave's key, valid until {} (files in {})",
+                s.spiffe_id,
+                fmt_time(expires),
+                a.write.display()
+            );
+        }
+        if !a.watch {
+            return Ok(());
+        }
+        valid_until = expires;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let wait = ((expires - now) / 2).max(1) as u64;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
 }
 
 /// A FetchX509SVID stream, as a workload opens it.

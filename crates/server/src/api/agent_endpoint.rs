@@ -40,7 +40,7 @@ fn differences(e: &AttestError) -> String {
     serde_json::to_string(e.differences()).unwrap_or_else(|_| "[]".into())
 }
 
-fn attest_status(e: AttestError) -> Status {
+pub(super) fn attest_status(e: AttestError) -> Status {
     if e.is_client_error() {
         Status::invalid_argument(e.to_string())
     } else if e.is_refusal() {
@@ -161,7 +161,7 @@ impl AgentEndpoint {
     }
 }
 
-async fn view_of(core: &SharedCore, agent_id: &str) -> Result<Arc<AgentView>, Status> {
+pub(super) async fn view_of(core: &SharedCore, agent_id: &str) -> Result<Arc<AgentView>, Status> {
     if let Some(v) = core.cache.view(agent_id, core.clock.now()) {
         return Ok(v);
     }
@@ -502,7 +502,20 @@ fn standing(
 
 /// An entry holding a reserved ID (written before such entries were refused, or straight into
 /// the database) never gets an SVID through an agent: only the server holds `/spire/server`.
-fn refuse_reserved(e: &Entry) -> Result<(), Status> {
+/// An enclave entry (`sgx:` selectors) is signed only for a key a verified quote binds
+/// (AttestEnclave), never for a CSR or token an agent asks for on its own.
+fn refuse_enclave(e: &Entry) -> Result<(), Status> {
+    if super::enclave::is_enclave_entry(e) {
+        warn!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "refused to sign an enclave entry outside an enclave attestation");
+        return Err(Status::permission_denied(format!(
+            "entry {:?} selects an SGX enclave: its SVIDs are signed only for the key of a verified quote (the enclave API)",
+            e.id
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn refuse_reserved(e: &Entry) -> Result<(), Status> {
     if e.spiffe_id.is_reserved() {
         warn!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "refused to sign for an entry with a reserved SPIFFE ID");
         return Err(Status::permission_denied(format!(
@@ -899,6 +912,7 @@ impl AgentApi for AgentEndpoint {
                     ))
                 })?;
                 refuse_reserved(e)?;
+                refuse_enclave(e)?;
                 let csr = ironpact_spiffe::x509::parse_csr(&p.csr)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 let ttl = match e.x509_svid_ttl {
@@ -963,6 +977,7 @@ impl AgentApi for AgentEndpoint {
                 ))
             })?;
         refuse_reserved(e)?;
+        refuse_enclave(e)?;
         let ttl = match e.jwt_svid_ttl {
             0 => self.0.cfg.default_jwt_svid_ttl,
             n => Duration::from_secs(n as u64),

@@ -7,6 +7,7 @@ mod agent_v1;
 mod bundle;
 pub mod convert;
 pub mod debug;
+pub mod enclave;
 mod entry;
 mod health;
 mod localauthority;
@@ -62,6 +63,8 @@ pub struct Core {
     /// Attestations (and renewals) verified at once: evidence checks and KDS/PCS fetches for
     /// unauthenticated callers are bounded; the rest wait briefly, then get Unavailable.
     pub attest_slots: tokio::sync::Semaphore,
+    /// The `sgx` enclave verifier, with `WorkloadAttestor "sgx"` configured.
+    pub sgx: Option<Arc<ironpact_attestors::sgx::EnclaveVerifier>>,
 }
 
 /// How many attestations run at once (each is a few milliseconds of CPU and may wait on a
