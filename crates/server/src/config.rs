@@ -796,6 +796,49 @@ plugins {
     }
 
     #[test]
+    fn sgx_workload_attestor_block() {
+        let add = |block: &str| {
+            GOOD.replace(
+                "    NodeAttestor \"join_token\" {",
+                &format!("    WorkloadAttestor \"sgx\" {{\n{block}\n    }}\n    NodeAttestor \"join_token\" {{"),
+            )
+        };
+        assert!(parse(GOOD).unwrap().sgx.is_none());
+        let c = parse(&add(
+            "plugin_data {\ncollateral_dir = \"/c\"\nmin_isv_svn = 3\nallowed_tcb_statuses = [\"UpToDate\", \"SWHardeningNeeded\"]\n}",
+        ))
+        .unwrap();
+        let sgx = c.sgx.unwrap();
+        assert_eq!(sgx.policy.min_isv_svn, 3);
+        assert!(!sgx.policy.allow_debug);
+        assert_eq!(sgx.policy.allowed_tcb_statuses.len(), 2);
+        assert_eq!(
+            sgx.collateral.cache_dir,
+            PathBuf::from("./data/sgx-collateral")
+        );
+        // no collateral source, an unknown status, a typo: refused, each with its fix
+        let e = parse(&add("plugin_data {\nallow_debug = false\n}")).unwrap_err();
+        assert!(e.message.contains("sgx needs collateral"), "{e}");
+        let e = parse(&add(
+            "plugin_data {\ncollateral_dir = \"/c\"\nallowed_tcb_statuses = [\"Fine\"]\n}",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("UpToDate"), "{e}");
+        let e = parse(&add(
+            "plugin_data {\ncollateral_dir = \"/c\"\nmin_isvsvn = 1\n}",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("min_isvsvn"), "{e}");
+        // another workload attestor is the agent's
+        let e = parse(&GOOD.replace(
+            "    NodeAttestor \"join_token\" {",
+            "    WorkloadAttestor \"unix\" {\n    }\n    NodeAttestor \"join_token\" {",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("agent's configuration"), "{e}");
+    }
+
+    #[test]
     fn full_config() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.trust_domain.as_str(), "example.org");
