@@ -19,6 +19,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A quote with its PCK chain is a few KiB; a CSR less.
 pub const MAX_MESSAGE: usize = 64 << 10;
 
+/// Exchanges relayed at once: each holds a connection to the server, and any local user may
+/// start one.
+static RELAYS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+
 pub struct EnclaveApi(pub Arc<WorkloadApi>);
 
 async fn from_enclave(
@@ -66,7 +70,13 @@ impl pb::enclave_identity_server::EnclaveIdentity for EnclaveApi {
         req: Request<Streaming<pb::EnclaveRequest>>,
     ) -> Result<Response<Self::AttestStream>, Status> {
         check_header(&req)?;
+        let slot = RELAYS.try_acquire().map_err(|_| {
+            Status::resource_exhausted(
+                "too many enclave exchanges at once on this agent; retry shortly",
+            )
+        })?;
         let selectors = self.0.attest_caller(&req).await?;
+        let mut stopping = self.0.stopping.clone();
         let agent = self.0.agent.clone();
         let mut inbound = req.into_inner();
         let pb::enclave_request::Step::Hello(mut hello) =
@@ -104,7 +114,8 @@ impl pb::enclave_identity_server::EnclaveIdentity for EnclaveApi {
             }))
             .await;
         tokio::spawn(async move {
-            let r = async {
+            let _slot = slot;
+            let relay = async {
                 let pb::enclave_request::Step::Evidence(ev) =
                     from_enclave(&mut inbound, "quote and CSR").await?
                 else {
@@ -121,8 +132,11 @@ impl pb::enclave_identity_server::EnclaveIdentity for EnclaveApi {
                     pb::enclave_response::Step::Issued(i) => Ok(i),
                     _ => Err(Status::internal("the server sent a second nonce")),
                 }
-            }
-            .await;
+            };
+            let r = tokio::select! {
+                r = relay => r,
+                _ = stopping.wait_for(|s| *s) => Err(Status::unavailable("the agent is shutting down")),
+            };
             match &r {
                 Ok(i) => debug!(svids = i.svids.len(), "enclave SVIDs relayed"),
                 Err(s) => {

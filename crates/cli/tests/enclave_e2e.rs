@@ -10,7 +10,7 @@
 
 mod support;
 
-use ironpact_cli::agent::enclave::{EnclaveKey, exchange};
+use ironpact_cli::agent::enclave::{EnclaveKey, check_issued, exchange};
 use ironpact_tdx::simulate::{SimEnclave, SimPlatform, SimulatedTdx, TestPki, sgx_collateral};
 use ironpact_testkit::sgx_device::{Quoter, SimulatedAttestationDir};
 use std::path::{Path, PathBuf};
@@ -179,11 +179,19 @@ fn an_enclave_gets_svids_for_its_own_key() {
     let ids: Vec<String> = svids(&peer).into_iter().map(|s| s.0).collect();
     assert_eq!(ids, ["spiffe://example.org/peer"], "{}", a.log());
 
-    // the enclave: both entries it matches, for the key it generated
+    // the enclave: both entries it matches, for the key it generated, checked against the
+    // trust bundle it was given (not the host's)
     let out = dir.path().join("enclave");
+    let trusted = dir.path().join("trusted-bundle.pem");
+    std::fs::write(&trusted, &s.cli(&["bundle", "show"]).expect_ok().stdout).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (ok, err) = api_enclave(&a, &device.dir, &out, &["-audience", "db"]);
+        let (ok, err) = api_enclave(
+            &a,
+            &device.dir,
+            &out,
+            &["-audience", "db", "-trustBundle", trusted.to_str().unwrap()],
+        );
         if ok {
             break;
         }
@@ -203,6 +211,13 @@ fn an_enclave_gets_svids_for_its_own_key() {
         s.log()
     );
     let svc = got[0].2.clone();
+    assert_eq!(
+        ironpact_spiffe::x509::certs_from_pem(
+            &std::fs::read_to_string(out.join("bundle.0.pem")).unwrap()
+        )
+        .unwrap(),
+        ironpact_spiffe::x509::certs_from_pem(&std::fs::read_to_string(&trusted).unwrap()).unwrap()
+    );
     let key_of = |pem: &Path| {
         pem.with_file_name(
             pem.file_name()
@@ -374,9 +389,17 @@ fn an_enclave_gets_svids_for_its_own_key() {
     device.set_quoter(quoter(&pki, enclave(MRENCLAVE, 1, true)));
     let (ok, err) = api_enclave(&a, &device.dir, &refused, &[]);
     assert!(!ok);
+    // the enclave hears the field and the value seen; what the policy allows stays in the
+    // server's log
     assert!(
-        err.contains("debug_enclave") && err.contains("debug true (allowed: false)"),
+        err.contains("debug_enclave") && err.contains("debug true") && !err.contains("allowed:"),
         "{err}"
+    );
+    assert!(
+        s.log()
+            .contains(r#"{"field":"debug","seen":"true","allowed":"false"}"#),
+        "{}",
+        s.log()
     );
     // another MRENCLAVE (another product of the same signer): no entry admits it, and the
     // refusal names what the quote proved
@@ -393,12 +416,32 @@ fn an_enclave_gets_svids_for_its_own_key() {
     // a replayed quote: bound to an earlier exchange's nonce
     let key = EnclaveKey::generate().unwrap();
     let mut kept = None;
-    rt.block_on(exchange(&a.socket, &[], |nonce| {
-        let quote = q(&ironpact_server::attest::sgx::report_data(nonce, &key.spki));
-        kept = Some(quote.clone());
-        Ok((quote, key.csr.clone()))
-    }))
-    .unwrap();
+    let issued = rt
+        .block_on(exchange(&a.socket, &[], |nonce| {
+            let quote = q(&ironpact_server::attest::sgx::report_data(nonce, &key.spki));
+            kept = Some(quote.clone());
+            Ok((quote, key.csr.clone()))
+        }))
+        .unwrap();
+    // the client checks what came back through the host: for its own key, chaining to the
+    // bundle it trusts
+    let trusted_roots =
+        ironpact_spiffe::x509::certs_from_pem(&std::fs::read_to_string(&trusted).unwrap()).unwrap();
+    assert!(check_issued(&issued, &key.spki, Some(&trusted_roots), now()).is_ok());
+    let other_key = EnclaveKey::generate().unwrap();
+    let e = check_issued(&issued, &other_key.spki, None, now()).unwrap_err();
+    assert!(format!("{e}").contains("another key"), "{e}");
+    let stranger = {
+        let k = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&k).unwrap().der().to_vec()
+    };
+    let e = check_issued(&issued, &key.spki, Some(&[stranger]), now()).unwrap_err();
+    assert!(
+        format!("{e}").contains("does not chain to the trusted"),
+        "{e}"
+    );
     let e = rt
         .block_on(exchange(&a.socket, &[], |_| {
             Ok((kept.clone().unwrap(), key.csr.clone()))

@@ -384,7 +384,25 @@ pub fn apply_reload(core: &Core, reload: &Reload) {
             "the reloaded configuration changes which node attestors run: that takes a restart; the running set stays"
         );
     }
-    if core.tees.is_empty() {
+    // the enclave verifier's policy (TCB statuses, debug, ISV SVN, allow-lists) applies to
+    // the next enclave exchange
+    match (&core.sgx, &new.sgx) {
+        (Some(running), Some(c)) => {
+            running.policy.set(c.policy.clone());
+            info!(
+                statuses = ?c.policy.allowed_tcb_statuses,
+                min_isv_svn = c.policy.min_isv_svn,
+                mrsigners = c.policy.mrsigners.len(),
+                mrenclaves = c.policy.mrenclaves.len(),
+                "reloaded the sgx policy; it applies to the next enclave exchange"
+            );
+        }
+        (None, None) => {}
+        _ => warn!(
+            "the reloaded configuration adds or removes WorkloadAttestor \"sgx\": that takes a restart"
+        ),
+    }
+    if core.tees.is_empty() && core.sgx.is_none() {
         info!("configuration reloaded; nothing it changes applies at runtime");
     }
     for (owner, running) in &core.tees {

@@ -156,6 +156,8 @@ impl Agent {
                     .map(|b| (b.trust_domain.to_string(), b))
                     .collect()
             });
+        // entries whose tokens minted before this update may no longer say what they do now
+        let mut stale_jwts: HashSet<String> = gone.iter().map(|s| s.to_string()).collect();
         self.state.update(|v| {
             if bundle.is_some() {
                 v.bundle = bundle;
@@ -173,6 +175,7 @@ impl Agent {
                     .and_then(|i| v.entries().get(i));
                 if prev.is_none_or(|p| **p != *e) {
                     v.svids.remove(&e.id);
+                    stale_jwts.insert(e.id.clone());
                 }
             }
             let mut by_id: BTreeMap<String, Arc<AgentEntry>> = if upd.full {
@@ -191,6 +194,18 @@ impl Agent {
                 .retain(|id, s| by_id.get(id).is_some_and(|e| e.revision == s.revision));
             v.set_entries(by_id.into_values().collect());
         });
+        if let Ok(mut c) = self.jwt_cache.lock()
+            && !c.is_empty()
+        {
+            let view = self.state.read();
+            c.retain(|k, _| {
+                !stale_jwts.contains(&k.0)
+                    && view
+                        .entries()
+                        .binary_search_by(|e| e.id.as_str().cmp(k.0.as_str()))
+                        .is_ok()
+            });
+        }
         // what a workload asked for, of the entries still there (the set stays bounded)
         if let Ok(mut w) = self.wanted.lock()
             && !w.is_empty()

@@ -8,9 +8,9 @@
 //! enclave runs on, and the agent is part of that host. If the agent judged the quote, a
 //! compromised host could get the enclave's identity issued to a key outside the enclave; with
 //! the server judging, an enclave entry's SVID is only ever signed for a key a verified quote
-//! binds, whatever the agent says. The server also already holds the PCS/PCCS collateral
-//! cache the `tdx` attestor uses (same DCAP verifier, same store), so no agent needs PCCS
-//! access. What the agent contributes (the unix selectors of the caller) is what only it can
+//! binds, whatever the agent says. The server also already runs the DCAP verifier and the
+//! PCS/PCCS collateral store of the `tdx` attestor (the same code; its own settings and
+//! cache), so no agent needs PCCS access. What the agent contributes (the unix selectors of the caller) is what only it can
 //! see; an entry that names them trusts the agent for them, as every workload entry does.
 //!
 //! - [`SgxConfig`]: the server's `WorkloadAttestor "sgx"` plugin_data (policy and collateral);
@@ -192,11 +192,16 @@ impl EnclaveVerifier {
         now: i64,
     ) -> Result<Enclave, AttestError> {
         let quote = Quote::parse(quote).map_err(rejected)?;
-        if quote.enclave().is_none() {
+        let Some(r) = quote.enclave() else {
             return Err(AttestError::rejected(
                 RefusalKind::Tdx(ErrorKind::Unparseable),
                 "a TD quote, not an SGX enclave quote",
             ));
+        };
+        // the cheapest check first: a replayed quote (a genuine one anybody may hold) or one
+        // for another key costs no signature check, collateral lookup or DCAP verification
+        if r.report_data != report_data(nonce, spki) {
+            return Err(report_data_mismatch());
         }
         // the platform the quote names is believed (and fetched for) only once its chain and
         // signatures check out
@@ -223,9 +228,18 @@ impl EnclaveVerifier {
     }
 }
 
+fn report_data_mismatch() -> AttestError {
+    AttestError::rejected(
+        RefusalKind::Tdx(ErrorKind::ReportDataMismatch),
+        "the quote's REPORT_DATA is not SHA-512(\"ironpact-sgx-v1\" ‖ this exchange's nonce ‖ the CSR's key): a replayed quote, or one made for another key",
+    )
+}
+
 /// Applies `policy` to a verified SGX quote, which must carry `expected` REPORT_DATA when given
-/// (a fresh nonce and the CSR's key). A refusal names its kind and, for a quote bound to this
-/// exchange, each field that differs (seen, allowed); a replayed quote learns nothing more.
+/// (a fresh nonce and the CSR's key). A refusal's message (what the enclave is told) names its
+/// kind and each field that differs with the value seen; what the policy allows is in its
+/// differences only, for the server's log: any local process can bind a quote to an exchange,
+/// so being bound proves nothing that would entitle it to read the policy.
 pub fn judge(
     policy: &SgxPolicy,
     v: &Verified,
@@ -241,10 +255,7 @@ pub fn judge(
     if let Some(want) = expected
         && r.report_data != want
     {
-        return Err(AttestError::rejected(
-            RefusalKind::Tdx(ErrorKind::ReportDataMismatch),
-            "the quote's REPORT_DATA is not SHA-512(\"ironpact-sgx-v1\" ‖ this exchange's nonce ‖ the CSR's key): a replayed quote, or one made for another key",
-        ));
+        return Err(report_data_mismatch());
     }
     let debug = v.quote().debug();
     let status = v.tcb_status().unwrap_or("unknown (no collateral)");
@@ -280,7 +291,13 @@ pub fn judge(
             format!("at least {}", policy.min_isv_svn),
         );
     }
-    let short = |l: &[[u8; 32]]| l.iter().map(hex::encode).collect::<Vec<_>>().join(", ");
+    let short = |l: &[[u8; 32]]| {
+        let shown: Vec<String> = l.iter().take(3).map(hex::encode).collect();
+        match l.len() {
+            n if n > 3 => format!("{} (+{} more)", shown.join(", "), n - 3),
+            _ => shown.join(", "),
+        }
+    };
     if !policy.mrsigners.is_empty() && !policy.mrsigners.contains(&r.mr_signer) {
         add(
             "mrsigner",
@@ -304,7 +321,7 @@ pub fn judge(
         };
         let words: Vec<String> = diff
             .iter()
-            .map(|d| format!("{} {} (allowed: {})", d.field, d.seen, d.allowed))
+            .map(|d| format!("{} {}", d.field, d.seen))
             .collect();
         let lead = match first.field.as_str() {
             "debug" => "a debug enclave (its memory is open to the host)".to_string(),
@@ -312,7 +329,10 @@ pub fn judge(
         };
         return Err(refuse(
             kind,
-            format!("{lead}; differs from the policy: {}", words.join("; ")),
+            format!(
+                "{lead}; not admitted by the server's policy: {} (the server's log says what it allows)",
+                words.join("; ")
+            ),
             diff,
         ));
     }

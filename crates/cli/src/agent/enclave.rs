@@ -120,12 +120,61 @@ fn refused(s: tonic::Status) -> anyhow::Error {
     anyhow!("{} ({:?})", s.message(), s.code())
 }
 
+/// Checks what came back through the host before anything is written: every SVID is for
+/// this enclave's key and its SPIFFE ID, and chains to `trusted` roots (a bundle measured
+/// into the enclave) or, without them, to the bundle that came with it. Returns the roots to
+/// write: the trusted ones when given, never the host's in their place.
+pub fn check_issued(
+    issued: &pb::Issued,
+    spki: &[u8],
+    trusted: Option<&[Vec<u8>]>,
+    now: i64,
+) -> Result<Vec<Vec<u8>>> {
+    let sent = super::split_ders(&issued.bundle)?;
+    let roots: Vec<Vec<u8>> = trusted.map_or(sent, <[Vec<u8>]>::to_vec);
+    if issued.svids.is_empty() {
+        bail!("the agent returned no SVID");
+    }
+    for s in &issued.svids {
+        let chain = super::split_ders(&s.x509_svid)?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| anyhow!("an empty certificate chain for {}", s.spiffe_id))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| anyhow!("the SVID for {} does not parse: {e}", s.spiffe_id))?;
+        if cert.public_key().raw != spki {
+            bail!(
+                "the SVID for {} is for another key than this enclave's: refusing what the host sent",
+                s.spiffe_id
+            );
+        }
+        let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+        let id = ironpact_spiffe::x509::verify_svid_chain(&refs, &roots, now).map_err(|e| {
+            anyhow!(
+                "the SVID for {} does not chain to the {} bundle: {e}",
+                s.spiffe_id,
+                if trusted.is_some() {
+                    "trusted (-trustBundle)"
+                } else {
+                    "returned"
+                }
+            )
+        })?;
+        if id.as_str() != s.spiffe_id {
+            bail!("the SVID names {id}, not {}", s.spiffe_id);
+        }
+    }
+    Ok(roots)
+}
+
 /// Attests through `device` with a new key: the SVIDs for it, as the Workload API would
-/// answer (so the file helper writes them), and the earliest expiry.
+/// answer (so the file helper writes them), and the earliest expiry. `trusted`: the roots to
+/// verify them with (see [`check_issued`]).
 pub async fn attest(
     socket: &Path,
     device: &QuoteDevice,
     audiences: &[String],
+    trusted: Option<&[Vec<u8>]>,
 ) -> Result<(wpb::X509svidResponse, Vec<(String, String)>, i64)> {
     let key = EnclaveKey::generate()?;
     let issued = exchange(socket, audiences, |nonce| {
@@ -133,6 +182,9 @@ pub async fn attest(
         Ok((device.quote(&rd)?, key.csr.clone()))
     })
     .await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let roots = check_issued(&issued, &key.spki, trusted, now)?;
+    let bundle = roots.concat();
     let expires = issued.svids.iter().map(|s| s.expires_at).min().unwrap_or(0);
     let jwts = issued
         .svids
@@ -148,7 +200,7 @@ pub async fn attest(
                 spiffe_id: s.spiffe_id.clone(),
                 x509_svid: s.x509_svid.clone(),
                 x509_svid_key: key.pkcs8.clone(),
-                bundle: issued.bundle.clone(),
+                bundle: bundle.clone(),
                 hint: s.hint.clone(),
             })
             .collect(),

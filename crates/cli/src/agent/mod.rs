@@ -183,6 +183,11 @@ struct EnclaveArgs {
     /// Keep running: at half the SVIDs' life, a new key and a fresh quote get new ones.
     #[arg(long = "watch")]
     watch: bool,
+    /// The trust domain's bundle (PEM) as the enclave knows it (a file measured into it, e.g.
+    /// a Gramine trusted file): SVIDs must chain to it, and it is what bundle.N.pem holds.
+    /// Without it the bundle comes from the agent, that is from the host.
+    #[arg(long = "trustBundle", visible_alias = "trust-bundle")]
+    trust_bundle: Option<PathBuf>,
     #[command(flatten)]
     socket: SocketArg,
 }
@@ -411,10 +416,37 @@ async fn enclave_identity(a: EnclaveArgs) -> Result<()> {
         dir: a.quote_device.clone(),
     };
     helper::prepare_dir(&a.write)?;
+    let trusted = match &a.trust_bundle {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read -trustBundle {}", p.display()))?;
+            let roots = ironpact_spiffe::x509::certs_from_pem(&text)
+                .map_err(|e| anyhow!("-trustBundle {}: {e}", p.display()))?;
+            if roots.is_empty() {
+                bail!(
+                    "-trustBundle {} holds no certificate: write the trust domain's bundle there (ironpact-server bundle show)",
+                    p.display()
+                );
+            }
+            Some(roots)
+        }
+        None => {
+            eprintln!(
+                "api enclave: no -trustBundle: the bundle written comes from the agent, that is from the host; pass the trust domain's bundle measured into the enclave to trust no host"
+            );
+            None
+        }
+    };
     let mut valid_until = 0i64;
     loop {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let got = enclave::attest(&a.socket.socket_path, &device, &a.audience).await;
+        let got = enclave::attest(
+            &a.socket.socket_path,
+            &device,
+            &a.audience,
+            trusted.as_deref(),
+        )
+        .await;
         let (resp, jwts, expires) = match got {
             Ok(g) => g,
             Err(e) if a.watch && now < valid_until => {
@@ -431,6 +463,10 @@ async fn enclave_identity(a: EnclaveArgs) -> Result<()> {
                 token.as_bytes(),
                 0o600,
             )?;
+        }
+        // tokens of entries that no longer match go
+        for i in jwts.len()..64 {
+            let _ = std::fs::remove_file(a.write.join(format!("jwt_svid.{i}.token")));
         }
         for s in &resp.svids {
             eprintln!(

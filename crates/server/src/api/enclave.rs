@@ -23,8 +23,11 @@ use tracing::{info, warn};
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Audiences per request, as the Workload API bounds them.
 const MAX_AUDIENCES: usize = 16;
-/// Selectors an agent may report for one caller.
-const MAX_SELECTORS: usize = 64;
+/// Selectors an agent may report for one caller (a user in many groups has many).
+const MAX_SELECTORS: usize = 1024;
+/// Enclave quotes verified at once, apart from node attestation's slots: enclaves (which any
+/// local user of an agent's node can start) never starve nodes' renewals.
+static ENCLAVE_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
 
 pub struct EnclaveEndpoint(pub SharedCore);
 
@@ -114,10 +117,10 @@ async fn exchange(
     let csr = ironpact_spiffe::x509::parse_csr(&ev.csr)
         .map_err(|e| Status::invalid_argument(format!("the enclave's CSR: {e}")))?;
     let now = core.clock.now();
-    let slot = tokio::time::timeout(Duration::from_secs(5), core.attest_slots.acquire()).await;
+    let slot = tokio::time::timeout(Duration::from_secs(5), ENCLAVE_SLOTS.acquire()).await;
     let Ok(Ok(_slot)) = slot else {
         return Err(Status::unavailable(
-            "the server is busy attesting; retry shortly",
+            "the server is busy verifying other enclaves; retry shortly",
         ));
     };
     let enclave = match verifier
