@@ -3,8 +3,11 @@
 //! an enclave (`user_report_data`, then `quote`): `ironpact-agent api enclave` gets SVIDs for
 //! a key it generated (the agent never holds it), completes mutual TLS with an ordinary
 //! workload, and is renewed with a fresh quote; a debug enclave, a wrong MRENCLAVE, a replayed
-//! nonce, a quote bound to another key and stale collateral are refused with their kinds; an
-//! ordinary workload never gets an enclave entry's identity.
+//! nonce, a quote bound to another key and stale collateral are refused with their kinds
+//! (the enclave hears what was seen, the server's log also what is allowed); a policy reloaded
+//! on SIGHUP applies to the next exchange; the client refuses SVIDs for another key or that do
+//! not chain to the bundle it trusts; an ordinary workload never gets an enclave entry's
+//! identity.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -468,6 +471,33 @@ fn an_enclave_gets_svids_for_its_own_key() {
     write_collateral(&pki, dir.path(), now() - DAY, now() + 29 * DAY);
     let (ok, err) = api_enclave(&a, &device.dir, &refused, &[]);
     assert!(ok, "{err}");
+    // the policy is reloaded on SIGHUP: a minimum ISV SVN above the enclave's refuses it at
+    // its next exchange, and relaxing it again lets it back
+    let coll = format!(
+        "collateral_dir = \"{}\"",
+        dir.path().join("collateral").display()
+    );
+    let strict = format!("{coll}\nmin_isv_svn = 5");
+    let reloads = |s: &TestServer| s.log().matches("reloaded the sgx policy").count();
+    let wait_reload = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reloads(&s) < n {
+            assert!(Instant::now() < deadline, "no reload:\n{}", s.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    s.tighten(&coll, &strict);
+    wait_reload(1);
+    let (ok, err) = api_enclave(&a, &device.dir, &refused, &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("tcb_too_low") && err.contains("isv_svn 2"),
+        "{err}"
+    );
+    s.tighten(&strict, &coll);
+    wait_reload(2);
+    let (ok, err) = api_enclave(&a, &device.dir, &refused, &[]);
+    assert!(ok, "{err}");
     // every refusal was logged by the server with its kind
     let log = s.log();
     for kind in [
@@ -475,6 +505,7 @@ fn an_enclave_gets_svids_for_its_own_key() {
         "no_matching_entry",
         "report_data_mismatch",
         "collateral_expired",
+        "tcb_too_low",
     ] {
         assert!(log.contains(kind), "{kind} not logged:\n{log}");
     }
