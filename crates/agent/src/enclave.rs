@@ -29,16 +29,7 @@ async fn from_enclave(
     inbound: &mut Streaming<pb::EnclaveRequest>,
     what: &str,
 ) -> Result<pb::enclave_request::Step, Status> {
-    match tokio::time::timeout(STEP_TIMEOUT, inbound.message()).await {
-        Err(_) => Err(Status::deadline_exceeded(format!("no {what} within 30 s"))),
-        Ok(Err(s)) => Err(s),
-        Ok(Ok(None)) => Err(Status::cancelled(format!(
-            "the stream ended before the {what}"
-        ))),
-        Ok(Ok(Some(m))) => m.step.ok_or_else(|| {
-            Status::invalid_argument(format!("an empty message instead of the {what}"))
-        }),
-    }
+    ironpact_proto::enclave::next_request(inbound, what, STEP_TIMEOUT).await
 }
 
 async fn from_server(

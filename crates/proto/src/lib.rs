@@ -28,6 +28,28 @@ pub mod enclave {
     pub mod v1 {
         tonic::include_proto!("ironpact.enclave.v1");
     }
+
+    /// The enclave's next step on an exchange (the agent reads it from the enclave, the server
+    /// from the agent): `what` names it in the error when it does not come `within`.
+    pub async fn next_request(
+        inbound: &mut tonic::Streaming<v1::EnclaveRequest>,
+        what: &str,
+        within: std::time::Duration,
+    ) -> Result<v1::enclave_request::Step, tonic::Status> {
+        match tokio::time::timeout(within, inbound.message()).await {
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "no {what} within {} s",
+                within.as_secs()
+            ))),
+            Ok(Err(s)) => Err(s),
+            Ok(Ok(None)) => Err(tonic::Status::cancelled(format!(
+                "the stream ended before the {what}"
+            ))),
+            Ok(Ok(Some(m))) => m.step.ok_or_else(|| {
+                tonic::Status::invalid_argument(format!("an empty message instead of the {what}"))
+            }),
+        }
+    }
 }
 
 /// The SPIFFE Workload API (no proto package).

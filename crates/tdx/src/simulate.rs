@@ -334,7 +334,7 @@ impl SimulatedTdx {
             reserved4: [0; 60],
             report_data,
         };
-        let mut quote = dcap_qvl::quote::Quote {
+        let quote = dcap_qvl::quote::Quote {
             header: Header {
                 version: 3,
                 attestation_key_type: 2,
@@ -357,10 +357,20 @@ impl SimulatedTdx {
                 },
             }),
         };
+        self.signed(quote, 384)
+    }
+
+    /// `quote` signed by the attestation key over its header and `body_len` bytes of body.
+    fn signed(
+        &self,
+        mut quote: dcap_qvl::quote::Quote,
+        body_len: usize,
+    ) -> Result<Vec<u8>, TdxError> {
         let unsigned = quote.encode();
-        let sig = sign(&self.attestation_key, &unsigned[..48 + 384])?;
-        if let AuthData::V3(a) = &mut quote.auth_data {
-            a.ecdsa_signature = sig;
+        let sig = sign(&self.attestation_key, &unsigned[..48 + body_len])?;
+        match &mut quote.auth_data {
+            AuthData::V3(a) => a.ecdsa_signature = sig,
+            AuthData::V4(a) => a.ecdsa_signature = sig,
         }
         Ok(quote.encode())
     }
@@ -413,7 +423,7 @@ impl SimulatedTdx {
             rt_mr3: td.rtmrs[3],
             report_data,
         };
-        let mut quote = dcap_qvl::quote::Quote {
+        let quote = dcap_qvl::quote::Quote {
             header: Header {
                 version: 4,
                 attestation_key_type: 2,
@@ -442,12 +452,7 @@ impl SimulatedTdx {
                 },
             }),
         };
-        let unsigned = quote.encode();
-        let sig = sign(&self.attestation_key, &unsigned[..48 + 584])?;
-        if let AuthData::V4(a) = &mut quote.auth_data {
-            a.ecdsa_signature = sig;
-        }
-        Ok(quote.encode())
+        self.signed(quote, 584)
     }
 }
 

@@ -25,7 +25,6 @@ use ironpact_config::hcl::{ConfigError, Section};
 use ironpact_spiffe::Selector;
 use ironpact_spiffe::claims::{AttestationClaims, Measurement};
 use ironpact_tdx::{ErrorKind, Quote, Verified};
-use sha2::{Digest, Sha512};
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -36,11 +35,7 @@ pub const NONCE_LEN: usize = 32;
 /// SHA-512("ironpact-sgx-v1" ‖ nonce ‖ DER SubjectPublicKeyInfo of the CSR's key): the 64
 /// bytes an enclave writes to `/dev/attestation/user_report_data` before it reads its quote.
 pub fn report_data(nonce: &[u8], spki_der: &[u8]) -> [u8; 64] {
-    let mut h = Sha512::new();
-    h.update(DOMAIN);
-    h.update(nonce);
-    h.update(spki_der);
-    h.finalize().into()
+    ironpact_tdx::binding::bind(DOMAIN, nonce, spki_der)
 }
 
 /// What an enclave must show, beyond its entries' selectors.
