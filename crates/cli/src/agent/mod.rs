@@ -190,6 +190,8 @@ struct EnclaveArgs {
     trust_bundle: Option<PathBuf>,
     #[command(flatten)]
     socket: SocketArg,
+    #[command(flatten)]
+    out: OutputArg,
 }
 
 #[derive(Args, Debug)]
@@ -468,13 +470,26 @@ async fn enclave_identity(a: EnclaveArgs) -> Result<()> {
         for i in jwts.len()..64 {
             let _ = std::fs::remove_file(a.write.join(format!("jwt_svid.{i}.token")));
         }
-        for s in &resp.svids {
-            eprintln!(
-                "api enclave: {} for this enclave's key, valid until {} (files in {})",
-                s.spiffe_id,
-                fmt_time(expires),
-                a.write.display()
+        if a.out.json() {
+            // one line per issue (with -watch, per renewal)
+            println!(
+                "{}",
+                json!({
+                    "svids": resp.svids.iter().map(|s| s.spiffe_id.clone()).collect::<Vec<_>>(),
+                    "expires_at": expires,
+                    "jwt_svids": jwts.len(),
+                    "dir": a.write.display().to_string(),
+                })
             );
+        } else {
+            for s in &resp.svids {
+                println!(
+                    "{} for this enclave's key, valid until {} (files in {})",
+                    s.spiffe_id,
+                    fmt_time(expires),
+                    a.write.display()
+                );
+            }
         }
         if !a.watch {
             return Ok(());
