@@ -414,11 +414,3 @@ impl Reference {
         out
     }
 }
-
-/// The mismatches in one line: `measurement 11… (allowed: 22…); vmpl 1 (allowed: [0])`.
-pub fn describe(diff: &[Mismatch]) -> String {
-    diff.iter()
-        .map(|m| format!("{} {} (allowed: {})", m.field, m.seen, m.allowed))
-        .collect::<Vec<_>>()
-        .join("; ")
-}

@@ -369,11 +369,3 @@ impl Policy {
         out
     }
 }
-
-/// The mismatches in one line: `MRTD 11… (allowed: 22…); debug true (allowed: false)`.
-pub fn describe(diff: &[Mismatch]) -> String {
-    diff.iter()
-        .map(|m| format!("{} {} (allowed: {})", m.field, m.seen, m.allowed))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
