@@ -3,7 +3,7 @@
 //! required unless `allow_any_measurement` says otherwise.
 
 use crate::error::{ErrorKind, SnpError};
-use crate::report::{SigningKey, Tcb};
+use crate::report::{Report, SigningKey, Tcb};
 use crate::verify::Verified;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,9 @@ impl Default for Policy {
     }
 }
 
+/// An allow-listed field: its name, the policy's list (empty: any) and the report's value.
+type IdList<'a> = (&'static str, &'a [Vec<u8>], &'a [u8]);
+
 fn tcb_below(have: Tcb, min: Tcb) -> Vec<String> {
     [
         ("bootloader", have.bootloader, min.bootloader),
@@ -114,6 +117,21 @@ impl Policy {
             return Err("signing_keys accepts neither vcek nor vlek".into());
         }
         Ok(())
+    }
+
+    /// The allow-listed fields of `r` with this policy's list for each (empty: any).
+    fn id_lists<'a>(&'a self, r: &'a Report) -> [IdList<'a>; 5] {
+        [
+            ("host_data", &self.host_data, &r.host_data),
+            ("family_id", &self.family_ids, &r.family_id),
+            ("image_id", &self.image_ids, &r.image_id),
+            ("id_key_digest", &self.id_key_digests, &r.id_key_digest),
+            (
+                "author_key_digest",
+                &self.author_key_digests,
+                &r.author_key_digest,
+            ),
+        ]
     }
 
     /// Judges a verified report.
@@ -186,17 +204,7 @@ impl Policy {
         if self.require_single_socket && !r.single_socket() {
             return violation("the guest policy does not require a single socket");
         }
-        for (name, list, value) in [
-            ("host_data", &self.host_data, &r.host_data[..]),
-            ("family_id", &self.family_ids, &r.family_id[..]),
-            ("image_id", &self.image_ids, &r.image_id[..]),
-            ("id_key_digest", &self.id_key_digests, &r.id_key_digest[..]),
-            (
-                "author_key_digest",
-                &self.author_key_digests,
-                &r.author_key_digest[..],
-            ),
-        ] {
+        for (name, list, value) in self.id_lists(r) {
             if !allowed(list, value) {
                 return fail(
                     ErrorKind::PolicyViolation,
@@ -321,17 +329,7 @@ impl Policy {
         if self.require_single_socket && !r.single_socket() {
             add("single_socket", "not required".into(), "required".into());
         }
-        for (name, list, value) in [
-            ("host_data", &self.host_data, &r.host_data[..]),
-            ("family_id", &self.family_ids, &r.family_id[..]),
-            ("image_id", &self.image_ids, &r.image_id[..]),
-            ("id_key_digest", &self.id_key_digests, &r.id_key_digest[..]),
-            (
-                "author_key_digest",
-                &self.author_key_digests,
-                &r.author_key_digest[..],
-            ),
-        ] {
+        for (name, list, value) in self.id_lists(r) {
             if !allowed(list, value) {
                 add(name, hex::encode(value), hex_list_short(list));
             }

@@ -133,6 +133,15 @@ impl Policy {
         out
     }
 
+    /// The TD's XFAM under this policy's mask, to compare with `xfam_value`.
+    fn masked_xfam(&self, td: &crate::quote::TDReport10) -> Vec<u8> {
+        td.xfam
+            .iter()
+            .zip(self.xfam_mask)
+            .map(|(x, m)| x & m)
+            .collect()
+    }
+
     /// No MRTD or RTMR list and no explicit `allow_any_measurement`: a policy that would admit
     /// any TD image by accident. `validate` refuses to load it and `check` admits nothing by it.
     fn admits_no_measurement(&self) -> bool {
@@ -223,12 +232,7 @@ impl Policy {
                 "the TD was launched with the DEBUG attribute: its memory and registers are open to the host",
             ));
         }
-        let masked: Vec<u8> = td
-            .xfam
-            .iter()
-            .zip(self.xfam_mask)
-            .map(|(x, m)| x & m)
-            .collect();
+        let masked = self.masked_xfam(td);
         if masked != self.xfam_value {
             return Err(err(
                 ErrorKind::TdAttributesNotAllowed,
@@ -328,12 +332,7 @@ impl Policy {
         if v.quote().debug() && !self.allow_debug {
             add("debug", "true".into(), "false".into());
         }
-        let masked: Vec<u8> = td
-            .xfam
-            .iter()
-            .zip(self.xfam_mask)
-            .map(|(x, m)| x & m)
-            .collect();
+        let masked = self.masked_xfam(td);
         if masked != self.xfam_value {
             add(
                 "xfam",
