@@ -247,10 +247,21 @@ fn open_log_file(path: &Path) -> Result<std::fs::File> {
 
 /// Writes a file with the given mode, replacing it atomically.
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let tmp = stage_file(path, data, mode)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Writes `data` (with `mode`, synced) to a new temporary file beside `path` and returns its
+/// name, for the caller to rename over `path`. A fresh name, created new and never through a
+/// link: nothing planted in the directory beforehand (a symlink named like our temporary file)
+/// can receive a private key. On failure nothing is left behind.
+pub fn stage_file(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    // a fresh name, created new and never through a link: nothing planted in the directory
-    // beforehand (a symlink named like our temporary file) can receive a private key
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -263,12 +274,11 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    let written = f.write_all(data).and_then(|()| f.sync_all());
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+    if let Err(e) = f.write_all(data).and_then(|()| f.sync_all()) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
     }
-    Ok(())
+    Ok(tmp)
 }
 
 /// Runs a CLI body and turns its outcome into an exit code, printing errors on one line.

@@ -175,8 +175,6 @@ fn remove_leftovers(dir: &Path) {
 /// whole. Files of an earlier set that this one no longer has (an SVID or a federated bundle
 /// gone) are removed. Whether anything changed.
 pub(super) fn write_set(dir: &Path, resp: &pb::X509svidResponse) -> Result<bool> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let files = files_of(resp)?;
     let wanted: std::collections::HashSet<&str> = files.iter().map(|f| f.0.as_str()).collect();
     let stale: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -194,22 +192,8 @@ pub(super) fn write_set(dir: &Path, resp: &pb::X509svidResponse) -> Result<bool>
         return Ok(false);
     }
     let mut staged = Vec::new();
-    let stage = |name: &str, data: &[u8], mode: u32| -> Result<PathBuf> {
-        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(data)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        Ok(tmp)
-    };
     for (name, data, mode) in &changed {
-        match stage(name, data, *mode) {
+        match crate::common::stage_file(&dir.join(name), data, *mode) {
             Ok(tmp) => staged.push((tmp, dir.join(name))),
             Err(e) => {
                 for (tmp, _) in &staged {
