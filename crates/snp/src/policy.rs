@@ -245,7 +245,7 @@ pub struct Mismatch {
 }
 
 /// A list of hex values, the first few of them.
-pub fn hex_list_short(list: &[Vec<u8>]) -> String {
+pub fn hex_list_short<T: AsRef<[u8]>>(list: &[T]) -> String {
     let shown: Vec<String> = list.iter().take(3).map(hex::encode).collect();
     match list.len() {
         0 => "any".into(),

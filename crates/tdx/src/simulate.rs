@@ -351,13 +351,18 @@ impl SimulatedTdx {
                 qe_report: qe,
                 qe_report_signature: qe_sig,
                 qe_auth_data: Data::new(auth_data),
-                certification_data: CertificationData {
-                    cert_type: crate::quote::CERT_DATA_PCK_CHAIN,
-                    body: Data::new(self.chain_pem.as_bytes().to_vec()),
-                },
+                certification_data: self.pck_chain(),
             }),
         };
         self.signed(quote, 384)
+    }
+
+    /// The certification data quotes carry: the PCK chain, PEM.
+    fn pck_chain(&self) -> CertificationData {
+        CertificationData {
+            cert_type: crate::quote::CERT_DATA_PCK_CHAIN,
+            body: Data::new(self.chain_pem.as_bytes().to_vec()),
+        }
     }
 
     /// `quote` signed by the attestation key over its header and `body_len` bytes of body.
@@ -445,10 +450,7 @@ impl SimulatedTdx {
                     qe_report: qe,
                     qe_report_signature: qe_sig,
                     qe_auth_data: Data::new(auth_data),
-                    certification_data: CertificationData {
-                        cert_type: crate::quote::CERT_DATA_PCK_CHAIN,
-                        body: Data::new(self.chain_pem.as_bytes().to_vec()),
-                    },
+                    certification_data: self.pck_chain(),
                 },
             }),
         };

@@ -22,6 +22,7 @@ use crate::tdx::pcs::CollateralStore;
 use crate::tdx::{CollateralSettings, collateral_settings, collateral_store};
 use crate::{AttestError, Difference, PolicyCell, Refusal, RefusalKind};
 use ironpact_config::hcl::{ConfigError, Section};
+use ironpact_snp::policy::hex_list_short;
 use ironpact_spiffe::Selector;
 use ironpact_spiffe::claims::{AttestationClaims, Measurement};
 use ironpact_tdx::{ErrorKind, Quote, Verified};
@@ -286,25 +287,18 @@ pub fn judge(
             format!("at least {}", policy.min_isv_svn),
         );
     }
-    let short = |l: &[[u8; 32]]| {
-        let shown: Vec<String> = l.iter().take(3).map(hex::encode).collect();
-        match l.len() {
-            n if n > 3 => format!("{} (+{} more)", shown.join(", "), n - 3),
-            _ => shown.join(", "),
-        }
-    };
     if !policy.mrsigners.is_empty() && !policy.mrsigners.contains(&r.mr_signer) {
         add(
             "mrsigner",
             hex::encode(r.mr_signer),
-            short(&policy.mrsigners),
+            hex_list_short(&policy.mrsigners),
         );
     }
     if !policy.mrenclaves.is_empty() && !policy.mrenclaves.contains(&r.mr_enclave) {
         add(
             "mrenclave",
             hex::encode(r.mr_enclave),
-            short(&policy.mrenclaves),
+            hex_list_short(&policy.mrenclaves),
         );
     }
     if let Some(first) = diff.first() {
